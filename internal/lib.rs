@@ -1,0 +1,23 @@
+//! bd: a local-first issue tracker and shared work queue for AI coding agents.
+//!
+//! The library owns every rule; the `bd` binary only parses arguments, calls
+//! [`client`] and renders. Nothing in here prints, reads environment variables or
+//! exits the process: time, actor, randomness and paths arrive as values.
+//!
+//! Layers, top to bottom (nothing imports upward):
+//! `client` → `service` → `query` / `jsonl` / `config` → `storage` → `merge` →
+//! `ids` / `clock` → `model`.
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod jsonl;
+pub mod merge;
+pub mod model;
+pub mod query;
+pub mod service;
+pub mod storage;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,473 @@
+//! Applying ops to one issue: the merge rules, as pure code.
+//!
+//! An [`IssueDoc`] is a fold of the ops of one issue. Every part of it is a
+//! grow-only set (ops seen, writes, superseded ids, adds, removed adds, comments,
+//! deletes), so applying the same ops in any order, any number of times, yields the
+//! same [`IssueDoc::materialise`] output. The rules:
+//!
+//! - Scalars are multi-value registers. A write is visible unless some op of the
+//!   same field names it in `supersedes`. One visible value is the value; several
+//!   visible values that differ are a [`Conflict`] listing every contender, and the
+//!   displayed value is the contender with the greatest (hlc, replica, op id), so
+//!   every replica shows the same one. Wall-clock time never decides a conflict.
+//! - Labels and dependencies are add-wins sets: a remove names the adds it saw, so a
+//!   concurrent add survives it.
+//! - Comments are append-only.
+//! - A delete is a tombstone naming every write its author saw. An edit it did not
+//!   see makes a `deleted` conflict; the issue stays deleted (never resurrected by
+//!   itself) and the conflict is listed.
+
+#[cfg(test)]
+mod tests;
+
+use crate::clock::{format_rfc3339, parse_rfc3339};
+use crate::model::{
+    Comment, Conflict, Contender, DepType, Dependency, Hlc, Issue, IssueType, Op, OpKind,
+    PRIORITY_DEFAULT, STRUCTURAL_FIELDS, Status,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Who wrote something, and when; orders contenders deterministically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    hlc: Hlc,
+    replica: String,
+    actor: String,
+}
+
+impl Stamp {
+    fn of(op: &Op) -> Self {
+        Stamp {
+            hlc: op.hlc,
+            replica: op.replica.clone(),
+            actor: op.actor.clone(),
+        }
+    }
+
+    fn order_key<'a>(&'a self, op_id: &'a str) -> (Hlc, &'a str, &'a str) {
+        (self.hlc, self.replica.as_str(), op_id)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Register {
+    writes: BTreeMap<String, (Value, Stamp)>,
+    superseded: BTreeSet<String>,
+}
+
+impl Register {
+    fn visible(&self) -> impl Iterator<Item = (&String, &(Value, Stamp))> {
+        self.writes
+            .iter()
+            .filter(|(id, _)| !self.superseded.contains(*id))
+    }
+
+    /// Visible writes, the displayed one first.
+    fn ranked(&self) -> Vec<(&String, &(Value, Stamp))> {
+        let mut v: Vec<_> = self.visible().collect();
+        v.sort_by(|a, b| b.1.1.order_key(b.0).cmp(&a.1.1.order_key(a.0)));
+        v
+    }
+
+    fn winner(&self) -> Option<&Value> {
+        self.ranked().first().map(|(_, (v, _))| v)
+    }
+}
+
+/// An add-wins set: each element is present while any of its adds is not removed.
+#[derive(Debug, Clone)]
+struct AddWinsSet<K: Ord, M> {
+    adds: BTreeMap<K, BTreeMap<String, (M, Stamp)>>,
+    removed: BTreeSet<String>,
+}
+
+impl<K: Ord, M> Default for AddWinsSet<K, M> {
+    fn default() -> Self {
+        AddWinsSet {
+            adds: BTreeMap::new(),
+            removed: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, M> AddWinsSet<K, M> {
+    fn live_adds(&self, key: &K) -> Vec<&String> {
+        self.adds
+            .get(key)
+            .map(|m| m.keys().filter(|id| !self.removed.contains(*id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Present elements with the metadata of their earliest live add.
+    fn present(&self) -> impl Iterator<Item = (&K, &M, &Stamp)> {
+        self.adds.iter().filter_map(|(k, adds)| {
+            adds.iter()
+                .filter(|(id, _)| !self.removed.contains(*id))
+                .min_by(|a, b| a.1.1.order_key(a.0).cmp(&b.1.1.order_key(b.0)))
+                .map(|(_, (m, s))| (k, m, s))
+        })
+    }
+
+    fn live_ids(&self) -> impl Iterator<Item = (&K, &String, &Stamp)> {
+        self.adds.iter().flat_map(move |(k, adds)| {
+            adds.iter()
+                .filter(|(id, _)| !self.removed.contains(*id))
+                .map(move |(id, (_, s))| (k, id, s))
+        })
+    }
+}
+
+/// Metadata kept with a dependency edge.
+#[derive(Debug, Clone)]
+struct EdgeMeta {
+    created_at: String,
+    created_by: String,
+}
+
+/// The materialised result of an issue's ops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Materialised {
+    /// The issue as displayed.
+    pub issue: Issue,
+    /// Whether a delete op applies (the issue is hidden).
+    pub deleted: bool,
+    /// Open conflicts on this issue, sorted by field.
+    pub conflicts: Vec<Conflict>,
+    /// `updated_at` as epoch milliseconds, for sorting and filters.
+    pub updated_ms: i64,
+}
+
+/// The fold of every op of one issue; see the module docs for the rules.
+#[derive(Debug, Clone, Default)]
+pub struct IssueDoc {
+    id: String,
+    applied: BTreeSet<String>,
+    creates: BTreeMap<String, Stamp>,
+    registers: BTreeMap<String, Register>,
+    labels: AddWinsSet<String, ()>,
+    deps: AddWinsSet<(String, String), EdgeMeta>,
+    comments: BTreeMap<String, (Comment, i64)>,
+    deletes: BTreeMap<String, (Stamp, BTreeSet<String>)>,
+    updated: Option<(i64, String)>,
+}
+
+impl IssueDoc {
+    /// An empty document for issue `id`.
+    pub fn new(id: impl Into<String>) -> Self {
+        IssueDoc {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The issue id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether a create op has been applied.
+    pub fn exists(&self) -> bool {
+        !self.creates.is_empty()
+    }
+
+    /// Whether a delete op has been applied.
+    pub fn is_deleted(&self) -> bool {
+        !self.deletes.is_empty()
+    }
+
+    /// Whether the issue exists and is not deleted.
+    pub fn is_live(&self) -> bool {
+        self.exists() && !self.is_deleted()
+    }
+
+    /// Number of distinct ops applied.
+    pub fn op_count(&self) -> usize {
+        self.applied.len()
+    }
+
+    /// Applies `op`; returns false if it was already applied or is for another issue.
+    pub fn apply(&mut self, op: &Op) -> bool {
+        if op.issue != self.id || !self.applied.insert(op.op_id.clone()) {
+            return false;
+        }
+        let stamp = Stamp::of(op);
+        let id = op.op_id.clone();
+        let mut effective = None;
+        match &op.kind {
+            OpKind::Create => {
+                if let Value::Object(fields) = &op.value {
+                    for (k, v) in fields {
+                        if k == "updated_at" {
+                            effective = v.as_str().and_then(|s| Some((parse_rfc3339(s)?, s)));
+                        }
+                        if STRUCTURAL_FIELDS.contains(&k.as_str()) {
+                            continue;
+                        }
+                        let reg = self.registers.entry(k.clone()).or_default();
+                        reg.writes.insert(id.clone(), (v.clone(), stamp.clone()));
+                    }
+                }
+                self.creates.insert(id.clone(), stamp.clone());
+            }
+            OpKind::Set => {
+                if let Some(field) = &op.field {
+                    let reg = self.registers.entry(field.clone()).or_default();
+                    reg.writes
+                        .insert(id.clone(), (op.value.clone(), stamp.clone()));
+                    reg.superseded.extend(op.supersedes.iter().cloned());
+                }
+            }
+            OpKind::LabelAdd => {
+                if let Some(label) = op.value.as_str() {
+                    self.labels
+                        .adds
+                        .entry(label.to_string())
+                        .or_default()
+                        .insert(id.clone(), ((), stamp.clone()));
+                }
+            }
+            OpKind::LabelRemove => self.labels.removed.extend(op.supersedes.iter().cloned()),
+            OpKind::DepAdd => {
+                if let (Some(target), Some(kind)) = (op.value_str("depends_on_id"), op.value_str("type"))
+                {
+                    let meta = EdgeMeta {
+                        created_at: op
+                            .value_str("created_at")
+                            .map(str::to_string)
+                            .unwrap_or_else(|| format_rfc3339(op.hlc.wall)),
+                        created_by: op
+                            .value_str("created_by")
+                            .unwrap_or(&op.actor)
+                            .to_string(),
+                    };
+                    self.deps
+                        .adds
+                        .entry((target.to_string(), kind.to_string()))
+                        .or_default()
+                        .insert(id.clone(), (meta, stamp.clone()));
+                }
+            }
+            OpKind::DepRemove => self.deps.removed.extend(op.supersedes.iter().cloned()),
+            OpKind::Comment => {
+                let created_at = op
+                    .value_str("created_at")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format_rfc3339(op.hlc.wall));
+                let sort_ms = parse_rfc3339(&created_at).unwrap_or(op.hlc.wall as i64);
+                let comment = Comment {
+                    id: op
+                        .value
+                        .get("id")
+                        .and_then(|v| match v {
+                            Value::String(s) => Some(s.clone()),
+                            Value::Number(n) => Some(n.to_string()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| format!("c-{}", &id[..id.len().min(12)])),
+                    issue_id: self.id.clone(),
+                    author: op.value_str("author").unwrap_or(&op.actor).to_string(),
+                    text: op.value_str("text").unwrap_or_default().to_string(),
+                    created_at,
+                };
+                self.comments.insert(id.clone(), (comment, sort_ms));
+            }
+            OpKind::Delete => {
+                let seen = op.supersedes.iter().cloned().collect();
+                self.deletes.insert(id.clone(), (stamp.clone(), seen));
+            }
+            OpKind::Other(_) => return true,
+        }
+        let (ms, text) = match effective {
+            Some((ms, s)) => (ms, s.to_string()),
+            None => (op.hlc.wall as i64, format_rfc3339(op.hlc.wall)),
+        };
+        if self.updated.as_ref().is_none_or(|u| (ms, &text) > (u.0, &u.1)) {
+            self.updated = Some((ms, text));
+        }
+        true
+    }
+
+    /// The visible writes of `field` (what a new write must supersede).
+    pub fn field_heads(&self, field: &str) -> Vec<String> {
+        self.registers
+            .get(field)
+            .map(|r| r.visible().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The displayed value of `field`, if it was ever written.
+    pub fn field_value(&self, field: &str) -> Option<&Value> {
+        self.registers.get(field).and_then(Register::winner)
+    }
+
+    /// The live adds of `label` (what a remove must supersede).
+    pub fn label_heads(&self, label: &str) -> Vec<String> {
+        self.labels
+            .live_adds(&label.to_string())
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The live adds of the edge to `target` of `dep_type`.
+    pub fn dep_heads(&self, target: &str, dep_type: &str) -> Vec<String> {
+        self.deps
+            .live_adds(&(target.to_string(), dep_type.to_string()))
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Every visible write and live add: what a delete must supersede.
+    pub fn all_heads(&self) -> Vec<String> {
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        for reg in self.registers.values() {
+            out.extend(reg.visible().map(|(id, _)| id.clone()));
+        }
+        out.extend(self.labels.live_ids().map(|(_, id, _)| id.clone()));
+        out.extend(self.deps.live_ids().map(|(_, id, _)| id.clone()));
+        out.into_iter().collect()
+    }
+
+    /// The displayed issue, or `None` while no create op has been applied.
+    pub fn materialise(&self) -> Option<Materialised> {
+        let create = self
+            .creates
+            .iter()
+            .min_by(|a, b| a.1.order_key(a.0).cmp(&b.1.order_key(b.0)))?;
+        let text = |f: &str| -> String {
+            match self.field_value(f) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            }
+        };
+        let opt = |f: &str| -> Option<String> { Some(text(f)).filter(|s| !s.is_empty()) };
+        let priority = match self.field_value("priority") {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(PRIORITY_DEFAULT),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(PRIORITY_DEFAULT),
+            _ => PRIORITY_DEFAULT,
+        };
+        let status = opt("status").map_or(Status::Open, |s| Status::from_wire(&s));
+        let issue_type = opt("issue_type").map_or(IssueType::Task, |s| IssueType::from_wire(&s));
+        let mut extra = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for (field, reg) in &self.registers {
+            let ranked = reg.ranked();
+            let distinct: BTreeSet<String> = ranked.iter().map(|(_, (v, _))| v.to_string()).collect();
+            if distinct.len() > 1 {
+                conflicts.push(Conflict {
+                    issue_id: self.id.clone(),
+                    field: field.clone(),
+                    contenders: ranked
+                        .iter()
+                        .map(|(id, (v, s))| contender(id, v.clone(), s))
+                        .collect(),
+                });
+            }
+            if !crate::model::SCALAR_FIELDS.contains(&field.as_str()) {
+                if let Some(v) = ranked.first().map(|(_, (v, _))| v).filter(|v| !v.is_null()) {
+                    extra.insert(field.clone(), v.clone());
+                }
+            }
+        }
+        if let Some(c) = self.delete_conflict() {
+            conflicts.push(c);
+        }
+        conflicts.sort_by(|a, b| a.field.cmp(&b.field));
+        let mut comments: Vec<_> = self.comments.iter().collect();
+        comments.sort_by(|a, b| (a.1.1, a.0).cmp(&(b.1.1, b.0)));
+        let (updated_ms, updated_at) = self
+            .updated
+            .clone()
+            .unwrap_or_else(|| (create.1.hlc.wall as i64, format_rfc3339(create.1.hlc.wall)));
+        let issue = Issue {
+            id: self.id.clone(),
+            title: text("title"),
+            description: text("description"),
+            design: text("design"),
+            acceptance_criteria: text("acceptance_criteria"),
+            notes: text("notes"),
+            status,
+            priority,
+            issue_type,
+            assignee: opt("assignee"),
+            external_ref: opt("external_ref"),
+            created_at: opt("created_at").unwrap_or_else(|| format_rfc3339(create.1.hlc.wall)),
+            created_by: opt("created_by").unwrap_or_else(|| create.1.actor.clone()),
+            updated_at,
+            closed_at: opt("closed_at"),
+            close_reason: opt("close_reason"),
+            labels: self.labels.present().map(|(k, _, _)| k.clone()).collect(),
+            dependencies: self
+                .deps
+                .present()
+                .map(|((target, kind), meta, _)| Dependency {
+                    issue_id: self.id.clone(),
+                    depends_on_id: target.clone(),
+                    dep_type: DepType::from_wire(kind),
+                    created_at: meta.created_at.clone(),
+                    created_by: meta.created_by.clone(),
+                })
+                .collect(),
+            comments: comments.into_iter().map(|(_, (c, _))| c.clone()).collect(),
+            extra,
+        };
+        Some(Materialised {
+            issue,
+            deleted: self.is_deleted(),
+            conflicts,
+            updated_ms,
+        })
+    }
+
+    /// Writes the deletes did not see, as a `deleted` conflict.
+    fn delete_conflict(&self) -> Option<Conflict> {
+        if self.deletes.is_empty() {
+            return None;
+        }
+        let seen: BTreeSet<&String> = self.deletes.values().flat_map(|(_, s)| s).collect();
+        let mut contenders: Vec<(Contender, (Hlc, String, String))> = Vec::new();
+        for (field, reg) in &self.registers {
+            for (id, (v, s)) in reg.visible().filter(|(id, _)| !seen.contains(id)) {
+                let value = serde_json::json!({ field.clone(): v });
+                contenders.push((contender(id, value, s), key(s, id)));
+            }
+        }
+        for (label, id, s) in self.labels.live_ids().filter(|(_, id, _)| !seen.contains(id)) {
+            let value = serde_json::json!({ "label_add": label });
+            contenders.push((contender(id, value, s), key(s, id)));
+        }
+        for ((target, kind), id, s) in self.deps.live_ids().filter(|(_, id, _)| !seen.contains(id)) {
+            let value = serde_json::json!({ "dep_add": { "depends_on_id": target, "type": kind } });
+            contenders.push((contender(id, value, s), key(s, id)));
+        }
+        if contenders.is_empty() {
+            return None;
+        }
+        for (id, (s, _)) in &self.deletes {
+            contenders.push((contender(id, Value::Null, s), key(s, id)));
+        }
+        contenders.sort_by(|a, b| b.1.cmp(&a.1));
+        Some(Conflict {
+            issue_id: self.id.clone(),
+            field: "deleted".into(),
+            contenders: contenders.into_iter().map(|(c, _)| c).collect(),
+        })
+    }
+}
+
+fn key(s: &Stamp, id: &str) -> (Hlc, String, String) {
+    (s.hlc, s.replica.clone(), id.to_string())
+}
+
+fn contender(op_id: &str, value: Value, s: &Stamp) -> Contender {
+    Contender {
+        op_id: op_id.to_string(),
+        value,
+        actor: s.actor.clone(),
+        replica: s.replica.clone(),
+        at: format_rfc3339(s.hlc.wall),
+    }
+}

@@ -1,0 +1,202 @@
+//! Operations: the unit of change, of storage and of sync.
+//!
+//! Wire format (one JSON object per line in `.beads/ops/<replica>.jsonl`), keys in
+//! this order: `op_id`, `issue`, `kind`, `field` (only for `set`), `value`,
+//! `supersedes` (omitted when empty), `hlc` {`wall`, `logical`}, `actor`, `replica`,
+//! `seq`. `op_id` is the first 32 hex digits of the SHA-256 of the same object
+//! serialised with `op_id` left out, so any change to an op changes its id and a
+//! corrupt line is detected by recomputing it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Hybrid logical clock stamp: wall milliseconds plus a counter that orders events
+/// within one millisecond (and past a clock that went backwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Hlc {
+    /// Milliseconds since the Unix epoch.
+    pub wall: u64,
+    /// Tie breaker within one `wall`.
+    pub logical: u32,
+}
+
+/// What an op does. Unknown kinds (from a newer bd) are stored and ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// Brings an issue into existence; `value` maps field names to initial values.
+    Create,
+    /// Writes one scalar `field`; `supersedes` names the writes the writer saw.
+    Set,
+    /// Adds the label `value`.
+    LabelAdd,
+    /// Removes the label `value`; `supersedes` names the adds the writer saw.
+    LabelRemove,
+    /// Adds the edge `value` = {depends_on_id, type, created_at?}.
+    DepAdd,
+    /// Removes the edge `value` = {depends_on_id, type}; `supersedes` names the adds seen.
+    DepRemove,
+    /// Appends the comment `value` = {text, author?, created_at?, id?}.
+    Comment,
+    /// Tombstone; `supersedes` names every write the deleter saw.
+    Delete,
+    /// A kind this bd does not know.
+    Other(String),
+}
+
+impl OpKind {
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            OpKind::Create => "create",
+            OpKind::Set => "set",
+            OpKind::LabelAdd => "label_add",
+            OpKind::LabelRemove => "label_rm",
+            OpKind::DepAdd => "dep_add",
+            OpKind::DepRemove => "dep_rm",
+            OpKind::Comment => "comment",
+            OpKind::Delete => "delete",
+            OpKind::Other(s) => s,
+        }
+    }
+
+    fn from_wire(s: &str) -> Self {
+        match s {
+            "create" => OpKind::Create,
+            "set" => OpKind::Set,
+            "label_add" => OpKind::LabelAdd,
+            "label_rm" => OpKind::LabelRemove,
+            "dep_add" => OpKind::DepAdd,
+            "dep_rm" => OpKind::DepRemove,
+            "comment" => OpKind::Comment,
+            "delete" => OpKind::Delete,
+            other => OpKind::Other(other.to_string()),
+        }
+    }
+}
+
+impl Serialize for OpKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OpKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(OpKind::from_wire(&String::deserialize(d)?))
+    }
+}
+
+/// One recorded change to one issue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// Content hash; see the module docs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub op_id: String,
+    /// The issue changed.
+    pub issue: String,
+    /// What the op does.
+    pub kind: OpKind,
+    /// The scalar field, for `set`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Kind-specific payload.
+    #[serde(default)]
+    pub value: Value,
+    /// Op ids this op replaces (the values its writer saw).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<String>,
+    /// Clock stamp.
+    pub hlc: Hlc,
+    /// Who made the change.
+    pub actor: String,
+    /// Replica (clone) that recorded it.
+    pub replica: String,
+    /// Per-replica sequence number, from 1.
+    pub seq: u64,
+}
+
+impl Op {
+    /// The content hash of this op (ignoring whatever `op_id` holds now).
+    pub fn compute_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        if self.op_id.is_empty() {
+            // Serialising a struct of strings, numbers and JSON values cannot fail.
+            hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        } else {
+            let mut bare = self.clone();
+            bare.op_id.clear();
+            hasher.update(serde_json::to_vec(&bare).unwrap_or_default());
+        }
+        hex(&hasher.finalize()[..16])
+    }
+
+    /// Sets `op_id` from the content.
+    pub fn seal(mut self) -> Self {
+        self.op_id = self.compute_id();
+        self
+    }
+
+    /// Whether `op_id` matches the content (false for a corrupt or forged line).
+    pub fn is_sealed(&self) -> bool {
+        !self.op_id.is_empty() && self.op_id == self.compute_id()
+    }
+
+    /// The label or edge key this op adds/removes, as a string, when it has one.
+    pub fn value_str(&self, key: &str) -> Option<&str> {
+        self.value.get(key).and_then(Value::as_str)
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op() -> Op {
+        Op {
+            op_id: String::new(),
+            issue: "bd-1".into(),
+            kind: OpKind::Set,
+            field: Some("title".into()),
+            value: Value::String("x".into()),
+            supersedes: vec![],
+            hlc: Hlc { wall: 5, logical: 0 },
+            actor: "a".into(),
+            replica: "r".into(),
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn seal_is_content_hash_and_detects_tampering() {
+        let sealed = op().seal();
+        assert_eq!(sealed.op_id.len(), 32);
+        assert!(sealed.is_sealed());
+        let mut tampered = sealed.clone();
+        tampered.value = Value::String("y".into());
+        assert!(!tampered.is_sealed());
+        let line = serde_json::to_string(&sealed).unwrap();
+        let back: Op = serde_json::from_str(&line).unwrap();
+        assert!(back.is_sealed());
+        assert!(line.starts_with("{\"op_id\":"));
+    }
+
+    #[test]
+    fn unknown_kind_round_trips() {
+        let line = r#"{"op_id":"x","issue":"a","kind":"lease","value":null,"hlc":{"wall":1,"logical":0},"actor":"a","replica":"r","seq":1}"#;
+        let op: Op = serde_json::from_str(line).unwrap();
+        assert_eq!(op.kind, OpKind::Other("lease".into()));
+        assert!(serde_json::to_string(&op).unwrap().contains("\"lease\""));
+    }
+}
