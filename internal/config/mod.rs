@@ -1,1 +1,92 @@
-//! placeholder
+//! The tracker's configuration: `.beads/config.json`, committed to git so every clone
+//! shares it. Keys are flat strings; known keys are validated, and `custom.*` keys
+//! are free for users and scripts.
+
+use crate::ids::validate_prefix;
+use crate::jsonl::atomic_write;
+use crate::{Error, ErrorKind, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Keys bd understands, with a one-line description each.
+pub const KNOWN_KEYS: &[(&str, &str)] = &[("prefix", "id prefix for new issues (e.g. bd → bd-a1b2)")];
+
+/// Key namespace left to users.
+pub const CUSTOM_PREFIX: &str = "custom.";
+
+/// Parsed configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    values: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// A configuration holding only the id prefix.
+    pub fn with_prefix(prefix: &str) -> Self {
+        let mut values = BTreeMap::new();
+        values.insert("prefix".to_string(), prefix.to_string());
+        Config { values }
+    }
+
+    /// Reads `path`; a missing file is an empty configuration.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let values: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+            Error::new(ErrorKind::Corrupt, format!("{}: {e}", path.display()))
+                .hint("fix the JSON by hand; it must be an object of string values")
+        })?;
+        Ok(Config { values })
+    }
+
+    /// Writes the configuration atomically, keys sorted, one per line.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(&self.values)?;
+        text.push('\n');
+        atomic_write(path, text.as_bytes())
+    }
+
+    /// The id prefix (`bd` when unset).
+    pub fn prefix(&self) -> &str {
+        self.values.get("prefix").map(String::as_str).unwrap_or("bd")
+    }
+
+    /// A value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// Every key and value, sorted.
+    pub fn entries(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+
+    /// Validates and sets a value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        check_key(key)?;
+        if key == "prefix" {
+            validate_prefix(value)?;
+        }
+        self.values.insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+}
+
+/// Checks that `key` is known or in the custom namespace.
+pub fn check_key(key: &str) -> Result<()> {
+    let custom_ok = key
+        .strip_prefix(CUSTOM_PREFIX)
+        .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+    if KNOWN_KEYS.iter().any(|(k, _)| *k == key) || custom_ok {
+        Ok(())
+    } else {
+        let known: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
+        Err(Error::invalid(format!("unknown config key {key:?}")).hint(format!(
+            "known keys: {}; use `custom.<name>` for your own",
+            known.join(", ")
+        )))
+    }
+}

@@ -1,1 +1,236 @@
-//! placeholder
+//! Files in `.beads/`: atomic writes, the per-replica op files, the derived
+//! `issues.jsonl` snapshot, and parsing of beads-format JSONL for import.
+//!
+//! Invariants:
+//! - Every whole-file write is atomic: temp file in the same directory, fsync, rename,
+//!   fsync the directory. A reader sees the old file or the new one, never a mix.
+//! - The op file `.beads/ops/<replica>.jsonl` holds this replica's ops in `seq`
+//!   order with no gaps; it is appended from the op table (the durable record) under
+//!   `flush.lock`, so concurrent processes never interleave or duplicate lines, and it
+//!   is rewritten whole from the database when its tail is torn or out of step.
+//! - The snapshot is rendered from one read transaction taken while holding
+//!   `flush.lock`, so an older state can never overwrite a newer one.
+
+use crate::model::{Issue, Op};
+use crate::query;
+use crate::storage::sqlite::{meta_get, meta_set};
+use crate::storage::{BeadsPaths, Store};
+use crate::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically (temp, fsync, rename, fsync directory).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bd-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| Error::from(e.error))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Holds `flush.lock` for the lifetime of the value.
+pub struct FlushLock(File);
+
+impl FlushLock {
+    /// Blocks until the lock is ours.
+    pub fn acquire(paths: &BeadsPaths) -> Result<FlushLock> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(paths.flush_lock())?;
+        f.lock()?;
+        Ok(FlushLock(f))
+    }
+}
+
+impl Drop for FlushLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// The `seq` of the last whole line of an op file, or `None` if the file is missing
+/// or empty; `Err` if the tail is torn or unreadable (the caller rewrites the file).
+fn last_seq_in_file(path: &Path) -> Result<Option<u64>, ()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(_) => return Ok(None),
+    };
+    let len = f.metadata().map_err(|_| ())?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).map_err(|_| ())?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).map_err(|_| ())?;
+    if tail.last() != Some(&b'\n') {
+        return Err(());
+    }
+    let body = &tail[..tail.len() - 1];
+    let line = match body.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if start == 0 => body,
+        None => return Err(()),
+    };
+    let op: Op = serde_json::from_slice(line).map_err(|_| ())?;
+    Ok(Some(op.seq))
+}
+
+/// Appends this replica's ops that are not yet in its op file; rewrites the file
+/// from the database if its tail is torn or ahead of the database. Returns the
+/// number of lines written.
+pub fn flush_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
+    let _lock = FlushLock::acquire(paths)?;
+    let replica = store.replica().to_string();
+    let path = paths.op_file(&replica);
+    std::fs::create_dir_all(paths.ops_dir())?;
+    let db_max: i64 = store.conn().query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
+        [&replica],
+        |r| r.get(0),
+    )?;
+    let (from, rewrite) = match last_seq_in_file(&path) {
+        Ok(None) => (0, true),
+        Ok(Some(s)) if s as i64 <= db_max => (s as i64, false),
+        _ => (0, true),
+    };
+    if from == db_max && !rewrite {
+        return Ok(0);
+    }
+    let mut stmt = store
+        .conn()
+        .prepare_cached("SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 ORDER BY seq")?;
+    let mut buf = String::new();
+    let mut n = 0;
+    for body in stmt.query_map(rusqlite::params![replica, from], |r| r.get::<_, String>(0))? {
+        buf.push_str(&body?);
+        buf.push('\n');
+        n += 1;
+    }
+    if rewrite {
+        atomic_write(&path, buf.as_bytes())?;
+    } else {
+        let mut f = OpenOptions::new().append(true).open(&path)?;
+        f.write_all(buf.as_bytes())?;
+    }
+    Ok(n)
+}
+
+/// Renders issues as snapshot lines (one JSON object per line, trailing newline).
+pub fn render_snapshot(issues: &[Issue]) -> Result<String> {
+    let mut out = String::with_capacity(issues.len() * 512);
+    for issue in issues {
+        out.push_str(&serde_json::to_string(issue)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Freshness of `issues.jsonl` relative to the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// Ops stored in the database.
+    pub ops: u64,
+    /// Ops reflected in the snapshot file when it was last written (`None`: never).
+    pub snapshot_ops: Option<u64>,
+    /// Whether the file is behind the database.
+    pub dirty: bool,
+}
+
+/// Whether the snapshot is behind the database.
+pub fn snapshot_state(store: &Store) -> Result<SnapshotState> {
+    let ops: i64 = store
+        .conn()
+        .query_row("SELECT COALESCE(MAX(pos), 0) FROM ops", [], |r| r.get(0))?;
+    let mark = meta_get(store.conn(), "snapshot_pos")?.and_then(|s| s.parse::<u64>().ok());
+    Ok(SnapshotState {
+        ops: ops as u64,
+        snapshot_ops: mark,
+        dirty: mark != Some(ops as u64),
+    })
+}
+
+/// Writes `issues.jsonl` from the current state (if its bytes changed) and records
+/// that it is fresh. Returns the number of issues written.
+pub fn write_snapshot(store: &mut Store, paths: &BeadsPaths) -> Result<usize> {
+    let _lock = FlushLock::acquire(paths)?;
+    let (text, n, pos) = store.read(|conn| {
+        let issues = query::all_issues(conn)?;
+        let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM ops", [], |r| r.get(0))?;
+        Ok((render_snapshot(&issues)?, issues.len(), pos))
+    })?;
+    let path = paths.snapshot();
+    let same = std::fs::read(&path).is_ok_and(|old| old == text.as_bytes());
+    if !same {
+        atomic_write(&path, text.as_bytes())?;
+    }
+    meta_set(store.conn(), "snapshot_pos", &pos.to_string())?;
+    Ok(n)
+}
+
+/// One issue object read from a JSONL file, with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportRecord {
+    /// 1-based line number in the source file.
+    pub line: usize,
+    /// The object's fields.
+    pub fields: Map<String, Value>,
+}
+
+/// A line that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Splits beads-format JSONL into issue objects and per-line errors. Blank lines are
+/// skipped; a line that is not a JSON object, or lacks a string `id`, is an error.
+pub fn parse_issue_lines(text: &str) -> (Vec<ImportRecord>, Vec<LineError>) {
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.starts_with("<<<<<<<") || trimmed.starts_with(">>>>>>>") || trimmed == "=======" {
+            errors.push(LineError { line, message: "git conflict marker".into() });
+            continue;
+        }
+        match serde_json::from_str::<Value>(trimmed) {
+            Ok(Value::Object(fields)) => {
+                if fields.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    errors.push(LineError { line, message: "missing string field \"id\"".into() });
+                } else {
+                    records.push(ImportRecord { line, fields });
+                }
+            }
+            Ok(_) => errors.push(LineError { line, message: "not a JSON object".into() }),
+            Err(e) => errors.push(LineError { line, message: format!("invalid JSON: {e}") }),
+        }
+    }
+    (records, errors)
+}
+
+/// Reads a whole import file, with a clear error when it cannot be read.
+pub fn read_import_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()))
+    })
+}

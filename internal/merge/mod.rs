@@ -301,6 +301,14 @@ impl IssueDoc {
         self.registers.get(field).and_then(Register::winner)
     }
 
+    /// Names of fields that currently display a non-null value.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.registers
+            .iter()
+            .filter(|(_, r)| r.winner().is_some_and(|v| !v.is_null()))
+            .map(|(k, _)| k.as_str())
+    }
+
     /// The live adds of `label` (what a remove must supersede).
     pub fn label_heads(&self, label: &str) -> Vec<String> {
         self.labels

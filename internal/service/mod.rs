@@ -1,1 +1,568 @@
-//! placeholder
+//! The one implementation of every operation: [`execute`] takes a [`Request`] and
+//! returns a [`Response`]. Direct mode calls it in-process; the daemon will call the
+//! same function for requests that arrive over its socket.
+//!
+//! Invariants: every mutation is recorded as ops through [`WriteTx::record`]; a
+//! request's ops commit together or not at all; a local write supersedes exactly
+//! the values its writer saw (the current heads), so locally there are no conflicts.
+
+mod import;
+mod request;
+
+pub use request::{
+    Changed, CreateRequest, FlushReport, ImportReport, Info, IssueDetails, Request, Response,
+    UpdateRequest,
+};
+
+use crate::clock::{Clock, format_rfc3339};
+use crate::config::Config;
+use crate::ids;
+use crate::jsonl;
+use crate::model::{
+    self, Comment, DepType, Dependency, Issue, IssueType, Op, OpKind, Status, parse_priority,
+};
+use crate::query::{self, Scope};
+use crate::storage::{BeadsPaths, Store, WriteTx};
+use crate::{Error, ErrorKind, Result};
+use rusqlite::params;
+use serde_json::{Map, Value, json};
+
+/// Who is asking, and the environment the request runs in.
+pub struct Context<'a> {
+    /// The actor recorded on ops (`--actor`, `$BD_ACTOR`, the user name).
+    pub actor: &'a str,
+    /// Time source.
+    pub clock: &'a dyn Clock,
+    /// The tracker's files.
+    pub paths: &'a BeadsPaths,
+}
+
+/// Runs one request against `store`.
+pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
+    if ctx.actor.trim().is_empty() {
+        return Err(Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR"));
+    }
+    match req {
+        Request::Import { records, dry_run: true } => {
+            let report = store.trial(ctx.clock, |tx| import::import(tx, ctx, &records))?;
+            Ok(Response::Import(ImportReport { dry_run: true, ..report }))
+        }
+        req if req.is_write() => {
+            let resp = store.write(ctx.clock, |tx| write(tx, ctx, req))?;
+            // The op table is the durable record; the op file is appended from it and
+            // can always be regenerated, so a failure here must not fail a committed
+            // write (the next write or `bd flush` retries it).
+            let _ = jsonl::flush_own_ops(store, ctx.paths);
+            Ok(resp)
+        }
+        req => read(store, ctx, req),
+    }
+}
+
+fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
+    let resp = match req {
+        Request::Create(r) => Response::Issue(create(tx, ctx, r)?),
+        Request::Update(r) => Response::Changed(update(tx, ctx, r)?),
+        Request::Close { ids, reason } => {
+            let closed = Status::Closed;
+            Response::Changed(for_each_id(tx, &ids, |tx, id| set_status(tx, ctx, id, &closed, reason.as_deref()))?)
+        }
+        Request::Reopen { ids } => {
+            Response::Changed(for_each_id(tx, &ids, |tx, id| set_status(tx, ctx, id, &Status::Open, None))?)
+        }
+        Request::DepAdd { issue, depends_on, dep_type } => dep_add(tx, ctx, &issue, &depends_on, &dep_type)?,
+        Request::DepRemove { issue, depends_on, dep_type } => {
+            Response::Dependencies(dep_remove(tx, ctx, &issue, &depends_on, dep_type.as_deref())?)
+        }
+        Request::LabelAdd { ids, labels } => {
+            for l in &labels {
+                model::validate_label(l)?;
+            }
+            Response::Changed(for_each_id(tx, &ids, |tx, id| change_labels(tx, ctx, id, &labels, &[]))?)
+        }
+        Request::LabelRemove { ids, labels } => {
+            Response::Changed(for_each_id(tx, &ids, |tx, id| change_labels(tx, ctx, id, &[], &labels))?)
+        }
+        Request::CommentAdd { id, text } => Response::Comment(comment_add(tx, ctx, &id, &text)?),
+        Request::Import { records, .. } => Response::Import(import::import(tx, ctx, &records)?),
+        other => return Err(Error::internal(format!("not a write request: {other:?}"))),
+    };
+    tx.flush()?;
+    Ok(resp)
+}
+
+fn read(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
+    match req {
+        Request::Flush => {
+            let ops_written = jsonl::flush_own_ops(store, ctx.paths)?;
+            let issues = jsonl::write_snapshot(store, ctx.paths)?;
+            Ok(Response::Flush(FlushReport {
+                ops_written,
+                issues,
+                snapshot: ctx.paths.snapshot().display().to_string(),
+            }))
+        }
+        Request::Info => info(store, ctx),
+        Request::ConfigGet { key } => {
+            crate::config::check_key(&key)?;
+            let config = Config::load(&ctx.paths.config())?;
+            Ok(Response::ConfigValue { value: config.get(&key).map(str::to_string), key })
+        }
+        Request::ConfigSet { key, value } => {
+            let path = ctx.paths.config();
+            let _lock = jsonl::FlushLock::acquire(ctx.paths)?;
+            let mut config = Config::load(&path)?;
+            config.set(&key, &value)?;
+            config.save(&path)?;
+            Ok(Response::ConfigValue { key, value: Some(value) })
+        }
+        Request::ConfigList => Ok(Response::Config(Config::load(&ctx.paths.config())?.entries().clone())),
+        req => store.read(|conn| query_request(conn, req)),
+    }
+}
+
+fn query_request(conn: &rusqlite::Connection, req: Request) -> Result<Response> {
+    Ok(match req {
+        Request::Show { ids } => {
+            let mut out = Vec::new();
+            for q in ids {
+                out.push(details(conn, &query::resolve_id(conn, &q)?)?);
+            }
+            Response::Details(out)
+        }
+        Request::List(f) => Response::Issues(query::list(conn, &checked(f)?, Scope::All)?),
+        Request::Ready(f) => Response::Issues(query::list(conn, &checked(f)?, Scope::Ready)?),
+        Request::Blocked(f) => Response::Blocked(query::blocked(conn, &checked(f)?)?),
+        Request::DepTree { id, reverse, max_depth } => {
+            let id = query::resolve_id(conn, &id)?;
+            Response::Tree(query::dependency_tree(conn, &id, reverse, max_depth)?)
+        }
+        Request::DepCycles => Response::Cycles(query::cycles(conn)?),
+        Request::LabelList { id: Some(id) } => {
+            let id = query::resolve_id(conn, &id)?;
+            Response::Labels(get_live(conn, &id)?.labels)
+        }
+        Request::LabelList { id: None } => Response::LabelCounts(query::label_counts(conn)?),
+        Request::Comments { id } => Response::Comments(query::comments(conn, &query::resolve_id(conn, &id)?)?),
+        Request::Conflicts => Response::Conflicts(query::conflicts(conn)?),
+        Request::Stats => Response::Stats(query::stats(conn)?),
+        Request::Export => Response::Issues(query::all_issues(conn)?),
+        other => return Err(Error::internal(format!("not a read request: {other:?}"))),
+    })
+}
+
+/// Validates filter values that arrive as strings.
+fn checked(mut f: query::ListFilter) -> Result<query::ListFilter> {
+    for s in &mut f.status {
+        *s = Status::parse(s)?.as_str().to_string();
+    }
+    for t in &mut f.issue_type {
+        *t = IssueType::parse(t)?.as_str().to_string();
+    }
+    for p in [f.priority_min, f.priority_max].into_iter().flatten() {
+        parse_priority(&p.to_string())?;
+    }
+    Ok(f)
+}
+
+fn get_live(conn: &rusqlite::Connection, id: &str) -> Result<Issue> {
+    query::get_issue(conn, id)?.ok_or_else(|| Error::not_found(format!("issue {id} not found")))
+}
+
+fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
+    let issue = get_live(conn, id)?;
+    let blocked: bool = conn.query_row("SELECT blocked FROM issues WHERE id = ?1", params![id], |r| r.get(0))?;
+    let conflicts = query::conflicts(conn)?.into_iter().filter(|c| c.issue_id == id).collect();
+    Ok(IssueDetails { dependents: query::dependents(conn, id)?, issue, blocked, conflicts })
+}
+
+fn info(store: &mut Store, ctx: &Context<'_>) -> Result<Response> {
+    let config = Config::load(&ctx.paths.config())?;
+    let issues: i64 = store.conn().query_row("SELECT COUNT(*) FROM issues", [], |r| r.get(0))?;
+    Ok(Response::Info(Info {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        mode: "direct".into(),
+        beads_dir: ctx.paths.dir.display().to_string(),
+        database: ctx.paths.db.display().to_string(),
+        schema_version: crate::storage::sqlite::SCHEMA_VERSION,
+        replica: store.replica().to_string(),
+        prefix: config.prefix().to_string(),
+        issues: issues as u64,
+        snapshot: jsonl::snapshot_state(store)?,
+    }))
+}
+
+/// A new op for `issue` by the context's actor; storage fills in clock and sequence.
+fn new_op(ctx: &Context<'_>, issue: &str, kind: OpKind, field: Option<&str>, value: Value, supersedes: Vec<String>) -> Op {
+    Op {
+        op_id: String::new(),
+        issue: issue.to_string(),
+        kind,
+        field: field.map(str::to_string),
+        value,
+        supersedes,
+        hlc: Default::default(),
+        actor: ctx.actor.to_string(),
+        replica: String::new(),
+        seq: 0,
+    }
+}
+
+/// Resolves every id first (so a typo fails before anything changes), then applies
+/// `f` to each, flushing between them so later steps see earlier ones.
+fn for_each_id(
+    tx: &mut WriteTx<'_>,
+    ids: &[String],
+    mut f: impl FnMut(&mut WriteTx<'_>, &str) -> Result<bool>,
+) -> Result<Vec<Changed>> {
+    if ids.is_empty() {
+        return Err(Error::invalid("no issue ids given"));
+    }
+    let resolved = ids
+        .iter()
+        .map(|q| query::resolve_id(tx.conn(), q))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for id in resolved {
+        let changed = f(tx, &id)?;
+        tx.flush()?;
+        out.push(Changed { issue: get_live(tx.conn(), &id)?, changed });
+    }
+    Ok(out)
+}
+
+fn is_empty_value(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// Writes `field` = `value` unless it already displays that value (and is not in
+/// conflict). Returns whether an op was recorded.
+fn set_field(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, field: &str, value: Value) -> Result<bool> {
+    let doc = tx.doc(id)?;
+    let heads = doc.field_heads(field);
+    let current = doc.field_value(field);
+    let same = current == Some(&value) || (is_empty_value(current) && is_empty_value(Some(&value)));
+    if same && heads.len() <= 1 {
+        return Ok(false);
+    }
+    tx.record(new_op(ctx, id, OpKind::Set, Some(field), value, heads))?;
+    Ok(true)
+}
+
+fn text_or_null(s: &str) -> Value {
+    if s.is_empty() { Value::Null } else { Value::String(s.to_string()) }
+}
+
+fn current_str(tx: &mut WriteTx<'_>, id: &str, field: &str) -> Result<String> {
+    Ok(match tx.doc(id)?.field_value(field) {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    })
+}
+
+/// Sets the status, keeping `closed_at` / `close_reason` in step with it.
+fn set_status(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, status: &Status, reason: Option<&str>) -> Result<bool> {
+    let was = Status::from_wire(&current_str(tx, id, "status")?);
+    if &was == status {
+        return Ok(false);
+    }
+    set_field(tx, ctx, id, "status", json!(status.as_str()))?;
+    if status.is_closed() {
+        set_field(tx, ctx, id, "closed_at", json!(format_rfc3339(tx.now_ms())))?;
+        if let Some(r) = reason.filter(|r| !r.trim().is_empty()) {
+            set_field(tx, ctx, id, "close_reason", json!(r))?;
+        }
+    } else if was.is_closed() {
+        set_field(tx, ctx, id, "closed_at", Value::Null)?;
+        set_field(tx, ctx, id, "close_reason", Value::Null)?;
+    }
+    Ok(true)
+}
+
+fn change_labels(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, add: &[String], remove: &[String]) -> Result<bool> {
+    let mut changed = false;
+    for label in add {
+        if tx.doc(id)?.label_heads(label).is_empty() {
+            tx.record(new_op(ctx, id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+            changed = true;
+        }
+    }
+    for label in remove {
+        let heads = tx.doc(id)?.label_heads(label);
+        if !heads.is_empty() {
+            tx.record(new_op(ctx, id, OpKind::LabelRemove, None, json!(label), heads))?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+fn dedup<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for i in items {
+        if !out.contains(i) {
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
+fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<Issue> {
+    model::validate_title(&r.title)?;
+    let priority = match r.priority {
+        Some(p) => parse_priority(&p.to_string())?,
+        None => model::PRIORITY_DEFAULT,
+    };
+    let issue_type = match &r.issue_type {
+        Some(t) => IssueType::parse(t)?,
+        None => IssueType::Task,
+    };
+    let labels = dedup(&r.labels);
+    for l in &labels {
+        model::validate_label(l)?;
+    }
+    let mut edges: Vec<(DepType, String)> = Vec::new();
+    if let Some(p) = &r.parent {
+        edges.push((DepType::ParentChild, query::resolve_id(tx.conn(), p)?));
+    }
+    for (kind, target) in &r.deps {
+        edges.push((DepType::parse(kind)?, query::resolve_id(tx.conn(), target)?));
+    }
+    let edges = dedup(&edges);
+    let id = match (&r.id, edges.first()) {
+        (Some(explicit), _) => {
+            ids::validate_id(explicit)?;
+            if query::id_ever_used(tx.conn(), explicit)? {
+                let what = if query::is_deleted(tx.conn(), explicit)? { "was used by a deleted issue" } else { "already exists" };
+                return Err(Error::new(ErrorKind::Exists, format!("issue id {explicit} {what}"))
+                    .hint("choose another --id, or leave it out to get a generated one"));
+            }
+            explicit.clone()
+        }
+        (None, Some((DepType::ParentChild, parent))) if r.parent.is_some() => next_child_id(tx, parent)?,
+        _ => {
+            let prefix = Config::load(&ctx.paths.config())?.prefix().to_string();
+            let seed = format!("{}|{}|{}|{}|{}", tx.replica(), tx.now_ms(), tx.recorded().len(), ctx.actor, r.title);
+            generate_id(tx, &prefix, &seed)?
+        }
+    };
+    let mut fields = Map::new();
+    fields.insert("title".into(), json!(r.title));
+    for (k, v) in [
+        ("description", &r.description),
+        ("design", &r.design),
+        ("acceptance_criteria", &r.acceptance_criteria),
+        ("notes", &r.notes),
+    ] {
+        if !v.is_empty() {
+            fields.insert(k.into(), json!(v));
+        }
+    }
+    fields.insert("status".into(), json!(Status::Open.as_str()));
+    fields.insert("priority".into(), json!(priority));
+    fields.insert("issue_type".into(), json!(issue_type.as_str()));
+    for (k, v) in [("assignee", &r.assignee), ("external_ref", &r.external_ref)] {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+            fields.insert(k.into(), json!(v));
+        }
+    }
+    fields.insert("created_at".into(), json!(format_rfc3339(tx.now_ms())));
+    fields.insert("created_by".into(), json!(ctx.actor));
+    tx.record(new_op(ctx, &id, OpKind::Create, None, Value::Object(fields), vec![]))?;
+    for label in &labels {
+        tx.record(new_op(ctx, &id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+    }
+    for (kind, target) in &edges {
+        let value = json!({"depends_on_id": target, "type": kind.as_str()});
+        tx.record(new_op(ctx, &id, OpKind::DepAdd, None, value, vec![]))?;
+    }
+    tx.flush()?;
+    get_live(tx.conn(), &id)
+}
+
+fn generate_id(tx: &mut WriteTx<'_>, prefix: &str, seed: &str) -> Result<String> {
+    let n: i64 = tx.conn().query_row(
+        "SELECT (SELECT COUNT(*) FROM issues) + (SELECT COUNT(*) FROM tombstones)",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut len = ids::hash_len_for(n as u64);
+    for attempt in 0..64u32 {
+        if attempt > 0 && attempt % 4 == 0 {
+            len = (len + 1).min(ids::MAX_HASH_LEN);
+        }
+        let id = ids::hashed_id(prefix, format!("{seed}|{attempt}").as_bytes(), len);
+        if !query::id_ever_used(tx.conn(), &id)? {
+            return Ok(id);
+        }
+    }
+    Err(Error::internal("could not find a free issue id after 64 attempts"))
+}
+
+fn next_child_id(tx: &mut WriteTx<'_>, parent: &str) -> Result<String> {
+    let lo = format!("{parent}.");
+    let hi = format!("{parent}/"); // '/' sorts right after '.'
+    let mut stmt = tx
+        .conn()
+        .prepare_cached("SELECT DISTINCT issue_id FROM ops WHERE issue_id > ?1 AND issue_id < ?2")?;
+    let max = stmt
+        .query_map(params![lo, hi], |r| r.get::<_, String>(0))?
+        .filter_map(|id| id.ok())
+        .filter_map(|id| id[lo.len()..].parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    Ok(ids::child_id(parent, max + 1))
+}
+
+fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) -> Result<Vec<Changed>> {
+    if let Some(t) = &r.title {
+        model::validate_title(t)?;
+    }
+    let status = r.status.as_deref().map(Status::parse).transpose()?;
+    let issue_type = r.issue_type.as_deref().map(IssueType::parse).transpose()?;
+    if let Some(p) = r.priority {
+        parse_priority(&p.to_string())?;
+    }
+    let mut all_labels: Vec<&String> = r.add_labels.iter().chain(&r.remove_labels).collect();
+    all_labels.extend(r.set_labels.iter().flatten());
+    for l in all_labels {
+        model::validate_label(l)?;
+    }
+    if r.claim && (r.assignee.is_some() || status.is_some()) {
+        return Err(Error::invalid("--claim sets the assignee and status itself")
+            .hint("drop --assignee/--status, or drop --claim"));
+    }
+    for_each_id(tx, &r.ids, |tx, id| {
+        let mut changed = false;
+        if r.claim {
+            changed |= claim(tx, ctx, id)?;
+        }
+        for (field, value) in [
+            ("title", &r.title),
+            ("description", &r.description),
+            ("design", &r.design),
+            ("acceptance_criteria", &r.acceptance_criteria),
+            ("notes", &r.notes),
+            ("assignee", &r.assignee),
+            ("external_ref", &r.external_ref),
+        ] {
+            if let Some(v) = value {
+                changed |= set_field(tx, ctx, id, field, text_or_null(v))?;
+            }
+        }
+        if let Some(p) = r.priority {
+            changed |= set_field(tx, ctx, id, "priority", json!(p))?;
+        }
+        if let Some(t) = &issue_type {
+            changed |= set_field(tx, ctx, id, "issue_type", json!(t.as_str()))?;
+        }
+        if let Some(s) = &status {
+            changed |= set_status(tx, ctx, id, s, None)?;
+        }
+        let (mut add, mut remove) = (r.add_labels.clone(), r.remove_labels.clone());
+        if let Some(set) = &r.set_labels {
+            let current = tx.doc(id)?.materialise().map(|m| m.issue.labels).unwrap_or_default();
+            remove.extend(current.iter().filter(|l| !set.contains(l)).cloned());
+            add.extend(set.iter().cloned());
+        }
+        changed |= change_labels(tx, ctx, id, &add, &remove)?;
+        Ok(changed)
+    })
+}
+
+/// Atomic claim: assign to the actor and start, only if unassigned and not closed.
+fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
+    let assignee = current_str(tx, id, "assignee")?;
+    let status = Status::from_wire(&current_str(tx, id, "status")?);
+    if status.is_closed() {
+        return Err(Error::new(ErrorKind::Conflict, format!("{id} is closed; it cannot be claimed"))
+            .hint(format!("reopen it first: bd reopen {id}")));
+    }
+    if !assignee.is_empty() && assignee != ctx.actor {
+        return Err(Error::new(ErrorKind::Conflict, format!("{id} is already claimed by {assignee}"))
+            .hint("pick another issue from `bd ready`"));
+    }
+    let mut changed = set_field(tx, ctx, id, "assignee", json!(ctx.actor))?;
+    changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
+    Ok(changed)
+}
+
+fn dep_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, issue: &str, depends_on: &str, dep_type: &str) -> Result<Response> {
+    let kind = DepType::parse(dep_type)?;
+    let from = query::resolve_id(tx.conn(), issue)?;
+    let to = query::resolve_id(tx.conn(), depends_on)?;
+    if from == to {
+        return Err(Error::invalid(format!("{from} cannot depend on itself")));
+    }
+    if kind.gates() && query::would_cycle(tx.conn(), &from, &to)? {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{from} → {to} would create a dependency cycle ({to} already depends on {from})"),
+        )
+        .hint(format!("see the chain with: bd dep tree {to}")));
+    }
+    let exists = !tx.doc(&from)?.dep_heads(&to, kind.as_str()).is_empty();
+    if !exists {
+        let value = json!({"depends_on_id": to, "type": kind.as_str()});
+        tx.record(new_op(ctx, &from, OpKind::DepAdd, None, value, vec![]))?;
+        tx.flush()?;
+    }
+    let dependency = get_live(tx.conn(), &from)?
+        .dependencies
+        .into_iter()
+        .find(|d| d.depends_on_id == to && d.dep_type == kind)
+        .ok_or_else(|| Error::internal("dependency missing after add"))?;
+    Ok(Response::Dependency { dependency, changed: !exists })
+}
+
+fn dep_remove(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    issue: &str,
+    depends_on: &str,
+    dep_type: Option<&str>,
+) -> Result<Vec<Dependency>> {
+    let kind = dep_type.map(DepType::parse).transpose()?;
+    let from = query::resolve_id(tx.conn(), issue)?;
+    // The target may be deleted; match it exactly in that case.
+    let to = query::resolve_id(tx.conn(), depends_on).unwrap_or_else(|_| depends_on.to_string());
+    let edges: Vec<Dependency> = get_live(tx.conn(), &from)?
+        .dependencies
+        .into_iter()
+        .filter(|d| d.depends_on_id == to && kind.as_ref().is_none_or(|k| &d.dep_type == k))
+        .collect();
+    if edges.is_empty() {
+        let what = kind.map(|k| format!(" ({k})")).unwrap_or_default();
+        return Err(Error::not_found(format!("{from} does not depend on {to}{what}"))
+            .hint(format!("see its dependencies with: bd show {from}")));
+    }
+    for d in &edges {
+        let heads = tx.doc(&from)?.dep_heads(&to, d.dep_type.as_str());
+        let value = json!({"depends_on_id": to, "type": d.dep_type.as_str()});
+        tx.record(new_op(ctx, &from, OpKind::DepRemove, None, value, heads))?;
+    }
+    Ok(edges)
+}
+
+/// Longest comment accepted, in bytes.
+pub const COMMENT_MAX_BYTES: usize = 64 * 1024;
+
+fn comment_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, text: &str) -> Result<Comment> {
+    let id = query::resolve_id(tx.conn(), id)?;
+    if text.trim().is_empty() {
+        return Err(Error::invalid("comment text must not be empty"));
+    }
+    if text.len() > COMMENT_MAX_BYTES {
+        return Err(Error::invalid(format!("comment is {} bytes; the limit is {COMMENT_MAX_BYTES}", text.len())));
+    }
+    let op_id = tx.record(new_op(ctx, &id, OpKind::Comment, None, json!({"text": text}), vec![]))?;
+    let want = format!("c-{}", &op_id[..12]);
+    tx.doc(&id)?
+        .materialise()
+        .and_then(|m| m.issue.comments.into_iter().find(|c| c.id == want))
+        .ok_or_else(|| Error::internal("comment missing after add"))
+}

@@ -1,0 +1,197 @@
+//! Import of beads-format `issues.jsonl` (ours or the Go bd's) as ops.
+//!
+//! Idempotent: a record already reflected in the state records no op, so importing
+//! one file twice changes nothing. Values bd does not model (statuses, types,
+//! dependency types, whole fields) are kept verbatim. A beads tombstone
+//! (`"status": "tombstone"`) becomes a delete; an issue deleted here is never
+//! brought back by an import.
+
+use super::{Context, ImportReport, new_op};
+use crate::ids;
+use crate::jsonl::{ImportRecord, LineError};
+use crate::model::{OpKind, STRUCTURAL_FIELDS};
+use crate::storage::WriteTx;
+use crate::{Error, Result};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
+
+enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+    SkippedDeleted,
+}
+
+/// Applies every record; a record that is refused is reported with its line and
+/// the others still apply.
+pub(super) fn import(tx: &mut WriteTx<'_>, ctx: &Context<'_>, records: &[ImportRecord]) -> Result<ImportReport> {
+    let mut report = ImportReport::default();
+    let before = tx.recorded().len();
+    for rec in records {
+        match import_one(tx, ctx, rec) {
+            Ok(Outcome::Created) => report.created += 1,
+            Ok(Outcome::Updated) => report.updated += 1,
+            Ok(Outcome::Unchanged) => report.unchanged += 1,
+            Ok(Outcome::Deleted) => report.deleted += 1,
+            Ok(Outcome::SkippedDeleted) => report.skipped_deleted += 1,
+            Err(e) => report.errors.push(LineError { line: rec.line, message: e.message }),
+        }
+    }
+    report.ops = (tx.recorded().len() - before) as u64;
+    tx.flush()?;
+    Ok(report)
+}
+
+fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let empty = |v: Option<&Value>| matches!(v, None | Some(Value::Null)) || v.and_then(Value::as_str) == Some("");
+    a == b || (empty(a) && empty(b))
+}
+
+fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Result<Outcome> {
+    let f = &rec.fields;
+    let id = f.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    ids::validate_id(&id)?;
+    let tombstone = f.get("status").and_then(Value::as_str) == Some("tombstone");
+    if !tombstone && f.get("title").and_then(Value::as_str).is_none_or(|t| t.trim().is_empty()) {
+        return Err(Error::invalid(format!("{id}: missing or empty \"title\"")));
+    }
+    let labels: BTreeSet<String> = strings(f.get("labels"));
+    let deps = edges(f.get("dependencies"));
+    let comments = match f.get("comments") {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_object).cloned().collect(),
+        _ => Vec::new(),
+    };
+    let scalars: Map<String, Value> = f
+        .iter()
+        .filter(|(k, _)| !STRUCTURAL_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    let doc = tx.doc(&id)?;
+    if doc.is_deleted() {
+        return Ok(if tombstone { Outcome::Unchanged } else { Outcome::SkippedDeleted });
+    }
+    if !doc.exists() {
+        let mut value = scalars;
+        if let Some(u) = f.get("updated_at") {
+            value.insert("updated_at".into(), u.clone());
+        }
+        tx.record(new_op(ctx, &id, OpKind::Create, None, Value::Object(value), vec![]))?;
+        for label in &labels {
+            tx.record(new_op(ctx, &id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+        }
+        for dep in &deps {
+            tx.record(new_op(ctx, &id, OpKind::DepAdd, None, Value::Object(dep.clone()), vec![]))?;
+        }
+        for c in &comments {
+            tx.record(new_op(ctx, &id, OpKind::Comment, None, comment_value(c), vec![]))?;
+        }
+        if tombstone {
+            delete(tx, ctx, &id)?;
+            return Ok(Outcome::Deleted);
+        }
+        return Ok(Outcome::Created);
+    }
+    if tombstone {
+        delete(tx, ctx, &id)?;
+        return Ok(Outcome::Deleted);
+    }
+
+    // Scalars: every field in the record, and every field shown here but absent there.
+    let shown: Vec<String> = doc.field_names().map(str::to_string).collect();
+    let before = tx.recorded().len();
+    let mut fields: BTreeSet<String> = scalars.keys().cloned().collect();
+    fields.extend(shown.into_iter().filter(|k| !STRUCTURAL_FIELDS.contains(&k.as_str())));
+    for field in fields {
+        let want = scalars.get(&field).cloned().unwrap_or(Value::Null);
+        let doc = tx.doc(&id)?;
+        if same(doc.field_value(&field), Some(&want)) {
+            continue;
+        }
+        let heads = doc.field_heads(&field);
+        tx.record(new_op(ctx, &id, OpKind::Set, Some(&field), want, heads))?;
+    }
+    let current = tx.doc(&id)?.materialise().map(|m| m.issue).ok_or_else(|| Error::internal("issue vanished"))?;
+    for label in labels.iter().filter(|l| !current.labels.contains(l)) {
+        tx.record(new_op(ctx, &id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+    }
+    for label in current.labels.iter().filter(|l| !labels.contains(*l)) {
+        let heads = tx.doc(&id)?.label_heads(label);
+        tx.record(new_op(ctx, &id, OpKind::LabelRemove, None, json!(label), heads))?;
+    }
+    let key = |d: &Map<String, Value>| {
+        (d.get("depends_on_id").and_then(Value::as_str).unwrap_or_default().to_string(),
+         d.get("type").and_then(Value::as_str).unwrap_or_default().to_string())
+    };
+    let have: BTreeSet<(String, String)> = current
+        .dependencies
+        .iter()
+        .map(|d| (d.depends_on_id.clone(), d.dep_type.as_str().to_string()))
+        .collect();
+    let want: BTreeSet<(String, String)> = deps.iter().map(key).collect();
+    for dep in deps.iter().filter(|d| !have.contains(&key(d))) {
+        tx.record(new_op(ctx, &id, OpKind::DepAdd, None, Value::Object(dep.clone()), vec![]))?;
+    }
+    for (target, kind) in have.difference(&want) {
+        let heads = tx.doc(&id)?.dep_heads(target, kind);
+        let value = json!({"depends_on_id": target, "type": kind});
+        tx.record(new_op(ctx, &id, OpKind::DepRemove, None, value, heads))?;
+    }
+    for c in &comments {
+        let value = comment_value(c);
+        let known = current.comments.iter().any(|have| match value.get("id") {
+            Some(cid) => &json!(have.id) == cid || cid.as_i64().is_some_and(|n| have.id == n.to_string()),
+            None => Some(&json!(have.text)) == value.get("text") && Some(&json!(have.created_at)) == value.get("created_at"),
+        });
+        if !known {
+            tx.record(new_op(ctx, &id, OpKind::Comment, None, value, vec![]))?;
+        }
+    }
+    Ok(if tx.recorded().len() > before { Outcome::Updated } else { Outcome::Unchanged })
+}
+
+fn delete(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<()> {
+    let heads = tx.doc(id)?.all_heads();
+    tx.record(new_op(ctx, id, OpKind::Delete, None, Value::Null, heads))?;
+    Ok(())
+}
+
+fn strings(v: Option<&Value>) -> BTreeSet<String> {
+    match v {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// Dependency objects with a target and a type; `issue_id` is implied by the record.
+fn edges(v: Option<&Value>) -> Vec<Map<String, Value>> {
+    let Some(Value::Array(items)) = v else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(Value::as_object)
+        .filter_map(|d| {
+            let target = d.get("depends_on_id").and_then(Value::as_str)?;
+            let kind = d.get("type").and_then(Value::as_str).unwrap_or("blocks");
+            let mut out = Map::new();
+            out.insert("depends_on_id".into(), json!(target));
+            out.insert("type".into(), json!(kind));
+            for k in ["created_at", "created_by"] {
+                if let Some(Value::String(s)) = d.get(k) {
+                    out.insert(k.into(), json!(s));
+                }
+            }
+            Some(out)
+        })
+        .collect()
+}
+
+fn comment_value(c: &Map<String, Value>) -> Value {
+    let mut out = Map::new();
+    for k in ["id", "author", "text", "created_at"] {
+        if let Some(v) = c.get(k).filter(|v| !v.is_null()) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(out)
+}

@@ -1,0 +1,357 @@
+//! The API: every operation as a [`Request`], every answer as a [`Response`].
+//!
+//! Both are plain serde data so the daemon can carry them over its socket unchanged;
+//! JSON shapes are documented in README.md ("JSON output").
+
+use crate::jsonl::{ImportRecord, SnapshotState};
+use crate::model::{Comment, Conflict, Dependency, Issue};
+use crate::query::{BlockedIssue, LabelCount, ListFilter, Stats, TreeNode};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Fields of a new issue.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreateRequest {
+    /// Title (required).
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Design notes.
+    pub design: String,
+    /// Acceptance criteria.
+    pub acceptance_criteria: String,
+    /// Notes.
+    pub notes: String,
+    /// Priority 0-4 (default 2).
+    pub priority: Option<i64>,
+    /// Issue type (default task).
+    pub issue_type: Option<String>,
+    /// Assignee.
+    pub assignee: Option<String>,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Dependencies as (type, target id).
+    pub deps: Vec<(String, String)>,
+    /// Parent issue: the new issue gets the id `<parent>.<n>` and a parent-child edge.
+    pub parent: Option<String>,
+    /// Link to an outside tracker.
+    pub external_ref: Option<String>,
+    /// Explicit id instead of a generated one.
+    pub id: Option<String>,
+}
+
+/// Changes to one or more issues; `None` fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateRequest {
+    /// Issues to change (all or none are changed).
+    pub ids: Vec<String>,
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New design notes.
+    pub design: Option<String>,
+    /// New acceptance criteria.
+    pub acceptance_criteria: Option<String>,
+    /// New notes.
+    pub notes: Option<String>,
+    /// New status.
+    pub status: Option<String>,
+    /// New priority.
+    pub priority: Option<i64>,
+    /// New type.
+    pub issue_type: Option<String>,
+    /// New assignee; `Some("")` unassigns.
+    pub assignee: Option<String>,
+    /// New external reference; `Some("")` clears.
+    pub external_ref: Option<String>,
+    /// Labels to add.
+    pub add_labels: Vec<String>,
+    /// Labels to remove.
+    pub remove_labels: Vec<String>,
+    /// Replace all labels with these.
+    pub set_labels: Option<Vec<String>>,
+    /// Claim: assign to the caller and start, only if unassigned and open.
+    pub claim: bool,
+}
+
+/// One operation on the tracker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create an issue.
+    Create(CreateRequest),
+    /// Change issues.
+    Update(UpdateRequest),
+    /// Close issues.
+    Close {
+        /// Issues to close.
+        ids: Vec<String>,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// Reopen closed issues.
+    Reopen {
+        /// Issues to reopen.
+        ids: Vec<String>,
+    },
+    /// Issues with comments.
+    Show {
+        /// Issues to show.
+        ids: Vec<String>,
+    },
+    /// Filtered list.
+    List(ListFilter),
+    /// Ready queue.
+    Ready(ListFilter),
+    /// Blocked issues with their blockers.
+    Blocked(ListFilter),
+    /// Add a dependency: `issue` depends on `depends_on`.
+    DepAdd {
+        /// The dependent.
+        issue: String,
+        /// The blocker or parent.
+        depends_on: String,
+        /// Edge type (wire spelling).
+        dep_type: String,
+    },
+    /// Remove a dependency (every type when `dep_type` is `None`).
+    DepRemove {
+        /// The dependent.
+        issue: String,
+        /// The blocker or parent.
+        depends_on: String,
+        /// Edge type, or all.
+        dep_type: Option<String>,
+    },
+    /// Dependency tree.
+    DepTree {
+        /// Root issue.
+        id: String,
+        /// Show dependents instead of dependencies.
+        reverse: bool,
+        /// Depth limit.
+        max_depth: usize,
+    },
+    /// Cycles among gating dependencies.
+    DepCycles,
+    /// Add labels to issues.
+    LabelAdd {
+        /// Issues.
+        ids: Vec<String>,
+        /// Labels.
+        labels: Vec<String>,
+    },
+    /// Remove labels from issues.
+    LabelRemove {
+        /// Issues.
+        ids: Vec<String>,
+        /// Labels.
+        labels: Vec<String>,
+    },
+    /// Labels of one issue, or every label with counts.
+    LabelList {
+        /// The issue, or all.
+        id: Option<String>,
+    },
+    /// Add a comment.
+    CommentAdd {
+        /// Issue.
+        id: String,
+        /// Text.
+        text: String,
+    },
+    /// Comments of an issue.
+    Comments {
+        /// Issue.
+        id: String,
+    },
+    /// Open conflict records.
+    Conflicts,
+    /// Counts.
+    Stats,
+    /// Every live issue with comments, sorted by id.
+    Export,
+    /// Record issues from a beads-format JSONL file as ops.
+    Import {
+        /// Parsed lines.
+        records: Vec<ImportRecord>,
+        /// Report what would change without changing anything.
+        dry_run: bool,
+    },
+    /// Write the op file and the issues.jsonl snapshot now.
+    Flush,
+    /// Tracker facts.
+    Info,
+    /// Read one config key.
+    ConfigGet {
+        /// Key.
+        key: String,
+    },
+    /// Set one config key.
+    ConfigSet {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// All config keys.
+    ConfigList,
+}
+
+impl Request {
+    /// Whether the request may change the database.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Create(_)
+                | Request::Update(_)
+                | Request::Close { .. }
+                | Request::Reopen { .. }
+                | Request::DepAdd { .. }
+                | Request::DepRemove { .. }
+                | Request::LabelAdd { .. }
+                | Request::LabelRemove { .. }
+                | Request::CommentAdd { .. }
+                | Request::Import { dry_run: false, .. }
+        )
+    }
+}
+
+/// One issue as `bd show` presents it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssueDetails {
+    /// The issue with comments.
+    #[serde(flatten)]
+    pub issue: Issue,
+    /// Incoming edges: issues that depend on this one.
+    pub dependents: Vec<Dependency>,
+    /// Whether a gating dependency holds it back.
+    pub blocked: bool,
+    /// Open conflicts on its fields.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub conflicts: Vec<Conflict>,
+}
+
+/// What happened to each issue of a multi-issue change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changed {
+    /// The issue after the change.
+    #[serde(flatten)]
+    pub issue: Issue,
+    /// Whether anything changed (false: it was already so).
+    pub changed: bool,
+}
+
+/// What an import did (or would do, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Issues new to this tracker.
+    pub created: u64,
+    /// Existing issues changed to match the file.
+    pub updated: u64,
+    /// Issues already as in the file.
+    pub unchanged: u64,
+    /// Issues deleted (beads tombstones).
+    pub deleted: u64,
+    /// Issues left alone because they are deleted here.
+    pub skipped_deleted: u64,
+    /// Ops recorded.
+    pub ops: u64,
+    /// Records that were refused, with their line numbers.
+    pub errors: Vec<crate::jsonl::LineError>,
+    /// True when nothing was written.
+    pub dry_run: bool,
+}
+
+/// Facts about the tracker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    /// bd version.
+    pub version: String,
+    /// How requests are served (`direct`).
+    pub mode: String,
+    /// The `.beads/` directory.
+    pub beads_dir: String,
+    /// The database file.
+    pub database: String,
+    /// Database schema version.
+    pub schema_version: i64,
+    /// This clone's replica id.
+    pub replica: String,
+    /// Id prefix.
+    pub prefix: String,
+    /// Live issues.
+    pub issues: u64,
+    /// Freshness of issues.jsonl.
+    pub snapshot: SnapshotState,
+}
+
+/// What flushing wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushReport {
+    /// Op lines appended to this replica's op file.
+    pub ops_written: usize,
+    /// Issues in the snapshot.
+    pub issues: usize,
+    /// The snapshot path.
+    pub snapshot: String,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Response {
+    /// One issue (create).
+    Issue(Issue),
+    /// Issues (list, ready, export).
+    Issues(Vec<Issue>),
+    /// Issues with details (show).
+    Details(Vec<IssueDetails>),
+    /// Per-issue outcome (update, close, reopen, label add/remove).
+    Changed(Vec<Changed>),
+    /// Blocked issues.
+    Blocked(Vec<BlockedIssue>),
+    /// A dependency that was added or removed.
+    Dependency {
+        /// The edge.
+        dependency: Dependency,
+        /// False when it already existed.
+        changed: bool,
+    },
+    /// Removed dependencies.
+    Dependencies(Vec<Dependency>),
+    /// A dependency tree.
+    Tree(Vec<TreeNode>),
+    /// Dependency cycles.
+    Cycles(Vec<Vec<String>>),
+    /// Labels of one issue.
+    Labels(Vec<String>),
+    /// Label counts.
+    LabelCounts(Vec<LabelCount>),
+    /// One comment.
+    Comment(Comment),
+    /// Comments.
+    Comments(Vec<Comment>),
+    /// Conflict records.
+    Conflicts(Vec<Conflict>),
+    /// Counts.
+    Stats(Stats),
+    /// Import outcome.
+    Import(ImportReport),
+    /// Flush outcome.
+    Flush(FlushReport),
+    /// Tracker facts.
+    Info(Info),
+    /// A config value.
+    ConfigValue {
+        /// Key.
+        key: String,
+        /// Value, if set.
+        value: Option<String>,
+    },
+    /// All config values.
+    Config(BTreeMap<String, String>),
+}

@@ -1,0 +1,486 @@
+//! The SQLite store: op table plus materialised state, one write transaction at a
+//! time (`BEGIN IMMEDIATE`), WAL readers alongside.
+//!
+//! Invariants:
+//! - [`WriteTx::record`] stamps an op (HLC, per-replica seq), seals it, stores it and
+//!   folds it into the issue's [`IssueDoc`]; [`WriteTx::flush`] rewrites the touched
+//!   issues' rows from their docs. Both happen inside one SQLite transaction, so the
+//!   rows are always the fold of the stored ops.
+//! - `issues.blocked` is 1 iff the issue has a `blocks` dependency on an existing,
+//!   non-closed issue, or a `parent-child` dependency on a parent that is blocked or
+//!   whose status is neither open nor in_progress. It is maintained incrementally:
+//!   flushing an issue re-evaluates it and, transitively, its dependents.
+
+use super::BeadsPaths;
+use crate::clock::Clock;
+use crate::merge::{IssueDoc, Materialised};
+use crate::model::{Hlc, Op};
+use crate::{Error, ErrorKind, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::time::Duration;
+
+/// Schema version written to `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = include_str!("schema.sql");
+
+/// How long a writer waits for another writer's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An open tracker database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    replica: String,
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = FULL;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+impl Store {
+    /// Creates a new database at `paths.db` for replica `replica`.
+    ///
+    /// Fails with [`ErrorKind::Exists`] if a database with a schema is already there.
+    pub fn create(paths: &BeadsPaths, replica: &str) -> Result<Store> {
+        let conn = Connection::open(&paths.db)?;
+        configure(&conn)?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        let mut conn = conn;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if user_version(&tx)? != 0 {
+            return Err(Error::new(
+                ErrorKind::Exists,
+                format!("{} already holds a bd database", paths.db.display()),
+            ));
+        }
+        tx.execute_batch(SCHEMA_V1)?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('replica', ?1)",
+            params![replica],
+        )?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(Store {
+            conn,
+            replica: replica.to_string(),
+        })
+    }
+
+    /// Opens an existing database, checking its schema version.
+    pub fn open(db: &Path) -> Result<Store> {
+        if !db.is_file() {
+            return Err(Error::new(
+                ErrorKind::NotInitialized,
+                format!("no bd database at {}", db.display()),
+            )
+            .hint("run `bd init` in your repository first"));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(db, flags)?;
+        configure(&conn)?;
+        let version = user_version(&conn)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "database schema v{version} is newer than this bd understands (v{SCHEMA_VERSION})"
+                ),
+            )
+            .hint("upgrade bd (`cargo install --path .` in the bd repository)"));
+        }
+        if version < 1 {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{} is not a bd database (schema v{version})", db.display()),
+            )
+            .hint("move it aside and run `bd init`"));
+        }
+        let replica: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'replica'", [], |r| r.get(0))
+            .optional()?;
+        let replica = replica.ok_or_else(|| {
+            Error::new(ErrorKind::Corrupt, "database has no replica id")
+                .hint("move .beads/beads.db aside and run `bd init` then `bd import`")
+        })?;
+        Ok(Store { conn, replica })
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// The connection, for read queries outside a transaction.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot).
+    pub fn read<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction()?;
+        let out = f(&tx)?;
+        tx.finish()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in one write transaction; commits if it returns `Ok`, else rolls back.
+    pub fn write<T>(
+        &mut self,
+        clock: &dyn Clock,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut w = WriteTx::begin(tx, &self.replica, clock)?;
+        let out = f(&mut w)?;
+        w.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a write transaction that is always rolled back (dry runs).
+    pub fn trial<T>(
+        &mut self,
+        clock: &dyn Clock,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut w = WriteTx::begin(tx, &self.replica, clock)?;
+        let out = f(&mut w)?;
+        w.flush()?;
+        Ok(out) // dropping `w` rolls back
+    }
+
+    /// Reads a `meta` value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        meta_get(&self.conn, key)
+    }
+
+    /// Sets a `meta` value in its own transaction.
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        meta_set(&self.conn, key, value)
+    }
+}
+
+/// Reads a `meta` value.
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Writes a `meta` value.
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute(params![key, value])?;
+    Ok(())
+}
+
+/// Loads and folds every stored op of `id`.
+pub fn load_doc(conn: &Connection, id: &str) -> Result<IssueDoc> {
+    let mut doc = IssueDoc::new(id);
+    let mut stmt = conn.prepare_cached("SELECT body FROM ops WHERE issue_id = ?1 ORDER BY pos")?;
+    let mut rows = stmt.query(params![id])?;
+    while let Some(row) = rows.next()? {
+        let body: String = row.get(0)?;
+        doc.apply(&parse_stored_op(&body)?);
+    }
+    Ok(doc)
+}
+
+/// Parses an op body from the op table.
+pub fn parse_stored_op(body: &str) -> Result<Op> {
+    serde_json::from_str(body).map_err(|e| {
+        Error::new(ErrorKind::Corrupt, format!("unreadable op in the database: {e}"))
+            .hint("rebuild the database from .beads/ops with `bd import`")
+    })
+}
+
+/// A write transaction: records ops and keeps the materialised rows in step.
+pub struct WriteTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    clock: &'a dyn Clock,
+    replica: String,
+    hlc: Hlc,
+    seq: u64,
+    docs: HashMap<String, IssueDoc>,
+    touched: BTreeSet<String>,
+    recorded: Vec<String>,
+}
+
+impl<'a> WriteTx<'a> {
+    fn begin(tx: rusqlite::Transaction<'a>, replica: &str, clock: &'a dyn Clock) -> Result<Self> {
+        let hlc = meta_get(&tx, "hlc")?
+            .and_then(|s| {
+                let (w, l) = s.split_once('.')?;
+                Some(Hlc {
+                    wall: w.parse().ok()?,
+                    logical: l.parse().ok()?,
+                })
+            })
+            .unwrap_or_default();
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
+            params![replica],
+            |r| r.get(0),
+        )?;
+        Ok(WriteTx {
+            tx,
+            clock,
+            replica: replica.to_string(),
+            hlc,
+            seq: seq as u64,
+            docs: HashMap::new(),
+            touched: BTreeSet::new(),
+            recorded: Vec::new(),
+        })
+    }
+
+    /// The connection inside this transaction, for queries.
+    pub fn conn(&self) -> &Connection {
+        &self.tx
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Current wall time from the transaction's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The folded ops of `id` (including ops recorded earlier in this transaction).
+    pub fn doc(&mut self, id: &str) -> Result<&IssueDoc> {
+        if !self.docs.contains_key(id) {
+            let doc = load_doc(&self.tx, id)?;
+            self.docs.insert(id.to_string(), doc);
+        }
+        Ok(&self.docs[id])
+    }
+
+    /// Whether `id` names an issue that exists and is not deleted.
+    pub fn is_live(&mut self, id: &str) -> Result<bool> {
+        Ok(self.doc(id)?.is_live())
+    }
+
+    /// Stamps, seals and stores `op` (its hlc, seq and replica are overwritten) and
+    /// folds it into the issue's doc. Returns the op id.
+    pub fn record(&mut self, mut op: Op) -> Result<String> {
+        self.hlc = self.hlc.tick(self.clock.now_ms());
+        self.seq += 1;
+        op.hlc = self.hlc;
+        op.seq = self.seq;
+        op.replica = self.replica.clone();
+        let op = op.seal();
+        let body = serde_json::to_string(&op)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
+        self.doc(&op.issue)?;
+        if let Some(doc) = self.docs.get_mut(&op.issue) {
+            doc.apply(&op);
+        }
+        self.touched.insert(op.issue.clone());
+        self.recorded.push(op.op_id.clone());
+        Ok(op.op_id)
+    }
+
+    /// Ids of the ops recorded so far in this transaction.
+    pub fn recorded(&self) -> &[String] {
+        &self.recorded
+    }
+
+    /// Rewrites the rows of every issue touched since the last flush and refreshes
+    /// the `blocked` flags that depend on them.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let touched = std::mem::take(&mut self.touched);
+        for id in &touched {
+            let materialised = self.docs.get(id).and_then(IssueDoc::materialise);
+            match materialised {
+                Some(m) => write_rows(&self.tx, &m)?,
+                None => continue, // ops for an issue whose create has not arrived
+            }
+        }
+        refresh_blocked(&self.tx, touched)
+    }
+
+    fn commit(mut self) -> Result<()> {
+        self.flush()?;
+        meta_set(
+            &self.tx,
+            "hlc",
+            &format!("{}.{}", self.hlc.wall, self.hlc.logical),
+        )?;
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
+fn write_rows(conn: &Connection, m: &Materialised) -> Result<()> {
+    let issue = &m.issue;
+    let conflicted: Vec<&str> = m.conflicts.iter().map(|c| c.field.as_str()).collect();
+    conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
+        .execute(params![issue.id])?;
+    let mut add_conflict = conn.prepare_cached(
+        "INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)",
+    )?;
+    for c in &m.conflicts {
+        add_conflict.execute(params![issue.id, c.field, serde_json::to_string(c)?])?;
+    }
+    if m.deleted {
+        conn.prepare_cached("DELETE FROM issues WHERE id = ?1")?
+            .execute(params![issue.id])?;
+        conn.prepare_cached("INSERT OR IGNORE INTO tombstones(id) VALUES (?1)")?
+            .execute(params![issue.id])?;
+        return Ok(());
+    }
+    let comments = &issue.comments;
+    let mut body_issue = issue.clone();
+    body_issue.comments = Vec::new();
+    let ms = |s: &str| crate::clock::parse_rfc3339(s);
+    conn.prepare_cached(
+        "INSERT INTO issues(id, title, description, status, priority, issue_type, assignee,
+                            created_ms, updated_ms, closed_ms, conflicted, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT(id) DO UPDATE SET
+           title = excluded.title, description = excluded.description,
+           status = excluded.status, priority = excluded.priority,
+           issue_type = excluded.issue_type, assignee = excluded.assignee,
+           created_ms = excluded.created_ms, updated_ms = excluded.updated_ms,
+           closed_ms = excluded.closed_ms, conflicted = excluded.conflicted,
+           body = excluded.body",
+    )?
+    .execute(params![
+        issue.id,
+        issue.title,
+        issue.description,
+        issue.status.as_str(),
+        issue.priority,
+        issue.issue_type.as_str(),
+        issue.assignee,
+        ms(&issue.created_at).unwrap_or(m.updated_ms),
+        m.updated_ms,
+        issue.closed_at.as_deref().and_then(ms),
+        conflicted.join(","),
+        serde_json::to_string(&body_issue)?,
+    ])?;
+    conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
+        .execute(params![issue.id])?;
+    let mut add_label = conn.prepare_cached("INSERT INTO labels(issue_id, label) VALUES (?1, ?2)")?;
+    for label in &issue.labels {
+        add_label.execute(params![issue.id, label])?;
+    }
+    conn.prepare_cached("DELETE FROM deps WHERE issue_id = ?1")?
+        .execute(params![issue.id])?;
+    let mut add_dep = conn.prepare_cached(
+        "INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)",
+    )?;
+    for d in &issue.dependencies {
+        add_dep.execute(params![issue.id, d.depends_on_id, d.dep_type.as_str()])?;
+    }
+    let mut add_comment = conn.prepare_cached(
+        "INSERT OR IGNORE INTO comments(issue_id, id, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for c in comments {
+        add_comment.execute(params![
+            issue.id,
+            c.id,
+            ms(&c.created_at).unwrap_or(0),
+            serde_json::to_string(c)?
+        ])?;
+    }
+    Ok(())
+}
+
+/// Re-evaluates `blocked` for `seeds` and, transitively, for whatever depends on an
+/// issue whose flag or status may have changed.
+fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
+    let mut get = conn.prepare_cached("SELECT blocked FROM issues WHERE id = ?1")?;
+    let mut compute = conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id
+                       WHERE d.issue_id = ?1 AND d.type = 'blocks' AND b.status <> 'closed')
+             OR EXISTS(SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id
+                       WHERE d.issue_id = ?1 AND d.type = 'parent-child'
+                         AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))",
+    )?;
+    let mut set = conn.prepare_cached("UPDATE issues SET blocked = ?2 WHERE id = ?1")?;
+    let mut dependents = conn.prepare_cached(
+        "SELECT issue_id FROM deps WHERE depends_on_id = ?1 AND type IN ('blocks', 'parent-child')",
+    )?;
+    let mut pending_seeds: HashSet<String> = seeds.iter().cloned().collect();
+    let mut queue: VecDeque<String> = seeds.into_iter().collect();
+    // Gating edges form a DAG (cycles are refused), so this terminates; the budget
+    // bounds the work even if imported data holds a cycle.
+    let mut budget = 1_000_000usize;
+    while let Some(id) = queue.pop_front() {
+        budget = budget.saturating_sub(1);
+        if budget == 0 {
+            break;
+        }
+        let was_seed = pending_seeds.remove(&id);
+        let old: Option<bool> = get.query_row(params![id], |r| r.get(0)).optional()?;
+        let changed = match old {
+            Some(old) => {
+                let new: bool = compute.query_row(params![id], |r| r.get(0))?;
+                if new != old {
+                    set.execute(params![id, new])?;
+                }
+                new != old
+            }
+            None => false,
+        };
+        if changed || was_seed {
+            let rows = dependents.query_map(params![id], |r| r.get::<_, String>(0))?;
+            for dep in rows {
+                queue.push_back(dep?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 (hex) of the whole materialised state: issues with comments, conflicts
+/// and tombstones, in id order. Equal on every replica that holds the same ops.
+pub fn state_hash(conn: &Connection) -> Result<String> {
+    let mut h = Sha256::new();
+    for (sql, tag) in [
+        ("SELECT id || char(31) || body FROM issues ORDER BY id", b'i'),
+        ("SELECT issue_id || char(31) || id || char(31) || body FROM comments ORDER BY issue_id, id", b'c'),
+        ("SELECT issue_id || char(31) || field || char(31) || body FROM conflicts ORDER BY issue_id, field", b'x'),
+        ("SELECT id FROM tombstones ORDER BY id", b't'),
+    ] {
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let s: String = row.get(0)?;
+            h.update([tag]);
+            h.update(s.as_bytes());
+            h.update([b'\n']);
+        }
+    }
+    Ok(crate::model::hex_bytes(&h.finalize()))
+}
