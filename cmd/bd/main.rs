@@ -1,1 +1,40 @@
-fn main() {}
+//! The `bd` command line: parses arguments, builds a request, calls the client and
+//! renders the answer. No rules live here.
+
+mod cli_error;
+mod commands;
+mod context;
+mod output;
+
+use clap::Parser;
+use context::{Ctx, GlobalArgs};
+
+/// bd: a local-first issue tracker and work queue for AI coding agents
+#[derive(Parser, Debug)]
+#[command(name = "bd", version, about, long_about = None, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+const AFTER_HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict (claim lost, cycle).\nStart with `bd init`, then `bd create \"First task\"` and `bd ready`.";
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let ctx = Ctx::new(cli.global);
+    let result = commands::run(&ctx, cli.command);
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => e.report(ctx.json),
+    };
+    std::process::exit(code);
+}

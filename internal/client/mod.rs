@@ -37,9 +37,18 @@ impl Direct {
     }
 
     /// Opens the tracker with an explicit clock (tests, benchmarks).
-    pub fn open_with_clock(paths: BeadsPaths, actor: &str, clock: Arc<dyn Clock>) -> Result<Direct> {
+    pub fn open_with_clock(
+        paths: BeadsPaths,
+        actor: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Direct> {
         let store = Store::open(&paths.db)?;
-        Ok(Direct { store, paths, actor: actor.to_string(), clock })
+        Ok(Direct {
+            store,
+            paths,
+            actor: actor.to_string(),
+            clock,
+        })
     }
 
     /// The tracker's files.
@@ -55,7 +64,11 @@ impl Direct {
 
 impl Backend for Direct {
     fn call(&mut self, req: Request) -> Result<Response> {
-        let ctx = Context { actor: &self.actor, clock: self.clock.as_ref(), paths: &self.paths };
+        let ctx = Context {
+            actor: &self.actor,
+            clock: self.clock.as_ref(),
+            paths: &self.paths,
+        };
         service::execute(&mut self.store, &ctx, req)
     }
 
@@ -112,7 +125,10 @@ pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
         (Some(p), _) => p.clone(),
         (None, Some(p)) => p.to_string(),
         (None, None) => ids::prefix_from_dir_name(
-            &root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            &root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         ),
     };
     let mut config = existing;

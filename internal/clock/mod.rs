@@ -52,9 +52,15 @@ impl Hlc {
     /// The next local stamp after `self`, given the wall time `now_ms`.
     pub fn tick(self, now_ms: u64) -> Hlc {
         if now_ms > self.wall {
-            Hlc { wall: now_ms, logical: 0 }
+            Hlc {
+                wall: now_ms,
+                logical: 0,
+            }
         } else {
-            Hlc { wall: self.wall, logical: self.logical.saturating_add(1) }
+            Hlc {
+                wall: self.wall,
+                logical: self.logical.saturating_add(1),
+            }
         }
     }
 
@@ -181,28 +187,61 @@ mod tests {
             let s = format_rfc3339(ms);
             assert_eq!(parse_rfc3339(&s), Some(ms as i64), "{s}");
         }
-        assert_eq!(format_rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            format_rfc3339(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 
     #[test]
     fn parses_offsets_dates_and_nanos() {
         let utc = parse_rfc3339("2025-10-14T19:00:00Z").unwrap();
         assert_eq!(parse_rfc3339("2025-10-14T12:00:00-07:00"), Some(utc));
-        assert_eq!(parse_rfc3339("2025-10-14T12:00:00.123456789-07:00"), Some(utc + 123));
+        assert_eq!(
+            parse_rfc3339("2025-10-14T12:00:00.123456789-07:00"),
+            Some(utc + 123)
+        );
         assert_eq!(parse_rfc3339("2025-10-14"), Some(utc - 19 * 3_600_000));
-        for bad in ["", "yesterday", "2025-13-01", "2025-10-14T25:00:00Z", "2025-10-14T10:00:00"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01",
+            "2025-10-14T25:00:00Z",
+            "2025-10-14T10:00:00",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn hlc_is_monotonic_when_the_wall_clock_goes_back() {
-        let a = Hlc { wall: 100, logical: 0 };
+        let a = Hlc {
+            wall: 100,
+            logical: 0,
+        };
         let b = a.tick(50);
         assert!(b > a);
         let c = b.tick(200);
-        assert_eq!(c, Hlc { wall: 200, logical: 0 });
-        let d = c.observe(Hlc { wall: 300, logical: 4 }, 10);
-        assert_eq!(d, Hlc { wall: 300, logical: 5 });
+        assert_eq!(
+            c,
+            Hlc {
+                wall: 200,
+                logical: 0
+            }
+        );
+        let d = c.observe(
+            Hlc {
+                wall: 300,
+                logical: 4,
+            },
+            10,
+        );
+        assert_eq!(
+            d,
+            Hlc {
+                wall: 300,
+                logical: 5
+            }
+        );
     }
 }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Keys bd understands, with a one-line description each.
-pub const KNOWN_KEYS: &[(&str, &str)] = &[("prefix", "id prefix for new issues (e.g. bd → bd-a1b2)")];
+pub const KNOWN_KEYS: &[(&str, &str)] =
+    &[("prefix", "id prefix for new issues (e.g. bd → bd-a1b2)")];
 
 /// Key namespace left to users.
 pub const CUSTOM_PREFIX: &str = "custom.";
@@ -51,7 +52,10 @@ impl Config {
 
     /// The id prefix (`bd` when unset).
     pub fn prefix(&self) -> &str {
-        self.values.get("prefix").map(String::as_str).unwrap_or("bd")
+        self.values
+            .get("prefix")
+            .map(String::as_str)
+            .unwrap_or("bd")
     }
 
     /// A value.
@@ -77,16 +81,21 @@ impl Config {
 
 /// Checks that `key` is known or in the custom namespace.
 pub fn check_key(key: &str) -> Result<()> {
-    let custom_ok = key
-        .strip_prefix(CUSTOM_PREFIX)
-        .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+    let custom_ok = key.strip_prefix(CUSTOM_PREFIX).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    });
     if KNOWN_KEYS.iter().any(|(k, _)| *k == key) || custom_ok {
         Ok(())
     } else {
         let known: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
-        Err(Error::invalid(format!("unknown config key {key:?}")).hint(format!(
-            "known keys: {}; use `custom.<name>` for your own",
-            known.join(", ")
-        )))
+        Err(
+            Error::invalid(format!("unknown config key {key:?}")).hint(format!(
+                "known keys: {}; use `custom.<name>` for your own",
+                known.join(", ")
+            )),
+        )
     }
 }

@@ -56,8 +56,10 @@ pub fn validate_prefix(prefix: &str) -> crate::Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(crate::Error::invalid(format!("invalid id prefix {prefix:?}"))
-            .hint("use 1-20 lower-case letters, digits or '_', starting with a letter"))
+        Err(
+            crate::Error::invalid(format!("invalid id prefix {prefix:?}"))
+                .hint("use 1-20 lower-case letters, digits or '_', starting with a letter"),
+        )
     }
 }
 
@@ -73,7 +75,11 @@ pub fn prefix_from_dir_name(name: &str) -> String {
         p.remove(0);
     }
     p.truncate(20);
-    if validate_prefix(&p).is_ok() { p } else { "bd".into() }
+    if validate_prefix(&p).is_ok() {
+        p
+    } else {
+        "bd".into()
+    }
 }
 
 /// Checks an explicit id (from `--id` or an import): non-empty, at most 100
@@ -123,7 +129,11 @@ mod tests {
         assert_ne!(a, hashed_id("bd", b"seed2", 6));
         assert_eq!(a.len(), 9);
         assert!(a.starts_with("bd-"));
-        assert!(a[3..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            a[3..]
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
     }
 
     #[test]

@@ -209,20 +209,37 @@ pub fn parse_issue_lines(text: &str) -> (Vec<ImportRecord>, Vec<LineError>) {
         if trimmed.is_empty() {
             continue;
         }
-        if trimmed.starts_with("<<<<<<<") || trimmed.starts_with(">>>>>>>") || trimmed == "=======" {
-            errors.push(LineError { line, message: "git conflict marker".into() });
+        if trimmed.starts_with("<<<<<<<") || trimmed.starts_with(">>>>>>>") || trimmed == "======="
+        {
+            errors.push(LineError {
+                line,
+                message: "git conflict marker".into(),
+            });
             continue;
         }
         match serde_json::from_str::<Value>(trimmed) {
             Ok(Value::Object(fields)) => {
-                if fields.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    errors.push(LineError { line, message: "missing string field \"id\"".into() });
+                if fields
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    errors.push(LineError {
+                        line,
+                        message: "missing string field \"id\"".into(),
+                    });
                 } else {
                     records.push(ImportRecord { line, fields });
                 }
             }
-            Ok(_) => errors.push(LineError { line, message: "not a JSON object".into() }),
-            Err(e) => errors.push(LineError { line, message: format!("invalid JSON: {e}") }),
+            Ok(_) => errors.push(LineError {
+                line,
+                message: "not a JSON object".into(),
+            }),
+            Err(e) => errors.push(LineError {
+                line,
+                message: format!("invalid JSON: {e}"),
+            }),
         }
     }
     (records, errors)
@@ -231,6 +248,9 @@ pub fn parse_issue_lines(text: &str) -> (Vec<ImportRecord>, Vec<LineError>) {
 /// Reads a whole import file, with a clear error when it cannot be read.
 pub fn read_import_file(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| {
-        Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()))
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot read {}: {e}", path.display()),
+        )
     })
 }

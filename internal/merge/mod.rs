@@ -229,17 +229,15 @@ impl IssueDoc {
             }
             OpKind::LabelRemove => self.labels.removed.extend(op.supersedes.iter().cloned()),
             OpKind::DepAdd => {
-                if let (Some(target), Some(kind)) = (op.value_str("depends_on_id"), op.value_str("type"))
+                if let (Some(target), Some(kind)) =
+                    (op.value_str("depends_on_id"), op.value_str("type"))
                 {
                     let meta = EdgeMeta {
                         created_at: op
                             .value_str("created_at")
                             .map(str::to_string)
                             .unwrap_or_else(|| format_rfc3339(op.hlc.wall)),
-                        created_by: op
-                            .value_str("created_by")
-                            .unwrap_or(&op.actor)
-                            .to_string(),
+                        created_by: op.value_str("created_by").unwrap_or(&op.actor).to_string(),
                     };
                     self.deps
                         .adds
@@ -282,7 +280,11 @@ impl IssueDoc {
             Some((ms, s)) => (ms, s.to_string()),
             None => (op.hlc.wall as i64, format_rfc3339(op.hlc.wall)),
         };
-        if self.updated.as_ref().is_none_or(|u| (ms, &text) > (u.0, &u.1)) {
+        if self
+            .updated
+            .as_ref()
+            .is_none_or(|u| (ms, &text) > (u.0, &u.1))
+        {
             self.updated = Some((ms, text));
         }
         true
@@ -363,7 +365,8 @@ impl IssueDoc {
         let mut conflicts = Vec::new();
         for (field, reg) in &self.registers {
             let ranked = reg.ranked();
-            let distinct: BTreeSet<String> = ranked.iter().map(|(_, (v, _))| v.to_string()).collect();
+            let distinct: BTreeSet<String> =
+                ranked.iter().map(|(_, (v, _))| v.to_string()).collect();
             if distinct.len() > 1 {
                 conflicts.push(Conflict {
                     issue_id: self.id.clone(),
@@ -443,11 +446,16 @@ impl IssueDoc {
                 contenders.push((contender(id, value, s), key(s, id)));
             }
         }
-        for (label, id, s) in self.labels.live_ids().filter(|(_, id, _)| !seen.contains(id)) {
+        for (label, id, s) in self
+            .labels
+            .live_ids()
+            .filter(|(_, id, _)| !seen.contains(id))
+        {
             let value = serde_json::json!({ "label_add": label });
             contenders.push((contender(id, value, s), key(s, id)));
         }
-        for ((target, kind), id, s) in self.deps.live_ids().filter(|(_, id, _)| !seen.contains(id)) {
+        for ((target, kind), id, s) in self.deps.live_ids().filter(|(_, id, _)| !seen.contains(id))
+        {
             let value = serde_json::json!({ "dep_add": { "depends_on_id": target, "type": kind } });
             contenders.push((contender(id, value, s), key(s, id)));
         }

@@ -24,7 +24,14 @@ impl Replica {
         }
     }
 
-    fn write(&mut self, now: u64, kind: OpKind, field: Option<&str>, value: Value, supersedes: Vec<String>) -> Op {
+    fn write(
+        &mut self,
+        now: u64,
+        kind: OpKind,
+        field: Option<&str>,
+        value: Value,
+        supersedes: Vec<String>,
+    ) -> Op {
         self.hlc = self.hlc.tick(now);
         self.seq += 1;
         let op = Op {
@@ -66,12 +73,24 @@ impl Replica {
     }
 
     fn dep_add(&mut self, now: u64, target: &str) -> Op {
-        self.write(now, OpKind::DepAdd, None, json!({"depends_on_id": target, "type": "blocks"}), vec![])
+        self.write(
+            now,
+            OpKind::DepAdd,
+            None,
+            json!({"depends_on_id": target, "type": "blocks"}),
+            vec![],
+        )
     }
 
     fn dep_rm(&mut self, now: u64, target: &str) -> Op {
         let heads = self.doc.dep_heads(target, "blocks");
-        self.write(now, OpKind::DepRemove, None, json!({"depends_on_id": target, "type": "blocks"}), heads)
+        self.write(
+            now,
+            OpKind::DepRemove,
+            None,
+            json!({"depends_on_id": target, "type": "blocks"}),
+            heads,
+        )
     }
 
     fn delete(&mut self, now: u64) -> Op {
@@ -248,8 +267,14 @@ fn run(actions: &[Action]) -> (Vec<Replica>, Vec<Op>) {
     for (t, a) in actions.iter().enumerate() {
         let now = 10 + t as u64 / 2; // several ops share a millisecond
         let r = match a {
-            Action::Title(r, _) | Action::Status(r, _) | Action::LabelAdd(r, _) | Action::LabelRm(r, _)
-            | Action::DepAdd(r, _) | Action::DepRm(r, _) | Action::Comment(r) | Action::Delete(r) => *r,
+            Action::Title(r, _)
+            | Action::Status(r, _)
+            | Action::LabelAdd(r, _)
+            | Action::LabelRm(r, _)
+            | Action::DepAdd(r, _)
+            | Action::DepRm(r, _)
+            | Action::Comment(r)
+            | Action::Delete(r) => *r,
             Action::Sync(from, to) => {
                 let ops = rs[*from].known.clone();
                 rs[*to].sync_from(&ops, now);
@@ -261,12 +286,22 @@ fn run(actions: &[Action]) -> (Vec<Replica>, Vec<Op>) {
         }
         let op = match a {
             Action::Title(_, v) => rs[r].set(now, "title", json!(format!("t{v}"))),
-            Action::Status(_, v) => rs[r].set(now, "status", json!(["open", "in_progress", "closed"][*v as usize])),
+            Action::Status(_, v) => rs[r].set(
+                now,
+                "status",
+                json!(["open", "in_progress", "closed"][*v as usize]),
+            ),
             Action::LabelAdd(_, v) => rs[r].label_add(now, &format!("l{v}")),
             Action::LabelRm(_, v) => rs[r].label_rm(now, &format!("l{v}")),
             Action::DepAdd(_, v) => rs[r].dep_add(now, &format!("bd-t{v}")),
             Action::DepRm(_, v) => rs[r].dep_rm(now, &format!("bd-t{v}")),
-            Action::Comment(_) => rs[r].write(now, OpKind::Comment, None, json!({"text": format!("c{t}")}), vec![]),
+            Action::Comment(_) => rs[r].write(
+                now,
+                OpKind::Comment,
+                None,
+                json!({"text": format!("c{t}")}),
+                vec![],
+            ),
             Action::Delete(_) => rs[r].delete(now),
             Action::Sync(..) => unreachable!(),
         };

@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 
 /// Hybrid logical clock stamp: wall milliseconds plus a counter that orders events
 /// within one millisecond (and past a clock that went backwards).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Hlc {
     /// Milliseconds since the Unix epoch.
     pub wall: u64,
@@ -171,7 +173,10 @@ mod tests {
             field: Some("title".into()),
             value: Value::String("x".into()),
             supersedes: vec![],
-            hlc: Hlc { wall: 5, logical: 0 },
+            hlc: Hlc {
+                wall: 5,
+                logical: 0,
+            },
             actor: "a".into(),
             replica: "r".into(),
             seq: 1,

@@ -54,10 +54,16 @@ pub fn cycles(conn: &Connection) -> Result<Vec<Vec<String>>> {
 /// the stack). Each component is sorted.
 fn tarjan(adj: &BTreeMap<String, Vec<String>>) -> Vec<Vec<String>> {
     let names: Vec<&String> = adj.keys().collect();
-    let index_of: BTreeMap<&String, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let index_of: BTreeMap<&String, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let edges: Vec<Vec<usize>> = names
         .iter()
-        .map(|n| adj[*n].iter().filter_map(|m| index_of.get(m).copied()).collect())
+        .map(|n| {
+            adj[*n]
+                .iter()
+                .filter_map(|m| index_of.get(m).copied())
+                .collect()
+        })
         .collect();
     let n = names.len();
     let (mut index, mut low, mut on_stack) = (vec![usize::MAX; n], vec![0; n], vec![false; n]);
@@ -132,14 +138,20 @@ pub struct TreeNode {
 
 /// The tree of what `root` depends on (or, with `reverse`, what depends on it), depth
 /// first, at most `max_depth` levels below the root.
-pub fn dependency_tree(conn: &Connection, root: &str, reverse: bool, max_depth: usize) -> Result<Vec<TreeNode>> {
+pub fn dependency_tree(
+    conn: &Connection,
+    root: &str,
+    reverse: bool,
+    max_depth: usize,
+) -> Result<Vec<TreeNode>> {
     let edge_sql = if reverse {
         "SELECT issue_id, type FROM deps WHERE depends_on_id = ?1 ORDER BY issue_id, type"
     } else {
         "SELECT depends_on_id, type FROM deps WHERE issue_id = ?1 ORDER BY depends_on_id, type"
     };
     let mut edges = conn.prepare_cached(edge_sql)?;
-    let mut info = conn.prepare_cached("SELECT title, status, priority FROM issues WHERE id = ?1")?;
+    let mut info =
+        conn.prepare_cached("SELECT title, status, priority FROM issues WHERE id = ?1")?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut todo: Vec<(usize, String, Option<String>)> = vec![(0, root.to_string(), None)];
@@ -157,7 +169,15 @@ pub fn dependency_tree(conn: &Connection, root: &str, reverse: bool, max_depth: 
                 todo.push((depth + 1, child, Some(kind)));
             }
         }
-        out.push(TreeNode { depth, id, title, status, priority, dep_type, repeated });
+        out.push(TreeNode {
+            depth,
+            id,
+            title,
+            status,
+            priority,
+            dep_type,
+            repeated,
+        });
     }
     Ok(out)
 }

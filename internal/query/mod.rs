@@ -37,7 +37,8 @@ pub fn resolve_id(conn: &Connection, query: &str) -> Result<String> {
         return Err(Error::not_found(format!("no issue matches {q:?}"))
             .hint("ids look like bd-a1b2; run `bd list` to see them"));
     }
-    let mut stmt = conn.prepare_cached("SELECT id FROM issues WHERE instr(id, ?1) > 0 ORDER BY id")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM issues WHERE instr(id, ?1) > 0 ORDER BY id")?;
     let candidates: Vec<String> = stmt
         .query_map(params![q], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?
@@ -50,7 +51,11 @@ pub fn resolve_id(conn: &Connection, query: &str) -> Result<String> {
             .hint("run `bd list` to see issue ids")),
         n => {
             let shown: Vec<&str> = candidates.iter().take(8).map(String::as_str).collect();
-            let more = if n > 8 { format!(" and {} more", n - 8) } else { String::new() };
+            let more = if n > 8 {
+                format!(" and {} more", n - 8)
+            } else {
+                String::new()
+            };
             Err(Error::new(
                 ErrorKind::Ambiguous,
                 format!("{q:?} matches {n} issues: {}{more}", shown.join(", ")),
@@ -75,9 +80,8 @@ pub fn id_ever_used(conn: &Connection, id: &str) -> Result<bool> {
 }
 
 fn parse_issue(body: &str) -> Result<Issue> {
-    serde_json::from_str(body).map_err(|e| {
-        Error::new(ErrorKind::Corrupt, format!("unreadable issue row: {e}"))
-    })
+    serde_json::from_str(body)
+        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("unreadable issue row: {e}")))
 }
 
 /// Loads a live issue with its comments.
@@ -94,9 +98,8 @@ pub fn get_issue(conn: &Connection, id: &str) -> Result<Option<Issue>> {
 
 /// Comments of `id`, oldest first.
 pub fn comments(conn: &Connection, id: &str) -> Result<Vec<Comment>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT body FROM comments WHERE issue_id = ?1 ORDER BY created_ms, id",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT body FROM comments WHERE issue_id = ?1 ORDER BY created_ms, id")?;
     let rows = stmt.query_map(params![id], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for body in rows {
@@ -115,7 +118,12 @@ pub fn dependents(conn: &Connection, id: &str) -> Result<Vec<Dependency>> {
     let mut out = Vec::new();
     for body in rows {
         let issue = parse_issue(&body?)?;
-        out.extend(issue.dependencies.into_iter().filter(|d| d.depends_on_id == id));
+        out.extend(
+            issue
+                .dependencies
+                .into_iter()
+                .filter(|d| d.depends_on_id == id),
+        );
     }
     Ok(out)
 }
@@ -257,7 +265,9 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
                        AND instr(',' || conflicted || ',', ',assignee,') = 0))",
             );
         }
-        Scope::Blocked => sql.push_str(" AND (blocked = 1 OR status = 'blocked') AND status <> 'closed'"),
+        Scope::Blocked => {
+            sql.push_str(" AND (blocked = 1 OR status = 'blocked') AND status <> 'closed'")
+        }
         Scope::All => {}
     }
     if !f.status.is_empty() {
@@ -290,7 +300,9 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
         sql.push_str(" AND (assignee IS NULL OR assignee = '')");
     }
     for label in &f.labels_all {
-        sql.push_str(" AND EXISTS (SELECT 1 FROM labels l WHERE l.issue_id = issues.id AND l.label = ?)");
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM labels l WHERE l.issue_id = issues.id AND l.label = ?)",
+        );
         args.push(SqlValue::Text(label.clone()));
     }
     if !f.labels_any.is_empty() {
@@ -316,7 +328,10 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
 /// Issues matching `f` within `scope`, without comments.
 pub fn list(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<Vec<Issue>> {
     let (mut sql, args) = where_clause(f, scope);
-    sql = format!("SELECT body FROM issues{sql} ORDER BY {}", f.sort.order_by(f.reverse));
+    sql = format!(
+        "SELECT body FROM issues{sql} ORDER BY {}",
+        f.sort.order_by(f.reverse)
+    );
     if let Some(n) = f.limit.filter(|n| *n > 0) {
         sql.push_str(&format!(" LIMIT {n}"));
     }
@@ -379,9 +394,8 @@ pub struct LabelCount {
 
 /// Every label in use with its issue count, by label.
 pub fn label_counts(conn: &Connection) -> Result<Vec<LabelCount>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT label, COUNT(*) FROM labels GROUP BY label ORDER BY label",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT label, COUNT(*) FROM labels GROUP BY label ORDER BY label")?;
     let rows = stmt.query_map([], |r| {
         Ok(LabelCount {
             label: r.get(0)?,
@@ -422,8 +436,14 @@ pub fn stats(conn: &Connection) -> Result<Stats> {
     let scalar = |sql: &str| -> Result<i64> { Ok(conn.query_row(sql, [], |r| r.get(0))?) };
     s.total = scalar("SELECT COUNT(*) FROM issues")? as u64;
     for (sql, map) in [
-        ("SELECT status, COUNT(*) FROM issues GROUP BY status", &mut s.by_status),
-        ("SELECT issue_type, COUNT(*) FROM issues GROUP BY issue_type", &mut s.by_type),
+        (
+            "SELECT status, COUNT(*) FROM issues GROUP BY status",
+            &mut s.by_status,
+        ),
+        (
+            "SELECT issue_type, COUNT(*) FROM issues GROUP BY issue_type",
+            &mut s.by_type,
+        ),
         (
             "SELECT 'P' || priority, COUNT(*) FROM issues WHERE status <> 'closed' GROUP BY priority",
             &mut s.open_by_priority,
@@ -453,11 +473,15 @@ pub fn stats(conn: &Connection) -> Result<Stats> {
 /// Every live issue with comments, sorted by id: the snapshot's content.
 pub fn all_issues(conn: &Connection) -> Result<Vec<Issue>> {
     let mut by_issue: BTreeMap<String, Vec<Comment>> = BTreeMap::new();
-    let mut stmt = conn.prepare("SELECT issue_id, body FROM comments ORDER BY issue_id, created_ms, id")?;
+    let mut stmt =
+        conn.prepare("SELECT issue_id, body FROM comments ORDER BY issue_id, created_ms, id")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     for row in rows {
         let (id, body) = row?;
-        by_issue.entry(id).or_default().push(serde_json::from_str(&body)?);
+        by_issue
+            .entry(id)
+            .or_default()
+            .push(serde_json::from_str(&body)?);
     }
     let mut stmt = conn.prepare("SELECT body FROM issues ORDER BY id")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;

@@ -24,8 +24,14 @@ enum Outcome {
 }
 
 /// Applies every record; a record that is refused is reported with its line and
-/// the others still apply.
-pub(super) fn import(tx: &mut WriteTx<'_>, ctx: &Context<'_>, records: &[ImportRecord]) -> Result<ImportReport> {
+/// the others still apply, unless `strict`, when the first refusal fails the whole
+/// import (and the caller's transaction rolls back).
+pub(super) fn import(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    records: &[ImportRecord],
+    strict: bool,
+) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let before = tx.recorded().len();
     for rec in records {
@@ -35,8 +41,18 @@ pub(super) fn import(tx: &mut WriteTx<'_>, ctx: &Context<'_>, records: &[ImportR
             Ok(Outcome::Unchanged) => report.unchanged += 1,
             Ok(Outcome::Deleted) => report.deleted += 1,
             Ok(Outcome::SkippedDeleted) => report.skipped_deleted += 1,
-            Err(e) => report.errors.push(LineError { line: rec.line, message: e.message }),
+            Err(e) => report.errors.push(LineError {
+                line: rec.line,
+                message: e.message,
+            }),
         }
+    }
+    if let Some(first) = report.errors.first().filter(|_| strict) {
+        return Err(Error::invalid(format!(
+            "line {}: {}; nothing imported (--strict)",
+            first.line, first.message
+        ))
+        .hint("fix the line, or import without --strict to skip refused lines"));
     }
     report.ops = (tx.recorded().len() - before) as u64;
     tx.flush()?;
@@ -44,16 +60,26 @@ pub(super) fn import(tx: &mut WriteTx<'_>, ctx: &Context<'_>, records: &[ImportR
 }
 
 fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
-    let empty = |v: Option<&Value>| matches!(v, None | Some(Value::Null)) || v.and_then(Value::as_str) == Some("");
+    let empty = |v: Option<&Value>| {
+        matches!(v, None | Some(Value::Null)) || v.and_then(Value::as_str) == Some("")
+    };
     a == b || (empty(a) && empty(b))
 }
 
 fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Result<Outcome> {
     let f = &rec.fields;
-    let id = f.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let id = f
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     ids::validate_id(&id)?;
     let tombstone = f.get("status").and_then(Value::as_str) == Some("tombstone");
-    if !tombstone && f.get("title").and_then(Value::as_str).is_none_or(|t| t.trim().is_empty()) {
+    if !tombstone
+        && f.get("title")
+            .and_then(Value::as_str)
+            .is_none_or(|t| t.trim().is_empty())
+    {
         return Err(Error::invalid(format!("{id}: missing or empty \"title\"")));
     }
     let labels: BTreeSet<String> = strings(f.get("labels"));
@@ -70,22 +96,54 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
 
     let doc = tx.doc(&id)?;
     if doc.is_deleted() {
-        return Ok(if tombstone { Outcome::Unchanged } else { Outcome::SkippedDeleted });
+        return Ok(if tombstone {
+            Outcome::Unchanged
+        } else {
+            Outcome::SkippedDeleted
+        });
     }
     if !doc.exists() {
         let mut value = scalars;
         if let Some(u) = f.get("updated_at") {
             value.insert("updated_at".into(), u.clone());
         }
-        tx.record(new_op(ctx, &id, OpKind::Create, None, Value::Object(value), vec![]))?;
+        tx.record(new_op(
+            ctx,
+            &id,
+            OpKind::Create,
+            None,
+            Value::Object(value),
+            vec![],
+        ))?;
         for label in &labels {
-            tx.record(new_op(ctx, &id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+            tx.record(new_op(
+                ctx,
+                &id,
+                OpKind::LabelAdd,
+                None,
+                json!(label),
+                vec![],
+            ))?;
         }
         for dep in &deps {
-            tx.record(new_op(ctx, &id, OpKind::DepAdd, None, Value::Object(dep.clone()), vec![]))?;
+            tx.record(new_op(
+                ctx,
+                &id,
+                OpKind::DepAdd,
+                None,
+                Value::Object(dep.clone()),
+                vec![],
+            ))?;
         }
         for c in &comments {
-            tx.record(new_op(ctx, &id, OpKind::Comment, None, comment_value(c), vec![]))?;
+            tx.record(new_op(
+                ctx,
+                &id,
+                OpKind::Comment,
+                None,
+                comment_value(c),
+                vec![],
+            ))?;
         }
         if tombstone {
             delete(tx, ctx, &id)?;
@@ -102,7 +160,11 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
     let shown: Vec<String> = doc.field_names().map(str::to_string).collect();
     let before = tx.recorded().len();
     let mut fields: BTreeSet<String> = scalars.keys().cloned().collect();
-    fields.extend(shown.into_iter().filter(|k| !STRUCTURAL_FIELDS.contains(&k.as_str())));
+    fields.extend(
+        shown
+            .into_iter()
+            .filter(|k| !STRUCTURAL_FIELDS.contains(&k.as_str())),
+    );
     for field in fields {
         let want = scalars.get(&field).cloned().unwrap_or(Value::Null);
         let doc = tx.doc(&id)?;
@@ -112,17 +174,43 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         let heads = doc.field_heads(&field);
         tx.record(new_op(ctx, &id, OpKind::Set, Some(&field), want, heads))?;
     }
-    let current = tx.doc(&id)?.materialise().map(|m| m.issue).ok_or_else(|| Error::internal("issue vanished"))?;
+    let current = tx
+        .doc(&id)?
+        .materialise()
+        .map(|m| m.issue)
+        .ok_or_else(|| Error::internal("issue vanished"))?;
     for label in labels.iter().filter(|l| !current.labels.contains(l)) {
-        tx.record(new_op(ctx, &id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+        tx.record(new_op(
+            ctx,
+            &id,
+            OpKind::LabelAdd,
+            None,
+            json!(label),
+            vec![],
+        ))?;
     }
     for label in current.labels.iter().filter(|l| !labels.contains(*l)) {
         let heads = tx.doc(&id)?.label_heads(label);
-        tx.record(new_op(ctx, &id, OpKind::LabelRemove, None, json!(label), heads))?;
+        tx.record(new_op(
+            ctx,
+            &id,
+            OpKind::LabelRemove,
+            None,
+            json!(label),
+            heads,
+        ))?;
     }
     let key = |d: &Map<String, Value>| {
-        (d.get("depends_on_id").and_then(Value::as_str).unwrap_or_default().to_string(),
-         d.get("type").and_then(Value::as_str).unwrap_or_default().to_string())
+        (
+            d.get("depends_on_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            d.get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        )
     };
     let have: BTreeSet<(String, String)> = current
         .dependencies
@@ -131,7 +219,14 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         .collect();
     let want: BTreeSet<(String, String)> = deps.iter().map(key).collect();
     for dep in deps.iter().filter(|d| !have.contains(&key(d))) {
-        tx.record(new_op(ctx, &id, OpKind::DepAdd, None, Value::Object(dep.clone()), vec![]))?;
+        tx.record(new_op(
+            ctx,
+            &id,
+            OpKind::DepAdd,
+            None,
+            Value::Object(dep.clone()),
+            vec![],
+        ))?;
     }
     for (target, kind) in have.difference(&want) {
         let heads = tx.doc(&id)?.dep_heads(target, kind);
@@ -141,14 +236,23 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
     for c in &comments {
         let value = comment_value(c);
         let known = current.comments.iter().any(|have| match value.get("id") {
-            Some(cid) => &json!(have.id) == cid || cid.as_i64().is_some_and(|n| have.id == n.to_string()),
-            None => Some(&json!(have.text)) == value.get("text") && Some(&json!(have.created_at)) == value.get("created_at"),
+            Some(cid) => {
+                &json!(have.id) == cid || cid.as_i64().is_some_and(|n| have.id == n.to_string())
+            }
+            None => {
+                Some(&json!(have.text)) == value.get("text")
+                    && Some(&json!(have.created_at)) == value.get("created_at")
+            }
         });
         if !known {
             tx.record(new_op(ctx, &id, OpKind::Comment, None, value, vec![]))?;
         }
     }
-    Ok(if tx.recorded().len() > before { Outcome::Updated } else { Outcome::Unchanged })
+    Ok(if tx.recorded().len() > before {
+        Outcome::Updated
+    } else {
+        Outcome::Unchanged
+    })
 }
 
 fn delete(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<()> {
@@ -159,14 +263,20 @@ fn delete(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<()> {
 
 fn strings(v: Option<&Value>) -> BTreeSet<String> {
     match v {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         _ => BTreeSet::new(),
     }
 }
 
 /// Dependency objects with a target and a type; `issue_id` is implied by the record.
 fn edges(v: Option<&Value>) -> Vec<Map<String, Value>> {
-    let Some(Value::Array(items)) = v else { return Vec::new() };
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
+    };
     items
         .iter()
         .filter_map(Value::as_object)

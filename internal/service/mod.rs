@@ -40,12 +40,21 @@ pub struct Context<'a> {
 /// Runs one request against `store`.
 pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
     if ctx.actor.trim().is_empty() {
-        return Err(Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR"));
+        return Err(
+            Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR")
+        );
     }
     match req {
-        Request::Import { records, dry_run: true } => {
-            let report = store.trial(ctx.clock, |tx| import::import(tx, ctx, &records))?;
-            Ok(Response::Import(ImportReport { dry_run: true, ..report }))
+        Request::Import {
+            records,
+            dry_run: true,
+            strict,
+        } => {
+            let report = store.trial(ctx.clock, |tx| import::import(tx, ctx, &records, strict))?;
+            Ok(Response::Import(ImportReport {
+                dry_run: true,
+                ..report
+            }))
         }
         req if req.is_write() => {
             let resp = store.write(ctx.clock, |tx| write(tx, ctx, req))?;
@@ -65,26 +74,46 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
         Request::Update(r) => Response::Changed(update(tx, ctx, r)?),
         Request::Close { ids, reason } => {
             let closed = Status::Closed;
-            Response::Changed(for_each_id(tx, &ids, |tx, id| set_status(tx, ctx, id, &closed, reason.as_deref()))?)
+            Response::Changed(for_each_id(tx, &ids, |tx, id| {
+                set_status(tx, ctx, id, &closed, reason.as_deref())
+            })?)
         }
-        Request::Reopen { ids } => {
-            Response::Changed(for_each_id(tx, &ids, |tx, id| set_status(tx, ctx, id, &Status::Open, None))?)
-        }
-        Request::DepAdd { issue, depends_on, dep_type } => dep_add(tx, ctx, &issue, &depends_on, &dep_type)?,
-        Request::DepRemove { issue, depends_on, dep_type } => {
-            Response::Dependencies(dep_remove(tx, ctx, &issue, &depends_on, dep_type.as_deref())?)
-        }
+        Request::Reopen { ids } => Response::Changed(for_each_id(tx, &ids, |tx, id| {
+            set_status(tx, ctx, id, &Status::Open, None)
+        })?),
+        Request::DepAdd {
+            issue,
+            depends_on,
+            dep_type,
+        } => dep_add(tx, ctx, &issue, &depends_on, &dep_type)?,
+        Request::DepRemove {
+            issue,
+            depends_on,
+            dep_type,
+        } => Response::Dependencies(dep_remove(
+            tx,
+            ctx,
+            &issue,
+            &depends_on,
+            dep_type.as_deref(),
+        )?),
         Request::LabelAdd { ids, labels } => {
             for l in &labels {
                 model::validate_label(l)?;
             }
-            Response::Changed(for_each_id(tx, &ids, |tx, id| change_labels(tx, ctx, id, &labels, &[]))?)
+            Response::Changed(for_each_id(tx, &ids, |tx, id| {
+                change_labels(tx, ctx, id, &labels, &[])
+            })?)
         }
         Request::LabelRemove { ids, labels } => {
-            Response::Changed(for_each_id(tx, &ids, |tx, id| change_labels(tx, ctx, id, &[], &labels))?)
+            Response::Changed(for_each_id(tx, &ids, |tx, id| {
+                change_labels(tx, ctx, id, &[], &labels)
+            })?)
         }
         Request::CommentAdd { id, text } => Response::Comment(comment_add(tx, ctx, &id, &text)?),
-        Request::Import { records, .. } => Response::Import(import::import(tx, ctx, &records)?),
+        Request::Import {
+            records, strict, ..
+        } => Response::Import(import::import(tx, ctx, &records, strict)?),
         other => return Err(Error::internal(format!("not a write request: {other:?}"))),
     };
     tx.flush()?;
@@ -106,7 +135,10 @@ fn read(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> 
         Request::ConfigGet { key } => {
             crate::config::check_key(&key)?;
             let config = Config::load(&ctx.paths.config())?;
-            Ok(Response::ConfigValue { value: config.get(&key).map(str::to_string), key })
+            Ok(Response::ConfigValue {
+                value: config.get(&key).map(str::to_string),
+                key,
+            })
         }
         Request::ConfigSet { key, value } => {
             let path = ctx.paths.config();
@@ -114,9 +146,14 @@ fn read(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> 
             let mut config = Config::load(&path)?;
             config.set(&key, &value)?;
             config.save(&path)?;
-            Ok(Response::ConfigValue { key, value: Some(value) })
+            Ok(Response::ConfigValue {
+                key,
+                value: Some(value),
+            })
         }
-        Request::ConfigList => Ok(Response::Config(Config::load(&ctx.paths.config())?.entries().clone())),
+        Request::ConfigList => Ok(Response::Config(
+            Config::load(&ctx.paths.config())?.entries().clone(),
+        )),
         req => store.read(|conn| query_request(conn, req)),
     }
 }
@@ -133,7 +170,11 @@ fn query_request(conn: &rusqlite::Connection, req: Request) -> Result<Response> 
         Request::List(f) => Response::Issues(query::list(conn, &checked(f)?, Scope::All)?),
         Request::Ready(f) => Response::Issues(query::list(conn, &checked(f)?, Scope::Ready)?),
         Request::Blocked(f) => Response::Blocked(query::blocked(conn, &checked(f)?)?),
-        Request::DepTree { id, reverse, max_depth } => {
+        Request::DepTree {
+            id,
+            reverse,
+            max_depth,
+        } => {
             let id = query::resolve_id(conn, &id)?;
             Response::Tree(query::dependency_tree(conn, &id, reverse, max_depth)?)
         }
@@ -143,7 +184,9 @@ fn query_request(conn: &rusqlite::Connection, req: Request) -> Result<Response> 
             Response::Labels(get_live(conn, &id)?.labels)
         }
         Request::LabelList { id: None } => Response::LabelCounts(query::label_counts(conn)?),
-        Request::Comments { id } => Response::Comments(query::comments(conn, &query::resolve_id(conn, &id)?)?),
+        Request::Comments { id } => {
+            Response::Comments(query::comments(conn, &query::resolve_id(conn, &id)?)?)
+        }
         Request::Conflicts => Response::Conflicts(query::conflicts(conn)?),
         Request::Stats => Response::Stats(query::stats(conn)?),
         Request::Export => Response::Issues(query::all_issues(conn)?),
@@ -171,14 +214,28 @@ fn get_live(conn: &rusqlite::Connection, id: &str) -> Result<Issue> {
 
 fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
     let issue = get_live(conn, id)?;
-    let blocked: bool = conn.query_row("SELECT blocked FROM issues WHERE id = ?1", params![id], |r| r.get(0))?;
-    let conflicts = query::conflicts(conn)?.into_iter().filter(|c| c.issue_id == id).collect();
-    Ok(IssueDetails { dependents: query::dependents(conn, id)?, issue, blocked, conflicts })
+    let blocked: bool = conn.query_row(
+        "SELECT blocked FROM issues WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    let conflicts = query::conflicts(conn)?
+        .into_iter()
+        .filter(|c| c.issue_id == id)
+        .collect();
+    Ok(IssueDetails {
+        dependents: query::dependents(conn, id)?,
+        issue,
+        blocked,
+        conflicts,
+    })
 }
 
 fn info(store: &mut Store, ctx: &Context<'_>) -> Result<Response> {
     let config = Config::load(&ctx.paths.config())?;
-    let issues: i64 = store.conn().query_row("SELECT COUNT(*) FROM issues", [], |r| r.get(0))?;
+    let issues: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM issues", [], |r| r.get(0))?;
     Ok(Response::Info(Info {
         version: env!("CARGO_PKG_VERSION").to_string(),
         mode: "direct".into(),
@@ -193,7 +250,14 @@ fn info(store: &mut Store, ctx: &Context<'_>) -> Result<Response> {
 }
 
 /// A new op for `issue` by the context's actor; storage fills in clock and sequence.
-fn new_op(ctx: &Context<'_>, issue: &str, kind: OpKind, field: Option<&str>, value: Value, supersedes: Vec<String>) -> Op {
+fn new_op(
+    ctx: &Context<'_>,
+    issue: &str,
+    kind: OpKind,
+    field: Option<&str>,
+    value: Value,
+    supersedes: Vec<String>,
+) -> Op {
     Op {
         op_id: String::new(),
         issue: issue.to_string(),
@@ -226,7 +290,10 @@ fn for_each_id(
     for id in resolved {
         let changed = f(tx, &id)?;
         tx.flush()?;
-        out.push(Changed { issue: get_live(tx.conn(), &id)?, changed });
+        out.push(Changed {
+            issue: get_live(tx.conn(), &id)?,
+            changed,
+        });
     }
     Ok(out)
 }
@@ -241,7 +308,13 @@ fn is_empty_value(v: Option<&Value>) -> bool {
 
 /// Writes `field` = `value` unless it already displays that value (and is not in
 /// conflict). Returns whether an op was recorded.
-fn set_field(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, field: &str, value: Value) -> Result<bool> {
+fn set_field(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    field: &str,
+    value: Value,
+) -> Result<bool> {
     let doc = tx.doc(id)?;
     let heads = doc.field_heads(field);
     let current = doc.field_value(field);
@@ -254,7 +327,11 @@ fn set_field(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, field: &str, val
 }
 
 fn text_or_null(s: &str) -> Value {
-    if s.is_empty() { Value::Null } else { Value::String(s.to_string()) }
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_string())
+    }
 }
 
 fn current_str(tx: &mut WriteTx<'_>, id: &str, field: &str) -> Result<String> {
@@ -265,7 +342,13 @@ fn current_str(tx: &mut WriteTx<'_>, id: &str, field: &str) -> Result<String> {
 }
 
 /// Sets the status, keeping `closed_at` / `close_reason` in step with it.
-fn set_status(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, status: &Status, reason: Option<&str>) -> Result<bool> {
+fn set_status(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    status: &Status,
+    reason: Option<&str>,
+) -> Result<bool> {
     let was = Status::from_wire(&current_str(tx, id, "status")?);
     if &was == status {
         return Ok(false);
@@ -283,18 +366,38 @@ fn set_status(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, status: &Status
     Ok(true)
 }
 
-fn change_labels(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, add: &[String], remove: &[String]) -> Result<bool> {
+fn change_labels(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<bool> {
     let mut changed = false;
     for label in add {
         if tx.doc(id)?.label_heads(label).is_empty() {
-            tx.record(new_op(ctx, id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+            tx.record(new_op(
+                ctx,
+                id,
+                OpKind::LabelAdd,
+                None,
+                json!(label),
+                vec![],
+            ))?;
             changed = true;
         }
     }
     for label in remove {
         let heads = tx.doc(id)?.label_heads(label);
         if !heads.is_empty() {
-            tx.record(new_op(ctx, id, OpKind::LabelRemove, None, json!(label), heads))?;
+            tx.record(new_op(
+                ctx,
+                id,
+                OpKind::LabelRemove,
+                None,
+                json!(label),
+                heads,
+            ))?;
             changed = true;
         }
     }
@@ -337,16 +440,31 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
         (Some(explicit), _) => {
             ids::validate_id(explicit)?;
             if query::id_ever_used(tx.conn(), explicit)? {
-                let what = if query::is_deleted(tx.conn(), explicit)? { "was used by a deleted issue" } else { "already exists" };
-                return Err(Error::new(ErrorKind::Exists, format!("issue id {explicit} {what}"))
-                    .hint("choose another --id, or leave it out to get a generated one"));
+                let what = if query::is_deleted(tx.conn(), explicit)? {
+                    "was used by a deleted issue"
+                } else {
+                    "already exists"
+                };
+                return Err(
+                    Error::new(ErrorKind::Exists, format!("issue id {explicit} {what}"))
+                        .hint("choose another --id, or leave it out to get a generated one"),
+                );
             }
             explicit.clone()
         }
-        (None, Some((DepType::ParentChild, parent))) if r.parent.is_some() => next_child_id(tx, parent)?,
+        (None, Some((DepType::ParentChild, parent))) if r.parent.is_some() => {
+            next_child_id(tx, parent)?
+        }
         _ => {
             let prefix = Config::load(&ctx.paths.config())?.prefix().to_string();
-            let seed = format!("{}|{}|{}|{}|{}", tx.replica(), tx.now_ms(), tx.recorded().len(), ctx.actor, r.title);
+            let seed = format!(
+                "{}|{}|{}|{}|{}",
+                tx.replica(),
+                tx.now_ms(),
+                tx.recorded().len(),
+                ctx.actor,
+                r.title
+            );
             generate_id(tx, &prefix, &seed)?
         }
     };
@@ -372,9 +490,23 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
     }
     fields.insert("created_at".into(), json!(format_rfc3339(tx.now_ms())));
     fields.insert("created_by".into(), json!(ctx.actor));
-    tx.record(new_op(ctx, &id, OpKind::Create, None, Value::Object(fields), vec![]))?;
+    tx.record(new_op(
+        ctx,
+        &id,
+        OpKind::Create,
+        None,
+        Value::Object(fields),
+        vec![],
+    ))?;
     for label in &labels {
-        tx.record(new_op(ctx, &id, OpKind::LabelAdd, None, json!(label), vec![]))?;
+        tx.record(new_op(
+            ctx,
+            &id,
+            OpKind::LabelAdd,
+            None,
+            json!(label),
+            vec![],
+        ))?;
     }
     for (kind, target) in &edges {
         let value = json!({"depends_on_id": target, "type": kind.as_str()});
@@ -400,15 +532,17 @@ fn generate_id(tx: &mut WriteTx<'_>, prefix: &str, seed: &str) -> Result<String>
             return Ok(id);
         }
     }
-    Err(Error::internal("could not find a free issue id after 64 attempts"))
+    Err(Error::internal(
+        "could not find a free issue id after 64 attempts",
+    ))
 }
 
 fn next_child_id(tx: &mut WriteTx<'_>, parent: &str) -> Result<String> {
     let lo = format!("{parent}.");
     let hi = format!("{parent}/"); // '/' sorts right after '.'
-    let mut stmt = tx
-        .conn()
-        .prepare_cached("SELECT DISTINCT issue_id FROM ops WHERE issue_id > ?1 AND issue_id < ?2")?;
+    let mut stmt = tx.conn().prepare_cached(
+        "SELECT DISTINCT issue_id FROM ops WHERE issue_id > ?1 AND issue_id < ?2",
+    )?;
     let max = stmt
         .query_map(params![lo, hi], |r| r.get::<_, String>(0))?
         .filter_map(|id| id.ok())
@@ -433,8 +567,10 @@ fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) -> Result<V
         model::validate_label(l)?;
     }
     if r.claim && (r.assignee.is_some() || status.is_some()) {
-        return Err(Error::invalid("--claim sets the assignee and status itself")
-            .hint("drop --assignee/--status, or drop --claim"));
+        return Err(
+            Error::invalid("--claim sets the assignee and status itself")
+                .hint("drop --assignee/--status, or drop --claim"),
+        );
     }
     for_each_id(tx, &r.ids, |tx, id| {
         let mut changed = false;
@@ -465,7 +601,11 @@ fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) -> Result<V
         }
         let (mut add, mut remove) = (r.add_labels.clone(), r.remove_labels.clone());
         if let Some(set) = &r.set_labels {
-            let current = tx.doc(id)?.materialise().map(|m| m.issue.labels).unwrap_or_default();
+            let current = tx
+                .doc(id)?
+                .materialise()
+                .map(|m| m.issue.labels)
+                .unwrap_or_default();
             remove.extend(current.iter().filter(|l| !set.contains(l)).cloned());
             add.extend(set.iter().cloned());
         }
@@ -479,19 +619,31 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
     let assignee = current_str(tx, id, "assignee")?;
     let status = Status::from_wire(&current_str(tx, id, "status")?);
     if status.is_closed() {
-        return Err(Error::new(ErrorKind::Conflict, format!("{id} is closed; it cannot be claimed"))
-            .hint(format!("reopen it first: bd reopen {id}")));
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{id} is closed; it cannot be claimed"),
+        )
+        .hint(format!("reopen it first: bd reopen {id}")));
     }
     if !assignee.is_empty() && assignee != ctx.actor {
-        return Err(Error::new(ErrorKind::Conflict, format!("{id} is already claimed by {assignee}"))
-            .hint("pick another issue from `bd ready`"));
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{id} is already claimed by {assignee}"),
+        )
+        .hint("pick another issue from `bd ready`"));
     }
     let mut changed = set_field(tx, ctx, id, "assignee", json!(ctx.actor))?;
     changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
     Ok(changed)
 }
 
-fn dep_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, issue: &str, depends_on: &str, dep_type: &str) -> Result<Response> {
+fn dep_add(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    issue: &str,
+    depends_on: &str,
+    dep_type: &str,
+) -> Result<Response> {
     let kind = DepType::parse(dep_type)?;
     let from = query::resolve_id(tx.conn(), issue)?;
     let to = query::resolve_id(tx.conn(), depends_on)?;
@@ -501,7 +653,9 @@ fn dep_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, issue: &str, depends_on: &st
     if kind.gates() && query::would_cycle(tx.conn(), &from, &to)? {
         return Err(Error::new(
             ErrorKind::Conflict,
-            format!("{from} → {to} would create a dependency cycle ({to} already depends on {from})"),
+            format!(
+                "{from} → {to} would create a dependency cycle ({to} already depends on {from})"
+            ),
         )
         .hint(format!("see the chain with: bd dep tree {to}")));
     }
@@ -516,7 +670,10 @@ fn dep_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, issue: &str, depends_on: &st
         .into_iter()
         .find(|d| d.depends_on_id == to && d.dep_type == kind)
         .ok_or_else(|| Error::internal("dependency missing after add"))?;
-    Ok(Response::Dependency { dependency, changed: !exists })
+    Ok(Response::Dependency {
+        dependency,
+        changed: !exists,
+    })
 }
 
 fn dep_remove(
@@ -537,8 +694,10 @@ fn dep_remove(
         .collect();
     if edges.is_empty() {
         let what = kind.map(|k| format!(" ({k})")).unwrap_or_default();
-        return Err(Error::not_found(format!("{from} does not depend on {to}{what}"))
-            .hint(format!("see its dependencies with: bd show {from}")));
+        return Err(
+            Error::not_found(format!("{from} does not depend on {to}{what}"))
+                .hint(format!("see its dependencies with: bd show {from}")),
+        );
     }
     for d in &edges {
         let heads = tx.doc(&from)?.dep_heads(&to, d.dep_type.as_str());
@@ -557,9 +716,19 @@ fn comment_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, text: &str) ->
         return Err(Error::invalid("comment text must not be empty"));
     }
     if text.len() > COMMENT_MAX_BYTES {
-        return Err(Error::invalid(format!("comment is {} bytes; the limit is {COMMENT_MAX_BYTES}", text.len())));
+        return Err(Error::invalid(format!(
+            "comment is {} bytes; the limit is {COMMENT_MAX_BYTES}",
+            text.len()
+        )));
     }
-    let op_id = tx.record(new_op(ctx, &id, OpKind::Comment, None, json!({"text": text}), vec![]))?;
+    let op_id = tx.record(new_op(
+        ctx,
+        &id,
+        OpKind::Comment,
+        None,
+        json!({"text": text}),
+        vec![],
+    ))?;
     let want = format!("c-{}", &op_id[..12]);
     tx.doc(&id)?
         .materialise()

@@ -180,6 +180,8 @@ pub enum Request {
         records: Vec<ImportRecord>,
         /// Report what would change without changing anything.
         dry_run: bool,
+        /// Refuse the whole import (change nothing) if any record is refused.
+        strict: bool,
     },
     /// Write the op file and the issues.jsonl snapshot now.
     Flush,

@@ -110,7 +110,9 @@ impl Store {
             .hint("move it aside and run `bd init`"));
         }
         let replica: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'replica'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'replica'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         let replica = replica.ok_or_else(|| {
             Error::new(ErrorKind::Corrupt, "database has no replica id")
@@ -208,8 +210,11 @@ pub fn load_doc(conn: &Connection, id: &str) -> Result<IssueDoc> {
 /// Parses an op body from the op table.
 pub fn parse_stored_op(body: &str) -> Result<Op> {
     serde_json::from_str(body).map_err(|e| {
-        Error::new(ErrorKind::Corrupt, format!("unreadable op in the database: {e}"))
-            .hint("rebuild the database from .beads/ops with `bd import`")
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("unreadable op in the database: {e}"),
+        )
+        .hint("rebuild the database from .beads/ops with `bd import`")
     })
 }
 
@@ -345,9 +350,8 @@ fn write_rows(conn: &Connection, m: &Materialised) -> Result<()> {
     let conflicted: Vec<&str> = m.conflicts.iter().map(|c| c.field.as_str()).collect();
     conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
         .execute(params![issue.id])?;
-    let mut add_conflict = conn.prepare_cached(
-        "INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)",
-    )?;
+    let mut add_conflict =
+        conn.prepare_cached("INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)")?;
     for c in &m.conflicts {
         add_conflict.execute(params![issue.id, c.field, serde_json::to_string(c)?])?;
     }
@@ -390,15 +394,15 @@ fn write_rows(conn: &Connection, m: &Materialised) -> Result<()> {
     ])?;
     conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
         .execute(params![issue.id])?;
-    let mut add_label = conn.prepare_cached("INSERT INTO labels(issue_id, label) VALUES (?1, ?2)")?;
+    let mut add_label =
+        conn.prepare_cached("INSERT INTO labels(issue_id, label) VALUES (?1, ?2)")?;
     for label in &issue.labels {
         add_label.execute(params![issue.id, label])?;
     }
     conn.prepare_cached("DELETE FROM deps WHERE issue_id = ?1")?
         .execute(params![issue.id])?;
-    let mut add_dep = conn.prepare_cached(
-        "INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)",
-    )?;
+    let mut add_dep =
+        conn.prepare_cached("INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)")?;
     for d in &issue.dependencies {
         add_dep.execute(params![issue.id, d.depends_on_id, d.dep_type.as_str()])?;
     }
@@ -468,9 +472,18 @@ fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
 pub fn state_hash(conn: &Connection) -> Result<String> {
     let mut h = Sha256::new();
     for (sql, tag) in [
-        ("SELECT id || char(31) || body FROM issues ORDER BY id", b'i'),
-        ("SELECT issue_id || char(31) || id || char(31) || body FROM comments ORDER BY issue_id, id", b'c'),
-        ("SELECT issue_id || char(31) || field || char(31) || body FROM conflicts ORDER BY issue_id, field", b'x'),
+        (
+            "SELECT id || char(31) || body FROM issues ORDER BY id",
+            b'i',
+        ),
+        (
+            "SELECT issue_id || char(31) || id || char(31) || body FROM comments ORDER BY issue_id, id",
+            b'c',
+        ),
+        (
+            "SELECT issue_id || char(31) || field || char(31) || body FROM conflicts ORDER BY issue_id, field",
+            b'x',
+        ),
         ("SELECT id FROM tombstones ORDER BY id", b't'),
     ] {
         let mut stmt = conn.prepare(sql)?;

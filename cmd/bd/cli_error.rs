@@ -1,0 +1,62 @@
+//! CLI errors: a library error (or a local one) plus the exit code its kind picks.
+
+use bd::{Error, ErrorKind};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: something failed.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: bad usage or invalid input.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: refused because of the current state (claim lost, cycle).
+pub const EXIT_CONFLICT: i32 = 3;
+
+/// An error on its way to stderr and the exit code.
+#[derive(Debug)]
+pub struct CliError(pub Error);
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError(e.into())
+    }
+}
+
+impl CliError {
+    /// An invalid-input error with a hint.
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        CliError(Error::invalid(message).hint(hint))
+    }
+
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self.0.kind() {
+            ErrorKind::Invalid => EXIT_USAGE,
+            ErrorKind::Conflict => EXIT_CONFLICT,
+            _ => EXIT_ERROR,
+        }
+    }
+
+    /// Prints the error to stderr (one line, then hints) and returns the exit code.
+    /// A broken pipe is not worth reporting.
+    pub fn report(self, json: bool) -> i32 {
+        if self.0.kind() == ErrorKind::Io && self.0.message.contains("Broken pipe") {
+            return EXIT_OK;
+        }
+        if json {
+            let v = serde_json::json!({"error": &self.0, "exit_code": self.exit_code()});
+            eprintln!("{v}");
+        } else {
+            eprintln!("error: {}", self.0.message);
+            for h in &self.0.hints {
+                eprintln!("hint: {h}");
+            }
+        }
+        self.exit_code()
+    }
+}

@@ -1,0 +1,45 @@
+use super::update::render_changed;
+use super::{call, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use bd::service::{Request, Response};
+use clap::Args;
+
+/// Close issues
+#[derive(Args, Debug)]
+pub struct CloseArgs {
+    /// Issues to close
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Why (recorded as close_reason)
+    #[arg(short, long)]
+    pub reason: Option<String>,
+}
+
+/// Reopen closed issues
+#[derive(Args, Debug)]
+pub struct ReopenArgs {
+    /// Issues to reopen
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+pub fn cmd_close(ctx: &Ctx, a: CloseArgs) -> Result<(), CliError> {
+    match call(
+        ctx,
+        Request::Close {
+            ids: a.ids,
+            reason: a.reason,
+        },
+    )? {
+        Response::Changed(c) => render_changed(ctx, &c, "Closed"),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub fn cmd_reopen(ctx: &Ctx, a: ReopenArgs) -> Result<(), CliError> {
+    match call(ctx, Request::Reopen { ids: a.ids })? {
+        Response::Changed(c) => render_changed(ctx, &c, "Reopened"),
+        other => Err(unexpected(other)),
+    }
+}

@@ -1,0 +1,37 @@
+use super::{call, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::service::{Request, Response};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Write every issue as beads-format JSONL (stdout or a file)
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Write to this file (atomically) instead of stdout
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+pub fn cmd_export(ctx: &Ctx, a: ExportArgs) -> Result<(), CliError> {
+    let issues = match call(ctx, Request::Export)? {
+        Response::Issues(i) => i,
+        other => return Err(unexpected(other)),
+    };
+    let text = bd::jsonl::render_snapshot(&issues)?;
+    match a.output {
+        None => output::print(&text),
+        Some(path) => {
+            bd::jsonl::atomic_write(&path, text.as_bytes())?;
+            if ctx.json {
+                return output::json(&serde_json::json!({"path": path, "issues": issues.len()}));
+            }
+            output::status(
+                ctx.quiet,
+                &format!("Exported {} issues to {}", issues.len(), path.display()),
+            );
+            Ok(())
+        }
+    }
+}

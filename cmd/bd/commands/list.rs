@@ -1,0 +1,71 @@
+use super::filters::{DateArgs, FilterArgs};
+use super::{call, split_list, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::query::ListFilter;
+use bd::service::{Request, Response};
+use clap::Args;
+
+/// List issues (open ones by default) with filters
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only these statuses (comma-separated or repeated); default: all but closed
+    #[arg(short, long)]
+    pub status: Vec<String>,
+    /// Include closed issues
+    #[arg(long)]
+    pub all: bool,
+    /// Case-insensitive text in id, title, description or notes
+    #[arg(long)]
+    pub text: Option<String>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub dates: DateArgs,
+}
+
+/// Search issues by text in id, title, description and notes
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Text to look for (case-insensitive)
+    pub query: String,
+    /// Only these statuses; default: every status
+    #[arg(short, long)]
+    pub status: Vec<String>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub dates: DateArgs,
+}
+
+fn run(ctx: &Ctx, f: ListFilter) -> Result<(), CliError> {
+    match call(ctx, Request::List(f))? {
+        Response::Issues(issues) => output::issues(ctx, &issues, "No issues match."),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub fn cmd_list(ctx: &Ctx, a: ListArgs) -> Result<(), CliError> {
+    let mut f = a.filters.to_filter(None)?;
+    a.dates.apply(&mut f)?;
+    f.status = split_list(&a.status);
+    f.all = a.all;
+    f.text = a.text;
+    run(ctx, f)
+}
+
+pub fn cmd_search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
+    if a.query.trim().is_empty() {
+        return Err(CliError::usage(
+            "empty search text",
+            "bd search \"login bug\"",
+        ));
+    }
+    let mut f = a.filters.to_filter(None)?;
+    a.dates.apply(&mut f)?;
+    f.status = split_list(&a.status);
+    f.all = true;
+    f.text = Some(a.query);
+    run(ctx, f)
+}

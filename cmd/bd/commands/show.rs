@@ -1,0 +1,122 @@
+use super::{call, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::service::{IssueDetails, Request, Response};
+use clap::Args;
+use std::fmt::Write;
+
+/// Show issues with dependencies, dependents and comments
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Issue ids (short forms work: a unique prefix or suffix)
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+pub fn cmd_show(ctx: &Ctx, a: ShowArgs) -> Result<(), CliError> {
+    match call(ctx, Request::Show { ids: a.ids })? {
+        Response::Details(d) if ctx.json => output::json(&d),
+        Response::Details(d) => {
+            let text: Vec<String> = d.iter().map(render).collect();
+            output::print(&text.join("\n"))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn render(d: &IssueDetails) -> String {
+    let i = &d.issue;
+    let mut s = String::new();
+    let conflicted = |f: &str| {
+        if d.conflicts.iter().any(|c| c.field == f) {
+            " [CONFLICT]"
+        } else {
+            ""
+        }
+    };
+    let _ = writeln!(s, "{}: {}{}", i.id, i.title, conflicted("title"));
+    let blocked = if d.blocked { " (blocked)" } else { "" };
+    let _ = writeln!(
+        s,
+        "Status: {}{}{}   Priority: P{}{}   Type: {}",
+        i.status,
+        conflicted("status"),
+        blocked,
+        i.priority,
+        conflicted("priority"),
+        i.issue_type
+    );
+    if let Some(a) = &i.assignee {
+        let _ = writeln!(s, "Assignee: {a}{}", conflicted("assignee"));
+    }
+    if !i.labels.is_empty() {
+        let _ = writeln!(s, "Labels: {}", i.labels.join(", "));
+    }
+    if let Some(r) = &i.external_ref {
+        let _ = writeln!(s, "External: {r}");
+    }
+    let by = if i.created_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", i.created_by)
+    };
+    let _ = writeln!(
+        s,
+        "Created: {}{by}   Updated: {}",
+        i.created_at, i.updated_at
+    );
+    if let Some(c) = &i.closed_at {
+        let reason = i
+            .close_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "Closed: {c}{reason}");
+    }
+    for (name, text) in [
+        ("Description", &i.description),
+        ("Design", &i.design),
+        ("Acceptance criteria", &i.acceptance_criteria),
+        ("Notes", &i.notes),
+    ] {
+        if !text.is_empty() {
+            let _ = writeln!(s, "\n{name}:");
+            for line in text.lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+    }
+    for (k, v) in &i.extra {
+        let _ = writeln!(s, "{k}: {v}");
+    }
+    if !i.dependencies.is_empty() {
+        let _ = writeln!(s, "\nDepends on:");
+        for dep in &i.dependencies {
+            let _ = writeln!(s, "  → {} ({})", dep.depends_on_id, dep.dep_type);
+        }
+    }
+    if !d.dependents.is_empty() {
+        let _ = writeln!(s, "\nDependents:");
+        for dep in &d.dependents {
+            let _ = writeln!(s, "  ← {} ({})", dep.issue_id, dep.dep_type);
+        }
+    }
+    if !i.comments.is_empty() {
+        let _ = writeln!(s, "\nComments:");
+        for c in &i.comments {
+            let _ = writeln!(s, "  [{}] {}: {}", c.created_at, c.author, c.text);
+        }
+    }
+    for c in &d.conflicts {
+        let _ = writeln!(s, "\nConflict on {}:", c.field);
+        for k in &c.contenders {
+            let _ = writeln!(
+                s,
+                "  {} by {} on {} at {}",
+                k.value, k.actor, k.replica, k.at
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,106 @@
+//! Global flags and what every command needs: where the tracker is, who is acting,
+//! how to print. This is the only place that reads the environment.
+
+use crate::cli_error::CliError;
+use bd::client::Direct;
+use bd::storage::BeadsPaths;
+use bd::{Error, ErrorKind};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Flags accepted by every command.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is acting (default: $BD_ACTOR, then $USER)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
+    /// Print only essential output
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Use this database file (its directory is the tracker directory)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Use this tracker directory (a .beads/ directory, or a repository holding one)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Resolved global settings.
+pub struct Ctx {
+    pub json: bool,
+    pub quiet: bool,
+    pub actor: String,
+    db: Option<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl Ctx {
+    pub fn new(g: GlobalArgs) -> Ctx {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let actor = g
+            .actor
+            .or_else(|| env("BD_ACTOR"))
+            .or_else(|| env("USER"))
+            .or_else(|| env("USERNAME"))
+            .unwrap_or_else(|| "unknown".to_string());
+        Ctx {
+            json: g.json,
+            quiet: g.quiet,
+            actor,
+            db: g.db,
+            dir: g.dir,
+        }
+    }
+
+    /// The directory `bd init` works in: `--dir` (or its parent when it names a
+    /// `.beads/` directory), else the current directory.
+    pub fn init_root(&self) -> Result<PathBuf, CliError> {
+        match &self.dir {
+            Some(d) if d.file_name().is_some_and(|n| n == bd::storage::BEADS_DIR) => Ok(d
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))),
+            Some(d) => Ok(d.clone()),
+            None => Ok(std::env::current_dir()?),
+        }
+    }
+
+    /// Where the tracker is: `--db`, `--dir`, `$BEADS_DIR`, or the nearest `.beads/`
+    /// above the current directory.
+    pub fn paths(&self) -> Result<BeadsPaths, CliError> {
+        if let Some(db) = &self.db {
+            return Ok(BeadsPaths::with_db(db));
+        }
+        let dir = self
+            .dir
+            .clone()
+            .or_else(|| std::env::var_os("BEADS_DIR").map(PathBuf::from));
+        if let Some(d) = dir {
+            let beads =
+                if d.join(bd::storage::DB_FILE).exists() || d.ends_with(bd::storage::BEADS_DIR) {
+                    d
+                } else {
+                    d.join(bd::storage::BEADS_DIR)
+                };
+            return Ok(BeadsPaths::new(beads));
+        }
+        let cwd = std::env::current_dir()?;
+        BeadsPaths::discover(&cwd).ok_or_else(|| {
+            CliError(
+                Error::new(
+                    ErrorKind::NotInitialized,
+                    format!("no .beads/ directory in {} or any parent", cwd.display()),
+                )
+                .hint("run `bd init` in your repository first"),
+            )
+        })
+    }
+
+    /// A client for the tracker.
+    pub fn backend(&self) -> Result<Direct, CliError> {
+        Ok(Direct::open(self.paths()?, &self.actor)?)
+    }
+}

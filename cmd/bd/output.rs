@@ -1,0 +1,95 @@
+//! Rendering: JSON to stdout, aligned tables, and issue summaries.
+
+use crate::cli_error::CliError;
+use bd::model::Issue;
+use serde::Serialize;
+use std::io::Write;
+
+/// Writes `text` to stdout; a closed pipe ends the command quietly.
+pub fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let mut s = serde_json::to_string_pretty(value).map_err(bd::Error::from)?;
+    s.push('\n');
+    print(&s)
+}
+
+/// Prints a status line to stderr unless quiet.
+pub fn status(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// Aligns rows into columns separated by two spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut width = vec![0; cols];
+    for row in std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .chain(rows.iter().cloned())
+    {
+        for (i, cell) in row.iter().enumerate().take(cols) {
+            width[i] = width[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+/// The standard issue table: id, priority, type, status, assignee, title.
+pub fn issue_table(issues: &[Issue]) -> String {
+    let rows: Vec<Vec<String>> = issues
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                format!("P{}", i.priority),
+                i.issue_type.to_string(),
+                i.status.to_string(),
+                i.assignee.clone().unwrap_or_else(|| "-".into()),
+                i.title.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "PRI", "TYPE", "STATUS", "ASSIGNEE", "TITLE"], &rows)
+}
+
+/// Prints issues as JSON or as a table, with a count on stderr.
+pub fn issues(ctx: &crate::context::Ctx, issues: &[Issue], empty: &str) -> Result<(), CliError> {
+    if ctx.json {
+        return json(&issues);
+    }
+    if issues.is_empty() {
+        status(ctx.quiet, empty);
+        return Ok(());
+    }
+    if ctx.quiet {
+        let ids: String = issues.iter().map(|i| format!("{}\n", i.id)).collect();
+        return print(&ids);
+    }
+    print(&issue_table(issues))
+}
