@@ -32,6 +32,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".bd-tmp-")
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    let mut perms = tmp.as_file().metadata()?.permissions();
+    // tempfile creates 0600; these files are shared through git like any source file.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file().set_permissions(perms)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| Error::from(e.error))?;
     File::open(dir)?.sync_all()?;

@@ -198,14 +198,33 @@ impl IssueDoc {
             OpKind::Create => {
                 if let Value::Object(fields) = &op.value {
                     for (k, v) in fields {
-                        if k == "updated_at" {
-                            effective = v.as_str().and_then(|s| Some((parse_rfc3339(s)?, s)));
+                        match k.as_str() {
+                            "updated_at" => {
+                                effective = v.as_str().and_then(|s| Some((parse_rfc3339(s)?, s)));
+                            }
+                            "labels" => {
+                                for label in
+                                    v.as_array().into_iter().flatten().filter_map(Value::as_str)
+                                {
+                                    self.add_label(format!("{id}:{label}"), label, &stamp);
+                                }
+                            }
+                            "dependencies" => {
+                                for (n, dep) in v.as_array().into_iter().flatten().enumerate() {
+                                    self.add_dep(format!("{id}:d{n}"), dep, op, &stamp);
+                                }
+                            }
+                            "comments" => {
+                                for (n, c) in v.as_array().into_iter().flatten().enumerate() {
+                                    self.add_comment(format!("{id}:c{n}"), c, op);
+                                }
+                            }
+                            k if STRUCTURAL_FIELDS.contains(&k) => {}
+                            _ => {
+                                let reg = self.registers.entry(k.clone()).or_default();
+                                reg.writes.insert(id.clone(), (v.clone(), stamp.clone()));
+                            }
                         }
-                        if STRUCTURAL_FIELDS.contains(&k.as_str()) {
-                            continue;
-                        }
-                        let reg = self.registers.entry(k.clone()).or_default();
-                        reg.writes.insert(id.clone(), (v.clone(), stamp.clone()));
                     }
                 }
                 self.creates.insert(id.clone(), stamp.clone());
@@ -220,56 +239,13 @@ impl IssueDoc {
             }
             OpKind::LabelAdd => {
                 if let Some(label) = op.value.as_str() {
-                    self.labels
-                        .adds
-                        .entry(label.to_string())
-                        .or_default()
-                        .insert(id.clone(), ((), stamp.clone()));
+                    self.add_label(id.clone(), label, &stamp);
                 }
             }
             OpKind::LabelRemove => self.labels.removed.extend(op.supersedes.iter().cloned()),
-            OpKind::DepAdd => {
-                if let (Some(target), Some(kind)) =
-                    (op.value_str("depends_on_id"), op.value_str("type"))
-                {
-                    let meta = EdgeMeta {
-                        created_at: op
-                            .value_str("created_at")
-                            .map(str::to_string)
-                            .unwrap_or_else(|| format_rfc3339(op.hlc.wall)),
-                        created_by: op.value_str("created_by").unwrap_or(&op.actor).to_string(),
-                    };
-                    self.deps
-                        .adds
-                        .entry((target.to_string(), kind.to_string()))
-                        .or_default()
-                        .insert(id.clone(), (meta, stamp.clone()));
-                }
-            }
+            OpKind::DepAdd => self.add_dep(id.clone(), &op.value, op, &stamp),
             OpKind::DepRemove => self.deps.removed.extend(op.supersedes.iter().cloned()),
-            OpKind::Comment => {
-                let created_at = op
-                    .value_str("created_at")
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format_rfc3339(op.hlc.wall));
-                let sort_ms = parse_rfc3339(&created_at).unwrap_or(op.hlc.wall as i64);
-                let comment = Comment {
-                    id: op
-                        .value
-                        .get("id")
-                        .and_then(|v| match v {
-                            Value::String(s) => Some(s.clone()),
-                            Value::Number(n) => Some(n.to_string()),
-                            _ => None,
-                        })
-                        .unwrap_or_else(|| format!("c-{}", &id[..id.len().min(12)])),
-                    issue_id: self.id.clone(),
-                    author: op.value_str("author").unwrap_or(&op.actor).to_string(),
-                    text: op.value_str("text").unwrap_or_default().to_string(),
-                    created_at,
-                };
-                self.comments.insert(id.clone(), (comment, sort_ms));
-            }
+            OpKind::Comment => self.add_comment(id.clone(), &op.value, op),
             OpKind::Delete => {
                 let seen = op.supersedes.iter().cloned().collect();
                 self.deletes.insert(id.clone(), (stamp.clone(), seen));
@@ -288,6 +264,59 @@ impl IssueDoc {
             self.updated = Some((ms, text));
         }
         true
+    }
+
+    /// Adds `label` under the add tag `tag` (an op id, or `<op id>:<label>` for a
+    /// label carried by a create op).
+    fn add_label(&mut self, tag: String, label: &str, stamp: &Stamp) {
+        self.labels
+            .adds
+            .entry(label.to_string())
+            .or_default()
+            .insert(tag, ((), stamp.clone()));
+    }
+
+    /// Adds the edge described by `value` = {depends_on_id, type, created_at?,
+    /// created_by?} under the add tag `tag`; ignores a value without a target.
+    fn add_dep(&mut self, tag: String, value: &Value, op: &Op, stamp: &Stamp) {
+        let field = |k: &str| value.get(k).and_then(Value::as_str);
+        let Some(target) = field("depends_on_id") else {
+            return;
+        };
+        let kind = field("type").unwrap_or("blocks");
+        let meta = EdgeMeta {
+            created_at: field("created_at")
+                .map(str::to_string)
+                .unwrap_or_else(|| format_rfc3339(op.hlc.wall)),
+            created_by: field("created_by").unwrap_or(&op.actor).to_string(),
+        };
+        self.deps
+            .adds
+            .entry((target.to_string(), kind.to_string()))
+            .or_default()
+            .insert(tag, (meta, stamp.clone()));
+    }
+
+    /// Appends the comment `value` = {text, author?, created_at?, id?} under `key`.
+    fn add_comment(&mut self, key: String, value: &Value, op: &Op) {
+        let field = |k: &str| value.get(k).and_then(Value::as_str);
+        let created_at = field("created_at")
+            .map(str::to_string)
+            .unwrap_or_else(|| format_rfc3339(op.hlc.wall));
+        let sort_ms = parse_rfc3339(&created_at).unwrap_or(op.hlc.wall as i64);
+        let id = match value.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => format!("c-{}", &key[..key.len().min(12)]),
+        };
+        let comment = Comment {
+            id,
+            issue_id: self.id.clone(),
+            author: field("author").unwrap_or(&op.actor).to_string(),
+            text: field("text").unwrap_or_default().to_string(),
+            created_at,
+        };
+        self.comments.insert(key, (comment, sort_ms));
     }
 
     /// The visible writes of `field` (what a new write must supersede).
@@ -406,7 +435,7 @@ impl IssueDoc {
             assignee: opt("assignee"),
             external_ref: opt("external_ref"),
             created_at: opt("created_at").unwrap_or_else(|| format_rfc3339(create.1.hlc.wall)),
-            created_by: opt("created_by").unwrap_or_else(|| create.1.actor.clone()),
+            created_by: text("created_by"),
             updated_at,
             closed_at: opt("closed_at"),
             close_reason: opt("close_reason"),

@@ -344,3 +344,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn labels_carried_by_a_create_are_removed_one_at_a_time() {
+    let mut r = Replica::new(0);
+    r.write(1, OpKind::Create, None, json!({"title": "t", "labels": ["a", "b"],
+        "dependencies": [{"depends_on_id": "bd-9", "type": "blocks"}, {"depends_on_id": "bd-8", "type": "related"}]}), vec![]);
+    assert_eq!(r.doc.materialise().unwrap().issue.labels, vec!["a", "b"]);
+    r.label_rm(2, "a");
+    r.dep_rm(3, "bd-9");
+    let m = r.doc.materialise().unwrap();
+    assert_eq!(m.issue.labels, vec!["b"]);
+    assert_eq!(m.issue.dependencies.len(), 1);
+    assert_eq!(m.issue.dependencies[0].depends_on_id, "bd-8");
+}

@@ -26,7 +26,8 @@ pub struct Hlc {
 /// What an op does. Unknown kinds (from a newer bd) are stored and ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OpKind {
-    /// Brings an issue into existence; `value` maps field names to initial values.
+    /// Brings an issue into existence; `value` maps field names to initial values,
+    /// and may carry the initial `labels`, `dependencies` and `comments` as arrays.
     Create,
     /// Writes one scalar `field`; `supersedes` names the writes the writer saw.
     Set,

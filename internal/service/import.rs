@@ -103,9 +103,22 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         });
     }
     if !doc.exists() {
+        // One op carries the whole issue, so its time (the file's updated_at) is the
+        // issue's time.
         let mut value = scalars;
         if let Some(u) = f.get("updated_at") {
             value.insert("updated_at".into(), u.clone());
+        }
+        if !labels.is_empty() {
+            value.insert("labels".into(), json!(labels));
+        }
+        if !deps.is_empty() {
+            let deps = deps.iter().cloned().map(Value::Object).collect();
+            value.insert("dependencies".into(), Value::Array(deps));
+        }
+        if !comments.is_empty() {
+            let comments = comments.iter().map(comment_value).collect();
+            value.insert("comments".into(), Value::Array(comments));
         }
         tx.record(new_op(
             ctx,
@@ -115,36 +128,6 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
             Value::Object(value),
             vec![],
         ))?;
-        for label in &labels {
-            tx.record(new_op(
-                ctx,
-                &id,
-                OpKind::LabelAdd,
-                None,
-                json!(label),
-                vec![],
-            ))?;
-        }
-        for dep in &deps {
-            tx.record(new_op(
-                ctx,
-                &id,
-                OpKind::DepAdd,
-                None,
-                Value::Object(dep.clone()),
-                vec![],
-            ))?;
-        }
-        for c in &comments {
-            tx.record(new_op(
-                ctx,
-                &id,
-                OpKind::Comment,
-                None,
-                comment_value(c),
-                vec![],
-            ))?;
-        }
         if tombstone {
             delete(tx, ctx, &id)?;
             return Ok(Outcome::Deleted);

@@ -490,6 +490,17 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
     }
     fields.insert("created_at".into(), json!(format_rfc3339(tx.now_ms())));
     fields.insert("created_by".into(), json!(ctx.actor));
+    // Labels and edges travel inside the create op: one op per new issue.
+    if !labels.is_empty() {
+        fields.insert("labels".into(), json!(labels));
+    }
+    if !edges.is_empty() {
+        let deps: Vec<Value> = edges
+            .iter()
+            .map(|(kind, target)| json!({"depends_on_id": target, "type": kind.as_str()}))
+            .collect();
+        fields.insert("dependencies".into(), Value::Array(deps));
+    }
     tx.record(new_op(
         ctx,
         &id,
@@ -498,20 +509,6 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
         Value::Object(fields),
         vec![],
     ))?;
-    for label in &labels {
-        tx.record(new_op(
-            ctx,
-            &id,
-            OpKind::LabelAdd,
-            None,
-            json!(label),
-            vec![],
-        ))?;
-    }
-    for (kind, target) in &edges {
-        let value = json!({"depends_on_id": target, "type": kind.as_str()});
-        tx.record(new_op(ctx, &id, OpKind::DepAdd, None, value, vec![]))?;
-    }
     tx.flush()?;
     get_live(tx.conn(), &id)
 }

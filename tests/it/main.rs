@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests: the real `bd` binary against real SQLite files in temp
+//! repositories.
+
+mod cli;
+mod common;
+mod concurrency;
+mod errors;
+mod import_export;

@@ -1,0 +1,566 @@
+//! Every command from the shell, with and without --json.
+
+use crate::common::TestEnv;
+use serde_json::Value;
+
+#[test]
+fn init_creates_the_tracker_files() {
+    let env = TestEnv::empty();
+    let report = env.json(&["init", "--prefix", "proj"]);
+    assert_eq!(report["prefix"], "proj");
+    let b = env.beads();
+    for f in [
+        "beads.db",
+        "config.json",
+        ".gitignore",
+        "issues.jsonl",
+        "ops",
+    ] {
+        assert!(b.join(f).exists(), "{f} missing");
+    }
+    let ignore = std::fs::read_to_string(b.join(".gitignore")).unwrap();
+    assert!(ignore.contains("*.db"));
+    let err = env.fails(&["init"], 1);
+    assert!(err.contains("already initialised"), "{err}");
+    // Works from a subdirectory: .beads/ is found by walking up.
+    std::fs::create_dir_all(env.root().join("src/deep")).unwrap();
+    let out = env
+        .command(&["create", "from below", "--json"])
+        .current_dir(env.root().join("src/deep"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn init_prefix_defaults_to_directory_name() {
+    let env = TestEnv::empty();
+    let name = env
+        .root()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase()
+        .replace('-', "_");
+    let report = env.json(&["init"]);
+    assert_eq!(report["prefix"], name.as_str());
+    let id = env.create(&["x"]);
+    assert!(id.starts_with(&format!("{name}-")), "{id}");
+}
+
+#[test]
+fn create_and_show_round_trip_every_field() {
+    let env = TestEnv::new();
+    let blocker = env.create(&["blocker"]);
+    let epic = env.create(&["epic", "-t", "epic"]);
+    let issue = env.json(&[
+        "create",
+        "Full issue",
+        "-d",
+        "desc",
+        "--design",
+        "des",
+        "--acceptance",
+        "acc",
+        "--notes",
+        "n",
+        "-p",
+        "P1",
+        "-t",
+        "bug",
+        "-a",
+        "ann",
+        "-l",
+        "b,a",
+        "-l",
+        "c",
+        "--deps",
+        &format!("blocks:{blocker},related:{epic}"),
+        "--external-ref",
+        "gh-9",
+    ]);
+    let id = issue["id"].as_str().unwrap();
+    assert!(id.starts_with("t-") && id.len() == 6, "{id}");
+    let shown = &env.json(&["show", id])[0];
+    for (k, v) in [
+        ("title", "Full issue"),
+        ("description", "desc"),
+        ("design", "des"),
+        ("acceptance_criteria", "acc"),
+        ("notes", "n"),
+        ("status", "open"),
+        ("issue_type", "bug"),
+        ("assignee", "ann"),
+        ("external_ref", "gh-9"),
+        ("created_by", "tester"),
+    ] {
+        assert_eq!(shown[k], v, "{k}");
+    }
+    assert_eq!(shown["priority"], 1);
+    assert_eq!(shown["labels"], serde_json::json!(["a", "b", "c"]));
+    let deps: Vec<(&str, &str)> = shown["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["depends_on_id"].as_str().unwrap(),
+                d["type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        deps.contains(&(blocker.as_str(), "blocks")) && deps.contains(&(epic.as_str(), "related"))
+    );
+    assert_eq!(shown["blocked"], true);
+    let b = &env.json(&["show", &blocker])[0];
+    assert_eq!(b["dependents"][0]["issue_id"], id);
+    // Human output names the fields.
+    let human = env.ok(&["show", id]);
+    assert!(
+        human.contains("Full issue")
+            && human.contains("Priority: P1")
+            && human.contains("Depends on:")
+    );
+}
+
+#[test]
+fn children_get_dotted_ids_and_explicit_ids_are_unique() {
+    let env = TestEnv::new();
+    let epic = env.create(&["epic", "-t", "epic"]);
+    let c1 = env.create(&["one", "--parent", &epic]);
+    let c2 = env.create(&["two", "--parent", &epic]);
+    assert_eq!(c1, format!("{epic}.1"));
+    assert_eq!(c2, format!("{epic}.2"));
+    let child = &env.json(&["show", &c1])[0];
+    assert_eq!(child["dependencies"][0]["type"], "parent-child");
+    assert_eq!(env.create(&["mine", "--id", "t-custom"]), "t-custom");
+    let err = env.fails(&["create", "again", "--id", "t-custom"], 1);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn short_ids_resolve_and_ambiguity_lists_candidates() {
+    let env = TestEnv::new();
+    env.create(&["a", "--id", "t-abc1"]);
+    env.create(&["b", "--id", "t-abc2"]);
+    assert_eq!(env.json(&["show", "abc1"])[0]["id"], "t-abc1");
+    assert_eq!(env.json(&["show", "c2"])[0]["id"], "t-abc2");
+    let err = env.fails(&["show", "abc"], 1);
+    assert!(
+        err.contains("t-abc1") && err.contains("t-abc2") && err.contains("matches 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn list_filters() {
+    let env = TestEnv::new();
+    let a = env.create(&[
+        "alpha bug",
+        "-t",
+        "bug",
+        "-p",
+        "0",
+        "-l",
+        "x,y",
+        "-a",
+        "ann",
+    ]);
+    let b = env.create(&[
+        "beta feature",
+        "-t",
+        "feature",
+        "-p",
+        "3",
+        "-l",
+        "y",
+        "-d",
+        "needle inside",
+    ]);
+    let c = env.create(&["gamma", "-p", "2"]);
+    env.ok(&["close", &c]);
+    assert_eq!(env.ids(&["list"]).len(), 2, "closed hidden by default");
+    assert_eq!(env.ids(&["list", "--all"]).len(), 3);
+    assert_eq!(env.ids(&["list", "-s", "closed"]), vec![c.clone()]);
+    assert_eq!(env.ids(&["list", "-t", "bug"]), vec![a.clone()]);
+    assert_eq!(
+        env.ids(&["list", "--priority-min", "1", "--priority-max", "4"]),
+        vec![b.clone()]
+    );
+    assert_eq!(env.ids(&["list", "-p", "P0"]), vec![a.clone()]);
+    assert_eq!(env.ids(&["list", "-a", "ann"]), vec![a.clone()]);
+    assert_eq!(env.ids(&["list", "--unassigned"]), vec![b.clone()]);
+    assert_eq!(env.ids(&["list", "-l", "x,y"]), vec![a.clone()]);
+    assert_eq!(
+        env.ids(&["list", "--label-any", "x", "--label-any", "y"])
+            .len(),
+        2
+    );
+    assert_eq!(env.ids(&["list", "--text", "NEEDLE"]), vec![b.clone()]);
+    assert_eq!(env.ids(&["search", "gamma"]), vec![c.clone()]);
+    assert_eq!(env.ids(&["list", "-n", "1"]).len(), 1);
+    assert_eq!(
+        env.ids(&["list", "--sort", "priority", "--reverse"]),
+        vec![b.clone(), a.clone()]
+    );
+    assert_eq!(env.ids(&["list", "--created-after", "1d"]).len(), 2);
+    assert!(
+        env.ids(&["list", "--created-before", "2000-01-01"])
+            .is_empty()
+    );
+    assert_eq!(
+        env.ids(&["list", "--all", "--closed-after", "1h"]),
+        vec![c.clone()]
+    );
+    let table = env.ok(&["list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert_eq!(env.ok(&["list", "-q"]).lines().count(), 2);
+}
+
+#[test]
+fn update_every_field_and_labels() {
+    let env = TestEnv::new();
+    let id = env.create(&["before", "-l", "old,keep"]);
+    let out = env.json(&[
+        "update",
+        &id,
+        "--title",
+        "after",
+        "-d",
+        "D",
+        "--design",
+        "G",
+        "--acceptance",
+        "A",
+        "--notes",
+        "N",
+        "-s",
+        "in_progress",
+        "-p",
+        "4",
+        "-t",
+        "chore",
+        "-a",
+        "zed",
+        "--external-ref",
+        "jira-1",
+        "--add-label",
+        "new",
+        "--remove-label",
+        "old",
+    ]);
+    let i = &out[0];
+    assert_eq!(i["changed"], true);
+    for (k, v) in [
+        ("title", "after"),
+        ("description", "D"),
+        ("design", "G"),
+        ("acceptance_criteria", "A"),
+        ("notes", "N"),
+        ("status", "in_progress"),
+        ("issue_type", "chore"),
+        ("assignee", "zed"),
+        ("external_ref", "jira-1"),
+    ] {
+        assert_eq!(i[k], v, "{k}");
+    }
+    assert_eq!(i["priority"], 4);
+    assert_eq!(i["labels"], serde_json::json!(["keep", "new"]));
+    let i = &env.json(&["update", &id, "--set-labels", "only", "-a", ""])[0];
+    assert_eq!(i["labels"], serde_json::json!(["only"]));
+    assert!(i.get("assignee").is_none());
+    // Setting what is already there changes nothing and records no op.
+    let ops = env.json(&["stats"])["ops"].clone();
+    let i = &env.json(&["update", &id, "--title", "after"])[0];
+    assert_eq!(i["changed"], false);
+    assert_eq!(env.json(&["stats"])["ops"], ops);
+}
+
+#[test]
+fn update_of_several_ids_is_all_or_nothing() {
+    let env = TestEnv::new();
+    let a = env.create(&["a"]);
+    let before = env.fingerprint();
+    env.fails(&["update", &a, "t-nope", "-p", "0"], 1);
+    assert_eq!(env.fingerprint(), before);
+    let b = env.create(&["b"]);
+    let out = env.json(&["update", &a, &b, "-p", "0"]);
+    assert_eq!(out.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn claim_is_exclusive() {
+    let env = TestEnv::new();
+    let id = env.create(&["work"]);
+    let i = &env.json(&["update", &id, "--claim"])[0];
+    assert_eq!(i["assignee"], "tester");
+    assert_eq!(i["status"], "in_progress");
+    // Claiming again by the same actor is a harmless no-op.
+    assert_eq!(env.json(&["update", &id, "--claim"])[0]["changed"], false);
+    let err = env.fails(&["update", &id, "--claim", "--actor", "other"], 3);
+    assert!(err.contains("already claimed by tester"), "{err}");
+    env.ok(&["close", &id]);
+    let err = env.fails(&["update", &id, "--claim", "--actor", "other"], 3);
+    assert!(err.contains("closed"), "{err}");
+}
+
+#[test]
+fn close_and_reopen() {
+    let env = TestEnv::new();
+    let a = env.create(&["a"]);
+    let b = env.create(&["b"]);
+    let out = env.json(&["close", &a, &b, "-r", "done"]);
+    for i in out.as_array().unwrap() {
+        assert_eq!(i["status"], "closed");
+        assert_eq!(i["close_reason"], "done");
+        assert!(i["closed_at"].is_string());
+    }
+    assert_eq!(env.json(&["close", &a])[0]["changed"], false);
+    let i = &env.json(&["reopen", &a])[0];
+    assert_eq!(i["status"], "open");
+    assert!(i.get("closed_at").is_none() && i.get("close_reason").is_none());
+    assert!(env.ok(&["close", &b]).contains("unchanged"));
+}
+
+#[test]
+fn ready_follows_blockers_and_parents() {
+    let env = TestEnv::new();
+    let blocker = env.create(&["blocker", "-p", "1"]);
+    let blocked = env.create(&["blocked", "-p", "0", "--deps", &blocker]);
+    let epic = env.create(&["epic", "-t", "epic", "-p", "3"]);
+    let child = env.create(&["child", "--parent", &epic, "-p", "2"]);
+    let grandchild = env.create(&["grandchild", "--parent", &child, "-p", "2"]);
+    let ready = env.ids(&["ready"]);
+    assert_eq!(
+        ready,
+        vec![
+            blocker.clone(),
+            child.clone(),
+            grandchild.clone(),
+            epic.clone()
+        ]
+    );
+    assert!(!ready.contains(&blocked));
+    env.ok(&["close", &blocker]);
+    assert_eq!(
+        env.ids(&["ready"])[0],
+        blocked,
+        "unblocked, and P0 sorts first"
+    );
+    // A deferred parent holds back its whole subtree.
+    env.ok(&["update", &epic, "-s", "deferred"]);
+    let ready = env.ids(&["ready"]);
+    assert!(
+        !ready.contains(&child) && !ready.contains(&grandchild),
+        "{ready:?}"
+    );
+    let blocked_list = env.json(&["blocked"]);
+    let gc = blocked_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == grandchild.as_str())
+        .unwrap();
+    assert_eq!(gc["blocked_by"], serde_json::json!([child]));
+    env.ok(&["update", &epic, "-s", "open"]);
+    assert!(env.ids(&["ready"]).contains(&grandchild));
+    // In-progress work stays in the queue; filters apply.
+    env.ok(&["update", &child, "--claim"]);
+    assert!(env.ids(&["ready"]).contains(&child));
+    assert!(!env.ids(&["ready", "--unassigned"]).contains(&child));
+    assert_eq!(env.ids(&["ready", "-a", "tester"]), vec![child.clone()]);
+    assert_eq!(env.ids(&["ready", "-n", "1"]).len(), 1);
+}
+
+#[test]
+fn ready_shows_ten_by_default() {
+    let env = TestEnv::new();
+    let lines: String = (0..12).map(|i| format!("{{\"id\":\"t-{i}\",\"title\":\"n{i}\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\"}}\n")).collect();
+    std::fs::write(env.root().join("in.jsonl"), lines).unwrap();
+    env.ok(&["import", "-i", "in.jsonl"]);
+    assert_eq!(env.ids(&["ready"]).len(), 10);
+    assert_eq!(env.ids(&["ready", "-n", "0"]).len(), 12);
+}
+
+#[test]
+fn dependencies_add_remove_tree_cycles() {
+    let env = TestEnv::new();
+    let a = env.create(&["a"]);
+    let b = env.create(&["b"]);
+    let c = env.create(&["c"]);
+    let out = env.json(&["dep", "add", &a, &b]);
+    assert_eq!(out["changed"], true);
+    assert_eq!(out["dependency"]["type"], "blocks");
+    assert_eq!(env.json(&["dep", "add", &a, &b])["changed"], false);
+    env.ok(&["dep", "add", &b, &c]);
+    let err = env.fails(&["dep", "add", &c, &a], 3);
+    assert!(err.contains("cycle"), "{err}");
+    env.ok(&["dep", "add", &c, &a, "-t", "related"]);
+    let err = env.fails(&["dep", "add", &a, &a], 2);
+    assert!(err.contains("itself"), "{err}");
+    env.fails(&["dep", "add", &a, &b, "-t", "sorta"], 2);
+    let tree = env.json(&["dep", "tree", &a]);
+    let ids: Vec<&str> = tree
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![a.as_str(), b.as_str(), c.as_str(), a.as_str()]);
+    assert_eq!(tree[3]["repeated"], true);
+    let rev = env.json(&["dep", "tree", &c, "--reverse"]);
+    assert_eq!(rev[1]["id"], b.as_str());
+    assert!(env.ok(&["dep", "tree", &a]).contains("[blocks]"));
+    assert_eq!(env.json(&["dep", "cycles"]), serde_json::json!([]));
+    let removed = env.json(&["dep", "remove", &a, &b]);
+    assert_eq!(removed[0]["depends_on_id"], b.as_str());
+    env.fails(&["dep", "remove", &a, &b], 1);
+    assert!(env.ids(&["ready"]).contains(&a));
+}
+
+#[test]
+fn dep_cycles_reports_imported_cycles() {
+    let env = TestEnv::new();
+    let line = |id: &str, dep: &str| {
+        format!(
+            "{{\"id\":\"{id}\",\"title\":\"{id}\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\",\"dependencies\":[{{\"issue_id\":\"{id}\",\"depends_on_id\":\"{dep}\",\"type\":\"blocks\",\"created_at\":\"2026-01-01T00:00:00Z\"}}]}}\n"
+        )
+    };
+    std::fs::write(
+        env.root().join("c.jsonl"),
+        line("t-x", "t-y") + &line("t-y", "t-x"),
+    )
+    .unwrap();
+    env.ok(&["import", "-i", "c.jsonl"]);
+    assert_eq!(
+        env.json(&["dep", "cycles"]),
+        serde_json::json!([["t-x", "t-y"]])
+    );
+    assert!(env.ok(&["dep", "cycles"]).contains("t-x"));
+}
+
+#[test]
+fn labels_and_comments() {
+    let env = TestEnv::new();
+    let a = env.create(&["a", "-l", "one"]);
+    let b = env.create(&["b"]);
+    env.ok(&["label", "add", &a, "two", "three"]);
+    env.ok(&["label", "add", &b, "two"]);
+    assert_eq!(
+        env.json(&["label", "list", &a]),
+        serde_json::json!(["one", "three", "two"])
+    );
+    env.ok(&["label", "remove", &a, "three"]);
+    let counts = env.json(&["label", "list"]);
+    assert_eq!(
+        counts,
+        serde_json::json!([{"label": "one", "count": 1}, {"label": "two", "count": 2}])
+    );
+    env.fails(&["label", "add", &a, "has space"], 2);
+    let c = env.json(&["comment", "add", &a, "first note"]);
+    assert_eq!(c["author"], "tester");
+    assert_eq!(c["text"], "first note");
+    env.ok(&["comment", "add", &a, "second"]);
+    let all = env.json(&["comments", &a]);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all[0]["text"], "first note");
+    assert!(env.ok(&["comments", &a]).contains("tester: second"));
+    env.fails(&["comment", "add", &a, "  "], 2);
+}
+
+#[test]
+fn stats_info_version_config() {
+    let env = TestEnv::new();
+    let a = env.create(&["a", "-t", "bug"]);
+    env.create(&["b", "--deps", &a]);
+    let s = env.json(&["stats"]);
+    assert_eq!(s["total"], 2);
+    assert_eq!(s["ready"], 1);
+    assert_eq!(s["blocked"], 1);
+    assert_eq!(s["by_type"]["bug"], 1);
+    assert!(env.ok(&["stats"]).contains("Ready:      1"));
+    let info = env.json(&["info"]);
+    assert_eq!(info["prefix"], "t");
+    assert_eq!(info["mode"], "direct");
+    assert_eq!(info["snapshot"]["dirty"], true);
+    assert_eq!(env.json(&["version"])["version"], env!("CARGO_PKG_VERSION"));
+    assert!(env.ok(&["--version"]).contains(env!("CARGO_PKG_VERSION")));
+    assert_eq!(env.json(&["config", "get", "prefix"])["value"], "t");
+    env.ok(&["config", "set", "custom.team", "blue"]);
+    assert_eq!(env.json(&["config", "list"])["custom.team"], "blue");
+    env.ok(&["config", "set", "prefix", "np"]);
+    assert!(env.create(&["new prefix"]).starts_with("np-"));
+    env.fails(&["config", "set", "colour", "x"], 2);
+    env.fails(&["config", "set", "prefix", "Bad Prefix"], 2);
+}
+
+#[test]
+fn flush_writes_op_file_and_snapshot_consistently() {
+    let env = TestEnv::new();
+    let a = env.create(&["a", "-l", "x"]);
+    env.ok(&["comment", "add", &a, "hello"]);
+    let flushed = env.json(&["flush"]);
+    assert_eq!(flushed["issues"], 1);
+    assert_eq!(env.json(&["info"])["snapshot"]["dirty"], false);
+    let snapshot = std::fs::read_to_string(env.beads().join("issues.jsonl")).unwrap();
+    assert_eq!(snapshot, env.ok(&["export"]), "snapshot = export");
+    let line: Value = serde_json::from_str(snapshot.lines().next().unwrap()).unwrap();
+    assert_eq!(line["comments"][0]["text"], "hello");
+    let ops_dir = env.beads().join("ops");
+    let files: Vec<_> = std::fs::read_dir(&ops_dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let ops = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(
+        ops.lines().count() as u64,
+        env.json(&["stats"])["ops"].as_u64().unwrap()
+    );
+    let seqs: Vec<u64> = ops
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    env.create(&["b"]);
+    assert_eq!(env.json(&["info"])["snapshot"]["dirty"], true);
+}
+
+#[test]
+fn export_is_deterministic_and_writes_files() {
+    let env = TestEnv::new();
+    for t in ["c", "a", "b"] {
+        env.create(&[t, "-l", "z,y"]);
+    }
+    let one = env.ok(&["export"]);
+    assert_eq!(one, env.ok(&["export"]));
+    let ids: Vec<String> = one
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    env.ok(&["export", "-o", "out.jsonl"]);
+    assert_eq!(
+        std::fs::read_to_string(env.root().join("out.jsonl")).unwrap(),
+        one
+    );
+}
+
+#[test]
+fn demo_runs_and_cleans_up() {
+    let env = TestEnv::empty();
+    let out = env.json(&["demo", "--agents", "3"]);
+    assert_eq!(out["stats"]["by_status"]["closed"], out["stats"]["total"]);
+    assert!(out["closed_by_agents"].as_u64().unwrap() >= 6);
+    assert_eq!(out["stats"]["conflicts"], 0);
+    assert!(out["kept"].is_null());
+}

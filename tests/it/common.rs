@@ -1,0 +1,127 @@
+//! A hermetic environment per test: a temp git repository, a fixed actor, no
+//! inherited bd or git configuration.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BD: &str = env!("CARGO_BIN_EXE_bd");
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// An empty repository (git-initialised when git is available).
+    pub fn empty() -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("bd-it-")
+            .tempdir()
+            .expect("tempdir");
+        let env = TestEnv { dir };
+        let _ = env.git(&["init", "-q"]);
+        env
+    }
+
+    /// A repository with `bd init --prefix t` done.
+    pub fn new() -> TestEnv {
+        let env = TestEnv::empty();
+        env.ok(&["init", "--prefix", "t"]);
+        env
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn beads(&self) -> PathBuf {
+        self.root().join(".beads")
+    }
+
+    pub fn git(&self, args: &[&str]) -> Option<Output> {
+        Command::new("git")
+            .args(args)
+            .current_dir(self.root())
+            .env("HOME", self.root())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BD);
+        c.args(args)
+            .current_dir(self.root())
+            .env("BD_ACTOR", "tester")
+            .env_remove("BEADS_DIR")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run bd")
+    }
+
+    /// Runs bd, asserts exit 0, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "bd {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs bd with `--json`, asserts exit 0, parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bd {args:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Runs bd, asserts exit `code`, returns stderr; stdout must be empty.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "bd {args:?}: stderr: {stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "bd {args:?} printed to stdout on error: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!stderr.contains("panicked"), "panic: {stderr}");
+        stderr
+    }
+
+    /// Creates an issue and returns its id.
+    pub fn create(&self, args: &[&str]) -> String {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        self.json(&all)["id"].as_str().expect("id").to_string()
+    }
+
+    /// Ids from a JSON array of issues.
+    pub fn ids(&self, args: &[&str]) -> Vec<String> {
+        self.json(args)
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|i| i["id"].as_str().expect("id").to_string())
+            .collect()
+    }
+
+    /// The state of the database as bytes that must not change on a refused command.
+    pub fn fingerprint(&self) -> String {
+        format!("{}\n{}", self.ok(&["export"]), self.json(&["stats"])["ops"])
+    }
+}

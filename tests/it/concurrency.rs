@@ -1,0 +1,99 @@
+//! Many processes writing at once in direct mode.
+
+use crate::common::TestEnv;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+#[test]
+fn eight_processes_times_fifty_creates_lose_nothing() {
+    let env = TestEnv::new();
+    let procs: Vec<_> = (0..8)
+        .map(|p| {
+            let script = format!(
+                "for i in $(seq 1 50); do \"$0\" create \"agent {p} issue $i\" -q || exit 1; done"
+            );
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", &script, crate::common::BD])
+                .current_dir(env.root())
+                .env("BD_ACTOR", format!("agent{p}"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            sh.spawn().expect("spawn")
+        })
+        .collect();
+    let mut printed = BTreeSet::new();
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for id in String::from_utf8(out.stdout).unwrap().lines() {
+            assert!(printed.insert(id.to_string()), "duplicate id {id}");
+        }
+    }
+    assert_eq!(printed.len(), 400);
+    let listed: BTreeSet<String> = env.ids(&["list", "--all"]).into_iter().collect();
+    assert_eq!(
+        listed, printed,
+        "database holds exactly the acknowledged issues"
+    );
+    env.ok(&["flush"]);
+    let snapshot = std::fs::read_to_string(env.beads().join("issues.jsonl")).unwrap();
+    let snap_ids: BTreeSet<String> = snapshot
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(snap_ids, printed, "snapshot agrees");
+    let ops_file = std::fs::read_dir(env.beads().join("ops"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let ops = std::fs::read_to_string(ops_file).unwrap();
+    let mut op_issues = BTreeSet::new();
+    let mut seqs = Vec::new();
+    for line in ops.lines() {
+        let op: Value = serde_json::from_str(line).expect("whole op lines only");
+        assert_eq!(op["kind"], "create");
+        op_issues.insert(op["issue"].as_str().unwrap().to_string());
+        seqs.push(op["seq"].as_u64().unwrap());
+    }
+    assert_eq!(op_issues, printed, "op file agrees");
+    assert_eq!(
+        seqs,
+        (1..=400).collect::<Vec<u64>>(),
+        "op file in seq order, no gaps or duplicates"
+    );
+}
+
+#[test]
+fn twenty_processes_claiming_one_issue_have_one_winner() {
+    let env = TestEnv::new();
+    let id = env.create(&["contested"]);
+    let procs: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = env.command(&["update", &id, "--claim"]);
+            c.env("BD_ACTOR", format!("agent{i}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let codes: Vec<i32> = procs
+        .into_iter()
+        .map(|p| p.wait_with_output().unwrap().status.code().unwrap())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 3).count(), 19, "{codes:?}");
+    let shown = &env.json(&["show", &id])[0];
+    assert_eq!(shown["status"], "in_progress");
+    assert!(shown["assignee"].as_str().unwrap().starts_with("agent"));
+}

@@ -1,0 +1,94 @@
+//! Bad input: one clear line, a hint, a documented exit code, no change, no panic.
+
+use crate::common::TestEnv;
+
+#[test]
+fn missing_tracker_says_run_init() {
+    let env = TestEnv::empty();
+    let err = env.fails(&["list"], 1);
+    assert!(
+        err.contains("no .beads/") && err.contains("bd init"),
+        "{err}"
+    );
+    let err = env.fails(&["ready", "--json"], 1);
+    let v: serde_json::Value = serde_json::from_str(err.trim()).expect("JSON error on stderr");
+    assert_eq!(v["error"]["kind"], "not_initialized");
+    assert_eq!(v["exit_code"], 1);
+}
+
+#[test]
+fn invalid_values_are_usage_errors_and_change_nothing() {
+    let env = TestEnv::new();
+    let id = env.create(&["x"]);
+    let before = env.fingerprint();
+    let long = "x".repeat(501);
+    for (args, needle) in [
+        (vec!["create", ""], "empty"),
+        (vec!["create", "   "], "empty"),
+        (vec!["create", &long], "limit is 500"),
+        (vec!["create", "t", "-p", "5"], "priority"),
+        (vec!["create", "t", "-p", "high"], "priority"),
+        (vec!["create", "t", "-t", "story"], "issue type"),
+        (
+            vec!["create", "t", "--deps", "weird:t-x"],
+            "dependency type",
+        ),
+        (vec!["create", "t", "--id", "bad id!"], "invalid issue id"),
+        (vec!["update", &id, "-s", "finished"], "status"),
+        (vec!["update", &id, "--title", ""], "empty"),
+        (vec!["update", &id, "--claim", "-a", "x"], "--claim"),
+        (vec!["list", "--sort", "size"], "sort key"),
+        (vec!["list", "--created-after", "someday"], "invalid date"),
+        (vec!["list", "-s", "nope"], "status"),
+        (vec!["search", ""], "empty"),
+    ] {
+        let err = env.fails(&args, 2);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(err.lines().next().unwrap().starts_with("error: "), "{err}");
+    }
+    for (args, needle) in [
+        (vec!["show", "t-zzzz"], "no issue matches"),
+        (
+            vec!["create", "t", "--deps", "blocks:t-missing"],
+            "no issue matches",
+        ),
+        (vec!["update", "zzzz", "-p", "1"], "no issue matches"),
+        (vec!["close", "t-zzzz"], "no issue matches"),
+        (vec!["comment", "add", "t-zzzz", "x"], "no issue matches"),
+        (vec!["import", "-i", "missing.jsonl"], "cannot read"),
+    ] {
+        let err = env.fails(&args, 1);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    env.fails(&["frobnicate"], 2);
+    env.fails(&["create"], 2);
+    assert_eq!(env.fingerprint(), before);
+}
+
+#[test]
+fn corrupt_database_is_reported_not_panicked() {
+    let env = TestEnv::new();
+    std::fs::write(
+        env.beads().join("beads.db"),
+        b"this is not sqlite at all, just text that is long enough to matter",
+    )
+    .unwrap();
+    for f in ["beads.db-wal", "beads.db-shm"] {
+        let _ = std::fs::remove_file(env.beads().join(f));
+    }
+    let err = env.fails(&["list"], 1);
+    assert!(
+        err.contains("corrupt") || err.contains("not a database"),
+        "{err}"
+    );
+}
+
+#[test]
+fn newer_schema_is_refused_with_upgrade_hint() {
+    let env = TestEnv::new();
+    let conn = rusqlite::Connection::open(env.beads().join("beads.db")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = env.fails(&["list"], 1);
+    assert!(err.contains("v99") && err.contains("upgrade bd"), "{err}");
+}

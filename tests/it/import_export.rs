@@ -1,0 +1,217 @@
+//! Import of beads-format JSONL: compatibility, idempotence, bad lines, round trips.
+
+use crate::common::TestEnv;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// A file as the Go bd writes it: local-offset timestamps with nanoseconds, integer
+/// comment ids, fields and values bd does not model, and a tombstone.
+const BEADS_FILE: &str = r#"{"id":"bd-1","title":"Imported bug","description":"from beads","status":"open","priority":1,"issue_type":"bug","assignee":"sam","created_at":"2025-10-14T12:00:00.123456789-07:00","updated_at":"2025-10-15T08:30:00.5-07:00","labels":["backend","urgent"],"dependencies":[{"issue_id":"bd-1","depends_on_id":"bd-2","type":"blocks","created_at":"2025-10-14T12:00:00Z","created_by":"sam"}],"comments":[{"id":7,"issue_id":"bd-1","author":"sam","text":"seen in prod","created_at":"2025-10-14T13:00:00Z"}],"estimated_minutes":90,"compaction_level":0}
+{"id":"bd-2","title":"Custom status and type","status":"review","priority":2,"issue_type":"spike","created_at":"2025-10-14T12:00:00Z","updated_at":"2025-10-14T12:00:00Z","dependencies":[{"issue_id":"bd-2","depends_on_id":"bd-3","type":"tracks","created_at":"2025-10-14T12:00:00Z"}]}
+{"id":"bd-3","title":"Closed one","status":"closed","priority":3,"issue_type":"task","created_at":"2025-10-14T12:00:00Z","updated_at":"2025-10-16T12:00:00Z","closed_at":"2025-10-16T12:00:00Z"}
+{"id":"bd-4","title":"Gone","status":"tombstone","priority":2,"issue_type":"task","created_at":"2025-10-14T12:00:00Z","updated_at":"2025-10-14T12:00:00Z","deleted_at":"2025-10-17T12:00:00Z"}
+"#;
+
+fn by_id(text: &str) -> BTreeMap<String, Value> {
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn beads_file_imports_keeping_everything_and_is_idempotent() {
+    let env = TestEnv::new();
+    std::fs::write(env.root().join("beads.jsonl"), BEADS_FILE).unwrap();
+    let r = env.json(&["import", "-i", "beads.jsonl"]);
+    assert_eq!(
+        (
+            r["created"].clone(),
+            r["deleted"].clone(),
+            r["errors"].clone()
+        ),
+        (json!(3), json!(1), json!([]))
+    );
+    let exported = by_id(&env.ok(&["export"]));
+    assert_eq!(exported.len(), 3, "tombstone became a deletion");
+    let one = &exported["bd-1"];
+    assert_eq!(
+        one["created_at"], "2025-10-14T12:00:00.123456789-07:00",
+        "timestamps verbatim"
+    );
+    assert_eq!(one["updated_at"], "2025-10-15T08:30:00.5-07:00");
+    assert_eq!(one["estimated_minutes"], 90, "unknown fields kept");
+    assert_eq!(one["compaction_level"], 0);
+    assert_eq!(one["comments"][0]["id"], "7");
+    assert_eq!(one["labels"], json!(["backend", "urgent"]));
+    let two = &exported["bd-2"];
+    assert_eq!(two["status"], "review", "unknown status kept");
+    assert_eq!(two["issue_type"], "spike", "unknown type kept");
+    assert_eq!(
+        two["dependencies"][0]["type"], "tracks",
+        "unknown dep type kept"
+    );
+    assert_eq!(exported["bd-3"]["closed_at"], "2025-10-16T12:00:00Z");
+    // bd-1 is blocked by bd-2, which has an unmodelled (not closed) status.
+    assert!(!env.ids(&["ready", "-n", "0"]).contains(&"bd-1".to_string()));
+    // Second import: nothing to do.
+    let again = env.json(&["import", "-i", "beads.jsonl"]);
+    assert_eq!(again["ops"], 0);
+    assert_eq!(again["unchanged"], 4);
+    // A deleted issue does not come back from an old file.
+    let alive = BEADS_FILE
+        .lines()
+        .nth(3)
+        .unwrap()
+        .replace("tombstone", "open");
+    std::fs::write(env.root().join("old.jsonl"), alive + "\n").unwrap();
+    assert_eq!(
+        env.json(&["import", "-i", "old.jsonl"])["skipped_deleted"],
+        1
+    );
+    env.fails(&["show", "bd-4"], 1);
+}
+
+#[test]
+fn reimport_of_a_changed_file_updates_to_match() {
+    let env = TestEnv::new();
+    let id = env.create(&["orig", "-l", "a,b"]);
+    env.ok(&["comment", "add", &id, "c1"]);
+    env.ok(&["export", "-o", "snap.jsonl"]);
+    assert_eq!(
+        env.json(&["import", "-i", "snap.jsonl"])["ops"],
+        0,
+        "own export re-imports as a no-op"
+    );
+    let mut v: Value = serde_json::from_str(
+        std::fs::read_to_string(env.root().join("snap.jsonl"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    v["title"] = json!("renamed");
+    v["labels"] = json!(["b", "c"]);
+    v.as_object_mut()
+        .unwrap()
+        .insert("custom_field".into(), json!({"x": 1}));
+    std::fs::write(env.root().join("snap.jsonl"), format!("{v}\n")).unwrap();
+    let r = env.json(&["import", "-i", "snap.jsonl", "--dry-run"]);
+    assert_eq!(
+        (r["updated"].clone(), r["dry_run"].clone()),
+        (json!(1), json!(true))
+    );
+    assert_eq!(
+        env.json(&["show", &id])[0]["title"],
+        "orig",
+        "dry run changes nothing"
+    );
+    env.ok(&["import", "-i", "snap.jsonl"]);
+    let shown = &env.json(&["show", &id])[0];
+    assert_eq!(shown["title"], "renamed");
+    assert_eq!(shown["labels"], json!(["b", "c"]));
+    assert_eq!(shown["custom_field"], json!({"x": 1}));
+    assert_eq!(shown["comments"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn malformed_lines_are_reported_with_file_and_line() {
+    let env = TestEnv::new();
+    let good = |id: &str| {
+        format!(
+            "{{\"id\":\"{id}\",\"title\":\"ok\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\"}}"
+        )
+    };
+    let text = [
+        good("t-1"),
+        "{not json".into(),
+        "[1,2]".into(),
+        "<<<<<<< HEAD".into(),
+        r#"{"id":"t-3"}"#.into(),
+        good("t-2"),
+    ]
+    .join("\n");
+    std::fs::write(env.root().join("bad.jsonl"), &text).unwrap();
+    let before = env.fingerprint();
+    let err = env.fails(&["import", "-i", "bad.jsonl", "--strict"], 2);
+    assert!(
+        err.contains("bad.jsonl:2:")
+            && err.contains("bad.jsonl:3:")
+            && err.contains("bad.jsonl:4:"),
+        "{err}"
+    );
+    assert_eq!(env.fingerprint(), before, "--strict changes nothing");
+    // Line 5 is readable JSON but has no title: the service refuses it; strict rolls back.
+    std::fs::write(
+        env.root().join("notitle.jsonl"),
+        [good("t-9"), r#"{"id":"t-3"}"#.into()].join("\n"),
+    )
+    .unwrap();
+    let err = env.fails(&["import", "-i", "notitle.jsonl", "--strict"], 2);
+    assert!(err.contains("line 2"), "{err}");
+    assert_eq!(env.fingerprint(), before);
+    let out = env.run(&["import", "-i", "bad.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.jsonl:5:") && stderr.contains("title"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 created"));
+    assert_eq!(
+        env.ids(&["list"]),
+        vec!["t-1".to_string(), "t-2".to_string()]
+    );
+}
+
+/// Deterministic 10,000-issue fixture with deps, labels and comments.
+pub fn large_fixture(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        let status = ["open", "in_progress", "closed", "blocked", "deferred"][i % 5];
+        let issue_type = ["bug", "feature", "task", "epic", "chore"][i % 5];
+        let mut v = json!({
+            "id": format!("big-{i:05}"),
+            "title": format!("Issue number {i}"),
+            "description": format!("Body of issue {i}\nwith two lines"),
+            "status": status,
+            "priority": (i % 5) as i64,
+            "issue_type": issue_type,
+            "created_at": format!("2026-01-{:02}T10:00:00Z", 1 + i % 28),
+            "updated_at": format!("2026-02-{:02}T10:00:00Z", 1 + i % 28),
+            "labels": [format!("area-{}", i % 7), format!("team-{}", i % 3)],
+        });
+        if i % 5 == 2 {
+            v["closed_at"] = json!("2026-02-01T00:00:00Z");
+        }
+        if i > 0 {
+            v["dependencies"] = json!([{"issue_id": format!("big-{i:05}"), "depends_on_id": format!("big-{:05}", i / 2),
+                "type": if i % 4 == 0 { "parent-child" } else { "blocks" }, "created_at": "2026-01-01T00:00:00Z", "created_by": "gen"}]);
+        }
+        if i % 3 == 0 {
+            v["comments"] = json!([{"id": format!("c{i}"), "issue_id": format!("big-{i:05}"), "author": "gen", "text": format!("note {i}"), "created_at": "2026-01-02T00:00:00Z"}]);
+        }
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn ten_thousand_issues_round_trip() {
+    let env = TestEnv::new();
+    let fixture = large_fixture(10_000);
+    std::fs::write(env.root().join("big.jsonl"), &fixture).unwrap();
+    let r = env.json(&["import", "-i", "big.jsonl"]);
+    assert_eq!(r["created"], 10_000);
+    let exported = env.ok(&["export"]);
+    let (a, b) = (by_id(&fixture), by_id(&exported));
+    assert_eq!(a.len(), b.len());
+    for (id, want) in &a {
+        assert_eq!(&b[id], want, "{id} differs after the round trip");
+    }
+    assert_eq!(env.json(&["import", "-i", "big.jsonl"])["ops"], 0);
+    let ready = env.json(&["stats"])["ready"].as_u64().unwrap();
+    assert!(ready > 0 && ready < 10_000);
+}
