@@ -406,10 +406,11 @@ impl IssueDoc {
                         .collect(),
                 });
             }
-            if !crate::model::SCALAR_FIELDS.contains(&field.as_str()) {
-                if let Some(v) = ranked.first().map(|(_, (v, _))| v).filter(|v| !v.is_null()) {
-                    extra.insert(field.clone(), v.clone());
-                }
+            let shown = ranked.first().map(|(_, (v, _))| v).filter(|v| !v.is_null());
+            if let Some(v) =
+                shown.filter(|_| !crate::model::SCALAR_FIELDS.contains(&field.as_str()))
+            {
+                extra.insert(field.clone(), v.clone());
             }
         }
         if let Some(c) = self.delete_conflict() {

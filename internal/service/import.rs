@@ -34,7 +34,10 @@ pub(super) fn import(
 ) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let before = tx.recorded().len();
-    for rec in records {
+    for (n, rec) in records.iter().enumerate() {
+        if n % 1000 == 999 {
+            tx.flush()?; // bounds the doc cache on large files
+        }
         match import_one(tx, ctx, rec) {
             Ok(Outcome::Created) => report.created += 1,
             Ok(Outcome::Updated) => report.updated += 1,

@@ -70,7 +70,7 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
 
 fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
     let resp = match req {
-        Request::Create(r) => Response::Issue(create(tx, ctx, r)?),
+        Request::Create(r) => Response::Issue(Box::new(create(tx, ctx, r)?)),
         Request::Update(r) => Response::Changed(update(tx, ctx, r)?),
         Request::Close { ids, reason } => {
             let closed = Status::Closed;

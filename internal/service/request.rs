@@ -307,7 +307,7 @@ pub struct FlushReport {
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Response {
     /// One issue (create).
-    Issue(Issue),
+    Issue(Box<Issue>),
     /// Issues (list, ready, export).
     Issues(Vec<Issue>),
     /// Issues with details (show).

@@ -36,7 +36,6 @@ CREATE TABLE issues (
 CREATE INDEX issues_ready ON issues(priority, created_ms)
     WHERE blocked = 0 AND status IN ('open', 'in_progress');
 CREATE INDEX issues_by_status ON issues(status, priority, created_ms);
-CREATE INDEX issues_by_updated ON issues(updated_ms);
 
 CREATE TABLE labels (
     issue_id TEXT NOT NULL REFERENCES issues(id) ON DELETE CASCADE,

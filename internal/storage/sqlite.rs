@@ -39,10 +39,13 @@ pub struct Store {
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The write path uses ~25 distinct statements; the default cache of 16 thrashes.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = FULL;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -32768;",
     )?;
     Ok(())
 }
@@ -198,7 +201,9 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 /// Loads and folds every stored op of `id`.
 pub fn load_doc(conn: &Connection, id: &str) -> Result<IssueDoc> {
     let mut doc = IssueDoc::new(id);
-    let mut stmt = conn.prepare_cached("SELECT body FROM ops WHERE issue_id = ?1 ORDER BY pos")?;
+    // No ORDER BY: the fold is order-independent (see merge), and with a bound
+    // parameter `ORDER BY pos` made SQLite re-plan the statement on every call.
+    let mut stmt = conn.prepare_cached("SELECT body FROM ops WHERE issue_id = ?1")?;
     let mut rows = stmt.query(params![id])?;
     while let Some(row) = rows.next()? {
         let body: String = row.get(0)?;
@@ -226,6 +231,8 @@ pub struct WriteTx<'a> {
     hlc: Hlc,
     seq: u64,
     docs: HashMap<String, IssueDoc>,
+    /// Issues that had no row when this transaction first looked (nothing to delete).
+    fresh: HashSet<String>,
     touched: BTreeSet<String>,
     recorded: Vec<String>,
 }
@@ -253,6 +260,7 @@ impl<'a> WriteTx<'a> {
             hlc,
             seq: seq as u64,
             docs: HashMap::new(),
+            fresh: HashSet::new(),
             touched: BTreeSet::new(),
             recorded: Vec::new(),
         })
@@ -277,6 +285,9 @@ impl<'a> WriteTx<'a> {
     pub fn doc(&mut self, id: &str) -> Result<&IssueDoc> {
         if !self.docs.contains_key(id) {
             let doc = load_doc(&self.tx, id)?;
+            if doc.op_count() == 0 {
+                self.fresh.insert(id.to_string());
+            }
             self.docs.insert(id.to_string(), doc);
         }
         Ok(&self.docs[id])
@@ -316,8 +327,9 @@ impl<'a> WriteTx<'a> {
         &self.recorded
     }
 
-    /// Rewrites the rows of every issue touched since the last flush and refreshes
-    /// the `blocked` flags that depend on them.
+    /// Rewrites the rows of every issue touched since the last flush, refreshes the
+    /// `blocked` flags that depend on them, and empties the doc cache (docs reload
+    /// from this transaction's view, so memory stays bounded on long imports).
     pub fn flush(&mut self) -> Result<()> {
         if self.touched.is_empty() {
             return Ok(());
@@ -326,10 +338,12 @@ impl<'a> WriteTx<'a> {
         for id in &touched {
             let materialised = self.docs.get(id).and_then(IssueDoc::materialise);
             match materialised {
-                Some(m) => write_rows(&self.tx, &m)?,
+                Some(m) => write_rows(&self.tx, &m, self.fresh.remove(id))?,
                 None => continue, // ops for an issue whose create has not arrived
             }
         }
+        self.docs.clear();
+        self.fresh.clear();
         refresh_blocked(&self.tx, touched)
     }
 
@@ -345,11 +359,15 @@ impl<'a> WriteTx<'a> {
     }
 }
 
-fn write_rows(conn: &Connection, m: &Materialised) -> Result<()> {
+/// Writes the rows of one materialised issue. `fresh`: the issue had no rows before
+/// this transaction, so there is nothing to delete first.
+fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
     let issue = &m.issue;
     let conflicted: Vec<&str> = m.conflicts.iter().map(|c| c.field.as_str()).collect();
-    conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
-        .execute(params![issue.id])?;
+    if !fresh {
+        conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
+            .execute(params![issue.id])?;
+    }
     let mut add_conflict =
         conn.prepare_cached("INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)")?;
     for c in &m.conflicts {
@@ -392,15 +410,17 @@ fn write_rows(conn: &Connection, m: &Materialised) -> Result<()> {
         conflicted.join(","),
         serde_json::to_string(&body_issue)?,
     ])?;
-    conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
-        .execute(params![issue.id])?;
+    if !fresh {
+        conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
+            .execute(params![issue.id])?;
+        conn.prepare_cached("DELETE FROM deps WHERE issue_id = ?1")?
+            .execute(params![issue.id])?;
+    }
     let mut add_label =
         conn.prepare_cached("INSERT INTO labels(issue_id, label) VALUES (?1, ?2)")?;
     for label in &issue.labels {
         add_label.execute(params![issue.id, label])?;
     }
-    conn.prepare_cached("DELETE FROM deps WHERE issue_id = ?1")?
-        .execute(params![issue.id])?;
     let mut add_dep =
         conn.prepare_cached("INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)")?;
     for d in &issue.dependencies {

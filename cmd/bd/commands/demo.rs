@@ -46,7 +46,7 @@ impl Log {
 
 fn issue(resp: Response) -> Result<Issue, Error> {
     match resp {
-        Response::Issue(i) => Ok(i),
+        Response::Issue(i) => Ok(*i),
         other => Err(Error::internal(format!("unexpected {other:?}"))),
     }
 }
@@ -112,7 +112,7 @@ fn agent(paths: BeadsPaths, name: String, log: &Log, seed: u64) -> Result<Tally,
             Err(e) => return Err(e),
         }
         std::thread::sleep(Duration::from_millis(15 + (seed * 7 + round * 13) % 25));
-        if tally.discovered == 0 && (seed + round) % 3 == 0 {
+        if tally.discovered == 0 && (seed + round).is_multiple_of(3) {
             let found = create(
                 &mut client,
                 CreateRequest {
