@@ -1,1 +1,154 @@
-fn main() {}
+//! Library-level benchmarks: every everyday operation through the same client API
+//! the CLI uses (direct mode), at 100, 10,000 and 100,000 issues; import and export
+//! of 10,000 issues.
+//!
+//! Run: `cargo bench --bench service` (add `-- --quick` for a fast pass).
+
+use bd::client::{Backend, Direct, InitOptions, init};
+use bd::query::ListFilter;
+use bd::service::{CreateRequest, Request, UpdateRequest};
+use bd::storage::BeadsPaths;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::time::Duration;
+
+struct Tracker {
+    _dir: tempfile::TempDir,
+    client: Direct,
+}
+
+fn tracker(n: usize) -> Tracker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init(
+        dir.path(),
+        &InitOptions {
+            prefix: Some("b".into()),
+            replica: "bench0000000000".into(),
+        },
+    )
+    .expect("init");
+    let mut client =
+        Direct::open(BeadsPaths::new(dir.path().join(".beads")), "bench").expect("open");
+    if n > 0 {
+        client
+            .call(Request::Import {
+                records: bd::fixture::records("b", n),
+                dry_run: false,
+                strict: true,
+            })
+            .expect("import");
+    }
+    Tracker { _dir: dir, client }
+}
+
+fn everyday(c: &mut Criterion) {
+    for n in [100usize, 10_000, 100_000] {
+        let mut t = tracker(n);
+        let mut g = c.benchmark_group(format!("at_{n}"));
+        g.sample_size(30)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
+        let target = "b-000001".to_string();
+        g.bench_function(BenchmarkId::new("create", n), |b| {
+            b.iter(|| {
+                t.client
+                    .call(Request::Create(CreateRequest {
+                        title: "bench issue".into(),
+                        labels: vec!["x".into()],
+                        ..Default::default()
+                    }))
+                    .expect("create")
+            })
+        });
+        let mut p = 0;
+        g.bench_function(BenchmarkId::new("update", n), |b| {
+            b.iter(|| {
+                p = (p + 1) % 5;
+                t.client
+                    .call(Request::Update(UpdateRequest {
+                        ids: vec![target.clone()],
+                        priority: Some(p),
+                        ..Default::default()
+                    }))
+                    .expect("update")
+            })
+        });
+        g.bench_function(BenchmarkId::new("show", n), |b| {
+            b.iter(|| {
+                t.client
+                    .call(Request::Show {
+                        ids: vec![target.clone()],
+                    })
+                    .expect("show")
+            })
+        });
+        g.bench_function(BenchmarkId::new("list_50", n), |b| {
+            b.iter(|| {
+                t.client
+                    .call(Request::List(ListFilter {
+                        limit: Some(50),
+                        ..Default::default()
+                    }))
+                    .expect("list")
+            })
+        });
+        g.bench_function(BenchmarkId::new("list_label_50", n), |b| {
+            let f = ListFilter {
+                labels_all: vec!["area-3".into()],
+                limit: Some(50),
+                ..Default::default()
+            };
+            b.iter(|| t.client.call(Request::List(f.clone())).expect("list"))
+        });
+        g.bench_function(BenchmarkId::new("ready_10", n), |b| {
+            b.iter(|| {
+                t.client
+                    .call(Request::Ready(ListFilter {
+                        limit: Some(10),
+                        ..Default::default()
+                    }))
+                    .expect("ready")
+            })
+        });
+        if n <= 10_000 {
+            g.bench_function(BenchmarkId::new("ready_all", n), |b| {
+                b.iter(|| {
+                    t.client
+                        .call(Request::Ready(ListFilter::default()))
+                        .expect("ready")
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn import_export(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bulk_10000");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    let records = bd::fixture::records("b", 10_000);
+    g.bench_function("import", |b| {
+        b.iter_with_setup(
+            || tracker(0),
+            |mut t| {
+                t.client
+                    .call(Request::Import {
+                        records: records.clone(),
+                        dry_run: false,
+                        strict: true,
+                    })
+                    .expect("import")
+            },
+        )
+    });
+    let mut t = tracker(10_000);
+    g.bench_function("export", |b| {
+        b.iter(|| t.client.call(Request::Export).expect("export"))
+    });
+    g.bench_function("flush_snapshot", |b| {
+        b.iter(|| t.client.call(Request::Flush).expect("flush"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, everyday, import_export);
+criterion_main!(benches);

@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fixture;
 pub mod ids;
 pub mod jsonl;
 pub mod merge;

@@ -165,43 +165,10 @@ fn malformed_lines_are_reported_with_file_and_line() {
     );
 }
 
-/// Deterministic 10,000-issue fixture with deps, labels and comments.
-pub fn large_fixture(n: usize) -> String {
-    let mut out = String::new();
-    for i in 0..n {
-        let status = ["open", "in_progress", "closed", "blocked", "deferred"][i % 5];
-        let issue_type = ["bug", "feature", "task", "epic", "chore"][i % 5];
-        let mut v = json!({
-            "id": format!("big-{i:05}"),
-            "title": format!("Issue number {i}"),
-            "description": format!("Body of issue {i}\nwith two lines"),
-            "status": status,
-            "priority": (i % 5) as i64,
-            "issue_type": issue_type,
-            "created_at": format!("2026-01-{:02}T10:00:00Z", 1 + i % 28),
-            "updated_at": format!("2026-02-{:02}T10:00:00Z", 1 + i % 28),
-            "labels": [format!("area-{}", i % 7), format!("team-{}", i % 3)],
-        });
-        if i % 5 == 2 {
-            v["closed_at"] = json!("2026-02-01T00:00:00Z");
-        }
-        if i > 0 {
-            v["dependencies"] = json!([{"issue_id": format!("big-{i:05}"), "depends_on_id": format!("big-{:05}", i / 2),
-                "type": if i % 4 == 0 { "parent-child" } else { "blocks" }, "created_at": "2026-01-01T00:00:00Z", "created_by": "gen"}]);
-        }
-        if i % 3 == 0 {
-            v["comments"] = json!([{"id": format!("c{i}"), "issue_id": format!("big-{i:05}"), "author": "gen", "text": format!("note {i}"), "created_at": "2026-01-02T00:00:00Z"}]);
-        }
-        out.push_str(&v.to_string());
-        out.push('\n');
-    }
-    out
-}
-
 #[test]
 fn ten_thousand_issues_round_trip() {
     let env = TestEnv::new();
-    let fixture = large_fixture(10_000);
+    let fixture = bd::fixture::jsonl("big", 10_000);
     std::fs::write(env.root().join("big.jsonl"), &fixture).unwrap();
     let r = env.json(&["import", "-i", "big.jsonl"]);
     assert_eq!(r["created"], 10_000);
