@@ -249,8 +249,18 @@ fn like_pattern(s: &str) -> String {
     p
 }
 
+/// The FROM clause and filter for `f` in `scope`. The ready queue and the default
+/// list (everything but closed) name their partial index: its condition is always
+/// in the WHERE clause, and without statistics SQLite would otherwise pick
+/// `issues_by_status` and sort every matching row (measured: 59 ms at 100k issues
+/// for ten ready ones).
 fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
-    let mut sql = String::from(" WHERE 1 = 1");
+    let default_statuses = f.status.is_empty() && !f.all;
+    let mut sql = String::from(match scope {
+        Scope::Ready => " FROM issues INDEXED BY issues_ready WHERE 1 = 1",
+        Scope::All if default_statuses => " FROM issues INDEXED BY issues_not_closed WHERE 1 = 1",
+        _ => " FROM issues WHERE 1 = 1",
+    });
     let mut args: Vec<SqlValue> = Vec::new();
     let in_list = |sql: &mut String, col: &str, vals: &[String], args: &mut Vec<SqlValue>| {
         let marks = vec!["?"; vals.len()].join(", ");
@@ -272,7 +282,7 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
     }
     if !f.status.is_empty() {
         in_list(&mut sql, "status", &f.status, &mut args);
-    } else if scope == Scope::All && !f.all {
+    } else if scope == Scope::All && default_statuses {
         sql.push_str(" AND status <> 'closed'");
     }
     if !f.issue_type.is_empty() {
@@ -329,7 +339,7 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
 pub fn list(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<Vec<Issue>> {
     let (mut sql, args) = where_clause(f, scope);
     sql = format!(
-        "SELECT body FROM issues{sql} ORDER BY {}",
+        "SELECT body{sql} ORDER BY {}",
         f.sort.order_by(f.reverse)
     );
     if let Some(n) = f.limit.filter(|n| *n > 0) {
@@ -347,7 +357,7 @@ pub fn list(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<Vec<Issue
 /// How many issues match `f` within `scope`, ignoring `limit`.
 pub fn count(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<u64> {
     let (sql, args) = where_clause(f, scope);
-    let sql = format!("SELECT COUNT(*) FROM issues{sql}");
+    let sql = format!("SELECT COUNT(*){sql}");
     Ok(conn
         .prepare_cached(&sql)?
         .query_row(params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)

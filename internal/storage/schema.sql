@@ -33,8 +33,12 @@ CREATE TABLE issues (
     conflicted  TEXT NOT NULL DEFAULT '',  -- comma-separated conflicted fields
     body        TEXT NOT NULL
 );
-CREATE INDEX issues_ready ON issues(priority, created_ms)
+-- The two everyday listings, each in its default order (priority, age, id), so a
+-- LIMIT reads only the first rows. Queries name them with INDEXED BY (see query).
+CREATE INDEX issues_ready ON issues(priority, created_ms, id)
     WHERE blocked = 0 AND status IN ('open', 'in_progress');
+CREATE INDEX issues_not_closed ON issues(priority, created_ms, id)
+    WHERE status <> 'closed';
 CREATE INDEX issues_by_status ON issues(status, priority, created_ms);
 
 CREATE TABLE labels (

@@ -564,3 +564,68 @@ fn demo_runs_and_cleans_up() {
     assert_eq!(out["stats"]["conflicts"], 0);
     assert!(out["kept"].is_null());
 }
+
+#[test]
+fn dir_and_db_flags_and_beads_dir_point_elsewhere() {
+    let env = TestEnv::new();
+    let id = env.create(&["far away"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], var: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(crate::common::BD);
+        c.args(args)
+            .current_dir(elsewhere.path())
+            .env("BD_ACTOR", "t")
+            .env_remove("BEADS_DIR");
+        if let Some(v) = var {
+            c.env("BEADS_DIR", v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let root = env.root().to_str().unwrap();
+    let beads = env.beads();
+    let db = beads.join("beads.db");
+    assert!(run(&["list", "-q", "--dir", root], None).contains(&id));
+    assert!(run(&["list", "-q", "--dir", beads.to_str().unwrap()], None).contains(&id));
+    assert!(run(&["list", "-q", "--db", db.to_str().unwrap()], None).contains(&id));
+    assert!(run(&["list", "-q"], Some(&beads)).contains(&id));
+}
+
+#[test]
+fn readme_tour_runs_as_written() {
+    let env = TestEnv::empty();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```sh\ncd my-repo").expect("tour block") + 6;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let script = block.replace("cd my-repo", "cd \"$REPO\"");
+    let bin_dir = std::path::Path::new(crate::common::BD).parent().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-ec", &script])
+        .env("REPO", env.root())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("BD_ACTOR", "reader")
+        .env_remove("BEADS_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tour failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Build the API"), "{stdout}");
+}

@@ -41,6 +41,8 @@ fn invalid_values_are_usage_errors_and_change_nothing() {
         (vec!["list", "--created-after", "someday"], "invalid date"),
         (vec!["list", "-s", "nope"], "status"),
         (vec!["search", ""], "empty"),
+        (vec!["update", &id], "nothing to change"),
+        (vec!["label", "add", &id, ""], "no labels"),
     ] {
         let err = env.fails(&args, 2);
         assert!(err.contains(needle), "{args:?}: {err}");

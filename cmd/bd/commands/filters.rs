@@ -10,7 +10,7 @@ use clap::Args;
 /// Filters common to every issue listing.
 #[derive(Args, Debug, Default)]
 pub struct FilterArgs {
-    /// Only these priorities' range floor: 0-4 or P0-P4 (also --priority for one value)
+    /// Lowest priority number to include: 0-4 or P0-P4
     #[arg(long, value_name = "P")]
     pub priority_min: Option<String>,
     /// Highest priority number to include
