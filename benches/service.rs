@@ -59,8 +59,24 @@ fn everyday(c: &mut Criterion) {
                     .expect("create")
             })
         });
-        let mut p = 0;
+        // Updates spread over many issues (the usual case: each has a few ops).
+        let mut k = 0usize;
         g.bench_function(BenchmarkId::new("update", n), |b| {
+            b.iter(|| {
+                k += 1;
+                let id = format!("b-{:06}", k % n);
+                let req = UpdateRequest {
+                    ids: vec![id],
+                    priority: Some((k % 5) as i64),
+                    ..Default::default()
+                };
+                t.client.call(Request::Update(req)).expect("update")
+            })
+        });
+        // One issue written over and over: every write re-folds all of its ops, so
+        // this grows with the issue's history (thousands of ops by the end).
+        let mut p = 0;
+        g.bench_function(BenchmarkId::new("update_hot_issue", n), |b| {
             b.iter(|| {
                 p = (p + 1) % 5;
                 t.client

@@ -338,10 +338,7 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
 /// Issues matching `f` within `scope`, without comments.
 pub fn list(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<Vec<Issue>> {
     let (mut sql, args) = where_clause(f, scope);
-    sql = format!(
-        "SELECT body{sql} ORDER BY {}",
-        f.sort.order_by(f.reverse)
-    );
+    sql = format!("SELECT body{sql} ORDER BY {}", f.sort.order_by(f.reverse));
     if let Some(n) = f.limit.filter(|n| *n > 0) {
         sql.push_str(&format!(" LIMIT {n}"));
     }
