@@ -64,7 +64,7 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
             let _ = jsonl::flush_own_ops(store, ctx.paths);
             Ok(resp)
         }
-        req => read(store, ctx, req),
+        req => without_write_tx(store, ctx, req),
     }
 }
 
@@ -126,7 +126,9 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
     Ok(resp)
 }
 
-fn read(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
+/// Requests that need no write transaction: queries, and the file-only writes
+/// (flush, config).
+fn without_write_tx(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
     match req {
         Request::Flush => {
             let ops_written = jsonl::flush_own_ops(store, ctx.paths)?;
@@ -173,9 +175,9 @@ fn query_request(conn: &rusqlite::Connection, req: Request) -> Result<Response> 
             }
             Response::Details(out)
         }
-        Request::List(f) => Response::Issues(query::list(conn, &checked(f)?, Scope::All)?),
-        Request::Ready(f) => Response::Issues(query::list(conn, &checked(f)?, Scope::Ready)?),
-        Request::Blocked(f) => Response::Blocked(query::blocked(conn, &checked(f)?)?),
+        Request::List(f) => Response::Issues(query::list(conn, &checked(conn, f)?, Scope::All)?),
+        Request::Ready(f) => Response::Issues(query::list(conn, &checked(conn, f)?, Scope::Ready)?),
+        Request::Blocked(f) => Response::Blocked(query::blocked(conn, &checked(conn, f)?)?),
         Request::DepTree {
             id,
             reverse,
@@ -200,13 +202,27 @@ fn query_request(conn: &rusqlite::Connection, req: Request) -> Result<Response> 
     })
 }
 
-/// Validates filter values that arrive as strings.
-fn checked(mut f: query::ListFilter) -> Result<query::ListFilter> {
+/// Validates filter values that arrive as strings: a status or type is accepted if
+/// bd models it, or if some issue here carries it (values kept from an import);
+/// anything else is a typo and an error.
+fn checked(conn: &rusqlite::Connection, mut f: query::ListFilter) -> Result<query::ListFilter> {
+    let in_use = |column: &str, value: &str| -> Result<bool> {
+        let sql = format!("SELECT 1 FROM issues WHERE {column} = ?1 LIMIT 1");
+        Ok(conn.prepare_cached(&sql)?.exists(params![value])?)
+    };
     for s in &mut f.status {
-        *s = Status::parse(s)?.as_str().to_string();
+        *s = match Status::parse(s) {
+            Ok(known) => known.as_str().to_string(),
+            Err(_) if in_use("status", s)? => s.clone(),
+            Err(e) => return Err(e),
+        };
     }
     for t in &mut f.issue_type {
-        *t = IssueType::parse(t)?.as_str().to_string();
+        *t = match IssueType::parse(t) {
+            Ok(known) => known.as_str().to_string(),
+            Err(_) if in_use("issue_type", t)? => t.clone(),
+            Err(e) => return Err(e),
+        };
     }
     for p in [f.priority_min, f.priority_max].into_iter().flatten() {
         parse_priority(&p.to_string())?;

@@ -491,6 +491,10 @@ fn stats_info_version_config() {
     assert_eq!(env.json(&["config", "list"])["custom.team"], "blue");
     env.ok(&["config", "set", "prefix", "np"]);
     assert!(env.create(&["new prefix"]).starts_with("np-"));
+    assert_eq!(env.json(&["conflicts"]), serde_json::json!([]));
+    let out = env.run(&["conflicts"]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No conflicts"));
     env.fails(&["config", "set", "colour", "x"], 2);
     env.fails(&["config", "set", "prefix", "Bad Prefix"], 2);
 }

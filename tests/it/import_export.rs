@@ -54,6 +54,10 @@ fn beads_file_imports_keeping_everything_and_is_idempotent() {
         "unknown dep type kept"
     );
     assert_eq!(exported["bd-3"]["closed_at"], "2025-10-16T12:00:00Z");
+    // Filters accept the kept values, and still refuse typos.
+    assert_eq!(env.ids(&["list", "-s", "review"]), vec!["bd-2".to_string()]);
+    assert_eq!(env.ids(&["list", "-t", "spike"]), vec!["bd-2".to_string()]);
+    env.fails(&["list", "-s", "reveiw"], 2);
     // bd-1 is blocked by bd-2, which has an unmodelled (not closed) status.
     assert!(!env.ids(&["ready", "-n", "0"]).contains(&"bd-1".to_string()));
     // Second import: nothing to do.
