@@ -152,13 +152,7 @@ impl Store {
         clock: &dyn Clock,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut w = WriteTx::begin(tx, &self.replica, clock)?;
-        let out = f(&mut w)?;
-        w.commit()?;
-        Ok(out)
+        self.in_write_tx(clock, true, f)
     }
 
     /// Runs `f` in a write transaction that is always rolled back (dry runs).
@@ -167,13 +161,26 @@ impl Store {
         clock: &dyn Clock,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
+        self.in_write_tx(clock, false, f)
+    }
+
+    fn in_write_tx<T>(
+        &mut self,
+        clock: &dyn Clock,
+        commit: bool,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut w = WriteTx::begin(tx, &self.replica, clock)?;
         let out = f(&mut w)?;
-        w.flush()?;
-        Ok(out) // dropping `w` rolls back
+        if commit {
+            w.commit()?;
+        } else {
+            w.flush()?; // materialise, so the caller saw real effects; dropping `w` rolls back
+        }
+        Ok(out)
     }
 
     /// Reads a `meta` value.

@@ -511,22 +511,12 @@ fn flush_writes_op_file_and_snapshot_consistently() {
     assert_eq!(snapshot, env.ok(&["export"]), "snapshot = export");
     let line: Value = serde_json::from_str(snapshot.lines().next().unwrap()).unwrap();
     assert_eq!(line["comments"][0]["text"], "hello");
-    let ops_dir = env.beads().join("ops");
-    let files: Vec<_> = std::fs::read_dir(&ops_dir).unwrap().collect();
-    assert_eq!(files.len(), 1);
-    let ops = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    let ops = env.op_lines();
     assert_eq!(
-        ops.lines().count() as u64,
+        ops.len() as u64,
         env.json(&["stats"])["ops"].as_u64().unwrap()
     );
-    let seqs: Vec<u64> = ops
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let seqs: Vec<u64> = ops.iter().map(|op| op["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     env.create(&["b"]);
     assert_eq!(env.json(&["info"])["snapshot"]["dirty"], true);

@@ -120,6 +120,21 @@ impl TestEnv {
             .collect()
     }
 
+    /// Every line of this clone's op file, parsed (asserts there is exactly one file
+    /// and that every line is a whole JSON object).
+    pub fn op_lines(&self) -> Vec<Value> {
+        let files: Vec<PathBuf> = std::fs::read_dir(self.beads().join("ops"))
+            .expect("ops dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(files.len(), 1, "one op file per replica: {files:?}");
+        std::fs::read_to_string(&files[0])
+            .expect("op file")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn op line ({e}): {l}")))
+            .collect()
+    }
+
     /// The state of the database as bytes that must not change on a refused command.
     pub fn fingerprint(&self) -> String {
         format!("{}\n{}", self.ok(&["export"]), self.json(&["stats"])["ops"])

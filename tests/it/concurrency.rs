@@ -51,17 +51,9 @@ fn eight_processes_times_fifty_creates_lose_nothing() {
         })
         .collect();
     assert_eq!(snap_ids, printed, "snapshot agrees");
-    let ops_file = std::fs::read_dir(env.beads().join("ops"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let ops = std::fs::read_to_string(ops_file).unwrap();
     let mut op_issues = BTreeSet::new();
     let mut seqs = Vec::new();
-    for line in ops.lines() {
-        let op: Value = serde_json::from_str(line).expect("whole op lines only");
+    for op in env.op_lines() {
         assert_eq!(op["kind"], "create");
         op_issues.insert(op["issue"].as_str().unwrap().to_string());
         seqs.push(op["seq"].as_u64().unwrap());

@@ -1,3 +1,4 @@
+use super::fields::FieldArgs;
 use super::{call, split_list, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
@@ -10,27 +11,8 @@ use clap::Args;
 pub struct CreateArgs {
     /// One-line title
     pub title: String,
-    /// Description
-    #[arg(short, long)]
-    pub description: Option<String>,
-    /// Design notes
-    #[arg(long)]
-    pub design: Option<String>,
-    /// Acceptance criteria
-    #[arg(long)]
-    pub acceptance: Option<String>,
-    /// Notes
-    #[arg(long)]
-    pub notes: Option<String>,
-    /// Priority 0-4 or P0-P4 (0 is most urgent; default 2)
-    #[arg(short, long)]
-    pub priority: Option<String>,
-    /// Type: bug, feature, task, epic, chore (default task)
-    #[arg(short = 't', long = "type")]
-    pub issue_type: Option<String>,
-    /// Assignee
-    #[arg(short, long)]
-    pub assignee: Option<String>,
+    #[command(flatten)]
+    pub fields: FieldArgs,
     /// Labels, comma-separated or repeated
     #[arg(short, long = "labels", alias = "label")]
     pub labels: Vec<String>,
@@ -40,9 +22,6 @@ pub struct CreateArgs {
     /// Parent issue (an epic): the new issue becomes its child <parent>.<n>
     #[arg(long)]
     pub parent: Option<String>,
-    /// Reference in another tracker (e.g. gh-123)
-    #[arg(long)]
-    pub external_ref: Option<String>,
     /// Use this id instead of a generated one
     #[arg(long)]
     pub id: Option<String>,
@@ -60,25 +39,23 @@ pub fn parse_deps(specs: &[String]) -> Vec<(String, String)> {
 }
 
 pub fn cmd_create(ctx: &Ctx, a: CreateArgs) -> Result<(), CliError> {
+    let f = a.fields;
     let req = CreateRequest {
         title: a.title,
-        description: a.description.unwrap_or_default(),
-        design: a.design.unwrap_or_default(),
-        acceptance_criteria: a.acceptance.unwrap_or_default(),
-        notes: a.notes.unwrap_or_default(),
-        priority: a
-            .priority
-            .as_deref()
-            .map(bd::model::parse_priority)
-            .transpose()?,
-        issue_type: a.issue_type,
-        assignee: a.assignee,
+        priority: f.priority()?,
+        description: f.description.unwrap_or_default(),
+        design: f.design.unwrap_or_default(),
+        acceptance_criteria: f.acceptance.unwrap_or_default(),
+        notes: f.notes.unwrap_or_default(),
+        issue_type: f.issue_type,
+        assignee: f.assignee,
         labels: split_list(&a.labels),
         deps: parse_deps(&a.deps),
         parent: a.parent,
-        external_ref: a.external_ref,
+        external_ref: f.external_ref,
         id: a.id,
     };
+
     match call(ctx, Request::Create(req))? {
         Response::Issue(issue) if ctx.json => output::json(&issue),
         Response::Issue(issue) if ctx.quiet => output::print(&format!("{}\n", issue.id)),

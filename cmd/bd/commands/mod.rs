@@ -8,6 +8,7 @@ mod create;
 mod demo;
 mod dep;
 mod export;
+mod fields;
 mod filters;
 mod flush;
 mod import;

@@ -1,3 +1,4 @@
+use super::fields::FieldArgs;
 use super::{call, split_list, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
@@ -14,33 +15,11 @@ pub struct UpdateArgs {
     /// New title
     #[arg(long)]
     pub title: Option<String>,
-    /// New description
-    #[arg(short, long)]
-    pub description: Option<String>,
-    /// New design notes
-    #[arg(long)]
-    pub design: Option<String>,
-    /// New acceptance criteria
-    #[arg(long)]
-    pub acceptance: Option<String>,
-    /// New notes
-    #[arg(long)]
-    pub notes: Option<String>,
     /// New status: open, in_progress, blocked, deferred, closed
     #[arg(short, long)]
     pub status: Option<String>,
-    /// New priority 0-4 or P0-P4
-    #[arg(short, long)]
-    pub priority: Option<String>,
-    /// New type
-    #[arg(short = 't', long = "type")]
-    pub issue_type: Option<String>,
-    /// New assignee ('' to unassign)
-    #[arg(short, long)]
-    pub assignee: Option<String>,
-    /// New external reference ('' to clear)
-    #[arg(long)]
-    pub external_ref: Option<String>,
+    #[command(flatten)]
+    pub fields: FieldArgs,
     /// Add labels (comma-separated or repeated)
     #[arg(long = "add-label", value_name = "LABEL")]
     pub add_labels: Vec<String>,
@@ -74,27 +53,25 @@ pub fn render_changed(ctx: &Ctx, changed: &[Changed], verb: &str) -> Result<(), 
 }
 
 pub fn cmd_update(ctx: &Ctx, a: UpdateArgs) -> Result<(), CliError> {
+    let f = a.fields;
     let req = UpdateRequest {
         ids: a.ids,
         title: a.title,
-        description: a.description,
-        design: a.design,
-        acceptance_criteria: a.acceptance,
-        notes: a.notes,
+        priority: f.priority()?,
+        description: f.description,
+        design: f.design,
+        acceptance_criteria: f.acceptance,
+        notes: f.notes,
         status: a.status,
-        priority: a
-            .priority
-            .as_deref()
-            .map(bd::model::parse_priority)
-            .transpose()?,
-        issue_type: a.issue_type,
-        assignee: a.assignee,
-        external_ref: a.external_ref,
+        issue_type: f.issue_type,
+        assignee: f.assignee,
+        external_ref: f.external_ref,
         add_labels: split_list(&a.add_labels),
         remove_labels: split_list(&a.remove_labels),
         set_labels: a.set_labels.map(|s| split_list(&[s])),
         claim: a.claim,
     };
+
     let verb = if req.claim { "Claimed" } else { "Updated" };
     match call(ctx, Request::Update(req))? {
         Response::Changed(c) => render_changed(ctx, &c, verb),
