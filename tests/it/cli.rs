@@ -623,3 +623,36 @@ fn readme_tour_runs_as_written() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Build the API"), "{stdout}");
 }
+
+#[test]
+fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database() {
+    let env = TestEnv::new();
+    env.create(&["a"]);
+    env.create(&["b"]);
+    let path = std::fs::read_dir(env.beads().join("ops"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let whole = std::fs::read_to_string(&path).unwrap();
+    // A crash mid-append leaves half a line.
+    std::fs::write(&path, &whole[..whole.len() - 20]).unwrap();
+    env.create(&["c"]);
+    let ops = env.op_lines();
+    assert_eq!(ops.len(), 3);
+    assert!(
+        std::fs::read_to_string(&path).unwrap().starts_with(&whole),
+        "earlier lines kept byte for byte"
+    );
+    // A file claiming more than the database holds is replaced by the truth.
+    let mut fake: Value = ops[2].clone();
+    fake["seq"] = serde_json::json!(99);
+    std::fs::write(
+        &path,
+        format!("{}{fake}\n", std::fs::read_to_string(&path).unwrap()),
+    )
+    .unwrap();
+    env.ok(&["flush"]);
+    assert_eq!(env.op_lines().len(), 3);
+}
