@@ -166,5 +166,37 @@ fn import_export(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, everyday, import_export);
+/// 64 creates as 64 transactions versus one group commit (one transaction, one
+/// fsync, a savepoint each): what the daemon's writer gains by grouping.
+fn group_commit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group_commit_64_creates");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    let mut t = tracker(10_000);
+    let req = |i: usize| {
+        Request::Create(CreateRequest {
+            title: format!("grouped {i}"),
+            ..Default::default()
+        })
+    };
+    g.bench_function("one_transaction_each", |b| {
+        b.iter(|| {
+            for i in 0..64 {
+                t.client.call(req(i)).expect("create");
+            }
+        })
+    });
+    let paths = t.client.paths().clone();
+    g.bench_function("one_group", |b| {
+        b.iter(|| {
+            let items = (0..64)
+                .map(|i| (format!("agent{}", i % 8), req(i)))
+                .collect();
+            bd::service::execute_group(t.client.store(), &bd::clock::SystemClock, &paths, items)
+                .expect("group")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, everyday, import_export, group_commit);
 criterion_main!(benches);

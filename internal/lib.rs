@@ -18,6 +18,7 @@ pub mod jsonl;
 pub mod merge;
 pub mod model;
 pub mod query;
+pub mod rpc;
 pub mod service;
 pub mod storage;
 

@@ -68,6 +68,34 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
     }
 }
 
+/// Group commit: runs several write requests (each with its own actor) in one
+/// transaction with one commit. Each request runs in its own savepoint, so one that
+/// fails leaves no trace and does not affect the others. The outer `Err` means the
+/// commit itself failed and none of them is stored.
+pub fn execute_group(
+    store: &mut Store,
+    clock: &dyn Clock,
+    paths: &BeadsPaths,
+    items: Vec<(String, Request)>,
+) -> Result<Vec<Result<Response>>> {
+    let results = store.write_group(clock, items, |tx, (actor, req)| {
+        let ctx = Context {
+            actor: &actor,
+            clock,
+            paths,
+        };
+        if actor.trim().is_empty() {
+            return Err(Error::invalid("actor must not be empty"));
+        }
+        if !req.is_write() {
+            return Err(Error::internal("only write requests can be grouped"));
+        }
+        write(tx, &ctx, req)
+    })?;
+    let _ = jsonl::flush_own_ops(store, paths); // as in `execute`: regenerable
+    Ok(results)
+}
+
 fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
     let resp = match req {
         Request::Create(r) => Response::Issue(Box::new(create(tx, ctx, r)?)),

@@ -164,6 +164,25 @@ impl Store {
         self.in_write_tx(clock, false, f)
     }
 
+    /// Group commit: runs `f` on each item in its own savepoint inside ONE
+    /// transaction with one commit (one fsync for the whole group). An item whose
+    /// `f` fails is rolled back alone; its neighbours are unaffected. Returns each
+    /// item's result, or an error if the transaction itself could not commit (then
+    /// nothing of the group is stored).
+    pub fn write_group<I, T>(
+        &mut self,
+        clock: &dyn Clock,
+        items: Vec<I>,
+        mut f: impl FnMut(&mut WriteTx<'_>, I) -> Result<T>,
+    ) -> Result<Vec<Result<T>>> {
+        self.write(clock, |tx| {
+            Ok(items
+                .into_iter()
+                .map(|item| tx.attempt(|tx| f(tx, item)))
+                .collect())
+        })
+    }
+
     fn in_write_tx<T>(
         &mut self,
         clock: &dyn Clock,
@@ -331,6 +350,34 @@ impl<'a> WriteTx<'a> {
         self.touched.insert(op.issue.clone());
         self.recorded.push(op.op_id.clone());
         Ok(op.op_id)
+    }
+
+    /// Runs `f` inside a savepoint. If `f` fails, everything it did is undone (rows,
+    /// ops, the clock, the sequence number and the doc cache) and the transaction
+    /// carries on; if it succeeds its rows are materialised before the savepoint is
+    /// released.
+    pub fn attempt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.flush()?;
+        let (hlc, seq, recorded) = (self.hlc, self.seq, self.recorded.len());
+        self.tx.execute_batch("SAVEPOINT bd_request")?;
+        let out = f(self).and_then(|v| self.flush().map(|()| v));
+        match out {
+            Ok(v) => {
+                self.tx.execute_batch("RELEASE bd_request")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx
+                    .execute_batch("ROLLBACK TO bd_request; RELEASE bd_request")?;
+                self.hlc = hlc;
+                self.seq = seq;
+                self.recorded.truncate(recorded);
+                self.docs.clear();
+                self.fresh.clear();
+                self.touched.clear();
+                Err(e)
+            }
+        }
     }
 
     /// Ids of the ops recorded so far in this transaction.

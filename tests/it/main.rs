@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod concurrency;
 mod errors;
+mod group_commit;
 mod import_export;

@@ -1,0 +1,258 @@
+//! The daemon protocol: message types and framing. Transport-agnostic: frames are
+//! read from and written to any `std::io::Read`/`Write` (the daemon's async side
+//! uses the same encoding through [`encode`] / [`decode`]).
+//!
+//! # Wire format
+//!
+//! A frame is a 4-byte big-endian length `n` (1 ≤ n ≤ [`MAX_FRAME`]) followed by `n`
+//! bytes of UTF-8 JSON. A connection carries, in order:
+//!
+//! 1. client → daemon: [`Hello`] `{"protocol": u32, "version": "x.y.z"}`
+//! 2. daemon → client: [`HelloReply`] `{"protocol", "version", "pid", "ok",
+//!    "message"?}`; `ok: false` means the daemon will not serve this client
+//!    (protocol mismatch) and closes the connection.
+//! 3. any number of client → daemon [`Envelope`] `{"id", "actor", "deadline_ms",
+//!    "request"}` each answered by one daemon → client [`Reply`] `{"id", "result"}`
+//!    where `result` is `{"ok": Response}` or `{"err": Error}`. `id` is echoed.
+//!
+//! `request` and `Response` are the JSON forms of [`crate::service::Request`] and
+//! [`crate::service::Response`]; `Error` is [`crate::Error`] (`kind`, `message`,
+//! `hints`), so a daemon's errors render exactly like direct mode's.
+//!
+//! A frame that cannot be read (bad length, truncated, not JSON, unknown request)
+//! is answered with an error reply when an id is known and otherwise ends that
+//! connection only.
+
+use crate::service::{Request, Response};
+use crate::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::io::{Read, Write};
+
+/// Protocol number; bumped on any incompatible change to the messages.
+pub const PROTOCOL: u32 = 1;
+
+/// Largest frame accepted (an import of ~100k issues fits).
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// First message of a connection, from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's protocol number.
+    pub protocol: u32,
+    /// The client's bd version.
+    pub version: String,
+}
+
+impl Hello {
+    /// The hello this build sends.
+    pub fn current() -> Hello {
+        Hello {
+            protocol: PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// The daemon's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The daemon's protocol number.
+    pub protocol: u32,
+    /// The daemon's bd version.
+    pub version: String,
+    /// The daemon's process id (informational; liveness is the lock, never the pid).
+    pub pid: u32,
+    /// Whether the daemon will serve this client.
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One request with its routing data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// Who is acting.
+    pub actor: String,
+    /// Wall-clock deadline in ms since the epoch; work not committed by then is
+    /// abandoned and answered with a timeout error.
+    pub deadline_ms: u64,
+    /// The operation.
+    pub request: Request,
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked.
+    Ok(Response),
+    /// It failed; nothing it did was committed.
+    Err(Error),
+}
+
+impl From<Result<Response>> for Outcome {
+    fn from(r: Result<Response>) -> Self {
+        match r {
+            Ok(resp) => Outcome::Ok(resp),
+            Err(e) => Outcome::Err(e),
+        }
+    }
+}
+
+impl From<Outcome> for Result<Response> {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Ok(resp) => Ok(resp),
+            Outcome::Err(e) => Err(e),
+        }
+    }
+}
+
+/// The answer to an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The envelope's id.
+    pub id: u64,
+    /// What happened.
+    pub result: Outcome,
+}
+
+fn protocol_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Invalid, message)
+        .hint("client and daemon disagree on the protocol; restart the daemon")
+}
+
+/// Serialises `msg` as one frame (length prefix included).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    let body = serde_json::to_vec(msg)?;
+    if body.is_empty() || body.len() > MAX_FRAME {
+        return Err(protocol_error(format!(
+            "frame of {} bytes is out of range",
+            body.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks a frame length read from the wire.
+pub fn check_len(len: u32) -> Result<usize> {
+    let len = len as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(protocol_error(format!(
+            "frame length {len} is out of range (1..={MAX_FRAME})"
+        )));
+    }
+    Ok(len)
+}
+
+/// Parses a frame body.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| protocol_error(format!("unreadable frame: {e}")))
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<()> {
+    w.write_all(&encode(msg)?)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream (before any byte of a frame).
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(protocol_error("connection closed inside a frame header")),
+            n => got += n,
+        }
+    }
+    let len = check_len(u32::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            protocol_error(format!("connection closed inside a frame of {len} bytes"))
+        } else {
+            e.into()
+        }
+    })?;
+    decode(&body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::ListFilter;
+    use std::io::Cursor;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: 7,
+            actor: "a".into(),
+            deadline_ms: 1,
+            request: Request::Ready(ListFilter::default()),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_in_sequence() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Hello::current()).unwrap();
+        write_frame(&mut buf, &envelope()).unwrap();
+        let reply = Reply {
+            id: 7,
+            result: Outcome::Err(Error::not_found("nope").hint("h")),
+        };
+        write_frame(&mut buf, &reply).unwrap();
+        let mut r = Cursor::new(buf);
+        assert_eq!(read_frame::<Hello>(&mut r).unwrap(), Some(Hello::current()));
+        assert_eq!(read_frame::<Envelope>(&mut r).unwrap(), Some(envelope()));
+        assert_eq!(read_frame::<Reply>(&mut r).unwrap(), Some(reply));
+        assert_eq!(
+            read_frame::<Reply>(&mut r).unwrap(),
+            None,
+            "clean end of stream"
+        );
+    }
+
+    #[test]
+    fn every_request_kind_survives_the_wire() {
+        let req = Request::Import {
+            records: crate::fixture::records("x", 3),
+            dry_run: false,
+            strict: true,
+        };
+        let env = Envelope {
+            request: req,
+            ..envelope()
+        };
+        let bytes = encode(&env).unwrap();
+        assert_eq!(decode::<Envelope>(&bytes[4..]).unwrap(), env);
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![0, 0, 0, 0], "out of range"),
+            (vec![0xff, 0xff, 0xff, 0xff], "out of range"),
+            (vec![0, 0], "frame header"),
+            (vec![0, 0, 0, 10, b'{'], "inside a frame"),
+            ([&[0, 0, 0, 3][..], b"abc"].concat(), "unreadable"),
+            ([&[0, 0, 0, 2][..], b"{}"].concat(), "unreadable"),
+        ];
+        for (bytes, needle) in cases {
+            let err = read_frame::<Envelope>(&mut Cursor::new(bytes.clone())).unwrap_err();
+            assert!(err.message.contains(needle), "{bytes:?}: {}", err.message);
+        }
+        let unknown = br#"{"id":1,"actor":"a","deadline_ms":1,"request":{"op":"explode"}}"#;
+        let framed = [&(unknown.len() as u32).to_be_bytes()[..], unknown].concat();
+        assert!(read_frame::<Envelope>(&mut Cursor::new(framed)).is_err());
+    }
+}
