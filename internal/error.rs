@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Corrupt,
     /// The database stayed locked by other writers past the busy timeout.
     Busy,
+    /// The request's deadline passed; nothing it asked for was done.
+    Timeout,
     /// An I/O failure outside the database.
     Io,
     /// Anything else: a bug or an unexpected failure of a dependency.

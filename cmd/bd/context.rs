@@ -2,7 +2,7 @@
 //! how to print. This is the only place that reads the environment.
 
 use crate::cli_error::CliError;
-use bd::client::Direct;
+use bd::client::{Backend, ConnectOptions, connect};
 use bd::storage::BeadsPaths;
 use bd::{Error, ErrorKind};
 use clap::Args;
@@ -26,6 +26,12 @@ pub struct GlobalArgs {
     /// Use this tracker directory (a .beads/ directory, or a repository holding one)
     #[arg(long, global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Never use the daemon; run in this process (also BD_NO_DAEMON=1)
+    #[arg(long, global = true)]
+    pub no_daemon: bool,
+    /// Seconds a request may take through the daemon before it is abandoned
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    pub timeout: f64,
 }
 
 /// Resolved global settings.
@@ -33,6 +39,8 @@ pub struct Ctx {
     pub json: bool,
     pub quiet: bool,
     pub actor: String,
+    pub no_daemon: bool,
+    pub timeout: std::time::Duration,
     db: Option<PathBuf>,
     dir: Option<PathBuf>,
 }
@@ -46,10 +54,14 @@ impl Ctx {
             .or_else(|| env("USER"))
             .or_else(|| env("USERNAME"))
             .unwrap_or_else(|| "unknown".to_string());
+        let no_daemon = g.no_daemon || env("BD_NO_DAEMON").is_some_and(|v| v != "0");
+        let timeout = std::time::Duration::from_secs_f64(g.timeout.clamp(0.001, 86_400.0));
         Ctx {
             json: g.json,
             quiet: g.quiet,
             actor,
+            no_daemon,
+            timeout,
             db: g.db,
             dir: g.dir,
         }
@@ -99,8 +111,34 @@ impl Ctx {
         })
     }
 
-    /// A client for the tracker.
-    pub fn backend(&self) -> Result<Direct, CliError> {
-        Ok(Direct::open(self.paths()?, &self.actor)?)
+    /// A client for the tracker: its daemon when one is running, else in-process.
+    /// Says once on stderr when a running daemon could not be used.
+    pub fn backend(&self) -> Result<Box<dyn Backend>, CliError> {
+        let opts = ConnectOptions {
+            actor: self.actor.clone(),
+            no_daemon: self.no_daemon,
+            timeout: self.timeout,
+        };
+        let conn = connect(self.paths()?, &opts)?;
+        if let Some(note) = conn.note.filter(|_| !self.quiet) {
+            eprintln!("bd: {note}");
+        }
+        Ok(conn.backend)
+    }
+
+    /// Where this user's short socket paths go: `$XDG_RUNTIME_DIR`, else
+    /// `/tmp/bd-<uid>` (created private).
+    pub fn runtime_dir(&self) -> Result<PathBuf, CliError> {
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+        {
+            return Ok(d);
+        }
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
+        let dir = PathBuf::from(format!("/tmp/bd-{uid}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(dir)
     }
 }

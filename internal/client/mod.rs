@@ -1,17 +1,21 @@
-//! How programs reach bd: the [`Backend`] trait, and [`Direct`], which runs every
-//! request in-process through [`service::execute`]. (The daemon backend, speaking
-//! the same [`Request`]s over a socket, arrives with the daemon.) Also [`init`],
-//! which creates a tracker.
+//! How programs reach bd: the [`Backend`] trait; [`Direct`], which runs every
+//! request in-process through [`service::execute`]; [`DaemonClient`], which sends the
+//! same [`Request`]s to the tracker's daemon; [`connect`], which picks between them;
+//! and [`init`], which creates a tracker.
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::daemon;
 use crate::ids;
+use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, Reply};
 use crate::service::{self, Context, Request, Response};
 use crate::storage::{BEADS_DIR, BeadsPaths, Store};
 use crate::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Something that answers [`Request`]s.
 pub trait Backend {
@@ -68,6 +72,7 @@ impl Backend for Direct {
             actor: &self.actor,
             clock: self.clock.as_ref(),
             paths: &self.paths,
+            mode: "direct",
         };
         service::execute(&mut self.store, &ctx, req)
     }
@@ -75,6 +80,168 @@ impl Backend for Direct {
     fn mode(&self) -> &'static str {
         "direct"
     }
+}
+
+/// A connection to the tracker's daemon (blocking; one request at a time).
+pub struct DaemonClient {
+    stream: UnixStream,
+    actor: String,
+    timeout: Duration,
+    next_id: u64,
+    /// What the daemon said when we connected.
+    pub hello: HelloReply,
+}
+
+fn io_to_error(e: std::io::Error, what: &str) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::new(
+            ErrorKind::Timeout,
+            format!("no answer from the daemon while {what}"),
+        )
+        .hint("raise --timeout, or run with --no-daemon"),
+        _ => Error::new(
+            ErrorKind::Io,
+            format!("daemon connection failed while {what}: {e}"),
+        ),
+    }
+}
+
+impl DaemonClient {
+    /// Connects to the daemon at `socket` and exchanges hellos. Requests will carry
+    /// a deadline of `timeout` from when they are sent.
+    pub fn connect(socket: &Path, actor: &str, timeout: Duration) -> Result<DaemonClient> {
+        let stream = UnixStream::connect(socket).map_err(|e| io_to_error(e, "connecting"))?;
+        // The daemon enforces the deadline; the socket timeout is the backstop.
+        let backstop = Some(timeout + Duration::from_secs(2));
+        stream.set_read_timeout(backstop)?;
+        stream.set_write_timeout(backstop)?;
+        rpc::write_frame(&mut &stream, &Hello::current())?;
+        let hello: HelloReply = rpc::read_frame(&mut &stream)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                "the daemon closed the connection during hello",
+            )
+        })?;
+        if !hello.ok {
+            let why = hello.message.clone().unwrap_or_else(|| "refused".into());
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("daemon {} will not serve this bd: {why}", hello.version),
+            )
+            .hint("restart it with `bd daemon restart`"));
+        }
+        Ok(DaemonClient {
+            stream,
+            actor: actor.to_string(),
+            timeout,
+            next_id: 0,
+            hello,
+        })
+    }
+
+    fn round_trip(&mut self, call: Call) -> Result<Outcome> {
+        self.next_id += 1;
+        let env = Envelope {
+            id: self.next_id,
+            actor: self.actor.clone(),
+            deadline_ms: SystemClock.now_ms() + self.timeout.as_millis() as u64,
+            call,
+        };
+        rpc::write_frame(&mut &self.stream, &env)?;
+        let reply: Reply = rpc::read_frame(&mut &self.stream)?
+            .ok_or_else(|| Error::new(ErrorKind::Io, "the daemon closed the connection"))?;
+        match reply.result {
+            Outcome::Err(e) => Err(e),
+            _ if reply.id != env.id => Err(Error::internal(format!(
+                "reply {} to request {}",
+                reply.id, env.id
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// The daemon's state.
+    pub fn status(&mut self) -> Result<DaemonStatus> {
+        match self.round_trip(Call::Status)? {
+            Outcome::Status(s) => Ok(s),
+            other => Err(Error::internal(format!(
+                "unexpected answer to status: {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks the daemon to drain its queue, flush and exit.
+    pub fn stop(&mut self) -> Result<()> {
+        match self.round_trip(Call::Stop)? {
+            Outcome::Stopping => Ok(()),
+            other => Err(Error::internal(format!(
+                "unexpected answer to stop: {other:?}"
+            ))),
+        }
+    }
+}
+
+impl Backend for DaemonClient {
+    fn call(&mut self, req: Request) -> Result<Response> {
+        match self.round_trip(Call::Request(Box::new(req)))? {
+            Outcome::Ok(resp) => Ok(resp),
+            other => Err(Error::internal(format!("unexpected answer: {other:?}"))),
+        }
+    }
+
+    fn mode(&self) -> &'static str {
+        "daemon"
+    }
+}
+
+/// How [`connect`] should reach the tracker.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Who is acting.
+    pub actor: String,
+    /// Never use a daemon.
+    pub no_daemon: bool,
+    /// Deadline for each request sent to a daemon.
+    pub timeout: Duration,
+}
+
+/// A backend, and why it is not the daemon when one was running.
+pub struct Connection {
+    /// Where requests go.
+    pub backend: Box<dyn Backend>,
+    /// Set when a daemon holds the tracker's lock but could not be used (the
+    /// command then runs directly, which is safe: SQLite serialises writers).
+    pub note: Option<String>,
+}
+
+/// Uses the tracker's daemon when one is running and answers; otherwise runs
+/// requests in this process.
+pub fn connect(paths: BeadsPaths, opts: &ConnectOptions) -> Result<Connection> {
+    let mut note = None;
+    if !opts.no_daemon {
+        match daemon::running(&paths)? {
+            Some(Some(record)) => {
+                match DaemonClient::connect(&record.socket, &opts.actor, opts.timeout) {
+                    Ok(client) => {
+                        return Ok(Connection {
+                            backend: Box::new(client),
+                            note: None,
+                        });
+                    }
+                    Err(e) => {
+                        note = Some(format!(
+                            "daemon (pid {}) not usable: {}; running directly",
+                            record.pid, e.message
+                        ))
+                    }
+                }
+            }
+            Some(None) => note = Some("daemon is starting; running directly".to_string()),
+            None => {}
+        }
+    }
+    let backend = Box::new(Direct::open(paths, &opts.actor)?);
+    Ok(Connection { backend, note })
 }
 
 /// What `bd init` needs.

@@ -12,10 +12,12 @@
 //!    "message"?}`; `ok: false` means the daemon will not serve this client
 //!    (protocol mismatch) and closes the connection.
 //! 3. any number of client → daemon [`Envelope`] `{"id", "actor", "deadline_ms",
-//!    "request"}` each answered by one daemon → client [`Reply`] `{"id", "result"}`
-//!    where `result` is `{"ok": Response}` or `{"err": Error}`. `id` is echoed.
+//!    "call"}` each answered by one daemon → client [`Reply`] `{"id", "result"}`.
+//!    `call` is `{"request": Request}`, `"status"` or `"stop"`; `result` is
+//!    `{"ok": Response}`, `{"status": DaemonStatus}`, `"stopping"` or
+//!    `{"err": Error}`. `id` is echoed.
 //!
-//! `request` and `Response` are the JSON forms of [`crate::service::Request`] and
+//! `Request` and `Response` are the JSON forms of [`crate::service::Request`] and
 //! [`crate::service::Response`]; `Error` is [`crate::Error`] (`kind`, `message`,
 //! `hints`), so a daemon's errors render exactly like direct mode's.
 //!
@@ -69,7 +71,49 @@ pub struct HelloReply {
     pub message: Option<String>,
 }
 
-/// One request with its routing data.
+/// What a client asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    /// Run a service request.
+    Request(Box<Request>),
+    /// Report the daemon's state.
+    Status,
+    /// Drain the queue, flush, release the lock and exit.
+    Stop,
+}
+
+/// The daemon's state, for `bd daemon status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Process id.
+    pub pid: u32,
+    /// bd version of the daemon.
+    pub version: String,
+    /// Protocol number.
+    pub protocol: u32,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// The socket it listens on.
+    pub socket: String,
+    /// Write requests waiting for the writer.
+    pub queue_depth: u64,
+    /// Requests answered (reads and writes).
+    pub requests: u64,
+    /// Write requests committed or refused by the writer.
+    pub writes: u64,
+    /// Transactions the writer committed (each a group of writes).
+    pub groups: u64,
+    /// The most writes committed together.
+    pub largest_group: u64,
+    /// Open client connections.
+    pub connections: u64,
+    /// The last error the daemon itself hit (not a request's refusal), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One call with its routing data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Chosen by the client; echoed in the reply.
@@ -79,16 +123,20 @@ pub struct Envelope {
     /// Wall-clock deadline in ms since the epoch; work not committed by then is
     /// abandoned and answered with a timeout error.
     pub deadline_ms: u64,
-    /// The operation.
-    pub request: Request,
+    /// What to do.
+    pub call: Call,
 }
 
-/// The outcome of one request.
+/// The outcome of one call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// It worked.
+    /// The request worked.
     Ok(Response),
+    /// The daemon's state.
+    Status(DaemonStatus),
+    /// The daemon is shutting down.
+    Stopping,
     /// It failed; nothing it did was committed.
     Err(Error),
 }
@@ -98,15 +146,6 @@ impl From<Result<Response>> for Outcome {
         match r {
             Ok(resp) => Outcome::Ok(resp),
             Err(e) => Outcome::Err(e),
-        }
-    }
-}
-
-impl From<Outcome> for Result<Response> {
-    fn from(o: Outcome) -> Self {
-        match o {
-            Outcome::Ok(resp) => Ok(resp),
-            Outcome::Err(e) => Err(e),
         }
     }
 }
@@ -197,7 +236,7 @@ mod tests {
             id: 7,
             actor: "a".into(),
             deadline_ms: 1,
-            request: Request::Ready(ListFilter::default()),
+            call: Call::Request(Box::new(Request::Ready(ListFilter::default()))),
         }
     }
 
@@ -230,7 +269,7 @@ mod tests {
             strict: true,
         };
         let env = Envelope {
-            request: req,
+            call: Call::Request(Box::new(req)),
             ..envelope()
         };
         let bytes = encode(&env).unwrap();
@@ -251,7 +290,8 @@ mod tests {
             let err = read_frame::<Envelope>(&mut Cursor::new(bytes.clone())).unwrap_err();
             assert!(err.message.contains(needle), "{bytes:?}: {}", err.message);
         }
-        let unknown = br#"{"id":1,"actor":"a","deadline_ms":1,"request":{"op":"explode"}}"#;
+        let unknown =
+            br#"{"id":1,"actor":"a","deadline_ms":1,"call":{"request":{"op":"explode"}}}"#;
         let framed = [&(unknown.len() as u32).to_be_bytes()[..], unknown].concat();
         assert!(read_frame::<Envelope>(&mut Cursor::new(framed)).is_err());
     }

@@ -35,6 +35,8 @@ pub struct Context<'a> {
     pub clock: &'a dyn Clock,
     /// The tracker's files.
     pub paths: &'a BeadsPaths,
+    /// How the request is being served (`direct` or `daemon`), for `info`.
+    pub mode: &'static str,
 }
 
 /// Runs one request against `store`.
@@ -83,6 +85,7 @@ pub fn execute_group(
             actor: &actor,
             clock,
             paths,
+            mode: "daemon",
         };
         if actor.trim().is_empty() {
             return Err(Error::invalid("actor must not be empty"));
@@ -288,7 +291,7 @@ fn info(store: &mut Store, ctx: &Context<'_>) -> Result<Response> {
         .query_row("SELECT COUNT(*) FROM issues", [], |r| r.get(0))?;
     Ok(Response::Info(Info {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        mode: "direct".into(),
+        mode: ctx.mode.into(),
         beads_dir: ctx.paths.dir.display().to_string(),
         database: ctx.paths.db.display().to_string(),
         schema_version: crate::storage::sqlite::SCHEMA_VERSION,

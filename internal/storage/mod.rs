@@ -67,6 +67,16 @@ impl BeadsPaths {
         self.dir.join("flush.lock")
     }
 
+    /// Held by the running daemon for its whole life; records its pid and socket.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.dir.join("daemon.lock")
+    }
+
+    /// The daemon's log.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
     /// The repository root (the parent of `.beads/`).
     pub fn repo_root(&self) -> &Path {
         self.dir.parent().unwrap_or(&self.dir)

@@ -11,6 +11,17 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
 }
 
+impl Drop for TestEnv {
+    /// Never leave a daemon behind, even when the test failed.
+    fn drop(&mut self) {
+        if self.beads().join("daemon.lock").exists() {
+            let _ = self
+                .command(&["daemon", "stop", "-q", "--timeout", "5"])
+                .output();
+        }
+    }
+}
+
 impl TestEnv {
     /// An empty repository (git-initialised when git is available).
     pub fn empty() -> TestEnv {

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod concurrency;
+mod daemon;
 mod errors;
 mod group_commit;
 mod import_export;

@@ -5,6 +5,7 @@ mod close;
 mod comment;
 mod config;
 mod create;
+mod daemon;
 mod demo;
 mod dep;
 mod export;
@@ -24,7 +25,6 @@ mod version;
 
 use crate::cli_error::CliError;
 use crate::context::Ctx;
-use bd::client::Backend;
 use bd::service::{Request, Response};
 use clap::Subcommand;
 
@@ -77,6 +77,9 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Where the tracker is and how it is doing
     Info(info::InfoArgs),
+    /// Run and inspect the per-repository daemon
+    #[command(subcommand)]
+    Daemon(daemon::DaemonCommand),
     /// Print the version
     Version(version::VersionArgs),
     /// Run simulated agents against a throwaway repository
@@ -107,6 +110,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Flush(a) => flush::cmd_flush(ctx, a),
         Command::Config(c) => config::cmd_config(ctx, c),
         Command::Info(a) => info::cmd_info(ctx, a),
+        Command::Daemon(c) => daemon::cmd_daemon(ctx, c),
         Command::Version(a) => version::cmd_version(ctx, a),
         Command::Demo(a) => demo::cmd_demo(ctx, a),
     }

@@ -1,0 +1,244 @@
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::client::DaemonClient;
+use bd::daemon::{self, DaemonOptions};
+use bd::{Error, ErrorKind};
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Run and inspect the per-repository daemon (one SQLite writer for every agent)
+#[derive(Subcommand, Debug)]
+pub enum DaemonCommand {
+    /// Start the daemon in the background (or --foreground)
+    Start(StartArgs),
+    /// Ask the daemon to drain its queue, flush and exit
+    Stop,
+    /// Pid, version, uptime, socket, queue depth, requests served, group sizes
+    Status,
+    /// Stop the daemon if it runs, then start a fresh one
+    Restart(StartArgs),
+    /// Print the end of .beads/daemon.log
+    Logs(LogsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Run in this process, logging to stderr, until stopped (for debugging)
+    #[arg(long)]
+    pub foreground: bool,
+    /// Exit after this many seconds without requests
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub idle_timeout: u64,
+    /// Write issues.jsonl this many milliseconds after the last write
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub flush_debounce: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Number of lines
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub lines: usize,
+}
+
+/// How long `start` waits for the new daemon to answer, and `stop` for it to exit.
+const WAIT: Duration = Duration::from_secs(5);
+
+pub fn cmd_daemon(ctx: &Ctx, c: DaemonCommand) -> Result<(), CliError> {
+    match c {
+        DaemonCommand::Start(a) => start(ctx, &a),
+        DaemonCommand::Stop => stop(ctx).map(|_| ()),
+        DaemonCommand::Status => status(ctx),
+        DaemonCommand::Restart(a) => {
+            stop(ctx)?;
+            start(ctx, &a)
+        }
+        DaemonCommand::Logs(a) => logs(ctx, &a),
+    }
+}
+
+fn client(ctx: &Ctx) -> Result<Option<DaemonClient>, CliError> {
+    let paths = ctx.paths()?;
+    match daemon::running(&paths)? {
+        Some(Some(record)) => Ok(Some(DaemonClient::connect(
+            &record.socket,
+            &ctx.actor,
+            ctx.timeout,
+        )?)),
+        Some(None) => Err(CliError(
+            Error::new(ErrorKind::Io, "the daemon is starting up").hint("try again in a moment"),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
+    let paths = ctx.paths()?;
+    bd::storage::Store::open(&paths.db)?; // a clear error now beats one in the log
+    let socket = daemon::socket_path(&paths, &ctx.runtime_dir()?);
+    if a.foreground {
+        let log: daemon::Log = Arc::new(|line: &str| {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "[{}] {line}",
+                bd::clock::format_rfc3339(bd::clock::Clock::now_ms(&bd::clock::SystemClock))
+            );
+        });
+        let opts = DaemonOptions {
+            paths,
+            socket,
+            idle_timeout: Duration::from_secs(a.idle_timeout),
+            flush_debounce: Duration::from_millis(a.flush_debounce),
+        };
+        return Ok(daemon::run(opts, log)?);
+    }
+    if let Some(Some(record)) = daemon::running(&paths)? {
+        return Err(CliError(
+            Error::new(
+                ErrorKind::Exists,
+                format!("a bd daemon is already running here (pid {})", record.pid),
+            )
+            .hint("see it with `bd daemon status`; stop it with `bd daemon stop`"),
+        ));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.daemon_log())?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--dir")
+        .arg(&paths.dir)
+        .args(["daemon", "start", "--foreground"]);
+    cmd.arg("--idle-timeout").arg(a.idle_timeout.to_string());
+    cmd.arg("--flush-debounce")
+        .arg(a.flush_debounce.to_string());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn()?;
+    let started = Instant::now();
+    loop {
+        if let Some(Some(record)) = daemon::running(&paths)?
+            && let Ok(mut c) = DaemonClient::connect(&record.socket, &ctx.actor, ctx.timeout)
+        {
+            let s = c.status()?;
+            if ctx.json {
+                return output::json(&s);
+            }
+            output::status(
+                ctx.quiet,
+                &format!("Started bd daemon (pid {}) on {}", s.pid, s.socket),
+            );
+            return Ok(());
+        }
+        if let Some(exit) = child.try_wait()? {
+            return Err(CliError(
+                Error::new(
+                    ErrorKind::Io,
+                    format!("the daemon exited at start ({exit})"),
+                )
+                .hint("see `bd daemon logs`"),
+            ));
+        }
+        if started.elapsed() > WAIT {
+            return Err(CliError(
+                Error::new(ErrorKind::Timeout, "the daemon did not answer within 5 s")
+                    .hint("see `bd daemon logs`"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops a running daemon and waits for its lock to be released; false if none ran.
+fn stop(ctx: &Ctx) -> Result<bool, CliError> {
+    let paths = ctx.paths()?;
+    let Some(mut c) = client(ctx)? else {
+        if ctx.json {
+            output::json(&serde_json::json!({"stopped": false, "running": false}))?;
+        }
+        output::status(ctx.quiet, "No bd daemon is running here.");
+        return Ok(false);
+    };
+    let pid = c.hello.pid;
+    c.stop()?;
+    drop(c);
+    let started = Instant::now();
+    while daemon::running(&paths)?.is_some() {
+        if started.elapsed() > WAIT {
+            return Err(CliError(
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("the daemon (pid {pid}) did not exit within 5 s"),
+                )
+                .hint("see `bd daemon logs`"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if ctx.json {
+        output::json(&serde_json::json!({"stopped": true, "pid": pid}))?;
+    }
+    output::status(ctx.quiet, &format!("Stopped bd daemon (pid {pid})"));
+    Ok(true)
+}
+
+fn status(ctx: &Ctx) -> Result<(), CliError> {
+    let Some(mut c) = client(ctx)? else {
+        if ctx.json {
+            return output::json(&serde_json::json!({"running": false}));
+        }
+        return output::print("No bd daemon is running here.\n");
+    };
+    let s = c.status()?;
+    if ctx.json {
+        let mut v = serde_json::to_value(&s).map_err(bd::Error::from)?;
+        v["running"] = serde_json::json!(true);
+        return output::json(&v);
+    }
+    let mean = if s.groups > 0 {
+        s.writes as f64 / s.groups as f64
+    } else {
+        0.0
+    };
+    output::print(&format!(
+        "bd daemon {} (protocol {})\npid:         {}\nuptime:      {} s\nsocket:      {}\nconnections: {}\nqueue:       {}\nrequests:    {}\nwrites:      {} in {} groups (mean {:.1}, largest {})\nlast error:  {}\n",
+        s.version,
+        s.protocol,
+        s.pid,
+        s.uptime_ms / 1000,
+        s.socket,
+        s.connections,
+        s.queue_depth,
+        s.requests,
+        s.writes,
+        s.groups,
+        mean,
+        s.largest_group,
+        s.last_error.as_deref().unwrap_or("none")
+    ))
+}
+
+fn logs(ctx: &Ctx, a: &LogsArgs) -> Result<(), CliError> {
+    let path = ctx.paths()?.daemon_log();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            output::status(
+                ctx.quiet,
+                &format!("No daemon log yet ({}).", path.display()),
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(a.lines)..];
+    output::print(&tail.iter().map(|l| format!("{l}\n")).collect::<String>())
+}

@@ -1,0 +1,142 @@
+//! The per-repo daemon: one process per `.beads/`, owning the only SQLite writer,
+//! serving [`crate::rpc`] frames on a Unix socket.
+//!
+//! Invariants:
+//! - One daemon per tracker: it holds an exclusive lock on `.beads/daemon.lock` for
+//!   its whole life. Liveness is the lock, never a pid; the file's content (a
+//!   [`LockRecord`]) only says where to connect.
+//! - A socket file is removed only by the lock holder (a stale socket left by a
+//!   killed daemon is removed by the next daemon, which holds the lock).
+//! - Every write goes through one writer thread, which commits everything waiting as
+//!   one group (see `Store::write_group`) and answers each caller only after the
+//!   commit. Reads run in parallel on their own connections.
+//! - A request whose deadline has passed before the writer reaches it is not
+//!   executed; its caller gets a timeout error.
+
+mod server;
+
+pub use server::{DaemonOptions, Log, run};
+
+use crate::rpc::PROTOCOL;
+use crate::storage::BeadsPaths;
+use crate::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Longest socket path used as is; longer ones move to the runtime directory
+/// (`sockaddr_un` holds about 108 bytes).
+pub const MAX_SOCKET_PATH: usize = 100;
+
+/// What the daemon writes into its lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// Daemon process id (informational).
+    pub pid: u32,
+    /// Daemon bd version.
+    pub version: String,
+    /// Daemon protocol number.
+    pub protocol: u32,
+    /// Where it listens.
+    pub socket: PathBuf,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+}
+
+/// The socket path for a tracker: `.beads/bd.sock`, or, when that path is too long
+/// for a Unix socket, `<runtime_dir>/bd-<hash of the tracker path>.sock`.
+pub fn socket_path(paths: &BeadsPaths, runtime_dir: &Path) -> PathBuf {
+    let direct = paths.dir.join("bd.sock");
+    if direct.as_os_str().len() <= MAX_SOCKET_PATH {
+        return direct;
+    }
+    let dir = paths
+        .dir
+        .canonicalize()
+        .unwrap_or_else(|_| paths.dir.clone());
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    runtime_dir.join(format!("bd-{}.sock", crate::model::hex_bytes(&digest[..8])))
+}
+
+/// The daemon's hold on `daemon.lock`; released when dropped (or when the process
+/// dies, however it dies).
+pub struct DaemonLock {
+    file: File,
+}
+
+impl DaemonLock {
+    /// Takes the lock and writes `record` into it; [`ErrorKind::Exists`] if another
+    /// daemon holds it.
+    pub fn acquire(paths: &BeadsPaths, record: &LockRecord) -> Result<DaemonLock> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(paths.daemon_lock())?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = read_record(&mut file)
+                    .map(|r| r.pid.to_string())
+                    .unwrap_or_else(|| "?".into());
+                return Err(Error::new(
+                    ErrorKind::Exists,
+                    format!("a bd daemon is already running here (pid {pid})"),
+                )
+                .hint("see it with `bd daemon status`; stop it with `bd daemon stop`"));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&serde_json::to_vec(record)?)?;
+        file.flush()?;
+        Ok(DaemonLock { file })
+    }
+}
+
+impl Drop for DaemonLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+fn read_record(file: &mut File) -> Option<LockRecord> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether a daemon is running for this tracker, judged by the lock alone. Returns
+/// its record (`None` inside if it holds the lock but has not written it yet).
+pub fn running(paths: &BeadsPaths) -> Result<Option<Option<LockRecord>>> {
+    let mut file = match File::open(paths.daemon_lock()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(read_record(&mut file))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// The record a daemon started now by this process would write.
+pub fn record_for(socket: PathBuf, now_ms: u64) -> LockRecord {
+    LockRecord {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL,
+        socket,
+        started_ms: now_ms,
+    }
+}

@@ -1,0 +1,459 @@
+//! The daemon process: accept loop (tokio + interprocess), one task per connection,
+//! a writer thread doing group commits, and a pool of read connections.
+
+use super::{DaemonLock, record_for};
+use crate::clock::{Clock, SystemClock};
+use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, PROTOCOL, Reply};
+use crate::service::{self, Context, Request, Response};
+use crate::storage::{BeadsPaths, Store};
+use crate::{Error, ErrorKind, Result};
+use interprocess::local_socket::tokio::{Stream, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot};
+
+/// Most writes committed in one group.
+const MAX_GROUP: usize = 256;
+/// A client must say hello within this long, or it is disconnected.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections kept open between requests.
+const READER_POOL: usize = 8;
+/// On shutdown, how long queued writes may take to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// How to run a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The tracker.
+    pub paths: BeadsPaths,
+    /// Where to listen (see [`super::socket_path`]).
+    pub socket: PathBuf,
+    /// Exit after this long with no requests and no connections.
+    pub idle_timeout: Duration,
+    /// Write the issues.jsonl snapshot this long after the last write.
+    pub flush_debounce: Duration,
+}
+
+/// Where the daemon's own messages go (the CLI sends them to `daemon.log`).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+enum Job {
+    Write {
+        actor: String,
+        request: Box<Request>,
+        deadline_ms: u64,
+        reply: oneshot::Sender<Result<Response>>,
+    },
+    Stop,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    writes: AtomicU64,
+    groups: AtomicU64,
+    largest_group: AtomicU64,
+    queue: AtomicU64,
+    connections: AtomicU64,
+}
+
+struct Shared {
+    opts: DaemonOptions,
+    started: Instant,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Store>>,
+    counters: Counters,
+    last_error: Mutex<Option<String>>,
+    last_activity: Mutex<Instant>,
+    stopping: AtomicBool,
+    shutdown: Notify,
+    log: Log,
+}
+
+impl Shared {
+    fn note_error(&self, what: &str) {
+        (self.log)(what);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(what.to_string());
+        }
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_activity.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn status(&self) -> DaemonStatus {
+        let c = &self.counters;
+        DaemonStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            socket: self.opts.socket.display().to_string(),
+            queue_depth: c.queue.load(Ordering::SeqCst),
+            requests: c.requests.load(Ordering::SeqCst),
+            writes: c.writes.load(Ordering::SeqCst),
+            groups: c.groups.load(Ordering::SeqCst),
+            largest_group: c.largest_group.load(Ordering::SeqCst),
+            connections: c.connections.load(Ordering::SeqCst),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown.notify_one();
+    }
+}
+
+fn timeout_error() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "the request's deadline passed before it could run; nothing was changed",
+    )
+    .hint("try again, or raise --timeout")
+}
+
+/// Runs a daemon until it is stopped, idles out or gets SIGTERM/SIGINT. Fails with
+/// [`ErrorKind::Exists`] if another daemon holds the tracker's lock.
+pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
+    let lock = DaemonLock::acquire(
+        &opts.paths,
+        &record_for(opts.socket.clone(), SystemClock.now_ms()),
+    )?;
+    // We hold the lock, so any socket file at our path is a dead daemon's.
+    let _ = std::fs::remove_file(&opts.socket);
+    let writer_store = Store::open(&opts.paths.db)?;
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        started: Instant::now(),
+        jobs: Mutex::new(tx),
+        readers: Mutex::new(Vec::new()),
+        counters: Counters::default(),
+        last_error: Mutex::new(None),
+        last_activity: Mutex::new(Instant::now()),
+        stopping: AtomicBool::new(false),
+        shutdown: Notify::new(),
+        log: log.clone(),
+    });
+    let writer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("bd-writer".into())
+            .spawn(move || writer_loop(writer_store, rx, &shared))?
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    log(&format!(
+        "daemon {} (pid {}) listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        opts.socket.display()
+    ));
+    let served = runtime.block_on(serve(shared.clone()));
+    if let Ok(jobs) = shared.jobs.lock() {
+        let _ = jobs.send(Job::Stop);
+    }
+    if writer.join().is_err() {
+        log("writer thread panicked");
+    }
+    drop(runtime);
+    let _ = std::fs::remove_file(&opts.socket);
+    drop(lock);
+    log("daemon stopped");
+    served
+}
+
+async fn serve(shared: Arc<Shared>) -> Result<()> {
+    let name = shared
+        .opts
+        .socket
+        .as_path()
+        .to_fs_name::<GenericFilePath>()?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .create_tokio()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(conn) => { tokio::spawn(connection(conn, shared.clone())); }
+                Err(e) => shared.note_error(&format!("accept failed: {e}")),
+            },
+            _ = shared.shutdown.notified() => { (shared.log)("stop requested"); break; }
+            _ = term.recv() => { (shared.log)("SIGTERM"); break; }
+            _ = int.recv() => { (shared.log)("SIGINT"); break; }
+            _ = tick.tick() => {
+                let idle = shared.last_activity.lock().map(|t| t.elapsed()).unwrap_or_default();
+                if shared.counters.connections.load(Ordering::SeqCst) == 0 && idle >= shared.opts.idle_timeout {
+                    (shared.log)(&format!("idle for {} s; exiting", idle.as_secs()));
+                    break;
+                }
+            }
+        }
+    }
+    shared.stopping.store(true, Ordering::SeqCst);
+    drop(listener);
+    // Let queued writes commit and their callers hear back.
+    let start = Instant::now();
+    while shared.counters.queue.load(Ordering::SeqCst) > 0 && start.elapsed() < DRAIN_LIMIT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.counters.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+async fn read_frame<T: DeserializeOwned>(mut conn: &Stream) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    let n = conn.read(&mut len).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < 4 {
+        conn.read_exact(&mut len[n..]).await?;
+    }
+    let len = rpc::check_len(u32::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await?;
+    rpc::decode(&body).map(Some)
+}
+
+async fn write_frame<T: Serialize>(mut conn: &Stream, msg: &T) -> Result<()> {
+    conn.write_all(&rpc::encode(msg)?).await?;
+    conn.flush().await?;
+    Ok(())
+}
+
+async fn connection(conn: Stream, shared: Arc<Shared>) {
+    shared.counters.connections.fetch_add(1, Ordering::SeqCst);
+    let _guard = ConnectionGuard(shared.clone());
+    let hello: Hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&conn)).await {
+        Ok(Ok(Some(h))) => h,
+        _ => return, // silent, garbage or too slow: this client only
+    };
+    let ok = hello.protocol == PROTOCOL;
+    let reply = HelloReply {
+        protocol: PROTOCOL,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        ok,
+        message: (!ok).then(|| {
+            format!(
+                "daemon speaks protocol {PROTOCOL}, client {}",
+                hello.protocol
+            )
+        }),
+    };
+    if write_frame(&conn, &reply).await.is_err() || !ok {
+        return;
+    }
+    loop {
+        let env: Envelope = match read_frame(&conn).await {
+            Ok(Some(env)) => env,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = write_frame(
+                    &conn,
+                    &Reply {
+                        id: 0,
+                        result: Outcome::Err(e),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        shared.touch();
+        let result = match env.call {
+            Call::Status => Outcome::Status(shared.status()),
+            Call::Stop => {
+                shared.begin_shutdown();
+                Outcome::Stopping
+            }
+            Call::Request(req) => {
+                shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+                Outcome::from(request(&shared, env.actor, env.deadline_ms, *req).await)
+            }
+        };
+        if write_frame(&conn, &Reply { id: env.id, result })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+async fn request(
+    shared: &Arc<Shared>,
+    actor: String,
+    deadline_ms: u64,
+    req: Request,
+) -> Result<Response> {
+    if SystemClock.now_ms() > deadline_ms {
+        return Err(timeout_error());
+    }
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Err(
+            Error::new(ErrorKind::Io, "the daemon is shutting down").hint("run the command again")
+        );
+    }
+    if req.is_write() {
+        let (tx, rx) = oneshot::channel();
+        shared.counters.queue.fetch_add(1, Ordering::SeqCst);
+        let sent = shared
+            .jobs
+            .lock()
+            .map_err(|_| Error::internal("writer queue poisoned"))?
+            .send(Job::Write {
+                actor,
+                request: Box::new(req),
+                deadline_ms,
+                reply: tx,
+            });
+        if sent.is_err() {
+            shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::internal("the daemon's writer has stopped"));
+        }
+        return rx
+            .await
+            .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")));
+    }
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
+        let mut store = match pooled {
+            Some(s) => s,
+            None => Store::open(&shared.opts.paths.db)?,
+        };
+        let ctx = Context {
+            actor: &actor,
+            clock: &SystemClock,
+            paths: &shared.opts.paths,
+            mode: "daemon",
+        };
+        let out = service::execute(&mut store, &ctx, req);
+        if let Ok(mut pool) = shared.readers.lock()
+            && pool.len() < READER_POOL
+        {
+            pool.push(store);
+        }
+        out
+    })
+    .await
+    .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
+}
+
+type Pending = (oneshot::Sender<Result<Response>>, (String, Request));
+
+fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
+    let mut dirty = false;
+    let mut stopping = false;
+    loop {
+        let first = match rx.recv_timeout(shared.opts.flush_debounce) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if dirty {
+                    flush_snapshot(&mut store, shared);
+                    dirty = false;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let now = SystemClock.now_ms();
+        let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Stop => stopping = true,
+                Job::Write {
+                    actor,
+                    request,
+                    deadline_ms,
+                    reply,
+                } => {
+                    shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
+                    if reply.is_closed() {
+                        continue; // the client went away before its turn
+                    }
+                    if now > deadline_ms {
+                        let _ = reply.send(Err(timeout_error()));
+                        continue;
+                    }
+                    live.push((reply, (actor, *request)));
+                }
+            }
+        }
+        if !live.is_empty() {
+            commit_group(&mut store, shared, live);
+            dirty = true;
+        }
+        if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+    }
+    if dirty {
+        flush_snapshot(&mut store, shared);
+    }
+}
+
+fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>) {
+    let n = live.len() as u64;
+    let (replies, items): (Vec<_>, Vec<_>) = live.into_iter().unzip();
+    let c = &shared.counters;
+    c.writes.fetch_add(n, Ordering::SeqCst);
+    c.groups.fetch_add(1, Ordering::SeqCst);
+    c.largest_group.fetch_max(n, Ordering::SeqCst);
+    match service::execute_group(store, &SystemClock, &shared.opts.paths, items) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            shared.note_error(&format!("group commit of {n} writes failed: {}", e.message));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn flush_snapshot(store: &mut Store, shared: &Shared) {
+    if let Err(e) = crate::jsonl::write_snapshot(store, &shared.opts.paths) {
+        shared.note_error(&format!("snapshot flush failed: {}", e.message));
+    }
+}

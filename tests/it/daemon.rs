@@ -1,0 +1,261 @@
+//! The daemon: lifecycle, serving the CLI, bad clients, concurrency, stale state.
+
+use crate::common::{BD, TestEnv};
+use bd::rpc::{self, Call, Envelope, Hello, HelloReply, Outcome, Reply};
+use bd::service::{CreateRequest, Request};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn start(env: &TestEnv) -> Value {
+    env.json(&["daemon", "start", "--idle-timeout", "120"])
+}
+
+fn socket(env: &TestEnv) -> PathBuf {
+    PathBuf::from(
+        env.json(&["daemon", "status"])["socket"]
+            .as_str()
+            .expect("socket")
+            .to_string(),
+    )
+}
+
+fn hello(stream: &UnixStream, protocol: u32) -> HelloReply {
+    rpc::write_frame(
+        &mut &*stream,
+        &Hello {
+            protocol,
+            version: "test".into(),
+        },
+    )
+    .unwrap();
+    rpc::read_frame(&mut &*stream)
+        .unwrap()
+        .expect("hello reply")
+}
+
+#[test]
+fn lifecycle_start_serve_stop() {
+    let env = TestEnv::new();
+    let s = start(&env);
+    assert!(s["pid"].as_u64().unwrap() > 0);
+    let status = env.json(&["daemon", "status"]);
+    assert_eq!(status["running"], true);
+    assert_eq!(env.json(&["info"])["mode"], "daemon");
+    let id = env.create(&["through the daemon", "-l", "x"]);
+    assert_eq!(
+        env.json(&["show", &id])[0]["labels"],
+        serde_json::json!(["x"])
+    );
+    env.ok(&["update", &id, "--claim"]);
+    assert_eq!(env.ids(&["ready"]), vec![id.clone()]);
+    let err = env.fails(&["update", &id, "--claim", "--actor", "rival"], 3);
+    assert!(err.contains("already claimed by tester"), "{err}");
+    env.fails(&["create", ""], 2);
+    let status = env.json(&["daemon", "status"]);
+    assert!(status["requests"].as_u64().unwrap() >= 6);
+    assert!(status["writes"].as_u64().unwrap() >= 3);
+    let err = env.fails(&["daemon", "start"], 1);
+    assert!(err.contains("already running"), "{err}");
+    let sock = socket(&env);
+    assert!(env.json(&["daemon", "stop"])["stopped"] == true);
+    assert!(!sock.exists(), "socket removed at stop");
+    assert_eq!(env.json(&["info"])["mode"], "direct");
+    assert_eq!(env.json(&["daemon", "status"])["running"], false);
+    // What the daemon wrote is all there, and the snapshot was flushed at shutdown.
+    assert_eq!(env.json(&["show", &id])[0]["assignee"], "tester");
+    assert_eq!(env.json(&["info"])["snapshot"]["dirty"], false);
+    assert!(env.ok(&["daemon", "logs"]).contains("listening on"));
+}
+
+#[test]
+fn bad_clients_do_not_disturb_the_daemon() {
+    let env = TestEnv::new();
+    start(&env);
+    let sock = socket(&env);
+    // A client that connects and says nothing (held open while others are served).
+    let silent = UnixStream::connect(&sock).unwrap();
+    // Garbage instead of a hello.
+    let mut garbage = UnixStream::connect(&sock).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    // An absurd frame length.
+    let mut huge = UnixStream::connect(&sock).unwrap();
+    huge.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+    // A newer protocol is refused politely.
+    let newer = UnixStream::connect(&sock).unwrap();
+    let reply = hello(&newer, 99);
+    assert!(!reply.ok && reply.message.unwrap().contains("protocol"));
+    // After a good hello: an unknown operation gets an error reply, not a crash.
+    let bad_op = UnixStream::connect(&sock).unwrap();
+    assert!(hello(&bad_op, rpc::PROTOCOL).ok);
+    let body =
+        br#"{"id":5,"actor":"x","deadline_ms":99999999999999,"call":{"request":{"op":"explode"}}}"#;
+    (&bad_op)
+        .write_all(&[&(body.len() as u32).to_be_bytes()[..], body].concat())
+        .unwrap();
+    let reply: Reply = rpc::read_frame(&mut &bad_op).unwrap().unwrap();
+    assert!(matches!(reply.result, Outcome::Err(_)));
+    // A request whose deadline already passed is not executed.
+    let late = UnixStream::connect(&sock).unwrap();
+    assert!(hello(&late, rpc::PROTOCOL).ok);
+    let create = Request::Create(CreateRequest {
+        title: "too late".into(),
+        ..Default::default()
+    });
+    let env_late = Envelope {
+        id: 9,
+        actor: "x".into(),
+        deadline_ms: 1,
+        call: Call::Request(Box::new(create)),
+    };
+    rpc::write_frame(&mut &late, &env_late).unwrap();
+    let reply: Reply = rpc::read_frame(&mut &late).unwrap().unwrap();
+    match reply.result {
+        Outcome::Err(e) => assert_eq!(e.kind, bd::ErrorKind::Timeout),
+        other => panic!("{other:?}"),
+    }
+    // Through all of that, the daemon serves the CLI, and nothing "too late" exists.
+    let id = env.create(&["still serving"]);
+    assert_eq!(env.ids(&["list", "--all"]), vec![id]);
+    assert_eq!(env.json(&["info"])["mode"], "daemon");
+    drop(silent);
+}
+
+#[test]
+fn eight_agents_times_fifty_creates_through_the_daemon() {
+    let env = TestEnv::new();
+    start(&env);
+    let procs: Vec<_> = (0..8)
+        .map(|p| {
+            let script = format!(
+                "for i in $(seq 1 50); do \"$0\" create \"agent {p} issue $i\" -q || exit 1; done"
+            );
+            std::process::Command::new("sh")
+                .args(["-c", &script, BD])
+                .current_dir(env.root())
+                .env("BD_ACTOR", format!("agent{p}"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "no fallback notes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for id in String::from_utf8(out.stdout).unwrap().lines() {
+            assert!(ids.insert(id.to_string()), "duplicate {id}");
+        }
+    }
+    assert_eq!(ids.len(), 400);
+    let status = env.json(&["daemon", "status"]);
+    assert!(status["writes"].as_u64().unwrap() >= 400);
+    let listed: BTreeSet<String> = env.ids(&["list", "--all"]).into_iter().collect();
+    assert_eq!(listed, ids);
+    env.ok(&["daemon", "stop"]);
+    let ops = env.op_lines();
+    assert_eq!(ops.len(), 400);
+    let seqs: Vec<u64> = ops.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+}
+
+#[test]
+fn twenty_claims_through_the_daemon_have_one_winner() {
+    let env = TestEnv::new();
+    start(&env);
+    let id = env.create(&["contested"]);
+    let procs: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = env.command(&["update", &id, "--claim"]);
+            c.env("BD_ACTOR", format!("agent{i}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let codes: Vec<i32> = procs
+        .into_iter()
+        .map(|p| p.wait_with_output().unwrap().status.code().unwrap())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 3).count(), 19, "{codes:?}");
+}
+
+#[test]
+fn long_repository_paths_use_a_short_socket() {
+    let env = TestEnv::empty();
+    let deep = env
+        .root()
+        .join("a-rather-long-directory-name-for-testing".repeat(2))
+        .join("and-some-more-nesting-here");
+    std::fs::create_dir_all(&deep).unwrap();
+    let run = |args: &[&str]| {
+        let out = env.command(args).current_dir(&deep).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["init", "--prefix", "d"]);
+    run(&["daemon", "start", "--idle-timeout", "120"]);
+    let status: Value = serde_json::from_str(&run(&["daemon", "status", "--json"])).unwrap();
+    let sock = status["socket"].as_str().unwrap().to_string();
+    assert!(
+        sock.len() <= 100 && !sock.starts_with(deep.to_str().unwrap()),
+        "{sock}"
+    );
+    run(&["create", "deep", "-q"]);
+    let info: Value = serde_json::from_str(&run(&["info", "--json"])).unwrap();
+    assert_eq!(info["mode"], "daemon");
+    run(&["daemon", "stop"]);
+    assert!(!PathBuf::from(sock).exists());
+}
+
+#[test]
+fn a_killed_daemon_leaves_nothing_that_slows_the_next_command() {
+    let env = TestEnv::new();
+    let pid = start(&env)["pid"].as_u64().unwrap();
+    let sock = socket(&env);
+    env.create(&["before the crash"]);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t = Instant::now();
+    while env.json(&["info"])["mode"] == "daemon" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "lock not released after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sock.exists(), "the dead daemon's socket is still there");
+    // Commands run directly at once (the lock is free), with no complaint.
+    let out = env.run(&["create", "after the crash", "-q"]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.ids(&["list"]).len(), 2);
+    // A new daemon replaces the stale socket.
+    start(&env);
+    assert_eq!(env.json(&["info"])["mode"], "daemon");
+    assert_eq!(env.ids(&["list"]).len(), 2);
+}
