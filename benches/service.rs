@@ -198,5 +198,119 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, everyday, import_export, group_commit);
+/// The same calls through a real daemon (running in a thread of this process,
+/// reached over its Unix socket) and directly, at 10,000 issues; and 8 clients
+/// creating at once.
+fn daemon_vs_direct(c: &mut Criterion) {
+    use bd::client::DaemonClient;
+    use bd::daemon::{DaemonOptions, run, socket_path};
+    let mut t = tracker(10_000);
+    let paths = t.client.paths().clone();
+    let socket = socket_path(&paths, &std::env::temp_dir());
+    let opts = DaemonOptions {
+        paths: paths.clone(),
+        socket: socket.clone(),
+        idle_timeout: Duration::from_secs(600),
+        flush_debounce: Duration::from_millis(1000),
+    };
+    let server = std::thread::spawn(move || run(opts, std::sync::Arc::new(|_: &str| {})));
+    let connect = || {
+        for _ in 0..500 {
+            if let Ok(c) = DaemonClient::connect(&socket, "bench", Duration::from_secs(30)) {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("daemon did not come up");
+    };
+    let mut d = connect();
+    let mut g = c.benchmark_group("daemon_vs_direct_10000");
+    g.sample_size(30)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let create = || {
+        Request::Create(CreateRequest {
+            title: "bench issue".into(),
+            ..Default::default()
+        })
+    };
+    let ready = || {
+        Request::Ready(ListFilter {
+            limit: Some(10),
+            ..Default::default()
+        })
+    };
+    g.bench_function("daemon_status_round_trip", |b| {
+        b.iter(|| d.status().expect("status"))
+    });
+    g.bench_function("direct_create", |b| {
+        b.iter(|| t.client.call(create()).expect("create"))
+    });
+    g.bench_function("daemon_create", |b| {
+        b.iter(|| d.call(create()).expect("create"))
+    });
+    g.bench_function("direct_show", |b| {
+        b.iter(|| {
+            t.client
+                .call(Request::Show {
+                    ids: vec!["b-000001".into()],
+                })
+                .expect("show")
+        })
+    });
+    g.bench_function("daemon_show", |b| {
+        b.iter(|| {
+            d.call(Request::Show {
+                ids: vec!["b-000001".into()],
+            })
+            .expect("show")
+        })
+    });
+    g.bench_function("direct_ready_10", |b| {
+        b.iter(|| t.client.call(ready()).expect("ready"))
+    });
+    g.bench_function("daemon_ready_10", |b| {
+        b.iter(|| d.call(ready()).expect("ready"))
+    });
+    g.finish();
+
+    // 8 clients × 50 creates at once: acknowledged durable writes per second.
+    let mut g = c.benchmark_group("concurrent_8x50_creates");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(criterion::Throughput::Elements(400));
+    g.bench_function("daemon", |b| {
+        let mut clients: Vec<DaemonClient> = (0..8).map(|_| connect()).collect();
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for c in clients.iter_mut() {
+                    s.spawn(move || (0..50).for_each(|_| drop(c.call(create()).expect("create"))));
+                }
+            })
+        })
+    });
+    g.bench_function("direct", |b| {
+        let mut clients: Vec<Direct> = (0..8)
+            .map(|_| Direct::open(paths.clone(), "bench").expect("open"))
+            .collect();
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for c in clients.iter_mut() {
+                    s.spawn(move || (0..50).for_each(|_| drop(c.call(create()).expect("create"))));
+                }
+            })
+        })
+    });
+    g.finish();
+    d.stop().expect("stop");
+    drop(d);
+    server.join().expect("daemon thread").expect("daemon run");
+}
+
+criterion_group!(
+    benches,
+    everyday,
+    import_export,
+    group_commit,
+    daemon_vs_direct
+);
 criterion_main!(benches);
