@@ -2,7 +2,7 @@
 //! how to print. This is the only place that reads the environment.
 
 use crate::cli_error::CliError;
-use bd::client::{Backend, ConnectOptions, connect};
+use bd::client::{AutoStart, Backend, ConnectOptions, connect};
 use bd::storage::BeadsPaths;
 use bd::{Error, ErrorKind};
 use clap::Args;
@@ -111,15 +111,42 @@ impl Ctx {
         })
     }
 
-    /// A client for the tracker: its daemon when one is running, else in-process.
-    /// Says once on stderr when a running daemon could not be used.
+    /// Whether to start a daemon when none runs: yes, unless BD_AUTO_START=0, the
+    /// config says `daemon.auto_start=false`, or CI is set (then only with
+    /// BD_AUTO_START=1).
+    fn auto_start_wanted(&self, paths: &BeadsPaths) -> bool {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        match var("BD_AUTO_START").as_deref() {
+            Some("0") | Some("false") => return false,
+            Some(_) => return true,
+            None => {}
+        }
+        if var("CI").is_some_and(|v| v != "0" && v != "false") {
+            return false;
+        }
+        let config = bd::config::Config::load(&paths.config()).unwrap_or_default();
+        config.get("daemon.auto_start") != Some("false")
+    }
+
+    /// A client for the tracker: its daemon (started on demand), else in-process.
+    /// Says once on stderr when a daemon was wanted but could not be used.
     pub fn backend(&self) -> Result<Box<dyn Backend>, CliError> {
+        let paths = self.paths()?;
+        let auto_start = match self.auto_start_wanted(&paths) {
+            true => Some(AutoStart {
+                exe: std::env::current_exe()?,
+                wait: std::time::Duration::from_secs(3),
+                idle_timeout_s: 1800,
+            }),
+            false => None,
+        };
         let opts = ConnectOptions {
             actor: self.actor.clone(),
             no_daemon: self.no_daemon,
             timeout: self.timeout,
+            auto_start,
         };
-        let conn = connect(self.paths()?, &opts)?;
+        let conn = connect(paths, &opts)?;
         if let Some(note) = conn.note.filter(|_| !self.quiet) {
             eprintln!("bd: {note}");
         }

@@ -203,45 +203,135 @@ pub struct ConnectOptions {
     pub no_daemon: bool,
     /// Deadline for each request sent to a daemon.
     pub timeout: Duration,
+    /// Start a daemon when none runs (`None`: never).
+    pub auto_start: Option<AutoStart>,
 }
 
-/// A backend, and why it is not the daemon when one was running.
+/// How to start a daemon on demand.
+#[derive(Debug, Clone)]
+pub struct AutoStart {
+    /// The bd binary to run (`bd daemon start --foreground`).
+    pub exe: std::path::PathBuf,
+    /// How long to wait for the start lock and for the new daemon to answer.
+    pub wait: Duration,
+    /// The new daemon's idle timeout, in seconds.
+    pub idle_timeout_s: u64,
+}
+
+/// A backend, and why it is not the daemon when a daemon was wanted.
 pub struct Connection {
     /// Where requests go.
     pub backend: Box<dyn Backend>,
-    /// Set when a daemon holds the tracker's lock but could not be used (the
-    /// command then runs directly, which is safe: SQLite serialises writers).
+    /// Set when a daemon was running or wanted but could not be used; the command
+    /// then runs directly, which is safe (SQLite serialises writers).
     pub note: Option<String>,
 }
 
-/// Uses the tracker's daemon when one is running and answers; otherwise runs
-/// requests in this process.
+/// Uses the tracker's daemon when one runs (starting one first if `auto_start` is
+/// set, under a lock so that racing commands start exactly one; replacing one that
+/// is older than this bd); otherwise runs requests in this process.
 pub fn connect(paths: BeadsPaths, opts: &ConnectOptions) -> Result<Connection> {
-    let mut note = None;
-    if !opts.no_daemon {
-        match daemon::running(&paths)? {
-            Some(Some(record)) => {
-                match DaemonClient::connect(&record.socket, &opts.actor, opts.timeout) {
-                    Ok(client) => {
-                        return Ok(Connection {
-                            backend: Box::new(client),
-                            note: None,
-                        });
-                    }
-                    Err(e) => {
-                        note = Some(format!(
-                            "daemon (pid {}) not usable: {}; running directly",
-                            record.pid, e.message
-                        ))
-                    }
-                }
-            }
-            Some(None) => note = Some("daemon is starting; running directly".to_string()),
-            None => {}
-        }
+    if opts.no_daemon {
+        return Ok(Connection {
+            backend: Box::new(Direct::open(paths, &opts.actor)?),
+            note: None,
+        });
     }
-    let backend = Box::new(Direct::open(paths, &opts.actor)?);
-    Ok(Connection { backend, note })
+    let note = match try_daemon(&paths, opts) {
+        Ok(Some(client)) => {
+            return Ok(Connection {
+                backend: Box::new(client),
+                note: None,
+            });
+        }
+        Ok(None) => None,
+        Err(e) => Some(format!("{}; running directly", e.message)),
+    };
+    Ok(Connection {
+        backend: Box::new(Direct::open(paths, &opts.actor)?),
+        note,
+    })
+}
+
+fn try_daemon(paths: &BeadsPaths, opts: &ConnectOptions) -> Result<Option<DaemonClient>> {
+    if let Some(client) = running_client(paths, opts)? {
+        let ours = env!("CARGO_PKG_VERSION");
+        if !daemon::newer_version(ours, &client.hello.version) || opts.auto_start.is_none() {
+            return Ok(Some(client));
+        }
+        // An older daemon after an upgrade: ask it to leave, then start ours.
+        let mut old = client;
+        old.stop()?;
+        wait_until(Duration::from_secs(5), || {
+            Ok(daemon::running(paths)?.is_none())
+        })?;
+    }
+    let Some(auto) = &opts.auto_start else {
+        return Ok(None);
+    };
+    let _lock = daemon::StartLock::acquire(paths, auto.wait)?;
+    // Someone may have started it while we waited for the lock.
+    if let Some(client) = running_client(paths, opts)? {
+        return Ok(Some(client));
+    }
+    let mut child = daemon::spawn(paths, &auto.exe, auto.idle_timeout_s, 1000)?;
+    let mut ready = None;
+    wait_until(auto.wait, || {
+        if let Some(status) = child.try_wait()? {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("the daemon exited at start ({status}); see .beads/daemon.log"),
+            ));
+        }
+        ready = running_client(paths, opts).ok().flatten();
+        Ok(ready.is_some())
+    })?;
+    Ok(ready)
+}
+
+/// A connection to the running daemon, or `None` if no daemon holds the lock. Waits
+/// briefly for a daemon that holds the lock but has not written its record yet.
+fn running_client(paths: &BeadsPaths, opts: &ConnectOptions) -> Result<Option<DaemonClient>> {
+    let mut record = None;
+    let mut alive = false;
+    wait_until(Duration::from_secs(2), || {
+        match daemon::running(paths)? {
+            None => alive = false,
+            Some(r) => {
+                alive = true;
+                record = r;
+            }
+        }
+        Ok(!alive || record.is_some())
+    })?;
+    match record {
+        None => Ok(None),
+        Some(r) => DaemonClient::connect(&r.socket, &opts.actor, opts.timeout)
+            .map(Some)
+            .map_err(|e| {
+                Error::new(
+                    e.kind,
+                    format!("daemon (pid {}) not usable: {}", r.pid, e.message),
+                )
+            }),
+    }
+}
+
+/// Polls `done` every 5 ms until it says true, failing with a timeout after `limit`.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                "the daemon did not become ready in time",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// What `bd init` needs.

@@ -9,8 +9,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Keys bd understands, with a one-line description each.
-pub const KNOWN_KEYS: &[(&str, &str)] =
-    &[("prefix", "id prefix for new issues (e.g. bd → bd-a1b2)")];
+pub const KNOWN_KEYS: &[(&str, &str)] = &[
+    ("prefix", "id prefix for new issues (e.g. bd → bd-a1b2)"),
+    (
+        "daemon.auto_start",
+        "true (default) or false: start the daemon on first use",
+    ),
+];
 
 /// Key namespace left to users.
 pub const CUSTOM_PREFIX: &str = "custom.";
@@ -73,6 +78,11 @@ impl Config {
         check_key(key)?;
         if key == "prefix" {
             validate_prefix(value)?;
+        }
+        if key == "daemon.auto_start" && !matches!(value, "true" | "false") {
+            return Err(Error::invalid(format!(
+                "daemon.auto_start must be true or false, not {value:?}"
+            )));
         }
         self.values.insert(key.to_string(), value.to_string());
         Ok(())

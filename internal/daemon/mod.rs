@@ -130,6 +130,75 @@ pub fn running(paths: &BeadsPaths) -> Result<Option<Option<LockRecord>>> {
     }
 }
 
+/// Starts a detached daemon for `paths` by running `exe daemon start --foreground`
+/// in its own process group, stdin closed, output appended to `daemon.log`.
+pub fn spawn(
+    paths: &BeadsPaths,
+    exe: &Path,
+    idle_timeout_s: u64,
+    flush_debounce_ms: u64,
+) -> Result<std::process::Child> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.daemon_log())?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--dir")
+        .arg(&paths.dir)
+        .args(["daemon", "start", "--foreground"]);
+    cmd.arg("--idle-timeout").arg(idle_timeout_s.to_string());
+    cmd.arg("--flush-debounce")
+        .arg(flush_debounce_ms.to_string());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    Ok(cmd.spawn()?)
+}
+
+/// Holds `daemon.start.lock`: whoever holds it is the one process starting a daemon.
+pub struct StartLock(File);
+
+impl StartLock {
+    /// Waits up to `wait` for the start lock.
+    pub fn acquire(paths: &BeadsPaths, wait: std::time::Duration) -> Result<StartLock> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(paths.dir.join("daemon.start.lock"))?;
+        let start = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StartLock(file)),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        "another process is still starting the daemon",
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for StartLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Whether version `a` is newer than `b` (dotted numbers; anything unparsable
+/// compares as 0).
+pub fn newer_version(a: &str, b: &str) -> bool {
+    let parse = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parse(a) > parse(b)
+}
+
 /// The record a daemon started now by this process would write.
 pub fn record_for(socket: PathBuf, now_ms: u64) -> LockRecord {
     LockRecord {
@@ -138,5 +207,34 @@ pub fn record_for(socket: PathBuf, now_ms: u64) -> LockRecord {
         protocol: PROTOCOL,
         socket,
         started_ms: now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(newer_version("0.2.0", "0.1.9"));
+        assert!(newer_version("0.10.0", "0.9.0"));
+        assert!(!newer_version("0.1.0", "0.1.0"));
+        assert!(!newer_version("0.1.0", "0.2.0"));
+    }
+
+    #[test]
+    fn long_tracker_paths_get_a_short_socket() {
+        let short = BeadsPaths::new("/r/.beads");
+        assert_eq!(
+            socket_path(&short, Path::new("/run/u")),
+            PathBuf::from("/r/.beads/bd.sock")
+        );
+        let long = BeadsPaths::new(format!("/{}/.beads", "x".repeat(120)));
+        let s = socket_path(&long, Path::new("/run/u"));
+        assert!(
+            s.starts_with("/run/u") && s.as_os_str().len() < MAX_SOCKET_PATH,
+            "{s:?}"
+        );
+        assert_eq!(s, socket_path(&long, Path::new("/run/u")), "stable");
     }
 }

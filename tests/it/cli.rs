@@ -569,6 +569,7 @@ fn dir_and_db_flags_and_beads_dir_point_elsewhere() {
         c.args(args)
             .current_dir(elsewhere.path())
             .env("BD_ACTOR", "t")
+            .env("BD_AUTO_START", "0")
             .env_remove("BEADS_DIR");
         if let Some(v) = var {
             c.env("BEADS_DIR", v);
@@ -611,6 +612,7 @@ fn readme_tour_runs_as_written() {
             ),
         )
         .env("BD_ACTOR", "reader")
+        .env("BD_AUTO_START", "0")
         .env_remove("BEADS_DIR")
         .output()
         .unwrap();

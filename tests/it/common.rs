@@ -66,6 +66,9 @@ impl TestEnv {
         c.args(args)
             .current_dir(self.root())
             .env("BD_ACTOR", "tester")
+            // Each test picks its mode: no daemon unless it starts one (or sets
+            // BD_AUTO_START=1 itself).
+            .env("BD_AUTO_START", "0")
             .env_remove("BEADS_DIR")
             .stdin(Stdio::null());
         c

@@ -16,6 +16,7 @@ fn eight_processes_times_fifty_creates_lose_nothing() {
             sh.args(["-c", &script, crate::common::BD])
                 .current_dir(env.root())
                 .env("BD_ACTOR", format!("agent{p}"))
+                .env("BD_AUTO_START", "0")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
             sh.spawn().expect("spawn")

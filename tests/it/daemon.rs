@@ -137,6 +137,7 @@ fn eight_agents_times_fifty_creates_through_the_daemon() {
                 .args(["-c", &script, BD])
                 .current_dir(env.root())
                 .env("BD_ACTOR", format!("agent{p}"))
+                .env("BD_AUTO_START", "0")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -258,4 +259,88 @@ fn a_killed_daemon_leaves_nothing_that_slows_the_next_command() {
     start(&env);
     assert_eq!(env.json(&["info"])["mode"], "daemon");
     assert_eq!(env.ids(&["list"]).len(), 2);
+}
+
+/// Daemon processes serving this test's tracker (matched by its path on their
+/// command line).
+fn daemons_for(env: &TestEnv) -> usize {
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let beads = env.beads().display().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("daemon start --foreground") && l.contains(&beads))
+        .count()
+}
+
+#[test]
+fn fifty_racing_commands_start_exactly_one_daemon() {
+    let env = TestEnv::new();
+    let procs: Vec<_> = (0..50)
+        .map(|i| {
+            let mut c = env.command(&["create", &format!("racer {i}"), "-q"]);
+            c.env("BD_AUTO_START", "1")
+                .env_remove("CI")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "no fallback: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    }
+    assert_eq!(ids.len(), 50);
+    assert_eq!(daemons_for(&env), 1, "exactly one daemon");
+    let status = env.json(&["daemon", "status"]);
+    assert_eq!(status["running"], true);
+    assert!(status["writes"].as_u64().unwrap() >= 50, "{status}");
+    assert_eq!(env.ids(&["list"]).len(), 50);
+}
+
+#[test]
+fn auto_start_stays_off_in_ci_and_when_configured_off() {
+    let env = TestEnv::new();
+    let out = env
+        .command(&["create", "in ci", "-q"])
+        .env_remove("BD_AUTO_START")
+        .env("CI", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(daemons_for(&env), 0);
+    env.ok(&["config", "set", "daemon.auto_start", "false"]);
+    let out = env
+        .command(&["create", "configured off", "-q"])
+        .env_remove("BD_AUTO_START")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(daemons_for(&env), 0);
+    env.fails(&["config", "set", "daemon.auto_start", "maybe"], 2);
+    // And with it on, the first command starts one.
+    env.ok(&["config", "set", "daemon.auto_start", "true"]);
+    let out = env
+        .command(&["info", "--json"])
+        .env_remove("BD_AUTO_START")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["mode"], "daemon");
+    assert_eq!(daemons_for(&env), 1);
 }

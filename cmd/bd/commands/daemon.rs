@@ -105,23 +105,8 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
             .hint("see it with `bd daemon status`; stop it with `bd daemon stop`"),
         ));
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(paths.daemon_log())?;
     let exe = std::env::current_exe()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--dir")
-        .arg(&paths.dir)
-        .args(["daemon", "start", "--foreground"]);
-    cmd.arg("--idle-timeout").arg(a.idle_timeout.to_string());
-    cmd.arg("--flush-debounce")
-        .arg(a.flush_debounce.to_string());
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn()?;
+    let mut child = daemon::spawn(&paths, &exe, a.idle_timeout, a.flush_debounce)?;
     let started = Instant::now();
     loop {
         if let Some(Some(record)) = daemon::running(&paths)?
