@@ -147,7 +147,8 @@ impl Ctx {
             auto_start,
         };
         let conn = connect(paths, &opts)?;
-        if let Some(note) = conn.note.filter(|_| !self.quiet) {
+        // A warning, not status: shown even with --quiet (stdout stays clean).
+        if let Some(note) = conn.note {
             eprintln!("bd: {note}");
         }
         Ok(conn.backend)

@@ -30,6 +30,10 @@ use std::path::{Path, PathBuf};
 /// (`sockaddr_un` holds about 108 bytes).
 pub const MAX_SOCKET_PATH: usize = 100;
 
+/// How long a starting daemon retries its lock before deciding another daemon
+/// holds it (clients' liveness probes hold a shared lock for microseconds).
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What the daemon writes into its lock file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
@@ -67,34 +71,50 @@ pub struct DaemonLock {
 }
 
 impl DaemonLock {
-    /// Takes the lock and writes `record` into it; [`ErrorKind::Exists`] if another
-    /// daemon holds it.
-    pub fn acquire(paths: &BeadsPaths, record: &LockRecord) -> Result<DaemonLock> {
+    /// Takes the lock (leaving the record empty until [`DaemonLock::publish`]);
+    /// [`ErrorKind::Exists`] if another daemon holds it.
+    pub fn acquire(paths: &BeadsPaths) -> Result<DaemonLock> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(paths.daemon_lock())?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = read_record(&mut file)
-                    .map(|r| r.pid.to_string())
-                    .unwrap_or_else(|| "?".into());
-                return Err(Error::new(
-                    ErrorKind::Exists,
-                    format!("a bd daemon is already running here (pid {pid})"),
-                )
-                .hint("see it with `bd daemon status`; stop it with `bd daemon stop`"));
+        // Clients probe liveness with a momentary shared lock; retry briefly so a
+        // probe is never mistaken for a running daemon. A real daemon holds the lock
+        // for its whole life, so after the window it is one.
+        let start = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_RETRY => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let pid = read_record(&mut file)
+                        .map(|r| r.pid.to_string())
+                        .unwrap_or_else(|| "?".into());
+                    return Err(Error::new(
+                        ErrorKind::Exists,
+                        format!("a bd daemon is already running here (pid {pid})"),
+                    )
+                    .hint("see it with `bd daemon status`; stop it with `bd daemon stop`"));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&serde_json::to_vec(record)?)?;
-        file.flush()?;
         Ok(DaemonLock { file })
+    }
+
+    /// Writes the record clients connect by. Called once the socket is listening,
+    /// so a client that reads a record can always connect.
+    pub fn publish(&mut self, record: &LockRecord) -> Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&serde_json::to_vec(record)?)?;
+        self.file.flush()?;
+        Ok(())
     }
 }
 

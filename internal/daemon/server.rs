@@ -126,10 +126,7 @@ fn timeout_error() -> Error {
 /// Runs a daemon until it is stopped, idles out or gets SIGTERM/SIGINT. Fails with
 /// [`ErrorKind::Exists`] if another daemon holds the tracker's lock.
 pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
-    let lock = DaemonLock::acquire(
-        &opts.paths,
-        &record_for(opts.socket.clone(), SystemClock.now_ms()),
-    )?;
+    let mut lock = DaemonLock::acquire(&opts.paths)?;
     // We hold the lock, so any socket file at our path is a dead daemon's.
     let _ = std::fs::remove_file(&opts.socket);
     let writer_store = Store::open(&opts.paths.db)?;
@@ -155,13 +152,28 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    log(&format!(
-        "daemon {} (pid {}) listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        opts.socket.display()
-    ));
-    let served = runtime.block_on(serve(shared.clone()));
+    let listener = runtime.block_on(async {
+        let name = opts.socket.as_path().to_fs_name::<GenericFilePath>()?;
+        ListenerOptions::new().name(name).mode(0o600).create_tokio()
+    });
+    let served = match listener {
+        Ok(listener) => {
+            // Only now tell clients where to connect: a client that can read the
+            // record can always connect.
+            lock.publish(&record_for(opts.socket.clone(), SystemClock.now_ms()))?;
+            log(&format!(
+                "daemon {} (pid {}) listening on {}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                opts.socket.display()
+            ));
+            runtime.block_on(serve(shared.clone(), listener))
+        }
+        Err(e) => Err(Error::new(
+            ErrorKind::Io,
+            format!("cannot listen on {}: {e}", opts.socket.display()),
+        )),
+    };
     if let Ok(jobs) = shared.jobs.lock() {
         let _ = jobs.send(Job::Stop);
     }
@@ -175,16 +187,10 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     served
 }
 
-async fn serve(shared: Arc<Shared>) -> Result<()> {
-    let name = shared
-        .opts
-        .socket
-        .as_path()
-        .to_fs_name::<GenericFilePath>()?;
-    let listener = ListenerOptions::new()
-        .name(name)
-        .mode(0o600)
-        .create_tokio()?;
+async fn serve(
+    shared: Arc<Shared>,
+    listener: interprocess::local_socket::tokio::Listener,
+) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -148,6 +148,7 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
             })?)
         }
         Request::CommentAdd { id, text } => Response::Comment(comment_add(tx, ctx, &id, &text)?),
+        Request::Batch { requests } => Response::Batch(batch(tx, ctx, requests)?),
         Request::Import {
             records, strict, ..
         } => Response::Import(import::import(tx, ctx, &records, strict)?),
@@ -159,6 +160,89 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
 
 /// Requests that need no write transaction: queries, and the file-only writes
 /// (flush, config).
+/// Longest batch accepted.
+pub const BATCH_MAX: usize = 10_000;
+
+/// Runs a batch's operations in order in the caller's transaction; the first
+/// failure fails the whole batch (the caller's transaction or savepoint then rolls
+/// everything back).
+fn batch(tx: &mut WriteTx<'_>, ctx: &Context<'_>, requests: Vec<Request>) -> Result<Vec<Response>> {
+    if requests.is_empty() {
+        return Err(Error::invalid("empty batch"));
+    }
+    if requests.len() > BATCH_MAX {
+        return Err(Error::invalid(format!(
+            "batch of {} operations; the limit is {BATCH_MAX}",
+            requests.len()
+        )));
+    }
+    let mut created: Vec<Option<String>> = Vec::with_capacity(requests.len());
+    let mut out = Vec::with_capacity(requests.len());
+    for (i, req) in requests.into_iter().enumerate() {
+        let n = i + 1;
+        let name = req.op_name();
+        let fail = |e: Error| Error {
+            kind: e.kind,
+            message: format!(
+                "batch operation #{n} ({name}) failed: {}; nothing in the batch was applied",
+                e.message
+            ),
+            hints: e.hints,
+        };
+        if !req.is_write() || matches!(req, Request::Batch { .. } | Request::Import { .. }) {
+            return Err(fail(Error::invalid(
+                "only create, update, close, reopen, dep, label and comment operations can be batched",
+            )));
+        }
+        let req = substitute_refs(req, &created).map_err(fail)?;
+        let resp = write(tx, ctx, req).map_err(fail)?;
+        created.push(match &resp {
+            Response::Issue(issue) => Some(issue.id.clone()),
+            _ => None,
+        });
+        out.push(resp);
+    }
+    Ok(out)
+}
+
+/// Replaces every string that is exactly `$N` with the id created by operation N.
+fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> {
+    fn walk(v: &mut Value, created: &[Option<String>]) -> Result<()> {
+        match v {
+            Value::String(s)
+                if s.len() > 1
+                    && s.starts_with('$')
+                    && s[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                let n: usize = s[1..]
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("bad reference {s}")))?;
+                match n.checked_sub(1).and_then(|i| created.get(i)) {
+                    Some(Some(id)) => *s = id.clone(),
+                    Some(None) => {
+                        return Err(Error::invalid(format!(
+                            "{s} refers to operation #{n}, which creates no issue"
+                        )));
+                    }
+                    None => {
+                        return Err(Error::invalid(format!(
+                            "{s} refers to operation #{n}, which has not run yet"
+                        ))
+                        .hint("$N can only name an earlier operation"));
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().try_for_each(|i| walk(i, created))?,
+            Value::Object(map) => map.values_mut().try_for_each(|i| walk(i, created))?,
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut v = serde_json::to_value(&req)?;
+    walk(&mut v, created)?;
+    Ok(serde_json::from_value(v)?)
+}
+
 fn without_write_tx(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
     match req {
         Request::Flush => {

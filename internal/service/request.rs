@@ -156,6 +156,12 @@ pub enum Request {
         /// The issue, or all.
         id: Option<String>,
     },
+    /// Several write requests as one unit: all succeed or none does. A string that
+    /// is exactly `$N` names the issue created by operation N (1-based).
+    Batch {
+        /// The operations, in order.
+        requests: Vec<Request>,
+    },
     /// Add a comment.
     CommentAdd {
         /// Issue.
@@ -218,7 +224,16 @@ impl Request {
                 | Request::LabelRemove { .. }
                 | Request::CommentAdd { .. }
                 | Request::Import { dry_run: false, .. }
+                | Request::Batch { .. }
         )
+    }
+
+    /// The request's `op` name, for messages.
+    pub fn op_name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "?".into())
     }
 }
 
@@ -335,6 +350,8 @@ pub enum Response {
     LabelCounts(Vec<LabelCount>),
     /// One comment.
     Comment(Comment),
+    /// The answers to a batch's operations, in order.
+    Batch(Vec<Response>),
     /// Comments.
     Comments(Vec<Comment>),
     /// Conflict records.

@@ -1,6 +1,7 @@
 //! One module per command: `<Verb>Args` (clap derive; the doc comment is the help
 //! text) and `cmd_<verb>`.
 
+mod batch;
 mod close;
 mod comment;
 mod config;
@@ -51,6 +52,8 @@ pub enum Command {
     Ready(ready::ReadyArgs),
     /// Issues held back by open blockers, with what blocks them
     Blocked(ready::BlockedArgs),
+    /// Run operations from JSON lines as one unit: all of them or none
+    Batch(batch::BatchArgs),
     /// Add, remove and inspect dependencies
     #[command(subcommand)]
     Dep(dep::DepCommand),
@@ -99,6 +102,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Reopen(a) => close::cmd_reopen(ctx, a),
         Command::Ready(a) => ready::cmd_ready(ctx, a),
         Command::Blocked(a) => ready::cmd_blocked(ctx, a),
+        Command::Batch(a) => batch::cmd_batch(ctx, a),
         Command::Dep(c) => dep::cmd_dep(ctx, c),
         Command::Label(c) => label::cmd_label(ctx, c),
         Command::Comment(c) => comment::cmd_comment(ctx, c),

@@ -1,0 +1,164 @@
+//! `bd batch`: all or nothing, `$N` references, in both modes.
+
+use crate::common::{BD, TestEnv};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn batch(env: &TestEnv, lines: &[&str], extra: &[&str]) -> Output {
+    let mut args = vec!["batch"];
+    args.extend_from_slice(extra);
+    let mut child = env
+        .command(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn in_both_modes(test: impl Fn(&TestEnv)) {
+    for daemon in [false, true] {
+        let env = TestEnv::new();
+        if daemon {
+            env.ok(&["daemon", "start", "--idle-timeout", "120"]);
+        }
+        test(&env);
+        assert_eq!(
+            env.json(&["info"])["mode"],
+            if daemon { "daemon" } else { "direct" }
+        );
+    }
+}
+
+#[test]
+fn a_batch_applies_everything_with_references() {
+    in_both_modes(|env| {
+        let out = batch(
+            env,
+            &[
+                r#"# plan an epic"#,
+                r#"{"op":"create","title":"Epic","issue_type":"epic","priority":1}"#,
+                r#"{"op":"create","title":"Child","parent":"$1","labels":["x"]}"#,
+                r#"{"op":"create","title":"Blocker"}"#,
+                "",
+                r#"{"op":"dep_add","issue":"$2","depends_on":"$3","dep_type":"blocks"}"#,
+                r#"{"op":"update","ids":["$3"],"claim":true}"#,
+                r#"{"op":"comment_add","id":"$2","text":"made in a batch"}"#,
+            ],
+            &["--json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 6);
+        let epic = v[0]["data"]["id"].as_str().unwrap().to_string();
+        let child = v[1]["data"]["id"].as_str().unwrap().to_string();
+        assert_eq!(child, format!("{epic}.1"));
+        let shown = &env.json(&["show", &child])[0];
+        assert_eq!(shown["labels"], serde_json::json!(["x"]));
+        assert_eq!(shown["blocked"], true);
+        assert_eq!(shown["comments"][0]["text"], "made in a batch");
+        assert_eq!(shown["dependencies"].as_array().unwrap().len(), 2);
+    });
+}
+
+#[test]
+fn a_batch_failing_halfway_leaves_no_trace() {
+    in_both_modes(|env| {
+        let existing = env.create(&["existing"]);
+        let before = env.fingerprint();
+        let claim_taken = format!(r#"{{"op":"update","ids":["{existing}"],"claim":true}}"#);
+        env.ok(&["update", &existing, "--claim", "--actor", "someone-else"]);
+        let before_claimed = env.fingerprint();
+        assert_ne!(before, before_claimed);
+        for (lines, code, needle) in [
+            (
+                vec![
+                    r#"{"op":"create","title":"a"}"#,
+                    r#"{"op":"create","title":""}"#,
+                ],
+                2,
+                "#2 (create)",
+            ),
+            (
+                vec![r#"{"op":"create","title":"a"}"#, claim_taken.as_str()],
+                3,
+                "#2 (update)",
+            ),
+            (
+                vec![
+                    r#"{"op":"create","title":"a"}"#,
+                    r#"{"op":"update","ids":["$5"],"priority":1}"#,
+                ],
+                2,
+                "not run yet",
+            ),
+            (
+                vec![r#"{"op":"comment_add","id":"t-nope","text":"x"}"#],
+                1,
+                "#1",
+            ),
+            (vec![r#"{"op":"list"}"#], 2, "can be batched"),
+            (
+                vec![r#"{"op":"create","title":"a"}"#, "{not json"],
+                2,
+                "stdin:2",
+            ),
+        ] {
+            let out = batch(env, &lines, &[]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(code), "{lines:?}: {err}");
+            assert!(err.contains(needle), "{lines:?}: {err}");
+            assert_eq!(env.fingerprint(), before_claimed, "{lines:?} left a trace");
+        }
+    });
+}
+
+#[test]
+fn four_agents_times_twenty_five_batches_are_each_all_or_nothing() {
+    let env = TestEnv::new();
+    env.ok(&["daemon", "start", "--idle-timeout", "120"]);
+    let file = env.root().join("good.jsonl");
+    std::fs::write(&file, "{\"op\":\"create\",\"title\":\"parent\"}\n{\"op\":\"create\",\"title\":\"kid\",\"parent\":\"$1\"}\n{\"op\":\"label_add\",\"ids\":[\"$2\"],\"labels\":[\"ok\"]}\n").unwrap();
+    let bad = env.root().join("bad.jsonl");
+    std::fs::write(&bad, "{\"op\":\"create\",\"title\":\"doomed\"}\n{\"op\":\"create\",\"title\":\"doomed kid\",\"parent\":\"$1\"}\n{\"op\":\"create\",\"title\":\"\"}\n").unwrap();
+    let procs: Vec<_> = (0..4)
+        .map(|p| {
+            let script = "for i in $(seq 1 25); do if [ $((i % 2)) = 0 ]; then \"$0\" batch -f \"$1\" -q || exit 1; else \"$0\" batch -f \"$2\" -q 2>/dev/null && exit 2; fi; done; exit 0";
+            Command::new("sh")
+                .args(["-c", script, BD, file.to_str().unwrap(), bad.to_str().unwrap()])
+                .current_dir(env.root())
+                .env("BD_ACTOR", format!("agent{p}"))
+                .env("BD_AUTO_START", "0")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in procs {
+        assert_eq!(p.wait_with_output().unwrap().status.code(), Some(0));
+    }
+    let all = env.json(&["list", "--all"]);
+    let titles: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.iter().filter(|t| **t == "parent").count(), 4 * 12);
+    assert_eq!(titles.iter().filter(|t| **t == "kid").count(), 4 * 12);
+    assert!(
+        !titles.iter().any(|t| t.starts_with("doomed")),
+        "a failed batch left a trace"
+    );
+    assert_eq!(env.json(&["label", "list"])[0]["count"], 48);
+}
