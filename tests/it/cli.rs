@@ -624,6 +624,31 @@ fn readme_tour_runs_as_written() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Build the API"), "{stdout}");
+    // The batch example, in the same repository.
+    let start = readme.find("```sh\nbd batch").expect("batch block") + 6;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let out = std::process::Command::new("sh")
+        .args(["-ec", block])
+        .current_dir(env.root())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("BD_ACTOR", "reader")
+        .env("BD_AUTO_START", "0")
+        .env_remove("BEADS_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "batch example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("#5 commented on"));
 }
 
 #[test]
