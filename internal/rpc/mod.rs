@@ -277,6 +277,27 @@ mod tests {
     }
 
     #[test]
+    fn responses_with_omitted_fields_survive_the_wire() {
+        // Regression: TreeNode.repeated was skipped when false but not defaulted,
+        // so `bd dep tree` failed only through the daemon.
+        let node = crate::query::TreeNode {
+            depth: 0,
+            id: "a".into(),
+            title: String::new(),
+            status: "open".into(),
+            priority: 2,
+            dep_type: None,
+            repeated: false,
+        };
+        let reply = Reply {
+            id: 1,
+            result: Outcome::Ok(Response::Tree(vec![node])),
+        };
+        let bytes = encode(&reply).unwrap();
+        assert_eq!(decode::<Reply>(&bytes[4..]).unwrap(), reply);
+    }
+
+    #[test]
     fn bad_frames_are_errors_not_panics() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0, 0, 0, 0], "out of range"),

@@ -1,6 +1,6 @@
 //! `bd batch`: all or nothing, `$N` references, in both modes.
 
-use crate::common::{BD, TestEnv};
+use crate::common::{BD, Mode, TestEnv};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -23,23 +23,17 @@ fn batch(env: &TestEnv, lines: &[&str], extra: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn in_both_modes(test: impl Fn(&TestEnv)) {
-    for daemon in [false, true] {
-        let env = TestEnv::new();
-        if daemon {
-            env.ok(&["daemon", "start", "--idle-timeout", "120"]);
-        }
+fn for_each_mode(test: impl Fn(&TestEnv)) {
+    for mode in [Mode::Direct, Mode::Daemon] {
+        let env = TestEnv::new_in(mode);
         test(&env);
-        assert_eq!(
-            env.json(&["info"])["mode"],
-            if daemon { "daemon" } else { "direct" }
-        );
+        assert_eq!(env.json(&["info"])["mode"], mode.name());
     }
 }
 
 #[test]
 fn a_batch_applies_everything_with_references() {
-    in_both_modes(|env| {
+    for_each_mode(|env| {
         let out = batch(
             env,
             &[
@@ -74,7 +68,7 @@ fn a_batch_applies_everything_with_references() {
 
 #[test]
 fn a_batch_failing_halfway_leaves_no_trace() {
-    in_both_modes(|env| {
+    for_each_mode(|env| {
         let existing = env.create(&["existing"]);
         let before = env.fingerprint();
         let claim_taken = format!(r#"{{"op":"update","ids":["{existing}"],"claim":true}}"#);

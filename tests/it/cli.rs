@@ -1,6 +1,6 @@
 //! Every command from the shell, with and without --json.
 
-use crate::common::TestEnv;
+use crate::common::{Mode, TestEnv};
 use serde_json::Value;
 
 #[test]
@@ -48,9 +48,8 @@ fn init_prefix_defaults_to_directory_name() {
     assert!(id.starts_with(&format!("{name}-")), "{id}");
 }
 
-#[test]
-fn create_and_show_round_trip_every_field() {
-    let env = TestEnv::new();
+fn create_and_show_round_trip_every_field(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let blocker = env.create(&["blocker"]);
     let epic = env.create(&["epic", "-t", "epic"]);
     let issue = env.json(&[
@@ -124,9 +123,8 @@ fn create_and_show_round_trip_every_field() {
     );
 }
 
-#[test]
-fn children_get_dotted_ids_and_explicit_ids_are_unique() {
-    let env = TestEnv::new();
+fn children_get_dotted_ids_and_explicit_ids_are_unique(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let epic = env.create(&["epic", "-t", "epic"]);
     let c1 = env.create(&["one", "--parent", &epic]);
     let c2 = env.create(&["two", "--parent", &epic]);
@@ -139,9 +137,8 @@ fn children_get_dotted_ids_and_explicit_ids_are_unique() {
     assert!(err.contains("already exists"), "{err}");
 }
 
-#[test]
-fn short_ids_resolve_and_ambiguity_lists_candidates() {
-    let env = TestEnv::new();
+fn short_ids_resolve_and_ambiguity_lists_candidates(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     env.create(&["a", "--id", "t-abc1"]);
     env.create(&["b", "--id", "t-abc2"]);
     assert_eq!(env.json(&["show", "abc1"])[0]["id"], "t-abc1");
@@ -153,9 +150,8 @@ fn short_ids_resolve_and_ambiguity_lists_candidates() {
     );
 }
 
-#[test]
-fn list_filters() {
-    let env = TestEnv::new();
+fn list_filters(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&[
         "alpha bug",
         "-t",
@@ -218,9 +214,8 @@ fn list_filters() {
     assert_eq!(env.ok(&["list", "-q"]).lines().count(), 2);
 }
 
-#[test]
-fn update_every_field_and_labels() {
-    let env = TestEnv::new();
+fn update_every_field_and_labels(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let id = env.create(&["before", "-l", "old,keep"]);
     let out = env.json(&[
         "update",
@@ -277,9 +272,8 @@ fn update_every_field_and_labels() {
     assert_eq!(env.json(&["stats"])["ops"], ops);
 }
 
-#[test]
-fn update_of_several_ids_is_all_or_nothing() {
-    let env = TestEnv::new();
+fn update_of_several_ids_is_all_or_nothing(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&["a"]);
     let before = env.fingerprint();
     env.fails(&["update", &a, "t-nope", "-p", "0"], 1);
@@ -289,9 +283,8 @@ fn update_of_several_ids_is_all_or_nothing() {
     assert_eq!(out.as_array().unwrap().len(), 2);
 }
 
-#[test]
-fn claim_is_exclusive() {
-    let env = TestEnv::new();
+fn claim_is_exclusive(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let id = env.create(&["work"]);
     let i = &env.json(&["update", &id, "--claim"])[0];
     assert_eq!(i["assignee"], "tester");
@@ -305,9 +298,8 @@ fn claim_is_exclusive() {
     assert!(err.contains("closed"), "{err}");
 }
 
-#[test]
-fn close_and_reopen() {
-    let env = TestEnv::new();
+fn close_and_reopen(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&["a"]);
     let b = env.create(&["b"]);
     let out = env.json(&["close", &a, &b, "-r", "done"]);
@@ -323,9 +315,8 @@ fn close_and_reopen() {
     assert!(env.ok(&["close", &b]).contains("unchanged"));
 }
 
-#[test]
-fn ready_follows_blockers_and_parents() {
-    let env = TestEnv::new();
+fn ready_follows_blockers_and_parents(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let blocker = env.create(&["blocker", "-p", "1"]);
     let blocked = env.create(&["blocked", "-p", "0", "--deps", &blocker]);
     let epic = env.create(&["epic", "-t", "epic", "-p", "3"]);
@@ -373,9 +364,8 @@ fn ready_follows_blockers_and_parents() {
     assert_eq!(env.ids(&["ready", "-n", "1"]).len(), 1);
 }
 
-#[test]
-fn ready_shows_ten_by_default() {
-    let env = TestEnv::new();
+fn ready_shows_ten_by_default(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let lines: String = (0..12).map(|i| format!("{{\"id\":\"t-{i}\",\"title\":\"n{i}\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\"}}\n")).collect();
     std::fs::write(env.root().join("in.jsonl"), lines).unwrap();
     env.ok(&["import", "-i", "in.jsonl"]);
@@ -383,9 +373,8 @@ fn ready_shows_ten_by_default() {
     assert_eq!(env.ids(&["ready", "-n", "0"]).len(), 12);
 }
 
-#[test]
-fn dependencies_add_remove_tree_cycles() {
-    let env = TestEnv::new();
+fn dependencies_add_remove_tree_cycles(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&["a"]);
     let b = env.create(&["b"]);
     let c = env.create(&["c"]);
@@ -419,9 +408,8 @@ fn dependencies_add_remove_tree_cycles() {
     assert!(env.ids(&["ready"]).contains(&a));
 }
 
-#[test]
-fn dep_cycles_reports_imported_cycles() {
-    let env = TestEnv::new();
+fn dep_cycles_reports_imported_cycles(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let line = |id: &str, dep: &str| {
         format!(
             "{{\"id\":\"{id}\",\"title\":\"{id}\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\",\"dependencies\":[{{\"issue_id\":\"{id}\",\"depends_on_id\":\"{dep}\",\"type\":\"blocks\",\"created_at\":\"2026-01-01T00:00:00Z\"}}]}}\n"
@@ -440,9 +428,8 @@ fn dep_cycles_reports_imported_cycles() {
     assert!(env.ok(&["dep", "cycles"]).contains("t-x"));
 }
 
-#[test]
-fn labels_and_comments() {
-    let env = TestEnv::new();
+fn labels_and_comments(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&["a", "-l", "one"]);
     let b = env.create(&["b"]);
     env.ok(&["label", "add", &a, "two", "three"]);
@@ -469,9 +456,8 @@ fn labels_and_comments() {
     env.fails(&["comment", "add", &a, "  "], 2);
 }
 
-#[test]
-fn stats_info_version_config() {
-    let env = TestEnv::new();
+fn stats_info_version_config(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&["a", "-t", "bug"]);
     env.create(&["b", "--deps", &a]);
     let s = env.json(&["stats"]);
@@ -482,7 +468,7 @@ fn stats_info_version_config() {
     assert!(env.ok(&["stats"]).contains("Ready:      1"));
     let info = env.json(&["info"]);
     assert_eq!(info["prefix"], "t");
-    assert_eq!(info["mode"], "direct");
+    assert_eq!(info["mode"], mode.name());
     assert_eq!(info["snapshot"]["dirty"], true);
     assert_eq!(env.json(&["version"])["version"], env!("CARGO_PKG_VERSION"));
     assert!(env.ok(&["--version"]).contains(env!("CARGO_PKG_VERSION")));
@@ -499,9 +485,8 @@ fn stats_info_version_config() {
     env.fails(&["config", "set", "prefix", "Bad Prefix"], 2);
 }
 
-#[test]
-fn flush_writes_op_file_and_snapshot_consistently() {
-    let env = TestEnv::new();
+fn flush_writes_op_file_and_snapshot_consistently(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let a = env.create(&["a", "-l", "x"]);
     env.ok(&["comment", "add", &a, "hello"]);
     let flushed = env.json(&["flush"]);
@@ -522,9 +507,8 @@ fn flush_writes_op_file_and_snapshot_consistently() {
     assert_eq!(env.json(&["info"])["snapshot"]["dirty"], true);
 }
 
-#[test]
-fn export_is_deterministic_and_writes_files() {
-    let env = TestEnv::new();
+fn export_is_deterministic_and_writes_files(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     for t in ["c", "a", "b"] {
         env.create(&[t, "-l", "z,y"]);
     }
@@ -559,9 +543,8 @@ fn demo_runs_and_cleans_up() {
     assert!(out["kept"].is_null());
 }
 
-#[test]
-fn dir_and_db_flags_and_beads_dir_point_elsewhere() {
-    let env = TestEnv::new();
+fn dir_and_db_flags_and_beads_dir_point_elsewhere(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let id = env.create(&["far away"]);
     let elsewhere = tempfile::tempdir().unwrap();
     let run = |args: &[&str], var: Option<&std::path::Path>| {
@@ -651,9 +634,8 @@ fn readme_tour_runs_as_written() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("#5 commented on"));
 }
 
-#[test]
-fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database() {
-    let env = TestEnv::new();
+fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     env.create(&["a"]);
     env.create(&["b"]);
     let path = std::fs::read_dir(env.beads().join("ops"))
@@ -683,3 +665,24 @@ fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database() {
     env.ok(&["flush"]);
     assert_eq!(env.op_lines().len(), 3);
 }
+
+crate::in_both_modes!(
+    create_and_show_round_trip_every_field,
+    children_get_dotted_ids_and_explicit_ids_are_unique,
+    short_ids_resolve_and_ambiguity_lists_candidates,
+    list_filters,
+    update_every_field_and_labels,
+    update_of_several_ids_is_all_or_nothing,
+    claim_is_exclusive,
+    close_and_reopen,
+    ready_follows_blockers_and_parents,
+    ready_shows_ten_by_default,
+    dependencies_add_remove_tree_cycles,
+    dep_cycles_reports_imported_cycles,
+    labels_and_comments,
+    stats_info_version_config,
+    flush_writes_op_file_and_snapshot_consistently,
+    export_is_deterministic_and_writes_files,
+    dir_and_db_flags_and_beads_dir_point_elsewhere,
+    torn_or_foreign_edited_op_file_is_rewritten_from_the_database
+);

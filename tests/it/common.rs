@@ -11,6 +11,39 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
 }
 
+/// How a test's commands reach the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In-process (no daemon runs).
+    Direct,
+    /// Through a daemon started for the test.
+    Daemon,
+}
+
+impl Mode {
+    /// What `bd info` reports in this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Daemon => "daemon",
+        }
+    }
+}
+
+/// Runs each named test function (taking a [`Mode`]) once per mode, as
+/// `direct::<name>` and `daemon::<name>`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod direct {
+            $(#[test] fn $name() { super::$name($crate::common::Mode::Direct) })*
+        }
+        mod daemon {
+            $(#[test] fn $name() { super::$name($crate::common::Mode::Daemon) })*
+        }
+    };
+}
+
 impl Drop for TestEnv {
     /// Never leave a daemon behind, even when the test failed.
     fn drop(&mut self) {
@@ -36,8 +69,30 @@ impl TestEnv {
 
     /// A repository with `bd init --prefix t` done.
     pub fn new() -> TestEnv {
+        TestEnv::new_in(Mode::Direct)
+    }
+
+    /// A repository with `bd init --prefix t` done, served in `mode`. The daemon's
+    /// snapshot debounce is long so snapshot freshness is the same in both modes.
+    pub fn new_in(mode: Mode) -> TestEnv {
         let env = TestEnv::empty();
         env.ok(&["init", "--prefix", "t"]);
+        if mode == Mode::Daemon {
+            env.ok(&[
+                "daemon",
+                "start",
+                "-q",
+                "--idle-timeout",
+                "300",
+                "--flush-debounce",
+                "600000",
+            ]);
+        }
+        assert_eq!(
+            env.json(&["info"])["mode"],
+            mode.name(),
+            "commands are served in the mode asked for"
+        );
         env
     }
 

@@ -1,6 +1,6 @@
 //! Import of beads-format JSONL: compatibility, idempotence, bad lines, round trips.
 
-use crate::common::TestEnv;
+use crate::common::{Mode, TestEnv};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -21,9 +21,8 @@ fn by_id(text: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-#[test]
-fn beads_file_imports_keeping_everything_and_is_idempotent() {
-    let env = TestEnv::new();
+fn beads_file_imports_keeping_everything_and_is_idempotent(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     std::fs::write(env.root().join("beads.jsonl"), BEADS_FILE).unwrap();
     let r = env.json(&["import", "-i", "beads.jsonl"]);
     assert_eq!(
@@ -78,9 +77,8 @@ fn beads_file_imports_keeping_everything_and_is_idempotent() {
     env.fails(&["show", "bd-4"], 1);
 }
 
-#[test]
-fn reimport_of_a_changed_file_updates_to_match() {
-    let env = TestEnv::new();
+fn reimport_of_a_changed_file_updates_to_match(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let id = env.create(&["orig", "-l", "a,b"]);
     env.ok(&["comment", "add", &id, "c1"]);
     env.ok(&["export", "-o", "snap.jsonl"]);
@@ -119,9 +117,8 @@ fn reimport_of_a_changed_file_updates_to_match() {
     assert_eq!(shown["comments"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn malformed_lines_are_reported_with_file_and_line() {
-    let env = TestEnv::new();
+fn malformed_lines_are_reported_with_file_and_line(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let good = |id: &str| {
         format!(
             "{{\"id\":\"{id}\",\"title\":\"ok\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\"}}"
@@ -169,9 +166,8 @@ fn malformed_lines_are_reported_with_file_and_line() {
     );
 }
 
-#[test]
-fn ten_thousand_issues_round_trip() {
-    let env = TestEnv::new();
+fn ten_thousand_issues_round_trip(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let fixture = bd::fixture::jsonl("big", 10_000);
     std::fs::write(env.root().join("big.jsonl"), &fixture).unwrap();
     let r = env.json(&["import", "-i", "big.jsonl"]);
@@ -186,3 +182,10 @@ fn ten_thousand_issues_round_trip() {
     let ready = env.json(&["stats"])["ready"].as_u64().unwrap();
     assert!(ready > 0 && ready < 10_000);
 }
+
+crate::in_both_modes!(
+    beads_file_imports_keeping_everything_and_is_idempotent,
+    reimport_of_a_changed_file_updates_to_match,
+    malformed_lines_are_reported_with_file_and_line,
+    ten_thousand_issues_round_trip
+);
