@@ -344,3 +344,82 @@ fn auto_start_stays_off_in_ci_and_when_configured_off() {
     assert_eq!(info["mode"], "daemon");
     assert_eq!(daemons_for(&env), 1);
 }
+
+#[test]
+fn kill_9_mid_stream_loses_no_acknowledged_write_and_no_batch_is_partial() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let pid = start(&env)["pid"].as_u64().unwrap();
+    // Each iteration: one batch of three creates; "ok N" once it is acknowledged.
+    let script = r#"for i in $(seq 1 60); do
+        printf '{"op":"create","title":"b%s x"}\n{"op":"create","title":"b%s y"}\n{"op":"create","title":"b%s z"}\n' $i $i $i \
+          | "$0" batch -q && echo "ok $i" || echo "failed $i"
+      done"#;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", script, BD])
+        .current_dir(env.root())
+        .env("BD_ACTOR", "streamer")
+        .env("BD_AUTO_START", "1")
+        .env_remove("CI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    let mut killed = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("ok ") {
+            acked.push(n.to_string());
+        } else {
+            failed += 1;
+        }
+        if acked.len() == 20 && !killed {
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            killed = true;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(killed);
+    assert!(
+        failed <= 1,
+        "only a batch in flight at the kill may fail, got {failed}"
+    );
+    assert!(
+        acked.len() >= 59,
+        "clients recovered by themselves: {} acknowledged",
+        acked.len()
+    );
+    // Every acknowledged batch is whole; no batch is partial.
+    let all = env.json(&["list", "--all"]);
+    let titles: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    for i in 1..=60 {
+        let n = titles
+            .iter()
+            .filter(|t| t.starts_with(&format!("b{i} ")))
+            .count();
+        assert!(n == 0 || n == 3, "batch {i} is partial ({n} of 3)");
+        if acked.contains(&i.to_string()) {
+            assert_eq!(n, 3, "acknowledged batch {i} lost");
+        }
+    }
+    // A new daemon serves, and the database is sound.
+    assert_eq!(env.json(&["info"])["mode"], "daemon");
+    env.ok(&["daemon", "stop"]);
+    let conn = rusqlite::Connection::open(env.beads().join("beads.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
