@@ -212,6 +212,7 @@ fn daemon_vs_direct(c: &mut Criterion) {
         socket: socket.clone(),
         idle_timeout: Duration::from_secs(600),
         flush_debounce: Duration::from_millis(1000),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let server = std::thread::spawn(move || run(opts, std::sync::Arc::new(|_: &str| {})));
     let connect = || {

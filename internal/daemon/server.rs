@@ -39,6 +39,9 @@ pub struct DaemonOptions {
     pub idle_timeout: Duration,
     /// Write the issues.jsonl snapshot this long after the last write.
     pub flush_debounce: Duration,
+    /// The version this daemon reports (normally this build's; tests of the
+    /// upgrade path make a daemon claim to be older).
+    pub version: String,
 }
 
 /// Where the daemon's own messages go (the CLI sends them to `daemon.log`).
@@ -95,7 +98,7 @@ impl Shared {
         let c = &self.counters;
         DaemonStatus {
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: self.opts.version.clone(),
             protocol: PROTOCOL,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             socket: self.opts.socket.display().to_string(),
@@ -160,10 +163,12 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         Ok(listener) => {
             // Only now tell clients where to connect: a client that can read the
             // record can always connect.
-            lock.publish(&record_for(opts.socket.clone(), SystemClock.now_ms()))?;
+            let mut record = record_for(opts.socket.clone(), SystemClock.now_ms());
+            record.version = opts.version.clone();
+            lock.publish(&record)?;
             log(&format!(
                 "daemon {} (pid {}) listening on {}",
-                env!("CARGO_PKG_VERSION"),
+                opts.version,
                 std::process::id(),
                 opts.socket.display()
             ));
@@ -263,7 +268,7 @@ async fn connection(conn: Stream, shared: Arc<Shared>) {
     let ok = hello.protocol == PROTOCOL;
     let reply = HelloReply {
         protocol: PROTOCOL,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: shared.opts.version.clone(),
         pid: std::process::id(),
         ok,
         message: (!ok).then(|| {

@@ -423,3 +423,51 @@ fn kill_9_mid_stream_loses_no_acknowledged_write_and_no_batch_is_partial() {
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+#[test]
+fn an_older_daemon_is_replaced_by_a_newer_client() {
+    let env = TestEnv::new();
+    let mut old = env
+        .command(&[
+            "daemon",
+            "start",
+            "--foreground",
+            "--report-version",
+            "0.0.1",
+            "--idle-timeout",
+            "120",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while env.json(&["daemon", "status"])["version"] != "0.0.1" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "old daemon did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Without auto-start, a compatible older daemon is simply used.
+    env.create(&["served by the old daemon"]);
+    assert_eq!(env.json(&["daemon", "status"])["version"], "0.0.1");
+    // With auto-start, the newer client asks it to leave and starts its own.
+    let out = env
+        .command(&["create", "served by the new daemon", "-q"])
+        .env("BD_AUTO_START", "1")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exited = old.wait().unwrap();
+    assert!(exited.success(), "the old daemon exited cleanly: {exited}");
+    let status = env.json(&["daemon", "status"]);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_ne!(status["pid"].as_u64().unwrap(), old.id() as u64);
+    assert_eq!(env.ids(&["list"]).len(), 2);
+}

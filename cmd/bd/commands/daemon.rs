@@ -35,6 +35,9 @@ pub struct StartArgs {
     /// Write issues.jsonl this many milliseconds after the last write
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub flush_debounce: u64,
+    /// Report this version instead of the real one (tests of the upgrade path)
+    #[arg(long, hide = true, requires = "foreground")]
+    pub report_version: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +96,10 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
             socket,
             idle_timeout: Duration::from_secs(a.idle_timeout),
             flush_debounce: Duration::from_millis(a.flush_debounce),
+            version: a
+                .report_version
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         };
         return Ok(daemon::run(opts, log)?);
     }
