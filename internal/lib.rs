@@ -5,8 +5,9 @@
 //! exits the process: time, actor, randomness and paths arrive as values.
 //!
 //! Layers, top to bottom (nothing imports upward):
-//! `client` → `service` → `query` / `jsonl` / `config` → `storage` → `merge` →
-//! `ids` / `clock` → `model`.
+//! `client` → `daemon` → `rpc` → `service` → `query` / `jsonl` / `config` →
+//! `storage` → `merge` → `ids` / `clock` → `model`. (`client` speaks `rpc` to a
+//! daemon process; in-process it calls `service` directly.)
 
 pub mod client;
 pub mod clock;

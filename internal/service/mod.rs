@@ -1,5 +1,5 @@
 //! The one implementation of every operation: [`execute`] takes a [`Request`] and
-//! returns a [`Response`]. Direct mode calls it in-process; the daemon will call the
+//! returns a [`Response`]. Direct mode calls it in-process; the daemon calls the
 //! same function for requests that arrive over its socket.
 //!
 //! Invariants: every mutation is recorded as ops through [`WriteTx::record`]; a
