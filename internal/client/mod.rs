@@ -289,31 +289,42 @@ fn try_daemon(paths: &BeadsPaths, opts: &ConnectOptions) -> Result<Option<Daemon
     Ok(ready)
 }
 
-/// A connection to the running daemon, or `None` if no daemon holds the lock. Waits
-/// briefly for a daemon that holds the lock but has not written its record yet.
 fn running_client(paths: &BeadsPaths, opts: &ConnectOptions) -> Result<Option<DaemonClient>> {
-    let mut record = None;
-    let mut alive = false;
-    wait_until(Duration::from_secs(2), || {
-        match daemon::running(paths)? {
-            None => alive = false,
-            Some(r) => {
-                alive = true;
-                record = r;
+    DaemonClient::to_running(paths, &opts.actor, opts.timeout)
+}
+
+impl DaemonClient {
+    /// A connection to the tracker's running daemon, or `None` if no daemon holds
+    /// the lock. Waits up to 2 s for a daemon that holds the lock but is still
+    /// starting (has not published its socket yet).
+    pub fn to_running(
+        paths: &BeadsPaths,
+        actor: &str,
+        timeout: Duration,
+    ) -> Result<Option<DaemonClient>> {
+        let mut record = None;
+        let mut alive = false;
+        wait_until(Duration::from_secs(2), || {
+            match daemon::running(paths)? {
+                None => alive = false,
+                Some(r) => {
+                    alive = true;
+                    record = r;
+                }
             }
+            Ok(!alive || record.is_some())
+        })?;
+        match record {
+            None => Ok(None),
+            Some(r) => DaemonClient::connect(&r.socket, actor, timeout)
+                .map(Some)
+                .map_err(|e| {
+                    Error::new(
+                        e.kind,
+                        format!("daemon (pid {}) not usable: {}", r.pid, e.message),
+                    )
+                }),
         }
-        Ok(!alive || record.is_some())
-    })?;
-    match record {
-        None => Ok(None),
-        Some(r) => DaemonClient::connect(&r.socket, &opts.actor, opts.timeout)
-            .map(Some)
-            .map_err(|e| {
-                Error::new(
-                    e.kind,
-                    format!("daemon (pid {}) not usable: {}", r.pid, e.message),
-                )
-            }),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Every command from the shell, with and without --json.
 
-use crate::common::{Mode, TestEnv};
+use crate::common::{Mode, TestEnv, run_shell};
 use serde_json::Value;
 
 #[test]
@@ -523,9 +523,13 @@ fn export_is_deterministic_and_writes_files(mode: Mode) {
                 .to_string()
         })
         .collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    assert_eq!(ids, sorted);
+    assert_eq!(
+        ids,
+        crate::common::jsonl_ids(&one)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "sorted by id, no duplicates"
+    );
     env.ok(&["export", "-o", "out.jsonl"]);
     assert_eq!(
         std::fs::read_to_string(env.root().join("out.jsonl")).unwrap(),
@@ -579,59 +583,17 @@ fn readme_tour_runs_as_written() {
     let env = TestEnv::empty();
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("```sh\ncd my-repo").expect("tour block") + 6;
-    let block = &readme[start..start + readme[start..].find("```").unwrap()];
-    let script = block.replace("cd my-repo", "cd \"$REPO\"");
-    let bin_dir = std::path::Path::new(crate::common::BD).parent().unwrap();
-    let out = std::process::Command::new("sh")
-        .args(["-ec", &script])
-        .env("REPO", env.root())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env("BD_ACTOR", "reader")
-        .env("BD_AUTO_START", "0")
-        .env_remove("BEADS_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tour failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Build the API"), "{stdout}");
+    let block = |opening: &str| -> String {
+        let start = readme
+            .find(opening)
+            .unwrap_or_else(|| panic!("README block {opening:?}"))
+            + 6;
+        readme[start..start + readme[start..].find("```").unwrap()].to_string()
+    };
+    let tour = block("```sh\ncd my-repo").replace("cd my-repo", "cd \"$PWD\"");
+    assert!(run_shell(env.root(), &tour).contains("Build the API"));
     // The batch example, in the same repository.
-    let start = readme.find("```sh\nbd batch").expect("batch block") + 6;
-    let block = &readme[start..start + readme[start..].find("```").unwrap()];
-    let out = std::process::Command::new("sh")
-        .args(["-ec", block])
-        .current_dir(env.root())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env("BD_ACTOR", "reader")
-        .env("BD_AUTO_START", "0")
-        .env_remove("BEADS_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "batch example failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("#5 commented on"));
+    assert!(run_shell(env.root(), &block("```sh\nbd batch")).contains("#5 commented on"));
 }
 
 fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database(mode: Mode) {

@@ -7,6 +7,45 @@ use std::process::{Command, Output, Stdio};
 
 pub const BD: &str = env!("CARGO_BIN_EXE_bd");
 
+/// The `id` of every line of a JSONL text (export, snapshot).
+pub fn jsonl_ids(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("JSON line")["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Runs a shell script in `dir` with the built `bd` first on PATH; asserts success.
+pub fn run_shell(dir: &Path, script: &str) -> String {
+    let bin_dir = Path::new(BD).parent().expect("bin dir");
+    let out = Command::new("sh")
+        .args(["-ec", script])
+        .current_dir(dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("BD_ACTOR", "reader")
+        .env("BD_AUTO_START", "0")
+        .env_remove("BEADS_DIR")
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "script failed:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
 }

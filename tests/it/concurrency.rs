@@ -1,25 +1,24 @@
-//! Many processes writing at once in direct mode.
+//! Many processes writing at once, in both modes.
 
-use crate::common::TestEnv;
-use serde_json::Value;
+use crate::common::{BD, Mode, TestEnv};
 use std::collections::BTreeSet;
 
-#[test]
-fn eight_processes_times_fifty_creates_lose_nothing() {
-    let env = TestEnv::new();
+fn eight_agents_times_fifty_creates_lose_nothing(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let procs: Vec<_> = (0..8)
         .map(|p| {
             let script = format!(
                 "for i in $(seq 1 50); do \"$0\" create \"agent {p} issue $i\" -q || exit 1; done"
             );
-            let mut sh = std::process::Command::new("sh");
-            sh.args(["-c", &script, crate::common::BD])
+            std::process::Command::new("sh")
+                .args(["-c", &script, BD])
                 .current_dir(env.root())
                 .env("BD_ACTOR", format!("agent{p}"))
                 .env("BD_AUTO_START", "0")
                 .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            sh.spawn().expect("spawn")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
         })
         .collect();
     let mut printed = BTreeSet::new();
@@ -30,11 +29,19 @@ fn eight_processes_times_fifty_creates_lose_nothing() {
             "stderr: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(
+            out.stderr.is_empty(),
+            "no fallback: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for id in String::from_utf8(out.stdout).unwrap().lines() {
             assert!(printed.insert(id.to_string()), "duplicate id {id}");
         }
     }
     assert_eq!(printed.len(), 400);
+    if mode == Mode::Daemon {
+        assert!(env.json(&["daemon", "status"])["writes"].as_u64().unwrap() >= 400);
+    }
     let listed: BTreeSet<String> = env.ids(&["list", "--all"]).into_iter().collect();
     assert_eq!(
         listed, printed,
@@ -42,16 +49,11 @@ fn eight_processes_times_fifty_creates_lose_nothing() {
     );
     env.ok(&["flush"]);
     let snapshot = std::fs::read_to_string(env.beads().join("issues.jsonl")).unwrap();
-    let snap_ids: BTreeSet<String> = snapshot
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(snap_ids, printed, "snapshot agrees");
+    assert_eq!(
+        crate::common::jsonl_ids(&snapshot),
+        printed,
+        "snapshot agrees"
+    );
     let mut op_issues = BTreeSet::new();
     let mut seqs = Vec::new();
     for op in env.op_lines() {
@@ -67,9 +69,8 @@ fn eight_processes_times_fifty_creates_lose_nothing() {
     );
 }
 
-#[test]
-fn twenty_processes_claiming_one_issue_have_one_winner() {
-    let env = TestEnv::new();
+fn twenty_processes_claiming_one_issue_have_one_winner(mode: Mode) {
+    let env = TestEnv::new_in(mode);
     let id = env.create(&["contested"]);
     let procs: Vec<_> = (0..20)
         .map(|i| {
@@ -90,3 +91,8 @@ fn twenty_processes_claiming_one_issue_have_one_winner() {
     assert_eq!(shown["status"], "in_progress");
     assert!(shown["assignee"].as_str().unwrap().starts_with("agent"));
 }
+
+crate::in_both_modes!(
+    eight_agents_times_fifty_creates_lose_nothing,
+    twenty_processes_claiming_one_issue_have_one_winner
+);

@@ -64,18 +64,11 @@ pub fn cmd_daemon(ctx: &Ctx, c: DaemonCommand) -> Result<(), CliError> {
 }
 
 fn client(ctx: &Ctx) -> Result<Option<DaemonClient>, CliError> {
-    let paths = ctx.paths()?;
-    match daemon::running(&paths)? {
-        Some(Some(record)) => Ok(Some(DaemonClient::connect(
-            &record.socket,
-            &ctx.actor,
-            ctx.timeout,
-        )?)),
-        Some(None) => Err(CliError(
-            Error::new(ErrorKind::Io, "the daemon is starting up").hint("try again in a moment"),
-        )),
-        None => Ok(None),
-    }
+    Ok(DaemonClient::to_running(
+        &ctx.paths()?,
+        &ctx.actor,
+        ctx.timeout,
+    )?)
 }
 
 fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
