@@ -189,7 +189,11 @@ fn group_commit(c: &mut Criterion) {
     g.bench_function("one_group", |b| {
         b.iter(|| {
             let items = (0..64)
-                .map(|i| (format!("agent{}", i % 8), req(i)))
+                .map(|i| bd::service::GroupItem {
+                    actor: format!("agent{}", i % 8),
+                    request: req(i),
+                    deadline_ms: None,
+                })
                 .collect();
             bd::service::execute_group(t.client.store(), &bd::clock::SystemClock, &paths, items)
                 .expect("group")

@@ -86,7 +86,14 @@ impl Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::new(ErrorKind::Io, e.to_string())
+        match e.kind() {
+            // Socket read/write timeouts surface as these.
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                Error::new(ErrorKind::Timeout, "timed out waiting for an answer")
+                    .hint("raise --timeout, or run with --no-daemon")
+            }
+            _ => Error::new(ErrorKind::Io, e.to_string()),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use super::{DaemonLock, record_for};
 use crate::clock::{Clock, SystemClock};
 use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, PROTOCOL, Reply};
-use crate::service::{self, Context, Request, Response};
+use crate::service::{self, Context, GroupItem, Request, Response};
 use crate::storage::{BeadsPaths, Store};
 use crate::{Error, ErrorKind, Result};
 use interprocess::local_socket::tokio::{Stream, prelude::*};
@@ -64,6 +64,7 @@ struct Counters {
     groups: AtomicU64,
     largest_group: AtomicU64,
     queue: AtomicU64,
+    in_flight: AtomicU64,
     connections: AtomicU64,
 }
 
@@ -103,6 +104,7 @@ impl Shared {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             socket: self.opts.socket.display().to_string(),
             queue_depth: c.queue.load(Ordering::SeqCst),
+            in_flight: c.in_flight.load(Ordering::SeqCst),
             requests: c.requests.load(Ordering::SeqCst),
             writes: c.writes.load(Ordering::SeqCst),
             groups: c.groups.load(Ordering::SeqCst),
@@ -381,7 +383,7 @@ async fn request(
     .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
 }
 
-type Pending = (oneshot::Sender<Result<Response>>, (String, Request));
+type Pending = (oneshot::Sender<Result<Response>>, GroupItem);
 
 fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
     let mut dirty = false;
@@ -424,7 +426,14 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
                         let _ = reply.send(Err(timeout_error()));
                         continue;
                     }
-                    live.push((reply, (actor, *request)));
+                    live.push((
+                        reply,
+                        GroupItem {
+                            actor,
+                            request: *request,
+                            deadline_ms: Some(deadline_ms),
+                        },
+                    ));
                 }
             }
         }
@@ -448,7 +457,10 @@ fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>) {
     c.writes.fetch_add(n, Ordering::SeqCst);
     c.groups.fetch_add(1, Ordering::SeqCst);
     c.largest_group.fetch_max(n, Ordering::SeqCst);
-    match service::execute_group(store, &SystemClock, &shared.opts.paths, items) {
+    c.in_flight.store(n, Ordering::SeqCst);
+    let outcome = service::execute_group(store, &SystemClock, &shared.opts.paths, items);
+    c.in_flight.store(0, Ordering::SeqCst);
+    match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);

@@ -98,6 +98,9 @@ pub struct DaemonStatus {
     pub socket: String,
     /// Write requests waiting for the writer.
     pub queue_depth: u64,
+    /// Write requests in the group the writer is committing now.
+    #[serde(default)]
+    pub in_flight: u64,
     /// Requests answered (reads and writes).
     pub requests: u64,
     /// Write requests committed or refused by the writer.

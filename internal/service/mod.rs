@@ -70,6 +70,17 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
     }
 }
 
+/// One request of a group commit.
+#[derive(Debug, Clone)]
+pub struct GroupItem {
+    /// Who is acting.
+    pub actor: String,
+    /// The write request.
+    pub request: Request,
+    /// Do not run it after this time (ms since the epoch).
+    pub deadline_ms: Option<u64>,
+}
+
 /// Group commit: runs several write requests (each with its own actor) in one
 /// transaction with one commit. Each request runs in its own savepoint, so one that
 /// fails leaves no trace and does not affect the others. The outer `Err` means the
@@ -78,23 +89,41 @@ pub fn execute_group(
     store: &mut Store,
     clock: &dyn Clock,
     paths: &BeadsPaths,
-    items: Vec<(String, Request)>,
+    items: Vec<GroupItem>,
 ) -> Result<Vec<Result<Response>>> {
-    let results = store.write_group(clock, items, |tx, (actor, req)| {
-        let ctx = Context {
-            actor: &actor,
-            clock,
-            paths,
-            mode: "daemon",
-        };
-        if actor.trim().is_empty() {
-            return Err(Error::invalid("actor must not be empty"));
-        }
-        if !req.is_write() {
-            return Err(Error::internal("only write requests can be grouped"));
-        }
-        write(tx, &ctx, req)
-    })?;
+    let results = store.write_group(
+        clock,
+        items,
+        |tx,
+         GroupItem {
+             actor,
+             request: req,
+             deadline_ms,
+         }| {
+            // Checked again right before running: a request whose deadline passed
+            // while it waited behind others in the group is not run, so not committed.
+            if deadline_ms.is_some_and(|d| clock.now_ms() > d) {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the request's deadline passed before it could run; nothing was changed",
+                )
+                .hint("try again, or raise --timeout"));
+            }
+            let ctx = Context {
+                actor: &actor,
+                clock,
+                paths,
+                mode: "daemon",
+            };
+            if actor.trim().is_empty() {
+                return Err(Error::invalid("actor must not be empty"));
+            }
+            if !req.is_write() {
+                return Err(Error::internal("only write requests can be grouped"));
+            }
+            write(tx, &ctx, req)
+        },
+    )?;
     let _ = jsonl::flush_own_ops(store, paths); // as in `execute`: regenerable
     Ok(results)
 }

@@ -400,3 +400,40 @@ fn an_older_daemon_is_replaced_by_a_newer_client() {
     assert_ne!(status["pid"].as_u64().unwrap(), old.id() as u64);
     assert_eq!(env.ids(&["list"]).len(), 2);
 }
+
+#[test]
+fn a_request_stuck_behind_a_long_import_times_out_and_changes_nothing() {
+    let env = TestEnv::new_in(crate::common::Mode::Daemon);
+    std::fs::write(
+        env.root().join("big.jsonl"),
+        bd::fixture::jsonl("big", 5_000),
+    )
+    .unwrap();
+    let mut import = env
+        .command(&["import", "-i", "big.jsonl", "-q", "--timeout", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while env.json(&["daemon", "status"])["in_flight"]
+        .as_u64()
+        .unwrap()
+        == 0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the import never reached the writer"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let err = env.fails(&["create", "impatient", "--timeout", "0.2", "--json"], 1);
+    let v: Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(v["error"]["kind"], "timeout", "{err}");
+    assert!(import.wait().unwrap().success());
+    assert!(
+        env.ids(&["search", "impatient"]).is_empty(),
+        "a timed-out request was committed"
+    );
+    assert_eq!(env.json(&["stats"])["total"], 5_000);
+}

@@ -3,9 +3,17 @@
 
 use bd::client::{Backend, Direct, InitOptions, init};
 use bd::clock::SystemClock;
-use bd::service::{CreateRequest, Request, Response, UpdateRequest, execute_group};
+use bd::service::{CreateRequest, GroupItem, Request, Response, UpdateRequest, execute_group};
 use bd::storage::{BeadsPaths, Store};
 use bd::{ErrorKind, fixture};
+
+fn item((actor, request): (String, Request)) -> GroupItem {
+    GroupItem {
+        actor,
+        request,
+        deadline_ms: None,
+    }
+}
 
 fn create(title: &str) -> Request {
     Request::Create(CreateRequest {
@@ -68,7 +76,13 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
         ),
     ];
     let mut store = Store::open(&paths.db).unwrap();
-    let results = execute_group(&mut store, &SystemClock, &paths, items).unwrap();
+    let results = execute_group(
+        &mut store,
+        &SystemClock,
+        &paths,
+        items.into_iter().map(item).collect(),
+    )
+    .unwrap();
     let kinds: Vec<Result<(), ErrorKind>> = results
         .iter()
         .map(|r| r.as_ref().map(|_| ()).map_err(|e| e.kind()))
@@ -134,7 +148,7 @@ fn a_group_of_many_writes_commits_them_all() {
     let paths = BeadsPaths::new(dir.path().join(".beads"));
     let mut store = Store::open(&paths.db).unwrap();
     let items = (0..200)
-        .map(|i| (format!("agent{}", i % 8), create(&format!("issue {i}"))))
+        .map(|i| item((format!("agent{}", i % 8), create(&format!("issue {i}")))))
         .collect();
     let results = execute_group(&mut store, &SystemClock, &paths, items).unwrap();
     assert!(results.iter().all(Result::is_ok));
@@ -146,4 +160,40 @@ fn a_group_of_many_writes_commits_them_all() {
         })
         .collect();
     assert_eq!(ids.len(), 200, "distinct ids within one transaction");
+}
+
+#[test]
+fn an_item_past_its_deadline_is_not_run_but_its_neighbours_are() {
+    let dir = tempfile::tempdir().unwrap();
+    init(
+        dir.path(),
+        &InitOptions {
+            prefix: Some("g".into()),
+            replica: "groupreplica0003".into(),
+        },
+    )
+    .unwrap();
+    let paths = BeadsPaths::new(dir.path().join(".beads"));
+    let mut store = Store::open(&paths.db).unwrap();
+    let items = vec![
+        item(("a".into(), create("on time"))),
+        GroupItem {
+            actor: "b".into(),
+            request: create("too late"),
+            deadline_ms: Some(1),
+        },
+        GroupItem {
+            actor: "c".into(),
+            request: create("far future"),
+            deadline_ms: Some(u64::MAX),
+        },
+    ];
+    let results = execute_group(&mut store, &SystemClock, &paths, items).unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert_eq!(results[1].as_ref().unwrap_err().kind, ErrorKind::Timeout);
+    let n: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM issues", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
 }
