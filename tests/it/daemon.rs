@@ -437,3 +437,72 @@ fn a_request_stuck_behind_a_long_import_times_out_and_changes_nothing() {
     );
     assert_eq!(env.json(&["stats"])["total"], 5_000);
 }
+
+#[test]
+fn six_agents_times_fifty_mixed_operations() {
+    let env = TestEnv::new_in(crate::common::Mode::Daemon);
+    // Each agent, 10 rounds of: create, update it, show it, list, ready, claim the
+    // first ready issue (others may win it: exit 3 is the only allowed failure).
+    let script = r#"bd="$0"; agent="$1"; claims=0
+      for i in $(seq 1 10); do
+        id=$("$bd" create "mixed $agent $i" -q) || exit 10
+        "$bd" update "$id" -p 1 -q >/dev/null || exit 11
+        "$bd" show "$id" --json >/dev/null || exit 12
+        "$bd" list -q >/dev/null || exit 13
+        pick=$("$bd" ready -n 1 --unassigned -q) || exit 14
+        if [ -n "$pick" ]; then
+          "$bd" update "$pick" --claim -q >/dev/null 2>&1; rc=$?
+          if [ $rc = 0 ]; then claims=$((claims+1)); elif [ $rc != 3 ]; then exit 15; fi
+        fi
+      done
+      echo "$claims""#;
+    let procs: Vec<_> = (0..6)
+        .map(|p| {
+            std::process::Command::new("sh")
+                .args(["-c", script, BD, &format!("agent{p}")])
+                .current_dir(env.root())
+                .env("BD_ACTOR", format!("agent{p}"))
+                .env("BD_AUTO_START", "0")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut claims = 0;
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        claims += String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+    }
+    let all = env.json(&["list", "--all"]);
+    let issues = all.as_array().unwrap();
+    assert_eq!(issues.len(), 60, "every create landed once");
+    assert!(
+        issues.iter().all(|i| i["priority"] == 1),
+        "every update landed"
+    );
+    let in_progress = issues
+        .iter()
+        .filter(|i| i["status"] == "in_progress")
+        .count() as u64;
+    assert_eq!(
+        in_progress, claims,
+        "each successful claim is visible, none twice"
+    );
+    assert_eq!(env.json(&["daemon", "status"])["last_error"], Value::Null);
+}
