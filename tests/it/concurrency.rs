@@ -4,11 +4,18 @@ use crate::common::{BD, Mode, TestEnv};
 use std::collections::BTreeSet;
 
 fn eight_agents_times_fifty_creates_lose_nothing(mode: Mode) {
+    agents_create_concurrently(mode, 8, 50);
+}
+
+/// `agents` processes each create `each` issues at once: every acknowledged id is
+/// distinct and present, and database, op file and snapshot agree.
+fn agents_create_concurrently(mode: Mode, agents: usize, each: usize) {
+    let total = (agents * each) as u64;
     let env = TestEnv::new_in(mode);
-    let procs: Vec<_> = (0..8)
+    let procs: Vec<_> = (0..agents)
         .map(|p| {
             let script = format!(
-                "for i in $(seq 1 50); do \"$0\" create \"agent {p} issue $i\" -q || exit 1; done"
+                "for i in $(seq 1 {each}); do \"$0\" create \"agent {p} issue $i\" -q || exit 1; done"
             );
             std::process::Command::new("sh")
                 .args(["-c", &script, BD])
@@ -38,9 +45,9 @@ fn eight_agents_times_fifty_creates_lose_nothing(mode: Mode) {
             assert!(printed.insert(id.to_string()), "duplicate id {id}");
         }
     }
-    assert_eq!(printed.len(), 400);
+    assert_eq!(printed.len() as u64, total);
     if mode == Mode::Daemon {
-        assert!(env.json(&["daemon", "status"])["writes"].as_u64().unwrap() >= 400);
+        assert!(env.json(&["daemon", "status"])["writes"].as_u64().unwrap() >= total);
     }
     let listed: BTreeSet<String> = env.ids(&["list", "--all"]).into_iter().collect();
     assert_eq!(
@@ -64,7 +71,7 @@ fn eight_agents_times_fifty_creates_lose_nothing(mode: Mode) {
     assert_eq!(op_issues, printed, "op file agrees");
     assert_eq!(
         seqs,
-        (1..=400).collect::<Vec<u64>>(),
+        (1..=total).collect::<Vec<u64>>(),
         "op file in seq order, no gaps or duplicates"
     );
 }
@@ -90,6 +97,11 @@ fn twenty_processes_claiming_one_issue_have_one_winner(mode: Mode) {
     let shown = &env.json(&["show", &id])[0];
     assert_eq!(shown["status"], "in_progress");
     assert!(shown["assignee"].as_str().unwrap().starts_with("agent"));
+}
+
+#[test]
+fn ten_agents_times_a_hundred_creates_through_the_daemon() {
+    agents_create_concurrently(Mode::Daemon, 10, 100);
 }
 
 crate::in_both_modes!(
