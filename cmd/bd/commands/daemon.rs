@@ -193,7 +193,7 @@ fn status(ctx: &Ctx) -> Result<(), CliError> {
         0.0
     };
     output::print(&format!(
-        "bd daemon {} (protocol {})\npid:         {}\nuptime:      {} s\nsocket:      {}\nconnections: {}\nqueue:       {}\nrequests:    {}\nwrites:      {} in {} groups (mean {:.1}, largest {})\nlast error:  {}\n",
+        "bd daemon {} (protocol {})\npid:         {}\nuptime:      {} s\nsocket:      {}\nconnections: {}\nqueue:       {} waiting, {} being committed\nrequests:    {}\nwrites:      {} in {} groups (mean {:.1}, largest {})\nlast error:  {}\n",
         s.version,
         s.protocol,
         s.pid,
@@ -201,6 +201,7 @@ fn status(ctx: &Ctx) -> Result<(), CliError> {
         s.socket,
         s.connections,
         s.queue_depth,
+        s.in_flight,
         s.requests,
         s.writes,
         s.groups,
