@@ -13,7 +13,7 @@
 
 use crate::model::{Issue, Op};
 use crate::query;
-use crate::storage::sqlite::{meta_get, meta_set};
+use crate::storage::sqlite::{OpFileMark, meta_get, meta_set};
 use crate::storage::{BeadsPaths, Store};
 use crate::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
@@ -64,48 +64,70 @@ impl Drop for FlushLock {
     }
 }
 
-/// The `seq` of the last whole line of an op file, or `None` if the file is missing
-/// or empty; `Err` if the tail is torn or unreadable (the caller rewrites the file).
-fn last_seq_in_file(path: &Path) -> Result<Option<u64>, ()> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(_) => return Ok(None),
-    };
-    let len = f.metadata().map_err(|_| ())?.len();
+/// The `seq` of the last whole line of an op file of `len` bytes, or `None` if it is
+/// empty; `Err` if the tail is torn or unreadable (the caller rewrites the file).
+fn last_seq_in_file(f: &mut File, len: u64) -> Result<Option<u64>, ()> {
     if len == 0 {
         return Ok(None);
     }
-    let start = len.saturating_sub(64 * 1024);
-    f.seek(SeekFrom::Start(start)).map_err(|_| ())?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail).map_err(|_| ())?;
-    if tail.last() != Some(&b'\n') {
-        return Err(());
+    // An op line is a few hundred bytes; read a small tail first, more if needed.
+    for window in [4 * 1024u64, 1024 * 1024] {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start)).map_err(|_| ())?;
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        f.take(len - start).read_to_end(&mut tail).map_err(|_| ())?;
+        if tail.last() != Some(&b'\n') {
+            return Err(());
+        }
+        let body = &tail[..tail.len() - 1];
+        let line = match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &body[i + 1..],
+            None if start == 0 => body,
+            None => continue,
+        };
+        let op: Op = serde_json::from_slice(line).map_err(|_| ())?;
+        return Ok(Some(op.seq));
     }
-    let body = &tail[..tail.len() - 1];
-    let line = match body.iter().rposition(|b| *b == b'\n') {
-        Some(i) => &body[i + 1..],
-        None if start == 0 => body,
-        None => return Err(()),
-    };
-    let op: Op = serde_json::from_slice(line).map_err(|_| ())?;
-    Ok(Some(op.seq))
+    Err(())
 }
 
 /// Appends this replica's ops that are not yet in its op file; rewrites the file
 /// from the database if its tail is torn or ahead of the database. Returns the
 /// number of lines written.
+///
+/// The store remembers the file's identity, length and last seq after each write,
+/// so the everyday append (the daemon's, after every group) reads nothing back;
+/// any change by another process (length, inode) sends it back to reading the tail.
 pub fn flush_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
     let _lock = FlushLock::acquire(paths)?;
     let replica = store.replica().to_string();
     let path = paths.op_file(&replica);
-    std::fs::create_dir_all(paths.ops_dir())?;
-    let db_max: i64 = store.conn().query_row(
+    let db_max: i64 = crate::storage::sqlite::cached_row(
+        store.conn(),
         "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
         [&replica],
         |r| r.get(0),
     )?;
-    let (from, rewrite) = match last_seq_in_file(&path) {
+    let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    let meta = match &file {
+        Some(f) => Some(f.metadata()?),
+        None => None,
+    };
+    let known = store.op_file.get().filter(|m| {
+        meta.as_ref()
+            .is_some_and(|md| md.dev() == m.dev && md.ino() == m.ino && md.len() == m.len)
+    });
+    let in_file = match (known, file.as_mut(), &meta) {
+        (Some(m), _, _) => Ok(Some(m.last_seq)),
+        (None, Some(f), Some(md)) => last_seq_in_file(f, md.len()),
+        _ => Ok(None),
+    };
+    let (from, rewrite) = match in_file {
         Ok(None) => (0, true),
         Ok(Some(s)) if s as i64 <= db_max => (s as i64, false),
         _ => (0, true),
@@ -124,11 +146,22 @@ pub fn flush_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
         n += 1;
     }
     if rewrite {
+        std::fs::create_dir_all(paths.ops_dir())?;
         atomic_write(&path, buf.as_bytes())?;
-    } else {
-        let mut f = OpenOptions::new().append(true).open(&path)?;
+        file = Some(File::open(&path)?);
+    } else if let Some(f) = file.as_mut() {
         f.write_all(buf.as_bytes())?;
     }
+    let mark = match file.as_ref().map(File::metadata) {
+        Some(Ok(md)) => Some(OpFileMark {
+            dev: md.dev(),
+            ino: md.ino(),
+            len: md.len(),
+            last_seq: db_max as u64,
+        }),
+        _ => None,
+    };
+    store.op_file.set(mark);
     Ok(n)
 }
 

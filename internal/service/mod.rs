@@ -380,7 +380,8 @@ fn get_live(conn: &rusqlite::Connection, id: &str) -> Result<Issue> {
 
 fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
     let issue = get_live(conn, id)?;
-    let blocked: bool = conn.query_row(
+    let blocked: bool = crate::storage::sqlite::cached_row(
+        conn,
         "SELECT blocked FROM issues WHERE id = ?1",
         params![id],
         |r| r.get(0),
@@ -682,7 +683,8 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
 fn generate_id(tx: &mut WriteTx<'_>, prefix: &str, seed: &str) -> Result<String> {
     // An upper bound on the number of issues, in O(log n): rowids only grow, and
     // over-estimating only lengthens ids. (COUNT(*) cost 3 ms at 100k issues.)
-    let n: i64 = tx.conn().query_row(
+    let n: i64 = crate::storage::sqlite::cached_row(
+        tx.conn(),
         "SELECT COALESCE((SELECT MAX(rowid) FROM issues), 0) + (SELECT COUNT(*) FROM tombstones)",
         [],
         |r| r.get(0),

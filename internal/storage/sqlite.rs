@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::merge::{IssueDoc, Materialised};
 use crate::model::{Hlc, Op};
 use crate::{Error, ErrorKind, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -35,6 +36,18 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Store {
     conn: Connection,
     replica: String,
+    /// What this process last wrote to its op file (see `jsonl::flush_own_ops`).
+    pub(crate) op_file: std::cell::Cell<Option<OpFileMark>>,
+}
+
+/// The op file as this process last left it: while its identity and length are
+/// unchanged, its last line is the op with `last_seq`, so appending needs no read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OpFileMark {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub last_seq: u64,
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -45,6 +58,13 @@ fn configure(conn: &Connection) -> Result<()> {
     // WAL and re-checkpoint it (measured: `bd create` 4 ms → 55 ms after an import).
     // The write path uses ~25 distinct statements; the default cache of 16 thrashes.
     conn.set_prepared_statement_cache_capacity(64);
+    // Query-planner stability guarantee. Without it SQLite (3.50+) marks a bound
+    // parameter in an `x = ?` term as "re-plan if this value changes", and
+    // rusqlite's statement cache clears the bindings of every statement it takes
+    // back, which SQLite treats as such a change: each cached statement was
+    // compiled again on every use (measured: ~45% of a create's CPU). Our plans
+    // never depend on parameter values (the hot queries name their index).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.execute_batch(
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = FULL;
@@ -84,6 +104,7 @@ impl Store {
         Ok(Store {
             conn,
             replica: replica.to_string(),
+            op_file: Default::default(),
         })
     }
 
@@ -125,7 +146,11 @@ impl Store {
             Error::new(ErrorKind::Corrupt, "database has no replica id")
                 .hint("move .beads/beads.db aside and run `bd init` then `bd import`")
         })?;
-        Ok(Store { conn, replica })
+        Ok(Store {
+            conn,
+            replica,
+            op_file: Default::default(),
+        })
     }
 
     /// This replica's id.
@@ -140,9 +165,9 @@ impl Store {
 
     /// Runs `f` in one read transaction (a consistent snapshot).
     pub fn read<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction()?;
+        let tx = Tx::begin(&self.conn, "BEGIN")?;
         let out = f(&tx)?;
-        tx.finish()?;
+        tx.commit()?;
         Ok(out)
     }
 
@@ -175,6 +200,13 @@ impl Store {
         items: Vec<I>,
         mut f: impl FnMut(&mut WriteTx<'_>, I) -> Result<T>,
     ) -> Result<Vec<Result<T>>> {
+        if items.len() == 1 {
+            // A group of one needs no savepoint: its transaction is rolled back
+            // whole if it fails. (A savepoint costs ~15% of a small write: SQLite
+            // copies every page it touches into the statement journal.)
+            let item = items.into_iter().next().expect("one item");
+            return Ok(vec![self.write(clock, |tx| f(tx, item))]);
+        }
         self.write(clock, |tx| {
             Ok(items
                 .into_iter()
@@ -189,9 +221,7 @@ impl Store {
         commit: bool,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
         let mut w = WriteTx::begin(tx, &self.replica, clock)?;
         let out = f(&mut w)?;
         if commit {
@@ -231,8 +261,7 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 /// Loads and folds every stored op of `id`.
 pub fn load_doc(conn: &Connection, id: &str) -> Result<IssueDoc> {
     let mut doc = IssueDoc::new(id);
-    // No ORDER BY: the fold is order-independent (see merge), and with a bound
-    // parameter `ORDER BY pos` made SQLite re-plan the statement on every call.
+    // No ORDER BY: the fold is order-independent (see merge).
     let mut stmt = conn.prepare_cached("SELECT body FROM ops WHERE issue_id = ?1")?;
     let mut rows = stmt.query(params![id])?;
     while let Some(row) = rows.next()? {
@@ -253,9 +282,55 @@ pub fn parse_stored_op(body: &str) -> Result<Op> {
     })
 }
 
+/// An open transaction on a connection; rolled back when dropped uncommitted.
+/// BEGIN and COMMIT go through the statement cache (rusqlite's `Transaction`
+/// compiles them afresh each time, a measurable share of a small write).
+struct Tx<'a> {
+    conn: &'a Connection,
+    open: bool,
+}
+
+impl<'a> Tx<'a> {
+    fn begin(conn: &'a Connection, begin: &str) -> Result<Tx<'a>> {
+        conn.prepare_cached(begin)?.execute([])?;
+        Ok(Tx { conn, open: true })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// Runs a cached statement that returns one row.
+pub(crate) fn cached_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<T> {
+    Ok(conn.prepare_cached(sql)?.query_row(params, f)?)
+}
+
 /// A write transaction: records ops and keeps the materialised rows in step.
 pub struct WriteTx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: Tx<'a>,
     clock: &'a dyn Clock,
     replica: String,
     hlc: Hlc,
@@ -268,7 +343,7 @@ pub struct WriteTx<'a> {
 }
 
 impl<'a> WriteTx<'a> {
-    fn begin(tx: rusqlite::Transaction<'a>, replica: &str, clock: &'a dyn Clock) -> Result<Self> {
+    fn begin(tx: Tx<'a>, replica: &str, clock: &'a dyn Clock) -> Result<Self> {
         let hlc = meta_get(&tx, "hlc")?
             .and_then(|s| {
                 let (w, l) = s.split_once('.')?;
@@ -278,7 +353,8 @@ impl<'a> WriteTx<'a> {
                 })
             })
             .unwrap_or_default();
-        let seq: i64 = tx.query_row(
+        let seq: i64 = cached_row(
+            &tx,
             "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
             params![replica],
             |r| r.get(0),
@@ -338,12 +414,13 @@ impl<'a> WriteTx<'a> {
         op.replica = self.replica.clone();
         let op = op.seal();
         let body = serde_json::to_string(&op)?;
+        // Load the doc before storing the op, so loading does not read it back.
+        self.doc(&op.issue)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
-        self.doc(&op.issue)?;
         if let Some(doc) = self.docs.get_mut(&op.issue) {
             doc.apply(&op);
         }
@@ -359,11 +436,13 @@ impl<'a> WriteTx<'a> {
     pub fn attempt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.flush()?;
         let (hlc, seq, recorded) = (self.hlc, self.seq, self.recorded.len());
-        self.tx.execute_batch("SAVEPOINT bd_request")?;
+        self.tx
+            .prepare_cached("SAVEPOINT bd_request")?
+            .execute([])?;
         let out = f(self).and_then(|v| self.flush().map(|()| v));
         match out {
             Ok(v) => {
-                self.tx.execute_batch("RELEASE bd_request")?;
+                self.tx.prepare_cached("RELEASE bd_request")?.execute([])?;
                 Ok(v)
             }
             Err(e) => {

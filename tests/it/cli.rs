@@ -626,6 +626,19 @@ fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database(mode: Mode) {
     .unwrap();
     env.ok(&["flush"]);
     assert_eq!(env.op_lines().len(), 3);
+    // Replaced by another file of the same length (as `git checkout` does) whose
+    // last line is damaged: a writer that remembered the old file must notice.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut = text[..text.len() - 1].rfind('\n').unwrap() + 1;
+    let damaged = format!("{}{}\n", &text[..cut], "x".repeat(text.len() - cut - 1));
+    assert_eq!(damaged.len(), text.len());
+    let tmp = env.beads().join("ops.tmp");
+    std::fs::write(&tmp, damaged).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    env.create(&["d"]);
+    let ops = env.op_lines();
+    assert_eq!(ops.len(), 4);
+    assert_eq!(ops[3]["seq"], 4);
 }
 
 crate::in_both_modes!(
