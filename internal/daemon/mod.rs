@@ -158,6 +158,7 @@ pub fn spawn(
     idle_timeout_s: u64,
     flush_debounce_ms: u64,
 ) -> Result<std::process::Child> {
+    rotate_log(paths)?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -174,6 +175,26 @@ pub fn spawn(
         .stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     Ok(cmd.spawn()?)
+}
+
+/// A daemon log larger than this is moved to `daemon.log.1` when a daemon starts.
+pub const LOG_ROTATE_BYTES: u64 = 1024 * 1024;
+
+/// Log rotation, done at daemon start (callers hold the start lock, or are the
+/// user's one `bd daemon start`): a `daemon.log` over [`LOG_ROTATE_BYTES`] replaces
+/// `daemon.log.1`, so the two together stay under about twice the limit plus what
+/// one daemon writes in its life (a line per start, stop and error).
+pub fn rotate_log(paths: &BeadsPaths) -> Result<()> {
+    let log = paths.daemon_log();
+    match std::fs::metadata(&log) {
+        Ok(m) if m.len() > LOG_ROTATE_BYTES => {
+            std::fs::rename(&log, paths.daemon_log_old())?;
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Holds `daemon.start.lock`: whoever holds it is the one process starting a daemon.

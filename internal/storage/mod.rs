@@ -77,6 +77,11 @@ impl BeadsPaths {
         self.dir.join("daemon.log")
     }
 
+    /// The previous daemon log, kept by rotation.
+    pub fn daemon_log_old(&self) -> PathBuf {
+        self.dir.join("daemon.log.1")
+    }
+
     /// The repository root (the parent of `.beads/`).
     pub fn repo_root(&self) -> &Path {
         self.dir.parent().unwrap_or(&self.dir)

@@ -506,3 +506,44 @@ fn six_agents_times_fifty_mixed_operations() {
     );
     assert_eq!(env.json(&["daemon", "status"])["last_error"], Value::Null);
 }
+
+#[test]
+fn a_large_log_is_rotated_when_a_daemon_starts() {
+    let env = TestEnv::new();
+    let log = env.beads().join("daemon.log");
+    let old_line = "old entry that must survive one rotation\n";
+    let big = old_line.repeat(1024 * 1024 / old_line.len() + 10);
+    assert!(big.len() as u64 > bd::daemon::LOG_ROTATE_BYTES);
+    std::fs::write(&log, &big).unwrap();
+    start(&env);
+    let rotated = std::fs::read_to_string(env.beads().join("daemon.log.1")).unwrap();
+    assert_eq!(rotated, big, "the old log is kept whole as daemon.log.1");
+    let current = std::fs::read_to_string(&log).unwrap();
+    assert!(current.len() < 4096, "a fresh log: {} bytes", current.len());
+    assert!(current.contains("listening on"), "{current}");
+    // `logs` reads across the rotation: the newest line last, older lines before.
+    let tail = env.ok(&["daemon", "logs", "-n", "5"]);
+    assert!(tail.contains("old entry"), "{tail}");
+    assert!(
+        tail.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("listening on"),
+        "{tail}"
+    );
+    env.ok(&["daemon", "stop"]);
+    // A small log is left alone on the next start.
+    start(&env);
+    assert_eq!(
+        std::fs::read_to_string(env.beads().join("daemon.log.1")).unwrap(),
+        big
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("listening on")
+            .count()
+            == 2
+    );
+}

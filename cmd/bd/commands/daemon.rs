@@ -20,7 +20,7 @@ pub enum DaemonCommand {
     Status,
     /// Stop the daemon if it runs, then start a fresh one
     Restart(StartArgs),
-    /// Print the end of .beads/daemon.log
+    /// Print the end of .beads/daemon.log (and daemon.log.1 before it)
     Logs(LogsArgs),
 }
 
@@ -212,9 +212,13 @@ fn status(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 fn logs(ctx: &Ctx, a: &LogsArgs) -> Result<(), CliError> {
-    let path = ctx.paths()?.daemon_log();
+    let paths = ctx.paths()?;
+    let path = paths.daemon_log();
+    // The rotated log first, so a short current log still shows enough history.
+    let older = std::fs::read_to_string(paths.daemon_log_old()).unwrap_or_default();
     let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+        Ok(t) => older + &t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !older.is_empty() => older,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             output::status(
                 ctx.quiet,
