@@ -205,7 +205,13 @@ impl Store {
             // whole if it fails. (A savepoint costs ~15% of a small write: SQLite
             // copies every page it touches into the statement journal.)
             let item = items.into_iter().next().expect("one item");
-            return Ok(vec![self.write(clock, |tx| f(tx, item))]);
+            let mut item_failed = false;
+            let out = self.write(clock, |tx| f(tx, item).inspect_err(|_| item_failed = true));
+            return match out {
+                Ok(v) => Ok(vec![Ok(v)]),
+                Err(e) if item_failed => Ok(vec![Err(e)]),
+                Err(e) => Err(e), // the commit itself failed, as for a larger group
+            };
         }
         self.write(clock, |tx| {
             Ok(items
