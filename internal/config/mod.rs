@@ -48,6 +48,38 @@ impl Config {
         Ok(Config { values })
     }
 
+    /// Like [`Config::load`], but a process that reads the same unchanged file
+    /// again (the daemon, once per create) gets a copy of what it parsed last
+    /// time. "Unchanged": same device, inode, length and modification time; saving
+    /// replaces the file (new inode), so an edit is always seen.
+    pub fn load_cached(path: &Path) -> Result<Config> {
+        use std::os::unix::fs::MetadataExt;
+        type Key = (std::path::PathBuf, u64, u64, u64, i64, i64);
+        static CACHE: std::sync::Mutex<Option<(Key, Config)>> = std::sync::Mutex::new(None);
+        let key = match std::fs::metadata(path) {
+            Ok(m) => (
+                path.to_path_buf(),
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+            ),
+            Err(_) => return Config::load(path),
+        };
+        if let Ok(guard) = CACHE.lock()
+            && let Some((k, c)) = guard.as_ref()
+            && *k == key
+        {
+            return Ok(c.clone());
+        }
+        let config = Config::load(path)?;
+        if let Ok(mut guard) = CACHE.lock() {
+            *guard = Some((key, config.clone()));
+        }
+        Ok(config)
+    }
+
     /// Writes the configuration atomically, keys sorted, one per line.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(&self.values)?;

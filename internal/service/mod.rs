@@ -623,7 +623,9 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
             next_child_id(tx, parent)?
         }
         _ => {
-            let prefix = Config::load(&ctx.paths.config())?.prefix().to_string();
+            let prefix = Config::load_cached(&ctx.paths.config())?
+                .prefix()
+                .to_string();
             let seed = format!(
                 "{}|{}|{}|{}|{}",
                 tx.replica(),

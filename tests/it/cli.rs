@@ -477,6 +477,11 @@ fn stats_info_version_config(mode: Mode) {
     assert_eq!(env.json(&["config", "list"])["custom.team"], "blue");
     env.ok(&["config", "set", "prefix", "np"]);
     assert!(env.create(&["new prefix"]).starts_with("np-"));
+    // A hand edit in place, same length and same inode, is seen by the next create.
+    let config = env.beads().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"np\"", "\"qz\"")).unwrap();
+    assert!(env.create(&["edited by hand"]).starts_with("qz-"));
     assert_eq!(env.json(&["conflicts"]), serde_json::json!([]));
     let out = env.run(&["conflicts"]);
     assert!(out.status.success() && out.stdout.is_empty());
