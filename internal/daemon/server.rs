@@ -358,29 +358,46 @@ async fn request(
             .await
             .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")));
     }
+    if is_light(&req) {
+        // A bounded read (a few issues, a short page) takes tens of µs: running it
+        // here costs less than handing it to another thread and back.
+        return read(shared, &actor, req);
+    }
     let shared = shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
-        let mut store = match pooled {
-            Some(s) => s,
-            None => Store::open(&shared.opts.paths.db)?,
-        };
-        let ctx = Context {
-            actor: &actor,
-            clock: &SystemClock,
-            paths: &shared.opts.paths,
-            mode: "daemon",
-        };
-        let out = service::execute(&mut store, &ctx, req);
-        if let Ok(mut pool) = shared.readers.lock()
-            && pool.len() < READER_POOL
-        {
-            pool.push(store);
-        }
-        out
-    })
-    .await
-    .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
+    tokio::task::spawn_blocking(move || read(&shared, &actor, req))
+        .await
+        .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
+}
+
+/// Reads small and bounded enough to run on the connection task itself.
+fn is_light(req: &Request) -> bool {
+    match req {
+        Request::Show { ids } => ids.len() <= 16,
+        Request::Ready(f) | Request::List(f) => f.limit.is_some_and(|n| (1..=100).contains(&n)),
+        _ => false,
+    }
+}
+
+/// Runs a read on a pooled read connection.
+fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
+    let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
+    let mut store = match pooled {
+        Some(s) => s,
+        None => Store::open(&shared.opts.paths.db)?,
+    };
+    let ctx = Context {
+        actor,
+        clock: &SystemClock,
+        paths: &shared.opts.paths,
+        mode: "daemon",
+    };
+    let out = service::execute(&mut store, &ctx, req);
+    if let Ok(mut pool) = shared.readers.lock()
+        && pool.len() < READER_POOL
+    {
+        pool.push(store);
+    }
+    out
 }
 
 type Pending = (oneshot::Sender<Result<Response>>, GroupItem);
