@@ -207,7 +207,7 @@ impl StartLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(paths.dir.join("daemon.start.lock"))?;
+            .open(paths.daemon_start_lock())?;
         let start = std::time::Instant::now();
         loop {
             match file.try_lock() {

@@ -72,6 +72,11 @@ impl BeadsPaths {
         self.dir.join("daemon.lock")
     }
 
+    /// Held by whoever is starting a daemon, so racing commands start only one.
+    pub fn daemon_start_lock(&self) -> PathBuf {
+        self.dir.join("daemon.start.lock")
+    }
+
     /// The daemon's log.
     pub fn daemon_log(&self) -> PathBuf {
         self.dir.join("daemon.log")

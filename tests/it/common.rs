@@ -19,6 +19,16 @@ pub fn jsonl_ids(text: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// Waits for a spawned command (stdout and stderr piped); asserts it succeeded and
+/// printed nothing on stderr (so no direct-mode fallback note). Returns stdout.
+pub fn wait_clean(child: std::process::Child) -> String {
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(out.stderr.is_empty(), "no fallback: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
 /// Runs a shell script in `dir` with the built `bd` first on PATH; asserts success.
 pub fn run_shell(dir: &Path, script: &str) -> String {
     let bin_dir = Path::new(BD).parent().expect("bin dir");

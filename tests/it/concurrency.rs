@@ -1,6 +1,6 @@
 //! Many processes writing at once, in both modes.
 
-use crate::common::{BD, Mode, TestEnv};
+use crate::common::{BD, Mode, TestEnv, wait_clean};
 use std::collections::BTreeSet;
 
 fn eight_agents_times_fifty_creates_lose_nothing(mode: Mode) {
@@ -30,18 +30,7 @@ fn agents_create_concurrently(mode: Mode, agents: usize, each: usize) {
         .collect();
     let mut printed = BTreeSet::new();
     for p in procs {
-        let out = p.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.stderr.is_empty(),
-            "no fallback: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for id in String::from_utf8(out.stdout).unwrap().lines() {
+        for id in wait_clean(p).lines() {
             assert!(printed.insert(id.to_string()), "duplicate id {id}");
         }
     }

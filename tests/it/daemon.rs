@@ -1,6 +1,6 @@
 //! The daemon: lifecycle, serving the CLI, bad clients, concurrency, stale state.
 
-use crate::common::{BD, TestEnv};
+use crate::common::{BD, TestEnv, wait_clean};
 use bd::rpc::{self, Call, Envelope, Hello, HelloReply, Outcome, Reply};
 use bd::service::{CreateRequest, Request};
 use serde_json::Value;
@@ -219,18 +219,7 @@ fn fifty_racing_commands_start_exactly_one_daemon() {
         .collect();
     let mut ids = BTreeSet::new();
     for p in procs {
-        let out = p.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.stderr.is_empty(),
-            "no fallback: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ids.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+        ids.insert(wait_clean(p).trim().to_string());
     }
     assert_eq!(ids.len(), 50);
     assert_eq!(daemons_for(&env), 1, "exactly one daemon");

@@ -15,6 +15,21 @@ fn item((actor, request): (String, Request)) -> GroupItem {
     }
 }
 
+/// A fresh tracker (prefix `g`) in a temp dir; keep the dir alive.
+fn tracker(replica: &str) -> (tempfile::TempDir, BeadsPaths) {
+    let dir = tempfile::tempdir().unwrap();
+    init(
+        dir.path(),
+        &InitOptions {
+            prefix: Some("g".into()),
+            replica: replica.into(),
+        },
+    )
+    .unwrap();
+    let paths = BeadsPaths::new(dir.path().join(".beads"));
+    (dir, paths)
+}
+
 fn create(title: &str) -> Request {
     Request::Create(CreateRequest {
         title: title.into(),
@@ -24,16 +39,7 @@ fn create(title: &str) -> Request {
 
 #[test]
 fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
-    let dir = tempfile::tempdir().unwrap();
-    init(
-        dir.path(),
-        &InitOptions {
-            prefix: Some("g".into()),
-            replica: "groupreplica0001".into(),
-        },
-    )
-    .unwrap();
-    let paths = BeadsPaths::new(dir.path().join(".beads"));
+    let (_dir, paths) = tracker("groupreplica0001");
     let mut direct = Direct::open(paths.clone(), "setup").unwrap();
     let Response::Issue(taken) = direct.call(create("already taken")).unwrap() else {
         panic!()
@@ -136,16 +142,7 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
 
 #[test]
 fn a_group_of_many_writes_commits_them_all() {
-    let dir = tempfile::tempdir().unwrap();
-    init(
-        dir.path(),
-        &InitOptions {
-            prefix: Some("g".into()),
-            replica: "groupreplica0002".into(),
-        },
-    )
-    .unwrap();
-    let paths = BeadsPaths::new(dir.path().join(".beads"));
+    let (_dir, paths) = tracker("groupreplica0002");
     let mut store = Store::open(&paths.db).unwrap();
     let items = (0..200)
         .map(|i| item((format!("agent{}", i % 8), create(&format!("issue {i}")))))
@@ -164,16 +161,7 @@ fn a_group_of_many_writes_commits_them_all() {
 
 #[test]
 fn an_item_past_its_deadline_is_not_run_but_its_neighbours_are() {
-    let dir = tempfile::tempdir().unwrap();
-    init(
-        dir.path(),
-        &InitOptions {
-            prefix: Some("g".into()),
-            replica: "groupreplica0003".into(),
-        },
-    )
-    .unwrap();
-    let paths = BeadsPaths::new(dir.path().join(".beads"));
+    let (_dir, paths) = tracker("groupreplica0003");
     let mut store = Store::open(&paths.db).unwrap();
     let items = vec![
         item(("a".into(), create("on time"))),
