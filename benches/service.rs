@@ -64,10 +64,13 @@ fn everyday(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("update", n), |b| {
             b.iter(|| {
                 k += 1;
-                let id = format!("b-{:06}", k % n);
+                let (pass, j) = (k / n, k % n);
+                let id = format!("b-{j:06}");
+                // Always a real change: the fixture gives issue j priority j % 5, and
+                // each pass over the issues moves every one up by one.
                 let req = UpdateRequest {
                     ids: vec![id],
-                    priority: Some((k % 5) as i64),
+                    priority: Some(((j + pass + 1) % 5) as i64),
                     ..Default::default()
                 };
                 t.client.call(Request::Update(req)).expect("update")
@@ -202,46 +205,94 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-/// The same calls through a real daemon (running in a thread of this process,
-/// reached over its Unix socket) and directly, at 10,000 issues; and 8 clients
-/// creating at once.
-fn daemon_vs_direct(c: &mut Criterion) {
-    use bd::client::DaemonClient;
-    use bd::daemon::{DaemonOptions, run, socket_path};
-    let mut t = tracker(10_000);
-    let paths = t.client.paths().clone();
-    let socket = socket_path(&paths, &std::env::temp_dir());
-    let opts = DaemonOptions {
-        paths: paths.clone(),
-        socket: socket.clone(),
-        idle_timeout: Duration::from_secs(600),
-        flush_debounce: Duration::from_millis(1000),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let server = std::thread::spawn(move || run(opts, std::sync::Arc::new(|_: &str| {})));
-    let connect = || {
+/// A daemon for `paths` in a thread of this process, and a way to connect to it.
+struct BenchDaemon {
+    socket: std::path::PathBuf,
+    thread: Option<std::thread::JoinHandle<bd::Result<()>>>,
+}
+
+impl BenchDaemon {
+    fn start(paths: &BeadsPaths, max_group: usize) -> BenchDaemon {
+        use bd::daemon::{DaemonOptions, run, socket_path};
+        let socket = socket_path(paths, &std::env::temp_dir());
+        let opts = DaemonOptions {
+            paths: paths.clone(),
+            socket: socket.clone(),
+            idle_timeout: Duration::from_secs(600),
+            flush_debounce: Duration::from_millis(1000),
+            max_group,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let thread = std::thread::spawn(move || run(opts, std::sync::Arc::new(|_: &str| {})));
+        BenchDaemon {
+            socket,
+            thread: Some(thread),
+        }
+    }
+
+    fn connect(&self) -> bd::client::DaemonClient {
         for _ in 0..500 {
-            if let Ok(c) = DaemonClient::connect(&socket, "bench", Duration::from_secs(30)) {
+            if let Ok(c) =
+                bd::client::DaemonClient::connect(&self.socket, "bench", Duration::from_secs(30))
+            {
                 return c;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("daemon did not come up");
-    };
-    let mut d = connect();
+    }
+
+    fn stop(mut self) {
+        self.connect().stop().expect("stop");
+        if let Some(t) = self.thread.take() {
+            t.join().expect("daemon thread").expect("daemon run");
+        }
+    }
+}
+
+fn create() -> Request {
+    Request::Create(CreateRequest {
+        title: "bench issue".into(),
+        ..Default::default()
+    })
+}
+
+/// The same calls through a real daemon (running in a thread of this process,
+/// reached over its Unix socket) and directly, at 10,000 issues; and 8 clients
+/// creating at once.
+fn daemon_vs_direct(c: &mut Criterion) {
+    let mut t = tracker(10_000);
+    let paths = t.client.paths().clone();
+    let daemon = BenchDaemon::start(&paths, bd::daemon::MAX_GROUP);
+    let mut d = daemon.connect();
     let mut g = c.benchmark_group("daemon_vs_direct_10000");
     g.sample_size(30)
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    let create = || {
-        Request::Create(CreateRequest {
-            title: "bench issue".into(),
-            ..Default::default()
-        })
-    };
     let ready = || {
         Request::Ready(ListFilter {
             limit: Some(10),
+            ..Default::default()
+        })
+    };
+    let list = || {
+        Request::List(ListFilter {
+            limit: Some(50),
+            ..Default::default()
+        })
+    };
+    let show = || Request::Show {
+        ids: vec!["b-000001".into()],
+    };
+    // A real change every time (see `everyday`), alternating between the two
+    // backends over the same issues.
+    let mut k = 0usize;
+    let mut update = move || {
+        k += 1;
+        let (pass, j) = (k / 10_000, k % 10_000);
+        Request::Update(UpdateRequest {
+            ids: vec![format!("b-{j:06}")],
+            priority: Some(((j + pass + 1) % 5) as i64),
             ..Default::default()
         })
     };
@@ -254,22 +305,21 @@ fn daemon_vs_direct(c: &mut Criterion) {
     g.bench_function("daemon_create", |b| {
         b.iter(|| d.call(create()).expect("create"))
     });
-    g.bench_function("direct_show", |b| {
-        b.iter(|| {
-            t.client
-                .call(Request::Show {
-                    ids: vec!["b-000001".into()],
-                })
-                .expect("show")
-        })
+    g.bench_function("direct_update", |b| {
+        b.iter(|| t.client.call(update()).expect("update"))
     });
-    g.bench_function("daemon_show", |b| {
-        b.iter(|| {
-            d.call(Request::Show {
-                ids: vec!["b-000001".into()],
-            })
-            .expect("show")
-        })
+    g.bench_function("daemon_update", |b| {
+        b.iter(|| d.call(update()).expect("update"))
+    });
+    g.bench_function("direct_show", |b| {
+        b.iter(|| t.client.call(show()).expect("show"))
+    });
+    g.bench_function("daemon_show", |b| b.iter(|| d.call(show()).expect("show")));
+    g.bench_function("direct_list_50", |b| {
+        b.iter(|| t.client.call(list()).expect("list"))
+    });
+    g.bench_function("daemon_list_50", |b| {
+        b.iter(|| d.call(list()).expect("list"))
     });
     g.bench_function("direct_ready_10", |b| {
         b.iter(|| t.client.call(ready()).expect("ready"))
@@ -279,12 +329,12 @@ fn daemon_vs_direct(c: &mut Criterion) {
     });
     g.finish();
 
-    // 8 clients × 50 creates at once: acknowledged durable writes per second.
+    // 8 clients × 50 creates at once, each with its own direct connection.
     let mut g = c.benchmark_group("concurrent_8x50_creates");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.throughput(criterion::Throughput::Elements(400));
     g.bench_function("daemon", |b| {
-        let mut clients: Vec<DaemonClient> = (0..8).map(|_| connect()).collect();
+        let mut clients: Vec<_> = (0..8).map(|_| daemon.connect()).collect();
         b.iter(|| {
             std::thread::scope(|s| {
                 for c in clients.iter_mut() {
@@ -306,9 +356,40 @@ fn daemon_vs_direct(c: &mut Criterion) {
         })
     });
     g.finish();
-    d.stop().expect("stop");
     drop(d);
-    server.join().expect("daemon thread").expect("daemon run");
+    daemon.stop();
+}
+
+/// Acknowledged durable creates per second through the daemon from 1, 8 and 50
+/// clients at once (400 creates in all), with group commit on and off.
+fn daemon_throughput(c: &mut Criterion) {
+    for (label, max_group) in [
+        ("group_commit", bd::daemon::MAX_GROUP),
+        ("one_per_commit", 1),
+    ] {
+        let t = tracker(10_000);
+        let daemon = BenchDaemon::start(t.client.paths(), max_group);
+        let mut g = c.benchmark_group(format!("daemon_400_creates_{label}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(8));
+        g.throughput(criterion::Throughput::Elements(400));
+        for clients in [1usize, 8, 50] {
+            let per = 400 / clients;
+            let mut conns: Vec<_> = (0..clients).map(|_| daemon.connect()).collect();
+            g.bench_function(BenchmarkId::new("clients", clients), |b| {
+                b.iter(|| {
+                    std::thread::scope(|s| {
+                        for c in conns.iter_mut() {
+                            s.spawn(move || {
+                                (0..per).for_each(|_| drop(c.call(create()).expect("create")))
+                            });
+                        }
+                    })
+                })
+            });
+        }
+        g.finish();
+        daemon.stop();
+    }
 }
 
 criterion_group!(
@@ -316,6 +397,7 @@ criterion_group!(
     everyday,
     import_export,
     group_commit,
-    daemon_vs_direct
+    daemon_vs_direct,
+    daemon_throughput
 );
 criterion_main!(benches);

@@ -274,7 +274,13 @@ fn try_daemon(paths: &BeadsPaths, opts: &ConnectOptions) -> Result<Option<Daemon
     if let Some(client) = running_client(paths, opts)? {
         return Ok(Some(client));
     }
-    let mut child = daemon::spawn(paths, &auto.exe, auto.idle_timeout_s, 1000)?;
+    let mut child = daemon::spawn(
+        paths,
+        &auto.exe,
+        auto.idle_timeout_s,
+        1000,
+        daemon::MAX_GROUP,
+    )?;
     let mut ready = None;
     wait_until(auto.wait, || {
         if let Some(status) = child.try_wait()? {

@@ -15,7 +15,7 @@
 
 mod server;
 
-pub use server::{DaemonOptions, Log, run};
+pub use server::{DaemonOptions, Log, MAX_GROUP, run};
 
 use crate::rpc::PROTOCOL;
 use crate::storage::BeadsPaths;
@@ -157,6 +157,7 @@ pub fn spawn(
     exe: &Path,
     idle_timeout_s: u64,
     flush_debounce_ms: u64,
+    max_group: usize,
 ) -> Result<std::process::Child> {
     rotate_log(paths)?;
     let log = OpenOptions::new()
@@ -170,6 +171,7 @@ pub fn spawn(
     cmd.arg("--idle-timeout").arg(idle_timeout_s.to_string());
     cmd.arg("--flush-debounce")
         .arg(flush_debounce_ms.to_string());
+    cmd.arg("--max-group").arg(max_group.to_string());
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

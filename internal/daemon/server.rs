@@ -5,7 +5,7 @@ use super::{DaemonLock, record_for};
 use crate::clock::{Clock, SystemClock};
 use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, PROTOCOL, Reply};
 use crate::service::{self, Context, GroupItem, Request, Response};
-use crate::storage::{BeadsPaths, Store};
+use crate::storage::{BeadsPaths, Store, WalSync};
 use crate::{Error, ErrorKind, Result};
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 
-/// Most writes committed in one group.
-const MAX_GROUP: usize = 256;
+/// Most writes committed in one group, unless [`DaemonOptions::max_group`] says
+/// otherwise.
+pub const MAX_GROUP: usize = 256;
 /// A client must say hello within this long, or it is disconnected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections kept open between requests.
@@ -39,6 +40,9 @@ pub struct DaemonOptions {
     pub idle_timeout: Duration,
     /// Write the issues.jsonl snapshot this long after the last write.
     pub flush_debounce: Duration,
+    /// Most writes committed in one transaction ([`MAX_GROUP`]); 1 turns group
+    /// commit off (each write its own transaction and fdatasync), for measuring.
+    pub max_group: usize,
     /// The version this daemon reports (normally this build's; tests of the
     /// upgrade path make a daemon claim to be older).
     pub version: String,
@@ -66,6 +70,7 @@ struct Counters {
     queue: AtomicU64,
     in_flight: AtomicU64,
     connections: AtomicU64,
+    syncs: AtomicU64,
 }
 
 struct Shared {
@@ -110,6 +115,7 @@ impl Shared {
             groups: c.groups.load(Ordering::SeqCst),
             largest_group: c.largest_group.load(Ordering::SeqCst),
             connections: c.connections.load(Ordering::SeqCst),
+            syncs: c.syncs.load(Ordering::SeqCst),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
@@ -135,7 +141,9 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     // We hold the lock, so any socket file at our path is a dead daemon's.
     let _ = std::fs::remove_file(&opts.socket);
     let writer_store = Store::open(&opts.paths.db)?;
+    writer_store.defer_commit_sync()?;
     let (tx, rx) = mpsc::channel();
+    let (acks_tx, acks_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         opts: opts.clone(),
         started: Instant::now(),
@@ -148,11 +156,17 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         shutdown: Notify::new(),
         log: log.clone(),
     });
+    let syncer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("bd-syncer".into())
+            .spawn(move || syncer_loop(acks_rx, &shared))?
+    };
     let writer = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("bd-writer".into())
-            .spawn(move || writer_loop(writer_store, rx, &shared))?
+            .spawn(move || writer_loop(writer_store, rx, acks_tx, &shared))?
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,6 +200,11 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     }
     if writer.join().is_err() {
         log("writer thread panicked");
+    }
+    // The writer's end of the ack channel is gone, so the syncer answers what is
+    // left and stops.
+    if syncer.join().is_err() {
+        log("syncer thread panicked");
     }
     drop(runtime);
     let _ = std::fs::remove_file(&opts.socket);
@@ -402,7 +421,16 @@ fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
 
 type Pending = (oneshot::Sender<Result<Response>>, GroupItem);
 
-fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
+/// A committed group's answers, held until the log is durable.
+type Acks = Vec<(oneshot::Sender<Result<Response>>, Result<Response>)>;
+
+fn writer_loop(
+    mut store: Store,
+    rx: mpsc::Receiver<Job>,
+    acks: mpsc::Sender<Acks>,
+    shared: &Shared,
+) {
+    let mut wal = WalSync::new(&shared.opts.paths.db);
     let mut dirty = false;
     let mut stopping = false;
     loop {
@@ -410,7 +438,7 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 if dirty {
-                    flush_snapshot(&mut store, shared);
+                    flush_snapshot(&mut store, &mut wal, shared);
                     dirty = false;
                 }
                 continue;
@@ -418,7 +446,8 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
+        let max_group = shared.opts.max_group.max(1);
+        while jobs.len() < max_group {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
@@ -455,7 +484,7 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
             }
         }
         if !live.is_empty() {
-            commit_group(&mut store, shared, live);
+            commit_group(&mut store, shared, live, &acks);
             dirty = true;
         }
         if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
@@ -463,11 +492,58 @@ fn writer_loop(mut store: Store, rx: mpsc::Receiver<Job>, shared: &Shared) {
         }
     }
     if dirty {
-        flush_snapshot(&mut store, shared);
+        flush_snapshot(&mut store, &mut wal, shared);
     }
 }
 
-fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>) {
+/// Makes committed groups durable and only then answers their callers. While it
+/// waits for the disk the writer commits the next groups, and one fdatasync then
+/// covers all of them (the log is appended in commit order).
+fn syncer_loop(rx: mpsc::Receiver<Acks>, shared: &Shared) {
+    let mut wal = WalSync::new(&shared.opts.paths.db);
+    let mut failed: Option<Error> = None;
+    while let Ok(first) = rx.recv() {
+        let mut waiting = first;
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        if let Some(err) = &failed {
+            // Later frames sit behind the ones that may be lost: recovery stops at
+            // the first bad frame, so no later sync can vouch for them either.
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(err.clone()));
+            }
+            continue;
+        }
+        match wal.sync() {
+            Ok(()) => {
+                shared.counters.syncs.fetch_add(1, Ordering::SeqCst);
+                for (reply, result) in waiting {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                // After a failed fdatasync the kernel may have dropped the dirty
+                // pages, and a retry can report success without writing them:
+                // nobody may be told these writes are safe. Stop taking writes.
+                let message = format!(
+                    "the disk reported an error making committed writes durable: {e}; \
+                     they may be lost if the machine crashes"
+                );
+                shared.note_error(&message);
+                let err = Error::new(ErrorKind::Io, message)
+                    .hint("check the disk (dmesg), then run `bd doctor`; the daemon has stopped");
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                failed = Some(err);
+                shared.begin_shutdown();
+            }
+        }
+    }
+}
+
+fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>, acks: &mpsc::Sender<Acks>) {
     let n = live.len() as u64;
     let (replies, items): (Vec<_>, Vec<_>) = live.into_iter().unzip();
     let c = &shared.counters;
@@ -479,9 +555,9 @@ fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>) {
     c.in_flight.store(0, Ordering::SeqCst);
     match outcome {
         Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
+            // The syncer outlives the writer (it stops when this sender is
+            // dropped), so this send only fails if it panicked.
+            let _ = acks.send(replies.into_iter().zip(results).collect());
         }
         Err(e) => {
             shared.note_error(&format!("group commit of {n} writes failed: {}", e.message));
@@ -492,7 +568,12 @@ fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>) {
     }
 }
 
-fn flush_snapshot(store: &mut Store, shared: &Shared) {
+fn flush_snapshot(store: &mut Store, wal: &mut WalSync, shared: &Shared) {
+    // The snapshot must never show a write the database could still lose.
+    if let Err(e) = wal.sync() {
+        shared.note_error(&format!("snapshot flush skipped: cannot sync the log: {e}"));
+        return;
+    }
     if let Err(e) = crate::jsonl::write_snapshot(store, &shared.opts.paths) {
         shared.note_error(&format!("snapshot flush failed: {}", e.message));
     }

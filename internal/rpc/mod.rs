@@ -111,6 +111,10 @@ pub struct DaemonStatus {
     pub largest_group: u64,
     /// Open client connections.
     pub connections: u64,
+    /// fdatasync calls that made committed groups durable (one can cover several
+    /// groups).
+    #[serde(default)]
+    pub syncs: u64,
     /// The last error the daemon itself hit (not a request's refusal), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

@@ -6,7 +6,7 @@
 
 pub mod sqlite;
 
-pub use sqlite::{Store, WriteTx};
+pub use sqlite::{Store, WalSync, WriteTx};
 
 use std::path::{Path, PathBuf};
 

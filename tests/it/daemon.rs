@@ -58,6 +58,12 @@ fn lifecycle_start_serve_stop() {
     let status = env.json(&["daemon", "status"]);
     assert!(status["requests"].as_u64().unwrap() >= 6);
     assert!(status["writes"].as_u64().unwrap() >= 3);
+    // Every acknowledged write waited for a disk sync.
+    let syncs = status["syncs"].as_u64().unwrap();
+    assert!(
+        syncs >= 1 && syncs <= status["groups"].as_u64().unwrap(),
+        "{status}"
+    );
     let err = env.fails(&["daemon", "start"], 1);
     assert!(err.contains("already running"), "{err}");
     let sock = socket(&env);
@@ -202,6 +208,43 @@ fn daemons_for(env: &TestEnv) -> usize {
         .lines()
         .filter(|l| l.contains("daemon start --foreground") && l.contains(&beads))
         .count()
+}
+
+#[test]
+fn group_commit_can_be_turned_off() {
+    let env = TestEnv::new();
+    env.json(&[
+        "daemon",
+        "start",
+        "--idle-timeout",
+        "120",
+        "--max-group",
+        "1",
+    ]);
+    let procs: Vec<_> = (0..4)
+        .map(|p| {
+            let script =
+                format!(r#"for i in 1 2 3 4 5 6 7 8; do "$0" create "w{p} $i" -q || exit 1; done"#);
+            std::process::Command::new("sh")
+                .args(["-c", &script, crate::common::BD])
+                .current_dir(env.root())
+                .env("BD_AUTO_START", "0")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in procs {
+        assert_eq!(wait_clean(p).lines().count(), 8);
+    }
+    let status = env.json(&["daemon", "status"]);
+    assert_eq!(status["writes"], 32, "{status}");
+    assert_eq!(status["groups"], 32, "one transaction per write: {status}");
+    assert_eq!(status["largest_group"], 1, "{status}");
+    assert!(status["syncs"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(env.ids(&["list"]).len(), 32);
+    env.fails(&["daemon", "start", "--max-group", "0"], 2);
 }
 
 #[test]

@@ -35,6 +35,10 @@ pub struct StartArgs {
     /// Write issues.jsonl this many milliseconds after the last write
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub flush_debounce: u64,
+    /// Most writes committed together in one transaction (1 turns group commit off)
+    #[arg(long, value_name = "N", default_value_t = daemon::MAX_GROUP as u64,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_group: u64,
     /// Report this version instead of the real one (tests of the upgrade path)
     #[arg(long, hide = true, requires = "foreground")]
     pub report_version: Option<String>,
@@ -89,6 +93,7 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
             socket,
             idle_timeout: Duration::from_secs(a.idle_timeout),
             flush_debounce: Duration::from_millis(a.flush_debounce),
+            max_group: a.max_group as usize,
             version: a
                 .report_version
                 .clone()
@@ -106,7 +111,13 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
         ));
     }
     let exe = std::env::current_exe()?;
-    let mut child = daemon::spawn(&paths, &exe, a.idle_timeout, a.flush_debounce)?;
+    let mut child = daemon::spawn(
+        &paths,
+        &exe,
+        a.idle_timeout,
+        a.flush_debounce,
+        a.max_group as usize,
+    )?;
     let started = Instant::now();
     loop {
         if let Some(Some(record)) = daemon::running(&paths)?
@@ -193,7 +204,7 @@ fn status(ctx: &Ctx) -> Result<(), CliError> {
         0.0
     };
     output::print(&format!(
-        "bd daemon {} (protocol {})\npid:         {}\nuptime:      {} s\nsocket:      {}\nconnections: {}\nqueue:       {} waiting, {} being committed\nrequests:    {}\nwrites:      {} in {} groups (mean {:.1}, largest {})\nlast error:  {}\n",
+        "bd daemon {} (protocol {})\npid:         {}\nuptime:      {} s\nsocket:      {}\nconnections: {}\nqueue:       {} waiting, {} being committed\nrequests:    {}\nwrites:      {} in {} groups (mean {:.1}, largest {}), {} disk syncs\nlast error:  {}\n",
         s.version,
         s.protocol,
         s.pid,
@@ -207,6 +218,7 @@ fn status(ctx: &Ctx) -> Result<(), CliError> {
         s.groups,
         mean,
         s.largest_group,
+        s.syncs,
         s.last_error.as_deref().unwrap_or("none")
     ))
 }
