@@ -11,6 +11,10 @@ use bd::storage::BeadsPaths;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 
+/// As in the `bd` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Tracker {
     _dir: tempfile::TempDir,
     client: Direct,

@@ -7,6 +7,12 @@ mod context;
 mod output;
 
 use clap::Parser;
+
+/// mimalloc instead of glibc's malloc: reading and writing issues is allocation
+/// heavy (every field a `String`), and glibc's arena consolidation showed up as
+/// ~20% of a daemon read (see DAEMON_DESIGN.md "Crates").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use context::{Ctx, GlobalArgs};
 
 /// bd: a local-first issue tracker and work queue for AI coding agents
