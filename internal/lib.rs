@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod exchange;
 pub mod fixture;
 pub mod ids;
 pub mod jsonl;

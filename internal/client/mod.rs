@@ -74,6 +74,7 @@ impl Backend for Direct {
             paths: &self.paths,
             mode: "direct",
         };
+        service::catch_up(&mut self.store, ctx.clock, ctx.paths)?;
         service::execute(&mut self.store, &ctx, req)
     }
 
@@ -374,10 +375,15 @@ pub struct InitReport {
     pub replica: String,
     /// True when `.beads/` already held committed files (a fresh clone).
     pub adopted_existing: bool,
+    /// Ops of other clones found in `.beads/ops` and applied.
+    pub ops_applied: u64,
+    /// Op lines that could not be used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<crate::exchange::LineProblem>,
 }
 
 /// Lines bd adds to `.beads/.gitignore`: the per-clone files.
-pub const BEADS_GITIGNORE: &str = "# bd: per-clone files (the database and daemon state) stay out of git\n*.db\n*.db-*\n*.lock\nbd.sock\ndaemon.*\n.bd-tmp-*\n";
+pub const BEADS_GITIGNORE: &str = "# bd: per-clone files (the database and daemon state) stay out of git\n*.db\n*.db-*\n*.db.*\n*.lock\nbd.sock\ndaemon.*\n.bd-tmp-*\n";
 
 /// Creates a tracker in `<root>/.beads/`. Refuses if a database is already there.
 pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
@@ -413,6 +419,15 @@ pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
         crate::jsonl::atomic_write(&gitignore, BEADS_GITIGNORE.as_bytes())?;
     }
     let mut store = Store::create(&paths, &opts.replica)?;
+    // A fresh clone: the other clones' ops are already here (committed in git).
+    let ingested = store.write(&crate::clock::SystemClock, |tx| {
+        crate::exchange::ingest(
+            tx,
+            &paths,
+            crate::exchange::Scope::Foreign,
+            crate::exchange::DEFAULT_MAX_SKEW_MS,
+        )
+    })?;
     crate::jsonl::flush_own_ops(&store, &paths)?;
     crate::jsonl::write_snapshot(&mut store, &paths)?;
     Ok(InitReport {
@@ -421,5 +436,121 @@ pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
         prefix,
         replica: opts.replica.clone(),
         adopted_existing,
+        ops_applied: ingested.applied,
+        problems: ingested.problems,
     })
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RebuildReport {
+    /// Op files read.
+    pub files: u64,
+    /// Ops applied.
+    pub ops: u64,
+    /// Ops held for clock skew.
+    pub held: u64,
+    /// State hash of the rebuilt database.
+    pub state_hash: String,
+    /// State hash of the database it replaced (`None`: there was none).
+    pub previous_hash: Option<String>,
+    /// Whether the rebuilt database replaced the old one.
+    pub replaced: bool,
+    /// Where the old database was kept.
+    pub backup: Option<String>,
+    /// Lines that could not be used.
+    pub problems: Vec<crate::exchange::LineProblem>,
+}
+
+/// Rebuilds the database from the op files alone and checks that the state is
+/// the same as before (the state hash). The old database is kept as
+/// `beads.db.bak`. With a different hash the old database stays in place and the
+/// rebuilt one is left at `beads.db.rebuild`, unless `force`. Refuses while a
+/// daemon runs (it holds the database open).
+pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
+    use crate::exchange::{DEFAULT_MAX_SKEW_MS, Scope, ingest};
+    if let Some(record) = daemon::running(paths)? {
+        let pid = record
+            .map(|r| r.pid.to_string())
+            .unwrap_or_else(|| "?".into());
+        return Err(Error::new(
+            ErrorKind::Exists,
+            format!("a bd daemon (pid {pid}) has the database open"),
+        )
+        .hint("stop it with `bd daemon stop`, then run `bd --no-daemon rebuild`"));
+    }
+    let (replica, previous_hash) = match Store::open(&paths.db) {
+        Ok(old) => {
+            // Everything this replica wrote must be in its op file first.
+            crate::jsonl::flush_own_ops(&old, paths)?;
+            let hash = crate::storage::sqlite::state_hash(old.conn())?;
+            (old.replica().to_string(), Some(hash))
+        }
+        Err(e) if e.kind == ErrorKind::NotInitialized => (ids::new_replica_id()?, None),
+        Err(e) => return Err(e),
+    };
+    let side = |suffix: &str| {
+        let mut p = paths.db.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    let fresh_db = side(".rebuild");
+    for stale in [".rebuild", ".rebuild-wal", ".rebuild-shm"] {
+        match std::fs::remove_file(side(stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let fresh_paths = BeadsPaths {
+        dir: paths.dir.clone(),
+        db: fresh_db.clone(),
+    };
+    let mut fresh = Store::create(&fresh_paths, &replica)?;
+    let report = fresh.write(&crate::clock::SystemClock, |tx| {
+        ingest(tx, paths, Scope::All, DEFAULT_MAX_SKEW_MS)
+    })?;
+    let state_hash = crate::storage::sqlite::state_hash(fresh.conn())?;
+    drop(fresh); // checkpoints and removes its WAL
+    let matches = previous_hash.as_deref().is_none_or(|h| h == state_hash);
+    let mut out = RebuildReport {
+        files: report.files_read,
+        ops: report.applied,
+        held: report.held,
+        state_hash,
+        previous_hash,
+        replaced: false,
+        backup: None,
+        problems: report.problems,
+    };
+    if !matches && !force {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "the database rebuilt from the op files differs from the current one \
+                 (state {} vs {}); kept the current database, the rebuilt one is at {}",
+                short(&out.state_hash),
+                short(out.previous_hash.as_deref().unwrap_or("")),
+                fresh_db.display()
+            ),
+        )
+        .hint(
+            "`bd doctor` shows unreadable op lines; `bd rebuild --force` takes the rebuilt one",
+        ));
+    }
+    if out.previous_hash.is_some() {
+        let backup = side(".bak");
+        std::fs::rename(&paths.db, &backup)?;
+        out.backup = Some(backup.display().to_string());
+    }
+    std::fs::rename(&fresh_db, &paths.db)?;
+    out.replaced = true;
+    let mut store = Store::open(&paths.db)?;
+    crate::jsonl::flush_own_ops(&store, paths)?;
+    crate::jsonl::write_snapshot(&mut store, paths)?;
+    Ok(out)
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
 }

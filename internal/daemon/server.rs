@@ -58,8 +58,17 @@ enum Job {
         deadline_ms: u64,
         reply: oneshot::Sender<Result<Response>>,
     },
+    /// Apply what other clones delivered into `.beads/ops` (see
+    /// [`service::catch_up`]) before the asking request is served.
+    CatchUp(oneshot::Sender<Result<()>>),
     Stop,
 }
+
+/// How often the op directory's content is checked even if its signature has
+/// not changed (held clock-skew ops become due with time alone).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
+
+use crate::exchange::DirSignature;
 
 #[derive(Default)]
 struct Counters {
@@ -83,6 +92,8 @@ struct Shared {
     last_activity: Mutex<Instant>,
     stopping: AtomicBool,
     shutdown: Notify,
+    /// The op directory as last caught up with, and when.
+    op_dir: Mutex<Option<(DirSignature, Instant)>>,
     log: Log,
 }
 
@@ -154,6 +165,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         last_activity: Mutex::new(Instant::now()),
         stopping: AtomicBool::new(false),
         shutdown: Notify::new(),
+        op_dir: Mutex::new(None),
         log: log.clone(),
     });
     let syncer = {
@@ -356,6 +368,7 @@ async fn request(
             Error::new(ErrorKind::Io, "the daemon is shutting down").hint("run the command again")
         );
     }
+    catch_up(shared).await?;
     if req.is_write() {
         let (tx, rx) = oneshot::channel();
         shared.counters.queue.fetch_add(1, Ordering::SeqCst);
@@ -386,6 +399,35 @@ async fn request(
     tokio::task::spawn_blocking(move || read(&shared, &actor, req))
         .await
         .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
+}
+
+/// Before serving anything, make sure ops that git delivered since the last look
+/// are applied: a stat of each op file, and a trip to the writer only when the
+/// directory changed (or every few seconds, for held ops that became due).
+async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
+    let sig = crate::exchange::dir_signature(&shared.opts.paths)?;
+    let fresh = shared.op_dir.lock().ok().is_some_and(|seen| {
+        seen.as_ref()
+            .is_some_and(|(s, at)| *s == sig && at.elapsed() < CATCH_UP_EVERY)
+    });
+    if fresh {
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    let sent = shared
+        .jobs
+        .lock()
+        .map_err(|_| Error::internal("writer queue poisoned"))?
+        .send(Job::CatchUp(tx));
+    if sent.is_err() {
+        return Err(Error::internal("the daemon's writer has stopped"));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))?;
+    if let Ok(mut seen) = shared.op_dir.lock() {
+        *seen = Some((sig, Instant::now()));
+    }
+    Ok(())
 }
 
 /// Reads small and bounded enough to run on the connection task itself.
@@ -455,9 +497,11 @@ fn writer_loop(
         }
         let now = SystemClock.now_ms();
         let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
+        let mut catch_ups = Vec::new();
         for job in jobs {
             match job {
                 Job::Stop => stopping = true,
+                Job::CatchUp(reply) => catch_ups.push(reply),
                 Job::Write {
                     actor,
                     request,
@@ -481,6 +525,25 @@ fn writer_loop(
                         },
                     ));
                 }
+            }
+        }
+        if !catch_ups.is_empty() {
+            let out = service::catch_up(&mut store, &SystemClock, &shared.opts.paths);
+            match &out {
+                Ok(Some(report)) => {
+                    dirty = true;
+                    for p in &report.problems {
+                        (shared.log)(&format!("{}:{}: {}", p.file, p.line, p.problem));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    shared.note_error(&format!("applying other clones' ops failed: {}", e.message))
+                }
+            }
+            let out = out.map(|_| ());
+            for reply in catch_ups {
+                let _ = reply.send(out.clone());
             }
         }
         if !live.is_empty() {

@@ -109,6 +109,14 @@ pub fn short_id_matches(id: &str, query: &str) -> bool {
             .is_some_and(|(_, hash)| hash.starts_with(query))
 }
 
+/// A fresh random replica id: 16 hex digits from the OS's random source.
+pub fn new_replica_id() -> crate::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(crate::model::hex_bytes(&bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,31 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
     }
 }
 
+/// Applies ops that other clones delivered into `.beads/ops` (a `git pull`,
+/// `checkout` or `merge`) before a request is served. Costs a tail read per
+/// foreign op file when there is nothing new; `None` then.
+pub fn catch_up(
+    store: &mut Store,
+    clock: &dyn Clock,
+    paths: &BeadsPaths,
+) -> Result<Option<crate::exchange::IngestReport>> {
+    use crate::exchange::{self, DEFAULT_MAX_SKEW_MS, Scope};
+    let news = exchange::has_news(
+        store.conn(),
+        paths,
+        store.replica(),
+        clock.now_ms(),
+        DEFAULT_MAX_SKEW_MS,
+    )?;
+    if !news {
+        return Ok(None);
+    }
+    let report = store.write(clock, |tx| {
+        exchange::ingest(tx, paths, Scope::Foreign, DEFAULT_MAX_SKEW_MS)
+    })?;
+    Ok(Some(report))
+}
+
 /// One request of a group commit.
 #[derive(Debug, Clone)]
 pub struct GroupItem {
@@ -413,6 +438,11 @@ fn info(store: &mut Store, ctx: &Context<'_>) -> Result<Response> {
         prefix: config.prefix().to_string(),
         issues: issues as u64,
         snapshot: jsonl::snapshot_state(store)?,
+        state_hash: crate::storage::sqlite::state_hash(store.conn())?,
+        held_ops: store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM held_ops", [], |r| r.get::<_, i64>(0))?
+            as u64,
     }))
 }
 

@@ -304,6 +304,13 @@ pub struct Info {
     pub issues: u64,
     /// Freshness of issues.jsonl.
     pub snapshot: SnapshotState,
+    /// SHA-256 of the whole materialised state: equal on every clone that holds
+    /// the same ops (a full pass over the issues).
+    #[serde(default)]
+    pub state_hash: String,
+    /// Foreign ops held back for clock skew.
+    #[serde(default)]
+    pub held_ops: u64,
 }
 
 /// What flushing wrote.

@@ -6,7 +6,7 @@
 
 pub mod sqlite;
 
-pub use sqlite::{Store, WalSync, WriteTx};
+pub use sqlite::{Received, Store, WalSync, WriteTx};
 
 use std::path::{Path, PathBuf};
 

@@ -24,9 +24,19 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
+const SCHEMA_V2: &str = include_str!("schema_v2.sql");
+
+/// Brings a database from `from` up to [`SCHEMA_VERSION`] inside `tx`.
+fn migrate(tx: &Connection, from: i64) -> Result<()> {
+    if from < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
 
 /// How long a writer waits for another writer's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -154,7 +164,7 @@ impl Store {
             "INSERT INTO meta(key, value) VALUES ('replica', ?1)",
             params![replica],
         )?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        migrate(&tx, 1)?;
         tx.commit()?;
         Ok(Store {
             conn,
@@ -191,6 +201,16 @@ impl Store {
                 format!("{} is not a bd database (schema v{version})", db.display()),
             )
             .hint("move it aside and run `bd init`"));
+        }
+        if version < SCHEMA_VERSION {
+            // Upgrades are additive; the write lock makes a racing process wait and
+            // then see the new version (and do nothing).
+            let tx = Tx::begin(&conn, "BEGIN IMMEDIATE")?;
+            let now = user_version(&tx)?;
+            if now < SCHEMA_VERSION {
+                migrate(&tx, now)?;
+            }
+            tx.commit()?;
         }
         let replica: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'replica'", [], |r| {
@@ -501,6 +521,65 @@ impl<'a> WriteTx<'a> {
         Ok(op.op_id)
     }
 
+    /// Stores and folds an op recorded elsewhere (another clone's op file, or this
+    /// replica's own file when rebuilding). Idempotent: an op already stored is a
+    /// `Duplicate`. An op whose clock is more than `max_skew_ms` ahead of local time
+    /// is `Held` (kept in `held_ops`, not applied) until local time catches up.
+    /// Fails with [`ErrorKind::Corrupt`] if the op's id does not match its content.
+    pub fn receive(&mut self, op: Op, max_skew_ms: u64) -> Result<Received> {
+        if !op.is_sealed() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("op {:?} does not match its content hash", op.op_id),
+            ));
+        }
+        let known: bool = cached_row(
+            &self.tx,
+            "SELECT EXISTS(SELECT 1 FROM ops WHERE op_id = ?1)",
+            params![op.op_id],
+            |r| r.get(0),
+        )?;
+        if known {
+            return Ok(Received::Duplicate);
+        }
+        let now = self.clock.now_ms();
+        let body = serde_json::to_string(&op)?;
+        if op.hlc.wall > now.saturating_add(max_skew_ms) {
+            self.tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO held_ops(op_id, replica, wall_ms, held_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    op.op_id,
+                    op.replica,
+                    op.hlc.wall as i64,
+                    now as i64,
+                    body
+                ])?;
+            return Ok(Received::Held);
+        }
+        self.tx
+            .prepare_cached("DELETE FROM held_ops WHERE op_id = ?1")?
+            .execute(params![op.op_id])?;
+        self.hlc = self.hlc.observe(op.hlc, now);
+        if op.replica == self.replica {
+            // Our own op coming back (a rebuild): later local ops continue after it.
+            self.seq = self.seq.max(op.seq);
+        }
+        self.doc(&op.issue)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
+        if let Some(doc) = self.docs.get_mut(&op.issue) {
+            doc.apply(&op);
+        }
+        self.touched.insert(op.issue);
+        Ok(Received::Applied)
+    }
+
     /// Runs `f` inside a savepoint. If `f` fails, everything it did is undone (rows,
     /// ops, the clock, the sequence number and the doc cache) and the transaction
     /// carries on; if it succeeds its rows are materialised before the savepoint is
@@ -566,6 +645,17 @@ impl<'a> WriteTx<'a> {
         self.tx.commit()?;
         Ok(())
     }
+}
+
+/// What [`WriteTx::receive`] did with an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Stored and folded in.
+    Applied,
+    /// Already stored.
+    Duplicate,
+    /// Stamped too far in the future; kept aside in `held_ops`.
+    Held,
 }
 
 /// Writes the rows of one materialised issue. `fresh`: the issue had no rows before

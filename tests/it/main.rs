@@ -9,3 +9,4 @@ mod daemon;
 mod errors;
 mod group_commit;
 mod import_export;
+mod sync;

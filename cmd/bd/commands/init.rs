@@ -3,7 +3,6 @@ use crate::context::Ctx;
 use crate::output;
 use bd::client::{InitOptions, init};
 use clap::Args;
-use std::io::Read;
 
 /// Create a tracker (.beads/) in this repository
 #[derive(Args, Debug)]
@@ -13,11 +12,9 @@ pub struct InitArgs {
     pub prefix: Option<String>,
 }
 
-/// A fresh random replica id: 16 hex digits from the OS's random source.
+/// A fresh random replica id (see [`bd::ids::new_replica_id`]).
 pub fn new_replica_id() -> Result<String, CliError> {
-    let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bd::model::hex_bytes(&bytes))
+    Ok(bd::ids::new_replica_id()?)
 }
 
 pub fn cmd_init(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {

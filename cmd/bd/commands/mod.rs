@@ -19,6 +19,7 @@ mod init;
 mod label;
 mod list;
 mod ready;
+mod rebuild;
 mod show;
 mod stats;
 mod update;
@@ -75,6 +76,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Write this clone's op file and the issues.jsonl snapshot now
     Flush(flush::FlushArgs),
+    /// Rebuild the database from the op files and check the state is unchanged
+    Rebuild(rebuild::RebuildArgs),
     /// Read and change the tracker's configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -112,6 +115,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Export(a) => export::cmd_export(ctx, a),
         Command::Import(a) => import::cmd_import(ctx, a),
         Command::Flush(a) => flush::cmd_flush(ctx, a),
+        Command::Rebuild(a) => rebuild::cmd_rebuild(ctx, a),
         Command::Config(c) => config::cmd_config(ctx, c),
         Command::Info(a) => info::cmd_info(ctx, a),
         Command::Daemon(c) => daemon::cmd_daemon(ctx, c),

@@ -1,0 +1,395 @@
+//! Exchanging ops between replicas: reading other clones' op files (delivered by
+//! git) into the database.
+//!
+//! Every replica appends only to `.beads/ops/<replica>.jsonl`, so a git merge of op
+//! files never conflicts, and applying a file is idempotent (ops are keyed by their
+//! content hash). What has been read is remembered per file in `op_file_marks` as
+//! (length, line count, hash of the last line): the next look reads only what was
+//! appended, after checking that the line the mark ends on is still that line. Content,
+//! never modification time, decides; a file that was rewritten, truncated or edited
+//! is read again from the start (duplicates cost a lookup each).
+
+use crate::model::Op;
+use crate::storage::sqlite::cached_row;
+use crate::storage::{BeadsPaths, Received, WriteTx};
+use crate::{Error, ErrorKind, Result};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Ops stamped more than this far ahead of local time are held, not applied.
+pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
+
+/// A line of an op file that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineProblem {
+    /// The op file.
+    pub file: String,
+    /// 1-based line number.
+    pub line: u64,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// What one look at the op files found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReport {
+    /// Op files that had something new (or were read from the start).
+    pub files_read: u64,
+    /// Ops stored and applied.
+    pub applied: u64,
+    /// Ops already known.
+    pub duplicates: u64,
+    /// Ops held for clock skew.
+    pub held: u64,
+    /// Lines that could not be used (the rest of the file was).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<LineProblem>,
+}
+
+impl IngestReport {
+    fn add(&mut self, r: Received) {
+        match r {
+            Received::Applied => self.applied += 1,
+            Received::Duplicate => self.duplicates += 1,
+            Received::Held => self.held += 1,
+        }
+    }
+}
+
+/// Which files to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Other replicas' files (the everyday case).
+    Foreign,
+    /// Every file, this replica's too (a rebuild).
+    All,
+}
+
+/// The op files in `.beads/ops`, as (replica, path), sorted by replica.
+pub fn op_files(paths: &BeadsPaths) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let dir = match std::fs::read_dir(paths.ops_dir()) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in dir {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(replica) = name.strip_suffix(".jsonl")
+            && !replica.is_empty()
+            && !replica.starts_with('.')
+        {
+            out.push((replica.to_string(), path.clone()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[derive(Debug, Clone)]
+struct Mark {
+    len: u64,
+    lines: u64,
+    last_line: String,
+}
+
+fn line_hash(line: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    crate::model::hex_bytes(&Sha256::digest(line)[..16])
+}
+
+fn load_mark(tx: &WriteTx<'_>, replica: &str) -> Result<Option<Mark>> {
+    Ok(tx
+        .conn()
+        .prepare_cached("SELECT len, lines, last_line FROM op_file_marks WHERE replica = ?1")?
+        .query_row(params![replica], |r| {
+            Ok(Mark {
+                len: r.get::<_, i64>(0)? as u64,
+                lines: r.get::<_, i64>(1)? as u64,
+                last_line: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+fn save_mark(tx: &WriteTx<'_>, replica: &str, m: &Mark) -> Result<()> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO op_file_marks(replica, len, lines, last_line) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(replica) DO UPDATE SET
+               len = excluded.len, lines = excluded.lines, last_line = excluded.last_line",
+        )?
+        .execute(params![replica, m.len as i64, m.lines as i64, m.last_line])?;
+    Ok(())
+}
+
+/// The hash of the whole line that ends at byte `end` (its newline at `end - 1`),
+/// if it can be read.
+fn hash_of_line_ending_at(f: &mut File, end: u64) -> Option<String> {
+    for window in [4 * 1024u64, 1024 * 1024] {
+        let start = end.saturating_sub(window);
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut tail = Vec::with_capacity((end - start) as usize);
+        f.by_ref().take(end - start).read_to_end(&mut tail).ok()?;
+        if tail.last() != Some(&b'\n') {
+            return None;
+        }
+        let body = &tail[..tail.len() - 1];
+        let line = match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &body[i + 1..],
+            None if start == 0 => body,
+            None => continue,
+        };
+        return Some(line_hash(line));
+    }
+    None
+}
+
+/// Reads new ops from the op files into the open write transaction. Lines that
+/// cannot be used are reported with file and line and skipped; a torn last line
+/// (no newline yet) is reported and left for a later look.
+pub fn ingest(
+    tx: &mut WriteTx<'_>,
+    paths: &BeadsPaths,
+    scope: Scope,
+    max_skew_ms: u64,
+) -> Result<IngestReport> {
+    let mut report = IngestReport::default();
+    let own = tx.replica().to_string();
+    for (replica, path) in op_files(paths)? {
+        if scope == Scope::Foreign && replica == own {
+            continue;
+        }
+        ingest_file(tx, &replica, &path, max_skew_ms, &mut report)?;
+    }
+    release_held(tx, max_skew_ms, &mut report)?;
+    Ok(report)
+}
+
+fn ingest_file(
+    tx: &mut WriteTx<'_>,
+    replica: &str,
+    path: &Path,
+    max_skew_ms: u64,
+    report: &mut IngestReport,
+) -> Result<()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let len = f.metadata()?.len();
+    let mark = load_mark(tx, replica)?;
+    // Where to start: after the mark if the file still holds it there.
+    let (from, first_line) = match &mark {
+        Some(m) if m.len <= len && m.len > 0 => {
+            match hash_of_line_ending_at(&mut f, m.len) {
+                Some(h) if h == m.last_line => {
+                    if m.len == len {
+                        return Ok(()); // nothing new: the everyday case
+                    }
+                    (m.len, m.lines + 1)
+                }
+                _ => (0, 1),
+            }
+        }
+        _ => (0, 1),
+    };
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity((len - from) as usize);
+    f.take(len - from).read_to_end(&mut buf)?;
+    report.files_read += 1;
+    let shown = path.display().to_string();
+    let mut offset = from;
+    let mut line_no = first_line;
+    let mut last: Option<(u64, u64, &[u8])> = None; // (end offset, line number, line)
+    let mut rest: &[u8] = &buf;
+    while !rest.is_empty() {
+        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+            report.problems.push(LineProblem {
+                file: shown.clone(),
+                line: line_no,
+                problem: format!(
+                    "torn last line ({} bytes without a newline); left for later",
+                    rest.len()
+                ),
+            });
+            break;
+        };
+        let line = &rest[..nl];
+        rest = &rest[nl + 1..];
+        offset += nl as u64 + 1;
+        let this_line = line_no;
+        line_no += 1;
+        // Every whole line moves the mark, used or not: a bad line is reported
+        // once, when it arrives (`bd doctor` reads every file in full).
+        last = Some((offset, this_line, line));
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let op: Op = match serde_json::from_slice(line) {
+            Ok(op) => op,
+            Err(e) => {
+                report.problems.push(LineProblem {
+                    file: shown.clone(),
+                    line: this_line,
+                    problem: format!("not an op: {e}"),
+                });
+                continue;
+            }
+        };
+        if op.replica != replica {
+            report.problems.push(LineProblem {
+                file: shown.clone(),
+                line: this_line,
+                problem: format!("op of replica {:?} in another replica's file", op.replica),
+            });
+            continue;
+        }
+        match tx.receive(op, max_skew_ms) {
+            Ok(r) => report.add(r),
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                report.problems.push(LineProblem {
+                    file: shown.clone(),
+                    line: this_line,
+                    problem: e.message,
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some((end, lines, line)) = last {
+        save_mark(
+            tx,
+            replica,
+            &Mark {
+                len: end,
+                lines,
+                last_line: line_hash(line),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies held ops whose time has come.
+fn release_held(tx: &mut WriteTx<'_>, max_skew_ms: u64, report: &mut IngestReport) -> Result<()> {
+    let now = tx.now_ms();
+    let due: i64 = cached_row(
+        tx.conn(),
+        "SELECT COUNT(*) FROM held_ops WHERE wall_ms <= ?1",
+        params![now.saturating_add(max_skew_ms) as i64],
+        |r| r.get(0),
+    )?;
+    if due == 0 {
+        return Ok(());
+    }
+    let bodies: Vec<String> = {
+        let mut stmt = tx
+            .conn()
+            .prepare_cached("SELECT body FROM held_ops WHERE wall_ms <= ?1 ORDER BY wall_ms")?;
+        stmt.query_map(params![now.saturating_add(max_skew_ms) as i64], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?
+    };
+    for body in bodies {
+        let op: Op = serde_json::from_str(&body)
+            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("unreadable held op: {e}")))?;
+        report.add(tx.receive(op, max_skew_ms)?);
+    }
+    Ok(())
+}
+
+/// Whether [`ingest`] (foreign scope) would find anything: a foreign op file whose
+/// content moved past its mark, or a held op whose time has come. Reads only the
+/// tail of each file; no write lock.
+pub fn has_news(
+    conn: &rusqlite::Connection,
+    paths: &BeadsPaths,
+    own: &str,
+    now_ms: u64,
+    max_skew_ms: u64,
+) -> Result<bool> {
+    let mut mark_of =
+        conn.prepare_cached("SELECT len, last_line FROM op_file_marks WHERE replica = ?1")?;
+    for (replica, path) in op_files(paths)? {
+        if replica == own {
+            continue;
+        }
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let len = f.metadata()?.len();
+        let mark: Option<(i64, String)> = mark_of
+            .query_row(params![replica], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match mark {
+            Some((m_len, hash)) if m_len as u64 == len => {
+                let same =
+                    len == 0 || hash_of_line_ending_at(&mut f, len).as_deref() == Some(&hash);
+                if !same {
+                    return Ok(true);
+                }
+            }
+            // A torn last line leaves the file longer than its mark; it is news
+            // only once something after the mark is a whole line.
+            Some((m_len, hash)) if (m_len as u64) < len => {
+                let m_len = m_len as u64;
+                if m_len > 0 && hash_of_line_ending_at(&mut f, m_len).as_deref() != Some(&hash) {
+                    return Ok(true);
+                }
+                f.seek(SeekFrom::Start(m_len))?;
+                let mut rest = Vec::new();
+                f.take(len - m_len).read_to_end(&mut rest)?;
+                if rest.contains(&b'\n') {
+                    return Ok(true);
+                }
+            }
+            Some(_) => return Ok(true), // shorter than what was read: rewritten
+            None if len > 0 => return Ok(true),
+            None => {}
+        }
+    }
+    let due: bool = cached_row(
+        conn,
+        "SELECT EXISTS(SELECT 1 FROM held_ops WHERE wall_ms <= ?1)",
+        params![now_ms.saturating_add(max_skew_ms) as i64],
+        |r| r.get(0),
+    )?;
+    Ok(due)
+}
+
+/// Per op file: replica, inode, length, mtime and ctime (ns).
+pub type DirSignature = Vec<(String, u64, u64, i64, i64)>;
+
+/// A cheap fingerprint of the op directory (names, inodes, sizes, change times)
+/// that tells a long-running process when to look at the content again with
+/// [`has_news`]. Only a trigger: the content check decides.
+pub fn dir_signature(paths: &BeadsPaths) -> Result<DirSignature> {
+    use std::os::unix::fs::MetadataExt;
+    let mut sig = Vec::new();
+    for (replica, path) in op_files(paths)? {
+        match std::fs::metadata(&path) {
+            Ok(m) => sig.push((
+                replica,
+                m.ino(),
+                m.len(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                m.ctime_nsec() + m.ctime() * 1_000_000_000,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(sig)
+}

@@ -1,0 +1,348 @@
+//! Clones exchanging ops through git: a local bare `origin`, clones in temp dirs,
+//! hermetic git (temp HOME, no system config). Here the user runs git by hand;
+//! bd applies what arrives in `.beads/ops` on its next command.
+
+use crate::common::BD;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+struct Clone {
+    root: PathBuf,
+    home: PathBuf,
+    actor: String,
+}
+
+impl Drop for Clone {
+    fn drop(&mut self) {
+        if self.root.join(".beads/daemon.lock").exists() {
+            let _ = self.bd(&["daemon", "stop", "-q", "--timeout", "5"]);
+        }
+    }
+}
+
+fn git_in(dir: &Path, home: &Path, args: &[&str]) -> Output {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", home.join("gitconfig"))
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("bd-sync-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("gitconfig"),
+            "[init]\n\tdefaultBranch = main\n[pull]\n\trebase = false\n",
+        )
+        .unwrap();
+        git_in(
+            dir.path(),
+            dir.path(),
+            &["init", "-q", "--bare", "origin.git"],
+        );
+        Cluster { dir }
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A clone of origin named `name`, acting as `actor`.
+    fn clone(&self, name: &str, actor: &str) -> Clone {
+        git_in(
+            self.home(),
+            self.home(),
+            &["clone", "-q", "origin.git", name],
+        );
+        Clone {
+            root: self.home().join(name),
+            home: self.home().to_path_buf(),
+            actor: actor.into(),
+        }
+    }
+}
+
+impl Clone {
+    fn bd(&self, args: &[&str]) -> Output {
+        Command::new(BD)
+            .args(args)
+            .current_dir(&self.root)
+            .env("BD_ACTOR", &self.actor)
+            .env("BD_AUTO_START", "0")
+            .env_remove("BEADS_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bd")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.bd(args);
+        assert!(
+            out.status.success(),
+            "bd {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("json")
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        String::from_utf8(git_in(&self.root, &self.home, args).stdout).unwrap()
+    }
+
+    /// Commits this clone's op files (what a user or hook would) and pushes.
+    fn commit_ops_and_push(&self, message: &str) {
+        self.ok(&["flush", "-q"]);
+        self.git(&[
+            "add",
+            ".beads/ops",
+            ".beads/config.json",
+            ".beads/.gitignore",
+        ]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["push", "-q", "origin", "HEAD:main"]);
+    }
+
+    fn pull(&self) {
+        self.git(&["pull", "-q", "--no-edit", "origin", "main"]);
+    }
+
+    fn state_hash(&self) -> String {
+        self.json(&["info"])["state_hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn title(&self, id: &str) -> String {
+        self.json(&["show", id])[0]["title"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_fresh_clone_gets_every_issue_and_pulled_ops_apply_on_the_next_command() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let first = a.json(&["create", "first", "-l", "x"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = a.json(&["create", "second"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["dep", "add", &second, &first]);
+    a.ok(&["comment", "add", &first, "a note"]);
+    a.commit_ops_and_push("alice's issues");
+
+    let b = cluster.clone("b", "bob");
+    let init = b.json(&["init"]);
+    assert_eq!(init["adopted_existing"], true);
+    assert_eq!(init["ops_applied"], 4, "{init}");
+    assert_ne!(
+        init["replica"],
+        a.json(&["info"])["replica"],
+        "a clone is its own replica"
+    );
+    assert_eq!(
+        ids(&b.json(&["list", "--all"])),
+        ids(&a.json(&["list", "--all"]))
+    );
+    assert_eq!(b.state_hash(), a.state_hash());
+    assert_eq!(
+        b.json(&["ready"]).as_array().unwrap().len(),
+        1,
+        "the dependency came too"
+    );
+
+    // Bob edits; alice pulls by hand and her next command sees it, in direct mode
+    // and through a daemon that was already running.
+    b.ok(&["update", &first, "--title", "first, retitled by bob"]);
+    b.commit_ops_and_push("bob's edit");
+    a.pull();
+    assert_eq!(a.title(&first), "first, retitled by bob");
+    a.ok(&["daemon", "start", "-q", "--idle-timeout", "120"]);
+    assert_eq!(a.json(&["info"])["mode"], "daemon");
+    b.ok(&["close", &second]);
+    b.commit_ops_and_push("bob closes");
+    a.pull();
+    assert_eq!(a.json(&["show", &second])[0]["status"], "closed");
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+#[test]
+fn concurrent_title_edits_become_one_conflict_on_every_clone() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let id = a.json(&["create", "shared"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.commit_ops_and_push("base");
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+
+    a.ok(&["update", &id, "--title", "alice's title"]);
+    a.ok(&["label", "add", &id, "from-a"]);
+    b.ok(&["update", &id, "--title", "bob's title"]);
+    b.ok(&["label", "add", &id, "from-b"]);
+    a.commit_ops_and_push("alice");
+    b.ok(&["flush", "-q"]);
+    b.git(&["add", ".beads/ops"]);
+    b.git(&["commit", "-q", "-m", "bob"]);
+    b.pull(); // a merge: the two op files are different files, so no conflict
+    b.git(&["push", "-q", "origin", "HEAD:main"]);
+    a.pull();
+
+    for clone in [&a, &b] {
+        let conflicts = clone.json(&["conflicts"]);
+        let list = conflicts.as_array().expect("array");
+        assert_eq!(list.len(), 1, "{conflicts}");
+        let text = conflicts.to_string();
+        for needle in ["alice", "bob", "alice's title", "bob's title", "title"] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        let labels = &clone.json(&["show", &id])[0]["labels"];
+        assert_eq!(
+            labels,
+            &serde_json::json!(["from-a", "from-b"]),
+            "no label lost"
+        );
+    }
+    assert_eq!(
+        a.title(&id),
+        b.title(&id),
+        "the same value is shown everywhere"
+    );
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+#[test]
+fn rebuild_from_op_files_gives_the_same_state() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let mut made = Vec::new();
+    for i in 0..20 {
+        made.push(
+            a.json(&["create", &format!("issue {i}"), "-l", "l"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    a.ok(&["update", &made[0], "--claim"]);
+    a.ok(&["close", &made[1]]);
+    a.ok(&["comment", "add", &made[2], "c"]);
+    a.commit_ops_and_push("work");
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    b.ok(&["update", &made[3], "--priority", "0"]);
+
+    let before = b.state_hash();
+    let r = b.json(&["rebuild"]);
+    assert_eq!(r["replaced"], true, "{r}");
+    assert_eq!(r["previous_hash"], before.as_str());
+    assert_eq!(r["state_hash"], before.as_str());
+    assert!(b.root.join(".beads/beads.db.bak").exists());
+    assert_eq!(b.state_hash(), before);
+    // Bob's own edit survived (it came back from his own op file), and his next
+    // write continues his sequence.
+    assert_eq!(b.json(&["show", &made[3]])[0]["priority"], 0);
+    b.ok(&["update", &made[4], "--priority", "1"]);
+    let own = b.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let text = std::fs::read_to_string(b.root.join(format!(".beads/ops/{own}.jsonl"))).unwrap();
+    let seqs: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2], "contiguous after a rebuild");
+}
+
+#[test]
+fn a_torn_or_corrupt_foreign_line_is_reported_and_the_rest_applied() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    for i in 0..3 {
+        a.ok(&["create", &format!("issue {i}"), "-q"]);
+    }
+    a.commit_ops_and_push("work");
+    let replica = a.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let b = cluster.clone("b", "bob");
+    let file = b.root.join(format!(".beads/ops/{replica}.jsonl"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    // Line 2 corrupted in place (its content no longer matches its hash), line 3
+    // torn (no newline).
+    let corrupt = lines[1].replace("issue 1", "issue X");
+    let torn = &lines[2][..lines[2].len() / 2];
+    std::fs::write(&file, format!("{}\n{corrupt}\n{torn}", lines[0])).unwrap();
+    let init = b.json(&["init"]);
+    assert_eq!(init["ops_applied"], 1, "{init}");
+    let problems = init["problems"].to_string();
+    assert!(problems.contains(&format!("{replica}.jsonl")), "{problems}");
+    assert!(
+        problems.contains("\"line\":2") && problems.contains("content hash"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("\"line\":3") && problems.contains("torn"),
+        "{problems}"
+    );
+    assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 1);
+    // The rest of the torn line arrives: the next command applies it.
+    std::fs::write(&file, format!("{}\n{corrupt}\n{}\n", lines[0], lines[2])).unwrap();
+    assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 2);
+}
