@@ -203,15 +203,26 @@ pub fn snapshot_state(store: &Store) -> Result<SnapshotState> {
 /// that it is fresh. Returns the number of issues written.
 pub fn write_snapshot(store: &mut Store, paths: &BeadsPaths) -> Result<usize> {
     let _lock = FlushLock::acquire(paths)?;
-    let (text, n, pos) = store.read(|conn| {
+    let (text, conflicts, n, pos) = store.read(|conn| {
         let issues = query::all_issues(conn)?;
         let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM ops", [], |r| r.get(0))?;
-        Ok((render_snapshot(&issues)?, issues.len(), pos))
+        let mut conflicts = String::new();
+        for c in query::conflicts(conn)? {
+            conflicts.push_str(&serde_json::to_string(&c)?);
+            conflicts.push('\n');
+        }
+        Ok((render_snapshot(&issues)?, conflicts, issues.len(), pos))
     })?;
-    let path = paths.snapshot();
-    let same = std::fs::read(&path).is_ok_and(|old| old == text.as_bytes());
-    if !same {
-        atomic_write(&path, text.as_bytes())?;
+    for (path, text, optional) in [
+        (paths.snapshot(), &text, false),
+        (paths.conflicts_file(), &conflicts, true),
+    ] {
+        let same = std::fs::read(&path).is_ok_and(|old| old == text.as_bytes());
+        // The conflicts file appears with the first conflict.
+        let absent_and_empty = optional && text.is_empty() && !path.exists();
+        if !same && !absent_and_empty {
+            atomic_write(&path, text.as_bytes())?;
+        }
     }
     meta_set(store.conn(), "snapshot_pos", &pos.to_string())?;
     Ok(n)

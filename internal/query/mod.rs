@@ -509,5 +509,28 @@ pub fn conflicts(conn: &Connection) -> Result<Vec<crate::model::Conflict>> {
     for body in rows {
         out.push(serde_json::from_str(&body?)?);
     }
+    // Ops held back for clock skew: one `clock_skew` record per op, its
+    // contender showing what the op would do.
+    let mut held = conn.prepare("SELECT body FROM held_ops ORDER BY wall_ms, op_id")?;
+    let rows = held.query_map([], |r| r.get::<_, String>(0))?;
+    for body in rows {
+        let op: crate::model::Op = serde_json::from_str(&body?)?;
+        out.push(crate::model::Conflict {
+            issue_id: op.issue.clone(),
+            field: "clock_skew".into(),
+            contenders: vec![crate::model::Contender {
+                value: serde_json::json!({
+                    "kind": op.kind.as_str(),
+                    "field": op.field,
+                    "value": op.value,
+                }),
+                actor: op.actor,
+                replica: op.replica,
+                at: crate::clock::format_rfc3339(op.hlc.wall),
+                op_id: op.op_id,
+            }],
+        });
+    }
+    out.sort_by(|a, b| (&a.issue_id, &a.field).cmp(&(&b.issue_id, &b.field)));
     Ok(out)
 }

@@ -166,6 +166,13 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
         Request::Reopen { ids } => Response::Changed(for_each_id(tx, &ids, |tx, id| {
             set_status(tx, ctx, id, &Status::Open, None)
         })?),
+        Request::Delete { ids } => Response::Deleted(delete(tx, ctx, &ids)?),
+        Request::Resolve {
+            id,
+            field,
+            value,
+            take,
+        } => resolve(tx, ctx, &id, &field, value, take)?,
         Request::DepAdd {
             issue,
             depends_on,
@@ -493,6 +500,143 @@ fn for_each_id(
         });
     }
     Ok(out)
+}
+
+fn delete(tx: &mut WriteTx<'_>, ctx: &Context<'_>, ids: &[String]) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Err(Error::invalid("no issue ids given"));
+    }
+    let resolved = ids
+        .iter()
+        .map(|q| query::resolve_id(tx.conn(), q))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for id in resolved {
+        if !tx.is_live(&id)? {
+            continue;
+        }
+        let heads = tx.doc(&id)?.all_heads();
+        tx.record(new_op(ctx, &id, OpKind::Delete, None, Value::Null, heads))?;
+        tx.flush()?;
+        out.push(id);
+    }
+    Ok(out)
+}
+
+/// Which contender `take` names: an op id or prefix of one, an actor or a replica;
+/// it must name exactly one.
+fn pick_contender<'a>(c: &'a model::Conflict, take: &str) -> Result<&'a model::Contender> {
+    let hits: Vec<&model::Contender> = c
+        .contenders
+        .iter()
+        .filter(|k| k.op_id.starts_with(take) || k.actor == take || k.replica == take)
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(Error::invalid(format!(
+            "no contender of {} {} matches {take:?}",
+            c.issue_id, c.field
+        ))
+        .hint("`bd conflicts` lists each contender's op id, actor and replica")),
+        _ => Err(Error::invalid(format!(
+            "{take:?} matches {} contenders of {} {}",
+            hits.len(),
+            c.issue_id,
+            c.field
+        ))
+        .hint("name one by its op id (a prefix is enough)")),
+    }
+}
+
+fn resolve(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    field: &str,
+    value: Option<String>,
+    take: Option<String>,
+) -> Result<Response> {
+    if value.is_some() == take.is_some() {
+        return Err(Error::invalid("give exactly one of --value and --take")
+            .hint("--value sets a new value; --take copies one contender's"));
+    }
+    // A deleted issue has no row, so look it up by its exact id.
+    let id = if field == "deleted" {
+        id.to_string()
+    } else {
+        query::resolve_id(tx.conn(), id)?
+    };
+    let conflict = tx
+        .doc(&id)?
+        .materialise()
+        .and_then(|m| m.conflicts.into_iter().find(|c| c.field == field))
+        .ok_or_else(|| {
+            Error::not_found(format!("{id} has no conflict on {field}"))
+                .hint("`bd conflicts` lists the open ones")
+        })?;
+    if field == "deleted" {
+        // Keeping the delete: a new tombstone that has seen every write.
+        let keep = match (&take, &value) {
+            (Some(t), _) => pick_contender(&conflict, t)?.value.is_null(),
+            (_, Some(v)) => v == "deleted",
+            _ => false,
+        };
+        if !keep {
+            return Err(Error::invalid(format!(
+                "{id} stays deleted: a deleted issue is never brought back"
+            ))
+            .hint(format!(
+                "settle it with `bd resolve {id} --field deleted --value deleted`, and create a new issue if the work is still wanted"
+            )));
+        }
+        let heads = tx.doc(&id)?.all_heads();
+        tx.record(new_op(ctx, &id, OpKind::Delete, None, Value::Null, heads))?;
+        tx.flush()?;
+        return Ok(Response::Deleted(vec![id]));
+    }
+    let value = match (take, value) {
+        (Some(t), _) => pick_contender(&conflict, &t)?.value.clone(),
+        (_, Some(v)) => field_value_from_text(field, &v)?,
+        _ => unreachable!("checked above"),
+    };
+    let was_closed = Status::from_wire(&current_str(tx, &id, "status")?).is_closed();
+    set_field(tx, ctx, &id, field, value.clone())?;
+    if field == "status" {
+        let now_closed = value
+            .as_str()
+            .is_some_and(|s| Status::from_wire(s).is_closed());
+        if now_closed && !was_closed {
+            set_field(
+                tx,
+                ctx,
+                &id,
+                "closed_at",
+                json!(format_rfc3339(tx.now_ms())),
+            )?;
+        } else if was_closed && !now_closed {
+            set_field(tx, ctx, &id, "closed_at", Value::Null)?;
+            set_field(tx, ctx, &id, "close_reason", Value::Null)?;
+        }
+    }
+    tx.flush()?;
+    Ok(Response::Changed(vec![Changed {
+        issue: get_live(tx.conn(), &id)?,
+        changed: true,
+    }]))
+}
+
+/// A field's value from command-line text, validated as `bd update` would.
+fn field_value_from_text(field: &str, text: &str) -> Result<Value> {
+    Ok(match field {
+        "priority" => json!(parse_priority(text)?),
+        "status" => json!(Status::parse(text)?.as_str()),
+        "issue_type" => json!(IssueType::parse(text)?.as_str()),
+        "title" => {
+            model::validate_title(text)?;
+            json!(text)
+        }
+        _ => text_or_null(text),
+    })
 }
 
 fn is_empty_value(v: Option<&Value>) -> bool {

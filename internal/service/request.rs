@@ -97,6 +97,26 @@ pub enum Request {
         /// Issues to reopen.
         ids: Vec<String>,
     },
+    /// Delete issues (a tombstone op each; a deleted issue never comes back by
+    /// itself, and an edit made concurrently elsewhere becomes a conflict).
+    Delete {
+        /// Issues to delete.
+        ids: Vec<String>,
+    },
+    /// Settle a conflicted field with one new value that supersedes every
+    /// contender.
+    Resolve {
+        /// The issue.
+        id: String,
+        /// The conflicted field (`deleted` for a delete concurrent with edits).
+        field: String,
+        /// The new value (text; a number for priority).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        /// Take a contender's value: its op id (or a prefix), actor or replica.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        take: Option<String>,
+    },
     /// Issues with comments.
     Show {
         /// Issues to show.
@@ -218,6 +238,8 @@ impl Request {
                 | Request::Update(_)
                 | Request::Close { .. }
                 | Request::Reopen { .. }
+                | Request::Delete { .. }
+                | Request::Resolve { .. }
                 | Request::DepAdd { .. }
                 | Request::DepRemove { .. }
                 | Request::LabelAdd { .. }
@@ -334,8 +356,10 @@ pub enum Response {
     Issues(Vec<Issue>),
     /// Issues with details (show).
     Details(Vec<IssueDetails>),
-    /// Per-issue outcome (update, close, reopen, label add/remove).
+    /// Per-issue outcome (update, close, reopen, label add/remove, resolve).
     Changed(Vec<Changed>),
+    /// Issues deleted by this request (already-deleted ones are left out).
+    Deleted(Vec<String>),
     /// Blocked issues.
     Blocked(Vec<BlockedIssue>),
     /// A dependency that was added or removed.

@@ -57,6 +57,11 @@ impl BeadsPaths {
         self.dir.join("issues.jsonl")
     }
 
+    /// The derived list of open conflicts, `conflicts.jsonl`.
+    pub fn conflicts_file(&self) -> PathBuf {
+        self.dir.join("conflicts.jsonl")
+    }
+
     /// The tracked configuration file.
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.json")

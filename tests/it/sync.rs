@@ -129,7 +129,7 @@ impl Clone {
             ".beads/config.json",
             ".beads/.gitignore",
         ]);
-        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
         self.git(&["push", "-q", "origin", "HEAD:main"]);
     }
 
@@ -345,4 +345,194 @@ fn a_torn_or_corrupt_foreign_line_is_reported_and_the_rest_applied() {
     // The rest of the torn line arrives: the next command applies it.
     std::fs::write(&file, format!("{}\n{corrupt}\n{}\n", lines[0], lines[2])).unwrap();
     assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 2);
+}
+
+/// Two clones of one tracker holding issue `id`, both initialised.
+fn pair(cluster: &Cluster) -> (Clone, Clone, String) {
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let id = a.json(&["create", "shared"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.commit_ops_and_push("base");
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    (a, b, id)
+}
+
+/// Both clones exchange their ops through origin (b merges, pushes; a pulls).
+fn exchange(a: &Clone, b: &Clone) {
+    a.commit_ops_and_push("a");
+    b.ok(&["flush", "-q"]);
+    b.git(&["add", ".beads/ops"]);
+    b.git(&["commit", "-q", "--allow-empty", "-m", "b"]);
+    b.pull();
+    b.git(&["push", "-q", "origin", "HEAD:main"]);
+    a.pull();
+}
+
+#[test]
+fn resolve_clears_a_conflict_everywhere_and_a_status_conflict_keeps_the_issue_out_of_ready() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    a.ok(&["update", &id, "--status", "in_progress"]);
+    b.ok(&["update", &id, "--status", "blocked"]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        let conflicts = c.json(&["conflicts"]);
+        assert_eq!(conflicts[0]["field"], "status", "{conflicts}");
+        assert!(
+            c.json(&["ready"]).as_array().unwrap().is_empty(),
+            "status in conflict: not ready"
+        );
+        assert!(
+            c.ok(&["show", &id]).contains("[CONFLICT]"),
+            "show marks the field"
+        );
+        c.ok(&["flush", "-q"]);
+        let file = std::fs::read_to_string(c.root.join(".beads/conflicts.jsonl")).unwrap();
+        assert!(file.contains(&id) && file.contains("\"status\""), "{file}");
+    }
+    // Errors: both or neither of --value/--take, an unknown contender, no conflict.
+    assert_eq!(
+        b.bd(&["resolve", &id, "--field", "status"]).status.code(),
+        Some(2)
+    );
+    let out = b.bd(&["resolve", &id, "--field", "status", "--take", "carol"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = b.bd(&["resolve", &id, "--field", "title", "--value", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no conflict on title"));
+
+    b.ok(&["resolve", &id, "--field", "status", "--take", "alice"]);
+    assert!(b.json(&["conflicts"]).as_array().unwrap().is_empty());
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        assert!(
+            c.json(&["conflicts"]).as_array().unwrap().is_empty(),
+            "cleared on every clone"
+        );
+        assert_eq!(c.json(&["show", &id])[0]["status"], "in_progress");
+        assert_eq!(c.json(&["ready"]).as_array().unwrap().len(), 1);
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+#[test]
+fn a_delete_racing_an_edit_is_a_conflict_not_a_resurrection() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    a.ok(&["delete", &id]);
+    b.ok(&["update", &id, "--title", "edited while deleted elsewhere"]);
+    b.ok(&["comment", "add", &id, "late comment"]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        assert!(
+            c.json(&["list", "--all"]).as_array().unwrap().is_empty(),
+            "stays deleted"
+        );
+        let conflicts = c.json(&["conflicts"]);
+        assert_eq!(conflicts[0]["field"], "deleted", "{conflicts}");
+        assert!(
+            conflicts
+                .to_string()
+                .contains("edited while deleted elsewhere")
+        );
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+    // Taking the edit is refused: nothing comes back by itself or by resolve.
+    let out = a.bd(&["resolve", &id, "--field", "deleted", "--take", "bob"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never brought back"));
+    a.ok(&["resolve", &id, "--field", "deleted", "--value", "deleted"]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        assert!(c.json(&["conflicts"]).as_array().unwrap().is_empty());
+        assert!(c.json(&["list", "--all"]).as_array().unwrap().is_empty());
+    }
+    // Deleting again is a no-op, and a deleted id is not found.
+    assert_ne!(a.bd(&["delete", &id]).status.code(), Some(0));
+}
+
+#[test]
+fn concurrent_labels_dependencies_and_comments_merge_without_conflict() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    let other = a.json(&["create", "other"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.commit_ops_and_push("other");
+    b.pull();
+    a.ok(&["label", "add", &id, "a1"]);
+    a.ok(&["comment", "add", &id, "from alice"]);
+    a.ok(&["dep", "add", &id, &other]);
+    b.ok(&["label", "add", &id, "b1"]);
+    b.ok(&["comment", "add", &id, "from bob"]);
+    b.ok(&["label", "add", &other, "x"]);
+    b.ok(&["label", "remove", &other, "x"]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        assert!(c.json(&["conflicts"]).as_array().unwrap().is_empty());
+        let issue = &c.json(&["show", &id])[0];
+        assert_eq!(issue["labels"], serde_json::json!(["a1", "b1"]));
+        let comments = issue["comments"].to_string();
+        assert!(comments.contains("from alice") && comments.contains("from bob"));
+        assert_eq!(issue["dependencies"][0]["depends_on_id"], other.as_str());
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+    let snap_a = std::fs::read_to_string(a.root.join(".beads/issues.jsonl")).unwrap();
+    a.ok(&["flush", "-q"]);
+    b.ok(&["flush", "-q"]);
+    let snap_a2 = std::fs::read_to_string(a.root.join(".beads/issues.jsonl")).unwrap();
+    let snap_b = std::fs::read_to_string(b.root.join(".beads/issues.jsonl")).unwrap();
+    assert_eq!(snap_a2, snap_b, "identical snapshots");
+    assert!(snap_a2.len() >= snap_a.len());
+}
+
+#[test]
+fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
+    use bd::model::{Hlc, Op, OpKind};
+    let cluster = Cluster::new();
+    let (_a, b, id) = pair(&cluster);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let op = Op {
+        op_id: String::new(),
+        issue: id.clone(),
+        kind: OpKind::Set,
+        field: Some("title".into()),
+        value: serde_json::json!("from the future"),
+        supersedes: vec![],
+        hlc: Hlc {
+            wall: now + 3_600_000,
+            logical: 0,
+        },
+        actor: "mallory".into(),
+        replica: "feedfacefeedface".into(),
+        seq: 1,
+    }
+    .seal();
+    std::fs::write(
+        b.root.join(".beads/ops/feedfacefeedface.jsonl"),
+        serde_json::to_string(&op).unwrap() + "\n",
+    )
+    .unwrap();
+    assert_eq!(b.title(&id), "shared", "not applied");
+    let conflicts = b.json(&["conflicts"]);
+    assert_eq!(conflicts[0]["field"], "clock_skew", "{conflicts}");
+    assert_eq!(conflicts[0]["contenders"][0]["actor"], "mallory");
+    assert_eq!(b.json(&["info"])["held_ops"], 1);
+    // Kept, not dropped: a rebuild holds it again.
+    let r = b.json(&["rebuild"]);
+    assert_eq!(r["held"], 1, "{r}");
+    assert_eq!(b.json(&["info"])["held_ops"], 1);
 }

@@ -20,6 +20,7 @@ mod label;
 mod list;
 mod ready;
 mod rebuild;
+mod resolve;
 mod show;
 mod stats;
 mod update;
@@ -66,8 +67,12 @@ pub enum Command {
     Comment(comment::CommentCommand),
     /// List the comments of an issue
     Comments(comment::CommentsArgs),
+    /// Delete issues (a tombstone that syncs; never resurrected by itself)
+    Delete(resolve::DeleteArgs),
     /// List fields written concurrently by different writers
     Conflicts(stats::ConflictsArgs),
+    /// Settle a conflicted field with one value that supersedes every contender
+    Resolve(resolve::ResolveArgs),
     /// Counts by status, type and priority
     Stats(stats::StatsArgs),
     /// Write every issue as beads-format JSONL (stdout or a file)
@@ -111,6 +116,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Comment(c) => comment::cmd_comment(ctx, c),
         Command::Comments(a) => comment::cmd_comments(ctx, a),
         Command::Conflicts(a) => stats::cmd_conflicts(ctx, a),
+        Command::Delete(a) => resolve::cmd_delete(ctx, a),
+        Command::Resolve(a) => resolve::cmd_resolve(ctx, a),
         Command::Stats(a) => stats::cmd_stats(ctx, a),
         Command::Export(a) => export::cmd_export(ctx, a),
         Command::Import(a) => import::cmd_import(ctx, a),

@@ -1,0 +1,72 @@
+use super::update::render_changed;
+use super::{call, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::service::{Request, Response};
+use clap::Args;
+
+/// Delete issues (a tombstone; it syncs like any change and never comes back by itself)
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Issues to delete
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// Settle a conflicted field: one value that supersedes every contender
+///
+/// `bd conflicts` lists the open conflicts with each contender's op id, actor
+/// and replica. The resolution is an ordinary op: it syncs to every clone and
+/// clears the conflict there too.
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    /// The issue
+    pub id: String,
+    /// The conflicted field (e.g. title, status; `deleted` for a delete that
+    /// raced with edits)
+    #[arg(long, short)]
+    pub field: String,
+    /// The value to keep (for `--field deleted`: `deleted`)
+    #[arg(long, conflicts_with = "take", required_unless_present = "take")]
+    pub value: Option<String>,
+    /// Keep one contender's value: its op id (a prefix is enough), actor or replica
+    #[arg(long, value_name = "CONTENDER")]
+    pub take: Option<String>,
+}
+
+pub fn cmd_delete(ctx: &Ctx, a: DeleteArgs) -> Result<(), CliError> {
+    match call(ctx, Request::Delete { ids: a.ids })? {
+        Response::Deleted(ids) if ctx.json => output::json(&ids),
+        Response::Deleted(ids) if ids.is_empty() => {
+            output::status(ctx.quiet, "Nothing deleted (already deleted).");
+            Ok(())
+        }
+        Response::Deleted(ids) => {
+            output::status(ctx.quiet, &format!("Deleted {}", ids.join(", ")));
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+pub fn cmd_resolve(ctx: &Ctx, a: ResolveArgs) -> Result<(), CliError> {
+    let req = Request::Resolve {
+        id: a.id,
+        field: a.field,
+        value: a.value,
+        take: a.take,
+    };
+    match call(ctx, req)? {
+        Response::Changed(c) => render_changed(ctx, &c, "Resolved"),
+        Response::Deleted(ids) if ctx.json => output::json(&ids),
+        Response::Deleted(ids) => {
+            output::status(
+                ctx.quiet,
+                &format!("Resolved: {} stays deleted", ids.join(", ")),
+            );
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
