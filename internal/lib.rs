@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod error;
 pub mod exchange;
 pub mod fixture;
+pub mod gitsync;
 pub mod ids;
 pub mod jsonl;
 pub mod merge;

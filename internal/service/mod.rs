@@ -313,6 +313,7 @@ fn without_write_tx(store: &mut Store, ctx: &Context<'_>, req: Request) -> Resul
                 ops_written,
                 issues,
                 snapshot: ctx.paths.snapshot().display().to_string(),
+                ops: jsonl::snapshot_state(store)?.ops,
             }))
         }
         Request::Info => info(store, ctx),

@@ -344,6 +344,9 @@ pub struct FlushReport {
     pub issues: usize,
     /// The snapshot path.
     pub snapshot: String,
+    /// Ops in the database (its highest arrival position) after the flush.
+    #[serde(default)]
+    pub ops: u64,
 }
 
 /// The answer to a [`Request`].

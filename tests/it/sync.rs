@@ -55,11 +55,12 @@ impl Cluster {
             .prefix("bd-sync-")
             .tempdir()
             .unwrap();
-        std::fs::write(
-            dir.path().join("gitconfig"),
-            "[init]\n\tdefaultBranch = main\n[pull]\n\trebase = false\n",
-        )
-        .unwrap();
+        // HOME is the cluster dir: git and libgit2 (bd's local commits) both read
+        // this file and nothing from the real user.
+        let config = "[init]\n\tdefaultBranch = main\n[pull]\n\trebase = false\n\
+                      [user]\n\tname = t\n\temail = t@example.invalid\n";
+        std::fs::write(dir.path().join("gitconfig"), config).unwrap();
+        std::fs::write(dir.path().join(".gitconfig"), config).unwrap();
         git_in(
             dir.path(),
             dir.path(),
@@ -92,6 +93,9 @@ impl Clone {
         Command::new(BD)
             .args(args)
             .current_dir(&self.root)
+            .env("HOME", &self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", self.home.join("gitconfig"))
             .env("BD_ACTOR", &self.actor)
             .env("BD_AUTO_START", "0")
             .env_remove("BEADS_DIR")
@@ -535,4 +539,208 @@ fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
     let r = b.json(&["rebuild"]);
     assert_eq!(r["held"], 1, "{r}");
     assert_eq!(b.json(&["info"])["held_ops"], 1);
+}
+
+fn snapshot(c: &Clone) -> String {
+    std::fs::read_to_string(c.root.join(".beads/issues.jsonl")).unwrap()
+}
+
+#[test]
+fn bd_sync_in_every_order_converges_on_three_clones() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let shared = a.json(&["create", "shared"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = a.json(&["sync"]);
+    assert_eq!(r["pushed"], true, "{r}");
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    let c = cluster.clone("c", "carol");
+    c.ok(&["init"]);
+    let clones = [&a, &b, &c];
+    let mut made = Vec::new();
+    for round in 0..3 {
+        for (k, clone) in clones.iter().enumerate() {
+            let id = clone.json(&["create", &format!("{} round {round}", clone.actor)])["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            made.push(id);
+            clone.ok(&["label", "add", &shared, &format!("{}-{round}", clone.actor)]);
+            clone.ok(&[
+                "comment",
+                "add",
+                &shared,
+                &format!("{} says {round}", clone.actor),
+            ]);
+            // A different order each round.
+            let order: Vec<&Clone> = match (round + k) % 3 {
+                0 => vec![clone],
+                1 => vec![clone, clones[(k + 1) % 3]],
+                _ => vec![clones[(k + 2) % 3], clone],
+            };
+            for o in order {
+                let r = o.json(&["sync"]);
+                assert_eq!(r["pushed"], true, "{r}");
+            }
+        }
+    }
+    // Everyone syncs twice more: the last pushes reach everyone.
+    for _ in 0..2 {
+        for clone in clones {
+            clone.ok(&["sync", "-q"]);
+        }
+    }
+    let hash = a.state_hash();
+    for clone in clones {
+        assert_eq!(clone.state_hash(), hash, "{} converged", clone.actor);
+        assert_eq!(snapshot(clone), snapshot(&a), "identical snapshots");
+        let all = ids(&clone.json(&["list", "--all"]));
+        for id in &made {
+            assert!(all.contains(id), "{id} present on {}", clone.actor);
+        }
+        let issue = &clone.json(&["show", &shared])[0];
+        assert_eq!(issue["labels"].as_array().unwrap().len(), 9, "{issue}");
+        assert_eq!(issue["comments"].as_array().unwrap().len(), 9);
+        assert!(clone.json(&["conflicts"]).as_array().unwrap().is_empty());
+        // Nothing of bd's left uncommitted, and git history holds it.
+        assert_eq!(clone.git(&["status", "--porcelain", ".beads"]), "");
+    }
+}
+
+#[test]
+fn bd_sync_never_touches_the_users_own_work() {
+    let cluster = Cluster::new();
+    let (a, b, _id) = pair(&cluster);
+    // Some shared history with a user file.
+    std::fs::write(a.root.join("code.txt"), "v1\n").unwrap();
+    a.git(&["add", "code.txt"]);
+    a.git(&["commit", "-q", "-m", "code"]);
+    a.ok(&["sync", "-q"]);
+    b.ok(&["sync", "-q"]);
+    // Bob stages a change and has another unstaged; alice pushes issues.
+    std::fs::write(b.root.join("code.txt"), "v2 staged\n").unwrap();
+    b.git(&["add", "code.txt"]);
+    std::fs::write(b.root.join("notes.txt"), "untracked\n").unwrap();
+    a.ok(&["create", "from alice", "-q"]);
+    a.ok(&["sync", "-q"]);
+    b.ok(&["create", "from bob", "-q"]);
+    let r = b.json(&["sync"]);
+    assert_eq!(r["pushed"], true, "{r}");
+    assert_eq!(r["integration"], "merge", "{r}");
+    assert_eq!(
+        b.git(&["diff", "--cached", "--name-only"]),
+        "code.txt\n",
+        "still staged"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.root.join("code.txt")).unwrap(),
+        "v2 staged\n"
+    );
+    assert!(b.git(&["status", "--porcelain"]).contains("?? notes.txt"));
+    let committed = b.git(&["show", "--name-only", "--format=", "HEAD", "HEAD^"]);
+    assert!(
+        !committed.contains("code.txt") && !committed.contains("notes.txt"),
+        "{committed}"
+    );
+    assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 3);
+
+    // An incoming change to a file bob has modified: refused before anything
+    // changes.
+    b.git(&["reset", "-q", "code.txt"]);
+    std::fs::write(a.root.join("code.txt"), "v2 from alice\n").unwrap();
+    a.git(&["commit", "-q", "-am", "alice edits code"]);
+    a.ok(&["sync", "-q"]);
+    let head = b.git(&["rev-parse", "HEAD"]);
+    let out = b.bd(&["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("code.txt") && err.contains("uncommitted"),
+        "{err}"
+    );
+    assert_eq!(b.git(&["rev-parse", "HEAD"]), head, "branch not moved");
+    assert_eq!(
+        std::fs::read_to_string(b.root.join("code.txt")).unwrap(),
+        "v2 staged\n"
+    );
+}
+
+#[test]
+fn bd_sync_without_a_remote_commits_locally_and_says_so() {
+    let dir = tempfile::Builder::new()
+        .prefix("bd-sync-")
+        .tempdir()
+        .unwrap();
+    let cluster = Cluster { dir };
+    let root = cluster.home().join("solo");
+    std::fs::create_dir_all(&root).unwrap();
+    git_in(&root, cluster.home(), &["init", "-q"]);
+    std::fs::write(
+        cluster.home().join(".gitconfig"),
+        "[user]\n\tname = t\n\temail = t@example.invalid\n",
+    )
+    .unwrap();
+    let solo = Clone {
+        root,
+        home: cluster.home().to_path_buf(),
+        actor: "solo".into(),
+    };
+    solo.ok(&["init", "--prefix", "s"]);
+    solo.ok(&["create", "alone", "-q"]);
+    let dry = solo.json(&["sync", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry["files"].to_string().contains("issues.jsonl"), "{dry}");
+    assert!(
+        solo.git(&["status", "--porcelain"]).contains(".beads"),
+        "dry run committed nothing"
+    );
+    let r = solo.json(&["sync"]);
+    assert_eq!(r["offline"], true, "{r}");
+    assert_eq!(r["pushed"], false);
+    assert!(r["notes"].to_string().contains("no git remote"), "{r}");
+    assert_eq!(solo.git(&["status", "--porcelain", ".beads"]), "");
+    let log = solo.git(&["log", "--format=%s", "--name-only"]);
+    assert!(
+        log.contains("bd sync") && log.contains(".beads/ops/"),
+        "{log}"
+    );
+    let status = solo.json(&["sync", "--status"]);
+    assert_eq!(status["files"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn conflict_markers_in_the_snapshot_are_regenerated_not_merged() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    a.ok(&["sync", "-q"]);
+    b.ok(&["sync", "-q"]);
+    // A human merge left conflict markers in the snapshot and committed them.
+    let path = b.root.join(".beads/issues.jsonl");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("<<<<<<< HEAD\n{good}=======\n{good}>>>>>>> other\n"),
+    )
+    .unwrap();
+    b.git(&["commit", "-q", "-am", "bad merge"]);
+    b.ok(&["update", &id, "--priority", "0"]);
+    b.ok(&["sync", "-q"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("<<<<<<<") && !text.contains(">>>>>>>"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1);
+    a.ok(&["sync", "-q"]);
+    assert_eq!(snapshot(&a), text, "the regenerated snapshot travels");
+    assert_eq!(a.json(&["show", &id])[0]["priority"], 0);
 }

@@ -23,6 +23,7 @@ mod rebuild;
 mod resolve;
 mod show;
 mod stats;
+mod sync;
 mod update;
 mod version;
 
@@ -83,6 +84,8 @@ pub enum Command {
     Flush(flush::FlushArgs),
     /// Rebuild the database from the op files and check the state is unchanged
     Rebuild(rebuild::RebuildArgs),
+    /// Exchange issues with the git remote: commit, pull, apply, push
+    Sync(sync::SyncArgs),
     /// Read and change the tracker's configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -123,6 +126,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Import(a) => import::cmd_import(ctx, a),
         Command::Flush(a) => flush::cmd_flush(ctx, a),
         Command::Rebuild(a) => rebuild::cmd_rebuild(ctx, a),
+        Command::Sync(a) => sync::cmd_sync(ctx, a),
         Command::Config(c) => config::cmd_config(ctx, c),
         Command::Info(a) => info::cmd_info(ctx, a),
         Command::Daemon(c) => daemon::cmd_daemon(ctx, c),

@@ -1,0 +1,101 @@
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::gitsync::{Integration, SyncOptions, SyncReport};
+use clap::Args;
+use std::fmt::Write;
+
+/// Exchange issues with the git remote: commit, pull, apply, push
+///
+/// Flushes this clone's ops and the snapshot, commits bd's files (only bd's:
+/// your own staged and unstaged changes are left alone), fetches and merges the
+/// remote branch, applies the other clones' ops, regenerates issues.jsonl and
+/// conflicts.jsonl, commits, and pushes (retrying if the remote moved on).
+/// Without a remote, or offline, it commits locally and says so.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Commit and integrate, but do not push
+    #[arg(long)]
+    pub no_push: bool,
+    /// Commit (and push) without fetching the remote first
+    #[arg(long)]
+    pub no_pull: bool,
+    /// Say what would be committed and exchanged; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Show the branch, its upstream, what is unsynced, and open conflicts
+    #[arg(long, conflicts_with_all = ["dry_run", "no_push", "no_pull", "message"])]
+    pub status: bool,
+    /// Commit message for bd's files
+    #[arg(short, long)]
+    pub message: Option<String>,
+}
+
+pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
+    let paths = ctx.paths()?;
+    let mut backend = ctx.backend()?;
+    let opts = SyncOptions {
+        pull: !a.no_pull,
+        push: !a.no_push,
+        // --status is a dry run that also counts conflicts and reports freshness.
+        dry_run: a.dry_run || a.status,
+        message: a.message,
+    };
+    let mut report = bd::gitsync::sync(backend.as_mut(), &paths, &opts)?;
+    if a.status {
+        report.conflicts = match backend.call(bd::service::Request::Conflicts)? {
+            bd::service::Response::Conflicts(c) => c.len() as u64,
+            _ => 0,
+        };
+        report.notes.retain(|n| !n.starts_with("dry run"));
+    }
+    if ctx.json {
+        return output::json(&report);
+    }
+    output::status(ctx.quiet, &render(&report, a.status));
+    Ok(())
+}
+
+fn render(r: &SyncReport, status: bool) -> String {
+    let mut s = String::new();
+    let target = match &r.upstream {
+        Some(u) => format!("{}/{}", u.remote, u.branch),
+        None => "no remote".into(),
+    };
+    if status {
+        let _ = writeln!(s, "branch {} → {target}", r.branch);
+        if r.files.is_empty() {
+            let _ = writeln!(s, "bd's files: all committed");
+        } else {
+            let _ = writeln!(s, "bd's files not yet committed: {}", r.files.join(", "));
+        }
+        let _ = writeln!(s, "open conflicts: {}", r.conflicts);
+    } else if r.dry_run {
+        if r.files.is_empty() {
+            let _ = writeln!(s, "Would commit nothing of bd's (all committed)");
+        } else {
+            let _ = writeln!(s, "Would commit: {}", r.files.join(", "));
+        }
+    } else {
+        let how = match r.integration {
+            Some(Integration::Merge) => ", merged the remote",
+            Some(Integration::FastForward) => ", fast-forwarded to the remote",
+            _ => "",
+        };
+        let _ = writeln!(
+            s,
+            "Synced {} with {target}: {} commit(s){how}, {} op(s) from other clones applied, {}",
+            r.branch,
+            r.commits.len(),
+            r.ops_applied,
+            if r.pushed { "pushed" } else { "NOT pushed" }
+        );
+        if r.conflicts > 0 {
+            let _ = writeln!(s, "{} open conflict(s): see `bd conflicts`", r.conflicts);
+        }
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    s
+}

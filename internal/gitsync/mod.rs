@@ -1,0 +1,888 @@
+//! `bd sync`'s git side: committing bd's files, integrating the remote branch and
+//! pushing. Local work goes through git2 (no network features); fetch and push run
+//! the `git` program, so the user's credentials, ssh config and hooks apply.
+//!
+//! The user's own work is never touched: bd commits only its own files (a tree
+//! built from HEAD with bd's paths replaced, and only those index entries
+//! updated), and integrating the remote refuses before changing anything if an
+//! incoming change overlaps a file the user has modified or staged.
+
+use crate::exchange::op_files;
+use crate::storage::BeadsPaths;
+use crate::{Error, ErrorKind, Result};
+use git2::{Oid, Repository};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How many times a push rejected as non-fast-forward is retried (fetch,
+/// integrate, push again).
+pub const PUSH_ATTEMPTS: u32 = 4;
+
+fn git_error(what: &str, e: git2::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("git: {what}: {}", e.message()))
+}
+
+/// The repository around a tracker, and where bd's files sit in it.
+pub struct Repo {
+    repo: Repository,
+    workdir: PathBuf,
+    /// `.beads` relative to the work tree, with `/` separators.
+    beads_rel: String,
+    paths: BeadsPaths,
+}
+
+/// Where the branch syncs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The remote's name.
+    pub remote: String,
+    /// The branch on the remote.
+    pub branch: String,
+}
+
+/// How the remote's work was brought in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Integration {
+    /// Nothing new on the remote.
+    UpToDate,
+    /// The local branch moved forward to the remote's.
+    FastForward,
+    /// A merge commit joins the two.
+    Merge,
+}
+
+impl Repo {
+    /// Finds the git repository holding `paths.dir`.
+    pub fn open(paths: &BeadsPaths) -> Result<Repo> {
+        let repo = Repository::discover(&paths.dir).map_err(|e| {
+            Error::new(
+                ErrorKind::NotInitialized,
+                format!(
+                    "{} is not inside a git repository: {}",
+                    paths.dir.display(),
+                    e.message()
+                ),
+            )
+            .hint("run `git init` (bd sync exchanges issues through git)")
+        })?;
+        let workdir = repo
+            .workdir()
+            .ok_or_else(|| Error::invalid("the git repository is bare; bd needs a work tree"))?
+            .canonicalize()?;
+        let beads = paths.dir.canonicalize()?;
+        let rel = beads.strip_prefix(&workdir).map_err(|_| {
+            Error::invalid(format!(
+                "{} is outside the work tree {}",
+                beads.display(),
+                workdir.display()
+            ))
+        })?;
+        let beads_rel = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(Repo {
+            repo,
+            workdir,
+            beads_rel,
+            paths: paths.clone(),
+        })
+    }
+
+    /// The work tree's root.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    fn rel(&self, name: &str) -> String {
+        if self.beads_rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.beads_rel)
+        }
+    }
+
+    /// Whether a repository path is one of bd's derived files, which are
+    /// regenerated instead of merged.
+    fn is_derived(&self, path: &str) -> bool {
+        path == self.rel("issues.jsonl") || path == self.rel("conflicts.jsonl")
+    }
+
+    fn is_op_file(&self, path: &str) -> bool {
+        path.strip_prefix(&self.rel("ops/"))
+            .is_some_and(|f| f.ends_with(".jsonl") && !f.contains('/'))
+    }
+
+    /// bd's files as they are in the work tree (repository paths).
+    fn bd_files(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for name in [
+            "config.json",
+            ".gitignore",
+            "issues.jsonl",
+            "conflicts.jsonl",
+        ] {
+            if self.paths.dir.join(name).is_file() {
+                out.push(self.rel(name));
+            }
+        }
+        for (replica, _) in op_files(&self.paths)? {
+            out.push(self.rel(&format!("ops/{replica}.jsonl")));
+        }
+        Ok(out)
+    }
+
+    /// The current branch's full ref name; errors on a detached HEAD.
+    pub fn branch_ref(&self) -> Result<String> {
+        if self.repo.head_detached().unwrap_or(false) {
+            return Err(
+                Error::invalid("HEAD is detached; bd sync commits to a branch")
+                    .hint("check out a branch (`git switch main`), then run bd sync"),
+            );
+        }
+        // Works for an unborn branch too (HEAD names it, nothing points there yet).
+        let head = std::fs::read_to_string(self.repo.path().join("HEAD"))?;
+        head.trim()
+            .strip_prefix("ref: ")
+            .map(str::to_string)
+            .ok_or_else(|| Error::invalid("cannot tell which branch HEAD is on"))
+    }
+
+    fn head_commit(&self) -> Result<Option<git2::Commit<'_>>> {
+        match self.repo.head() {
+            Ok(h) => Ok(Some(
+                h.peel_to_commit()
+                    .map_err(|e| git_error("reading HEAD", e))?,
+            )),
+            Err(e) if e.code() == git2::ErrorCode::UnbornBranch => Ok(None),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(git_error("reading HEAD", e)),
+        }
+    }
+
+    /// The branch's upstream: its configured remote and merge branch, else
+    /// `origin` and the same name; `None` when the repository has no remote.
+    pub fn upstream(&self) -> Result<Option<Upstream>> {
+        let branch_ref = self.branch_ref()?;
+        let branch = branch_ref.trim_start_matches("refs/heads/").to_string();
+        let config = self
+            .repo
+            .config()
+            .map_err(|e| git_error("reading config", e))?;
+        let remote = config.get_string(&format!("branch.{branch}.remote")).ok();
+        let merge = config.get_string(&format!("branch.{branch}.merge")).ok();
+        let remotes = self
+            .repo
+            .remotes()
+            .map_err(|e| git_error("listing remotes", e))?;
+        let names: Vec<String> = remotes
+            .iter()
+            .filter_map(|r| r.ok().flatten().map(str::to_string))
+            .collect();
+        let remote = match remote {
+            Some(r) if r != "." => Some(r),
+            _ if names.iter().any(|n| n == "origin") => Some("origin".to_string()),
+            _ => names.first().cloned(),
+        };
+        Ok(remote.map(|remote| Upstream {
+            remote,
+            branch: merge
+                .map(|m| m.trim_start_matches("refs/heads/").to_string())
+                .unwrap_or(branch),
+        }))
+    }
+
+    fn tracking_ref(up: &Upstream) -> String {
+        format!("refs/bd-sync/{}/{}", up.remote, up.branch)
+    }
+
+    /// bd's files whose work-tree content differs from HEAD's.
+    pub fn changed_bd_files(&self) -> Result<Vec<String>> {
+        let head_tree = match self.head_commit()? {
+            Some(c) => Some(c.tree().map_err(|e| git_error("reading HEAD's tree", e))?),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for path in self.bd_files()? {
+            let blob = self
+                .repo
+                .blob_path(&self.workdir.join(&path))
+                .map_err(|e| git_error("hashing a file", e))?;
+            let in_head = head_tree
+                .as_ref()
+                .and_then(|t| t.get_path(Path::new(&path)).ok())
+                .map(|e| e.id());
+            if in_head != Some(blob) {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits bd's changed files (and only them) on the current branch. The
+    /// index entries of those files are updated; every other entry, staged or
+    /// not, is left as it was. Returns the new commit, or `None` if nothing
+    /// changed.
+    pub fn commit_bd_files(&self, message: &str) -> Result<Option<Oid>> {
+        let changed = self.changed_bd_files()?;
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let branch_ref = self.branch_ref()?;
+        let parent = self.head_commit()?;
+        let mut builder = git2::build::TreeUpdateBuilder::new();
+        for path in &changed {
+            let blob = self
+                .repo
+                .blob_path(&self.workdir.join(path))
+                .map_err(|e| git_error("storing a file", e))?;
+            builder.upsert(path.as_str(), blob, git2::FileMode::Blob);
+        }
+        let base = match &parent {
+            Some(c) => c.tree().map_err(|e| git_error("reading HEAD's tree", e))?,
+            None => {
+                let empty = self
+                    .repo
+                    .treebuilder(None)
+                    .and_then(|b| b.write())
+                    .map_err(|e| git_error("making an empty tree", e))?;
+                self.repo
+                    .find_tree(empty)
+                    .map_err(|e| git_error("reading a tree", e))?
+            }
+        };
+        let tree_id = builder
+            .create_updated(&self.repo, &base)
+            .map_err(|e| git_error("building the commit's tree", e))?;
+        let tree = self
+            .repo
+            .find_tree(tree_id)
+            .map_err(|e| git_error("reading a tree", e))?;
+        let sig = self.signature()?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let commit = self
+            .repo
+            .commit(None, &sig, &sig, message, &tree, &parents)
+            .map_err(|e| git_error("committing", e))?;
+        self.move_branch(
+            &branch_ref,
+            commit,
+            parent.as_ref().map(|c| c.id()),
+            message,
+        )?;
+        let mut index = self
+            .repo
+            .index()
+            .map_err(|e| git_error("reading the index", e))?;
+        for path in &changed {
+            index
+                .add_path(Path::new(path))
+                .map_err(|e| git_error("updating the index", e))?;
+        }
+        index
+            .write()
+            .map_err(|e| git_error("writing the index", e))?;
+        Ok(Some(commit))
+    }
+
+    fn signature(&self) -> Result<git2::Signature<'static>> {
+        match self.repo.signature() {
+            Ok(s) => Ok(s),
+            Err(_) => git2::Signature::now("bd", "bd@localhost")
+                .map_err(|e| git_error("making a signature", e)),
+        }
+    }
+
+    /// Moves the branch to `to`, only if it still points at `from` (a commit the
+    /// user made meanwhile is never overwritten).
+    fn move_branch(&self, branch_ref: &str, to: Oid, from: Option<Oid>, msg: &str) -> Result<()> {
+        let res = match from {
+            Some(old) => self.repo.reference_matching(branch_ref, to, true, old, msg),
+            None => self.repo.reference(branch_ref, to, false, msg),
+        };
+        res.map(|_| ()).map_err(|e| {
+            Error::new(
+                ErrorKind::Conflict,
+                format!("{branch_ref} moved while bd sync ran: {}", e.message()),
+            )
+            .hint("run bd sync again")
+        })
+    }
+
+    /// Fetches the upstream branch into bd's own tracking ref. `Ok(false)` when
+    /// the remote has no such branch yet.
+    pub fn fetch(&self, up: &Upstream) -> Result<bool> {
+        let refspec = format!("+refs/heads/{}:{}", up.branch, Self::tracking_ref(up));
+        let out = run_git(
+            &self.workdir,
+            &["fetch", "--quiet", "--no-tags", &up.remote, &refspec],
+        )?;
+        if out.ok {
+            return Ok(true);
+        }
+        if out.stderr.contains("couldn't find remote ref") {
+            return Ok(false);
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("git fetch {} failed: {}", up.remote, out.first_error()),
+        )
+        .hint("check the remote with `git fetch`; bd committed locally and will push next time"))
+    }
+
+    /// Brings the fetched upstream into the current branch: fast-forward, or a
+    /// merge commit. bd's derived files are taken from this side (they are
+    /// regenerated right after), op files that both sides changed are joined
+    /// line by line; any other conflict, or an incoming change to a file the user
+    /// has modified or staged, stops it before anything changes.
+    pub fn integrate(&self, up: &Upstream) -> Result<Integration> {
+        let theirs = match self.repo.refname_to_id(&Self::tracking_ref(up)) {
+            Ok(id) => self
+                .repo
+                .find_commit(id)
+                .map_err(|e| git_error("reading the fetched commit", e))?,
+            Err(_) => return Ok(Integration::UpToDate),
+        };
+        let branch_ref = self.branch_ref()?;
+        let ours = self.head_commit()?;
+        let (target, kind) = match &ours {
+            None => (theirs.id(), Integration::FastForward),
+            Some(o) if o.id() == theirs.id() => return Ok(Integration::UpToDate),
+            Some(o)
+                if self
+                    .repo
+                    .graph_descendant_of(o.id(), theirs.id())
+                    .unwrap_or(false) =>
+            {
+                return Ok(Integration::UpToDate);
+            }
+            Some(o)
+                if self
+                    .repo
+                    .graph_descendant_of(theirs.id(), o.id())
+                    .unwrap_or(false) =>
+            {
+                (theirs.id(), Integration::FastForward)
+            }
+            Some(o) => (self.merge_commit(o, &theirs, up)?, Integration::Merge),
+        };
+        let new_tree = self
+            .repo
+            .find_commit(target)
+            .and_then(|c| c.tree())
+            .map_err(|e| git_error("reading the merged tree", e))?;
+        let old_tree = match &ours {
+            Some(o) => Some(o.tree().map_err(|e| git_error("reading HEAD's tree", e))?),
+            None => None,
+        };
+        self.update_work_tree(old_tree.as_ref(), &new_tree)?;
+        self.move_branch(
+            &branch_ref,
+            target,
+            ours.as_ref().map(|c| c.id()),
+            &format!("bd sync: {} {}/{}", kind_word(kind), up.remote, up.branch),
+        )?;
+        Ok(kind)
+    }
+
+    fn merge_commit(
+        &self,
+        ours: &git2::Commit<'_>,
+        theirs: &git2::Commit<'_>,
+        up: &Upstream,
+    ) -> Result<Oid> {
+        let mut index = self
+            .repo
+            .merge_commits(ours, theirs, None)
+            .map_err(|e| git_error("merging", e))?;
+        if index.has_conflicts() {
+            let conflicts: Vec<git2::IndexConflict> = index
+                .conflicts()
+                .map_err(|e| git_error("reading merge conflicts", e))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| git_error("reading merge conflicts", e))?;
+            let mut foreign = BTreeSet::new();
+            for c in conflicts {
+                let entry = c.our.as_ref().or(c.their.as_ref()).or(c.ancestor.as_ref());
+                let Some(entry) = entry else { continue };
+                let path = String::from_utf8_lossy(&entry.path).into_owned();
+                if self.is_derived(&path) {
+                    index
+                        .conflict_remove(Path::new(&path))
+                        .map_err(|e| git_error("settling a conflict", e))?;
+                    if let Some(ours) = &c.our {
+                        index
+                            .add(&stage0(ours, ours.file_size))
+                            .map_err(|e| git_error("settling a conflict", e))?;
+                    }
+                } else if self.is_op_file(&path) {
+                    let read = |e: &Option<git2::IndexEntry>| -> Result<Vec<u8>> {
+                        match e {
+                            Some(e) => Ok(self
+                                .repo
+                                .find_blob(e.id)
+                                .map_err(|x| git_error("reading an op file", x))?
+                                .content()
+                                .to_vec()),
+                            None => Ok(Vec::new()),
+                        }
+                    };
+                    let joined = union_lines(&read(&c.our)?, &read(&c.their)?);
+                    let side = c.our.as_ref().or(c.their.as_ref()).expect("one side");
+                    let entry = stage0(side, joined.len() as u32);
+                    index
+                        .conflict_remove(Path::new(&path))
+                        .map_err(|e| git_error("settling a conflict", e))?;
+                    index
+                        .add_frombuffer(&entry, &joined)
+                        .map_err(|e| git_error("settling a conflict", e))?;
+                } else {
+                    foreign.insert(path);
+                }
+            }
+            if !foreign.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "the remote's changes conflict with yours in {}; bd merges only its own files",
+                        foreign.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .hint(format!(
+                    "merge them with git (`git pull {} {}`), then run bd sync",
+                    up.remote, up.branch
+                )));
+            }
+        }
+        let tree_id = index
+            .write_tree_to(&self.repo)
+            .map_err(|e| git_error("writing the merged tree", e))?;
+        let tree = self
+            .repo
+            .find_tree(tree_id)
+            .map_err(|e| git_error("reading a tree", e))?;
+        let sig = self.signature()?;
+        self.repo
+            .commit(
+                None,
+                &sig,
+                &sig,
+                &format!("bd sync: merge {}/{}", up.remote, up.branch),
+                &tree,
+                &[ours, theirs],
+            )
+            .map_err(|e| git_error("committing the merge", e))
+    }
+
+    /// Writes every path that differs between the two trees into the work tree
+    /// and the index, after checking that none of them holds the user's own
+    /// uncommitted work (bd's derived files excepted: they are regenerated).
+    fn update_work_tree(&self, old: Option<&git2::Tree<'_>>, new: &git2::Tree<'_>) -> Result<()> {
+        let diff = self
+            .repo
+            .diff_tree_to_tree(old, Some(new), None)
+            .map_err(|e| git_error("comparing trees", e))?;
+        let mut changes: Vec<(String, Option<(Oid, git2::FileMode)>)> = Vec::new();
+        for delta in diff.deltas() {
+            let file = delta.new_file();
+            let path = file
+                .path()
+                .or_else(|| delta.old_file().path())
+                .map(|p| p.to_string_lossy().into_owned())
+                .ok_or_else(|| Error::internal("a change without a path"))?;
+            let gone = delta.status() == git2::Delta::Deleted;
+            let mode = file.mode();
+            if !gone && !matches!(mode, git2::FileMode::Blob | git2::FileMode::BlobExecutable) {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "the remote changed {path}, which is not a plain file (link or submodule)"
+                    ),
+                )
+                .hint("bring it in with `git pull`, then run bd sync"));
+            }
+            changes.push((path, (!gone).then(|| (file.id(), mode))));
+        }
+        let mut dirty = Vec::new();
+        for (path, _) in &changes {
+            if self.is_derived(path) {
+                continue;
+            }
+            let status = match self.repo.status_file(Path::new(path)) {
+                Ok(s) => s,
+                Err(e) if e.code() == git2::ErrorCode::NotFound => git2::Status::CURRENT,
+                Err(e) => return Err(git_error("reading the status", e)),
+            };
+            let untracked_clash = status.contains(git2::Status::WT_NEW);
+            if !status.is_empty()
+                && status != git2::Status::CURRENT
+                && !status.contains(git2::Status::IGNORED)
+                || untracked_clash
+            {
+                dirty.push(path.clone());
+            }
+        }
+        if !dirty.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the remote changed files you have uncommitted changes in: {}",
+                    dirty.join(", ")
+                ),
+            )
+            .hint("commit or stash them, then run bd sync (bd never touches your own work)"));
+        }
+        let mut index = self
+            .repo
+            .index()
+            .map_err(|e| git_error("reading the index", e))?;
+        for (path, new) in &changes {
+            let full = self.workdir.join(path);
+            match new {
+                Some((id, mode)) => {
+                    let blob = self
+                        .repo
+                        .find_blob(*id)
+                        .map_err(|e| git_error("reading a file", e))?;
+                    if let Some(parent) = full.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    crate::jsonl::atomic_write(&full, blob.content())?;
+                    if *mode == git2::FileMode::BlobExecutable {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755))?;
+                    }
+                    index
+                        .add_path(Path::new(path))
+                        .map_err(|e| git_error("updating the index", e))?;
+                }
+                None => {
+                    match std::fs::remove_file(&full) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    let _ = index.remove_path(Path::new(path));
+                }
+            }
+        }
+        index
+            .write()
+            .map_err(|e| git_error("writing the index", e))?;
+        Ok(())
+    }
+
+    /// Pushes the current branch. `Ok(false)` when the remote moved on (rejected
+    /// as not a fast-forward): fetch, integrate and try again.
+    pub fn push(&self, up: &Upstream) -> Result<bool> {
+        let refspec = format!("HEAD:refs/heads/{}", up.branch);
+        let out = run_git(
+            &self.workdir,
+            &["push", "--quiet", "--porcelain", &up.remote, &refspec],
+        )?;
+        if out.ok {
+            return Ok(true);
+        }
+        let all = format!("{}\n{}", out.stdout, out.stderr);
+        if all.contains("[rejected]")
+            || all.contains("non-fast-forward")
+            || all.contains("fetch first")
+        {
+            return Ok(false);
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("git push {} failed: {}", up.remote, out.first_error()),
+        )
+        .hint("check the remote with `git push`; your issues are committed locally"))
+    }
+
+    /// Commits on the branch not yet on the fetched upstream, and the reverse.
+    pub fn ahead_behind(&self, up: &Upstream) -> Result<Option<(usize, usize)>> {
+        let (Some(ours), Ok(theirs)) = (
+            self.head_commit()?,
+            self.repo.refname_to_id(&Self::tracking_ref(up)),
+        ) else {
+            return Ok(None);
+        };
+        self.repo
+            .graph_ahead_behind(ours.id(), theirs)
+            .map(Some)
+            .map_err(|e| git_error("counting commits", e))
+    }
+}
+
+/// A copy of a conflict-side index entry at stage 0 (merged).
+fn stage0(e: &git2::IndexEntry, file_size: u32) -> git2::IndexEntry {
+    git2::IndexEntry {
+        ctime: e.ctime,
+        mtime: e.mtime,
+        dev: e.dev,
+        ino: e.ino,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        file_size,
+        id: e.id,
+        flags: e.flags & !0x3000, // the stage bits
+        flags_extended: e.flags_extended,
+        path: e.path.clone(),
+    }
+}
+
+fn kind_word(k: Integration) -> &'static str {
+    match k {
+        Integration::UpToDate => "up to date with",
+        Integration::FastForward => "fast-forward to",
+        Integration::Merge => "merge",
+    }
+}
+
+/// `ours` then the lines of `theirs` that `ours` lacks (op files are sets of
+/// lines; each line's op id makes duplicates harmless anyway).
+fn union_lines(ours: &[u8], theirs: &[u8]) -> Vec<u8> {
+    let mut out = ours.to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    let have: BTreeSet<&[u8]> = ours
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    for line in theirs.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if !have.contains(line) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+struct GitOutput {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl GitOutput {
+    fn first_error(&self) -> String {
+        self.stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(no message)")
+            .trim()
+            .to_string()
+    }
+}
+
+/// Runs the `git` program for network work: fixed locale, no stdin, no prompts.
+fn run_git(dir: &Path, args: &[&str]) -> Result<GitOutput> {
+    let mut cmd = Command::new("git");
+    cmd.args(args)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null());
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() && std::env::var_os("GIT_SSH").is_none() {
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
+    let out = cmd.output().map_err(|e| {
+        Error::new(ErrorKind::Io, format!("cannot run git: {e}"))
+            .hint("install git; bd sync uses it to fetch and push")
+    })?;
+    Ok(GitOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::union_lines;
+
+    #[test]
+    fn union_keeps_ours_then_adds_their_new_lines() {
+        assert_eq!(union_lines(b"a\nb\n", b"b\nc\n"), b"a\nb\nc\n");
+        assert_eq!(union_lines(b"a", b"a\nb"), b"a\nb\n");
+        assert_eq!(union_lines(b"", b"x\n"), b"x\n");
+    }
+}
+
+/// What `bd sync` should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Fetch and integrate the remote branch.
+    pub pull: bool,
+    /// Push the branch.
+    pub push: bool,
+    /// Say what would happen; change nothing.
+    pub dry_run: bool,
+    /// Commit message for bd's files.
+    pub message: Option<String>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            pull: true,
+            push: true,
+            dry_run: false,
+            message: None,
+        }
+    }
+}
+
+/// What `bd sync` did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// The branch synced.
+    pub branch: String,
+    /// Its upstream, if the repository has a remote.
+    pub upstream: Option<Upstream>,
+    /// bd's files that differed from HEAD (committed, or to be committed).
+    pub files: Vec<String>,
+    /// Commits bd made (its files, and a merge if one was needed).
+    pub commits: Vec<String>,
+    /// How the remote's work came in.
+    pub integration: Option<Integration>,
+    /// Other clones' ops applied.
+    pub ops_applied: u64,
+    /// Open conflicts afterwards.
+    pub conflicts: u64,
+    /// Whether the branch is on the remote now.
+    pub pushed: bool,
+    /// Push attempts (a rejected push is retried after integrating again).
+    pub push_attempts: u32,
+    /// The remote could not be reached or there is none: committed locally only.
+    pub offline: bool,
+    /// Nothing was changed (`--dry-run`).
+    pub dry_run: bool,
+    /// Things the user should know.
+    pub notes: Vec<String>,
+}
+
+/// Runs `bd sync` through `backend` (direct or daemon): flush → commit bd's
+/// files → fetch → integrate → apply other clones' ops and regenerate the
+/// derived files → commit → push, retrying a rejected push.
+pub fn sync(
+    backend: &mut dyn crate::client::Backend,
+    paths: &BeadsPaths,
+    opts: &SyncOptions,
+) -> Result<SyncReport> {
+    use crate::service::{Request, Response};
+    let repo = Repo::open(paths)?;
+    let mut report = SyncReport {
+        branch: repo
+            .branch_ref()?
+            .trim_start_matches("refs/heads/")
+            .to_string(),
+        upstream: repo.upstream()?,
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let message = opts
+        .message
+        .clone()
+        .unwrap_or_else(|| "bd sync".to_string());
+    let flush = |backend: &mut dyn crate::client::Backend| -> Result<u64> {
+        match backend.call(Request::Flush)? {
+            Response::Flush(f) => Ok(f.ops),
+            other => Err(Error::internal(format!(
+                "unexpected answer to flush: {other:?}"
+            ))),
+        }
+    };
+    if opts.dry_run {
+        report.files = repo.changed_bd_files()?;
+        if let Some(up) = &report.upstream
+            && let Some((ahead, behind)) = repo.ahead_behind(up)?
+        {
+            report.notes.push(format!(
+                "as of the last fetch: {ahead} commits to push, {behind} to bring in"
+            ));
+        }
+        report
+            .notes
+            .push("dry run: nothing was written, committed, fetched or pushed".into());
+        return Ok(report);
+    }
+    let mut ops = flush(backend)?;
+    report.files = repo.changed_bd_files()?;
+    if let Some(c) = repo.commit_bd_files(&message)? {
+        report.commits.push(c.to_string());
+    }
+    match report.upstream.clone() {
+        None => {
+            report.offline = true;
+            report.notes.push(
+                "no git remote: committed locally only (add one with `git remote add`)".into(),
+            );
+        }
+        Some(up) => {
+            for attempt in 1..=PUSH_ATTEMPTS {
+                if opts.pull {
+                    if let Err(e) = repo.fetch(&up) {
+                        report.offline = true;
+                        report
+                            .notes
+                            .push(format!("{}; committed locally only", e.message));
+                        break;
+                    }
+                    let kind = repo.integrate(&up)?;
+                    if kind != Integration::UpToDate || report.integration.is_none() {
+                        report.integration = Some(kind);
+                    }
+                    let now = flush(backend)?;
+                    report.ops_applied += now.saturating_sub(ops);
+                    ops = now;
+                    for f in repo.changed_bd_files()? {
+                        if !report.files.contains(&f) {
+                            report.files.push(f);
+                        }
+                    }
+                    if let Some(c) = repo.commit_bd_files(&message)? {
+                        report.commits.push(c.to_string());
+                    }
+                }
+                if !opts.push {
+                    break;
+                }
+                report.push_attempts = attempt;
+                if repo.push(&up)? {
+                    report.pushed = true;
+                    break;
+                }
+                if !opts.pull {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "{}/{} has commits this clone lacks; push rejected",
+                            up.remote, up.branch
+                        ),
+                    )
+                    .hint("run bd sync without --no-pull"));
+                }
+            }
+            if opts.push && !report.pushed && !report.offline {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{}/{} kept moving: push rejected {} times",
+                        up.remote, up.branch, PUSH_ATTEMPTS
+                    ),
+                )
+                .hint("run bd sync again; everything is committed locally"));
+            }
+        }
+    }
+    report.conflicts = match backend.call(Request::Conflicts)? {
+        Response::Conflicts(c) => c.len() as u64,
+        _ => 0,
+    };
+    Ok(report)
+}
