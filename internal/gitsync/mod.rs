@@ -7,6 +7,8 @@
 //! updated), and integrating the remote refuses before changing anything if an
 //! incoming change overlaps a file the user has modified or staged.
 
+pub mod hooks;
+
 use crate::exchange::op_files;
 use crate::storage::BeadsPaths;
 use crate::{Error, ErrorKind, Result};
@@ -118,11 +120,12 @@ impl Repo {
     }
 
     /// bd's files as they are in the work tree (repository paths).
-    fn bd_files(&self) -> Result<Vec<String>> {
+    pub fn bd_files(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for name in [
             "config.json",
             ".gitignore",
+            ".gitattributes",
             "issues.jsonl",
             "conflicts.jsonl",
         ] {

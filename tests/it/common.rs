@@ -160,6 +160,8 @@ impl TestEnv {
             .env("HOME", self.root())
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("LC_ALL", "C")
+            // bd's hooks run inside git: no daemon behind the test's back.
+            .env("BD_AUTO_START", "0")
             .stdin(Stdio::null())
             .output()
             .ok()

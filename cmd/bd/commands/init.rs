@@ -26,16 +26,48 @@ pub fn cmd_init(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
             replica: new_replica_id()?,
         },
     )?;
+    // Inside a git repository: hooks and the merge driver, so the user's own
+    // git commands keep bd's files fresh. A failure here does not undo the init.
+    let paths = bd::storage::BeadsPaths::new(&report.beads_dir);
+    let git = match bd::gitsync::Repo::open(&paths) {
+        Ok(repo) => {
+            let exe = std::env::current_exe()?;
+            match repo
+                .install_hooks(&exe)
+                .and_then(|_| repo.register_merge_driver(&exe))
+            {
+                Ok(()) => "git hooks and merge driver installed".to_string(),
+                Err(e) => format!(
+                    "git hooks not installed: {} (`bd hooks install` retries)",
+                    e.message
+                ),
+            }
+        }
+        Err(_) => {
+            "not a git repository: no hooks installed (after `git init`, run `bd hooks install`)"
+                .to_string()
+        }
+    };
+    for p in &report.problems {
+        eprintln!("warning: {}:{}: {}", p.file, p.line, p.problem);
+    }
     if ctx.json {
-        return output::json(&report);
+        let mut v = serde_json::to_value(&report).map_err(bd::Error::from)?;
+        v["git"] = serde_json::Value::String(git);
+        return output::json(&v);
     }
     let how = if report.adopted_existing {
         " (found committed .beads/ files)"
     } else {
         ""
     };
+    let applied = if report.ops_applied > 0 {
+        format!("\n  applied: {} ops from other clones", report.ops_applied)
+    } else {
+        String::new()
+    };
     output::print(&format!(
-        "Initialised bd in {}{how}\n  prefix:  {}\n  replica: {}\nNext: bd create \"First task\" && bd ready\n",
+        "Initialised bd in {}{how}\n  prefix:  {}\n  replica: {}{applied}\n  git:     {git}\nNext: bd create \"First task\" && bd ready\n",
         report.beads_dir, report.prefix, report.replica
     ))
 }

@@ -13,6 +13,7 @@ mod export;
 mod fields;
 mod filters;
 mod flush;
+mod hooks;
 mod import;
 mod info;
 mod init;
@@ -86,6 +87,11 @@ pub enum Command {
     Rebuild(rebuild::RebuildArgs),
     /// Exchange issues with the git remote: commit, pull, apply, push
     Sync(sync::SyncArgs),
+    /// Manage the git hooks that keep bd's files fresh
+    #[command(subcommand)]
+    Hooks(hooks::HooksCommand),
+    /// Merge driver for bd's derived files (run by git)
+    MergeDriver(hooks::MergeDriverArgs),
     /// Read and change the tracker's configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -127,6 +133,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Flush(a) => flush::cmd_flush(ctx, a),
         Command::Rebuild(a) => rebuild::cmd_rebuild(ctx, a),
         Command::Sync(a) => sync::cmd_sync(ctx, a),
+        Command::Hooks(c) => hooks::cmd_hooks(ctx, c),
+        Command::MergeDriver(a) => hooks::cmd_merge_driver(ctx, a),
         Command::Config(c) => config::cmd_config(ctx, c),
         Command::Info(a) => info::cmd_info(ctx, a),
         Command::Daemon(c) => daemon::cmd_daemon(ctx, c),
