@@ -393,3 +393,60 @@ pub fn dir_signature(paths: &BeadsPaths) -> Result<DirSignature> {
     }
     Ok(sig)
 }
+
+/// Reads a whole op file and reports every line that is not a sealed op of its
+/// replica, and a torn last line. Returns the number of good ops too.
+pub fn scan_file(replica: &str, path: &Path) -> Result<(u64, Vec<LineProblem>)> {
+    let bytes = std::fs::read(path)?;
+    let shown = path.display().to_string();
+    let mut problems = Vec::new();
+    let mut good = 0;
+    let mut rest: &[u8] = &bytes;
+    let mut line_no = 0u64;
+    while !rest.is_empty() {
+        line_no += 1;
+        let (line, torn) = match rest.iter().position(|b| *b == b'\n') {
+            Some(nl) => {
+                let l = &rest[..nl];
+                rest = &rest[nl + 1..];
+                (l, false)
+            }
+            None => {
+                let l = rest;
+                rest = &[];
+                (l, true)
+            }
+        };
+        if torn {
+            problems.push(LineProblem {
+                file: shown.clone(),
+                line: line_no,
+                problem: format!("torn last line ({} bytes without a newline)", line.len()),
+            });
+            break;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let problem = match serde_json::from_slice::<Op>(line) {
+            Err(e) => Some(format!("not an op: {e}")),
+            Ok(op) if !op.is_sealed() => {
+                Some(format!("op {:?} does not match its content hash", op.op_id))
+            }
+            Ok(op) if op.replica != replica => Some(format!(
+                "op of replica {:?} in another replica's file",
+                op.replica
+            )),
+            Ok(_) => None,
+        };
+        match problem {
+            Some(problem) => problems.push(LineProblem {
+                file: shown.clone(),
+                line: line_no,
+                problem,
+            }),
+            None => good += 1,
+        }
+    }
+    Ok((good, problems))
+}

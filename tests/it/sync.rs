@@ -873,3 +873,94 @@ fn hooks_honour_core_hooks_path_and_a_plain_git_pull_regenerates_the_snapshot() 
     assert_eq!(issue["labels"], serde_json::json!(["b-label"]));
     assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
+    use bd::model::{Hlc, Op, OpKind};
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let id = a.json(&["create", "doc"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["update", &id, "--priority", "1"]);
+    a.ok(&["flush", "-q"]);
+    let healthy = a.json(&["doctor"]);
+    assert_eq!(healthy["errors"], 0, "{healthy}");
+
+    // Damage: own op file torn, a foreign file with a corrupt middle line,
+    // conflict markers in the snapshot, hooks gone.
+    let own = a.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let own_file = a.root.join(format!(".beads/ops/{own}.jsonl"));
+    let own_text = std::fs::read_to_string(&own_file).unwrap();
+    std::fs::write(&own_file, &own_text[..own_text.len() - 10]).unwrap();
+    let op = |seq: u64| {
+        serde_json::to_string(
+            &Op {
+                op_id: String::new(),
+                issue: id.clone(),
+                kind: OpKind::LabelAdd,
+                field: None,
+                value: serde_json::json!(format!("l{seq}")),
+                supersedes: vec![],
+                hlc: Hlc {
+                    wall: 1_000 + seq,
+                    logical: 0,
+                },
+                actor: "zed".into(),
+                replica: "feedfacefeedface".into(),
+                seq,
+            }
+            .seal(),
+        )
+        .unwrap()
+    };
+    let foreign = a.root.join(".beads/ops/feedfacefeedface.jsonl");
+    std::fs::write(&foreign, format!("{}\n{{not json\n{}\n", op(1), op(2))).unwrap();
+    let snap = a.root.join(".beads/issues.jsonl");
+    let good = std::fs::read_to_string(&snap).unwrap();
+    std::fs::write(&snap, format!("<<<<<<< HEAD\n{good}=======\n>>>>>>> x\n")).unwrap();
+    a.ok(&["hooks", "uninstall", "-q"]);
+
+    let out = a.bd(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!("{own}.jsonl")) && text.contains("torn"),
+        "{text}"
+    );
+    assert!(
+        text.contains("feedfacefeedface.jsonl") && text.contains("\"line\":2"),
+        "{text}"
+    );
+    assert!(text.contains("conflict markers"), "{text}");
+    assert!(text.contains("not installed"), "{text}");
+
+    let out = a.bd(&["doctor", "--fix"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the foreign line is not ours to fix"
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("fixed: rewrote"), "{shown}");
+    assert!(shown.contains("feedfacefeedface.jsonl:2"), "{shown}");
+    assert!(!std::fs::read_to_string(&snap).unwrap().contains("<<<<<<<"));
+    assert_eq!(
+        std::fs::read_to_string(&own_file).unwrap(),
+        own_text,
+        "own file rewritten whole"
+    );
+    assert_eq!(a.json(&["hooks", "list"])[0]["installed"], "bd");
+    // The good foreign ops around the bad line were applied.
+    assert_eq!(
+        a.json(&["show", &id])[0]["labels"],
+        serde_json::json!(["l1", "l2"])
+    );
+
+    std::fs::write(&foreign, format!("{}\n{}\n", op(1), op(2))).unwrap();
+    let report = a.json(&["doctor"]);
+    assert_eq!(report["errors"], 0, "{report}");
+}

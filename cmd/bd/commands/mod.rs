@@ -9,6 +9,7 @@ mod create;
 mod daemon;
 mod demo;
 mod dep;
+mod doctor;
 mod export;
 mod fields;
 mod filters;
@@ -90,6 +91,8 @@ pub enum Command {
     /// Manage the git hooks that keep bd's files fresh
     #[command(subcommand)]
     Hooks(hooks::HooksCommand),
+    /// Check the tracker's health; --fix repairs what is safe
+    Doctor(doctor::DoctorArgs),
     /// Merge driver for bd's derived files (run by git)
     MergeDriver(hooks::MergeDriverArgs),
     /// Read and change the tracker's configuration
@@ -134,6 +137,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Rebuild(a) => rebuild::cmd_rebuild(ctx, a),
         Command::Sync(a) => sync::cmd_sync(ctx, a),
         Command::Hooks(c) => hooks::cmd_hooks(ctx, c),
+        Command::Doctor(a) => doctor::cmd_doctor(ctx, a),
         Command::MergeDriver(a) => hooks::cmd_merge_driver(ctx, a),
         Command::Config(c) => config::cmd_config(ctx, c),
         Command::Info(a) => info::cmd_info(ctx, a),

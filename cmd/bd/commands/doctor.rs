@@ -1,0 +1,62 @@
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::doctor::Level;
+use clap::Args;
+use std::fmt::Write;
+
+/// Check the tracker's health: database, op files, snapshot, git hooks, merge
+/// driver, daemon
+///
+/// Exits 1 if a check fails (after `--fix`, if given). `--fix` repairs what is
+/// safe: reinstalls hooks and the merge driver, rewrites this clone's own op file
+/// from the database, regenerates issues.jsonl and conflicts.jsonl. Other clones'
+/// op files are never edited, and a damaged database is replaced with `bd rebuild`.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Repair what is safe to repair, and say what was done
+    #[arg(long)]
+    pub fix: bool,
+}
+
+pub fn cmd_doctor(ctx: &Ctx, a: DoctorArgs) -> Result<(), CliError> {
+    let paths = ctx.paths()?;
+    let report = bd::doctor::run(&paths, a.fix, &std::env::current_exe()?)?;
+    if ctx.json {
+        output::json(&report)?;
+    } else {
+        let mut s = String::new();
+        for c in &report.checks {
+            let mark = match c.level {
+                Level::Ok => "ok   ",
+                Level::Warn => "warn ",
+                Level::Error => "ERROR",
+            };
+            let _ = writeln!(s, "{mark} {:<13} {}", c.name, c.message);
+            for l in &c.lines {
+                let _ = writeln!(s, "      {}:{}: {}", l.file, l.line, l.problem);
+            }
+            if let Some(f) = &c.fixed {
+                let _ = writeln!(s, "      fixed: {f}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "{} error(s), {} warning(s){}",
+            report.errors,
+            report.warnings,
+            if report.errors > 0 && !a.fix {
+                "; `bd doctor --fix` repairs what is safe"
+            } else {
+                ""
+            }
+        );
+        output::print(&s)?;
+    }
+    if report.errors > 0 {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! `bd doctor`: checks a tracker's health, and with `fix`, repairs what is safe.
+//!
+//! Safe repairs: reinstall hooks and the merge driver, rewrite this replica's
+//! own op file from the database (the database is the durable record), and
+//! regenerate the snapshot and conflicts files. Never repaired by hand: other
+//! replicas' op files (their owners' data; a torn tail completes with the next
+//! pull) and a damaged database (`bd rebuild` replaces it from the op files).
+
+use crate::exchange::{LineProblem, op_files, scan_file};
+use crate::gitsync::Repo;
+use crate::storage::{BeadsPaths, Store};
+use crate::{ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Worth knowing; nothing is wrong with the data.
+    Warn,
+    /// Something needs repair.
+    Error,
+}
+
+/// One check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// How it came out (after any fix).
+    pub level: Level,
+    /// What was found.
+    pub message: String,
+    /// What `--fix` did about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<String>,
+    /// Bad op lines, for the op file check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LineProblem>,
+}
+
+/// Every check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    /// The checks in order.
+    pub checks: Vec<Check>,
+    /// Checks still at `error`.
+    pub errors: u64,
+    /// Checks at `warn`.
+    pub warnings: u64,
+}
+
+fn check(name: &str, level: Level, message: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        level,
+        message: message.into(),
+        fixed: None,
+        lines: Vec::new(),
+    }
+}
+
+/// Runs every check; with `fix`, repairs what is safe first. `exe` is the bd
+/// binary hooks should call.
+pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
+    let mut checks = Vec::new();
+    let store = match Store::open(&paths.db) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let hint = if e.kind == ErrorKind::NotInitialized {
+                "run `bd init` (a fresh clone gets every issue from the op files)"
+            } else {
+                "`bd rebuild` makes a new database from the op files"
+            };
+            checks.push(check(
+                "database",
+                Level::Error,
+                format!("{}; {hint}", e.message),
+            ));
+            None
+        }
+    };
+    if let Some(store) = &store {
+        checks.push(database_check(store));
+    }
+    checks.push(op_files_check(paths, store.as_ref(), fix)?);
+    if let Some(store) = store {
+        checks.push(snapshot_check(store, paths, fix)?);
+    }
+    checks.extend(git_checks(paths, fix, exe));
+    checks.push(daemon_check(paths));
+    let errors = checks.iter().filter(|c| c.level == Level::Error).count() as u64;
+    let warnings = checks.iter().filter(|c| c.level == Level::Warn).count() as u64;
+    Ok(DoctorReport {
+        checks,
+        errors,
+        warnings,
+    })
+}
+
+fn database_check(store: &Store) -> Check {
+    let result: std::result::Result<Vec<String>, rusqlite::Error> = store
+        .conn()
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    match result {
+        Ok(rows) if rows == ["ok"] => {
+            let held: i64 = store
+                .conn()
+                .query_row("SELECT COUNT(*) FROM held_ops", [], |r| r.get(0))
+                .unwrap_or(0);
+            if held > 0 {
+                check(
+                    "database",
+                    Level::Warn,
+                    format!(
+                        "integrity ok; {held} op(s) from other clones held for clock skew (see `bd conflicts`)"
+                    ),
+                )
+            } else {
+                check("database", Level::Ok, "integrity ok")
+            }
+        }
+        Ok(rows) => check(
+            "database",
+            Level::Error,
+            format!(
+                "integrity check failed: {}; `bd rebuild` makes a new database from the op files",
+                rows.join("; ")
+            ),
+        ),
+        Err(e) => check(
+            "database",
+            Level::Error,
+            format!("cannot check integrity: {e}"),
+        ),
+    }
+}
+
+fn op_files_check(paths: &BeadsPaths, store: Option<&Store>, fix: bool) -> Result<Check> {
+    let own = store.map(|s| s.replica().to_string());
+    let mut lines = Vec::new();
+    let mut ops = 0;
+    let files = op_files(paths)?;
+    let mut own_bad = false;
+    for (replica, path) in &files {
+        let (good, problems) = scan_file(replica, path)?;
+        ops += good;
+        if Some(replica) == own.as_ref() && !problems.is_empty() {
+            own_bad = true;
+        }
+        lines.extend(problems);
+    }
+    let mut c = check(
+        "op files",
+        Level::Ok,
+        format!("{} file(s), {ops} op(s), every line sound", files.len()),
+    );
+    if !lines.is_empty() {
+        c.level = Level::Error;
+        c.message = format!(
+            "{} bad line(s) in {} file(s) (listed with file:line)",
+            lines.len(),
+            lines
+                .iter()
+                .map(|l| &l.file)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
+        c.lines = lines;
+    }
+    if fix
+        && own_bad
+        && let Some(store) = store
+    {
+        // This replica's file is derived from its database: rewrite it.
+        if let Some(own) = &own {
+            let path = paths.op_file(own);
+            let _ = std::fs::remove_file(&path);
+            crate::jsonl::flush_own_ops(store, paths)?;
+            c.lines.retain(|l| Path::new(&l.file) != path);
+            c.fixed = Some(format!("rewrote {} from the database", path.display()));
+            if c.lines.is_empty() {
+                c.level = Level::Ok;
+                c.message = "every line sound after the rewrite".into();
+            } else {
+                c.message = format!(
+                    "{} bad line(s) left in other clones' files (their owners' data: a torn tail completes with the next pull)",
+                    c.lines.len()
+                );
+            }
+        }
+    }
+    Ok(c)
+}
+
+fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Check> {
+    let state = crate::jsonl::snapshot_state(&store)?;
+    let text = std::fs::read_to_string(paths.snapshot()).unwrap_or_default();
+    let markers = text
+        .lines()
+        .any(|l| l.starts_with("<<<<<<<") || l.starts_with("=======") || l.starts_with(">>>>>>>"));
+    let mut c = if markers {
+        check(
+            "snapshot",
+            Level::Error,
+            "issues.jsonl holds merge conflict markers",
+        )
+    } else if state.dirty {
+        check(
+            "snapshot",
+            Level::Warn,
+            "issues.jsonl is behind the database (written at the next flush or sync)",
+        )
+    } else {
+        check("snapshot", Level::Ok, "issues.jsonl is current")
+    };
+    if fix && c.level != Level::Ok {
+        crate::jsonl::write_snapshot(&mut store, paths)?;
+        c.level = Level::Ok;
+        c.fixed = Some("regenerated issues.jsonl and conflicts.jsonl".into());
+    }
+    Ok(c)
+}
+
+fn git_checks(paths: &BeadsPaths, fix: bool, exe: &Path) -> Vec<Check> {
+    let repo = match Repo::open(paths) {
+        Ok(r) => r,
+        Err(e) => return vec![check("git", Level::Warn, e.message)],
+    };
+    let mut out = Vec::new();
+    let hooks = match repo.hook_states() {
+        Ok(h) => h,
+        Err(e) => return vec![check("hooks", Level::Error, e.message)],
+    };
+    let missing: Vec<&str> = hooks
+        .iter()
+        .filter(|h| h.installed != "bd" || h.stale)
+        .map(|h| h.name.as_str())
+        .collect();
+    let mut c = if missing.is_empty() {
+        check(
+            "hooks",
+            Level::Ok,
+            "pre-commit, post-merge, post-checkout installed",
+        )
+    } else {
+        check(
+            "hooks",
+            Level::Warn,
+            format!("not installed or stale: {}", missing.join(", ")),
+        )
+    };
+    if fix && !missing.is_empty() {
+        match repo.install_hooks(exe) {
+            Ok(_) => {
+                c.level = Level::Ok;
+                c.fixed = Some("installed bd's hooks (existing ones chained)".into());
+            }
+            Err(e) => c.message = format!("{}; install failed: {}", c.message, e.message),
+        }
+    }
+    out.push(c);
+    let ok = repo.merge_driver_ok().unwrap_or(false);
+    let mut c = if ok {
+        check(
+            "merge driver",
+            Level::Ok,
+            "registered for issues.jsonl and conflicts.jsonl",
+        )
+    } else {
+        check(
+            "merge driver",
+            Level::Warn,
+            "not registered (a git merge could leave conflict markers in issues.jsonl)",
+        )
+    };
+    if fix && !ok {
+        match repo.register_merge_driver(exe) {
+            Ok(()) => {
+                c.level = Level::Ok;
+                c.fixed = Some("registered the merge driver".into());
+            }
+            Err(e) => c.message = format!("{}; registering failed: {}", c.message, e.message),
+        }
+    }
+    out.push(c);
+    out
+}
+
+fn daemon_check(paths: &BeadsPaths) -> Check {
+    match crate::daemon::running(paths) {
+        Ok(None) => check(
+            "daemon",
+            Level::Ok,
+            "not running (the next command starts one if wanted)",
+        ),
+        Ok(Some(Some(record))) => {
+            let connects = crate::client::DaemonClient::connect(
+                &record.socket,
+                "doctor",
+                std::time::Duration::from_secs(2),
+            )
+            .and_then(|mut c| c.status());
+            match connects {
+                Ok(s) if s.version == env!("CARGO_PKG_VERSION") => check(
+                    "daemon",
+                    match &s.last_error {
+                        Some(_) => Level::Warn,
+                        None => Level::Ok,
+                    },
+                    match &s.last_error {
+                        Some(e) => format!("pid {} serving; last error: {e}", s.pid),
+                        None => format!("pid {} serving, {} requests", s.pid, s.requests),
+                    },
+                ),
+                Ok(s) => check(
+                    "daemon",
+                    Level::Warn,
+                    format!(
+                        "pid {} runs bd {} (this is {}); the next command replaces it",
+                        s.pid,
+                        s.version,
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                ),
+                Err(e) => check(
+                    "daemon",
+                    Level::Error,
+                    format!(
+                        "pid {} holds the lock but does not answer: {}",
+                        record.pid, e.message
+                    ),
+                ),
+            }
+        }
+        Ok(Some(None)) => check("daemon", Level::Ok, "starting"),
+        Err(e) => check("daemon", Level::Warn, format!("cannot tell: {}", e.message)),
+    }
+}
