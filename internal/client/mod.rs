@@ -468,7 +468,7 @@ pub struct RebuildReport {
 /// rebuilt one is left at `beads.db.rebuild`, unless `force`. Refuses while a
 /// daemon runs (it holds the database open).
 pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
-    use crate::exchange::{DEFAULT_MAX_SKEW_MS, Scope, ingest};
+    use crate::exchange::DEFAULT_MAX_SKEW_MS;
     if let Some(record) = daemon::running(paths)? {
         let pid = record
             .map(|r| r.pid.to_string())
@@ -479,14 +479,19 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         )
         .hint("stop it with `bd daemon stop`, then run `bd --no-daemon rebuild`"));
     }
-    let (replica, previous_hash) = match Store::open(&paths.db) {
+    // (replica, state hash, snapshot files current, held ops) of the old database.
+    let (replica, previous_hash, old_files_current, old_held) = match Store::open(&paths.db) {
         Ok(old) => {
             // Everything this replica wrote must be in its op file first.
             crate::jsonl::flush_own_ops(&old, paths)?;
             let hash = crate::storage::sqlite::state_hash(old.conn())?;
-            (old.replica().to_string(), Some(hash))
+            let current = !crate::jsonl::snapshot_state(&old)?.dirty;
+            let held: i64 = old
+                .conn()
+                .query_row("SELECT COUNT(*) FROM held_ops", [], |r| r.get(0))?;
+            (old.replica().to_string(), Some(hash), current, held as u64)
         }
-        Err(e) if e.kind == ErrorKind::NotInitialized => (ids::new_replica_id()?, None),
+        Err(e) if e.kind == ErrorKind::NotInitialized => (ids::new_replica_id()?, None, false, 0),
         Err(e) => return Err(e),
     };
     let side = |suffix: &str| {
@@ -507,9 +512,16 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         db: fresh_db.clone(),
     };
     let mut fresh = Store::create(&fresh_paths, &replica)?;
+    // A scratch file until it is complete and synced (a crash leaves garbage that
+    // the next rebuild deletes): no journal, no per-commit sync, a big cache.
+    fresh.conn().execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144;",
+    )?;
     let report = fresh.write(&crate::clock::SystemClock, |tx| {
-        ingest(tx, paths, Scope::All, DEFAULT_MAX_SKEW_MS)
+        crate::exchange::rebuild_into(tx, paths, DEFAULT_MAX_SKEW_MS)
     })?;
+    fresh.conn().execute_batch("PRAGMA journal_mode = WAL;")?;
+    std::fs::File::open(&fresh_db)?.sync_all()?;
     let state_hash = crate::storage::sqlite::state_hash(fresh.conn())?;
     drop(fresh); // checkpoints and removes its WAL
     let matches = previous_hash.as_deref().is_none_or(|h| h == state_hash);
@@ -547,7 +559,15 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     out.replaced = true;
     let mut store = Store::open(&paths.db)?;
     crate::jsonl::flush_own_ops(&store, paths)?;
-    crate::jsonl::write_snapshot(&mut store, paths)?;
+    // The same state (hash) with the same held ops renders the same files: if the
+    // old database's were current, only the new database's mark is missing.
+    let same = out.previous_hash.as_deref() == Some(out.state_hash.as_str());
+    if same && old_files_current && old_held == out.held {
+        let pos = crate::jsonl::snapshot_state(&store)?.ops;
+        crate::storage::sqlite::meta_set(store.conn(), "snapshot_pos", &pos.to_string())?;
+    } else {
+        crate::jsonl::write_snapshot(&mut store, paths)?;
+    }
     Ok(out)
 }
 

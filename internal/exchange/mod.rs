@@ -19,6 +19,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+/// While applying a file, rows are written (and the doc cache emptied) after
+/// this many issues.
+const FLUSH_EVERY_ISSUES: usize = 4096;
+
 /// Ops stamped more than this far ahead of local time are held, not applied.
 pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
 
@@ -172,33 +176,40 @@ pub fn ingest(
     Ok(report)
 }
 
-fn ingest_file(
-    tx: &mut WriteTx<'_>,
+/// New whole lines of one op file, parsed, and the mark to save once they are
+/// applied. Bad lines go to `report.problems`.
+struct FileRead {
+    /// (line number, op), in file order.
+    ops: Vec<(u64, Op)>,
+    /// Where the file has been read to, if it has any whole line.
+    mark: Option<Mark>,
+}
+
+/// Reads what is new in `path` since `mark` (everything if the mark no longer
+/// matches); `None` if there is nothing new.
+fn read_file(
     replica: &str,
     path: &Path,
-    max_skew_ms: u64,
+    mark: Option<&Mark>,
     report: &mut IngestReport,
-) -> Result<()> {
+) -> Result<Option<FileRead>> {
     let mut f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let len = f.metadata()?.len();
-    let mark = load_mark(tx, replica)?;
     // Where to start: after the mark if the file still holds it there.
-    let (from, first_line) = match &mark {
-        Some(m) if m.len <= len && m.len > 0 => {
-            match hash_of_line_ending_at(&mut f, m.len) {
-                Some(h) if h == m.last_line => {
-                    if m.len == len {
-                        return Ok(()); // nothing new: the everyday case
-                    }
-                    (m.len, m.lines + 1)
+    let (from, first_line) = match mark {
+        Some(m) if m.len <= len && m.len > 0 => match hash_of_line_ending_at(&mut f, m.len) {
+            Some(h) if h == m.last_line => {
+                if m.len == len {
+                    return Ok(None); // nothing new: the everyday case
                 }
-                _ => (0, 1),
+                (m.len, m.lines + 1)
             }
-        }
+            _ => (0, 1),
+        },
         _ => (0, 1),
     };
     f.seek(SeekFrom::Start(from))?;
@@ -209,6 +220,7 @@ fn ingest_file(
     let mut offset = from;
     let mut line_no = first_line;
     let mut last: Option<(u64, u64, &[u8])> = None; // (end offset, line number, line)
+    let mut ops = Vec::new();
     let mut rest: &[u8] = &buf;
     while !rest.is_empty() {
         let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
@@ -252,31 +264,125 @@ fn ingest_file(
             });
             continue;
         }
-        match tx.receive(op, max_skew_ms) {
-            Ok(r) => report.add(r),
-            Err(e) if e.kind == ErrorKind::Corrupt => {
-                report.problems.push(LineProblem {
-                    file: shown.clone(),
-                    line: this_line,
-                    problem: e.message,
-                });
-                continue;
+        ops.push((this_line, op));
+    }
+    Ok(Some(FileRead {
+        ops,
+        mark: last.map(|(len, lines, line)| Mark {
+            len,
+            lines,
+            last_line: line_hash(line),
+        }),
+    }))
+}
+
+/// Applies (file, line, op) triples issue by issue (the fold does not depend
+/// on order): each issue's doc is loaded once and its rows written once, and
+/// rows are flushed every few thousand issues so memory stays bounded.
+fn apply_sorted(
+    tx: &mut WriteTx<'_>,
+    mut ops: Vec<(usize, u64, Op)>,
+    files: &[String],
+    max_skew_ms: u64,
+    report: &mut IngestReport,
+) -> Result<()> {
+    ops.sort_by(|a, b| a.2.issue.cmp(&b.2.issue));
+    // Checking content hashes is a serialisation and a SHA-256 per op and needs
+    // no database: do it on every core first.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = ops.len().div_ceil(threads).max(1);
+    let bodies: Vec<Option<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ops
+            .chunks_mut(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter_mut()
+                        .map(|(_, _, op)| op.verified_line())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(|parts| parts.into_iter().flatten().collect())
+    })
+    .map_err(|_| Error::internal("a thread checking op hashes panicked"))?;
+    let mut issues_since_flush = 0;
+    let mut previous: Option<String> = None;
+    for ((file, line, op), body) in ops.into_iter().zip(bodies) {
+        if previous.as_deref() != Some(op.issue.as_str()) {
+            issues_since_flush += 1;
+            if issues_since_flush > FLUSH_EVERY_ISSUES {
+                tx.flush()?;
+                issues_since_flush = 1;
             }
+            previous = Some(op.issue.clone());
+        }
+        match tx.receive_checked(op, body, max_skew_ms) {
+            Ok(r) => report.add(r),
+            Err(e) if e.kind == ErrorKind::Corrupt => report.problems.push(LineProblem {
+                file: files[file].clone(),
+                line,
+                problem: e.message,
+            }),
             Err(e) => return Err(e),
         }
     }
-    if let Some((end, lines, line)) = last {
-        save_mark(
-            tx,
-            replica,
-            &Mark {
-                len: end,
-                lines,
-                last_line: line_hash(line),
-            },
-        )?;
+    Ok(())
+}
+
+fn ingest_file(
+    tx: &mut WriteTx<'_>,
+    replica: &str,
+    path: &Path,
+    max_skew_ms: u64,
+    report: &mut IngestReport,
+) -> Result<()> {
+    let mark = load_mark(tx, replica)?;
+    let Some(read) = read_file(replica, path, mark.as_ref(), report)? else {
+        return Ok(());
+    };
+    let ops = read.ops.into_iter().map(|(l, op)| (0, l, op)).collect();
+    apply_sorted(tx, ops, &[path.display().to_string()], max_skew_ms, report)?;
+    if let Some(m) = read.mark {
+        save_mark(tx, replica, &m)?;
     }
     Ok(())
+}
+
+/// Fills an empty database from every op file (a rebuild): all files are read
+/// first so each issue's ops, whichever files they are in, apply as one run;
+/// the docs then start empty instead of being read back, and the bulk indexes
+/// are built once at the end.
+pub fn rebuild_into(
+    tx: &mut WriteTx<'_>,
+    paths: &BeadsPaths,
+    max_skew_ms: u64,
+) -> Result<IngestReport> {
+    let mut report = IngestReport::default();
+    let mut all = Vec::new();
+    let mut names = Vec::new();
+    let mut marks = Vec::new();
+    for (replica, path) in op_files(paths)? {
+        if let Some(read) = read_file(&replica, &path, None, &mut report)? {
+            let k = names.len();
+            names.push(path.display().to_string());
+            all.extend(read.ops.into_iter().map(|(l, op)| (k, l, op)));
+            if let Some(m) = read.mark {
+                marks.push((replica, m));
+            }
+        }
+    }
+    tx.assume_no_prior_ops();
+    tx.without_bulk_indexes(|tx| apply_sorted(tx, all, &names, max_skew_ms, &mut report))?;
+    for (replica, m) in marks {
+        save_mark(tx, &replica, &m)?;
+    }
+    Ok(report)
 }
 
 /// Applies held ops whose time has come.
@@ -303,7 +409,14 @@ fn release_held(tx: &mut WriteTx<'_>, max_skew_ms: u64, report: &mut IngestRepor
     for body in bodies {
         let op: Op = serde_json::from_str(&body)
             .map_err(|e| Error::new(ErrorKind::Corrupt, format!("unreadable held op: {e}")))?;
-        report.add(tx.receive(op, max_skew_ms)?);
+        let id = op.op_id.clone();
+        let r = tx.receive(op, max_skew_ms)?;
+        if r != Received::Held {
+            tx.conn()
+                .prepare_cached("DELETE FROM held_ops WHERE op_id = ?1")?
+                .execute(params![id])?;
+        }
+        report.add(r);
     }
     Ok(())
 }

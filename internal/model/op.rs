@@ -140,6 +140,23 @@ impl Op {
         self
     }
 
+    /// If `op_id` matches the content, the op's canonical JSON line (what
+    /// `serde_json::to_string` gives), made with one serialisation instead of two
+    /// and no clone; `None` for a corrupt or forged op.
+    pub fn verified_line(&mut self) -> Option<String> {
+        let claimed = std::mem::take(&mut self.op_id);
+        let bare = serde_json::to_string(&*self).ok();
+        self.op_id = claimed;
+        let bare = bare?;
+        let actual = hex(&Sha256::digest(bare.as_bytes())[..16]);
+        if self.op_id.is_empty() || self.op_id != actual {
+            return None;
+        }
+        // `op_id` is the first field, so the full line is the bare one with it
+        // put in front.
+        Some(format!("{{\"op_id\":\"{}\",{}", self.op_id, &bare[1..]))
+    }
+
     /// Whether `op_id` matches the content (false for a corrupt or forged line).
     pub fn is_sealed(&self) -> bool {
         !self.op_id.is_empty() && self.op_id == self.compute_id()
@@ -196,6 +213,19 @@ mod tests {
         let back: Op = serde_json::from_str(&line).unwrap();
         assert!(back.is_sealed());
         assert!(line.starts_with("{\"op_id\":"));
+    }
+
+    #[test]
+    fn verified_line_is_the_canonical_line_and_refuses_tampering() {
+        let mut sealed = op().seal();
+        let want = serde_json::to_string(&sealed).unwrap();
+        assert_eq!(sealed.verified_line().as_deref(), Some(want.as_str()));
+        assert_eq!(sealed.op_id, op().seal().op_id, "the id is put back");
+        let mut tampered = sealed.clone();
+        tampered.seq = 2;
+        assert_eq!(tampered.verified_line(), None);
+        let mut unsealed = op();
+        assert_eq!(unsealed.verified_line(), None);
     }
 
     #[test]

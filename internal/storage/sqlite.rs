@@ -29,6 +29,30 @@ pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 
+/// Indexes a bulk load into an empty database drops first and builds after (one
+/// sort each, instead of a random insert per row); none is needed while loading.
+const BULK_INDEXES: &[&str] = &[
+    "ops_by_issue",
+    "ops_by_replica",
+    "issues_ready",
+    "issues_not_closed",
+    "issues_by_status",
+];
+
+/// The `CREATE INDEX` statement for `name`, from the schema itself.
+fn index_sql(name: &str) -> Option<String> {
+    let head = format!("CREATE INDEX {name} ");
+    SCHEMA_V1
+        .split(';')
+        .map(|stmt| {
+            stmt.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .find(|stmt| stmt.trim_start().starts_with(&head))
+}
+
 /// Brings a database from `from` up to [`SCHEMA_VERSION`] inside `tx`.
 fn migrate(tx: &Connection, from: i64) -> Result<()> {
     if from < 2 {
@@ -432,6 +456,10 @@ pub struct WriteTx<'a> {
     fresh: HashSet<String>,
     touched: BTreeSet<String>,
     recorded: Vec<String>,
+    /// The caller guarantees every op of an issue arrives in one contiguous run
+    /// into a database that holds none of them (a rebuild): docs start empty
+    /// instead of being read back.
+    no_prior_ops: bool,
 }
 
 impl<'a> WriteTx<'a> {
@@ -461,6 +489,7 @@ impl<'a> WriteTx<'a> {
             fresh: HashSet::new(),
             touched: BTreeSet::new(),
             recorded: Vec::new(),
+            no_prior_ops: false,
         })
     }
 
@@ -482,7 +511,11 @@ impl<'a> WriteTx<'a> {
     /// The folded ops of `id` (including ops recorded earlier in this transaction).
     pub fn doc(&mut self, id: &str) -> Result<&IssueDoc> {
         if !self.docs.contains_key(id) {
-            let doc = load_doc(&self.tx, id)?;
+            let doc = if self.no_prior_ops {
+                IssueDoc::new(id)
+            } else {
+                load_doc(&self.tx, id)?
+            };
             if doc.op_count() == 0 {
                 self.fresh.insert(id.to_string());
             }
@@ -521,30 +554,65 @@ impl<'a> WriteTx<'a> {
         Ok(op.op_id)
     }
 
+    /// For a rebuild into an empty database: see the `no_prior_ops` field. The
+    /// caller must flush only between issues' runs of ops.
+    pub fn assume_no_prior_ops(&mut self) {
+        self.no_prior_ops = true;
+    }
+
+    /// Runs a bulk load with the [`BULK_INDEXES`] dropped, then builds them.
+    pub fn without_bulk_indexes<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let mut create = Vec::new();
+        for name in BULK_INDEXES {
+            let sql = index_sql(name)
+                .ok_or_else(|| Error::internal(format!("index {name} is not in the schema")))?;
+            self.tx.execute_batch(&format!("DROP INDEX {name}"))?;
+            create.push(sql);
+        }
+        let out = f(self)?;
+        self.flush()?;
+        for sql in create {
+            self.tx.execute_batch(&sql)?;
+        }
+        Ok(out)
+    }
+
     /// Stores and folds an op recorded elsewhere (another clone's op file, or this
     /// replica's own file when rebuilding). Idempotent: an op already stored is a
     /// `Duplicate`. An op whose clock is more than `max_skew_ms` ahead of local time
     /// is `Held` (kept in `held_ops`, not applied) until local time catches up.
     /// Fails with [`ErrorKind::Corrupt`] if the op's id does not match its content.
-    pub fn receive(&mut self, op: Op, max_skew_ms: u64) -> Result<Received> {
-        if !op.is_sealed() {
+    pub fn receive(&mut self, mut op: Op, max_skew_ms: u64) -> Result<Received> {
+        let body = op.verified_line();
+        self.receive_checked(op, body, max_skew_ms)
+    }
+
+    /// [`WriteTx::receive`] with the content check already done: `body` is what
+    /// [`Op::verified_line`] returned for `op` (so the check can run on other
+    /// threads during a bulk load).
+    pub fn receive_checked(
+        &mut self,
+        op: Op,
+        body: Option<String>,
+        max_skew_ms: u64,
+    ) -> Result<Received> {
+        let Some(body) = body else {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!("op {:?} does not match its content hash", op.op_id),
             ));
-        }
-        let known: bool = cached_row(
-            &self.tx,
-            "SELECT EXISTS(SELECT 1 FROM ops WHERE op_id = ?1)",
-            params![op.op_id],
-            |r| r.get(0),
-        )?;
-        if known {
-            return Ok(Received::Duplicate);
-        }
+        };
         let now = self.clock.now_ms();
-        let body = serde_json::to_string(&op)?;
         if op.hlc.wall > now.saturating_add(max_skew_ms) {
+            let known: bool = cached_row(
+                &self.tx,
+                "SELECT EXISTS(SELECT 1 FROM ops WHERE op_id = ?1)",
+                params![op.op_id],
+                |r| r.get(0),
+            )?;
+            if known {
+                return Ok(Received::Duplicate);
+            }
             self.tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO held_ops(op_id, replica, wall_ms, held_ms, body)
@@ -559,20 +627,24 @@ impl<'a> WriteTx<'a> {
                 ])?;
             return Ok(Received::Held);
         }
-        self.tx
-            .prepare_cached("DELETE FROM held_ops WHERE op_id = ?1")?
-            .execute(params![op.op_id])?;
+        // One statement both stores the op and tells a duplicate (the op id is
+        // unique). Load the doc first, so loading does not read the op back.
+        self.doc(&op.issue)?;
+        let stored = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(op_id) DO NOTHING",
+            )?
+            .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
+        if stored == 0 {
+            return Ok(Received::Duplicate);
+        }
         self.hlc = self.hlc.observe(op.hlc, now);
         if op.replica == self.replica {
             // Our own op coming back (a rebuild): later local ops continue after it.
             self.seq = self.seq.max(op.seq);
         }
-        self.doc(&op.issue)?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
         if let Some(doc) = self.docs.get_mut(&op.issue) {
             doc.apply(&op);
         }
@@ -742,13 +814,15 @@ fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
 /// Re-evaluates `blocked` for `seeds` and, transitively, for whatever depends on an
 /// issue whose flag or status may have changed.
 fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
-    let mut get = conn.prepare_cached("SELECT blocked FROM issues WHERE id = ?1")?;
-    let mut compute = conn.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id
-                       WHERE d.issue_id = ?1 AND d.type = 'blocks' AND b.status <> 'closed')
+    // The stored flag and the freshly computed one, in one statement.
+    let mut get = conn.prepare_cached(
+        "SELECT i.blocked,
+                EXISTS(SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id
+                       WHERE d.issue_id = i.id AND d.type = 'blocks' AND b.status <> 'closed')
              OR EXISTS(SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id
-                       WHERE d.issue_id = ?1 AND d.type = 'parent-child'
-                         AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))",
+                       WHERE d.issue_id = i.id AND d.type = 'parent-child'
+                         AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))
+         FROM issues i WHERE i.id = ?1",
     )?;
     let mut set = conn.prepare_cached("UPDATE issues SET blocked = ?2 WHERE id = ?1")?;
     let mut dependents = conn.prepare_cached(
@@ -765,10 +839,11 @@ fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
             break;
         }
         let was_seed = pending_seeds.remove(&id);
-        let old: Option<bool> = get.query_row(params![id], |r| r.get(0)).optional()?;
-        let changed = match old {
-            Some(old) => {
-                let new: bool = compute.query_row(params![id], |r| r.get(0))?;
+        let flags: Option<(bool, bool)> = get
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let changed = match flags {
+            Some((old, new)) => {
                 if new != old {
                     set.execute(params![id, new])?;
                 }

@@ -1,0 +1,279 @@
+//! Exchanging ops between clones: applying other clones' ops, `bd rebuild` from op
+//! files, snapshot regeneration, and a whole `bd sync` through a local bare remote.
+//!
+//! Run: `cargo bench --bench sync` (add `-- --quick` for a fast pass).
+
+use bd::client::{Backend, Direct, InitOptions, init};
+use bd::clock::SystemClock;
+use bd::service::{CreateRequest, Request};
+use bd::storage::BeadsPaths;
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn tracker(dir: &Path, replica: &str) -> BeadsPaths {
+    init(
+        dir,
+        &InitOptions {
+            prefix: Some("b".into()),
+            replica: replica.into(),
+        },
+    )
+    .expect("init");
+    BeadsPaths::new(dir.join(".beads"))
+}
+
+/// A tracker whose op file holds `n` ops: `n` imported issues.
+fn source_with_issues(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = tracker(dir.path(), "aaaaaaaaaaaaaaaa");
+    let mut d = Direct::open(paths.clone(), "bench").expect("open");
+    d.call(Request::Import {
+        records: bd::fixture::records("b", n),
+        dry_run: false,
+        strict: true,
+    })
+    .expect("import");
+    d.call(Request::Flush).expect("flush");
+    let file = paths.op_file("aaaaaaaaaaaaaaaa");
+    (dir, paths, file)
+}
+
+/// A tracker whose op file holds `n` ops: `n` creates by single calls (small
+/// ops, like everyday agent work).
+fn source_with_creates(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = tracker(dir.path(), "aaaaaaaaaaaaaaaa");
+    let mut d = Direct::open(paths.clone(), "bench").expect("open");
+    let items = (0..n)
+        .map(|i| bd::service::GroupItem {
+            actor: format!("agent{}", i % 8),
+            request: Request::Create(CreateRequest {
+                title: format!("work item {i}"),
+                ..Default::default()
+            }),
+            deadline_ms: None,
+        })
+        .collect();
+    bd::service::execute_group(d.store(), &SystemClock, &paths, items).expect("creates");
+    d.call(Request::Flush).expect("flush");
+    let file = paths.op_file("aaaaaaaaaaaaaaaa");
+    (dir, paths, file)
+}
+
+fn apply_foreign(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply_foreign_ops");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    let (_src, _paths, file) = source_with_creates(1_000);
+    g.bench_function("1000_creates", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let paths = tracker(dir.path(), "bbbbbbbbbbbbbbbb");
+                std::fs::copy(&file, paths.op_file("aaaaaaaaaaaaaaaa")).expect("copy");
+                let d = Direct::open(paths.clone(), "bench").expect("open");
+                (dir, paths, d)
+            },
+            |(_dir, paths, mut d)| {
+                let r = bd::service::catch_up(d.store(), &SystemClock, &paths)
+                    .expect("catch up")
+                    .expect("news");
+                assert_eq!(r.applied, 1_000);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // Nothing new: what every command pays per foreign op file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = tracker(dir.path(), "bbbbbbbbbbbbbbbb");
+    std::fs::copy(&file, paths.op_file("aaaaaaaaaaaaaaaa")).expect("copy");
+    let mut d = Direct::open(paths.clone(), "bench").expect("open");
+    bd::service::catch_up(d.store(), &SystemClock, &paths).expect("catch up");
+    g.bench_function("nothing_new_check", |b| {
+        b.iter(|| {
+            assert!(
+                bd::service::catch_up(d.store(), &SystemClock, &paths)
+                    .expect("check")
+                    .is_none()
+            )
+        })
+    });
+    g.finish();
+}
+
+fn rebuild(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rebuild");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    for n in [10_000usize, 100_000] {
+        let (_src, paths, _file) = source_with_issues(n);
+        g.bench_function(BenchmarkId::new("imported_issues", n), |b| {
+            b.iter(|| {
+                let r = bd::client::rebuild(&paths, false).expect("rebuild");
+                assert_eq!(r.ops, n as u64);
+            })
+        });
+    }
+    let (_src, paths, _file) = source_with_creates(100_000);
+    g.bench_function(BenchmarkId::new("creates", 100_000), |b| {
+        b.iter(|| {
+            let r = bd::client::rebuild(&paths, false).expect("rebuild");
+            assert_eq!(r.ops, 100_000);
+        })
+    });
+    g.finish();
+}
+
+fn snapshot(c: &mut Criterion) {
+    let mut g = c.benchmark_group("snapshot_regenerate");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for n in [10_000usize, 100_000] {
+        let (_src, paths, _file) = source_with_issues(n);
+        let mut d = Direct::open(paths.clone(), "bench").expect("open");
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_batched(
+                || std::fs::remove_file(paths.snapshot()).expect("remove"),
+                |()| bd::jsonl::write_snapshot(d.store(), &paths).expect("snapshot"),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn git(dir: &Path, home: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", home.join(".gitconfig"))
+        .env("BD_AUTO_START", "0")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A whole `bd sync` that brings in 1,000 foreign ops from a local bare remote,
+/// and the same sync with nothing to bring in (the git floor).
+fn whole_sync(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bd_sync");
+    g.sample_size(10).measurement_time(Duration::from_secs(15));
+    let home = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    std::fs::write(
+        h.join(".gitconfig"),
+        "[init]\n\tdefaultBranch = main\n[user]\n\tname = b\n\temail = b@example.invalid\n",
+    )
+    .expect("gitconfig");
+    // SAFETY: the benchmark is single-threaded here; libgit2 reads HOME.
+    unsafe {
+        std::env::set_var("HOME", h);
+        std::env::set_var("GIT_CONFIG_NOSYSTEM", "1");
+        std::env::set_var("GIT_CONFIG_GLOBAL", h.join(".gitconfig"));
+    }
+    git(h, h, &["init", "-q", "--bare", "origin.git"]);
+    git(h, h, &["clone", "-q", "origin.git", "a"]);
+    git(
+        &h.join("a"),
+        h,
+        &["commit", "-q", "--allow-empty", "-m", "base"],
+    );
+    git(&h.join("a"), h, &["push", "-q", "origin", "HEAD:main"]);
+    let base = String::from_utf8(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(h.join("a"))
+            .output()
+            .expect("rev-parse")
+            .stdout,
+    )
+    .expect("utf-8");
+    let a = tracker(&h.join("a"), "aaaaaaaaaaaaaaaa");
+    {
+        let mut d = Direct::open(a.clone(), "alice").expect("open");
+        let items = (0..1_000)
+            .map(|i| bd::service::GroupItem {
+                actor: "alice".into(),
+                request: Request::Create(CreateRequest {
+                    title: format!("from a {i}"),
+                    ..Default::default()
+                }),
+                deadline_ms: None,
+            })
+            .collect();
+        bd::service::execute_group(d.store(), &SystemClock, &a, items).expect("creates");
+        bd::gitsync::sync(&mut d, &a, &Default::default()).expect("sync a");
+    }
+    // A clone whose branch is still at the base commit with its own tracker
+    // committed: the next sync merges a's 1,000 ops in.
+    let fresh_clone = |k: &str| {
+        let name = format!("b{k}");
+        let _ = std::fs::remove_dir_all(h.join(&name));
+        git(h, h, &["clone", "-q", "origin.git", &name]);
+        let root = h.join(&name);
+        git(&root, h, &["reset", "-q", "--hard", base.trim()]);
+        let paths = tracker(&root, "bbbbbbbbbbbbbbbb");
+        let mut d = Direct::open(paths.clone(), "bob").expect("open");
+        bd::gitsync::sync(
+            &mut d,
+            &paths,
+            &bd::gitsync::SyncOptions {
+                pull: false,
+                push: false,
+                ..Default::default()
+            },
+        )
+        .expect("commit b");
+        (paths, d)
+    };
+    let mut k = 0;
+    g.bench_function("1000_foreign_ops", |b| {
+        b.iter_batched(
+            || {
+                k += 1;
+                fresh_clone(&k.to_string())
+            },
+            |(paths, mut d)| {
+                let r = bd::gitsync::sync(
+                    &mut d,
+                    &paths,
+                    &bd::gitsync::SyncOptions {
+                        push: false,
+                        ..Default::default()
+                    },
+                )
+                .expect("sync");
+                assert_eq!(r.ops_applied, 1_000, "{r:?}");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let (paths, mut d) = fresh_clone("steady");
+    bd::gitsync::sync(&mut d, &paths, &Default::default()).expect("first sync");
+    g.bench_function("nothing_new", |b| {
+        b.iter(|| {
+            let r = bd::gitsync::sync(
+                &mut d,
+                &paths,
+                &bd::gitsync::SyncOptions {
+                    push: false,
+                    ..Default::default()
+                },
+            )
+            .expect("sync");
+            assert_eq!(r.ops_applied, 0);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, apply_foreign, rebuild, snapshot, whole_sync);
+criterion_main!(benches);
