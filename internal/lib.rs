@@ -9,6 +9,7 @@
 //! `storage` → `merge` → `ids` / `clock` → `model`. (`client` speaks `rpc` to a
 //! daemon process; in-process it calls `service` directly.)
 
+pub mod agentsync;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -147,7 +147,7 @@ pub struct IssueDoc {
     registers: BTreeMap<String, Register>,
     labels: AddWinsSet<String, ()>,
     deps: AddWinsSet<(String, String), EdgeMeta>,
-    comments: BTreeMap<String, (Comment, i64)>,
+    comments: BTreeMap<String, (Comment, i64, Stamp)>,
     deletes: BTreeMap<String, (Stamp, BTreeSet<String>)>,
     updated: Option<(i64, String)>,
 }
@@ -316,7 +316,7 @@ impl IssueDoc {
             text: field("text").unwrap_or_default().to_string(),
             created_at,
         };
-        self.comments.insert(key, (comment, sort_ms));
+        self.comments.insert(key, (comment, sort_ms, Stamp::of(op)));
     }
 
     /// The visible writes of `field` (what a new write must supersede).
@@ -358,7 +358,7 @@ impl IssueDoc {
             .collect()
     }
 
-    /// Every visible write and live add: what a delete must supersede.
+    /// Every visible write, live add and comment: what a delete must supersede.
     pub fn all_heads(&self) -> Vec<String> {
         let mut out: BTreeSet<String> = BTreeSet::new();
         for reg in self.registers.values() {
@@ -366,6 +366,7 @@ impl IssueDoc {
         }
         out.extend(self.labels.live_ids().map(|(_, id, _)| id.clone()));
         out.extend(self.deps.live_ids().map(|(_, id, _)| id.clone()));
+        out.extend(self.comments.keys().cloned());
         out.into_iter().collect()
     }
 
@@ -452,7 +453,10 @@ impl IssueDoc {
                     created_by: meta.created_by.clone(),
                 })
                 .collect(),
-            comments: comments.into_iter().map(|(_, (c, _))| c.clone()).collect(),
+            comments: comments
+                .into_iter()
+                .map(|(_, (c, _, _))| c.clone())
+                .collect(),
             extra,
         };
         Some(Materialised {
@@ -487,6 +491,15 @@ impl IssueDoc {
         for ((target, kind), id, s) in self.deps.live_ids().filter(|(_, id, _)| !seen.contains(id))
         {
             let value = serde_json::json!({ "dep_add": { "depends_on_id": target, "type": kind } });
+            contenders.push((contender(id, value, s), key(s, id)));
+        }
+        // A comment written without knowing of the delete is an edit it did not
+        // see. (Comments carried by the create are part of what every delete saw.)
+        for (id, (c, _, s)) in self.comments.iter().filter(|(id, _)| !seen.contains(*id)) {
+            if id.contains(':') {
+                continue;
+            }
+            let value = serde_json::json!({ "comment": c.text });
             contenders.push((contender(id, value, s), key(s, id)));
         }
         if contenders.is_empty() {

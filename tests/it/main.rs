@@ -1,6 +1,7 @@
 //! Integration tests: the real `bd` binary against real SQLite files in temp
 //! repositories.
 
+mod agentsync;
 mod batch;
 mod cli;
 mod common;

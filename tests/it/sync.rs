@@ -451,10 +451,26 @@ fn a_delete_racing_an_edit_is_a_conflict_not_a_resurrection() {
                 .to_string()
                 .contains("edited while deleted elsewhere")
         );
+        assert!(
+            conflicts.to_string().contains("late comment"),
+            "a comment the delete did not see is a contender too: {conflicts}"
+        );
     }
     assert_eq!(a.state_hash(), b.state_hash());
-    // Taking the edit is refused: nothing comes back by itself or by resolve.
+    // Bob wrote two contenders: naming him is ambiguous.
     let out = a.bd(&["resolve", &id, "--field", "deleted", "--take", "bob"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matches 2 contenders"));
+    // Taking the edit is refused: nothing comes back by itself or by resolve.
+    let conflicts = a.json(&["conflicts"]);
+    let edit = conflicts[0]["contenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["value"].to_string().contains("edited while deleted"))
+        .expect("the edit is a contender");
+    let prefix = &edit["op_id"].as_str().unwrap()[..10];
+    let out = a.bd(&["resolve", &id, "--field", "deleted", "--take", prefix]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never brought back"));
     a.ok(&["resolve", &id, "--field", "deleted", "--value", "deleted"]);
