@@ -574,6 +574,9 @@ impl<'a> WriteTx<'a> {
         for sql in create {
             self.tx.execute_batch(&sql)?;
         }
+        if self.no_prior_ops {
+            recompute_all_blocked(&self.tx)?;
+        }
         Ok(out)
     }
 
@@ -704,6 +707,9 @@ impl<'a> WriteTx<'a> {
         }
         self.docs.clear();
         self.fresh.clear();
+        if self.no_prior_ops {
+            return Ok(()); // a bulk load sets every flag at the end
+        }
         refresh_blocked(&self.tx, touched)
     }
 
@@ -807,6 +813,33 @@ fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
             ms(&c.created_at).unwrap_or(0),
             serde_json::to_string(c)?
         ])?;
+    }
+    Ok(())
+}
+
+/// Sets every issue's `blocked` flag from scratch (after a bulk load): first the
+/// `blocks` edges, then parent-child blocking spread down the tree one level per
+/// pass until nothing changes. The same fixed point the incremental
+/// [`refresh_blocked`] maintains; the passes are bounded by the depth of the
+/// parent-child tree (and by a budget, should imported data hold a cycle).
+fn recompute_all_blocked(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "UPDATE issues SET blocked = EXISTS(
+             SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id
+             WHERE d.issue_id = issues.id AND d.type = 'blocks' AND b.status <> 'closed')",
+        [],
+    )?;
+    for _ in 0..10_000 {
+        let changed = conn.execute(
+            "UPDATE issues SET blocked = 1 WHERE blocked = 0 AND EXISTS(
+                 SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id
+                 WHERE d.issue_id = issues.id AND d.type = 'parent-child'
+                   AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))",
+            [],
+        )?;
+        if changed == 0 {
+            break;
+        }
     }
     Ok(())
 }

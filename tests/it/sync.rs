@@ -287,10 +287,40 @@ fn rebuild_from_op_files_gives_the_same_state() {
     a.ok(&["update", &made[0], "--claim"]);
     a.ok(&["close", &made[1]]);
     a.ok(&["comment", "add", &made[2], "c"]);
+    // Blocking of every kind: an open blocker, a closed one, and a parent-child
+    // chain under a blocked epic (blocked flags are not part of the state hash,
+    // so they are compared through `ready` and `blocked`).
+    a.ok(&["dep", "add", &made[5], &made[6]]);
+    a.ok(&["dep", "add", &made[7], &made[1]]);
+    let epic = a.json(&["create", "epic", "-t", "epic"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["dep", "add", &epic, &made[8]]);
+    let child = a.json(&["create", "child", "--parent", &epic])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let grandchild = a.json(&["create", "grandchild", "--parent", &child])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     a.commit_ops_and_push("work");
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
     b.ok(&["update", &made[3], "--priority", "0"]);
+    let ready_before = ids(&b.json(&["ready", "-n", "0"]));
+    let blocked_before = ids(&b.json(&["blocked"]));
+    for id in [&made[5], &epic, &child, &grandchild] {
+        assert!(
+            blocked_before.contains(id),
+            "{id} blocked before: {blocked_before:?}"
+        );
+    }
+    assert!(
+        ready_before.contains(&made[7]),
+        "a closed blocker does not block"
+    );
 
     let before = b.state_hash();
     let r = b.json(&["rebuild"]);
@@ -299,6 +329,16 @@ fn rebuild_from_op_files_gives_the_same_state() {
     assert_eq!(r["state_hash"], before.as_str());
     assert!(b.root.join(".beads/beads.db.bak").exists());
     assert_eq!(b.state_hash(), before);
+    assert_eq!(
+        ids(&b.json(&["ready", "-n", "0"])),
+        ready_before,
+        "same ready queue"
+    );
+    assert_eq!(
+        ids(&b.json(&["blocked"])),
+        blocked_before,
+        "same blocked set"
+    );
     // Bob's own edit survived (it came back from his own op file), and his next
     // write continues his sequence.
     assert_eq!(b.json(&["show", &made[3]])[0]["priority"], 0);
