@@ -211,9 +211,9 @@ impl Repo {
         };
         let mut out = Vec::new();
         for path in self.bd_files()? {
-            let blob = self
-                .repo
-                .blob_path(&self.workdir.join(&path))
+            // Hash only: nothing is written to the object store (a dry run
+            // changes nothing).
+            let blob = Oid::hash_file(git2::ObjectType::Blob, self.workdir.join(&path))
                 .map_err(|e| git_error("hashing a file", e))?;
             let in_head = head_tree
                 .as_ref()

@@ -755,7 +755,9 @@ fn bd_sync_without_a_remote_commits_locally_and_says_so() {
     };
     solo.ok(&["init", "--prefix", "s"]);
     solo.ok(&["create", "alone", "-q"]);
+    let objects = solo.git(&["count-objects"]);
     let dry = solo.json(&["sync", "--dry-run"]);
+    assert_eq!(solo.git(&["count-objects"]), objects, "a dry run writes no git objects");
     assert_eq!(dry["dry_run"], true);
     assert!(dry["files"].to_string().contains("issues.jsonl"), "{dry}");
     assert!(
