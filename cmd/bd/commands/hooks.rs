@@ -59,7 +59,11 @@ pub fn cmd_hooks(ctx: &Ctx, c: HooksCommand) -> Result<(), CliError> {
         }
         HooksCommand::List => {
             let repo = Repo::open(&ctx.paths()?)?;
-            show(ctx, &repo.hook_states()?, "Hooks")
+            let states = repo.hook_states()?;
+            if ctx.json {
+                return output::json(&states);
+            }
+            output::print(&render(&states, "Hooks"))
         }
         HooksCommand::Run(a) => {
             // A hook must never break the user's git command because of bd:
@@ -116,6 +120,11 @@ fn show(ctx: &Ctx, states: &[HookState], verb: &str) -> Result<(), CliError> {
     if ctx.json {
         return output::json(&states);
     }
+    output::status(ctx.quiet, &render(states, verb));
+    Ok(())
+}
+
+fn render(states: &[HookState], verb: &str) -> String {
     let mut s = format!("{verb}:\n");
     for h in states {
         let _ = write!(s, "  {:<14} {}", h.name, h.installed);
@@ -127,8 +136,7 @@ fn show(ctx: &Ctx, states: &[HookState], verb: &str) -> Result<(), CliError> {
         }
         s.push('\n');
     }
-    output::status(ctx.quiet, &s);
-    Ok(())
+    s
 }
 
 pub fn cmd_merge_driver(_ctx: &Ctx, a: MergeDriverArgs) -> Result<(), CliError> {

@@ -52,6 +52,10 @@ pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
     if ctx.json {
         return output::json(&report);
     }
+    if a.status || a.dry_run {
+        // What was asked for: data, on stdout.
+        return output::print(&render(&report, a.status));
+    }
     output::status(ctx.quiet, &render(&report, a.status));
     Ok(())
 }
