@@ -757,7 +757,11 @@ fn bd_sync_without_a_remote_commits_locally_and_says_so() {
     solo.ok(&["create", "alone", "-q"]);
     let objects = solo.git(&["count-objects"]);
     let dry = solo.json(&["sync", "--dry-run"]);
-    assert_eq!(solo.git(&["count-objects"]), objects, "a dry run writes no git objects");
+    assert_eq!(
+        solo.git(&["count-objects"]),
+        objects,
+        "a dry run writes no git objects"
+    );
     assert_eq!(dry["dry_run"], true);
     assert!(dry["files"].to_string().contains("issues.jsonl"), "{dry}");
     assert!(
@@ -1021,4 +1025,28 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     std::fs::write(&foreign, format!("{}\n{}\n", op(1), op(2))).unwrap();
     let report = a.json(&["doctor"]);
     assert_eq!(report["errors"], 0, "{report}");
+}
+
+#[test]
+fn bd_sync_through_a_running_daemon() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    a.ok(&["daemon", "start", "-q", "--idle-timeout", "120"]);
+    assert_eq!(a.json(&["info"])["mode"], "daemon");
+    a.ok(&["sync", "-q"]);
+    b.ok(&["sync", "-q"]);
+    for i in 0..5 {
+        b.ok(&["create", &format!("from bob {i}"), "-q"]);
+    }
+    b.ok(&["update", &id, "--title", "bob's title"]);
+    b.ok(&["sync", "-q"]);
+    a.ok(&["create", "from alice", "-q"]);
+    let r = a.json(&["sync"]);
+    assert_eq!(r["pushed"], true, "{r}");
+    assert_eq!(r["ops_applied"], 6, "{r}");
+    assert_eq!(a.title(&id), "bob's title");
+    b.ok(&["sync", "-q"]);
+    assert_eq!(a.state_hash(), b.state_hash());
+    assert_eq!(a.json(&["daemon", "status"])["running"], true);
+    assert_eq!(a.git(&["status", "--porcelain", ".beads"]), "");
 }
