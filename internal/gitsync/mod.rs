@@ -591,10 +591,17 @@ impl Repo {
             return Ok(true);
         }
         let all = format!("{}\n{}", out.stdout, out.stderr);
-        if all.contains("[rejected]")
-            || all.contains("non-fast-forward")
-            || all.contains("fetch first")
-        {
+        // The remote moved on: refused as not a fast-forward, or (a push racing
+        // another) the remote's ref was no longer where the push expected it.
+        let moved = [
+            "[rejected]",
+            "non-fast-forward",
+            "fetch first",
+            "cannot lock ref",
+        ]
+        .iter()
+        .any(|m| all.contains(m));
+        if moved {
             return Ok(false);
         }
         Err(Error::new(

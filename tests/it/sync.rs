@@ -1050,3 +1050,53 @@ fn bd_sync_through_a_running_daemon() {
     assert_eq!(a.json(&["daemon", "status"])["running"], true);
     assert_eq!(a.git(&["status", "--porcelain", ".beads"]), "");
 }
+
+#[test]
+fn a_push_rejected_because_the_remote_moved_is_integrated_and_retried() {
+    let cluster = Cluster::new();
+    let (a, b, _id) = pair(&cluster);
+    a.ok(&["sync", "-q"]);
+    b.ok(&["sync", "-q"]);
+    a.ok(&["sync", "-q"]);
+    // The first time alice pushes, bob pushes first (from alice's pre-push
+    // hook), so her push is rejected as not a fast-forward.
+    b.ok(&["create", "bob slipped in", "-q"]);
+    b.ok(&["flush", "-q"]);
+    b.git(&["add", ".beads"]);
+    b.git(&["commit", "-q", "-m", "bob"]);
+    let hook = a.root.join(".git/hooks/pre-push");
+    let once = a.root.join(".git/bob-pushed");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ ! -e '{once}' ]; then touch '{once}'; git -C '{bob}' push -q origin HEAD:main; fi\n",
+            once = once.display(),
+            bob = b.root.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    a.ok(&["create", "alice's", "-q"]);
+    let r = a.json(&["sync"]);
+    assert_eq!(r["pushed"], true, "{r}");
+    assert_eq!(r["push_attempts"], 2, "{r}");
+    assert!(once.exists(), "bob's push happened in between");
+    assert_eq!(r["ops_applied"], 1, "bob's issue came in on the retry: {r}");
+    b.ok(&["sync", "-q"]);
+    assert_eq!(a.state_hash(), b.state_hash());
+    assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn an_unreachable_remote_means_committed_locally_and_said_so() {
+    let cluster = Cluster::new();
+    let (a, _b, _id) = pair(&cluster);
+    a.git(&["remote", "set-url", "origin", "/nonexistent/bd-remote.git"]);
+    a.ok(&["create", "offline work", "-q"]);
+    let r = a.json(&["sync"]);
+    assert_eq!(r["offline"], true, "{r}");
+    assert_eq!(r["pushed"], false);
+    assert!(r["notes"].to_string().contains("committed locally"), "{r}");
+    assert_eq!(a.git(&["status", "--porcelain", ".beads"]), "", "committed");
+}
