@@ -65,6 +65,56 @@ fn source_with_creates(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
     (dir, paths, file)
 }
 
+/// A tracker with a history: `issues` creates, then `per_issue - 1` field changes
+/// to each (title, description, assignee in turn), as agents' work looks.
+fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, BeadsPaths) {
+    let (dir, paths, _) = source_with_creates(issues);
+    let mut d = Direct::open(paths.clone(), "bench").expect("open");
+    let ids: Vec<String> = match d
+        .call(Request::List(bd::query::ListFilter {
+            all: true,
+            limit: Some(0),
+            ..Default::default()
+        }))
+        .expect("list")
+    {
+        bd::service::Response::Issues(v) => v.into_iter().map(|i| i.id).collect(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(ids.len(), issues);
+    for round in 1..per_issue {
+        for chunk in ids.chunks(2_000) {
+            let items = chunk
+                .iter()
+                .map(|id| {
+                    let mut u = bd::service::UpdateRequest {
+                        ids: vec![id.clone()],
+                        ..Default::default()
+                    };
+                    // Always a real change, so each is one op.
+                    match round % 3 {
+                        0 => u.title = Some(format!("retitled {round}")),
+                        1 => u.description = Some(format!("notes after round {round}")),
+                        _ => u.assignee = Some(format!("agent{}", round % 8)),
+                    }
+                    bd::service::GroupItem {
+                        actor: format!("agent{}", round % 8),
+                        request: Request::Update(u),
+                        deadline_ms: None,
+                    }
+                })
+                .collect();
+            for r in bd::service::execute_group(d.store(), &SystemClock, &paths, items)
+                .expect("updates")
+            {
+                r.expect("update");
+            }
+        }
+    }
+    d.call(Request::Flush).expect("flush");
+    (dir, paths)
+}
+
 fn apply_foreign(c: &mut Criterion) {
     let mut g = c.benchmark_group("apply_foreign_ops");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
@@ -119,6 +169,14 @@ fn rebuild(c: &mut Criterion) {
     }
     let (_src, paths, _file) = source_with_creates(100_000);
     g.bench_function(BenchmarkId::new("creates", 100_000), |b| {
+        b.iter(|| {
+            let r = bd::client::rebuild(&paths, false).expect("rebuild");
+            assert_eq!(r.ops, 100_000);
+        })
+    });
+    // The usual shape of a history: many ops per issue.
+    let (_src, paths) = source_with_history(10_000, 10);
+    g.bench_function(BenchmarkId::new("10000_issues_x_10_ops", 100_000), |b| {
         b.iter(|| {
             let r = bd::client::rebuild(&paths, false).expect("rebuild");
             assert_eq!(r.ops, 100_000);
