@@ -104,8 +104,8 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
                     }
                 })
                 .collect();
-            for r in bd::service::execute_group(d.store(), &SystemClock, &paths, items)
-                .expect("updates")
+            for r in
+                bd::service::execute_group(d.store(), &SystemClock, &paths, items).expect("updates")
             {
                 r.expect("update");
             }

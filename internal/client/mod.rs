@@ -421,12 +421,7 @@ pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
     let mut store = Store::create(&paths, &opts.replica)?;
     // A fresh clone: the other clones' ops are already here (committed in git).
     let ingested = store.write(&crate::clock::SystemClock, |tx| {
-        crate::exchange::ingest(
-            tx,
-            &paths,
-            crate::exchange::Scope::Foreign,
-            crate::exchange::DEFAULT_MAX_SKEW_MS,
-        )
+        crate::exchange::ingest(tx, &paths, crate::exchange::DEFAULT_MAX_SKEW_MS)
     })?;
     crate::jsonl::flush_own_ops(&store, &paths)?;
     crate::jsonl::write_snapshot(&mut store, &paths)?;

@@ -63,15 +63,6 @@ impl IngestReport {
     }
 }
 
-/// Which files to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Other replicas' files (the everyday case).
-    Foreign,
-    /// Every file, this replica's too (a rebuild).
-    All,
-}
-
 /// The op files in `.beads/ops`, as (replica, path), sorted by replica.
 pub fn op_files(paths: &BeadsPaths) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -155,19 +146,16 @@ fn hash_of_line_ending_at(f: &mut File, end: u64) -> Option<String> {
     None
 }
 
-/// Reads new ops from the op files into the open write transaction. Lines that
-/// cannot be used are reported with file and line and skipped; a torn last line
-/// (no newline yet) is reported and left for a later look.
-pub fn ingest(
-    tx: &mut WriteTx<'_>,
-    paths: &BeadsPaths,
-    scope: Scope,
-    max_skew_ms: u64,
-) -> Result<IngestReport> {
+/// Reads new ops from other replicas' op files into the open write transaction
+/// (this replica's own file is written from the database, never read back; see
+/// [`rebuild_into`] for reading every file). Lines that cannot be used are
+/// reported with file and line and skipped; a torn last line (no newline yet) is
+/// reported and left for a later look.
+pub fn ingest(tx: &mut WriteTx<'_>, paths: &BeadsPaths, max_skew_ms: u64) -> Result<IngestReport> {
     let mut report = IngestReport::default();
     let own = tx.replica().to_string();
     for (replica, path) in op_files(paths)? {
-        if scope == Scope::Foreign && replica == own {
+        if replica == own {
             continue;
         }
         ingest_file(tx, &replica, &path, max_skew_ms, &mut report)?;

@@ -76,8 +76,15 @@ impl Repo {
                     .hint("merge them into one hook by hand, then run `bd hooks install`"));
                 }
                 std::fs::rename(&path, &chained)?;
-            } else if path.exists() && !std::fs::read_to_string(&path)?.contains(MARKER) {
-                // A hook that is not text (a binary): chain it as well.
+            } else if path.exists() && std::fs::read_to_string(&path).is_err() {
+                // A hook that is not text (a compiled program): chain it as well.
+                if chained.exists() {
+                    return Err(Error::new(
+                        ErrorKind::Exists,
+                        format!("{} and {} both exist", path.display(), chained.display()),
+                    )
+                    .hint("merge them into one hook by hand, then run `bd hooks install`"));
+                }
                 std::fs::rename(&path, &chained)?;
             }
             write_executable(&path, &hook_script(name, exe))?;

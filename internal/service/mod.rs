@@ -78,7 +78,7 @@ pub fn catch_up(
     clock: &dyn Clock,
     paths: &BeadsPaths,
 ) -> Result<Option<crate::exchange::IngestReport>> {
-    use crate::exchange::{self, DEFAULT_MAX_SKEW_MS, Scope};
+    use crate::exchange::{self, DEFAULT_MAX_SKEW_MS};
     let news = exchange::has_news(
         store.conn(),
         paths,
@@ -89,9 +89,7 @@ pub fn catch_up(
     if !news {
         return Ok(None);
     }
-    let report = store.write(clock, |tx| {
-        exchange::ingest(tx, paths, Scope::Foreign, DEFAULT_MAX_SKEW_MS)
-    })?;
+    let report = store.write(clock, |tx| exchange::ingest(tx, paths, DEFAULT_MAX_SKEW_MS))?;
     Ok(Some(report))
 }
 
