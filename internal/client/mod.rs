@@ -32,6 +32,9 @@ pub struct Direct {
     paths: BeadsPaths,
     actor: String,
     clock: Arc<dyn Clock>,
+    /// Other clones' op files, and their signature when last caught up with.
+    watch: crate::exchange::OpDirWatch,
+    seen: Option<(crate::exchange::DirSignature, std::time::Instant)>,
 }
 
 impl Direct {
@@ -52,6 +55,8 @@ impl Direct {
             paths,
             actor: actor.to_string(),
             clock,
+            watch: Default::default(),
+            seen: None,
         })
     }
 
@@ -74,7 +79,18 @@ impl Backend for Direct {
             paths: &self.paths,
             mode: "direct",
         };
-        service::catch_up(&mut self.store, ctx.clock, ctx.paths)?;
+        // Apply what other clones delivered first. A long-lived `Direct` (a
+        // program using the library) looks at the content only when the op files
+        // changed, or every few seconds for held ops that became due.
+        let sig = self.watch.signature(&self.paths, self.store.replica())?;
+        let stale = self
+            .seen
+            .as_ref()
+            .is_none_or(|(s, at)| *s != sig || at.elapsed() >= crate::exchange::RECHECK_EVERY);
+        if stale {
+            service::catch_up(&mut self.store, ctx.clock, ctx.paths)?;
+            self.seen = Some((sig, std::time::Instant::now()));
+        }
         service::execute(&mut self.store, &ctx, req)
     }
 

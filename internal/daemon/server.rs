@@ -3,6 +3,7 @@
 
 use super::{DaemonLock, record_for};
 use crate::clock::{Clock, SystemClock};
+use crate::exchange::{DirSignature, OpDirWatch};
 use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, PROTOCOL, Reply};
 use crate::service::{self, Context, GroupItem, Request, Response};
 use crate::storage::{BeadsPaths, Store, WalSync};
@@ -64,12 +65,6 @@ enum Job {
     Stop,
 }
 
-/// How often the op directory's content is checked even if its signature has
-/// not changed (held clock-skew ops become due with time alone).
-const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
-
-use crate::exchange::DirSignature;
-
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
@@ -92,9 +87,11 @@ struct Shared {
     last_activity: Mutex<Instant>,
     stopping: AtomicBool,
     shutdown: Notify,
-    /// The op directory as last caught up with, and when.
-    op_dir: Mutex<Option<(DirSignature, Instant)>>,
+    /// Watches the op directory; and its signature as last caught up with, and when.
+    op_dir: Mutex<(OpDirWatch, Option<(DirSignature, Instant)>)>,
     log: Log,
+    /// The tracker's replica id (its own op file is not watched).
+    replica: String,
 }
 
 impl Shared {
@@ -165,8 +162,9 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         last_activity: Mutex::new(Instant::now()),
         stopping: AtomicBool::new(false),
         shutdown: Notify::new(),
-        op_dir: Mutex::new(None),
+        op_dir: Mutex::new((OpDirWatch::default(), None)),
         log: log.clone(),
+        replica: writer_store.replica().to_string(),
     });
     let syncer = {
         let shared = shared.clone();
@@ -405,14 +403,21 @@ async fn request(
 /// are applied: a stat of each op file, and a trip to the writer only when the
 /// directory changed (or every few seconds, for held ops that became due).
 async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
-    let sig = crate::exchange::dir_signature(&shared.opts.paths)?;
-    let fresh = shared.op_dir.lock().ok().is_some_and(|seen| {
-        seen.as_ref()
-            .is_some_and(|(s, at)| *s == sig && at.elapsed() < CATCH_UP_EVERY)
-    });
-    if fresh {
-        return Ok(());
-    }
+    let sig = {
+        let mut guard = shared
+            .op_dir
+            .lock()
+            .map_err(|_| Error::internal("op directory watch poisoned"))?;
+        let (watch, seen) = &mut *guard;
+        let sig = watch.signature(&shared.opts.paths, &shared.replica)?;
+        let fresh = seen
+            .as_ref()
+            .is_some_and(|(s, at)| *s == sig && at.elapsed() < crate::exchange::RECHECK_EVERY);
+        if fresh {
+            return Ok(());
+        }
+        sig
+    };
     let (tx, rx) = oneshot::channel();
     let sent = shared
         .jobs
@@ -424,8 +429,8 @@ async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
     }
     rx.await
         .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))?;
-    if let Ok(mut seen) = shared.op_dir.lock() {
-        *seen = Some((sig, Instant::now()));
+    if let Ok(mut guard) = shared.op_dir.lock() {
+        guard.1 = Some((sig, Instant::now()));
     }
     Ok(())
 }

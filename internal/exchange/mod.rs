@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 /// this many issues.
 const FLUSH_EVERY_ISSUES: usize = 4096;
 
+/// A long-running process looks at the op files' content at least this often
+/// even when their signature has not changed (held ops become due with time).
+pub const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Ops stamped more than this far ahead of local time are held, not applied.
 pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
 
@@ -470,29 +474,66 @@ pub fn has_news(
     Ok(due)
 }
 
-/// Per op file: replica, inode, length, mtime and ctime (ns).
+/// Per entry: name (empty for the directory itself), inode, length, mtime and
+/// ctime (ns).
 pub type DirSignature = Vec<(String, u64, u64, i64, i64)>;
 
-/// A cheap fingerprint of the op directory (names, inodes, sizes, change times)
-/// that tells a long-running process when to look at the content again with
-/// [`has_news`]. Only a trigger: the content check decides.
-pub fn dir_signature(paths: &BeadsPaths) -> Result<DirSignature> {
+fn stamp_of(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
     use std::os::unix::fs::MetadataExt;
-    let mut sig = Vec::new();
-    for (replica, path) in op_files(paths)? {
-        match std::fs::metadata(&path) {
-            Ok(m) => sig.push((
-                replica,
-                m.ino(),
-                m.len(),
-                m.mtime_nsec() + m.mtime() * 1_000_000_000,
-                m.ctime_nsec() + m.ctime() * 1_000_000_000,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    (
+        m.ino(),
+        m.len(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ctime_nsec() + m.ctime() * 1_000_000_000,
+    )
+}
+
+/// A cheap fingerprint of the other replicas' op files (inodes, sizes, change
+/// times) that tells a long-running process when to look at the content again
+/// with [`has_news`]. Only a trigger: the content check decides.
+///
+/// The list of files is read again only when the directory itself changed
+/// (adding, removing or renaming an entry always changes a directory's times),
+/// and this replica's own file is left out (only this process writes it), so a
+/// one-clone repository costs a single `stat` per request.
+#[derive(Debug, Default)]
+pub struct OpDirWatch {
+    dir: Option<(u64, u64, i64, i64)>,
+    foreign: Vec<(String, PathBuf)>,
+}
+
+impl OpDirWatch {
+    /// The current signature.
+    pub fn signature(&mut self, paths: &BeadsPaths, own: &str) -> Result<DirSignature> {
+        let dir = match std::fs::metadata(paths.ops_dir()) {
+            Ok(m) => stamp_of(&m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.dir = None;
+                self.foreign.clear();
+                return Ok(Vec::new());
+            }
             Err(e) => return Err(e.into()),
+        };
+        if self.dir != Some(dir) {
+            self.foreign = op_files(paths)?
+                .into_iter()
+                .filter(|(r, _)| r != own)
+                .collect();
+            self.dir = Some(dir);
         }
+        let mut sig = vec![(String::new(), dir.0, dir.1, dir.2, dir.3)];
+        for (replica, path) in &self.foreign {
+            match std::fs::metadata(path) {
+                Ok(m) => {
+                    let (ino, len, mt, ct) = stamp_of(&m);
+                    sig.push((replica.clone(), ino, len, mt, ct));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sig)
     }
-    Ok(sig)
 }
 
 /// Reads a whole op file and reports every line that is not a sealed op of its

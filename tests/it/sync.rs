@@ -1100,3 +1100,50 @@ fn an_unreachable_remote_means_committed_locally_and_said_so() {
     assert!(r["notes"].to_string().contains("committed locally"), "{r}");
     assert_eq!(a.git(&["status", "--porcelain", ".beads"]), "", "committed");
 }
+
+#[test]
+fn a_long_lived_library_client_sees_op_files_that_change_under_it() {
+    use bd::client::{Backend, Direct, InitOptions, init};
+    use bd::service::{CreateRequest, Request, Response};
+    let make = |replica: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        init(
+            dir.path(),
+            &InitOptions {
+                prefix: Some("s".into()),
+                replica: replica.into(),
+            },
+        )
+        .unwrap();
+        let paths = bd::storage::BeadsPaths::new(dir.path().join(".beads"));
+        let d = Direct::open(paths.clone(), "lib").unwrap();
+        (dir, paths, d)
+    };
+    let (_da, pa, mut a) = make("aaaaaaaaaaaaaaaa");
+    let (_db, pb, mut b) = make("bbbbbbbbbbbbbbbb");
+    let count = |d: &mut Direct| match d
+        .call(Request::List(bd::query::ListFilter::default()))
+        .unwrap()
+    {
+        Response::Issues(v) => v.len(),
+        other => panic!("{other:?}"),
+    };
+    let create = |d: &mut Direct, t: &str| {
+        d.call(Request::Create(CreateRequest {
+            title: t.into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        d.call(Request::Flush).unwrap();
+    };
+    assert_eq!(count(&mut b), 0);
+    create(&mut a, "one");
+    // A new file appears in b's op directory, then grows.
+    let theirs = pa.op_file("aaaaaaaaaaaaaaaa");
+    let copy = pb.op_file("aaaaaaaaaaaaaaaa");
+    std::fs::copy(&theirs, &copy).unwrap();
+    assert_eq!(count(&mut b), 1, "a new op file is noticed");
+    create(&mut a, "two");
+    std::fs::copy(&theirs, &copy).unwrap();
+    assert_eq!(count(&mut b), 2, "a grown op file is noticed");
+}
