@@ -90,6 +90,7 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
     }
+    checks.push(gitignore_check(paths, fix)?);
     checks.extend(git_checks(paths, fix, exe));
     checks.push(daemon_check(paths));
     let errors = checks.iter().filter(|c| c.level == Level::Error).count() as u64;
@@ -222,6 +223,48 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
         crate::jsonl::write_snapshot(&mut store, paths)?;
         c.level = Level::Ok;
         c.fixed = Some("regenerated issues.jsonl and conflicts.jsonl".into());
+    }
+    Ok(c)
+}
+
+/// `.beads/.gitignore` must keep every per-clone file out of git; a tracker made
+/// by an older bd may lack newer patterns (e.g. `*.db.*` for a rebuild's backup).
+fn gitignore_check(paths: &BeadsPaths, fix: bool) -> Result<Check> {
+    let path = paths.dir.join(".gitignore");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let have: std::collections::BTreeSet<&str> = text.lines().map(str::trim).collect();
+    let missing: Vec<&str> = crate::client::BEADS_GITIGNORE
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty() && !have.contains(l.trim()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(check(
+            ".gitignore",
+            Level::Ok,
+            "keeps every per-clone file out of git",
+        ));
+    }
+    let mut c = check(
+        ".gitignore",
+        Level::Warn,
+        format!("does not ignore {}", missing.join(" ")),
+    );
+    if fix {
+        let mut new = text.clone();
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        if new.is_empty() {
+            new.push_str(crate::client::BEADS_GITIGNORE);
+        } else {
+            for m in &missing {
+                new.push_str(m);
+                new.push('\n');
+            }
+        }
+        crate::jsonl::atomic_write(&path, new.as_bytes())?;
+        c.level = Level::Ok;
+        c.fixed = Some(format!("added {}", missing.join(" ")));
     }
     Ok(c)
 }

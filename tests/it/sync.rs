@@ -984,6 +984,12 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     let good = std::fs::read_to_string(&snap).unwrap();
     std::fs::write(&snap, format!("<<<<<<< HEAD\n{good}=======\n>>>>>>> x\n")).unwrap();
     a.ok(&["hooks", "uninstall", "-q"]);
+    // An older bd's .gitignore, without the rebuild backup's pattern.
+    let ignore = a.root.join(".beads/.gitignore");
+    let old_ignore = std::fs::read_to_string(&ignore)
+        .unwrap()
+        .replace("*.db.*\n", "");
+    std::fs::write(&ignore, &old_ignore).unwrap();
 
     let out = a.bd(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -999,6 +1005,7 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     );
     assert!(text.contains("conflict markers"), "{text}");
     assert!(text.contains("not installed"), "{text}");
+    assert!(text.contains("does not ignore *.db.*"), "{text}");
 
     let out = a.bd(&["doctor", "--fix"]);
     assert_eq!(
@@ -1016,6 +1023,11 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
         "own file rewritten whole"
     );
     assert_eq!(a.json(&["hooks", "list"])[0]["installed"], "bd");
+    assert!(
+        std::fs::read_to_string(&ignore)
+            .unwrap()
+            .ends_with("*.db.*\n")
+    );
     // The good foreign ops around the bad line were applied.
     assert_eq!(
         a.json(&["show", &id])[0]["labels"],
