@@ -26,7 +26,7 @@ use crate::model::{
     PRIORITY_DEFAULT, STRUCTURAL_FIELDS, Status,
 };
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Who wrote something, and when; orders contenders deterministically. Shared
 /// (`Arc`) because one op stamps every field and element it carries: a create
@@ -378,28 +378,17 @@ impl IssueDoc {
             .creates
             .iter()
             .min_by(|a, b| a.1.order_key(a.0).cmp(&b.1.order_key(b.0)))?;
-        let text = |f: &str| -> String {
-            match self.field_value(f) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            }
-        };
-        let opt = |f: &str| -> Option<String> { Some(text(f)).filter(|s| !s.is_empty()) };
-        let priority = match self.field_value("priority") {
-            Some(Value::Number(n)) => n.as_i64().unwrap_or(PRIORITY_DEFAULT),
-            Some(Value::String(s)) => s.trim().parse().unwrap_or(PRIORITY_DEFAULT),
-            _ => PRIORITY_DEFAULT,
-        };
-        let status = opt("status").map_or(Status::Open, |s| Status::from_wire(&s));
-        let issue_type = opt("issue_type").map_or(IssueType::Task, |s| IssueType::from_wire(&s));
+        // One pass over the registers: each field's displayed value, extra
+        // fields, and conflicts (different values among the visible writes).
+        let mut shown: HashMap<&str, &Value> = HashMap::with_capacity(self.registers.len());
         let mut extra = BTreeMap::new();
         let mut conflicts = Vec::new();
         for (field, reg) in &self.registers {
             let ranked = reg.ranked();
-            let distinct: BTreeSet<String> =
-                ranked.iter().map(|(_, (v, _))| v.to_string()).collect();
-            if distinct.len() > 1 {
+            let Some((_, (first, _))) = ranked.first() else {
+                continue;
+            };
+            if ranked.iter().skip(1).any(|(_, (v, _))| v != first) {
                 conflicts.push(Conflict {
                     issue_id: self.id.clone(),
                     field: field.clone(),
@@ -409,13 +398,26 @@ impl IssueDoc {
                         .collect(),
                 });
             }
-            let shown = ranked.first().map(|(_, (v, _))| v).filter(|v| !v.is_null());
-            if let Some(v) =
-                shown.filter(|_| !crate::model::SCALAR_FIELDS.contains(&field.as_str()))
-            {
-                extra.insert(field.clone(), v.clone());
+            shown.insert(field.as_str(), first);
+            if !first.is_null() && !crate::model::SCALAR_FIELDS.contains(&field.as_str()) {
+                extra.insert(field.clone(), first.clone());
             }
         }
+        let text = |f: &str| -> String {
+            match shown.get(f) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            }
+        };
+        let opt = |f: &str| -> Option<String> { Some(text(f)).filter(|s| !s.is_empty()) };
+        let priority = match shown.get("priority") {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(PRIORITY_DEFAULT),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(PRIORITY_DEFAULT),
+            _ => PRIORITY_DEFAULT,
+        };
+        let status = opt("status").map_or(Status::Open, |s| Status::from_wire(&s));
+        let issue_type = opt("issue_type").map_or(IssueType::Task, |s| IssueType::from_wire(&s));
         if let Some(c) = self.delete_conflict() {
             conflicts.push(c);
         }

@@ -701,7 +701,7 @@ impl<'a> WriteTx<'a> {
         for id in &touched {
             let materialised = self.docs.get(id).and_then(IssueDoc::materialise);
             match materialised {
-                Some(m) => write_rows(&self.tx, &m, self.fresh.remove(id))?,
+                Some(m) => write_rows(&self.tx, m, self.fresh.remove(id))?,
                 None => continue, // ops for an issue whose create has not arrived
             }
         }
@@ -738,7 +738,9 @@ pub enum Received {
 
 /// Writes the rows of one materialised issue. `fresh`: the issue had no rows before
 /// this transaction, so there is nothing to delete first.
-fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
+fn write_rows(conn: &Connection, mut m: Materialised, fresh: bool) -> Result<()> {
+    // The row's body is the issue without comments (they have their own rows).
+    let comments = std::mem::take(&mut m.issue.comments);
     let issue = &m.issue;
     let conflicted: Vec<&str> = m.conflicts.iter().map(|c| c.field.as_str()).collect();
     if !fresh {
@@ -757,9 +759,6 @@ fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
             .execute(params![issue.id])?;
         return Ok(());
     }
-    let comments = &issue.comments;
-    let mut body_issue = issue.clone();
-    body_issue.comments = Vec::new();
     let ms = |s: &str| crate::clock::parse_rfc3339(s);
     conn.prepare_cached(
         "INSERT INTO issues(id, title, description, status, priority, issue_type, assignee,
@@ -785,7 +784,7 @@ fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
         m.updated_ms,
         issue.closed_at.as_deref().and_then(ms),
         conflicted.join(","),
-        serde_json::to_string(&body_issue)?,
+        serde_json::to_string(issue)?,
     ])?;
     if !fresh {
         conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
@@ -806,7 +805,7 @@ fn write_rows(conn: &Connection, m: &Materialised, fresh: bool) -> Result<()> {
     let mut add_comment = conn.prepare_cached(
         "INSERT OR IGNORE INTO comments(issue_id, id, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for c in comments {
+    for c in &comments {
         add_comment.execute(params![
             issue.id,
             c.id,
