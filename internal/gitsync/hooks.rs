@@ -177,10 +177,21 @@ impl Repo {
 /// `.beads/.gitattributes`: bd's derived files merge with the bd driver.
 pub const GITATTRIBUTES: &str = "# bd: derived files are regenerated from the ops, never merged as text\nissues.jsonl merge=bd\nconflicts.jsonl merge=bd\n";
 
+/// The hook: run the user's chained hook (its failure fails the git command),
+/// then bd's work, which never fails it: a missing bd binary is reported and
+/// skipped.
 fn hook_script(name: &str, exe: &Path) -> String {
     format!(
-        "#!/bin/sh\n{MARKER}\nhook=\"$(dirname \"$0\")/{name}.bd-chained\"\nif [ -x \"$hook\" ]; then \"$hook\" \"$@\" || exit $?; fi\nexec {} hooks run {name} \"$@\"\n",
-        shell_quote(exe)
+        "#!/bin/sh\n{MARKER}\n\
+         hook=\"$(dirname \"$0\")/{name}.bd-chained\"\n\
+         if [ -x \"$hook\" ]; then \"$hook\" \"$@\" || exit $?; fi\n\
+         bd={exe}\n\
+         if [ ! -x \"$bd\" ]; then\n\
+         \techo \"bd: $bd is gone; skipping bd's {name} hook (run \\`bd hooks install\\`)\" >&2\n\
+         \texit 0\n\
+         fi\n\
+         exec \"$bd\" hooks run {name} \"$@\"\n",
+        exe = shell_quote(exe)
     )
 }
 

@@ -1159,3 +1159,37 @@ fn a_long_lived_library_client_sees_op_files_that_change_under_it() {
     std::fs::copy(&theirs, &copy).unwrap();
     assert_eq!(count(&mut b), 2, "a grown op file is noticed");
 }
+
+#[test]
+fn a_hook_whose_bd_binary_is_gone_never_fails_the_users_commit() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let hook = a.root.join(".git/hooks/pre-commit");
+    let text = std::fs::read_to_string(&hook).unwrap();
+    std::fs::write(&hook, text.replace(crate::common::BD, "/nonexistent/bd")).unwrap();
+    let list = a.json(&["hooks", "list"]);
+    assert_eq!(list[0]["stale"], true, "{list}");
+    std::fs::write(a.root.join("f.txt"), "x\n").unwrap();
+    a.git(&["add", "f.txt"]);
+    let out = Command::new("git")
+        .args(["commit", "-q", "-m", "still works"])
+        .current_dir(&a.root)
+        .env("HOME", &a.home)
+        .env("GIT_CONFIG_GLOBAL", a.home.join("gitconfig"))
+        .env("BD_AUTO_START", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is gone"));
+    let fixed = a.json(&["doctor", "--fix"]);
+    assert!(
+        fixed.to_string().contains("installed bd's hooks"),
+        "{fixed}"
+    );
+    assert_eq!(a.json(&["hooks", "list"])[0]["stale"], false);
+}
