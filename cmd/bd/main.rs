@@ -1,6 +1,7 @@
 //! The `bd` command line: parses arguments, builds a request, calls the client and
 //! renders the answer. No rules live here.
 
+mod alloc;
 mod cli_error;
 mod commands;
 mod context;
@@ -8,11 +9,10 @@ mod output;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: reading and writing issues is allocation
-/// heavy (every field a `String`), and glibc's arena consolidation showed up as
-/// ~20% of a daemon read (see DAEMON_DESIGN.md "Crates").
+/// mimalloc in the daemon, the system allocator in every short-lived command
+/// (see `alloc`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Chosen = alloc::Chosen::new();
 use context::{Ctx, GlobalArgs};
 
 /// bd: a local-first issue tracker and work queue for AI coding agents

@@ -172,6 +172,9 @@ pub fn spawn(
     cmd.arg("--flush-debounce")
         .arg(flush_debounce_ms.to_string());
     cmd.arg("--max-group").arg(max_group.to_string());
+    // The daemon is long-lived and allocation heavy: it runs on mimalloc (the
+    // binary reads this before its first allocation; see cmd/bd/alloc.rs).
+    cmd.env("BD_ALLOCATOR", "mimalloc");
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

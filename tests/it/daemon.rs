@@ -42,6 +42,14 @@ fn lifecycle_start_serve_stop() {
     let env = TestEnv::new();
     let s = start(&env);
     assert!(s["pid"].as_u64().unwrap() > 0);
+    // The daemon runs on mimalloc; short-lived commands keep the system allocator.
+    let environ = std::fs::read(format!("/proc/{}/environ", s["pid"])).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|kv| kv == b"BD_ALLOCATOR=mimalloc"),
+        "the daemon was started with BD_ALLOCATOR=mimalloc"
+    );
     let status = env.json(&["daemon", "status"]);
     assert_eq!(status["running"], true);
     assert_eq!(env.json(&["info"])["mode"], "daemon");
