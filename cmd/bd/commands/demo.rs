@@ -38,7 +38,7 @@ impl Log {
         }
         let _g = self.lock.lock();
         eprintln!(
-            "[{:>5} ms] {who:<8} {msg}",
+            "[{:>5} ms] {who:<9} {msg}",
             self.start.elapsed().as_millis()
         );
     }
@@ -278,11 +278,17 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         Response::Stats(s) => s,
         other => return Err(super::unexpected(other)),
     };
+    // Act two: a second machine, through a git remote.
+    let two = if git {
+        Some(two_machines(&root, &paths, &mut lead, &log)?)
+    } else {
+        None
+    };
     let kept = if a.keep { Some(dir.keep()) } else { None };
     if ctx.json {
         return output::json(&serde_json::json!({
             "agents": a.agents, "closed_by_agents": total.closed, "lost_claim_races": total.lost_claims,
-            "discovered": total.discovered, "stats": stats, "kept": kept,
+            "discovered": total.discovered, "stats": stats, "kept": kept, "two_machines": two,
         }));
     }
     let mut s = format!(
@@ -299,6 +305,14 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     s.push_str(&format!("By status: {}\n", by.join(", ")));
+    if let Some(t) = &two {
+        s.push_str(&format!(
+            "Two machines through git: {} ops exchanged, {} conflict escalated and resolved, no write lost; both end with state {}.\n",
+            t.ops_exchanged,
+            t.conflicts_resolved,
+            &t.state_hash[..12]
+        ));
+    }
     match kept {
         Some(p) => s.push_str(&format!(
             "Kept the demo repository: cd {} && bd list --all\n",
@@ -307,4 +321,204 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         None => s.push_str("The demo repository was removed (use --keep to explore it).\n"),
     }
     output::print(&s)
+}
+
+/// What the second act showed.
+#[derive(Debug, serde::Serialize)]
+struct TwoMachines {
+    ops_exchanged: u64,
+    conflicts_resolved: u64,
+    state_hash: String,
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> Result<(), Error> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+}
+
+fn info_hash(c: &mut Direct) -> Result<String, Error> {
+    match c.call(Request::Info)? {
+        Response::Info(i) => Ok(i.state_hash),
+        other => Err(Error::internal(format!("unexpected {other:?}"))),
+    }
+}
+
+fn sync(c: &mut Direct, paths: &BeadsPaths) -> Result<bd::gitsync::SyncReport, Error> {
+    bd::gitsync::sync(c, paths, &bd::gitsync::SyncOptions::default())
+}
+
+/// A bare repository as `origin`, a clone of it as a second machine, the same
+/// issue edited on both without either seeing the other: after syncing, both
+/// list the conflict; one resolves it; after syncing again both agree.
+fn two_machines(
+    root: &std::path::Path,
+    paths: &BeadsPaths,
+    lead: &mut Direct,
+    log: &Log,
+) -> Result<TwoMachines, Error> {
+    let remotes = root.join("remotes");
+    std::fs::create_dir_all(&remotes)?;
+    git(&remotes, &["init", "-q", "--bare", "origin.git"])?;
+    let origin = remotes.join("origin.git");
+    git(
+        root,
+        &["remote", "add", "origin", &origin.display().to_string()],
+    )?;
+    git(root, &["checkout", "-q", "-b", "main"])?;
+    let r = sync(lead, paths)?;
+    log.say(
+        "machine A",
+        &format!("bd sync: committed bd's files, pushed: {}", r.pushed),
+    );
+    let b_root = root.join("machine-b");
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "main",
+            &origin.display().to_string(),
+            "machine-b",
+        ],
+    )?;
+    let b_init = init(
+        &b_root,
+        &InitOptions {
+            prefix: None,
+            replica: bd::ids::new_replica_id()?,
+        },
+    )?;
+    let b_paths = BeadsPaths::new(b_root.join(BEADS_DIR));
+    let mut bob = Direct::open(b_paths.clone(), "bob")?;
+    log.say(
+        "machine B",
+        &format!(
+            "cloned and ran bd init: {} ops from machine A applied",
+            b_init.ops_applied
+        ),
+    );
+    let follow = create(
+        lead,
+        CreateRequest {
+            title: "Add remember-me".into(),
+            labels: vec!["login".into()],
+            ..Default::default()
+        },
+    )?;
+    sync(lead, paths)?;
+    let got = sync(&mut bob, &b_paths)?.ops_applied;
+    log.say(
+        "machine B",
+        &format!("bd sync: {got} new op(s), including {}", follow.id),
+    );
+    // Both retitle it, neither having seen the other's edit.
+    let retitle = |c: &mut Direct, t: &str| {
+        c.call(Request::Update(UpdateRequest {
+            ids: vec![follow.id.clone()],
+            title: Some(t.into()),
+            ..Default::default()
+        }))
+    };
+    retitle(lead, "Add a remember-me checkbox")?;
+    retitle(&mut bob, "Add remember-me (30-day cookie)")?;
+    bob.call(Request::CommentAdd {
+        id: follow.id.clone(),
+        text: "security wants 30 days at most".into(),
+    })?;
+    log.say(
+        "machine A",
+        "lead retitled it \"Add a remember-me checkbox\"",
+    );
+    log.say(
+        "machine B",
+        "bob retitled it \"Add remember-me (30-day cookie)\" and commented",
+    );
+    let mut exchanged = got;
+    exchanged += sync(lead, paths)?.ops_applied;
+    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
+    let conflicts = match bob.call(Request::Conflicts)? {
+        Response::Conflicts(c) => c,
+        other => return Err(Error::internal(format!("unexpected {other:?}"))),
+    };
+    let names: Vec<String> = conflicts
+        .iter()
+        .flat_map(|c| {
+            c.contenders
+                .iter()
+                .map(|k| format!("{} ({})", k.value, k.actor))
+        })
+        .collect();
+    log.say(
+        "machine B",
+        &format!(
+            "bd sync: {} conflict on {} title: {}",
+            conflicts.len(),
+            follow.id,
+            names.join(" vs ")
+        ),
+    );
+    bob.call(Request::Resolve {
+        id: follow.id.clone(),
+        field: "title".into(),
+        value: None,
+        take: Some("bob".into()),
+    })?;
+    log.say(
+        "machine B",
+        "bd resolve --take bob: one value now supersedes both",
+    );
+    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
+    exchanged += sync(lead, paths)?.ops_applied;
+    let (ha, hb) = (info_hash(lead)?, info_hash(&mut bob)?);
+    if ha != hb {
+        return Err(Error::internal("the two machines did not converge"));
+    }
+    // Nothing was lost on the way: both titles were listed, and bob's comment
+    // reached machine A.
+    let contenders = conflicts.iter().map(|c| c.contenders.len()).sum::<usize>();
+    let seen_on_a = match lead.call(Request::Show {
+        ids: vec![follow.id.clone()],
+    })? {
+        Response::Details(d) => d.first().is_some_and(|d| {
+            d.issue.title == "Add remember-me (30-day cookie)"
+                && d.issue.comments.iter().any(|c| c.author == "bob")
+        }),
+        other => return Err(Error::internal(format!("unexpected {other:?}"))),
+    };
+    if contenders != 2 || !seen_on_a {
+        return Err(Error::internal("a write was lost between the two machines"));
+    }
+    let left = match lead.call(Request::Conflicts)? {
+        Response::Conflicts(c) => c.len(),
+        _ => 0,
+    };
+    log.say(
+        "machine A",
+        &format!(
+            "bd sync: the resolution arrived; {left} conflicts left; both machines at state {}",
+            &ha[..12]
+        ),
+    );
+    Ok(TwoMachines {
+        ops_exchanged: exchanged,
+        conflicts_resolved: conflicts.len() as u64,
+        state_hash: ha,
+    })
 }
