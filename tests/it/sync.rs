@@ -584,12 +584,20 @@ fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
         seq: 1,
     }
     .seal();
+    // The derived files are current before the op arrives (so a later flush
+    // must notice that only the held ops changed).
+    b.ok(&["flush", "-q"]);
+    let snapshot_before = snapshot(&b);
     std::fs::write(
         b.root.join(".beads/ops/feedfacefeedface.jsonl"),
         serde_json::to_string(&op).unwrap() + "\n",
     )
     .unwrap();
     assert_eq!(b.title(&id), "shared", "not applied");
+    b.ok(&["flush", "-q"]);
+    assert_eq!(snapshot(&b), snapshot_before, "the issue did not change");
+    let conflicts_file = std::fs::read_to_string(b.root.join(".beads/conflicts.jsonl")).unwrap();
+    assert!(conflicts_file.contains("clock_skew"), "{conflicts_file}");
     let conflicts = b.json(&["conflicts"]);
     assert_eq!(conflicts[0]["field"], "clock_skew", "{conflicts}");
     assert_eq!(conflicts[0]["contenders"][0]["actor"], "mallory");
