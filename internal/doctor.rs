@@ -318,7 +318,7 @@ fn git_checks(paths: &BeadsPaths, fix: bool, exe: &Path) -> Vec<Check> {
         check(
             "merge driver",
             Level::Warn,
-            "not registered (a git merge could leave conflict markers in issues.jsonl)",
+            "not registered, or registered by an older bd or a binary that is gone (a git merge could leave conflict markers in issues.jsonl)",
         )
     };
     if fix && !ok {

@@ -150,7 +150,9 @@ impl Repo {
             .and_then(|()| {
                 config.set_str(
                     "merge.bd.driver",
-                    &format!("{} merge-driver %O %A %B %P", shell_quote(exe)),
+                    // Should bd be gone, the merge still succeeds keeping this
+                    // side's text: the file is derived and regenerated later.
+                    &format!("{} merge-driver %O %A %B %P || true", shell_quote(exe)),
                 )
             })
             .map_err(|e| super::git_error("writing .git/config", e))?;
@@ -170,7 +172,11 @@ impl Repo {
             .map_err(|e| super::git_error("reading config", e))?;
         let driver = config.get_string("merge.bd.driver").ok();
         let attrs = std::fs::read_to_string(self.paths.dir.join(".gitattributes")).ok();
-        Ok(driver.is_some_and(|d| hook_exe_exists(&d)) && attrs.as_deref() == Some(GITATTRIBUTES))
+        // Registered as this bd registers it now (an older form is refreshed by
+        // `bd doctor --fix`), with a binary that exists.
+        let current =
+            |d: &str| hook_exe_exists(d) && d.ends_with("merge-driver %O %A %B %P || true");
+        Ok(driver.is_some_and(|d| current(&d)) && attrs.as_deref() == Some(GITATTRIBUTES))
     }
 }
 
