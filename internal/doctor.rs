@@ -87,6 +87,9 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
         checks.push(database_check(store));
     }
     checks.push(op_files_check(paths, store.as_ref(), fix)?);
+    if let Some(store) = &store {
+        checks.push(own_file_check(paths, store)?);
+    }
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
     }
@@ -196,6 +199,44 @@ fn op_files_check(paths: &BeadsPaths, store: Option<&Store>, fix: bool) -> Resul
         }
     }
     Ok(c)
+}
+
+/// This clone's own op file is written from its database, so every op in it
+/// should be there. One that is not was written by another clone with the same
+/// replica id (a copied `.beads/beads.db`): catch-up never reads the own file,
+/// so those ops would otherwise never be applied here.
+fn own_file_check(paths: &BeadsPaths, store: &Store) -> Result<Check> {
+    let path = paths.op_file(store.replica());
+    let text = std::fs::read(&path).unwrap_or_default();
+    let mut known = store
+        .conn()
+        .prepare("SELECT EXISTS(SELECT 1 FROM ops WHERE op_id = ?1)")?;
+    let mut missing = 0u64;
+    for line in text.split(|b| *b == b'\n') {
+        let Ok(op) = serde_json::from_slice::<crate::model::Op>(line) else {
+            continue; // unreadable lines are the op-file check's business
+        };
+        let here: bool = known.query_row([&op.op_id], |r| r.get(0))?;
+        if !here {
+            missing += 1;
+        }
+    }
+    Ok(if missing == 0 {
+        check(
+            "replica",
+            Level::Ok,
+            format!("{} is this clone's own", store.replica()),
+        )
+    } else {
+        check(
+            "replica",
+            Level::Error,
+            format!(
+                "{missing} op(s) in {} are not in this database: another clone uses the same replica id (a copied database?); `bd rebuild --force` applies them",
+                path.display()
+            ),
+        )
+    })
 }
 
 fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Check> {

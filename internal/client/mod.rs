@@ -493,8 +493,9 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     // (replica, state hash, snapshot files current, held ops) of the old database.
     let (replica, previous_hash, old_files_current, old_held) = match Store::open(&paths.db) {
         Ok(old) => {
-            // Everything this replica wrote must be in its op file first.
-            crate::jsonl::flush_own_ops(&old, paths)?;
+            // Everything this replica wrote must be in its op file first (but a
+            // file that is ahead is kept: the rebuild applies what it holds).
+            crate::jsonl::flush_own_ops_with(&old, paths, true)?;
             let hash = crate::storage::sqlite::state_hash(old.conn())?;
             let current = !crate::jsonl::snapshot_state(&old)?.dirty;
             let held: i64 = old

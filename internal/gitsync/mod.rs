@@ -435,11 +435,14 @@ impl Repo {
                         }
                     };
                     let joined = union_lines(&read(&c.our)?, &read(&c.their)?);
-                    let side = c.our.as_ref().or(c.their.as_ref()).expect("one side");
-                    let entry = stage0(side, joined.len() as u32);
                     index
                         .conflict_remove(Path::new(&path))
                         .map_err(|e| git_error("settling a conflict", e))?;
+                    // Both sides deleted it: nothing to add back.
+                    let Some(side) = c.our.as_ref().or(c.their.as_ref()) else {
+                        continue;
+                    };
+                    let entry = stage0(side, joined.len() as u32);
                     index
                         .add_frombuffer(&entry, &joined)
                         .map_err(|e| git_error("settling a conflict", e))?;

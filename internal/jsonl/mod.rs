@@ -99,6 +99,13 @@ fn last_seq_in_file(f: &mut File, len: u64) -> Result<Option<u64>, ()> {
 /// so the everyday append (the daemon's, after every group) reads nothing back;
 /// any change by another process (length, inode) sends it back to reading the tail.
 pub fn flush_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
+    flush_own_ops_with(store, paths, false)
+}
+
+/// [`flush_own_ops`]; with `keep_if_ahead`, a file holding ops the database
+/// lacks is left alone instead of being rewritten (a rebuild reads it next, and
+/// those ops may be another clone's that shares this replica id).
+pub fn flush_own_ops_with(store: &Store, paths: &BeadsPaths, keep_if_ahead: bool) -> Result<usize> {
     use std::os::unix::fs::MetadataExt;
     let _lock = FlushLock::acquire(paths)?;
     let replica = store.replica().to_string();
@@ -130,6 +137,7 @@ pub fn flush_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
     let (from, rewrite) = match in_file {
         Ok(None) => (0, true),
         Ok(Some(s)) if s as i64 <= db_max => (s as i64, false),
+        Ok(Some(_)) if keep_if_ahead => return Ok(0),
         _ => (0, true),
     };
     if from == db_max && !rewrite {

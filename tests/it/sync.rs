@@ -1201,3 +1201,51 @@ fn a_hook_whose_bd_binary_is_gone_never_fails_the_users_commit() {
     );
     assert_eq!(a.json(&["hooks", "list"])[0]["stale"], false);
 }
+
+#[test]
+fn doctor_notices_another_clone_writing_under_this_replica_id() {
+    use bd::model::{Hlc, Op, OpKind};
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let id = a.json(&["create", "shared id"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["flush", "-q"]);
+    assert_eq!(a.json(&["doctor"])["errors"], 0);
+    // Another clone with a copied database appended to "our" file.
+    let own = a.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let op = Op {
+        op_id: String::new(),
+        issue: id.clone(),
+        kind: OpKind::LabelAdd,
+        field: None,
+        value: serde_json::json!("from-the-twin"),
+        supersedes: vec![],
+        hlc: Hlc {
+            wall: 1_000,
+            logical: 0,
+        },
+        actor: "twin".into(),
+        replica: own.clone(),
+        seq: 99,
+    }
+    .seal();
+    let file = a.root.join(format!(".beads/ops/{own}.jsonl"));
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&(serde_json::to_string(&op).unwrap() + "\n"));
+    std::fs::write(&file, text).unwrap();
+    let out = a.bd(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(report.contains("same replica id"), "{report}");
+    // A rebuild reads this clone's own file too, so the twin's op is applied.
+    let r = a.json(&["rebuild", "--force"]);
+    assert_eq!(r["replaced"], true, "{r}");
+    assert_eq!(
+        a.json(&["show", &id])[0]["labels"],
+        serde_json::json!(["from-the-twin"])
+    );
+    assert_eq!(a.json(&["doctor"])["errors"], 0);
+}
