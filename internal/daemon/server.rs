@@ -92,6 +92,10 @@ struct Shared {
     log: Log,
     /// The tracker's replica id (its own op file is not watched).
     replica: String,
+    /// Groups handed to the syncer and not yet answered.
+    sync_pending: AtomicU64,
+    /// Set for good by the first failed fdatasync.
+    sync_failed: Mutex<Option<Error>>,
 }
 
 impl Shared {
@@ -165,6 +169,8 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         op_dir: Mutex::new((OpDirWatch::default(), None)),
         log: log.clone(),
         replica: writer_store.replica().to_string(),
+        sync_pending: AtomicU64::new(0),
+        sync_failed: Mutex::new(None),
     });
     let syncer = {
         let shared = shared.clone();
@@ -552,7 +558,7 @@ fn writer_loop(
             }
         }
         if !live.is_empty() {
-            commit_group(&mut store, shared, live, &acks);
+            commit_group(&mut store, shared, live, &acks, &mut wal);
             dirty = true;
         }
         if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
@@ -569,49 +575,64 @@ fn writer_loop(
 /// covers all of them (the log is appended in commit order).
 fn syncer_loop(rx: mpsc::Receiver<Acks>, shared: &Shared) {
     let mut wal = WalSync::new(&shared.opts.paths.db);
-    let mut failed: Option<Error> = None;
     while let Ok(first) = rx.recv() {
         let mut waiting = first;
+        let mut groups = 1;
         while let Ok(more) = rx.try_recv() {
             waiting.extend(more);
+            groups += 1;
         }
-        if let Some(err) = &failed {
-            // Later frames sit behind the ones that may be lost: recovery stops at
-            // the first bad frame, so no later sync can vouch for them either.
+        answer_when_durable(&mut wal, waiting, shared);
+        shared.sync_pending.fetch_sub(groups, Ordering::SeqCst);
+    }
+}
+
+/// Makes the log durable, then answers `waiting`. After a failed fdatasync the
+/// kernel may have dropped the dirty pages, and a retry can report success
+/// without writing them; later frames sit behind the ones that may be lost
+/// (recovery stops at the first bad frame), so from then on nobody is told a
+/// write is safe, and the daemon stops.
+fn answer_when_durable(wal: &mut WalSync, waiting: Acks, shared: &Shared) {
+    let failed = shared.sync_failed.lock().ok().and_then(|f| f.clone());
+    if let Some(err) = failed {
+        for (reply, _) in waiting {
+            let _ = reply.send(Err(err.clone()));
+        }
+        return;
+    }
+    match wal.sync() {
+        Ok(()) => {
+            shared.counters.syncs.fetch_add(1, Ordering::SeqCst);
+            for (reply, result) in waiting {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let message = format!(
+                "the disk reported an error making committed writes durable: {e}; \
+                 they may be lost if the machine crashes"
+            );
+            shared.note_error(&message);
+            let err = Error::new(ErrorKind::Io, message)
+                .hint("check the disk (dmesg), then run `bd doctor`; the daemon has stopped");
+            if let Ok(mut f) = shared.sync_failed.lock() {
+                *f = Some(err.clone());
+            }
             for (reply, _) in waiting {
                 let _ = reply.send(Err(err.clone()));
             }
-            continue;
-        }
-        match wal.sync() {
-            Ok(()) => {
-                shared.counters.syncs.fetch_add(1, Ordering::SeqCst);
-                for (reply, result) in waiting {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                // After a failed fdatasync the kernel may have dropped the dirty
-                // pages, and a retry can report success without writing them:
-                // nobody may be told these writes are safe. Stop taking writes.
-                let message = format!(
-                    "the disk reported an error making committed writes durable: {e}; \
-                     they may be lost if the machine crashes"
-                );
-                shared.note_error(&message);
-                let err = Error::new(ErrorKind::Io, message)
-                    .hint("check the disk (dmesg), then run `bd doctor`; the daemon has stopped");
-                for (reply, _) in waiting {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                failed = Some(err);
-                shared.begin_shutdown();
-            }
+            shared.begin_shutdown();
         }
     }
 }
 
-fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>, acks: &mpsc::Sender<Acks>) {
+fn commit_group(
+    store: &mut Store,
+    shared: &Shared,
+    live: Vec<Pending>,
+    acks: &mpsc::Sender<Acks>,
+    wal: &mut WalSync,
+) {
     let n = live.len() as u64;
     let (replies, items): (Vec<_>, Vec<_>) = live.into_iter().unzip();
     let c = &shared.counters;
@@ -623,9 +644,21 @@ fn commit_group(store: &mut Store, shared: &Shared, live: Vec<Pending>, acks: &m
     c.in_flight.store(0, Ordering::SeqCst);
     match outcome {
         Ok(results) => {
-            // The syncer outlives the writer (it stops when this sender is
-            // dropped), so this send only fails if it panicked.
-            let _ = acks.send(replies.into_iter().zip(results).collect());
+            let answers: Acks = replies.into_iter().zip(results).collect();
+            // Nothing else waiting and every earlier group already durable: sync
+            // here and answer at once (a lone write skips the hand-off). Only
+            // when no earlier group is still being synced, so an answer never
+            // vouches for frames behind ones whose sync might yet fail.
+            let idle = shared.sync_pending.load(Ordering::SeqCst) == 0
+                && shared.counters.queue.load(Ordering::SeqCst) == 0;
+            if idle {
+                answer_when_durable(wal, answers, shared);
+            } else {
+                shared.sync_pending.fetch_add(1, Ordering::SeqCst);
+                // The syncer outlives the writer (it stops when this sender is
+                // dropped), so this send only fails if it panicked.
+                let _ = acks.send(answers);
+            }
         }
         Err(e) => {
             shared.note_error(&format!("group commit of {n} writes failed: {}", e.message));
