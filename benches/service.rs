@@ -1,6 +1,8 @@
 //! Library-level benchmarks: every everyday operation through the same client API
 //! the CLI uses (direct mode), at 100, 10,000 and 100,000 issues; import and export
-//! of 10,000 issues.
+//! of 10,000 issues; group commit; the same calls through a daemon (in a thread of
+//! this process, over its socket); durable creates per second from 1, 8 and 50
+//! clients with group commit on and off.
 //!
 //! Run: `cargo bench --bench service` (add `-- --quick` for a fast pass).
 
