@@ -131,8 +131,19 @@ impl Ctx {
     /// A client for the tracker: its daemon (started on demand), else in-process.
     /// Says once on stderr when a daemon was wanted but could not be used.
     pub fn backend(&self) -> Result<Box<dyn Backend>, CliError> {
+        self.backend_with(true)
+    }
+
+    /// Like [`Ctx::backend`], but never starts a daemon: uses one that runs, else
+    /// works in-process (git hooks: a `git commit` should not leave a daemon
+    /// behind).
+    pub fn backend_without_auto_start(&self) -> Result<Box<dyn Backend>, CliError> {
+        self.backend_with(false)
+    }
+
+    fn backend_with(&self, may_start: bool) -> Result<Box<dyn Backend>, CliError> {
         let paths = self.paths()?;
-        let auto_start = match self.auto_start_wanted(&paths) {
+        let auto_start = match may_start && self.auto_start_wanted(&paths) {
             true => Some(AutoStart {
                 exe: std::env::current_exe()?,
                 wait: std::time::Duration::from_secs(3),

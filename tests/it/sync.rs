@@ -1249,3 +1249,35 @@ fn doctor_notices_another_clone_writing_under_this_replica_id() {
     );
     assert_eq!(a.json(&["doctor"])["errors"], 0);
 }
+
+#[test]
+fn a_git_commit_never_leaves_a_daemon_behind() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    a.ok(&["create", "hooked", "-q"]);
+    std::fs::write(a.root.join("f.txt"), "x\n").unwrap();
+    a.git(&["add", "f.txt"]);
+    // Auto-start wanted (as on a developer's machine), yet the hook works
+    // in-process: a commit must not leave a background process running.
+    let out = Command::new("git")
+        .args(["commit", "-q", "-m", "with hooks"])
+        .current_dir(&a.root)
+        .env("HOME", &a.home)
+        .env("GIT_CONFIG_GLOBAL", a.home.join("gitconfig"))
+        .env("BD_AUTO_START", "1")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(a.json(&["daemon", "status"])["running"], false);
+    let files = a.git(&["show", "--name-only", "--format=", "HEAD"]);
+    assert!(
+        files.contains(".beads/issues.jsonl"),
+        "the hook still staged bd's files: {files}"
+    );
+}

@@ -83,7 +83,7 @@ fn run_hook(ctx: &Ctx, hook: &str) -> Result<(), CliError> {
     };
     match hook {
         "pre-commit" => {
-            ctx.backend()?.call(Request::Flush)?;
+            ctx.backend_without_auto_start()?.call(Request::Flush)?;
             let repo = Repo::open(&paths)?;
             let files = repo.bd_files()?;
             // The git program, not libgit2: inside a hook git may be using a
@@ -106,7 +106,7 @@ fn run_hook(ctx: &Ctx, hook: &str) -> Result<(), CliError> {
         "post-merge" | "post-checkout" => {
             // Any command applies the ops that arrived; flush also regenerates
             // issues.jsonl and conflicts.jsonl from them.
-            ctx.backend()?.call(Request::Flush)?;
+            ctx.backend_without_auto_start()?.call(Request::Flush)?;
             Ok(())
         }
         other => Err(CliError(
