@@ -219,6 +219,15 @@ fn git(dir: &Path, home: &Path, args: &[&str]) {
     );
 }
 
+/// `bd sync` without the push (the remote is shared by every iteration).
+fn sync_no_push(d: &mut Direct, paths: &BeadsPaths) -> bd::gitsync::SyncReport {
+    let opts = bd::gitsync::SyncOptions {
+        push: false,
+        ..Default::default()
+    };
+    bd::gitsync::sync(d, paths, &opts).expect("sync")
+}
+
 /// A whole `bd sync` that brings in 1,000 foreign ops from a local bare remote,
 /// and the same sync with nothing to bring in (the git floor).
 fn whole_sync(c: &mut Criterion) {
@@ -300,15 +309,7 @@ fn whole_sync(c: &mut Criterion) {
                 fresh_clone(&k.to_string())
             },
             |(paths, mut d)| {
-                let r = bd::gitsync::sync(
-                    &mut d,
-                    &paths,
-                    &bd::gitsync::SyncOptions {
-                        push: false,
-                        ..Default::default()
-                    },
-                )
-                .expect("sync");
+                let r = sync_no_push(&mut d, &paths);
                 assert_eq!(r.ops_applied, 1_000, "{r:?}");
             },
             BatchSize::PerIteration,
@@ -318,15 +319,7 @@ fn whole_sync(c: &mut Criterion) {
     bd::gitsync::sync(&mut d, &paths, &Default::default()).expect("first sync");
     g.bench_function("nothing_new", |b| {
         b.iter(|| {
-            let r = bd::gitsync::sync(
-                &mut d,
-                &paths,
-                &bd::gitsync::SyncOptions {
-                    push: false,
-                    ..Default::default()
-                },
-            )
-            .expect("sync");
+            let r = sync_no_push(&mut d, &paths);
             assert_eq!(r.ops_applied, 0);
         })
     });

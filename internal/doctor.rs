@@ -112,10 +112,7 @@ fn database_check(store: &Store) -> Check {
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
     match result {
         Ok(rows) if rows == ["ok"] => {
-            let held: i64 = store
-                .conn()
-                .query_row("SELECT COUNT(*) FROM held_ops", [], |r| r.get(0))
-                .unwrap_or(0);
+            let held = crate::exchange::held_op_count(store.conn()).unwrap_or(0);
             if held > 0 {
                 check(
                     "database",

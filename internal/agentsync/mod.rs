@@ -513,17 +513,49 @@ fn truth(writes: &[Write]) -> Truth {
     }
 }
 
+/// Counts the must-survive writes by what `judge` says of each: `None` lost,
+/// `Some(named)` visible (and whether the final state names its author).
+fn tally(
+    strategy: &str,
+    w: &Workload,
+    writes: &[Write],
+    t: &Truth,
+    converged: bool,
+    escalated: u64,
+    mut judge: impl FnMut(usize) -> Option<bool>,
+) -> Score {
+    let (mut lost, mut visible, mut attributed) = (0, 0, 0);
+    for &i in &t.survivors {
+        match judge(i) {
+            None => lost += 1,
+            Some(named) => {
+                visible += 1;
+                attributed += u64::from(named);
+            }
+        }
+    }
+    Score {
+        strategy: strategy.into(),
+        workload: w.name.into(),
+        writes: writes.len() as u64,
+        must_survive: t.survivors.len() as u64,
+        lost,
+        converged,
+        attributed,
+        visible,
+        conflicts: t.conflicts.len() as u64,
+        escalated,
+    }
+}
+
 fn score_lww(w: &Workload, writes: &[Write], clones: &[LwwClone]) -> Score {
     let t = truth(writes);
     let fin = &clones[0].records;
     let converged = clones.iter().all(|c| &c.records == fin);
-    let (mut lost, mut visible, mut attributed) = (0, 0, 0);
-    for &i in &t.survivors {
+    // A snapshot line has nowhere to record a conflict: none is escalated.
+    tally("last-writer-wins", w, writes, &t, converged, 0, |i| {
         let wr = &writes[i];
-        let Some(r) = fin.get(&wr.issue) else {
-            lost += 1;
-            continue;
-        };
+        let r = fin.get(&wr.issue)?;
         // A deleted record shows nothing but the deletion.
         let (seen, named) = match &wr.action {
             Action::Delete => (r.deleted, false),
@@ -540,27 +572,8 @@ fn score_lww(w: &Workload, writes: &[Write], clones: &[LwwClone]) -> Score {
                 (found, found)
             }
         };
-        if seen {
-            visible += 1;
-            if named {
-                attributed += 1;
-            }
-        } else {
-            lost += 1;
-        }
-    }
-    Score {
-        strategy: "last-writer-wins".into(),
-        workload: w.name.into(),
-        writes: writes.len() as u64,
-        must_survive: t.survivors.len() as u64,
-        lost,
-        converged,
-        attributed,
-        visible,
-        conflicts: t.conflicts.len() as u64,
-        escalated: 0, // a snapshot line has nowhere to record one
-    }
+        seen.then_some(named)
+    })
 }
 
 fn score_bd(w: &Workload, writes: &[Write], ops: &[Op], clones: &[BdClone]) -> Score {
@@ -576,16 +589,20 @@ fn score_bd(w: &Workload, writes: &[Write], ops: &[Op], clones: &[BdClone]) -> S
         .collect();
     let converged = states.iter().all(|s| s == &states[0]);
     let fin = &clones[0];
-    let (mut lost, mut visible, mut attributed) = (0, 0, 0);
-    let mut escalated = 0;
-    for &i in &t.survivors {
+    let escalated = t
+        .conflicts
+        .iter()
+        .filter(|(issue, field)| {
+            fin.docs[issue]
+                .materialise()
+                .is_some_and(|m| m.conflicts.iter().any(|c| &c.field == field))
+        })
+        .count() as u64;
+    tally("bd", w, writes, &t, converged, escalated, |i| {
         let wr = &writes[i];
         let op = &ops[i];
         let doc = &fin.docs[&wr.issue];
-        let Some(m) = doc.materialise() else {
-            lost += 1;
-            continue;
-        };
+        let m = doc.materialise()?;
         // Visible: the value shown, a listed conflict contender, or (for a
         // deleted issue) a contender of its `deleted` conflict.
         let contender = m
@@ -606,48 +623,23 @@ fn score_bd(w: &Workload, writes: &[Write], ops: &[Op], clones: &[BdClone]) -> S
             }
             Action::Comment(text) => m.issue.comments.iter().any(|c| &c.text == text),
         };
-        if shown || contender {
-            visible += 1;
-            // Who wrote it: the op that holds the value (every op names its
-            // actor), a contender's actor, a comment's author.
-            let named = match &wr.action {
-                Action::Comment(text) => m
-                    .issue
-                    .comments
-                    .iter()
-                    .any(|c| &c.text == text && c.author == actor(wr.clone)),
-                _ => fin
-                    .ops
-                    .get(&op.op_id)
-                    .is_some_and(|o| o.actor == actor(wr.clone)),
-            };
-            if named {
-                attributed += 1;
-            }
-        } else {
-            lost += 1;
+        if !(shown || contender) {
+            return None;
         }
-    }
-    for (issue, field) in &t.conflicts {
-        let recorded = fin.docs[issue]
-            .materialise()
-            .is_some_and(|m| m.conflicts.iter().any(|c| &c.field == field));
-        if recorded {
-            escalated += 1;
-        }
-    }
-    Score {
-        strategy: "bd".into(),
-        workload: w.name.into(),
-        writes: writes.len() as u64,
-        must_survive: t.survivors.len() as u64,
-        lost,
-        converged,
-        attributed,
-        visible,
-        conflicts: t.conflicts.len() as u64,
-        escalated,
-    }
+        // Who wrote it: the op that holds the value (every op names its actor),
+        // a contender's actor, a comment's author.
+        Some(match &wr.action {
+            Action::Comment(text) => m
+                .issue
+                .comments
+                .iter()
+                .any(|c| &c.text == text && c.author == actor(wr.clone)),
+            _ => fin
+                .ops
+                .get(&op.op_id)
+                .is_some_and(|o| o.actor == actor(wr.clone)),
+        })
+    })
 }
 
 /// The scores as a Markdown table.

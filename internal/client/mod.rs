@@ -498,10 +498,8 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
             crate::jsonl::flush_own_ops_with(&old, paths, true)?;
             let hash = crate::storage::sqlite::state_hash(old.conn())?;
             let current = !crate::jsonl::snapshot_state(&old)?.dirty;
-            let held: i64 = old
-                .conn()
-                .query_row("SELECT COUNT(*) FROM held_ops", [], |r| r.get(0))?;
-            (old.replica().to_string(), Some(hash), current, held as u64)
+            let held = crate::exchange::held_op_count(old.conn())?;
+            (old.replica().to_string(), Some(hash), current, held)
         }
         Err(e) if e.kind == ErrorKind::NotInitialized => (ids::new_replica_id()?, None, false, 0),
         Err(e) => return Err(e),

@@ -445,10 +445,7 @@ fn info(store: &mut Store, ctx: &Context<'_>) -> Result<Response> {
         issues: issues as u64,
         snapshot: jsonl::snapshot_state(store)?,
         state_hash: crate::storage::sqlite::state_hash(store.conn())?,
-        held_ops: store
-            .conn()
-            .query_row("SELECT COUNT(*) FROM held_ops", [], |r| r.get::<_, i64>(0))?
-            as u64,
+        held_ops: crate::exchange::held_op_count(store.conn())?,
     }))
 }
 
@@ -477,20 +474,23 @@ fn new_op(
 
 /// Resolves every id first (so a typo fails before anything changes), then applies
 /// `f` to each, flushing between them so later steps see earlier ones.
+/// The full ids the (possibly shortened) `ids` name; refuses an empty list.
+fn resolve_ids(tx: &WriteTx<'_>, ids: &[String]) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Err(Error::invalid("no issue ids given"));
+    }
+    ids.iter()
+        .map(|q| query::resolve_id(tx.conn(), q))
+        .collect()
+}
+
 fn for_each_id(
     tx: &mut WriteTx<'_>,
     ids: &[String],
     mut f: impl FnMut(&mut WriteTx<'_>, &str) -> Result<bool>,
 ) -> Result<Vec<Changed>> {
-    if ids.is_empty() {
-        return Err(Error::invalid("no issue ids given"));
-    }
-    let resolved = ids
-        .iter()
-        .map(|q| query::resolve_id(tx.conn(), q))
-        .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::new();
-    for id in resolved {
+    for id in resolve_ids(tx, ids)? {
         let changed = f(tx, &id)?;
         tx.flush()?;
         out.push(Changed {
@@ -502,15 +502,8 @@ fn for_each_id(
 }
 
 fn delete(tx: &mut WriteTx<'_>, ctx: &Context<'_>, ids: &[String]) -> Result<Vec<String>> {
-    if ids.is_empty() {
-        return Err(Error::invalid("no issue ids given"));
-    }
-    let resolved = ids
-        .iter()
-        .map(|q| query::resolve_id(tx.conn(), q))
-        .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::new();
-    for id in resolved {
+    for id in resolve_ids(tx, ids)? {
         if !tx.is_live(&id)? {
             continue;
         }

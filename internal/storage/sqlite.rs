@@ -816,6 +816,31 @@ fn write_rows(conn: &Connection, mut m: Materialised, fresh: bool) -> Result<()>
     Ok(())
 }
 
+/// The blocking rule, written once for both the incremental and the bulk
+/// computation: the issue whose id is the SQL expression `$issue` has a `blocks`
+/// edge to an existing issue that is not closed ...
+macro_rules! blocked_by_blocker {
+    ($issue:literal) => {
+        concat!(
+            "EXISTS(SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id WHERE d.issue_id = ",
+            $issue,
+            " AND d.type = 'blocks' AND b.status <> 'closed')"
+        )
+    };
+}
+
+/// ... or a parent-child edge to a parent that is blocked or neither open nor in
+/// progress.
+macro_rules! blocked_by_parent {
+    ($issue:literal) => {
+        concat!(
+            "EXISTS(SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id WHERE d.issue_id = ",
+            $issue,
+            " AND d.type = 'parent-child' AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))"
+        )
+    };
+}
+
 /// Sets every issue's `blocked` flag from scratch (after a bulk load): first the
 /// `blocks` edges, then parent-child blocking spread down the tree one level per
 /// pass until nothing changes. The same fixed point the incremental
@@ -823,17 +848,18 @@ fn write_rows(conn: &Connection, mut m: Materialised, fresh: bool) -> Result<()>
 /// parent-child tree (and by a budget, should imported data hold a cycle).
 fn recompute_all_blocked(conn: &Connection) -> Result<()> {
     conn.execute(
-        "UPDATE issues SET blocked = EXISTS(
-             SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id
-             WHERE d.issue_id = issues.id AND d.type = 'blocks' AND b.status <> 'closed')",
+        concat!(
+            "UPDATE issues SET blocked = ",
+            blocked_by_blocker!("issues.id")
+        ),
         [],
     )?;
     for _ in 0..10_000 {
         let changed = conn.execute(
-            "UPDATE issues SET blocked = 1 WHERE blocked = 0 AND EXISTS(
-                 SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id
-                 WHERE d.issue_id = issues.id AND d.type = 'parent-child'
-                   AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))",
+            concat!(
+                "UPDATE issues SET blocked = 1 WHERE blocked = 0 AND ",
+                blocked_by_parent!("issues.id")
+            ),
             [],
         )?;
         if changed == 0 {
@@ -847,15 +873,13 @@ fn recompute_all_blocked(conn: &Connection) -> Result<()> {
 /// issue whose flag or status may have changed.
 fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
     // The stored flag and the freshly computed one, in one statement.
-    let mut get = conn.prepare_cached(
-        "SELECT i.blocked,
-                EXISTS(SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id
-                       WHERE d.issue_id = i.id AND d.type = 'blocks' AND b.status <> 'closed')
-             OR EXISTS(SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id
-                       WHERE d.issue_id = i.id AND d.type = 'parent-child'
-                         AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))
-         FROM issues i WHERE i.id = ?1",
-    )?;
+    let mut get = conn.prepare_cached(concat!(
+        "SELECT i.blocked, ",
+        blocked_by_blocker!("i.id"),
+        " OR ",
+        blocked_by_parent!("i.id"),
+        " FROM issues i WHERE i.id = ?1"
+    ))?;
     let mut set = conn.prepare_cached("UPDATE issues SET blocked = ?2 WHERE id = ?1")?;
     let mut dependents = conn.prepare_cached(
         "SELECT issue_id FROM deps WHERE depends_on_id = ?1 AND type IN ('blocks', 'parent-child')",

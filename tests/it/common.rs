@@ -29,6 +29,22 @@ pub fn wait_clean(child: std::process::Child) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// Starts `sh -c script` in `dir` as agent `actor`, with the built `bd` as `$0` and
+/// `args` as `$1`...; no auto-started daemon; stdout and stderr piped (for
+/// [`wait_clean`] or `wait_with_output`).
+pub fn spawn_script(dir: &Path, script: &str, args: &[&str], actor: &str) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", script, BD])
+        .args(args)
+        .current_dir(dir)
+        .env("BD_ACTOR", actor)
+        .env("BD_AUTO_START", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh")
+}
+
 /// Runs a shell script in `dir` with the built `bd` first on PATH; asserts success.
 pub fn run_shell(dir: &Path, script: &str) -> String {
     let bin_dir = Path::new(BD).parent().expect("bin dir");

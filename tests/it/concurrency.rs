@@ -1,6 +1,6 @@
 //! Many processes writing at once, in both modes.
 
-use crate::common::{BD, Mode, TestEnv, wait_clean};
+use crate::common::{Mode, TestEnv, wait_clean};
 use std::collections::BTreeSet;
 
 fn eight_agents_times_fifty_creates_lose_nothing(mode: Mode) {
@@ -17,15 +17,7 @@ fn agents_create_concurrently(mode: Mode, agents: usize, each: usize) {
             let script = format!(
                 "for i in $(seq 1 {each}); do \"$0\" create \"agent {p} issue $i\" -q || exit 1; done"
             );
-            std::process::Command::new("sh")
-                .args(["-c", &script, BD])
-                .current_dir(env.root())
-                .env("BD_ACTOR", format!("agent{p}"))
-                .env("BD_AUTO_START", "0")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn")
+            crate::common::spawn_script(env.root(), &script, &[], &format!("agent{p}"))
         })
         .collect();
     let mut printed = BTreeSet::new();

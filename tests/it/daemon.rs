@@ -233,14 +233,7 @@ fn group_commit_can_be_turned_off() {
         .map(|p| {
             let script =
                 format!(r#"for i in 1 2 3 4 5 6 7 8; do "$0" create "w{p} $i" -q || exit 1; done"#);
-            std::process::Command::new("sh")
-                .args(["-c", &script, crate::common::BD])
-                .current_dir(env.root())
-                .env("BD_AUTO_START", "0")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            crate::common::spawn_script(env.root(), &script, &[], "tester")
         })
         .collect();
     for p in procs {
@@ -498,15 +491,8 @@ fn six_agents_times_fifty_mixed_operations() {
       echo "$claims""#;
     let procs: Vec<_> = (0..6)
         .map(|p| {
-            std::process::Command::new("sh")
-                .args(["-c", script, BD, &format!("agent{p}")])
-                .current_dir(env.root())
-                .env("BD_ACTOR", format!("agent{p}"))
-                .env("BD_AUTO_START", "0")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            let actor = format!("agent{p}");
+            crate::common::spawn_script(env.root(), script, &[&actor], &actor)
         })
         .collect();
     let mut claims = 0;

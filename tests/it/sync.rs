@@ -557,33 +557,26 @@ fn concurrent_labels_dependencies_and_comments_merge_without_conflict() {
     let snap_b = std::fs::read_to_string(b.root.join(".beads/issues.jsonl")).unwrap();
     assert_eq!(snap_a2, snap_b, "identical snapshots");
     assert!(snap_a2.len() >= snap_a.len());
+    for part in ["a1", "b1", &other] {
+        assert!(snap_a2.contains(part), "{part} in the snapshot");
+    }
 }
 
 #[test]
 fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
-    use bd::model::{Hlc, Op, OpKind};
+    use bd::model::OpKind;
     let cluster = Cluster::new();
     let (_a, b, id) = pair(&cluster);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let op = Op {
-        op_id: String::new(),
-        issue: id.clone(),
-        kind: OpKind::Set,
-        field: Some("title".into()),
-        value: serde_json::json!("from the future"),
-        supersedes: vec![],
-        hlc: Hlc {
-            wall: now + 3_600_000,
-            logical: 0,
-        },
-        actor: "mallory".into(),
-        replica: "feedfacefeedface".into(),
-        seq: 1,
-    }
-    .seal();
+    let mut op = label_op(&id, "", "mallory", "feedfacefeedface", 1);
+    op.kind = OpKind::Set;
+    op.field = Some("title".into());
+    op.value = serde_json::json!("from the future");
+    op.hlc.wall = now + 3_600_000;
+    let op = op.seal();
     // The derived files are current before the op arrives (so a later flush
     // must notice that only the held ops changed).
     b.ok(&["flush", "-q"]);
@@ -606,6 +599,27 @@ fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
     let r = b.json(&["rebuild"]);
     assert_eq!(r["held"], 1, "{r}");
     assert_eq!(b.json(&["info"])["held_ops"], 1);
+}
+
+/// A sealed op as another clone would write it: `actor` on `replica` adds
+/// label `label` to `issue` (the caller changes the fields a test needs).
+fn label_op(issue: &str, label: &str, actor: &str, replica: &str, seq: u64) -> bd::model::Op {
+    bd::model::Op {
+        op_id: String::new(),
+        issue: issue.into(),
+        kind: bd::model::OpKind::LabelAdd,
+        field: None,
+        value: serde_json::json!(label),
+        supersedes: vec![],
+        hlc: bd::model::Hlc {
+            wall: 1_000 + seq,
+            logical: 0,
+        },
+        actor: actor.into(),
+        replica: replica.into(),
+        seq,
+    }
+    .seal()
 }
 
 fn snapshot(c: &Clone) -> String {
@@ -946,7 +960,6 @@ fn hooks_honour_core_hooks_path_and_a_plain_git_pull_regenerates_the_snapshot() 
 
 #[test]
 fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
-    use bd::model::{Hlc, Op, OpKind};
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
@@ -966,25 +979,8 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     let own_text = std::fs::read_to_string(&own_file).unwrap();
     std::fs::write(&own_file, &own_text[..own_text.len() - 10]).unwrap();
     let op = |seq: u64| {
-        serde_json::to_string(
-            &Op {
-                op_id: String::new(),
-                issue: id.clone(),
-                kind: OpKind::LabelAdd,
-                field: None,
-                value: serde_json::json!(format!("l{seq}")),
-                supersedes: vec![],
-                hlc: Hlc {
-                    wall: 1_000 + seq,
-                    logical: 0,
-                },
-                actor: "zed".into(),
-                replica: "feedfacefeedface".into(),
-                seq,
-            }
-            .seal(),
-        )
-        .unwrap()
+        let op = label_op(&id, &format!("l{seq}"), "zed", "feedfacefeedface", seq);
+        serde_json::to_string(&op).unwrap()
     };
     let foreign = a.root.join(".beads/ops/feedfacefeedface.jsonl");
     std::fs::write(&foreign, format!("{}\n{{not json\n{}\n", op(1), op(2))).unwrap();
@@ -1204,7 +1200,6 @@ fn a_hook_whose_bd_binary_is_gone_never_fails_the_users_commit() {
 
 #[test]
 fn doctor_notices_another_clone_writing_under_this_replica_id() {
-    use bd::model::{Hlc, Op, OpKind};
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
@@ -1216,22 +1211,7 @@ fn doctor_notices_another_clone_writing_under_this_replica_id() {
     assert_eq!(a.json(&["doctor"])["errors"], 0);
     // Another clone with a copied database appended to "our" file.
     let own = a.json(&["info"])["replica"].as_str().unwrap().to_string();
-    let op = Op {
-        op_id: String::new(),
-        issue: id.clone(),
-        kind: OpKind::LabelAdd,
-        field: None,
-        value: serde_json::json!("from-the-twin"),
-        supersedes: vec![],
-        hlc: Hlc {
-            wall: 1_000,
-            logical: 0,
-        },
-        actor: "twin".into(),
-        replica: own.clone(),
-        seq: 99,
-    }
-    .seal();
+    let op = label_op(&id, "from-the-twin", "twin", &own, 99);
     let file = a.root.join(format!(".beads/ops/{own}.jsonl"));
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str(&(serde_json::to_string(&op).unwrap() + "\n"));
