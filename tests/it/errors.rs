@@ -94,3 +94,54 @@ fn newer_schema_is_refused_with_upgrade_hint() {
     let err = env.fails(&["list"], 1);
     assert!(err.contains("v99") && err.contains("upgrade bd"), "{err}");
 }
+
+#[test]
+fn help_covers_every_command_and_their_own_options() {
+    // Each command's arguments are built only when that command runs
+    // (commands::Lazy); help and usage errors must not notice.
+    let env = TestEnv::empty();
+    let top = env.ok(&["--help"]);
+    for (command, summary) in [
+        ("create", "Create an issue"),
+        ("ready", "Issues ready to work on"),
+        ("sync", "Exchange issues with the git remote"),
+        ("daemon", "Run and inspect the per-repository daemon"),
+        ("merge-driver", "Merge driver"),
+    ] {
+        let line = top
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("{command} missing from --help:\n{top}"));
+        assert!(line.contains(summary), "{line}");
+    }
+    let create = env.ok(&["create", "--help"]);
+    for needle in ["<TITLE>", "--priority", "--deps", "--json", "--timeout"] {
+        assert!(
+            create.contains(needle),
+            "create --help lacks {needle}:\n{create}"
+        );
+    }
+    // A command's long description is shown by --help, its summary by -h.
+    let sync = env.ok(&["sync", "--help"]);
+    assert!(
+        sync.contains("your own staged and unstaged changes are left alone"),
+        "{sync}"
+    );
+    let sync_short = env.ok(&["sync", "-h"]);
+    assert!(!sync_short.contains("left alone"), "{sync_short}");
+    assert!(
+        env.ok(&["dep", "add", "--help"])
+            .contains("Usage: bd dep add")
+    );
+    // Usage errors name the command's own options.
+    let err = env.fails(&["update", "x", "--bogus"], 2);
+    assert!(
+        err.contains("unexpected argument '--bogus'") && err.contains("Usage: bd update"),
+        "{err}"
+    );
+    let err = env.fails(&["crate", "x"], 2);
+    assert!(err.contains("'create'"), "{err}");
+    // Global options work after the command too.
+    let err = env.fails(&["list", "--json"], 1);
+    assert!(err.contains("not_initialized"), "{err}");
+}

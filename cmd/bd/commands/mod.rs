@@ -32,118 +32,167 @@ mod version;
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use bd::service::{Request, Response};
-use clap::Subcommand;
+use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
+
+/// A command's arguments, built only when that command runs.
+///
+/// clap's derive builds every command's arguments before parsing, and drops
+/// them all afterwards: two thirds of the instructions `bd version` ran, and a
+/// hundred pages of heap. `Command::defer` builds a command's arguments when
+/// the parser enters it (or when help or completion needs them), so one run
+/// builds one command. Help text and errors are unchanged.
+#[derive(Debug)]
+pub struct Lazy<T>(pub T);
+
+impl<T: FromArgMatches> FromArgMatches for Lazy<T> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Lazy)
+    }
+    fn from_arg_matches_mut(matches: &mut ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Lazy)
+    }
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+    fn update_from_arg_matches_mut(&mut self, matches: &mut ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
+    }
+}
+
+impl<T: Args> Args for Lazy<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args_for_update)
+    }
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+}
+
+impl<T: Subcommand> Subcommand for Lazy<T> {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_subcommands)
+    }
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_subcommands_for_update)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        T::has_subcommand(name)
+    }
+}
 
 /// Every `bd` command.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a tracker (.beads/) in this repository
-    Init(init::InitArgs),
+    Init(Lazy<init::InitArgs>),
     /// Create an issue
-    Create(create::CreateArgs),
+    Create(Lazy<create::CreateArgs>),
     /// Show issues with dependencies, dependents and comments
-    Show(show::ShowArgs),
+    Show(Lazy<show::ShowArgs>),
     /// List issues (open ones by default) with filters
-    List(list::ListArgs),
+    List(Lazy<list::ListArgs>),
     /// Search issues by text in id, title, description and notes
-    Search(list::SearchArgs),
+    Search(Lazy<list::SearchArgs>),
     /// Change issues: fields, labels, or claim one atomically
-    Update(update::UpdateArgs),
+    Update(Lazy<update::UpdateArgs>),
     /// Close issues
-    Close(close::CloseArgs),
+    Close(Lazy<close::CloseArgs>),
     /// Reopen closed issues
-    Reopen(close::ReopenArgs),
+    Reopen(Lazy<close::ReopenArgs>),
     /// Issues ready to work on: open, unblocked, by priority then age
-    Ready(ready::ReadyArgs),
+    Ready(Lazy<ready::ReadyArgs>),
     /// Issues held back by open blockers, with what blocks them
-    Blocked(ready::BlockedArgs),
+    Blocked(Lazy<ready::BlockedArgs>),
     /// Run operations from JSON lines as one unit: all of them or none
-    Batch(batch::BatchArgs),
+    Batch(Lazy<batch::BatchArgs>),
     /// Add, remove and inspect dependencies
     #[command(subcommand)]
-    Dep(dep::DepCommand),
+    Dep(Lazy<dep::DepCommand>),
     /// Add, remove and list labels
     #[command(subcommand)]
-    Label(label::LabelCommand),
+    Label(Lazy<label::LabelCommand>),
     /// Add comments
     #[command(subcommand)]
-    Comment(comment::CommentCommand),
+    Comment(Lazy<comment::CommentCommand>),
     /// List the comments of an issue
-    Comments(comment::CommentsArgs),
+    Comments(Lazy<comment::CommentsArgs>),
     /// Delete issues (a tombstone that syncs; never resurrected by itself)
-    Delete(resolve::DeleteArgs),
+    Delete(Lazy<resolve::DeleteArgs>),
     /// List fields written concurrently by different writers
-    Conflicts(stats::ConflictsArgs),
+    Conflicts(Lazy<stats::ConflictsArgs>),
     /// Settle a conflicted field with one value that supersedes every contender
-    Resolve(resolve::ResolveArgs),
+    Resolve(Lazy<resolve::ResolveArgs>),
     /// Counts by status, type and priority
-    Stats(stats::StatsArgs),
+    Stats(Lazy<stats::StatsArgs>),
     /// Write every issue as beads-format JSONL (stdout or a file)
-    Export(export::ExportArgs),
+    Export(Lazy<export::ExportArgs>),
     /// Record issues from a beads-format JSONL file
-    Import(import::ImportArgs),
+    Import(Lazy<import::ImportArgs>),
     /// Write this clone's op file and the issues.jsonl snapshot now
-    Flush(flush::FlushArgs),
+    Flush(Lazy<flush::FlushArgs>),
     /// Rebuild the database from the op files and check the state is unchanged
-    Rebuild(rebuild::RebuildArgs),
+    Rebuild(Lazy<rebuild::RebuildArgs>),
     /// Exchange issues with the git remote: commit, pull, apply, push
-    Sync(sync::SyncArgs),
+    Sync(Lazy<sync::SyncArgs>),
     /// Manage the git hooks that keep bd's files fresh
     #[command(subcommand)]
-    Hooks(hooks::HooksCommand),
+    Hooks(Lazy<hooks::HooksCommand>),
     /// Check the tracker's health; --fix repairs what is safe
-    Doctor(doctor::DoctorArgs),
+    Doctor(Lazy<doctor::DoctorArgs>),
     /// Merge driver for bd's derived files (run by git)
-    MergeDriver(hooks::MergeDriverArgs),
+    MergeDriver(Lazy<hooks::MergeDriverArgs>),
     /// Read and change the tracker's configuration
     #[command(subcommand)]
-    Config(config::ConfigCommand),
+    Config(Lazy<config::ConfigCommand>),
     /// Where the tracker is and how it is doing
-    Info(info::InfoArgs),
+    Info(Lazy<info::InfoArgs>),
     /// Run and inspect the per-repository daemon
     #[command(subcommand)]
-    Daemon(daemon::DaemonCommand),
+    Daemon(Lazy<daemon::DaemonCommand>),
     /// Print the version
-    Version(version::VersionArgs),
+    Version(Lazy<version::VersionArgs>),
     /// Run simulated agents against a throwaway repository
-    Demo(demo::DemoArgs),
+    Demo(Lazy<demo::DemoArgs>),
 }
 
 /// Runs one command.
 pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     match command {
-        Command::Init(a) => init::cmd_init(ctx, a),
-        Command::Create(a) => create::cmd_create(ctx, a),
-        Command::Show(a) => show::cmd_show(ctx, a),
-        Command::List(a) => list::cmd_list(ctx, a),
-        Command::Search(a) => list::cmd_search(ctx, a),
-        Command::Update(a) => update::cmd_update(ctx, a),
-        Command::Close(a) => close::cmd_close(ctx, a),
-        Command::Reopen(a) => close::cmd_reopen(ctx, a),
-        Command::Ready(a) => ready::cmd_ready(ctx, a),
-        Command::Blocked(a) => ready::cmd_blocked(ctx, a),
-        Command::Batch(a) => batch::cmd_batch(ctx, a),
-        Command::Dep(c) => dep::cmd_dep(ctx, c),
-        Command::Label(c) => label::cmd_label(ctx, c),
-        Command::Comment(c) => comment::cmd_comment(ctx, c),
-        Command::Comments(a) => comment::cmd_comments(ctx, a),
-        Command::Conflicts(a) => stats::cmd_conflicts(ctx, a),
-        Command::Delete(a) => resolve::cmd_delete(ctx, a),
-        Command::Resolve(a) => resolve::cmd_resolve(ctx, a),
-        Command::Stats(a) => stats::cmd_stats(ctx, a),
-        Command::Export(a) => export::cmd_export(ctx, a),
-        Command::Import(a) => import::cmd_import(ctx, a),
-        Command::Flush(a) => flush::cmd_flush(ctx, a),
-        Command::Rebuild(a) => rebuild::cmd_rebuild(ctx, a),
-        Command::Sync(a) => sync::cmd_sync(ctx, a),
-        Command::Hooks(c) => hooks::cmd_hooks(ctx, c),
-        Command::Doctor(a) => doctor::cmd_doctor(ctx, a),
-        Command::MergeDriver(a) => hooks::cmd_merge_driver(ctx, a),
-        Command::Config(c) => config::cmd_config(ctx, c),
-        Command::Info(a) => info::cmd_info(ctx, a),
-        Command::Daemon(c) => daemon::cmd_daemon(ctx, c),
-        Command::Version(a) => version::cmd_version(ctx, a),
-        Command::Demo(a) => demo::cmd_demo(ctx, a),
+        Command::Init(Lazy(a)) => init::cmd_init(ctx, a),
+        Command::Create(Lazy(a)) => create::cmd_create(ctx, a),
+        Command::Show(Lazy(a)) => show::cmd_show(ctx, a),
+        Command::List(Lazy(a)) => list::cmd_list(ctx, a),
+        Command::Search(Lazy(a)) => list::cmd_search(ctx, a),
+        Command::Update(Lazy(a)) => update::cmd_update(ctx, a),
+        Command::Close(Lazy(a)) => close::cmd_close(ctx, a),
+        Command::Reopen(Lazy(a)) => close::cmd_reopen(ctx, a),
+        Command::Ready(Lazy(a)) => ready::cmd_ready(ctx, a),
+        Command::Blocked(Lazy(a)) => ready::cmd_blocked(ctx, a),
+        Command::Batch(Lazy(a)) => batch::cmd_batch(ctx, a),
+        Command::Dep(Lazy(c)) => dep::cmd_dep(ctx, c),
+        Command::Label(Lazy(c)) => label::cmd_label(ctx, c),
+        Command::Comment(Lazy(c)) => comment::cmd_comment(ctx, c),
+        Command::Comments(Lazy(a)) => comment::cmd_comments(ctx, a),
+        Command::Conflicts(Lazy(a)) => stats::cmd_conflicts(ctx, a),
+        Command::Delete(Lazy(a)) => resolve::cmd_delete(ctx, a),
+        Command::Resolve(Lazy(a)) => resolve::cmd_resolve(ctx, a),
+        Command::Stats(Lazy(a)) => stats::cmd_stats(ctx, a),
+        Command::Export(Lazy(a)) => export::cmd_export(ctx, a),
+        Command::Import(Lazy(a)) => import::cmd_import(ctx, a),
+        Command::Flush(Lazy(a)) => flush::cmd_flush(ctx, a),
+        Command::Rebuild(Lazy(a)) => rebuild::cmd_rebuild(ctx, a),
+        Command::Sync(Lazy(a)) => sync::cmd_sync(ctx, a),
+        Command::Hooks(Lazy(c)) => hooks::cmd_hooks(ctx, c),
+        Command::Doctor(Lazy(a)) => doctor::cmd_doctor(ctx, a),
+        Command::MergeDriver(Lazy(a)) => hooks::cmd_merge_driver(ctx, a),
+        Command::Config(Lazy(c)) => config::cmd_config(ctx, c),
+        Command::Info(Lazy(a)) => info::cmd_info(ctx, a),
+        Command::Daemon(Lazy(c)) => daemon::cmd_daemon(ctx, c),
+        Command::Version(Lazy(a)) => version::cmd_version(ctx, a),
+        Command::Demo(Lazy(a)) => demo::cmd_demo(ctx, a),
     }
 }
 
