@@ -463,7 +463,7 @@ fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
         paths: &shared.opts.paths,
         mode: "daemon",
     };
-    let out = service::execute(&mut store, &ctx, req);
+    let out = service::execute_for_wire(&mut store, &ctx, req);
     if let Ok(mut pool) = shared.readers.lock()
         && pool.len() < READER_POOL
     {

@@ -351,6 +351,31 @@ pub fn list(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<Vec<Issue
     Ok(out)
 }
 
+/// [`list`] without parsing: each issue's stored JSON (without comments), for
+/// an answer that is only going to be serialised again.
+pub fn list_rows(
+    conn: &Connection,
+    f: &ListFilter,
+    scope: Scope,
+) -> Result<Vec<Box<serde_json::value::RawValue>>> {
+    let (mut sql, args) = where_clause(f, scope);
+    sql = format!("SELECT body{sql} ORDER BY {}", f.sort.order_by(f.reverse));
+    if let Some(n) = f.limit.filter(|n| *n > 0) {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for body in rows {
+        out.push(
+            serde_json::value::RawValue::from_string(body?).map_err(|e| {
+                Error::new(ErrorKind::Corrupt, format!("unreadable issue row: {e}"))
+            })?,
+        );
+    }
+    Ok(out)
+}
+
 /// How many issues match `f` within `scope`, ignoring `limit`.
 pub fn count(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<u64> {
     let (sql, args) = where_clause(f, scope);

@@ -10,8 +10,8 @@ mod import;
 mod request;
 
 pub use request::{
-    Changed, CreateRequest, FlushReport, ImportReport, Info, IssueDetails, Request, Response,
-    UpdateRequest,
+    Changed, CreateRequest, FlushReport, ImportReport, Info, IssueDetails, IssueRows, Request,
+    Response, UpdateRequest,
 };
 
 use crate::clock::{Clock, format_rfc3339};
@@ -41,11 +41,7 @@ pub struct Context<'a> {
 
 /// Runs one request against `store`.
 pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
-    if ctx.actor.trim().is_empty() {
-        return Err(
-            Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR")
-        );
-    }
+    check_actor(ctx)?;
     match req {
         Request::Import {
             records,
@@ -68,6 +64,35 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
         }
         req => without_write_tx(store, ctx, req),
     }
+}
+
+/// [`execute`] for an answer that is about to be serialised (a daemon's): list
+/// and ready answers carry each issue's stored JSON as it is
+/// ([`Response::IssueRows`]) instead of parsing every row only to write it out
+/// again. The client reads them back as [`Response::Issues`].
+pub fn execute_for_wire(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
+    let (f, scope) = match req {
+        Request::List(f) => (f, Scope::All),
+        Request::Ready(f) => (f, Scope::Ready),
+        req => return execute(store, ctx, req),
+    };
+    check_actor(ctx)?;
+    store.read(|conn| {
+        Ok(Response::IssueRows(IssueRows(query::list_rows(
+            conn,
+            &checked(conn, f)?,
+            scope,
+        )?)))
+    })
+}
+
+fn check_actor(ctx: &Context<'_>) -> Result<()> {
+    if ctx.actor.trim().is_empty() {
+        return Err(
+            Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR")
+        );
+    }
+    Ok(())
 }
 
 /// Applies ops that other clones delivered into `.beads/ops` (a `git pull`,

@@ -349,6 +349,18 @@ pub struct FlushReport {
     pub ops: u64,
 }
 
+/// Issues' stored JSON objects, in order (see [`Response::IssueRows`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct IssueRows(pub Vec<Box<serde_json::value::RawValue>>);
+
+impl PartialEq for IssueRows {
+    fn eq(&self, other: &IssueRows) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|(a, b)| a.get() == b.get())
+    }
+}
+
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
@@ -357,6 +369,11 @@ pub enum Response {
     Issue(Box<Issue>),
     /// Issues (list, ready, export).
     Issues(Vec<Issue>),
+    /// Issues as their stored JSON, passed through unparsed: what a daemon
+    /// sends for list and ready ([`super::execute_for_wire`]). It is written on
+    /// the wire exactly as [`Response::Issues`] and read back as one.
+    #[serde(rename = "issues", skip_deserializing)]
+    IssueRows(IssueRows),
     /// Issues with details (show).
     Details(Vec<IssueDetails>),
     /// Per-issue outcome (update, close, reopen, label add/remove, resolve).

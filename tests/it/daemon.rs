@@ -573,3 +573,54 @@ fn a_large_log_is_rotated_when_a_daemon_starts() {
             == 2
     );
 }
+
+#[test]
+fn list_and_ready_rows_pass_through_the_daemon_unchanged() {
+    // The daemon sends list and ready answers as the stored rows' JSON, without
+    // parsing them (service::execute_for_wire); the client must read back
+    // exactly the issues direct mode builds from the same rows.
+    use bd::client::{Backend, DaemonClient, Direct};
+    use bd::query::ListFilter;
+    use bd::service::Response;
+    let env = TestEnv::new();
+    let blocker = env.create(&["blocker \"quoted\"", "-p", "0"]);
+    env.create(&[
+        "tab\there, newline\nthere, unicode é ✓, backslash \\",
+        "-l",
+        "x,y",
+        "--deps",
+        &format!("blocks:{blocker}"),
+        "-d",
+        "line one\nline two",
+    ]);
+    env.create(&["plain", "-a", "someone"]);
+    start(&env);
+    let mut daemon =
+        DaemonClient::connect(&socket(&env), "tester", Duration::from_secs(10)).expect("connect");
+    let mut direct =
+        Direct::open(bd::storage::BeadsPaths::new(env.beads()), "tester").expect("open");
+    for req in [
+        Request::List(ListFilter::default()),
+        Request::List(ListFilter {
+            limit: Some(2),
+            ..Default::default()
+        }),
+        Request::Ready(ListFilter::default()),
+    ] {
+        let through_daemon = daemon.call(req.clone()).expect("daemon");
+        let here = direct.call(req.clone()).expect("direct");
+        let Response::Issues(issues) = &here else {
+            panic!("direct answered {here:?}")
+        };
+        assert!(!issues.is_empty(), "{req:?}");
+        assert_eq!(through_daemon, here, "{req:?}");
+    }
+    // Bad filters are refused the same way.
+    let bad = Request::List(ListFilter {
+        status: vec!["nope".into()],
+        ..Default::default()
+    });
+    let e = daemon.call(bad.clone()).expect_err("bad status");
+    assert_eq!(e.message, direct.call(bad).expect_err("bad status").message);
+    env.ok(&["daemon", "stop"]);
+}
