@@ -44,6 +44,9 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if std::env::var_os("BD_DEBUG_ALLOCATOR").is_some() {
+        eprintln!("bd: allocator: {}", alloc::name());
+    }
     let ctx = Ctx::new(cli.global);
     let result = commands::run(&ctx, cli.command);
     let code = match result {

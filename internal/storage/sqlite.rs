@@ -881,8 +881,12 @@ fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
         " FROM issues i WHERE i.id = ?1"
     ))?;
     let mut set = conn.prepare_cached("UPDATE issues SET blocked = ?2 WHERE id = ?1")?;
+    // `+type`: filter the edge type on the index entries rather than look each
+    // type up through the index. An indexed `IN` list makes SQLite build an
+    // ephemeral table (with its own page cache) on every run: ~9k instructions
+    // of memset alone per refreshed issue.
     let mut dependents = conn.prepare_cached(
-        "SELECT issue_id FROM deps WHERE depends_on_id = ?1 AND type IN ('blocks', 'parent-child')",
+        "SELECT issue_id FROM deps WHERE depends_on_id = ?1 AND +type IN ('blocks', 'parent-child')",
     )?;
     let mut pending_seeds: HashSet<String> = seeds.iter().cloned().collect();
     let mut queue: VecDeque<String> = seeds.into_iter().collect();

@@ -671,3 +671,55 @@ crate::in_both_modes!(
     dir_and_db_flags_and_beads_dir_point_elsewhere,
     torn_or_foreign_edited_op_file_is_rewritten_from_the_database
 );
+
+#[test]
+fn heavy_commands_choose_mimalloc_and_short_ones_the_system_allocator() {
+    // cmd/bd/alloc.rs: the command word is read from argv before main.
+    let env = TestEnv::new();
+    env.create(&["x"]);
+    let allocator = |args: &[&str], extra: Option<(&str, &str)>| -> String {
+        let mut c = env.command(args);
+        c.env("BD_DEBUG_ALLOCATOR", "1");
+        if let Some((k, v)) = extra {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run bd");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("bd: allocator: "))
+            .unwrap_or_else(|| panic!("{args:?}: no allocator line in {stderr}"))
+            .to_string()
+    };
+    let db = env.beads().join("beads.db");
+    let db = db.to_str().expect("utf-8 path");
+    assert_eq!(allocator(&["version"], None), "system");
+    assert_eq!(allocator(&["list"], None), "system");
+    assert_eq!(allocator(&["export", "-o", "out.jsonl"], None), "mimalloc");
+    assert_eq!(
+        allocator(
+            &[
+                "--actor",
+                "rebuild",
+                "--db",
+                db,
+                "export",
+                "-o",
+                "out.jsonl"
+            ],
+            None
+        ),
+        "mimalloc",
+        "option values are not the command"
+    );
+    assert_eq!(allocator(&["--actor", "export", "list"], None), "system");
+    assert_eq!(
+        allocator(&["version"], Some(("BD_ALLOCATOR", "mimalloc"))),
+        "mimalloc"
+    );
+}
