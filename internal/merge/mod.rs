@@ -26,7 +26,7 @@ use crate::model::{
     PRIORITY_DEFAULT, STRUCTURAL_FIELDS, Status,
 };
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Who wrote something, and when; orders contenders deterministically. Shared
 /// (`Arc`) because one op stamps every field and element it carries: a create
@@ -380,7 +380,9 @@ impl IssueDoc {
             .min_by(|a, b| a.1.order_key(a.0).cmp(&b.1.order_key(b.0)))?;
         // One pass over the registers: each field's displayed value, extra
         // fields, and conflicts (different values among the visible writes).
-        let mut shown: HashMap<&str, &Value> = HashMap::with_capacity(self.registers.len());
+        // Sorted by field (the registers are a BTreeMap): looked up by binary
+        // search, cheaper than hashing for a dozen short keys.
+        let mut shown: Vec<(&str, &Value)> = Vec::with_capacity(self.registers.len());
         let mut extra = BTreeMap::new();
         let mut conflicts = Vec::new();
         for (field, reg) in &self.registers {
@@ -398,20 +400,26 @@ impl IssueDoc {
                         .collect(),
                 });
             }
-            shown.insert(field.as_str(), first);
+            shown.push((field.as_str(), first));
             if !first.is_null() && !crate::model::SCALAR_FIELDS.contains(&field.as_str()) {
                 extra.insert(field.clone(), first.clone());
             }
         }
+        let get = |f: &str| -> Option<&Value> {
+            shown
+                .binary_search_by(|(k, _)| (*k).cmp(f))
+                .ok()
+                .map(|i| shown[i].1)
+        };
         let text = |f: &str| -> String {
-            match shown.get(f) {
+            match get(f) {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
             }
         };
         let opt = |f: &str| -> Option<String> { Some(text(f)).filter(|s| !s.is_empty()) };
-        let priority = match shown.get("priority") {
+        let priority = match get("priority") {
             Some(Value::Number(n)) => n.as_i64().unwrap_or(PRIORITY_DEFAULT),
             Some(Value::String(s)) => s.trim().parse().unwrap_or(PRIORITY_DEFAULT),
             _ => PRIORITY_DEFAULT,
