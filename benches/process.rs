@@ -1,0 +1,95 @@
+//! Whole `bd` processes, as agents run them: the real binary started once per
+//! call, through the daemon (a real daemon process) and with `--no-daemon`, at
+//! 100 and 10,000 issues.
+//!
+//! Run: `cargo bench --bench process` (add `-- --quick` for a fast pass).
+
+use bd::client::{Backend, Direct, InitOptions, init};
+use bd::service::Request;
+use bd::storage::BeadsPaths;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BD: &str = env!("CARGO_BIN_EXE_bd");
+
+/// Runs `bd` in `root` and checks that it worked.
+fn bd(root: &Path, args: &[&str]) {
+    let out = Command::new(BD)
+        .args(args)
+        .current_dir(root)
+        .env("BD_ACTOR", "bench")
+        .env_remove("BD_NO_DAEMON")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .output()
+        .expect("run bd");
+    assert!(
+        out.status.success(),
+        "bd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tracker(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init(
+        dir.path(),
+        &InitOptions {
+            prefix: Some("b".into()),
+            replica: "bench0000000000".into(),
+        },
+    )
+    .expect("init");
+    let mut d = Direct::open(BeadsPaths::new(dir.path().join(".beads")), "bench").expect("open");
+    d.call(Request::Import {
+        records: bd::fixture::records("b", n),
+        dry_run: false,
+        strict: true,
+    })
+    .expect("import");
+    dir
+}
+
+fn processes(c: &mut Criterion) {
+    for n in [100usize, 10_000] {
+        let dir = tracker(n);
+        let root = dir.path();
+        bd(root, &["daemon", "start", "--idle-timeout", "600"]);
+        let mut g = c.benchmark_group(format!("process_{n}"));
+        g.sample_size(30).measurement_time(Duration::from_secs(6));
+        for (mode, extra) in [("daemon", None), ("direct", Some("--no-daemon"))] {
+            let with = |args: &[&'static str]| -> Vec<&'static str> {
+                extra.into_iter().chain(args.iter().copied()).collect()
+            };
+            let create = with(&["create", "bench issue", "-q"]);
+            g.bench_function(BenchmarkId::new("create", mode), |b| {
+                b.iter(|| bd(root, &create))
+            });
+            let ready = with(&["ready", "--json"]);
+            g.bench_function(BenchmarkId::new("ready_json", mode), |b| {
+                b.iter(|| bd(root, &ready))
+            });
+            let list = with(&["list", "--json", "-n", "50"]);
+            g.bench_function(BenchmarkId::new("list_50_json", mode), |b| {
+                b.iter(|| bd(root, &list))
+            });
+            let show = with(&["show", "--json", "b-000000"]);
+            g.bench_function(BenchmarkId::new("show_json", mode), |b| {
+                b.iter(|| bd(root, &show))
+            });
+        }
+        g.finish();
+        bd(root, &["daemon", "stop"]);
+    }
+    // The floor: starting the binary at all.
+    let dir = tempfile::tempdir().expect("tempdir");
+    c.bench_function("process_version", |b| {
+        b.iter(|| bd(dir.path(), &["version"]))
+    });
+}
+
+criterion_group!(benches, processes);
+criterion_main!(benches);
