@@ -52,6 +52,10 @@ impl Stamp {
     }
 }
 
+/// A multi-value register. `writes` holds only the visible writes: a write is
+/// dropped once an op supersedes it (and not kept if it arrives after), so
+/// reading a field costs the same however long its history. `superseded` keeps
+/// every superseded id, which is what makes the fold order-independent.
 #[derive(Debug, Clone, Default)]
 struct Register {
     writes: BTreeMap<String, (Value, Stamp)>,
@@ -60,9 +64,21 @@ struct Register {
 
 impl Register {
     fn visible(&self) -> impl Iterator<Item = (&String, &(Value, Stamp))> {
-        self.writes
-            .iter()
-            .filter(|(id, _)| !self.superseded.contains(*id))
+        self.writes.iter()
+    }
+
+    fn write(&mut self, id: &str, value: &Value, stamp: &Stamp) {
+        if !self.superseded.contains(id) {
+            self.writes
+                .insert(id.to_string(), (value.clone(), stamp.clone()));
+        }
+    }
+
+    fn supersede(&mut self, ids: &[String]) {
+        for id in ids {
+            self.writes.remove(id);
+            self.superseded.insert(id.clone());
+        }
     }
 
     /// Visible writes, the displayed one first.
@@ -224,7 +240,7 @@ impl IssueDoc {
                             k if STRUCTURAL_FIELDS.contains(&k) => {}
                             _ => {
                                 let reg = self.registers.entry(k.clone()).or_default();
-                                reg.writes.insert(id.clone(), (v.clone(), stamp.clone()));
+                                reg.write(&id, v, &stamp);
                             }
                         }
                     }
@@ -234,9 +250,8 @@ impl IssueDoc {
             OpKind::Set => {
                 if let Some(field) = &op.field {
                     let reg = self.registers.entry(field.clone()).or_default();
-                    reg.writes
-                        .insert(id.clone(), (op.value.clone(), stamp.clone()));
-                    reg.superseded.extend(op.supersedes.iter().cloned());
+                    reg.write(&id, &op.value, &stamp);
+                    reg.supersede(&op.supersedes);
                 }
             }
             OpKind::LabelAdd => {

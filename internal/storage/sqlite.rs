@@ -72,7 +72,28 @@ pub struct Store {
     replica: String,
     /// What this process last wrote to its op file (see `jsonl::flush_own_ops`).
     pub(crate) op_file: std::cell::Cell<Option<OpFileMark>>,
+    /// Folded docs as of this connection's last commit (see [`DocCache`]).
+    docs: DocCache,
 }
+
+/// Issues' folded ops, kept between write transactions of one long-lived
+/// connection (the daemon's writer, a library client), so a write to an issue
+/// with a long history does not read and fold all of it again.
+///
+/// A doc is taken out while a transaction uses it and put back only when that
+/// transaction commits, so the cache never holds the effect of a write that was
+/// rolled back. Another connection's commit (a direct-mode writer beside the
+/// daemon, an import) changes SQLite's `data_version`, and the whole cache is
+/// dropped at the next transaction.
+#[derive(Debug, Default)]
+struct DocCache {
+    docs: HashMap<String, IssueDoc>,
+    /// `PRAGMA data_version` when `docs` was last known to match the database.
+    data_version: Option<i64>,
+}
+
+/// The most docs kept between transactions; past it the cache starts over.
+const MAX_CACHED_DOCS: usize = 4096;
 
 /// The op file as this process last left it: while its identity and length are
 /// unchanged, its last line is the op with `last_seq`, so appending needs no read.
@@ -194,6 +215,7 @@ impl Store {
             conn,
             replica: replica.to_string(),
             op_file: Default::default(),
+            docs: DocCache::default(),
         })
     }
 
@@ -249,6 +271,7 @@ impl Store {
             conn,
             replica,
             op_file: Default::default(),
+            docs: DocCache::default(),
         })
     }
 
@@ -338,7 +361,20 @@ impl Store {
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
-        let mut w = WriteTx::begin(tx, &self.replica, clock)?;
+        // Inside the transaction, so no other writer can commit between this
+        // check and our own commit.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if self.docs.data_version != Some(version) {
+            self.docs.docs.clear();
+            self.docs.data_version = Some(version);
+        }
+        let mut dry_run_docs = HashMap::new();
+        let cache = if commit {
+            &mut self.docs.docs
+        } else {
+            &mut dry_run_docs // a dry run neither uses nor fills the cache
+        };
+        let mut w = WriteTx::begin(tx, &self.replica, clock, cache)?;
         let out = f(&mut w)?;
         if commit {
             w.commit()?;
@@ -452,6 +488,10 @@ pub struct WriteTx<'a> {
     hlc: Hlc,
     seq: u64,
     docs: HashMap<String, IssueDoc>,
+    /// Docs flushed in this transaction, put in `cache` if it commits.
+    flushed: HashMap<String, IssueDoc>,
+    /// The connection's docs as of its last commit (taken out while in use).
+    cache: &'a mut HashMap<String, IssueDoc>,
     /// Issues that had no row when this transaction first looked (nothing to delete).
     fresh: HashSet<String>,
     touched: BTreeSet<String>,
@@ -463,7 +503,12 @@ pub struct WriteTx<'a> {
 }
 
 impl<'a> WriteTx<'a> {
-    fn begin(tx: Tx<'a>, replica: &str, clock: &'a dyn Clock) -> Result<Self> {
+    fn begin(
+        tx: Tx<'a>,
+        replica: &str,
+        clock: &'a dyn Clock,
+        cache: &'a mut HashMap<String, IssueDoc>,
+    ) -> Result<Self> {
         let hlc = meta_get(&tx, "hlc")?
             .and_then(|s| {
                 let (w, l) = s.split_once('.')?;
@@ -486,6 +531,8 @@ impl<'a> WriteTx<'a> {
             hlc,
             seq: seq as u64,
             docs: HashMap::new(),
+            flushed: HashMap::new(),
+            cache,
             fresh: HashSet::new(),
             touched: BTreeSet::new(),
             recorded: Vec::new(),
@@ -511,7 +558,10 @@ impl<'a> WriteTx<'a> {
     /// The folded ops of `id` (including ops recorded earlier in this transaction).
     pub fn doc(&mut self, id: &str) -> Result<&IssueDoc> {
         if !self.docs.contains_key(id) {
-            let doc = if self.no_prior_ops {
+            let known = self.flushed.remove(id).or_else(|| self.cache.remove(id));
+            let doc = if let Some(doc) = known {
+                doc
+            } else if self.no_prior_ops {
                 IssueDoc::new(id)
             } else {
                 load_doc(&self.tx, id)?
@@ -678,6 +728,9 @@ impl<'a> WriteTx<'a> {
                 self.seq = seq;
                 self.recorded.truncate(recorded);
                 self.docs.clear();
+                // Docs flushed before the savepoint may have been changed inside
+                // it; the database has them right, so they are simply reloaded.
+                self.flushed.clear();
                 self.fresh.clear();
                 self.touched.clear();
                 Err(e)
@@ -705,6 +758,13 @@ impl<'a> WriteTx<'a> {
                 None => continue, // ops for an issue whose create has not arrived
             }
         }
+        // Keep the docs for the cache, within bounds (a long import flushes
+        // often and touches far more issues than are worth keeping).
+        if self.flushed.len() + self.docs.len() <= MAX_CACHED_DOCS {
+            self.flushed.extend(self.docs.drain());
+        } else {
+            self.flushed.clear();
+        }
         self.docs.clear();
         self.fresh.clear();
         if self.no_prior_ops {
@@ -721,6 +781,10 @@ impl<'a> WriteTx<'a> {
             &format!("{}.{}", self.hlc.wall, self.hlc.logical),
         )?;
         self.tx.commit()?;
+        if self.cache.len() + self.flushed.len() > MAX_CACHED_DOCS {
+            self.cache.clear();
+        }
+        self.cache.extend(self.flushed.drain());
         Ok(())
     }
 }

@@ -185,3 +185,104 @@ fn an_item_past_its_deadline_is_not_run_but_its_neighbours_are() {
         .unwrap();
     assert_eq!(n, 2);
 }
+
+fn issue(d: &mut Direct, id: &str) -> bd::model::Issue {
+    match d
+        .call(Request::Show {
+            ids: vec![id.into()],
+        })
+        .unwrap()
+    {
+        Response::Details(mut v) => v.remove(0).issue,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn set(id: &str, f: impl FnOnce(&mut UpdateRequest)) -> Request {
+    let mut u = UpdateRequest {
+        ids: vec![id.into()],
+        ..Default::default()
+    };
+    f(&mut u);
+    Request::Update(u)
+}
+
+#[test]
+fn cached_docs_follow_other_connections_and_forget_rolled_back_writes() {
+    // A long-lived connection keeps folded docs between its transactions
+    // (storage::DocCache). They must never hide another connection's write or
+    // keep one that was rolled back.
+    let (_dir, paths) = tracker("cachereplica0001");
+    let mut a = Direct::open(paths.clone(), "a").unwrap();
+    let Response::Issue(x) = a.call(create("original")).unwrap() else {
+        panic!()
+    };
+    a.call(set(&x.id, |u| u.priority = Some(3))).unwrap(); // x is now cached in `a`
+    // Another connection (a direct-mode writer beside the daemon) changes x.
+    let mut b = Direct::open(paths.clone(), "b").unwrap();
+    b.call(set(&x.id, |u| u.title = Some("from b".into())))
+        .unwrap();
+    // `a` writes x again: its rows must carry b's title as well as its own change.
+    a.call(set(&x.id, |u| u.assignee = Some("ann".into())))
+        .unwrap();
+    let seen = issue(&mut b, &x.id);
+    assert_eq!(seen.title, "from b");
+    assert_eq!(seen.priority, 3);
+    assert_eq!(seen.assignee.as_deref(), Some("ann"));
+
+    // A batch that changes x and then fails leaves x's cached doc untouched...
+    let failed = a.call(Request::Batch {
+        requests: vec![
+            set(&x.id, |u| u.title = Some("rolled back".into())),
+            set("g-nosuchissue", |u| u.priority = Some(1)),
+        ],
+    });
+    assert!(failed.is_err());
+    // ...so the next write to x does not resurrect the rolled-back title.
+    a.call(set(&x.id, |u| u.priority = Some(1))).unwrap();
+    // So does a failing request inside a group (a savepoint rolled back).
+    let items = vec![
+        (
+            "a1".to_string(),
+            set(&x.id, |u| u.notes = Some("kept".into())),
+        ),
+        (
+            "a2".to_string(),
+            Request::Batch {
+                requests: vec![
+                    set(&x.id, |u| u.title = Some("also rolled back".into())),
+                    set("g-nosuchissue", |u| u.priority = Some(1)),
+                ],
+            },
+        ),
+        (
+            "a3".to_string(),
+            set(&x.id, |u| u.design = Some("d".into())),
+        ),
+    ]
+    .into_iter()
+    .map(item)
+    .collect();
+    let out = execute_group(a.store(), &SystemClock, &paths, items).unwrap();
+    assert!(
+        out[0].is_ok() && out[1].is_err() && out[2].is_ok(),
+        "{out:?}"
+    );
+    a.call(set(&x.id, |u| u.external_ref = Some("ext-1".into())))
+        .unwrap();
+    for d in [&mut a, &mut b] {
+        let now = issue(d, &x.id);
+        assert_eq!(now.title, "from b");
+        assert_eq!(now.priority, 1);
+        assert_eq!(now.notes, "kept");
+        assert_eq!(now.design, "d");
+        assert_eq!(now.external_ref.as_deref(), Some("ext-1"));
+    }
+    // And the rows agree with a fold of every stored op from scratch.
+    drop((a, b));
+    let report = bd::client::rebuild(&paths, false).expect("rebuild agrees");
+    assert_eq!(
+        report.previous_hash.as_deref(),
+        Some(report.state_hash.as_str())
+    );
+}
