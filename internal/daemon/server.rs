@@ -235,7 +235,11 @@ async fn serve(
 ) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // The idle check needs no finer grain than a quarter of the idle timeout
+    // (bounded 250 ms to 5 s): an idle daemon wakes every 5 s, not 4 times a second.
+    let period =
+        (shared.opts.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
@@ -487,7 +491,13 @@ fn writer_loop(
     let mut dirty = false;
     let mut stopping = false;
     loop {
-        let first = match rx.recv_timeout(shared.opts.flush_debounce) {
+        // With nothing to flush, sleep until work arrives (no periodic wake-up).
+        let next = if dirty {
+            rx.recv_timeout(shared.opts.flush_debounce)
+        } else {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let first = match next {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 if dirty {
