@@ -116,18 +116,13 @@ impl Chosen {
     }
 }
 
-/// The allocator this process uses ("mimalloc" or "system").
+/// The allocator this process uses ("mimalloc" or "system"); asking decides it
+/// if nothing has allocated yet.
 pub fn name() -> &'static str {
-    // Asking decides, if nothing has allocated yet.
-    match super::ALLOC.uses_mimalloc() {
-        true => "mimalloc",
-        false => "system",
-    }
-}
-
-impl Chosen {
-    pub fn uses_mimalloc(&self) -> bool {
-        self.mimalloc()
+    if super::ALLOC.mimalloc() {
+        "mimalloc"
+    } else {
+        "system"
     }
 }
 

@@ -337,27 +337,31 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
 
 /// Issues matching `f` within `scope`, without comments.
 pub fn list(conn: &Connection, f: &ListFilter, scope: Scope) -> Result<Vec<Issue>> {
-    let (mut sql, args) = where_clause(f, scope);
-    sql = format!("SELECT body{sql} ORDER BY {}", f.sort.order_by(f.reverse));
-    if let Some(n) = f.limit.filter(|n| *n > 0) {
-        sql.push_str(&format!(" LIMIT {n}"));
-    }
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?;
-    let mut out = Vec::new();
-    for body in rows {
-        out.push(parse_issue(&body?)?);
-    }
-    Ok(out)
+    list_bodies(conn, f, scope, |body| parse_issue(&body))
 }
 
 /// [`list`] without parsing: each issue's stored JSON (without comments), for
-/// an answer that is only going to be serialised again.
+/// an answer that is only going to be serialised again. Each row is still
+/// checked to be JSON, so a damaged row is refused here, not in the client.
 pub fn list_rows(
     conn: &Connection,
     f: &ListFilter,
     scope: Scope,
 ) -> Result<Vec<Box<serde_json::value::RawValue>>> {
+    list_bodies(conn, f, scope, |body| {
+        serde_json::value::RawValue::from_string(body)
+            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("unreadable issue row: {e}")))
+    })
+}
+
+/// The stored bodies of the issues matching `f` within `scope`, in order, each
+/// passed through `each`.
+fn list_bodies<T>(
+    conn: &Connection,
+    f: &ListFilter,
+    scope: Scope,
+    mut each: impl FnMut(String) -> Result<T>,
+) -> Result<Vec<T>> {
     let (mut sql, args) = where_clause(f, scope);
     sql = format!("SELECT body{sql} ORDER BY {}", f.sort.order_by(f.reverse));
     if let Some(n) = f.limit.filter(|n| *n > 0) {
@@ -367,11 +371,7 @@ pub fn list_rows(
     let rows = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for body in rows {
-        out.push(
-            serde_json::value::RawValue::from_string(body?).map_err(|e| {
-                Error::new(ErrorKind::Corrupt, format!("unreadable issue row: {e}"))
-            })?,
-        );
+        out.push(each(body?)?);
     }
     Ok(out)
 }
