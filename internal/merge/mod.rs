@@ -1,9 +1,10 @@
 //! Applying ops to one issue: the merge rules, as pure code.
 //!
 //! An [`IssueDoc`] is a fold of the ops of one issue. Every part of it is a
-//! grow-only set (ops seen, writes, superseded ids, adds, removed adds, comments,
-//! deletes), so applying the same ops in any order, any number of times, yields the
-//! same [`IssueDoc::materialise`] output. The rules:
+//! grow-only set (ops seen, superseded ids, adds, removed adds, comments,
+//! deletes) or is fixed by them (a register's visible writes: every write not
+//! among its superseded ids), so applying the same ops in any order, any number
+//! of times, yields the same [`IssueDoc::materialise`] output. The rules:
 //!
 //! - Scalars are multi-value registers. A write is visible unless some op of the
 //!   same field names it in `supersedes`. One visible value is the value; several
