@@ -327,7 +327,13 @@ impl Store {
     /// `f` fails is rolled back alone; its neighbours are unaffected. Returns each
     /// item's result, or an error if the transaction itself could not commit (then
     /// nothing of the group is stored).
-    pub fn write_group<I, T>(
+    ///
+    /// The group first runs without savepoints: most refusals (bad input, a lost
+    /// claim, an unknown id) happen before anything is written and need no
+    /// rollback, and a savepoint makes SQLite copy every page it touches. Only if
+    /// a request fails after writing is the whole group rolled back and run again,
+    /// each request in its own savepoint.
+    pub fn write_group<I: Clone, T>(
         &mut self,
         clock: &dyn Clock,
         items: Vec<I>,
@@ -345,6 +351,25 @@ impl Store {
                 Err(e) if item_failed => Ok(vec![Err(e)]),
                 Err(e) => Err(e), // the commit itself failed, as for a larger group
             };
+        }
+        let mut needs_savepoints = false;
+        let unguarded = self.write(clock, |tx| {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items.iter().cloned() {
+                match tx.attempt_unguarded(|tx| f(tx, item))? {
+                    Some(result) => out.push(result),
+                    None => {
+                        needs_savepoints = true;
+                        return Err(Error::internal(
+                            "a request failed after writing; the group runs again",
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        });
+        if !needs_savepoints {
+            return unguarded;
         }
         self.write(clock, |tx| {
             Ok(items
@@ -736,6 +761,39 @@ impl<'a> WriteTx<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `f` without a savepoint. `Some(result)` when it succeeded, or failed
+    /// having changed nothing in the database (then the transaction carries on,
+    /// its clock, sequence number and op list restored); `None` when it failed
+    /// after changing something, which only rolling back the whole transaction
+    /// can undo.
+    pub fn attempt_unguarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Option<Result<T>>> {
+        self.flush()?;
+        let (hlc, seq, recorded) = (self.hlc, self.seq, self.recorded.len());
+        let before = self.footprint()?;
+        match f(self).and_then(|v| self.flush().map(|()| v)) {
+            Ok(v) => Ok(Some(Ok(v))),
+            Err(e) if self.footprint()? == before => {
+                // Docs change only after a row is written, so the cached ones
+                // still match the database.
+                self.hlc = hlc;
+                self.seq = seq;
+                self.recorded.truncate(recorded);
+                Ok(Some(Err(e)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// What tells whether anything was written: rows changed by this
+    /// connection, and the schema version (dropping an index changes no row).
+    fn footprint(&self) -> Result<(u64, i64)> {
+        let schema: i64 = cached_row(&self.tx, "PRAGMA schema_version", [], |r| r.get(0))?;
+        Ok((self.tx.total_changes(), schema))
     }
 
     /// Ids of the ops recorded so far in this transaction.
