@@ -286,3 +286,53 @@ fn cached_docs_follow_other_connections_and_forget_rolled_back_writes() {
         Some(report.state_hash.as_str())
     );
 }
+
+#[test]
+fn refusals_before_any_write_leave_their_group_whole() {
+    // No request here writes before failing, so the group commits in its first
+    // run, without savepoints (Store::write_group).
+    let (_dir, paths) = tracker("fastreplica00001");
+    let mut a = Direct::open(paths.clone(), "a").unwrap();
+    let Response::Issue(taken) = a.call(create("taken")).unwrap() else {
+        panic!()
+    };
+    a.call(set(&taken.id, |u| u.claim = true)).unwrap();
+    let before: usize = a
+        .store()
+        .conn()
+        .query_row("SELECT COUNT(*) FROM ops", [], |r| r.get::<_, i64>(0))
+        .unwrap() as usize;
+    let items = vec![
+        ("b1".to_string(), create("one")),
+        ("b2".to_string(), create("")),
+        ("b3".to_string(), set(&taken.id, |u| u.claim = true)),
+        (
+            "b4".to_string(),
+            set("g-nosuchissue", |u| u.priority = Some(1)),
+        ),
+        (
+            "b5".to_string(),
+            set(&taken.id, |u| u.notes = Some("n".into())),
+        ),
+        ("b6".to_string(), create("two")),
+    ]
+    .into_iter()
+    .map(item)
+    .collect();
+    let out = execute_group(a.store(), &SystemClock, &paths, items).unwrap();
+    let ok: Vec<bool> = out.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, vec![true, false, false, false, true, true], "{out:?}");
+    assert_eq!(issue(&mut a, &taken.id).notes, "n");
+    let seqs: Vec<i64> = a
+        .store()
+        .conn()
+        .prepare("SELECT seq FROM ops ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Contiguous, and exactly three more than before: one, the note and two.
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    assert_eq!(seqs.len(), before + 3);
+}
