@@ -870,7 +870,16 @@ fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<I
         vec![],
     ))?;
     tx.flush()?;
-    get_live(tx.conn(), &id)
+    // The rows were just written from this doc: reading them back would only
+    // parse what it holds. (A create carries no comments, whose order the rows
+    // would decide.)
+    match tx
+        .flushed_doc(&id)
+        .and_then(crate::merge::IssueDoc::materialise)
+    {
+        Some(m) if !m.deleted => Ok(m.issue),
+        _ => get_live(tx.conn(), &id),
+    }
 }
 
 fn generate_id(tx: &mut WriteTx<'_>, prefix: &str, seed: &str) -> Result<String> {

@@ -763,6 +763,12 @@ impl<'a> WriteTx<'a> {
         }
     }
 
+    /// The doc of `id` as the last [`WriteTx::flush`] wrote its rows, if this
+    /// transaction still holds it.
+    pub fn flushed_doc(&self, id: &str) -> Option<&IssueDoc> {
+        self.flushed.get(id)
+    }
+
     /// Runs `f` without a savepoint. `Some(result)` when it succeeded, or failed
     /// having changed nothing in the database (then the transaction carries on,
     /// its clock, sequence number and op list restored); `None` when it failed

@@ -81,6 +81,14 @@ fn create_and_show_round_trip_every_field(mode: Mode) {
     let id = issue["id"].as_str().unwrap();
     assert!(id.starts_with("t-") && id.len() == 6, "{id}");
     let shown = &env.json(&["show", id])[0];
+    // What create answers (built from the folded doc) is what the rows show.
+    for (k, v) in issue.as_object().expect("an issue object") {
+        assert_eq!(
+            &shown[k], v,
+            "create answered {k} = {v}, show says {}",
+            shown[k]
+        );
+    }
     for (k, v) in [
         ("title", "Full issue"),
         ("description", "desc"),
