@@ -4,9 +4,6 @@
 //!
 //! Run: `cargo bench --bench process` (add `-- --quick` for a fast pass).
 
-use bd::client::{Backend, Direct, InitOptions, init};
-use bd::service::Request;
-use bd::storage::BeadsPaths;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -35,21 +32,7 @@ fn bd(root: &Path, args: &[&str]) {
 
 fn tracker(n: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    init(
-        dir.path(),
-        &InitOptions {
-            prefix: Some("b".into()),
-            replica: "bench0000000000".into(),
-        },
-    )
-    .expect("init");
-    let mut d = Direct::open(BeadsPaths::new(dir.path().join(".beads")), "bench").expect("open");
-    d.call(Request::Import {
-        records: bd::fixture::records("b", n),
-        dry_run: false,
-        strict: true,
-    })
-    .expect("import");
+    bd::fixture::tracker(dir.path(), "bench0000000000", n).expect("tracker");
     dir
 }
 

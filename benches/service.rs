@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench service` (add `-- --quick` for a fast pass).
 
-use bd::client::{Backend, Direct, InitOptions, init};
+use bd::client::{Backend, Direct};
 use bd::query::ListFilter;
 use bd::service::{CreateRequest, Request, UpdateRequest};
 use bd::storage::BeadsPaths;
@@ -24,25 +24,7 @@ struct Tracker {
 
 fn tracker(n: usize) -> Tracker {
     let dir = tempfile::tempdir().expect("tempdir");
-    init(
-        dir.path(),
-        &InitOptions {
-            prefix: Some("b".into()),
-            replica: "bench0000000000".into(),
-        },
-    )
-    .expect("init");
-    let mut client =
-        Direct::open(BeadsPaths::new(dir.path().join(".beads")), "bench").expect("open");
-    if n > 0 {
-        client
-            .call(Request::Import {
-                records: bd::fixture::records("b", n),
-                dry_run: false,
-                strict: true,
-            })
-            .expect("import");
-    }
+    let client = bd::fixture::tracker(dir.path(), "bench0000000000", n).expect("tracker");
     Tracker { _dir: dir, client }
 }
 

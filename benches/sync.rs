@@ -43,23 +43,36 @@ fn source_with_issues(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
     (dir, paths, file)
 }
 
+/// `n` creates titled `"{title} {i}"`, by `actor(i)`, committed as one group.
+fn create_group(
+    d: &mut Direct,
+    paths: &BeadsPaths,
+    n: usize,
+    title: &str,
+    actor: impl Fn(usize) -> String,
+) {
+    let items = (0..n)
+        .map(|i| bd::service::GroupItem {
+            actor: actor(i),
+            request: Request::Create(CreateRequest {
+                title: format!("{title} {i}"),
+                ..Default::default()
+            }),
+            deadline_ms: None,
+        })
+        .collect();
+    bd::service::execute_group(d.store(), &SystemClock, paths, items).expect("creates");
+}
+
 /// A tracker whose op file holds `n` ops: `n` creates by single calls (small
 /// ops, like everyday agent work).
 fn source_with_creates(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = tracker(dir.path(), "aaaaaaaaaaaaaaaa");
     let mut d = Direct::open(paths.clone(), "bench").expect("open");
-    let items = (0..n)
-        .map(|i| bd::service::GroupItem {
-            actor: format!("agent{}", i % 8),
-            request: Request::Create(CreateRequest {
-                title: format!("work item {i}"),
-                ..Default::default()
-            }),
-            deadline_ms: None,
-        })
-        .collect();
-    bd::service::execute_group(d.store(), &SystemClock, &paths, items).expect("creates");
+    create_group(&mut d, &paths, n, "work item", |i| {
+        format!("agent{}", i % 8)
+    });
     d.call(Request::Flush).expect("flush");
     let file = paths.op_file("aaaaaaaaaaaaaaaa");
     (dir, paths, file)
@@ -266,17 +279,7 @@ fn whole_sync(c: &mut Criterion) {
     let a = tracker(&h.join("a"), "aaaaaaaaaaaaaaaa");
     {
         let mut d = Direct::open(a.clone(), "alice").expect("open");
-        let items = (0..1_000)
-            .map(|i| bd::service::GroupItem {
-                actor: "alice".into(),
-                request: Request::Create(CreateRequest {
-                    title: format!("from a {i}"),
-                    ..Default::default()
-                }),
-                deadline_ms: None,
-            })
-            .collect();
-        bd::service::execute_group(d.store(), &SystemClock, &a, items).expect("creates");
+        create_group(&mut d, &a, 1_000, "from a", |_| "alice".into());
         bd::gitsync::sync(&mut d, &a, &Default::default()).expect("sync a");
     }
     // A clone whose branch is still at the base commit with its own tracker

@@ -117,6 +117,16 @@ impl Clone {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `bd create ARGS --json` and returns the new issue's id.
+    fn create(&self, args: &[&str]) -> String {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        self.json(&all)["id"]
+            .as_str()
+            .expect("create answers with an id")
+            .to_string()
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
@@ -175,14 +185,8 @@ fn a_fresh_clone_gets_every_issue_and_pulled_ops_apply_on_the_next_command() {
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
-    let first = a.json(&["create", "first", "-l", "x"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let second = a.json(&["create", "second"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = a.create(&["first", "-l", "x"]);
+    let second = a.create(&["second"]);
     a.ok(&["dep", "add", &second, &first]);
     a.ok(&["comment", "add", &first, "a note"]);
     a.commit_ops_and_push("alice's issues");
@@ -227,10 +231,7 @@ fn concurrent_title_edits_become_one_conflict_on_every_clone() {
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
-    let id = a.json(&["create", "shared"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.create(&["shared"]);
     a.commit_ops_and_push("base");
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
@@ -277,12 +278,7 @@ fn rebuild_from_op_files_gives_the_same_state() {
     a.ok(&["init", "--prefix", "s"]);
     let mut made = Vec::new();
     for i in 0..20 {
-        made.push(
-            a.json(&["create", &format!("issue {i}"), "-l", "l"])["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        made.push(a.create(&[&format!("issue {i}"), "-l", "l"]));
     }
     a.ok(&["update", &made[0], "--claim"]);
     a.ok(&["close", &made[1]]);
@@ -292,19 +288,10 @@ fn rebuild_from_op_files_gives_the_same_state() {
     // so they are compared through `ready` and `blocked`).
     a.ok(&["dep", "add", &made[5], &made[6]]);
     a.ok(&["dep", "add", &made[7], &made[1]]);
-    let epic = a.json(&["create", "epic", "-t", "epic"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let epic = a.create(&["epic", "-t", "epic"]);
     a.ok(&["dep", "add", &epic, &made[8]]);
-    let child = a.json(&["create", "child", "--parent", &epic])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let grandchild = a.json(&["create", "grandchild", "--parent", &child])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let child = a.create(&["child", "--parent", &epic]);
+    let grandchild = a.create(&["grandchild", "--parent", &child]);
     a.commit_ops_and_push("work");
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
@@ -398,10 +385,7 @@ fn a_torn_or_corrupt_foreign_line_is_reported_and_the_rest_applied() {
 fn pair(cluster: &Cluster) -> (Clone, Clone, String) {
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
-    let id = a.json(&["create", "shared"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.create(&["shared"]);
     a.commit_ops_and_push("base");
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
@@ -527,10 +511,7 @@ fn a_delete_racing_an_edit_is_a_conflict_not_a_resurrection() {
 fn concurrent_labels_dependencies_and_comments_merge_without_conflict() {
     let cluster = Cluster::new();
     let (a, b, id) = pair(&cluster);
-    let other = a.json(&["create", "other"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = a.create(&["other"]);
     a.commit_ops_and_push("other");
     b.pull();
     a.ok(&["label", "add", &id, "a1"]);
@@ -631,10 +612,7 @@ fn bd_sync_in_every_order_converges_on_three_clones() {
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
-    let shared = a.json(&["create", "shared"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let shared = a.create(&["shared"]);
     let r = a.json(&["sync"]);
     assert_eq!(r["pushed"], true, "{r}");
     let b = cluster.clone("b", "bob");
@@ -645,10 +623,7 @@ fn bd_sync_in_every_order_converges_on_three_clones() {
     let mut made = Vec::new();
     for round in 0..3 {
         for (k, clone) in clones.iter().enumerate() {
-            let id = clone.json(&["create", &format!("{} round {round}", clone.actor)])["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let id = clone.create(&[&format!("{} round {round}", clone.actor)]);
             made.push(id);
             clone.ok(&["label", "add", &shared, &format!("{}-{round}", clone.actor)]);
             clone.ok(&[
@@ -876,10 +851,7 @@ fn hooks_chain_the_users_own_and_keep_bd_files_fresh() {
     );
 
     // The user's plain `git commit`: their hook ran, and bd's staged its files.
-    let id = a.json(&["create", "hooked"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.create(&["hooked"]);
     std::fs::write(a.root.join("README"), "hi\n").unwrap();
     a.git(&["add", "README"]);
     a.git(&["commit", "-q", "-m", "user commit"]);
@@ -963,10 +935,7 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
-    let id = a.json(&["create", "doc"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.create(&["doc"]);
     a.ok(&["update", &id, "--priority", "1"]);
     a.ok(&["flush", "-q"]);
     let healthy = a.json(&["doctor"]);
@@ -1203,10 +1172,7 @@ fn doctor_notices_another_clone_writing_under_this_replica_id() {
     let cluster = Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
-    let id = a.json(&["create", "shared id"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.create(&["shared id"]);
     a.ok(&["flush", "-q"]);
     assert_eq!(a.json(&["doctor"])["errors"], 0);
     // Another clone with a copied database appended to "our" file.
