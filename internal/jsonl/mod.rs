@@ -23,14 +23,46 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically (temp, fsync, rename, fsync directory).
+///
+/// Only a regular file is replaced. A symlink is followed, so the link survives and
+/// its target gets the new contents. Anything else that exists at `path` (a device
+/// such as `/dev/null`, a FIFO) is written into in place: renaming over it would
+/// put a regular file where the device was, and run as root over `/dev/null` that
+/// breaks every program on the machine that reads its null stdin.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let path = follow_symlinks(path)?;
+    let path = path.as_path();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(Error::invalid(format!("{} is a directory", path.display()))
+                .hint("name a file to write"));
+        }
+        Ok(m) if !m.is_file() => {
+            let mut f = OpenOptions::new().write(true).open(path)?;
+            f.write_all(bytes)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".bd-tmp-")
-        .tempfile_in(dir)?;
+        .tempfile_in(dir)
+        .map_err(|e| {
+            // tempfile's message names its temporary file; say what the caller named,
+            // with the OS's reason when the directory itself is the problem.
+            let reason = match std::fs::metadata(dir) {
+                Err(dir_err) => dir_err.to_string(),
+                Ok(_) => std::io::Error::from(e.kind()).to_string(),
+            };
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot write {}: {reason}", path.display()),
+            )
+        })?;
     tmp.write_all(bytes)?;
     let mut perms = tmp.as_file().metadata()?.permissions();
     // tempfile creates 0600; these files are shared through git like any source file.
@@ -40,6 +72,30 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path).map_err(|e| Error::from(e.error))?;
     File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// The path a chain of symlinks at `path` ends at (which need not exist yet), or
+/// `path` itself when it is not a symlink.
+fn follow_symlinks(path: &Path) -> Result<std::path::PathBuf> {
+    let mut at = path.to_path_buf();
+    // The kernel's own bound on a chain of links (ELOOP).
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&at)?;
+                at = match at.parent() {
+                    Some(parent) if target.is_relative() => parent.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(at),
+        }
+    }
+    Err(Error::invalid(format!(
+        "{}: too many levels of symbolic links",
+        path.display()
+    ))
+    .hint("check where the link points"))
 }
 
 /// Holds `flush.lock` for the lifetime of the value.

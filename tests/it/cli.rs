@@ -550,6 +550,57 @@ fn export_is_deterministic_and_writes_files(mode: Mode) {
     );
 }
 
+/// `-o` replaces only a regular file. Renaming over anything else would put a
+/// regular file in its place: run as root, `bd export -o /dev/null` did that to the
+/// machine's /dev/null, and every program reading its null stdin then read whatever
+/// was last written there.
+fn export_follows_symlinks_and_writes_into_fifos(mode: Mode) {
+    use std::os::unix::fs::FileTypeExt;
+    let env = TestEnv::new_in(mode);
+    env.create(&["a"]);
+    let expected = env.ok(&["export"]);
+    let root = env.root().to_path_buf();
+
+    std::fs::write(root.join("real.jsonl"), "old\n").unwrap();
+    std::os::unix::fs::symlink("real.jsonl", root.join("link.jsonl")).unwrap();
+    env.ok(&["export", "-o", "link.jsonl"]);
+    let link = std::fs::symlink_metadata(root.join("link.jsonl")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link is still a link");
+    assert_eq!(
+        std::fs::read_to_string(root.join("real.jsonl")).unwrap(),
+        expected
+    );
+
+    let pipe = root.join("pipe");
+    let c_path = std::ffi::CString::new(pipe.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Opened for reading without blocking first, so bd's open for writing never
+    // waits and a bd that renamed over the FIFO leaves this test reading EOF.
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&pipe)
+            .unwrap()
+    };
+    env.ok(&["export", "-o", "pipe"]);
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut got).unwrap();
+    assert_eq!(got, expected, "the FIFO's reader got the export");
+    let meta = std::fs::symlink_metadata(&pipe).unwrap();
+    assert!(meta.file_type().is_fifo(), "the FIFO is still a FIFO");
+
+    assert_eq!(env.ok(&["export", "-o", "-"]), expected, "- is stdout");
+    assert!(!root.join("-").exists());
+
+    let err = env.fails(&["export", "-o", "."], 2);
+    assert!(err.contains("is a directory"), "{err}");
+    let err = env.fails(&["export", "-o", "no/such/dir/out.jsonl"], 1);
+    assert!(err.contains("cannot write no/such/dir/out.jsonl"), "{err}");
+    assert!(!err.contains(".bd-tmp-"), "no temporary names: {err}");
+}
+
 #[test]
 fn demo_runs_and_cleans_up() {
     let env = TestEnv::empty();
@@ -676,6 +727,7 @@ crate::in_both_modes!(
     stats_info_version_config,
     flush_writes_op_file_and_snapshot_consistently,
     export_is_deterministic_and_writes_files,
+    export_follows_symlinks_and_writes_into_fifos,
     dir_and_db_flags_and_beads_dir_point_elsewhere,
     torn_or_foreign_edited_op_file_is_rewritten_from_the_database
 );

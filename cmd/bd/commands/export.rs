@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// Write every issue as beads-format JSONL (stdout or a file)
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// Write to this file (atomically) instead of stdout
+    /// Write to this file instead of stdout ("-" is stdout). A regular file is
+    /// replaced atomically; a symlink is followed; a device or FIFO is written into
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -22,6 +23,7 @@ pub fn cmd_export(ctx: &Ctx, a: ExportArgs) -> Result<(), CliError> {
     let text = bd::jsonl::render_snapshot(&issues)?;
     match a.output {
         None => output::print(&text),
+        Some(path) if path.as_os_str() == "-" => output::print(&text),
         Some(path) => {
             bd::jsonl::atomic_write(&path, text.as_bytes())?;
             if ctx.json {
@@ -29,7 +31,12 @@ pub fn cmd_export(ctx: &Ctx, a: ExportArgs) -> Result<(), CliError> {
             }
             output::status(
                 ctx.quiet,
-                &format!("Exported {} issues to {}", issues.len(), path.display()),
+                &format!(
+                    "Exported {} issue{} to {}",
+                    issues.len(),
+                    if issues.len() == 1 { "" } else { "s" },
+                    path.display()
+                ),
             );
             Ok(())
         }
