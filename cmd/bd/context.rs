@@ -8,30 +8,73 @@ use bd::{Error, ErrorKind};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Flags accepted by every command.
+// Flags accepted by every command. (A plain comment: a doc comment here would become
+// the about text of every command these are added to; see `commands::Lazy`.)
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Print machine-readable JSON on stdout
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
     /// Who is acting (default: $BD_ACTOR, then $USER)
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub actor: Option<String>,
     /// Print only essential output
-    #[arg(short, long, global = true)]
+    #[arg(short, long)]
     pub quiet: bool,
     /// Use this database file (its directory is the tracker directory)
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
     /// Use this tracker directory (a .beads/ directory, or a repository holding one)
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Never use the daemon; run in this process (also BD_NO_DAEMON=1)
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub no_daemon: bool,
     /// Seconds a request may take through the daemon before it is abandoned
-    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub timeout: f64,
+}
+
+/// The ids of [`GlobalArgs`]' arguments (clap's derive names them after the fields).
+pub const GLOBAL_ARG_IDS: [&str; 7] = [
+    "json",
+    "actor",
+    "quiet",
+    "db",
+    "dir",
+    "no_daemon",
+    "timeout",
+];
+
+impl GlobalArgs {
+    /// Takes what the command line gave at one subcommand's level: flags set there
+    /// turn on, values given there replace those given further left.
+    ///
+    /// The flags are defined at the top level and again on each command (see
+    /// `commands::Lazy`) rather than with clap's `global`, which copies them into
+    /// every one of ~30 commands on every run, a quarter of `bd version`'s
+    /// instructions.
+    pub fn merge_command_line(&mut self, m: &clap::ArgMatches) {
+        use clap::parser::ValueSource;
+        let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+        self.json |= given("json");
+        self.quiet |= given("quiet");
+        self.no_daemon |= given("no_daemon");
+        if given("actor") {
+            self.actor = m.get_one::<String>("actor").cloned();
+        }
+        if given("db") {
+            self.db = m.get_one::<PathBuf>("db").cloned();
+        }
+        if given("dir") {
+            self.dir = m.get_one::<PathBuf>("dir").cloned();
+        }
+        if given("timeout")
+            && let Some(t) = m.get_one::<f64>("timeout")
+        {
+            self.timeout = *t;
+        }
+    }
 }
 
 /// Resolved global settings.

@@ -31,7 +31,18 @@ fn main() {
     let mut command = Cli::command();
     let parsed = command
         .try_get_matches_from_mut(std::env::args_os())
-        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches))
+        .and_then(|mut matches| {
+            // The global flags may also follow the command word, at any depth.
+            let mut global = GlobalArgs::from_arg_matches(&matches)?;
+            let mut level = &matches;
+            while let Some((_, sub)) = level.subcommand() {
+                global.merge_command_line(sub);
+                level = sub;
+            }
+            let mut cli = Cli::from_arg_matches_mut(&mut matches)?;
+            cli.global = global;
+            Ok(cli)
+        })
         .map_err(|e| e.format(&mut command));
     // Freeing clap's command tree costs a tenth of this process's instructions
     // and buys nothing: the process exits when the command is done.

@@ -96,6 +96,39 @@ fn newer_schema_is_refused_with_upgrade_hint() {
 }
 
 #[test]
+fn global_flags_work_before_and_after_the_command_at_any_depth() {
+    // They are defined at the top and again on each command (commands::Lazy), not
+    // with clap's `global`; main merges the levels.
+    let env = TestEnv::new();
+    let a = env.create(&["a"]);
+    let b = env.create(&["b"]);
+    for args in [
+        vec!["--json", "show", &a],
+        vec!["show", &a, "--json"],
+        vec!["--json", "dep", "tree", &a],
+        vec!["dep", "tree", &a, "--json"],
+        vec!["dep", "--json", "tree", &a],
+    ] {
+        let out = env.ok(&args);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+    }
+    // Flags turn on at any level; a value given nearer the end wins.
+    let id = env.ok(&["--actor", "left", "-q", "create", "c", "--actor", "right"]);
+    let shown = env.json(&["show", id.trim()]);
+    assert_eq!(shown[0]["created_by"], "right", "{shown}");
+    let id = env.ok(&["--actor", "left", "create", "d", "-q"]);
+    assert_eq!(env.json(&["show", id.trim()])[0]["created_by"], "left");
+    env.ok(&["dep", "add", &b, &a, "--actor", "deeper", "-q"]);
+    let info = env.json(&["info", "--no-daemon", "--timeout", "7"]);
+    assert_eq!(info["mode"], "direct", "{info}");
+    // Bad values are usage errors wherever they stand.
+    env.fails(&["--timeout", "soon", "list"], 2);
+    env.fails(&["list", "--timeout", "soon"], 2);
+    env.fails(&["dep", "tree", &a, "--timeout", "soon"], 2);
+}
+
+#[test]
 fn help_covers_every_command_and_their_own_options() {
     // Each command's arguments are built only when that command runs
     // (commands::Lazy); help and usage errors must not notice.

@@ -30,7 +30,7 @@ mod update;
 mod version;
 
 use crate::cli_error::CliError;
-use crate::context::Ctx;
+use crate::context::{Ctx, GLOBAL_ARG_IDS, GlobalArgs};
 use bd::service::{Request, Response};
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 
@@ -41,6 +41,9 @@ use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 /// hundred pages of heap. `Command::defer` builds a command's arguments when
 /// the parser enters it (or when help or completion needs them), so one run
 /// builds one command. Help text and errors are unchanged.
+///
+/// The deferred build also adds the [`GlobalArgs`] to the command, so they are
+/// accepted after the command word as well as before it (`main` merges them).
 #[derive(Debug)]
 pub struct Lazy<T>(pub T);
 
@@ -61,10 +64,10 @@ impl<T: FromArgMatches> FromArgMatches for Lazy<T> {
 
 impl<T: Args> Args for Lazy<T> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        cmd.defer(T::augment_args)
+        cmd.defer(|c| GlobalArgs::augment_args(T::augment_args(c)))
     }
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        cmd.defer(T::augment_args_for_update)
+        cmd.defer(|c| GlobalArgs::augment_args(T::augment_args_for_update(c)))
     }
     fn group_id() -> Option<clap::Id> {
         T::group_id()
@@ -73,14 +76,24 @@ impl<T: Args> Args for Lazy<T> {
 
 impl<T: Subcommand> Subcommand for Lazy<T> {
     fn augment_subcommands(cmd: clap::Command) -> clap::Command {
-        cmd.defer(T::augment_subcommands)
+        cmd.defer(|c| with_global_args(T::augment_subcommands(c)))
     }
     fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
-        cmd.defer(T::augment_subcommands_for_update)
+        cmd.defer(|c| with_global_args(T::augment_subcommands_for_update(c)))
     }
     fn has_subcommand(name: &str) -> bool {
         T::has_subcommand(name)
     }
+}
+
+/// Adds the [`GlobalArgs`] to a command group (`bd dep`), marked global so that
+/// clap copies them into the group's few subcommands: `bd dep add A B --json`.
+fn with_global_args(cmd: clap::Command) -> clap::Command {
+    let mut cmd = GlobalArgs::augment_args(cmd);
+    for id in GLOBAL_ARG_IDS {
+        cmd = cmd.mut_arg(id, |a| a.global(true));
+    }
+    cmd
 }
 
 /// Every `bd` command.
