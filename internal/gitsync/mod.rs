@@ -693,10 +693,16 @@ impl GitOutput {
 }
 
 /// Runs the `git` program for network work: fixed locale, no stdin, no prompts.
+///
+/// The directory goes to git as `-C`, not as the child's working directory: with
+/// one, std cannot use posix_spawn in a static binary (its `addchdir` is looked up
+/// dynamically) and forks instead, which copies the page tables of a process that
+/// may hold a whole tracker.
 fn run_git(dir: &Path, args: &[&str]) -> Result<GitOutput> {
     let mut cmd = Command::new("git");
-    cmd.args(args)
-        .current_dir(dir)
+    cmd.arg("-C")
+        .arg(dir)
+        .args(args)
         .env("LC_ALL", "C")
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null());

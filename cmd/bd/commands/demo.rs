@@ -157,8 +157,9 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         lock: Mutex::new(()),
     };
     let git = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
         .args(["init", "-q"])
-        .current_dir(&root)
         .stdin(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -333,8 +334,9 @@ struct TwoMachines {
 
 fn git(dir: &std::path::Path, args: &[&str]) -> Result<(), Error> {
     let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
         .args(args)
-        .current_dir(dir)
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .output()?;

@@ -88,11 +88,13 @@ fn run_hook(ctx: &Ctx, hook: &str) -> Result<(), CliError> {
             let files = repo.bd_files()?;
             // The git program, not libgit2: inside a hook git may be using a
             // temporary index (GIT_INDEX_FILE), which `git add` honours.
+            // `-C`, not a working directory: see gitsync's `run_git`.
             let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(repo.workdir())
                 .arg("add")
                 .arg("--")
                 .args(&files)
-                .current_dir(repo.workdir())
                 .stdin(std::process::Stdio::null())
                 .status()?;
             if !status.success() {
