@@ -203,16 +203,69 @@ impl Repo {
         format!("refs/bd-sync/{}/{}", up.remote, up.branch)
     }
 
-    /// bd's files whose work-tree content differs from HEAD's.
+    /// bd's files whose work-tree content differs from HEAD's. Writes nothing.
     pub fn changed_bd_files(&self) -> Result<Vec<String>> {
+        self.changed_bd_files_with(false)
+    }
+
+    /// [`Repo::changed_bd_files`]. git's own status decides: it trusts the
+    /// index's stat data and hashes a file only when that data does not settle
+    /// it, so a sync costs what changed, not the size of every op file (SHA-1
+    /// with collision detection runs at ~27 instructions a byte). With `refresh`,
+    /// what the status learnt by hashing goes back into the index, as `git status`
+    /// does: a file written in the same second as the index is "racily clean" and
+    /// would otherwise be hashed again by every later sync.
+    fn changed_bd_files_with(&self, refresh: bool) -> Result<Vec<String>> {
+        let files = self.bd_files()?;
+        if files.is_empty() {
+            return Ok(files);
+        }
+        let mut opts = git2::StatusOptions::new();
+        opts.include_untracked(true)
+            .include_ignored(true)
+            .recurse_untracked_dirs(true)
+            .disable_pathspec_match(true)
+            .exclude_submodules(true)
+            .update_index(refresh);
+        for f in &files {
+            opts.pathspec(f);
+        }
+        let statuses = self
+            .repo
+            .statuses(Some(&mut opts))
+            .map_err(|e| git_error("reading the status", e))?;
+        let mut status_of = std::collections::HashMap::new();
+        for entry in statuses.iter() {
+            if let Ok(path) = entry.path() {
+                status_of.insert(path.to_string(), entry.status());
+            }
+        }
+        let staged = git2::Status::INDEX_NEW
+            | git2::Status::INDEX_MODIFIED
+            | git2::Status::INDEX_DELETED
+            | git2::Status::INDEX_RENAMED
+            | git2::Status::INDEX_TYPECHANGE;
         let head_tree = match self.head_commit()? {
             Some(c) => Some(c.tree().map_err(|e| git_error("reading HEAD's tree", e))?),
             None => None,
         };
         let mut out = Vec::new();
-        for path in self.bd_files()? {
-            // Hash only: nothing is written to the object store (a dry run
-            // changes nothing).
+        for path in files {
+            // Not listed: clean. With nothing staged, index = HEAD, so any other
+            // status means the work tree differs from HEAD.
+            let status = status_of
+                .get(&path)
+                .copied()
+                .unwrap_or(git2::Status::CURRENT);
+            if status.is_empty() {
+                continue;
+            }
+            if !status.intersects(staged) {
+                out.push(path);
+                continue;
+            }
+            // Staged by someone (a hook, the user): compare the work tree with
+            // HEAD. Hash only: nothing is written to the object store.
             let blob = Oid::hash_file(git2::ObjectType::Blob, self.workdir.join(&path))
                 .map_err(|e| git_error("hashing a file", e))?;
             let in_head = head_tree
@@ -231,7 +284,7 @@ impl Repo {
     /// not, is left as it was. Returns the new commit, or `None` if nothing
     /// changed.
     pub fn commit_bd_files(&self, message: &str) -> Result<Option<Oid>> {
-        let changed = self.changed_bd_files()?;
+        let changed = self.changed_bd_files_with(true)?;
         if changed.is_empty() {
             return Ok(None);
         }
@@ -557,14 +610,26 @@ impl Repo {
                     if let Some(parent) = full.parent() {
                         std::fs::create_dir_all(parent)?;
                     }
-                    crate::jsonl::atomic_write(&full, blob.content())?;
-                    if *mode == git2::FileMode::BlobExecutable {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755))?;
+                    let written = crate::jsonl::atomic_write_stat(&full, blob.content())?;
+                    match written {
+                        // The blob's id is known and the file is exactly it: no
+                        // need for `add_path` to read and hash it again.
+                        Some(meta) if *mode == git2::FileMode::Blob => index
+                            .add(&index_entry(path, *id, &meta))
+                            .map_err(|e| git_error("updating the index", e))?,
+                        _ => {
+                            if *mode == git2::FileMode::BlobExecutable {
+                                use std::os::unix::fs::PermissionsExt;
+                                std::fs::set_permissions(
+                                    &full,
+                                    std::fs::Permissions::from_mode(0o755),
+                                )?;
+                            }
+                            index
+                                .add_path(Path::new(path))
+                                .map_err(|e| git_error("updating the index", e))?;
+                        }
                     }
-                    index
-                        .add_path(Path::new(path))
-                        .map_err(|e| git_error("updating the index", e))?;
                 }
                 None => {
                     match std::fs::remove_file(&full) {
@@ -626,6 +691,29 @@ impl Repo {
             .graph_ahead_behind(ours.id(), theirs)
             .map(Some)
             .map_err(|e| git_error("counting commits", e))
+    }
+}
+
+/// The index entry of a plain file at `path` holding blob `id`, with the stat data
+/// git compares to tell an unchanged work-tree file without reading it.
+fn index_entry(path: &str, id: Oid, meta: &std::fs::Metadata) -> git2::IndexEntry {
+    use std::os::unix::fs::MetadataExt;
+    // The index keeps 32-bit fields; git truncates the same way.
+    let time = |secs: i64, nanos: i64| git2::IndexTime::new(secs as i32, nanos as u32);
+    git2::IndexEntry {
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        dev: meta.dev() as u32,
+        ino: meta.ino() as u32,
+        mode: 0o100644,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        file_size: meta.len() as u32,
+        id,
+        // The low 12 bits hold the path's length (0xfff: longer).
+        flags: path.len().min(0xfff) as u16,
+        flags_extended: 0,
+        path: path.as_bytes().to_vec(),
     }
 }
 

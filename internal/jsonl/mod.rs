@@ -30,6 +30,14 @@ use std::path::Path;
 /// put a regular file where the device was, and run as root over `/dev/null` that
 /// breaks every program on the machine that reads its null stdin.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_stat(path, bytes).map(|_| ())
+}
+
+/// [`atomic_write`], answering with the written file's metadata as of the end of
+/// the write (read from the open file, so a later replacement of `path` by
+/// someone else cannot be mistaken for it); `None` when `path` was a device or
+/// FIFO written in place.
+pub fn atomic_write_stat(path: &Path, bytes: &[u8]) -> Result<Option<std::fs::Metadata>> {
     let path = follow_symlinks(path)?;
     let path = path.as_path();
     match std::fs::metadata(path) {
@@ -40,7 +48,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         Ok(m) if !m.is_file() => {
             let mut f = OpenOptions::new().write(true).open(path)?;
             f.write_all(bytes)?;
-            return Ok(());
+            return Ok(None);
         }
         _ => {}
     }
@@ -69,9 +77,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
     tmp.as_file().set_permissions(perms)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| Error::from(e.error))?;
+    let file = tmp.persist(path).map_err(|e| Error::from(e.error))?;
     File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(Some(file.metadata()?))
 }
 
 /// The path a chain of symlinks at `path` ends at (which need not exist yet), or
