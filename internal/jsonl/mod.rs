@@ -70,6 +70,7 @@ pub fn atomic_write_stat(path: &Path, bytes: &[u8]) -> Result<Option<std::fs::Me
                 ErrorKind::Io,
                 format!("cannot write {}: {reason}", path.display()),
             )
+            .hint("check that the directory exists and that you may write to it")
         })?;
     tmp.write_all(bytes)?;
     let mut perms = tmp.as_file().metadata()?.permissions();

@@ -599,6 +599,10 @@ fn export_follows_symlinks_and_writes_into_fifos(mode: Mode) {
     let err = env.fails(&["export", "-o", "no/such/dir/out.jsonl"], 1);
     assert!(err.contains("cannot write no/such/dir/out.jsonl"), "{err}");
     assert!(!err.contains(".bd-tmp-"), "no temporary names: {err}");
+    assert!(
+        err.contains("hint: check that the directory exists"),
+        "{err}"
+    );
 }
 
 #[test]
