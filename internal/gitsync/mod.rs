@@ -208,73 +208,77 @@ impl Repo {
         self.changed_bd_files_with(false)
     }
 
-    /// [`Repo::changed_bd_files`]. git's own status decides: it trusts the
-    /// index's stat data and hashes a file only when that data does not settle
-    /// it, so a sync costs what changed, not the size of every op file (SHA-1
-    /// with collision detection runs at ~27 instructions a byte). With `refresh`,
-    /// what the status learnt by hashing goes back into the index, as `git status`
-    /// does: a file written in the same second as the index is "racily clean" and
-    /// would otherwise be hashed again by every later sync.
+    /// [`Repo::changed_bd_files`]. A file whose index entry matches HEAD and whose
+    /// stat data (size, times, inode) matches the work-tree file is unchanged
+    /// without being read, as in `git status`; only the others are hashed. So a
+    /// sync costs what changed, not the size of every op file (SHA-1 with
+    /// collision detection runs at ~27 instructions a byte), nor the size of the
+    /// repository (git's own status walks the whole index). An entry no older
+    /// than the index file is "racily clean" (the file may have changed within
+    /// the same clock tick) and is hashed. With `refresh`, what hashing showed
+    /// unchanged goes back into the index with the file's stat data, as `git
+    /// status` does, so the next sync need not hash it again.
     fn changed_bd_files_with(&self, refresh: bool) -> Result<Vec<String>> {
+        use std::os::unix::fs::MetadataExt;
         let files = self.bd_files()?;
-        if files.is_empty() {
-            return Ok(files);
-        }
-        let mut opts = git2::StatusOptions::new();
-        opts.include_untracked(true)
-            .include_ignored(true)
-            .recurse_untracked_dirs(true)
-            .disable_pathspec_match(true)
-            .exclude_submodules(true)
-            .update_index(refresh);
-        for f in &files {
-            opts.pathspec(f);
-        }
-        let statuses = self
-            .repo
-            .statuses(Some(&mut opts))
-            .map_err(|e| git_error("reading the status", e))?;
-        let mut status_of = std::collections::HashMap::new();
-        for entry in statuses.iter() {
-            if let Ok(path) = entry.path() {
-                status_of.insert(path.to_string(), entry.status());
-            }
-        }
-        let staged = git2::Status::INDEX_NEW
-            | git2::Status::INDEX_MODIFIED
-            | git2::Status::INDEX_DELETED
-            | git2::Status::INDEX_RENAMED
-            | git2::Status::INDEX_TYPECHANGE;
         let head_tree = match self.head_commit()? {
             Some(c) => Some(c.tree().map_err(|e| git_error("reading HEAD's tree", e))?),
             None => None,
         };
+        let mut index = self
+            .repo
+            .index()
+            .map_err(|e| git_error("reading the index", e))?;
+        // The repository object keeps the index it read first; someone else's
+        // `git add` since then is on disk.
+        index
+            .read(false)
+            .map_err(|e| git_error("reading the index", e))?;
+        let index_time = std::fs::metadata(self.repo.path().join("index"))
+            .ok()
+            .map(|m| (m.mtime(), m.mtime_nsec()));
+        let mut refreshed = false;
         let mut out = Vec::new();
         for path in files {
-            // Not listed: clean. With nothing staged, index = HEAD, so any other
-            // status means the work tree differs from HEAD.
-            let status = status_of
-                .get(&path)
-                .copied()
-                .unwrap_or(git2::Status::CURRENT);
-            if status.is_empty() {
-                continue;
-            }
-            if !status.intersects(staged) {
-                out.push(path);
-                continue;
-            }
-            // Staged by someone (a hook, the user): compare the work tree with
-            // HEAD. Hash only: nothing is written to the object store.
-            let blob = Oid::hash_file(git2::ObjectType::Blob, self.workdir.join(&path))
-                .map_err(|e| git_error("hashing a file", e))?;
             let in_head = head_tree
                 .as_ref()
                 .and_then(|t| t.get_path(Path::new(&path)).ok())
                 .map(|e| e.id());
+            let full = self.workdir.join(&path);
+            let meta = std::fs::metadata(&full)?;
+            let entry = index.get_path(Path::new(&path), 0);
+            if let (Some(e), Some(head_id)) = (&entry, in_head)
+                && e.id == head_id
+                && stat_matches(e, &meta)
+                && index_time.is_some_and(|t| {
+                    (
+                        i64::from(e.mtime.seconds()),
+                        i64::from(e.mtime.nanoseconds()),
+                    ) < t
+                })
+            {
+                continue;
+            }
+            // Hash only: nothing is written to the object store.
+            let blob = Oid::hash_file(git2::ObjectType::Blob, &full)
+                .map_err(|e| git_error("hashing a file", e))?;
             if in_head != Some(blob) {
                 out.push(path);
+            } else if refresh && entry.as_ref().is_some_and(|e| e.id == blob) {
+                // Unchanged after all: remember its stat data. The file is read
+                // again to be sure it did not change while it was hashed.
+                if std::fs::metadata(&full).is_ok_and(|m| same_stat(&m, &meta)) {
+                    index
+                        .add(&index_entry(&path, blob, &meta))
+                        .map_err(|e| git_error("updating the index", e))?;
+                    refreshed = true;
+                }
             }
+        }
+        if refreshed {
+            index
+                .write()
+                .map_err(|e| git_error("writing the index", e))?;
         }
         Ok(out)
     }
@@ -715,6 +719,41 @@ fn index_entry(path: &str, id: Oid, meta: &std::fs::Metadata) -> git2::IndexEntr
         flags_extended: 0,
         path: path.as_bytes().to_vec(),
     }
+}
+
+/// Whether an index entry's stat data describes `meta` (git's own comparison,
+/// fields truncated to the index's 32 bits).
+fn stat_matches(e: &git2::IndexEntry, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    e.file_size == meta.len() as u32
+        && e.mtime.seconds() == meta.mtime() as i32
+        && e.mtime.nanoseconds() == meta.mtime_nsec() as u32
+        && e.ctime.seconds() == meta.ctime() as i32
+        && e.ctime.nanoseconds() == meta.ctime_nsec() as u32
+        && e.ino == meta.ino() as u32
+        && e.dev == meta.dev() as u32
+}
+
+/// Whether two stats of one path describe the same, unchanged file.
+fn same_stat(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (
+        a.dev(),
+        a.ino(),
+        a.len(),
+        a.mtime(),
+        a.mtime_nsec(),
+        a.ctime(),
+        a.ctime_nsec(),
+    ) == (
+        b.dev(),
+        b.ino(),
+        b.len(),
+        b.mtime(),
+        b.mtime_nsec(),
+        b.ctime(),
+        b.ctime_nsec(),
+    )
 }
 
 /// A copy of a conflict-side index entry at stage 0 (merged).
