@@ -650,7 +650,7 @@ fn commit_group(
     c.groups.fetch_add(1, Ordering::SeqCst);
     c.largest_group.fetch_max(n, Ordering::SeqCst);
     c.in_flight.store(n, Ordering::SeqCst);
-    let outcome = service::execute_group_unflushed(store, &SystemClock, &shared.opts.paths, items);
+    let outcome = service::execute_group(store, &SystemClock, &shared.opts.paths, items);
     c.in_flight.store(0, Ordering::SeqCst);
     match outcome {
         Ok(results) => {
@@ -669,10 +669,6 @@ fn commit_group(
                 // dropped), so this send only fails if it panicked.
                 let _ = acks.send(answers);
             }
-            // The op file, once the callers are answered or in the syncer's hands:
-            // it is appended from the op table and can always be regenerated, so
-            // nobody waits for it (a failure is retried by the next append).
-            let _ = crate::jsonl::flush_own_ops(store, &shared.opts.paths);
         }
         Err(e) => {
             shared.note_error(&format!("group commit of {n} writes failed: {}", e.message));

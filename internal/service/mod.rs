@@ -139,21 +139,7 @@ pub fn execute_group(
     paths: &BeadsPaths,
     items: Vec<GroupItem>,
 ) -> Result<Vec<Result<Response>>> {
-    let results = execute_group_unflushed(store, clock, paths, items)?;
-    let _ = jsonl::flush_own_ops(store, paths); // as in `execute`: regenerable
-    Ok(results)
-}
-
-/// [`execute_group`] without appending this replica's op file. The daemon's
-/// writer appends it once the group's callers are answered (or handed to the
-/// syncer), so the file's open, lock, write and close are not on their path.
-pub fn execute_group_unflushed(
-    store: &mut Store,
-    clock: &dyn Clock,
-    paths: &BeadsPaths,
-    items: Vec<GroupItem>,
-) -> Result<Vec<Result<Response>>> {
-    store.write_group(
+    let results = store.write_group(
         clock,
         items,
         |tx,
@@ -185,7 +171,9 @@ pub fn execute_group_unflushed(
             }
             write(tx, &ctx, req)
         },
-    )
+    )?;
+    let _ = jsonl::flush_own_ops(store, paths); // as in `execute`: regenerable
+    Ok(results)
 }
 
 fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
