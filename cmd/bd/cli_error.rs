@@ -2,8 +2,6 @@
 
 use bd::{Error, ErrorKind};
 
-/// Exit code: success.
-pub const EXIT_OK: i32 = 0;
 /// Exit code: something failed.
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code: bad usage or invalid input.
@@ -43,11 +41,12 @@ impl CliError {
     }
 
     /// Prints the error to stderr (one line, then hints) and returns the exit code.
-    /// A broken pipe is not worth reporting.
+    ///
+    /// A closed stdout ends the command quietly where stdout is written
+    /// (`output::print`); every other broken pipe is a real failure. Treating them
+    /// all as success once made a write whose daemon died before receiving it
+    /// exit 0 (found by the kill -9 stress test).
     pub fn report(self, json: bool) -> i32 {
-        if self.0.kind() == ErrorKind::Io && self.0.message.contains("Broken pipe") {
-            return EXIT_OK;
-        }
         if json {
             let v = serde_json::json!({"error": &self.0, "exit_code": self.exit_code()});
             eprintln!("{v}");

@@ -164,9 +164,35 @@ impl DaemonClient {
             deadline_ms: SystemClock.now_ms() + self.timeout.as_millis() as u64,
             call,
         };
-        rpc::write_frame(&mut &self.stream, &env)?;
-        let reply: Reply = rpc::read_frame(&mut &self.stream)?
-            .ok_or_else(|| Error::new(ErrorKind::Io, "the daemon closed the connection"))?;
+        // A daemon that died before reading the request never saw it: say so,
+        // since the caller may safely run the command again.
+        rpc::write_frame(&mut &self.stream, &env).map_err(|e| {
+            if e.kind == ErrorKind::Io {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "the daemon went away before receiving the request; nothing was changed ({})",
+                        e.message
+                    ),
+                )
+                .hint("run the command again: a new daemon starts by itself")
+            } else {
+                e
+            }
+        })?;
+        let lost = |why: &str| {
+            Error::new(
+                ErrorKind::Io,
+                format!("the daemon went away before answering; the request may or may not have been applied ({why})"),
+            )
+            .hint("check with `bd show` or `bd list` before running it again")
+        };
+        let reply: Reply = match rpc::read_frame(&mut &self.stream) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(lost("connection closed")),
+            Err(e) if e.kind == ErrorKind::Io => return Err(lost(&e.message)),
+            Err(e) => return Err(e),
+        };
         match reply.result {
             Outcome::Err(e) => Err(e),
             _ if reply.id != env.id => Err(Error::internal(format!(

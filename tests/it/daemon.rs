@@ -387,6 +387,56 @@ fn kill_9_mid_stream_loses_no_acknowledged_write_and_no_batch_is_partial() {
 }
 
 #[test]
+fn a_write_to_a_daemon_that_died_before_reading_it_fails_and_changes_nothing() {
+    // The kill -9 stress test once saw a batch acknowledged (exit 0) that no
+    // daemon had received: the CLI reported every broken pipe as success.
+    use bd::client::{Backend, DaemonClient};
+    let env = TestEnv::new();
+    let mut daemon = env
+        .command(&["daemon", "start", "--foreground", "--idle-timeout", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let sock = loop {
+        if let Some(socket) = env.json(&["daemon", "status"])["socket"].as_str() {
+            break PathBuf::from(socket);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "daemon did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Connected (hello answered), then the daemon dies before the request.
+    let mut client = DaemonClient::connect(&sock, "tester", Duration::from_secs(5)).unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let err = client
+        .call(Request::Create(CreateRequest {
+            title: "never received".into(),
+            ..Default::default()
+        }))
+        .expect_err("no daemon received it");
+    assert!(
+        err.message
+            .contains("before receiving the request; nothing was changed"),
+        "{err:?}"
+    );
+    assert!(
+        err.hints
+            .iter()
+            .any(|h| h.contains("run the command again"))
+    );
+    let all = env.json(&["--no-daemon", "list", "--all"]);
+    assert!(
+        !all.to_string().contains("never received"),
+        "nothing was written: {all}"
+    );
+}
+
+#[test]
 fn an_older_daemon_is_replaced_by_a_newer_client() {
     let env = TestEnv::new();
     let mut old = env
