@@ -165,15 +165,12 @@ impl DaemonClient {
             call,
         };
         // A daemon that died before reading the request never saw it: say so,
-        // since the caller may safely run the command again.
+        // since the caller may safely send it again ([`undelivered`]).
         rpc::write_frame(&mut &self.stream, &env).map_err(|e| {
             if e.kind == ErrorKind::Io {
                 Error::new(
                     ErrorKind::Io,
-                    format!(
-                        "the daemon went away before receiving the request; nothing was changed ({})",
-                        e.message
-                    ),
+                    format!("{UNDELIVERED}; nothing was changed ({})", e.message),
                 )
                 .hint("run the command again: a new daemon starts by itself")
             } else {
@@ -235,6 +232,16 @@ impl Backend for DaemonClient {
     fn mode(&self) -> &'static str {
         "daemon"
     }
+}
+
+/// How an error from [`DaemonClient`] begins when the daemon went away before
+/// receiving the request (writing it failed): nothing was changed.
+const UNDELIVERED: &str = "the daemon went away before receiving the request";
+
+/// Whether `e` says a request never reached its daemon, so sending it again
+/// (through a new connection) cannot apply it twice.
+pub fn undelivered(e: &Error) -> bool {
+    e.kind == ErrorKind::Io && e.message.starts_with(UNDELIVERED)
 }
 
 /// How [`connect`] should reach the tracker.

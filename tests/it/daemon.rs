@@ -424,6 +424,7 @@ fn a_write_to_a_daemon_that_died_before_reading_it_fails_and_changes_nothing() {
             .contains("before receiving the request; nothing was changed"),
         "{err:?}"
     );
+    assert!(bd::client::undelivered(&err), "the CLI may send it again");
     assert!(
         err.hints
             .iter()

@@ -210,8 +210,16 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
 }
 
 /// Sends one request through the tracker's backend.
+///
+/// A request that never reached its daemon (it died after the connection was
+/// made) is sent once more through a new connection, which starts a daemon or
+/// runs in this process as usual; one the daemon may have received is never
+/// repeated.
 pub fn call(ctx: &Ctx, req: Request) -> Result<Response, CliError> {
-    Ok(ctx.backend()?.call(req)?)
+    match ctx.backend()?.call(req.clone()) {
+        Err(e) if bd::client::undelivered(&e) => Ok(ctx.backend()?.call(req)?),
+        other => Ok(other?),
+    }
 }
 
 /// A response of an unexpected shape (a bug, never user error).
