@@ -265,17 +265,29 @@ impl Repo {
             {
                 continue;
             }
+            // HEAD's blob in the index, and a different length: changed, no need
+            // to read it (an appended op file). A length of 0 may be git's mark
+            // for "racily clean, compare contents".
+            if let (Some(e), Some(head_id)) = (&entry, in_head)
+                && e.id == head_id
+                && e.file_size != 0
+                && e.file_size != meta.len() as u32
+            {
+                out.push(path);
+                continue;
+            }
             // Hash only: nothing is written to the object store.
             let blob = Oid::hash_file(git2::ObjectType::Blob, &full)
                 .map_err(|e| git_error("hashing a file", e))?;
             if in_head != Some(blob) {
                 out.push(path);
             } else if refresh && entry.as_ref().is_some_and(|e| e.id == blob) {
-                // Unchanged after all: remember its stat data. The file is read
-                // again to be sure it did not change while it was hashed.
-                if std::fs::metadata(&full).is_ok_and(|m| same_stat(&m, &meta)) {
+                // Unchanged after all: remember its stat data, unless the file
+                // changed while it was hashed.
+                let fresh = index_entry(&path, blob, &meta);
+                if std::fs::metadata(&full).is_ok_and(|m| stat_matches(&fresh, &m)) {
                     index
-                        .add(&index_entry(&path, blob, &meta))
+                        .add(&fresh)
                         .map_err(|e| git_error("updating the index", e))?;
                     refreshed = true;
                 }
@@ -301,12 +313,19 @@ impl Repo {
         let branch_ref = self.branch_ref()?;
         let parent = self.head_commit()?;
         let mut builder = git2::build::TreeUpdateBuilder::new();
+        // Each file's index entry, when it stayed the same while it was stored.
+        let mut entries = Vec::with_capacity(changed.len());
         for path in &changed {
+            let full = self.workdir.join(path);
+            let before = std::fs::metadata(&full)?;
             let blob = self
                 .repo
-                .blob_path(&self.workdir.join(path))
+                .blob_path(&full)
                 .map_err(|e| git_error("storing a file", e))?;
             builder.upsert(path.as_str(), blob, git2::FileMode::Blob);
+            let entry = index_entry(path, blob, &before);
+            let steady = std::fs::metadata(&full).is_ok_and(|m| stat_matches(&entry, &m));
+            entries.push((path, steady.then_some(entry)));
         }
         let base = match &parent {
             Some(c) => c.tree().map_err(|e| git_error("reading HEAD's tree", e))?,
@@ -344,10 +363,14 @@ impl Repo {
             .repo
             .index()
             .map_err(|e| git_error("reading the index", e))?;
-        for path in &changed {
-            index
-                .add_path(Path::new(path))
-                .map_err(|e| git_error("updating the index", e))?;
+        for (path, entry) in entries {
+            // The stored blob and its stat data; a file that moved on meanwhile
+            // (the daemon appended to it) is read again.
+            match entry {
+                Some(entry) => index.add(&entry),
+                None => index.add_path(Path::new(path)),
+            }
+            .map_err(|e| git_error("updating the index", e))?;
         }
         index
             .write()
@@ -738,28 +761,6 @@ fn stat_matches(e: &git2::IndexEntry, meta: &std::fs::Metadata) -> bool {
         && e.ctime.nanoseconds() == meta.ctime_nsec() as u32
         && e.ino == meta.ino() as u32
         && e.dev == meta.dev() as u32
-}
-
-/// Whether two stats of one path describe the same, unchanged file.
-fn same_stat(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    (
-        a.dev(),
-        a.ino(),
-        a.len(),
-        a.mtime(),
-        a.mtime_nsec(),
-        a.ctime(),
-        a.ctime_nsec(),
-    ) == (
-        b.dev(),
-        b.ino(),
-        b.len(),
-        b.mtime(),
-        b.mtime_nsec(),
-        b.ctime(),
-        b.ctime_nsec(),
-    )
 }
 
 /// A copy of a conflict-side index entry at stage 0 (merged).
