@@ -88,7 +88,7 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     }
     checks.push(op_files_check(paths, store.as_ref(), fix)?);
     if let Some(store) = &store {
-        checks.push(own_file_check(paths, store)?);
+        checks.push(own_file_check(paths, store, fix)?);
     }
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
@@ -198,42 +198,93 @@ fn op_files_check(paths: &BeadsPaths, store: Option<&Store>, fix: bool) -> Resul
     Ok(c)
 }
 
-/// This clone's own op file is written from its database, so every op in it
-/// should be there. One that is not was written by another clone with the same
-/// replica id (a copied `.beads/beads.db`): catch-up never reads the own file,
-/// so those ops would otherwise never be applied here.
-fn own_file_check(paths: &BeadsPaths, store: &Store) -> Result<Check> {
+/// This clone's own op file is written from its database, so it must mirror
+/// it: every op once, in `seq` order. An op the database lacks was written by
+/// another clone with the same replica id (a copied `.beads/beads.db`):
+/// catch-up never reads the own file, so those ops would otherwise never be
+/// applied here. A line that repeats an op, or comes out of order, is repaired
+/// by `--fix` (rewriting the file from the database), unless the file also
+/// holds ops the database lacks (those must be read by `bd rebuild --force`
+/// first).
+fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Result<Check> {
     let path = paths.op_file(store.replica());
     let text = std::fs::read(&path).unwrap_or_default();
     let mut known = store
         .conn()
         .prepare("SELECT EXISTS(SELECT 1 FROM ops WHERE op_id = ?1)")?;
-    let mut missing = 0u64;
-    for line in text.split(|b| *b == b'\n') {
+    let (mut missing, mut repeated, mut disordered) = (0u64, 0u64, 0u64);
+    let mut seen = std::collections::HashSet::new();
+    let mut last_seq = 0u64;
+    let mut lines = Vec::new();
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
         let Ok(op) = serde_json::from_slice::<crate::model::Op>(line) else {
             continue; // unreadable lines are the op-file check's business
         };
+        let problem = |what: String| LineProblem {
+            file: path.display().to_string(),
+            line: i as u64 + 1,
+            problem: what,
+        };
+        if !seen.insert(op.op_id.clone()) {
+            repeated += 1;
+            lines.push(problem(format!("op {} (seq {}) again", op.op_id, op.seq)));
+            continue;
+        }
+        if op.seq <= last_seq {
+            disordered += 1;
+            lines.push(problem(format!(
+                "seq {} after seq {last_seq}: out of order",
+                op.seq
+            )));
+        }
+        last_seq = last_seq.max(op.seq);
         let here: bool = known.query_row([&op.op_id], |r| r.get(0))?;
         if !here {
             missing += 1;
         }
     }
-    Ok(if missing == 0 {
-        check(
-            "replica",
-            Level::Ok,
-            format!("{} is this clone's own", store.replica()),
-        )
-    } else {
-        check(
+    if missing > 0 {
+        let mut c = check(
             "replica",
             Level::Error,
             format!(
                 "{missing} op(s) in {} are not in this database: another clone uses the same replica id (a copied database?); `bd rebuild --force` applies them",
                 path.display()
             ),
-        )
-    })
+        );
+        c.lines = lines;
+        return Ok(c);
+    }
+    if repeated + disordered == 0 {
+        return Ok(check(
+            "replica",
+            Level::Ok,
+            format!(
+                "{} is this clone's own; its op file holds each op once, in order",
+                store.replica()
+            ),
+        ));
+    }
+    let mut c = check(
+        "replica",
+        Level::Error,
+        format!(
+            "{} holds {repeated} repeated and {disordered} out-of-order line(s); `bd doctor --fix` rewrites it from the database",
+            path.display()
+        ),
+    );
+    c.lines = lines;
+    if fix {
+        let n = crate::jsonl::rewrite_own_ops(store, paths)?;
+        c.level = Level::Ok;
+        c.lines.clear();
+        c.message = format!("{} is this clone's own", store.replica());
+        c.fixed = Some(format!(
+            "rewrote {} from the database ({n} ops, each once, in order)",
+            path.display()
+        ));
+    }
+    Ok(c)
 }
 
 fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Check> {

@@ -528,7 +528,7 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         Ok(old) => {
             // Everything this replica wrote must be in its op file first (but a
             // file that is ahead is kept: the rebuild applies what it holds).
-            crate::jsonl::flush_own_ops_with(&old, paths, true)?;
+            crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
             let hash = crate::storage::sqlite::state_hash(old.conn())?;
             let current = !crate::jsonl::snapshot_state(&old)?.dirty;
             let held = crate::exchange::held_op_count(old.conn())?;
@@ -601,7 +601,9 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     std::fs::rename(&fresh_db, &paths.db)?;
     out.replaced = true;
     let mut store = Store::open(&paths.db)?;
-    crate::jsonl::flush_own_ops(&store, paths)?;
+    // The new database holds each op once: a file that held one twice (or
+    // missed one) is rewritten from it.
+    crate::jsonl::flush_own_ops_with(&store, paths, crate::jsonl::OwnFile::Verify)?;
     // The same state (hash) with the same held ops renders the same files: if the
     // old database's were current, only the new database's mark is missing.
     let same = out.previous_hash.as_deref() == Some(out.state_hash.as_str());

@@ -164,78 +164,208 @@ fn last_seq_in_file(f: &mut File, len: u64) -> Result<Option<u64>, ()> {
 /// so the everyday append (the daemon's, after every group) reads nothing back;
 /// any change by another process (length, inode) sends it back to reading the tail.
 pub fn flush_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
-    flush_own_ops_with(store, paths, false)
+    flush_own_ops_with(store, paths, OwnFile::Append)
 }
 
-/// [`flush_own_ops`]; with `keep_if_ahead`, a file holding ops the database
-/// lacks is left alone instead of being rewritten (a rebuild reads it next, and
-/// those ops may be another clone's that shares this replica id).
-pub fn flush_own_ops_with(store: &Store, paths: &BeadsPaths, keep_if_ahead: bool) -> Result<usize> {
-    use std::os::unix::fs::MetadataExt;
-    let _lock = FlushLock::acquire(paths)?;
-    let replica = store.replica().to_string();
-    let path = paths.op_file(&replica);
-    let db_max: i64 = crate::storage::sqlite::cached_row(
-        store.conn(),
-        "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
-        [&replica],
-        |r| r.get(0),
-    )?;
-    let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
-    };
-    let meta = match &file {
-        Some(f) => Some(f.metadata()?),
-        None => None,
-    };
-    let known = store.op_file.get().filter(|m| {
-        meta.as_ref()
-            .is_some_and(|md| md.dev() == m.dev && md.ino() == m.ino && md.len() == m.len)
-    });
-    let in_file = match (known, file.as_mut(), &meta) {
-        (Some(m), _, _) => Ok(Some(m.last_seq)),
-        (None, Some(f), Some(md)) => last_seq_in_file(f, md.len()),
-        _ => Ok(None),
-    };
-    let (from, rewrite) = match in_file {
-        Ok(None) => (0, true),
-        Ok(Some(s)) if s as i64 <= db_max => (s as i64, false),
-        Ok(Some(_)) if keep_if_ahead => return Ok(0),
-        _ => (0, true),
-    };
-    if from == db_max && !rewrite {
-        return Ok(0);
+/// How [`flush_own_ops_with`] treats the op file it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnFile {
+    /// Append what is past the file's last seq (the path of every write).
+    Append,
+    /// Also count the file's lines against the database's ops and rewrite the
+    /// file when they differ (a duplicated or missing line): what `bd flush`,
+    /// `bd sync` and `bd rebuild` do. Costs one read of the file.
+    Verify,
+    /// A file holding ops the database lacks is left alone instead of being
+    /// rewritten (a rebuild reads it next, and those ops may be another
+    /// clone's that shares this replica id).
+    KeepIfAhead,
+}
+
+/// [`flush_own_ops`], choosing how far to trust the file (see [`OwnFile`]).
+///
+/// Exactly one process writes the file at a time (`flush.lock`), and it writes
+/// exactly the ops with `seq` in (file's last seq, database's max seq read under
+/// the lock]: other processes commit new ops without the lock, so the upper
+/// bound is what keeps the remembered last seq true. (Without it, ops committed
+/// between reading the max and reading the rows were appended but not
+/// remembered, and the next append wrote them again: found with daemon and
+/// `--no-daemon` writers at once.)
+pub fn flush_own_ops_with(store: &Store, paths: &BeadsPaths, how: OwnFile) -> Result<usize> {
+    match OwnOpsAppend::plan(store, paths, how)? {
+        Some(append) => append.write(store),
+        None => Ok(0),
     }
+}
+
+/// One append to the own op file, decided under `flush.lock` and written while
+/// still holding it: the ops with `seq` in `(from, upto]`, or the whole file
+/// when `rewrite`.
+struct OwnOpsAppend {
+    _lock: FlushLock,
+    path: std::path::PathBuf,
+    file: Option<File>,
+    from: i64,
+    upto: i64,
+    rewrite: bool,
+}
+
+impl OwnOpsAppend {
+    /// What to write, or `None` when the file is current.
+    fn plan(store: &Store, paths: &BeadsPaths, how: OwnFile) -> Result<Option<OwnOpsAppend>> {
+        use std::os::unix::fs::MetadataExt;
+        let lock = FlushLock::acquire(paths)?;
+        let replica = store.replica();
+        let path = paths.op_file(replica);
+        let upto: i64 = crate::storage::sqlite::cached_row(
+            store.conn(),
+            "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
+            [replica],
+            |r| r.get(0),
+        )?;
+        let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_at(&path, e)),
+        };
+        let meta = match &file {
+            Some(f) => Some(f.metadata()?),
+            None => None,
+        };
+        let known = store.op_file.get().filter(|m| {
+            meta.as_ref().is_some_and(|md| {
+                md.dev() == m.dev
+                    && md.ino() == m.ino
+                    && md.len() == m.len
+                    && (md.ctime(), md.ctime_nsec()) == m.ctime
+            })
+        });
+        let in_file = match (known, file.as_mut(), &meta) {
+            (Some(m), _, _) => Ok(Some(m.last_seq)),
+            (None, Some(f), Some(md)) => last_seq_in_file(f, md.len()),
+            _ => Ok(None),
+        };
+        let (mut from, mut rewrite) = match in_file {
+            Ok(None) => (0, true),
+            Ok(Some(s)) if s as i64 <= upto => (s as i64, false),
+            Ok(Some(_)) if how == OwnFile::KeepIfAhead => return Ok(None),
+            _ => (0, true),
+        };
+        if how == OwnFile::Verify && !rewrite {
+            // The file must hold exactly the ops up to `from`, once each.
+            let db_count: i64 = crate::storage::sqlite::cached_row(
+                store.conn(),
+                "SELECT COUNT(*) FROM ops WHERE replica = ?1 AND seq <= ?2",
+                rusqlite::params![replica, from],
+                |r| r.get(0),
+            )?;
+            let lines = match file.as_mut() {
+                Some(f) => count_lines(f).map_err(|e| io_at(&path, e))?,
+                None => 0,
+            };
+            if lines != db_count as u64 {
+                (from, rewrite) = (0, true);
+            }
+        }
+        if from == upto && !rewrite {
+            return Ok(None);
+        }
+        Ok(Some(OwnOpsAppend {
+            _lock: lock,
+            path,
+            file,
+            from,
+            upto,
+            rewrite,
+        }))
+    }
+
+    /// Writes the planned ops and remembers where the file now ends.
+    fn write(mut self, store: &Store) -> Result<usize> {
+        use std::os::unix::fs::MetadataExt;
+        // Bounded by `upto`: ops other processes committed since the plan are
+        // the next append's (they hold no lock to commit), so the remembered
+        // last seq below is exactly the file's.
+        let mut stmt = store.conn().prepare_cached(
+            "SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+        )?;
+        let mut buf = String::new();
+        let mut n = 0;
+        for body in stmt.query_map(
+            rusqlite::params![store.replica(), self.from, self.upto],
+            |r| r.get::<_, String>(0),
+        )? {
+            buf.push_str(&body?);
+            buf.push('\n');
+            n += 1;
+        }
+        if self.rewrite {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io_at(dir, e))?;
+            }
+            atomic_write(&self.path, buf.as_bytes())?;
+            self.file = Some(File::open(&self.path).map_err(|e| io_at(&self.path, e))?);
+        } else if let Some(f) = self.file.as_mut() {
+            f.write_all(buf.as_bytes())
+                .map_err(|e| io_at(&self.path, e))?;
+        }
+        let mark = match self.file.as_ref().map(File::metadata) {
+            Some(Ok(md)) => Some(OpFileMark {
+                dev: md.dev(),
+                ino: md.ino(),
+                len: md.len(),
+                ctime: (md.ctime(), md.ctime_nsec()),
+                last_seq: self.upto as u64,
+            }),
+            _ => None,
+        };
+        store.op_file.set(mark);
+        Ok(n)
+    }
+}
+
+/// An I/O error that names the file it happened on.
+pub fn io_at(path: &Path, e: std::io::Error) -> Error {
+    let mut err = Error::from(e);
+    if err.kind == ErrorKind::Io {
+        err.message = format!("{}: {}", path.display(), err.message);
+    }
+    err
+}
+
+/// Rewrites this replica's op file whole from the database (atomically, under
+/// `flush.lock`): `bd doctor --fix` for a file that holds an op twice or out of
+/// order. Returns the number of lines written.
+pub fn rewrite_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
+    let _lock = FlushLock::acquire(paths)?;
+    let path = paths.op_file(store.replica());
     let mut stmt = store
         .conn()
-        .prepare_cached("SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 ORDER BY seq")?;
+        .prepare("SELECT body FROM ops WHERE replica = ?1 ORDER BY seq")?;
     let mut buf = String::new();
     let mut n = 0;
-    for body in stmt.query_map(rusqlite::params![replica, from], |r| r.get::<_, String>(0))? {
+    for body in stmt.query_map([store.replica()], |r| r.get::<_, String>(0))? {
         buf.push_str(&body?);
         buf.push('\n');
         n += 1;
     }
-    if rewrite {
-        std::fs::create_dir_all(paths.ops_dir())?;
-        atomic_write(&path, buf.as_bytes())?;
-        file = Some(File::open(&path)?);
-    } else if let Some(f) = file.as_mut() {
-        f.write_all(buf.as_bytes())?;
-    }
-    let mark = match file.as_ref().map(File::metadata) {
-        Some(Ok(md)) => Some(OpFileMark {
-            dev: md.dev(),
-            ino: md.ino(),
-            len: md.len(),
-            last_seq: db_max as u64,
-        }),
-        _ => None,
-    };
-    store.op_file.set(mark);
+    std::fs::create_dir_all(paths.ops_dir())?;
+    atomic_write(&path, buf.as_bytes())?;
+    store.op_file.set(None);
     Ok(n)
+}
+
+/// Newlines in a whole file (one per op line).
+fn count_lines(f: &mut File) -> std::io::Result<u64> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(n),
+            got => n += buf[..got].iter().filter(|b| **b == b'\n').count() as u64,
+        }
+    }
 }
 
 /// Renders issues as snapshot lines (one JSON object per line, trailing newline).
@@ -424,4 +554,59 @@ pub fn read_import_file(path: &Path) -> Result<String> {
             format!("cannot read {}: {e}", path.display()),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::model::{Op, OpKind};
+
+    fn commit_one(store: &mut Store, issue: &str) {
+        store
+            .write(&SystemClock, |tx| {
+                tx.record(Op {
+                    op_id: String::new(),
+                    issue: issue.into(),
+                    kind: OpKind::Create,
+                    field: None,
+                    value: serde_json::json!({"title": issue}),
+                    supersedes: vec![],
+                    hlc: Default::default(),
+                    actor: "t".into(),
+                    replica: String::new(),
+                    seq: 0,
+                })?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Regression (issue 10, item 2): a long-lived writer (the daemon) planned
+    /// an append, another process committed before the rows were read, and the
+    /// rows past the planned maximum were appended but not remembered: the next
+    /// append wrote them again.
+    #[test]
+    fn an_op_committed_while_appending_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = BeadsPaths::new(dir.path().join(".beads"));
+        std::fs::create_dir_all(paths.ops_dir()).unwrap();
+        let mut daemon = Store::create(&paths, "r1").unwrap();
+        let mut other = Store::open(&paths.db).unwrap();
+        commit_one(&mut daemon, "t-1");
+        flush_own_ops(&daemon, &paths).unwrap();
+        commit_one(&mut daemon, "t-2");
+        let plan = OwnOpsAppend::plan(&daemon, &paths, OwnFile::Append)
+            .unwrap()
+            .unwrap();
+        commit_one(&mut other, "t-3"); // between the plan and the rows
+        plan.write(&daemon).unwrap();
+        flush_own_ops(&daemon, &paths).unwrap();
+        let text = std::fs::read_to_string(paths.op_file("r1")).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Op>(l).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+    }
 }

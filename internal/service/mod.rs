@@ -330,7 +330,7 @@ fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> 
 fn without_write_tx(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
     match req {
         Request::Flush => {
-            let ops_written = jsonl::flush_own_ops(store, ctx.paths)?;
+            let ops_written = jsonl::flush_own_ops_with(store, ctx.paths, jsonl::OwnFile::Verify)?;
             let issues = jsonl::write_snapshot(store, ctx.paths)?;
             Ok(Response::Flush(FlushReport {
                 ops_written,

@@ -102,6 +102,9 @@ pub(crate) struct OpFileMark {
     pub dev: u64,
     pub ino: u64,
     pub len: u64,
+    /// Change time (s, ns): a file made anew at the same path can reuse a freed
+    /// inode number and have the same length; it cannot have the same ctime.
+    pub ctime: (i64, i64),
     pub last_seq: u64,
 }
 

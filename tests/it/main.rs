@@ -10,4 +10,5 @@ mod daemon;
 mod errors;
 mod group_commit;
 mod import_export;
+mod op_file;
 mod sync;
