@@ -184,6 +184,7 @@ fn group_commit(c: &mut Criterion) {
                     actor: format!("agent{}", i % 8),
                     request: req(i),
                     deadline_ms: None,
+                    request_id: None,
                 })
                 .collect();
             bd::service::execute_group(t.client.store(), &bd::clock::SystemClock, &paths, items)

@@ -59,6 +59,7 @@ fn create_group(
                 ..Default::default()
             }),
             deadline_ms: None,
+            request_id: None,
         })
         .collect();
     bd::service::execute_group(d.store(), &SystemClock, paths, items).expect("creates");
@@ -114,6 +115,7 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
                         actor: format!("agent{}", round % 8),
                         request: Request::Update(u),
                         deadline_ms: None,
+                        request_id: None,
                     }
                 })
                 .collect();

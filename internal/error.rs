@@ -27,6 +27,11 @@ pub enum ErrorKind {
     Timeout,
     /// An I/O failure outside the database.
     Io,
+    /// The daemon could not be reached in time, went away, or is shutting
+    /// down. Says nothing of whether a request sent to it was applied: the
+    /// client resends writes by their request id (which cannot apply twice)
+    /// and learns the outcome.
+    Unavailable,
     /// Anything else: a bug or an unexpected failure of a dependency.
     Internal,
 }

@@ -30,13 +30,30 @@ pub struct GlobalArgs {
     /// Never use the daemon; run in this process (also BD_NO_DAEMON=1)
     #[arg(long)]
     pub no_daemon: bool,
-    /// Seconds a request may take through the daemon before it is abandoned
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    /// Seconds to wait for the outcome (at most 86400); a write not committed by then is not applied
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_timeout)]
     pub timeout: f64,
+    /// Make a write exactly-once: sent again with the same id (within 24 h), it returns the first answer instead of applying again
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+}
+
+/// Parses `--timeout`: a finite number of seconds, above 0 and at most a day.
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!(
+            "{s} is out of range: give seconds above 0 and at most 86400"
+        ));
+    }
+    Ok(secs)
 }
 
 /// The ids of [`GlobalArgs`]' arguments (clap's derive names them after the fields).
-pub const GLOBAL_ARG_IDS: [&str; 7] = [
+pub const GLOBAL_ARG_IDS: [&str; 8] = [
     "json",
     "actor",
     "quiet",
@@ -44,6 +61,7 @@ pub const GLOBAL_ARG_IDS: [&str; 7] = [
     "dir",
     "no_daemon",
     "timeout",
+    "request_id",
 ];
 
 impl GlobalArgs {
@@ -74,6 +92,9 @@ impl GlobalArgs {
         {
             self.timeout = *t;
         }
+        if given("request_id") {
+            self.request_id = m.get_one::<String>("request_id").cloned();
+        }
     }
 }
 
@@ -84,6 +105,8 @@ pub struct Ctx {
     pub actor: String,
     pub no_daemon: bool,
     pub timeout: std::time::Duration,
+    /// `--request-id`: the caller's id for this command's write.
+    pub request_id: Option<String>,
     db: Option<PathBuf>,
     dir: Option<PathBuf>,
 }
@@ -105,6 +128,7 @@ impl Ctx {
             actor,
             no_daemon,
             timeout,
+            request_id: g.request_id,
             db: g.db,
             dir: g.dir,
         }

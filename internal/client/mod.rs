@@ -17,13 +17,36 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How one call is made: the write's request id and the deadline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The caller's id for a write: sent again with the same id, a write that
+    /// was applied is answered from the record instead of applied twice.
+    pub request_id: Option<String>,
+    /// When the caller stops waiting (ms since the epoch): work not committed
+    /// by then is not committed at all. `None`: the backend's default.
+    pub deadline_ms: Option<u64>,
+}
+
 /// Something that answers [`Request`]s.
 pub trait Backend {
-    /// Runs one request.
-    fn call(&mut self, req: Request) -> Result<Response>;
+    /// Runs one request with the backend's default deadline and no request id.
+    fn call(&mut self, req: Request) -> Result<Response> {
+        self.call_with(req, &CallOptions::default())
+    }
 
-    /// How requests are served (`direct`, later `daemon`).
+    /// Runs one request as `opts` say.
+    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response>;
+
+    /// How requests are served (`direct` or `daemon`).
     fn mode(&self) -> &'static str;
+
+    /// Whether the last call failed after its request may have reached the
+    /// server (a daemon that went away or fell silent after it was sent), so
+    /// only its request id can tell whether it was applied.
+    fn in_doubt(&self) -> bool {
+        false
+    }
 }
 
 /// Runs requests in this process against the tracker's database.
@@ -72,12 +95,21 @@ impl Direct {
 }
 
 impl Backend for Direct {
-    fn call(&mut self, req: Request) -> Result<Response> {
+    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response> {
+        // Waiting for another writer's lock counts against the deadline.
+        let busy = match opts.deadline_ms {
+            Some(d) => Duration::from_millis(d.saturating_sub(self.clock.now_ms()).max(1))
+                .min(crate::storage::sqlite::BUSY_TIMEOUT),
+            None => crate::storage::sqlite::BUSY_TIMEOUT,
+        };
+        self.store.conn().busy_timeout(busy)?;
         let ctx = Context {
             actor: &self.actor,
             clock: self.clock.as_ref(),
             paths: &self.paths,
             mode: "direct",
+            request_id: opts.request_id.as_deref(),
+            deadline_ms: opts.deadline_ms,
         };
         // Apply what other clones delivered first. A long-lived `Direct` (a
         // program using the library) looks at the content only when the op files
@@ -105,40 +137,63 @@ pub struct DaemonClient {
     actor: String,
     timeout: Duration,
     next_id: u64,
+    /// The last request was sent and no answer was read (see [`Backend::in_doubt`]).
+    in_doubt: bool,
     /// What the daemon said when we connected.
     pub hello: HelloReply,
 }
 
+/// How long a daemon has to accept a connection and answer its hello before
+/// it is taken for stopped or wedged (and the command runs in-process). Kept
+/// apart from how long an accepted request may run (`--timeout`): a live
+/// daemon answers a hello in well under a millisecond, even while its writer
+/// is busy, because hellos are answered on another thread.
+pub const LIVENESS: Duration = Duration::from_millis(800);
+
+/// How long past its deadline a caller waits for the daemon's answer: the
+/// daemon starts nothing after the deadline, but a commit that began before
+/// it still has to reach the disk.
+pub const REPLY_GRACE: Duration = Duration::from_secs(2);
+
+fn unavailable(message: String) -> Error {
+    Error::new(ErrorKind::Unavailable, message)
+        .hint("bd resends by itself; if this persists, `bd daemon restart` or --no-daemon")
+}
+
 fn io_to_error(e: std::io::Error, what: &str) -> Error {
     match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::new(
-            ErrorKind::Timeout,
-            format!("no answer from the daemon while {what}"),
-        )
-        .hint("raise --timeout, or run with --no-daemon"),
-        _ => Error::new(
-            ErrorKind::Io,
-            format!("daemon connection failed while {what}: {e}"),
-        ),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            unavailable(format!("no answer from the daemon while {what}"))
+        }
+        _ => unavailable(format!("daemon connection failed while {what}: {e}")),
     }
 }
 
 impl DaemonClient {
-    /// Connects to the daemon at `socket` and exchanges hellos. Requests will carry
-    /// a deadline of `timeout` from when they are sent.
+    /// Connects to the daemon at `socket` and exchanges hellos, which must
+    /// complete within [`LIVENESS`]. Requests sent without a deadline of their
+    /// own get one `timeout` from when they are sent.
     pub fn connect(socket: &Path, actor: &str, timeout: Duration) -> Result<DaemonClient> {
         let stream = UnixStream::connect(socket).map_err(|e| io_to_error(e, "connecting"))?;
-        // The daemon enforces the deadline; the socket timeout is the backstop.
-        let backstop = Some(timeout + Duration::from_secs(2));
-        stream.set_read_timeout(backstop)?;
-        stream.set_write_timeout(backstop)?;
-        rpc::write_frame(&mut &stream, &Hello::current())?;
-        let hello: HelloReply = rpc::read_frame(&mut &stream)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Io,
-                "the daemon closed the connection during hello",
-            )
-        })?;
+        stream.set_read_timeout(Some(LIVENESS))?;
+        stream.set_write_timeout(Some(LIVENESS))?;
+        rpc::write_frame(&mut &stream, &Hello::current())
+            .map_err(|e| unavailable(format!("cannot greet the daemon: {}", e.message)))?;
+        let hello: HelloReply = match rpc::read_frame(&mut &stream) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                return Err(unavailable(
+                    "the daemon closed the connection during hello".into(),
+                ));
+            }
+            Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Io) => {
+                return Err(unavailable(format!(
+                    "the daemon did not answer within {} ms; it may be stopped or wedged",
+                    LIVENESS.as_millis()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         if !hello.ok {
             let why = hello.message.clone().unwrap_or_else(|| "refused".into());
             return Err(Error::new(
@@ -152,44 +207,60 @@ impl DaemonClient {
             actor: actor.to_string(),
             timeout,
             next_id: 0,
+            in_doubt: false,
             hello,
         })
     }
 
     fn round_trip(&mut self, call: Call) -> Result<Outcome> {
+        self.round_trip_with(call, &CallOptions::default())
+    }
+
+    fn round_trip_with(&mut self, call: Call, opts: &CallOptions) -> Result<Outcome> {
         self.next_id += 1;
+        let now = SystemClock.now_ms();
+        let deadline_ms = opts
+            .deadline_ms
+            .unwrap_or(now + self.timeout.as_millis() as u64);
         let env = Envelope {
             id: self.next_id,
             actor: self.actor.clone(),
-            deadline_ms: SystemClock.now_ms() + self.timeout.as_millis() as u64,
+            deadline_ms,
+            request_id: opts.request_id.clone(),
             call,
         };
+        // The daemon answers by the deadline (plus a commit's sync); the socket
+        // timeout is the backstop for one that cannot.
+        let wait = Duration::from_millis(deadline_ms.saturating_sub(now)) + REPLY_GRACE;
+        self.stream.set_read_timeout(Some(wait))?;
+        self.stream.set_write_timeout(Some(wait))?;
         // A daemon that died before reading the request never saw it: say so,
         // since the caller may safely send it again ([`undelivered`]).
         rpc::write_frame(&mut &self.stream, &env).map_err(|e| {
-            if e.kind == ErrorKind::Io {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("{UNDELIVERED}; nothing was changed ({})", e.message),
-                )
-                .hint("run the command again: a new daemon starts by itself")
+            if matches!(e.kind, ErrorKind::Io | ErrorKind::Unavailable) {
+                unavailable(format!(
+                    "{UNDELIVERED}; nothing was changed ({})",
+                    e.message
+                ))
             } else {
                 e
             }
         })?;
+        self.in_doubt = true;
         let lost = |why: &str| {
-            Error::new(
-                ErrorKind::Io,
-                format!("the daemon went away before answering; the request may or may not have been applied ({why})"),
-            )
-            .hint("check with `bd show` or `bd list` before running it again")
+            unavailable(format!(
+                "{LOST} ({why}); a write is resent by its request id, which cannot apply it twice"
+            ))
         };
         let reply: Reply = match rpc::read_frame(&mut &self.stream) {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(lost("connection closed")),
-            Err(e) if e.kind == ErrorKind::Io => return Err(lost(&e.message)),
+            Err(e) if matches!(e.kind, ErrorKind::Io | ErrorKind::Unavailable) => {
+                return Err(lost(&e.message));
+            }
             Err(e) => return Err(e),
         };
+        self.in_doubt = false;
         match reply.result {
             Outcome::Err(e) => Err(e),
             _ if reply.id != env.id => Err(Error::internal(format!(
@@ -222,8 +293,8 @@ impl DaemonClient {
 }
 
 impl Backend for DaemonClient {
-    fn call(&mut self, req: Request) -> Result<Response> {
-        match self.round_trip(Call::Request(Box::new(req)))? {
+    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response> {
+        match self.round_trip_with(Call::Request(Box::new(req)), opts)? {
             Outcome::Ok(resp) => Ok(resp),
             other => Err(Error::internal(format!("unexpected answer: {other:?}"))),
         }
@@ -232,17 +303,206 @@ impl Backend for DaemonClient {
     fn mode(&self) -> &'static str {
         "daemon"
     }
+
+    fn in_doubt(&self) -> bool {
+        self.in_doubt
+    }
+}
+
+/// A command's answer from [`call_reliably`].
+#[derive(Debug)]
+pub struct Delivered {
+    /// The request's answer.
+    pub response: Response,
+    /// The answer was learnt after the deadline, by settling the request id:
+    /// the write was applied, its answer was late.
+    pub late: bool,
+}
+
+/// How long past its deadline a caller keeps trying to settle a write whose
+/// answer never came (the daemon may be finishing its commit's sync, or be
+/// restarting).
+pub const SETTLE_GRACE: Duration = Duration::from_secs(10);
+
+/// Sends `req` until its real outcome is known: exactly-once delivery.
+///
+/// Each attempt goes through a fresh `connect()` (the daemon, a new one it
+/// starts, or in-process). An attempt that fails before the request can have
+/// reached a server (no daemon, one shutting down, the database busy) is
+/// simply made again until `deadline_ms`. A write that may have reached a
+/// daemon that then went away is sent again with the same `request_id`, which
+/// the tracker answers from its record if the first copy was applied. When the
+/// deadline passes with the write's fate unknown, the request id is settled
+/// ([`Request::Settle`]): its recorded answer if it was applied (then
+/// [`Delivered::late`]), else it is marked abandoned so no copy can apply it
+/// later, and the error says "not applied". Only if no process can settle it
+/// (a writer that holds the database's lock and does not run) does the error
+/// say the outcome is unknown, naming the request id to resend.
+///
+/// A write without a request id is never sent twice once it may have arrived:
+/// that error is returned as it is. Reads are always safe to repeat.
+pub fn call_reliably(
+    connect: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
+    paths: &BeadsPaths,
+    req: Request,
+    request_id: Option<String>,
+    deadline_ms: u64,
+) -> Result<Delivered> {
+    let opts = CallOptions {
+        request_id: request_id.clone(),
+        deadline_ms: Some(deadline_ms),
+    };
+    let write = req.is_write();
+    let mut in_doubt = false;
+    let mut last: Option<Error> = None;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let now = SystemClock.now_ms();
+        if now > deadline_ms && last.is_some() {
+            break;
+        }
+        let mut backend = match connect() {
+            Ok(b) => b,
+            Err(e) if e.kind == ErrorKind::Unavailable => {
+                last = Some(e);
+                pause_before_retry(&mut pause, deadline_ms);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match backend.call_with(req.clone(), &opts) {
+            Ok(response) => {
+                return Ok(Delivered {
+                    response,
+                    late: false,
+                });
+            }
+            Err(e) => {
+                let doubt = backend.in_doubt();
+                in_doubt |= doubt;
+                match e.kind {
+                    ErrorKind::Unavailable if doubt && write && request_id.is_none() => {
+                        return Err(
+                            e.hint("check with `bd show` or `bd list` before running it again")
+                        );
+                    }
+                    ErrorKind::Unavailable | ErrorKind::Busy => {
+                        last = Some(e);
+                        pause_before_retry(&mut pause, deadline_ms);
+                    }
+                    ErrorKind::Timeout => {
+                        last = Some(e);
+                        break;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    let last = last.unwrap_or_else(crate::service::deadline_passed);
+    let Some(rid) = request_id.filter(|_| write && in_doubt) else {
+        return Err(not_applied(&last));
+    };
+    settle(connect, paths, &rid, deadline_ms, &last)
+}
+
+/// Sleeps before the next attempt: 5 ms, doubling to 100 ms, never far past
+/// the deadline.
+fn pause_before_retry(pause: &mut Duration, deadline_ms: u64) {
+    let left = Duration::from_millis(deadline_ms.saturating_sub(SystemClock.now_ms()));
+    std::thread::sleep((*pause).min(left).max(Duration::from_millis(1)));
+    *pause = (*pause * 2).min(Duration::from_millis(100));
+}
+
+fn not_applied(last: &Error) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "not applied: no outcome before the deadline ({}); nothing was changed",
+            last.message
+        ),
+    )
+    .hint("run it again, or raise --timeout")
+}
+
+/// Learns (or decides) the fate of write `rid` after its deadline: see
+/// [`call_reliably`].
+fn settle(
+    connect: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
+    paths: &BeadsPaths,
+    rid: &str,
+    deadline_ms: u64,
+    last: &Error,
+) -> Result<Delivered> {
+    let settle_by = deadline_ms + (REPLY_GRACE + SETTLE_GRACE).as_millis() as u64;
+    let opts = CallOptions {
+        request_id: None,
+        deadline_ms: Some(settle_by),
+    };
+    let mut pause = Duration::from_millis(5);
+    let mut why = last.message.clone();
+    while SystemClock.now_ms() < settle_by {
+        let answer = connect().and_then(|mut b| {
+            b.call_with(
+                Request::Settle {
+                    request_id: rid.to_string(),
+                },
+                &opts,
+            )
+        });
+        match answer {
+            Ok(Response::Settled(Some(response))) => {
+                return Ok(Delivered {
+                    response: *response,
+                    late: true,
+                });
+            }
+            Ok(Response::Settled(None)) => return Err(not_applied(last)),
+            Ok(other) => {
+                return Err(Error::internal(format!(
+                    "unexpected answer to settle: {other:?}"
+                )));
+            }
+            Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Busy) => {
+                why = e.message;
+                pause_before_retry(&mut pause, settle_by);
+            }
+            Err(e) => {
+                why = e.message;
+                break;
+            }
+        }
+    }
+    // Nobody could settle it: what the database shows without the write lock.
+    let committed = Store::open(&paths.db).ok().and_then(|s| {
+        s.conn()
+            .query_row(
+                "SELECT outcome IS NOT NULL FROM requests WHERE id = ?1",
+                [rid],
+                |r| r.get::<_, bool>(0),
+            )
+            .ok()
+    });
+    let message = match committed {
+        Some(true) => format!(
+            "applied (request {rid}), but the daemon has not confirmed that it is on disk ({why})"
+        ),
+        _ => format!(
+            "outcome unknown: request {rid} could not be settled; the tracker's writer does not respond ({why})"
+        ),
+    };
+    Err(Error::new(ErrorKind::Timeout, message).hint(format!(
+        "resend with `--request-id {rid}`: it is applied at most once and answers with the outcome"
+    )))
 }
 
 /// How an error from [`DaemonClient`] begins when the daemon went away before
 /// receiving the request (writing it failed): nothing was changed.
 const UNDELIVERED: &str = "the daemon went away before receiving the request";
 
-/// Whether `e` says a request never reached its daemon, so sending it again
-/// (through a new connection) cannot apply it twice.
-pub fn undelivered(e: &Error) -> bool {
-    e.kind == ErrorKind::Io && e.message.starts_with(UNDELIVERED)
-}
+/// How an error from [`DaemonClient`] begins when the daemon went away (or
+/// fell silent past the deadline) after the request was sent.
+const LOST: &str = "the daemon went away before answering";
 
 /// How [`connect`] should reach the tracker.
 #[derive(Debug, Clone)]
@@ -304,17 +564,30 @@ pub fn connect(paths: BeadsPaths, opts: &ConnectOptions) -> Result<Connection> {
 }
 
 fn try_daemon(paths: &BeadsPaths, opts: &ConnectOptions) -> Result<Option<DaemonClient>> {
-    if let Some(client) = running_client(paths, opts)? {
-        let ours = env!("CARGO_PKG_VERSION");
-        if !daemon::newer_version(ours, &client.hello.version) || opts.auto_start.is_none() {
-            return Ok(Some(client));
+    match running_client(paths, opts) {
+        Ok(Some(client)) => {
+            let ours = env!("CARGO_PKG_VERSION");
+            if !daemon::newer_version(ours, &client.hello.version) || opts.auto_start.is_none() {
+                return Ok(Some(client));
+            }
+            // An older daemon after an upgrade: ask it to leave, then start ours.
+            let mut old = client;
+            old.stop()?;
+            wait_until(Duration::from_secs(5), || {
+                Ok(daemon::running(paths)?.is_none())
+            })?;
         }
-        // An older daemon after an upgrade: ask it to leave, then start ours.
-        let mut old = client;
-        old.stop()?;
-        wait_until(Duration::from_secs(5), || {
-            Ok(daemon::running(paths)?.is_none())
-        })?;
+        Ok(None) => {}
+        // A daemon of another protocol refused our hello, so it cannot be asked
+        // over the socket: with auto-start on, it is told to leave by signal
+        // (it drains and exits as for `bd daemon stop`), and ours replaces it.
+        Err(e) if e.kind == ErrorKind::Conflict && opts.auto_start.is_some() => {
+            daemon::terminate(paths)?;
+            wait_until(Duration::from_secs(10), || {
+                Ok(daemon::running(paths)?.is_none())
+            })?;
+        }
+        Err(e) => return Err(e),
     }
     let Some(auto) = &opts.auto_start else {
         return Ok(None);

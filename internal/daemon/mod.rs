@@ -150,6 +150,33 @@ pub fn running(paths: &BeadsPaths) -> Result<Option<Option<LockRecord>>> {
     }
 }
 
+/// Asks the tracker's running daemon to drain and exit with SIGTERM (for a
+/// daemon of another protocol, which cannot be asked over its socket). The pid
+/// comes from the lock record, which only the lock's holder writes, and the
+/// lock is checked to be held right before the signal.
+pub fn terminate(paths: &BeadsPaths) -> Result<()> {
+    match running(paths)? {
+        Some(Some(record)) => {
+            let pid = libc::pid_t::try_from(record.pid)
+                .map_err(|_| Error::internal(format!("bad daemon pid {}", record.pid)))?;
+            // SAFETY: kill(2) has no memory effects; a stale pid is ruled out
+            // by the lock being held by the record's writer.
+            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("cannot stop the daemon (pid {pid}): {e}"),
+                    )
+                    .hint(format!("stop it yourself: kill {pid}")));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Starts a detached daemon for `paths` by running `exe daemon start --foreground`
 /// in its own process group, stdin closed, output appended to `daemon.log`.
 pub fn spawn(

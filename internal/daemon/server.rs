@@ -57,6 +57,7 @@ enum Job {
         actor: String,
         request: Box<Request>,
         deadline_ms: u64,
+        request_id: Option<String>,
         reply: oneshot::Sender<Result<Response>>,
     },
     /// Apply what other clones delivered into `.beads/ops` (see
@@ -136,14 +137,6 @@ impl Shared {
         self.stopping.store(true, Ordering::SeqCst);
         self.shutdown.notify_one();
     }
-}
-
-fn timeout_error() -> Error {
-    Error::new(
-        ErrorKind::Timeout,
-        "the request's deadline passed before it could run; nothing was changed",
-    )
-    .hint("try again, or raise --timeout")
 }
 
 /// Runs a daemon until it is stopped, idles out or gets SIGTERM/SIGINT. Fails with
@@ -347,7 +340,9 @@ async fn connection(conn: Stream, shared: Arc<Shared>) {
             }
             Call::Request(req) => {
                 shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-                Outcome::from(request(&shared, env.actor, env.deadline_ms, *req).await)
+                Outcome::from(
+                    request(&shared, env.actor, env.deadline_ms, env.request_id, *req).await,
+                )
             }
         };
         if write_frame(&conn, &Reply { id: env.id, result })
@@ -366,14 +361,19 @@ async fn request(
     shared: &Arc<Shared>,
     actor: String,
     deadline_ms: u64,
+    request_id: Option<String>,
     req: Request,
 ) -> Result<Response> {
-    if SystemClock.now_ms() > deadline_ms {
-        return Err(timeout_error());
+    let settle = matches!(req, Request::Settle { .. });
+    if SystemClock.now_ms() > deadline_ms && !settle {
+        return Err(service::deadline_passed());
     }
     if shared.stopping.load(Ordering::SeqCst) {
+        // Not accepted, so certainly not applied: the client resends it
+        // (through the next daemon, or in-process).
         return Err(
-            Error::new(ErrorKind::Io, "the daemon is shutting down").hint("run the command again")
+            Error::new(ErrorKind::Unavailable, "the daemon is shutting down")
+                .hint("run the command again"),
         );
     }
     catch_up(shared).await?;
@@ -388,6 +388,7 @@ async fn request(
                 actor,
                 request: Box::new(req),
                 deadline_ms,
+                request_id,
                 reply: tx,
             });
         if sent.is_err() {
@@ -466,6 +467,8 @@ fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
         clock: &SystemClock,
         paths: &shared.opts.paths,
         mode: "daemon",
+        request_id: None,
+        deadline_ms: None,
     };
     let out = service::execute_for_wire(&mut store, &ctx, req);
     if let Ok(mut pool) = shared.readers.lock()
@@ -527,14 +530,16 @@ fn writer_loop(
                     actor,
                     request,
                     deadline_ms,
+                    request_id,
                     reply,
                 } => {
                     shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
                     if reply.is_closed() {
                         continue; // the client went away before its turn
                     }
-                    if now > deadline_ms {
-                        let _ = reply.send(Err(timeout_error()));
+                    let settle = matches!(*request, Request::Settle { .. });
+                    if now > deadline_ms && !settle {
+                        let _ = reply.send(Err(service::deadline_passed()));
                         continue;
                     }
                     live.push((
@@ -543,6 +548,7 @@ fn writer_loop(
                             actor,
                             request: *request,
                             deadline_ms: Some(deadline_ms),
+                            request_id,
                         },
                     ));
                 }

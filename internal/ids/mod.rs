@@ -117,6 +117,26 @@ pub fn new_replica_id() -> crate::Result<String> {
     Ok(crate::model::hex_bytes(&bytes))
 }
 
+/// A fresh request id for a write (see `service::Context::request_id`): 128
+/// random bits, hex.
+pub fn new_request_id() -> crate::Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut got = 0;
+    while got < bytes.len() {
+        // SAFETY: the pointer and length describe the unfilled part of `bytes`.
+        let n = unsafe { libc::getrandom(bytes[got..].as_mut_ptr().cast(), bytes.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        got += n as usize;
+    }
+    Ok(crate::model::hex_bytes(&bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{Read, Write};
 
 /// Protocol number; bumped on any incompatible change to the messages.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Largest frame accepted (an import of ~100k issues fits).
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -130,6 +130,10 @@ pub struct Envelope {
     /// Wall-clock deadline in ms since the epoch; work not committed by then is
     /// abandoned and answered with a timeout error.
     pub deadline_ms: u64,
+    /// The caller's id for a write (exactly-once: a write whose id was already
+    /// committed is answered from the record, not applied again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// What to do.
     pub call: Call,
 }
@@ -243,6 +247,7 @@ mod tests {
             id: 7,
             actor: "a".into(),
             deadline_ms: 1,
+            request_id: Some("r-1".into()),
             call: Call::Request(Box::new(Request::Ready(ListFilter::default()))),
         }
     }

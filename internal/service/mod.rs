@@ -37,6 +37,109 @@ pub struct Context<'a> {
     pub paths: &'a BeadsPaths,
     /// How the request is being served (`direct` or `daemon`), for `info`.
     pub mode: &'static str,
+    /// The caller's id for this write: a write whose id was already committed
+    /// is answered from the record instead of being applied again.
+    pub request_id: Option<&'a str>,
+    /// Do not commit this request's work after this time (ms since the epoch).
+    pub deadline_ms: Option<u64>,
+}
+
+/// The error for a request whose deadline passed before its work could be
+/// committed (it was not started, or its work was undone).
+pub fn deadline_passed() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "the request's deadline passed before it could be committed; nothing was changed",
+    )
+    .hint("try again, or raise --timeout")
+}
+
+fn check_deadline(ctx: &Context<'_>) -> Result<()> {
+    match ctx.deadline_ms {
+        Some(d) if ctx.clock.now_ms() > d => Err(deadline_passed()),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a request id given by a caller: 1 to 128 characters of letters,
+/// digits, `.`, `_`, `:` and `-`.
+pub fn validate_request_id(id: &str) -> Result<()> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("bad request id {id:?}"))
+            .hint("use 1 to 128 letters, digits, '.', '_', ':' or '-' (a UUID works)"))
+    }
+}
+
+/// A request's fingerprint, stored with its id so that an id reused for a
+/// different request is refused rather than answered with the other's outcome.
+fn request_digest(req: &Request) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(req)?;
+    Ok(crate::model::hex_bytes(&Sha256::digest(&bytes)[..16]))
+}
+
+/// Runs one write in `tx`, exactly once per request id: a request whose id is
+/// already recorded gets the recorded answer and applies nothing; otherwise its
+/// answer is recorded in the same transaction as its ops. Work that ends past
+/// the deadline is refused (the caller's transaction or savepoint undoes it).
+fn write_once(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
+    if let Request::Settle { request_id } = req {
+        // Never refused for lateness: it is how a late caller learns the truth.
+        return settle(tx, &request_id);
+    }
+    check_deadline(ctx)?;
+    let Some(rid) = ctx.request_id else {
+        let resp = write(tx, ctx, req)?;
+        check_deadline(ctx)?;
+        return Ok(resp);
+    };
+    validate_request_id(rid)?;
+    let digest = request_digest(&req)?;
+    if let Some((seen, outcome)) = tx.request_outcome(rid)? {
+        if seen != digest {
+            return Err(Error::invalid(format!(
+                "request id {rid} was already used for a different request"
+            ))
+            .hint("give each distinct write its own --request-id"));
+        }
+        return match outcome {
+            Some(json) => Ok(serde_json::from_str(&json)?),
+            None => Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "request {rid} was abandoned: its command gave up and reported it not applied"
+                ),
+            )
+            .hint("send it again with a new request id")),
+        };
+    }
+    let resp = write(tx, ctx, req)?;
+    check_deadline(ctx)?;
+    tx.record_request(rid, &digest, Some(&serde_json::to_string(&resp)?))?;
+    Ok(resp)
+}
+
+/// Settles a request id whose caller gave up waiting: its recorded answer if it
+/// was applied, else it is marked abandoned, so that a copy still on its way
+/// is refused when it arrives, and the caller can say "not applied" for sure.
+fn settle(tx: &mut WriteTx<'_>, request_id: &str) -> Result<Response> {
+    validate_request_id(request_id)?;
+    match tx.request_outcome(request_id)? {
+        Some((_, Some(json))) => Ok(Response::Settled(Some(Box::new(serde_json::from_str(
+            &json,
+        )?)))),
+        Some((_, None)) => Ok(Response::Settled(None)),
+        None => {
+            tx.record_request(request_id, "abandoned", None)?;
+            Ok(Response::Settled(None))
+        }
+    }
 }
 
 /// Runs one request against `store`.
@@ -55,7 +158,7 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
             }))
         }
         req if req.is_write() => {
-            let resp = store.write(ctx.clock, |tx| write(tx, ctx, req))?;
+            let resp = store.write(ctx.clock, |tx| write_once(tx, ctx, req))?;
             // The op table is the durable record; the op file is appended from it and
             // can always be regenerated, so a failure here must not fail a committed
             // write (the next write or `bd flush` retries it).
@@ -125,8 +228,10 @@ pub struct GroupItem {
     pub actor: String,
     /// The write request.
     pub request: Request,
-    /// Do not run it after this time (ms since the epoch).
+    /// Do not commit it after this time (ms since the epoch).
     pub deadline_ms: Option<u64>,
+    /// The caller's request id (see [`Context::request_id`]).
+    pub request_id: Option<String>,
 }
 
 /// Group commit: runs several write requests (each with its own actor) in one
@@ -147,21 +252,18 @@ pub fn execute_group(
              actor,
              request: req,
              deadline_ms,
+             request_id,
          }| {
-            // Checked again right before running: a request whose deadline passed
-            // while it waited behind others in the group is not run, so not committed.
-            if deadline_ms.is_some_and(|d| clock.now_ms() > d) {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "the request's deadline passed before it could run; nothing was changed",
-                )
-                .hint("try again, or raise --timeout"));
-            }
+            // The deadline is checked right before running (a request that
+            // waited behind others in the group is not run) and after (work
+            // that ended late is undone: the group reruns without it).
             let ctx = Context {
                 actor: &actor,
                 clock,
                 paths,
                 mode: "daemon",
+                request_id: request_id.as_deref(),
+                deadline_ms,
             };
             if actor.trim().is_empty() {
                 return Err(Error::invalid("actor must not be empty"));
@@ -169,7 +271,7 @@ pub fn execute_group(
             if !req.is_write() {
                 return Err(Error::internal("only write requests can be grouped"));
             }
-            write(tx, &ctx, req)
+            write_once(tx, &ctx, req)
         },
     )?;
     let _ = jsonl::flush_own_ops(store, paths); // as in `execute`: regenerable
@@ -273,7 +375,12 @@ fn batch(tx: &mut WriteTx<'_>, ctx: &Context<'_>, requests: Vec<Request>) -> Res
             ),
             hints: e.hints,
         };
-        if !req.is_write() || matches!(req, Request::Batch { .. } | Request::Import { .. }) {
+        if !req.is_write()
+            || matches!(
+                req,
+                Request::Batch { .. } | Request::Import { .. } | Request::Settle { .. }
+            )
+        {
             return Err(fail(Error::invalid(
                 "only create, update, close, reopen, dep, label and comment operations can be batched",
             )));

@@ -227,6 +227,13 @@ pub enum Request {
     },
     /// All config keys.
     ConfigList,
+    /// Learn the outcome of a write sent with `request_id` whose answer never
+    /// came: its recorded answer if it was applied; otherwise the id is marked
+    /// abandoned, so it can never be applied later, and the answer is `None`.
+    Settle {
+        /// The write's request id.
+        request_id: String,
+    },
 }
 
 impl Request {
@@ -247,6 +254,7 @@ impl Request {
                 | Request::CommentAdd { .. }
                 | Request::Import { dry_run: false, .. }
                 | Request::Batch { .. }
+                | Request::Settle { .. }
         )
     }
 
@@ -424,4 +432,7 @@ pub enum Response {
     },
     /// All config values.
     Config(BTreeMap<String, String>),
+    /// The outcome of a settled request: its answer if it was applied, `None`
+    /// if it was not (and now never will be).
+    Settled(Option<Box<Response>>),
 }

@@ -24,10 +24,16 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
+const SCHEMA_V3: &str = include_str!("schema_v3.sql");
+
+/// How long a write's request id is remembered (24 hours): a request sent
+/// again with the same id within this window gets the first answer back
+/// instead of being applied again. Longer than any deadline a command accepts.
+pub const REQUEST_ID_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Indexes a bulk load into an empty database drops first and builds after (one
 /// sort each, instead of a random insert per row); none is needed while loading.
@@ -57,6 +63,9 @@ fn index_sql(name: &str) -> Option<String> {
 fn migrate(tx: &Connection, from: i64) -> Result<()> {
     if from < 2 {
         tx.execute_batch(SCHEMA_V2)?;
+    }
+    if from < 3 {
+        tx.execute_batch(SCHEMA_V3)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -803,6 +812,36 @@ impl<'a> WriteTx<'a> {
     fn footprint(&self) -> Result<(u64, i64)> {
         let schema: i64 = cached_row(&self.tx, "PRAGMA schema_version", [], |r| r.get(0))?;
         Ok((self.tx.total_changes(), schema))
+    }
+
+    /// What an earlier request with this id left: `Some((digest, outcome))`,
+    /// where `outcome` is the answer's JSON, or `None` if it was abandoned.
+    pub fn request_outcome(&self, request_id: &str) -> Result<Option<(String, Option<String>)>> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT digest, outcome FROM requests WHERE id = ?1")?
+            .query_row(params![request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Records a request id with its answer (`None`: abandoned, never to be
+    /// applied), and forgets ids older than [`REQUEST_ID_WINDOW_MS`].
+    pub fn record_request(
+        &mut self,
+        request_id: &str,
+        digest: &str,
+        outcome: Option<&str>,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        self.tx
+            .prepare_cached("DELETE FROM requests WHERE created_ms < ?1")?
+            .execute(params![now.saturating_sub(REQUEST_ID_WINDOW_MS) as i64])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO requests(id, digest, created_ms, outcome) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![request_id, digest, now as i64, outcome])?;
+        Ok(())
     }
 
     /// Ids of the ops recorded so far in this transaction.

@@ -12,6 +12,7 @@ fn item((actor, request): (String, Request)) -> GroupItem {
         actor,
         request,
         deadline_ms: None,
+        request_id: None,
     }
 }
 
@@ -169,11 +170,13 @@ fn an_item_past_its_deadline_is_not_run_but_its_neighbours_are() {
             actor: "b".into(),
             request: create("too late"),
             deadline_ms: Some(1),
+            request_id: None,
         },
         GroupItem {
             actor: "c".into(),
             request: create("far future"),
             deadline_ms: Some(u64::MAX),
+            request_id: None,
         },
     ];
     let results = execute_group(&mut store, &SystemClock, &paths, items).unwrap();

@@ -1,4 +1,4 @@
-use super::{call, unexpected};
+use super::{call_as, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
@@ -13,7 +13,10 @@ use std::path::PathBuf;
 ///   {"op":"create","title":"Child","parent":"$1"}
 ///   {"op":"update","ids":["$2"],"claim":true}
 /// A string that is exactly $N names the issue created by operation N. Blank
-/// lines and lines starting with # are skipped.
+/// lines and lines starting with # are skipped. A line {"request_id":"ID"}
+/// gives the batch its request id (as --request-id does): sent again with the
+/// same id, an applied batch answers as it did the first time and applies
+/// nothing.
 #[derive(Args, Debug)]
 pub struct BatchArgs {
     /// Read operations from this file (default: stdin)
@@ -22,11 +25,34 @@ pub struct BatchArgs {
 }
 
 /// Parses batch lines, failing on the first bad one with its line number.
-fn parse(text: &str, source: &str) -> Result<Vec<Request>, CliError> {
+/// Returns the operations and the request id a `{"request_id": ...}` line gave.
+fn parse(text: &str, source: &str) -> Result<(Vec<Request>, Option<String>), CliError> {
     let mut out = Vec::new();
+    let mut request_id: Option<String> = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(line)
+            && m.len() == 1
+            && let Some(id) = m.get("request_id")
+        {
+            let where_ = format!("{source}:{}", i + 1);
+            let id = id.as_str().ok_or_else(|| {
+                CliError::usage(
+                    format!("{where_}: request_id must be a string; nothing was run"),
+                    r#"e.g. {"request_id":"plan-42"}"#,
+                )
+            })?;
+            if request_id.is_some() {
+                return Err(CliError::usage(
+                    format!("{where_}: a second request_id; nothing was run"),
+                    "a batch is one request: give it one id",
+                ));
+            }
+            bd::service::validate_request_id(id)?;
+            request_id = Some(id.to_string());
             continue;
         }
         let req: Request = serde_json::from_str(line).map_err(|e| {
@@ -37,7 +63,7 @@ fn parse(text: &str, source: &str) -> Result<Vec<Request>, CliError> {
         })?;
         out.push(req);
     }
-    Ok(out)
+    Ok((out, request_id))
 }
 
 fn summary(n: usize, resp: &Response) -> String {
@@ -70,8 +96,18 @@ pub fn cmd_batch(ctx: &Ctx, a: BatchArgs) -> Result<(), CliError> {
             "stdin".to_string(),
         ),
     };
-    let requests = parse(&text, &source)?;
-    match call(ctx, Request::Batch { requests })? {
+    let (requests, in_file) = parse(&text, &source)?;
+    let request_id = match (in_file, &ctx.request_id) {
+        (Some(a), Some(b)) if &a != b => {
+            return Err(CliError::usage(
+                format!("{source} names request id {a}, --request-id says {b}; nothing was run"),
+                "give the batch one request id",
+            ));
+        }
+        (Some(a), _) => Some(a),
+        (None, b) => b.clone(),
+    };
+    match call_as(ctx, Request::Batch { requests }, request_id)? {
         Response::Batch(r) if ctx.json => output::json(&r),
         Response::Batch(_) if ctx.quiet => Ok(()),
         Response::Batch(r) => output::print(

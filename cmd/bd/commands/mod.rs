@@ -209,17 +209,48 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     }
 }
 
-/// Sends one request through the tracker's backend.
-///
-/// A request that never reached its daemon (it died after the connection was
-/// made) is sent once more through a new connection, which starts a daemon or
-/// runs in this process as usual; one the daemon may have received is never
-/// repeated.
+/// Sends one request through the tracker's backend until its real outcome is
+/// known (`bd::client::call_reliably`): a write carries a request id
+/// (`--request-id`, else a fresh random one), so it is resent through a new
+/// daemon or in-process when its daemon dies, restarts or falls silent, and
+/// never applied twice; `--timeout` bounds the wait.
 pub fn call(ctx: &Ctx, req: Request) -> Result<Response, CliError> {
-    match ctx.backend()?.call(req.clone()) {
-        Err(e) if bd::client::undelivered(&e) => Ok(ctx.backend()?.call(req)?),
-        other => Ok(other?),
+    call_as(ctx, req, ctx.request_id.clone())
+}
+
+/// [`call`] with an explicit request id (a batch file may name its own).
+pub fn call_as(ctx: &Ctx, req: Request, request_id: Option<String>) -> Result<Response, CliError> {
+    let request_id = match (req.is_write(), request_id) {
+        (true, Some(id)) => {
+            bd::service::validate_request_id(&id)?;
+            Some(id)
+        }
+        (true, None) => Some(bd::ids::new_request_id()?),
+        (false, Some(_)) => {
+            return Err(CliError::usage(
+                "--request-id applies to commands that change the tracker",
+                "drop --request-id: reading is always safe to repeat",
+            ));
+        }
+        (false, None) => None,
+    };
+    let paths = ctx.paths()?;
+    let deadline_ms =
+        bd::clock::Clock::now_ms(&bd::clock::SystemClock) + ctx.timeout.as_millis() as u64;
+    let delivered = bd::client::call_reliably(
+        &mut || ctx.backend().map_err(|e| e.0),
+        &paths,
+        req,
+        request_id.clone(),
+        deadline_ms,
+    )?;
+    if delivered.late {
+        eprintln!(
+            "bd: applied (request {}); its answer came after --timeout",
+            request_id.as_deref().unwrap_or("?")
+        );
     }
+    Ok(delivered.response)
 }
 
 /// A response of an unexpected shape (a bug, never user error).
