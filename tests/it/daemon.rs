@@ -350,15 +350,10 @@ fn kill_9_mid_stream_loses_no_acknowledged_write_and_no_batch_is_partial() {
     }
     assert!(child.wait().unwrap().success());
     assert!(killed);
-    assert!(
-        failed <= 1,
-        "only a batch in flight at the kill may fail, got {failed}"
-    );
-    assert!(
-        acked.len() >= 59,
-        "clients recovered by themselves: {} acknowledged",
-        acked.len()
-    );
+    // Exactly-once delivery: the batch in flight at the kill is resent by its
+    // request id through the next daemon, so none fails.
+    assert_eq!(failed, 0, "no batch fails because its daemon died");
+    assert_eq!(acked.len(), 60, "clients recovered by themselves");
     // Every acknowledged batch is whole; no batch is partial.
     let all = env.json(&["list", "--all"]);
     let titles: Vec<String> = all

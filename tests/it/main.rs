@@ -8,6 +8,7 @@ mod common;
 mod concurrency;
 mod daemon;
 mod errors;
+mod exactly_once;
 mod group_commit;
 mod import_export;
 mod op_file;
