@@ -415,12 +415,13 @@ fn pause_before_retry(pause: &mut Duration, deadline_ms: u64) {
 }
 
 fn not_applied(last: &Error) -> Error {
+    let why = last
+        .message
+        .trim_end_matches("; nothing was changed")
+        .trim_end_matches(", nothing was changed");
     Error::new(
         ErrorKind::Timeout,
-        format!(
-            "not applied: no outcome before the deadline ({}); nothing was changed",
-            last.message
-        ),
+        format!("not applied: {why}; nothing was changed"),
     )
     .hint("run it again, or raise --timeout")
 }

@@ -211,20 +211,34 @@ impl Repo {
 
     /// bd's files whose work-tree content differs from HEAD's. Writes nothing.
     pub fn changed_bd_files(&self) -> Result<Vec<String>> {
-        self.changed_bd_files_with(false)
+        Ok(self
+            .changes(false)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect())
     }
 
-    /// [`Repo::changed_bd_files`]. A file whose index entry matches HEAD and whose
-    /// stat data (size, times, inode) matches the work-tree file is unchanged
-    /// without being read, as in `git status`; only the others are hashed. So a
-    /// sync costs what changed, not the size of every op file (SHA-1 with
-    /// collision detection runs at ~27 instructions a byte), nor the size of the
-    /// repository (git's own status walks the whole index). An entry no older
-    /// than the index file is "racily clean" (the file may have changed within
-    /// the same clock tick) and is hashed. With `refresh`, what hashing showed
-    /// unchanged goes back into the index with the file's stat data, as `git
-    /// status` does, so the next sync need not hash it again.
-    fn changed_bd_files_with(&self, refresh: bool) -> Result<Vec<String>> {
+    /// bd's files that differ from HEAD's, each with a copy of its bytes and
+    /// stat data as of one moment.
+    ///
+    /// A file whose index entry matches HEAD and whose stat data (size, times,
+    /// inode) matches the work-tree file is unchanged without being read, as in
+    /// `git status`; only the others are read. So a sync costs what changed,
+    /// not the size of every op file (SHA-1 with collision detection runs at
+    /// ~27 instructions a byte), nor the size of the repository (git's own
+    /// status walks the whole index). An entry no older than the index file is
+    /// "racily clean" (the file may have changed within the same clock tick)
+    /// and is read. With `refresh`, what reading showed unchanged goes back
+    /// into the index with the file's stat data, as `git status` does, so the
+    /// next sync need not read it again.
+    ///
+    /// The files are read under `flush.lock`, the lock every writer of bd's
+    /// files holds: an op file is never caught in the middle of an append, and
+    /// the bytes hashed, committed and entered in the index are one and the
+    /// same copy. (libgit2 reading a file that grew while it read failed the
+    /// sync: "failed to read file into stream", 19 of 26 syncs with agents
+    /// writing.)
+    fn changes(&self, refresh: bool) -> Result<Vec<(String, FileCopy)>> {
         use std::os::unix::fs::MetadataExt;
         let files = self.bd_files()?;
         let head_tree = match self.head_commit()? {
@@ -243,15 +257,15 @@ impl Repo {
         let index_time = std::fs::metadata(self.repo.path().join("index"))
             .ok()
             .map(|m| (m.mtime(), m.mtime_nsec()));
-        let mut refreshed = false;
-        let mut out = Vec::new();
+        // Which files need reading: those the stat data does not vouch for.
+        let mut to_read = Vec::new();
         for path in files {
             let in_head = head_tree
                 .as_ref()
                 .and_then(|t| t.get_path(Path::new(&path)).ok())
                 .map(|e| e.id());
             let full = self.workdir.join(&path);
-            let meta = std::fs::metadata(&full)?;
+            let meta = std::fs::metadata(&full).map_err(|e| crate::jsonl::io_at(&full, e))?;
             let entry = index.get_path(Path::new(&path), 0);
             if let (Some(e), Some(head_id)) = (&entry, in_head)
                 && e.id == head_id
@@ -265,27 +279,44 @@ impl Repo {
             {
                 continue;
             }
+            to_read.push((path, in_head, entry));
+        }
+        if to_read.is_empty() {
+            return Ok(Vec::new());
+        }
+        let copies = {
+            let _lock = crate::jsonl::FlushLock::acquire(&self.paths)?;
+            let mut copies = Vec::with_capacity(to_read.len());
+            for (path, _, _) in &to_read {
+                copies.push(FileCopy::read(&self.workdir.join(path))?);
+            }
+            copies
+        };
+        let mut refreshed = false;
+        let mut out = Vec::new();
+        for ((path, in_head, entry), copy) in to_read.into_iter().zip(copies) {
             // HEAD's blob in the index, and a different length: changed, no need
-            // to read it (an appended op file). A length of 0 may be git's mark
-            // for "racily clean, compare contents".
+            // to hash it here (an appended op file). A length of 0 may be git's
+            // mark for "racily clean, compare contents".
             if let (Some(e), Some(head_id)) = (&entry, in_head)
                 && e.id == head_id
                 && e.file_size != 0
-                && e.file_size != meta.len() as u32
+                && e.file_size != copy.meta.len() as u32
             {
-                out.push(path);
+                out.push((path, copy));
                 continue;
             }
-            // Hash only: nothing is written to the object store.
-            let blob = Oid::hash_file(git2::ObjectType::Blob, &full)
+            let blob = Oid::hash_object(git2::ObjectType::Blob, &copy.bytes)
                 .map_err(|e| git_error("hashing a file", e))?;
             if in_head != Some(blob) {
-                out.push(path);
+                out.push((path, copy));
             } else if refresh && entry.as_ref().is_some_and(|e| e.id == blob) {
                 // Unchanged after all: remember its stat data, unless the file
-                // changed while it was hashed.
-                let fresh = index_entry(&path, blob, &meta);
-                if std::fs::metadata(&full).is_ok_and(|m| stat_matches(&fresh, &m)) {
+                // has changed since it was read.
+                let fresh = index_entry(&path, blob, &copy.meta);
+                if std::fs::metadata(self.workdir.join(&path))
+                    .is_ok_and(|m| stat_matches(&fresh, &m))
+                {
                     index
                         .add(&fresh)
                         .map_err(|e| git_error("updating the index", e))?;
@@ -303,29 +334,27 @@ impl Repo {
 
     /// Commits bd's changed files (and only them) on the current branch. The
     /// index entries of those files are updated; every other entry, staged or
-    /// not, is left as it was. Returns the new commit, or `None` if nothing
-    /// changed.
-    pub fn commit_bd_files(&self, message: &str) -> Result<Option<Oid>> {
-        let changed = self.changed_bd_files_with(true)?;
+    /// not, is left as it was. Returns the files committed and the new commit
+    /// (`None` if nothing changed).
+    pub fn commit_bd_files(&self, message: &str) -> Result<(Vec<String>, Option<Oid>)> {
+        let changed = self.changes(true)?;
         if changed.is_empty() {
-            return Ok(None);
+            return Ok((Vec::new(), None));
         }
         let branch_ref = self.branch_ref()?;
         let parent = self.head_commit()?;
         let mut builder = git2::build::TreeUpdateBuilder::new();
-        // Each file's index entry, when it stayed the same while it was stored.
+        // Each file's index entry: the blob stored, with the stat data read
+        // with those very bytes. A file that has moved on since (the daemon
+        // appended to it) then differs from its entry, as it should.
         let mut entries = Vec::with_capacity(changed.len());
-        for path in &changed {
-            let full = self.workdir.join(path);
-            let before = std::fs::metadata(&full)?;
+        for (path, copy) in &changed {
             let blob = self
                 .repo
-                .blob_path(&full)
+                .blob(&copy.bytes)
                 .map_err(|e| git_error("storing a file", e))?;
             builder.upsert(path.as_str(), blob, git2::FileMode::Blob);
-            let entry = index_entry(path, blob, &before);
-            let steady = std::fs::metadata(&full).is_ok_and(|m| stat_matches(&entry, &m));
-            entries.push((path, steady.then_some(entry)));
+            entries.push(index_entry(path, blob, &copy.meta));
         }
         let base = match &parent {
             Some(c) => c.tree().map_err(|e| git_error("reading HEAD's tree", e))?,
@@ -363,19 +392,15 @@ impl Repo {
             .repo
             .index()
             .map_err(|e| git_error("reading the index", e))?;
-        for (path, entry) in entries {
-            // The stored blob and its stat data; a file that moved on meanwhile
-            // (the daemon appended to it) is read again.
-            match entry {
-                Some(entry) => index.add(&entry),
-                None => index.add_path(Path::new(path)),
-            }
-            .map_err(|e| git_error("updating the index", e))?;
+        for entry in &entries {
+            index
+                .add(entry)
+                .map_err(|e| git_error("updating the index", e))?;
         }
         index
             .write()
             .map_err(|e| git_error("writing the index", e))?;
-        Ok(Some(commit))
+        Ok((changed.into_iter().map(|(p, _)| p).collect(), Some(commit)))
     }
 
     fn signature(&self) -> Result<git2::Signature<'static>> {
@@ -727,6 +752,24 @@ impl Repo {
     }
 }
 
+/// A file's bytes and its stat data, read from one open descriptor.
+struct FileCopy {
+    bytes: Vec<u8>,
+    meta: std::fs::Metadata,
+}
+
+impl FileCopy {
+    fn read(path: &Path) -> Result<FileCopy> {
+        use std::io::Read;
+        let at = |e| crate::jsonl::io_at(path, e);
+        let mut f = std::fs::File::open(path).map_err(at)?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(at)?;
+        let meta = f.metadata().map_err(at)?;
+        Ok(FileCopy { bytes, meta })
+    }
+}
+
 /// The index entry of a plain file at `path` holding blob `id`, with the stat data
 /// git compares to tell an unchanged work-tree file without reading it.
 fn index_entry(path: &str, id: Oid, meta: &std::fs::Metadata) -> git2::IndexEntry {
@@ -965,8 +1008,9 @@ pub fn sync(
         return Ok(report);
     }
     let mut ops = flush(backend)?;
-    report.files = repo.changed_bd_files()?;
-    if let Some(c) = repo.commit_bd_files(&message)? {
+    let (files, commit) = repo.commit_bd_files(&message)?;
+    report.files = files;
+    if let Some(c) = commit {
         report.commits.push(c.to_string());
     }
     match report.upstream.clone() {
@@ -993,12 +1037,13 @@ pub fn sync(
                     let now = flush(backend)?;
                     report.ops_applied += now.saturating_sub(ops);
                     ops = now;
-                    for f in repo.changed_bd_files()? {
+                    let (files, commit) = repo.commit_bd_files(&message)?;
+                    for f in files {
                         if !report.files.contains(&f) {
                             report.files.push(f);
                         }
                     }
-                    if let Some(c) = repo.commit_bd_files(&message)? {
+                    if let Some(c) = commit {
                         report.commits.push(c.to_string());
                     }
                 }

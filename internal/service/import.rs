@@ -37,6 +37,8 @@ pub(super) fn import(
     for (n, rec) in records.iter().enumerate() {
         if n % 1000 == 999 {
             tx.flush()?; // bounds the doc cache on large files
+            // Work past the deadline would be undone anyway: stop early.
+            super::check_deadline(ctx)?;
         }
         match import_one(tx, ctx, rec) {
             Ok(Outcome::Created) => report.created += 1,

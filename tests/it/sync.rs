@@ -1269,3 +1269,118 @@ fn a_git_commit_never_leaves_a_daemon_behind() {
         "the hook still staged bd's files: {files}"
     );
 }
+
+impl Clone {
+    /// Starts a shell loop creating up to `n` issues titled `<prefix>-<i>` as
+    /// agent `actor`, printing each acknowledged id; it stops early once the
+    /// file `stop` exists in the clone.
+    fn spawn_writer(&self, prefix: &str, n: usize) -> std::process::Child {
+        let script = format!(
+            "for i in $(seq 1 {n}); do [ -e stop ] && break; \"$0\" create \"{prefix}-$i\" -q || exit 1; done"
+        );
+        Command::new("sh")
+            .args(["-c", &script, BD])
+            .current_dir(&self.root)
+            .env("HOME", &self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", self.home.join("gitconfig"))
+            .env("BD_ACTOR", prefix)
+            .env("BD_AUTO_START", "0")
+            .env_remove("BEADS_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Regression (issue 10, item 3): with an agent creating in a loop, 26 of 72
+/// syncs failed with "git: storing a file: failed to read file into stream"
+/// (also "hashing a file", "updating the index"): libgit2 read the op file
+/// while the daemon appended to it. Four writers per clone, each clone's
+/// daemon serving them, and `bd sync` in both clones over and over.
+#[test]
+fn bd_sync_works_while_agents_write() {
+    let cluster = Cluster::new();
+    let (a, b, _) = pair(&cluster);
+    b.ok(&["sync", "-q"]);
+    for c in [&a, &b] {
+        c.ok(&[
+            "daemon",
+            "start",
+            "-q",
+            "--idle-timeout",
+            "120",
+            "--flush-debounce",
+            "50",
+        ]);
+    }
+    let writers: Vec<_> = (0..4)
+        .flat_map(|w| {
+            [
+                a.spawn_writer(&format!("a{w}"), 400),
+                b.spawn_writer(&format!("b{w}"), 400),
+            ]
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut syncs = 0;
+    while started.elapsed() < std::time::Duration::from_secs(8) {
+        for c in [&a, &b] {
+            let out = c.bd(&["sync", "--json"]);
+            syncs += 1;
+            if !out.status.success() {
+                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+    }
+    for c in [&a, &b] {
+        std::fs::write(c.root.join("stop"), "").unwrap();
+    }
+    let mut acked = Vec::new();
+    for w in writers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        acked.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    for c in [&a, &b] {
+        std::fs::remove_file(c.root.join("stop")).unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {syncs} syncs failed: {failures:#?}",
+        failures.len()
+    );
+    // Two more rounds carry the last ops both ways.
+    for _ in 0..2 {
+        for c in [&a, &b] {
+            c.ok(&["sync", "-q"]);
+        }
+    }
+    assert_eq!(a.state_hash(), b.state_hash(), "both clones converge");
+    for c in [&a, &b] {
+        let all = ids(&c.json(&["list", "--all", "-n", "0"]));
+        for id in &acked {
+            assert!(all.binary_search(id).is_ok(), "{id} missing on {}", c.actor);
+        }
+        assert_eq!(
+            c.git(&["status", "--porcelain", ".beads"]),
+            "",
+            "all committed"
+        );
+    }
+    eprintln!(
+        "{syncs} syncs, 0 failed, {} acknowledged creates on both clones",
+        acked.len()
+    );
+}
