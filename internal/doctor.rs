@@ -146,6 +146,22 @@ fn op_files_check(paths: &BeadsPaths, store: Option<&Store>, fix: bool) -> Resul
     let mut lines = Vec::new();
     let mut ops = 0;
     let files = op_files(paths)?;
+    // A merge made without bd's driver leaves both sides' lines between
+    // conflict markers: the merged file is their union.
+    let mut unioned = Vec::new();
+    if fix {
+        for (_, path) in &files {
+            let bytes = std::fs::read(path).map_err(|e| crate::jsonl::io_at(path, e))?;
+            if bytes
+                .split(|b| *b == b'\n')
+                .any(crate::gitsync::hooks::is_conflict_marker)
+            {
+                let _lock = crate::jsonl::FlushLock::acquire(paths)?;
+                crate::jsonl::atomic_write(path, &crate::gitsync::hooks::union_ops(&[&bytes]))?;
+                unioned.push(path.display().to_string());
+            }
+        }
+    }
     let mut own_bad = false;
     for (replica, path) in &files {
         let (good, problems) = scan_file(replica, path)?;
@@ -172,6 +188,12 @@ fn op_files_check(paths: &BeadsPaths, store: Option<&Store>, fix: bool) -> Resul
                 .len()
         );
         c.lines = lines;
+    }
+    if !unioned.is_empty() {
+        c.fixed = Some(format!(
+            "resolved conflict markers in {} as the union of both sides' ops",
+            unioned.join(", ")
+        ));
     }
     if fix
         && own_bad

@@ -180,8 +180,9 @@ impl Repo {
     }
 }
 
-/// `.beads/.gitattributes`: bd's derived files merge with the bd driver.
-pub const GITATTRIBUTES: &str = "# bd: derived files are regenerated from the ops, never merged as text\nissues.jsonl merge=bd\nconflicts.jsonl merge=bd\n";
+/// `.beads/.gitattributes`: bd's files merge with the bd driver: the derived
+/// files by record, the op files as sets of ops.
+pub const GITATTRIBUTES: &str = "# bd: derived files are regenerated from the ops, never merged as text;\n# op files are sets of ops, merged as their union\nissues.jsonl merge=bd\nconflicts.jsonl merge=bd\nops/*.jsonl merge=bd\n";
 
 /// The hook: run the user's chained hook (its failure fails the git command),
 /// then bd's work, which never fails it: a missing bd binary is reported and
@@ -226,11 +227,65 @@ fn write_executable(path: &Path, text: &str) -> Result<()> {
 /// record one side removed and the other left alone goes. The result never holds
 /// conflict markers, and the post-merge hook then regenerates the file exactly
 /// from the merged ops.
-pub fn merge_driver(ancestor: &Path, ours: &Path, theirs: &Path) -> Result<()> {
+///
+/// An op file (`path`, git's `%P`, under `ops/`) is a set of ops keyed by op
+/// id, so it merges as the union of both sides ([`union_ops`]): never a
+/// conflict, and the same bytes whichever side merges.
+pub fn merge_driver(ancestor: &Path, ours: &Path, theirs: &Path, path: Option<&str>) -> Result<()> {
     let read = |p: &Path| std::fs::read(p).unwrap_or_default();
-    let merged = merge_records(&read(ancestor), &read(ours), &read(theirs));
-    std::fs::write(ours, merged)?;
+    let merged = if path.is_some_and(is_op_file_path) {
+        union_ops(&[&read(ours), &read(theirs)])
+    } else {
+        merge_records(&read(ancestor), &read(ours), &read(theirs))
+    };
+    std::fs::write(ours, merged).map_err(|e| crate::jsonl::io_at(ours, e))?;
     Ok(())
+}
+
+/// Whether a repository path names an op file (`…/ops/<replica>.jsonl`).
+pub fn is_op_file_path(path: &str) -> bool {
+    let p = Path::new(path);
+    p.extension().is_some_and(|e| e == "jsonl")
+        && p.parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "ops")
+}
+
+/// Whether a line is one of git's conflict markers.
+pub fn is_conflict_marker(line: &[u8]) -> bool {
+    [b"<<<<<<<".as_slice(), b"=======", b">>>>>>>", b"|||||||"]
+        .iter()
+        .any(|m| line.starts_with(m))
+}
+
+/// The union of op files' lines as one op file: each op once (by op id), in
+/// (seq, op id) order; lines that are not ops (damage, for `bd doctor` to
+/// report) follow, each once, in byte order; conflict markers and blank lines
+/// go. Deterministic: the same ops give the same bytes in any input order.
+pub fn union_ops(files: &[&[u8]]) -> Vec<u8> {
+    let mut ops = std::collections::BTreeMap::new();
+    let mut other = std::collections::BTreeSet::new();
+    for file in files {
+        for line in file.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) || is_conflict_marker(line) {
+                continue;
+            }
+            match serde_json::from_slice::<crate::model::Op>(line) {
+                Ok(op) => {
+                    ops.entry((op.seq, op.op_id)).or_insert(line);
+                }
+                Err(_) => {
+                    other.insert(line);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for line in ops.values().copied().chain(other) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
 }
 
 fn records(text: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -274,7 +329,39 @@ pub fn merge_records(ancestor: &[u8], ours: &[u8], theirs: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_records;
+    use super::{merge_records, union_ops};
+
+    fn op_line(seq: u64, title: &str) -> String {
+        let op = crate::model::Op {
+            op_id: String::new(),
+            issue: format!("t-{seq}"),
+            kind: crate::model::OpKind::Create,
+            field: None,
+            value: serde_json::json!({ "title": title }),
+            supersedes: vec![],
+            hlc: Default::default(),
+            actor: "a".into(),
+            replica: "r".into(),
+            seq,
+        }
+        .seal();
+        serde_json::to_string(&op).unwrap()
+    }
+
+    #[test]
+    fn op_files_merge_as_the_same_union_in_any_order() {
+        let (a, b, c) = (op_line(1, "a"), op_line(2, "b"), op_line(3, "c"));
+        let ours = format!("{a}\n{b}\n");
+        let theirs = format!("{a}\n{c}\n<<<<<<< x\ngarbage\n");
+        let one = union_ops(&[ours.as_bytes(), theirs.as_bytes()]);
+        let two = union_ops(&[theirs.as_bytes(), ours.as_bytes()]);
+        assert_eq!(one, two, "deterministic");
+        assert_eq!(
+            String::from_utf8(one).unwrap(),
+            format!("{a}\n{b}\n{c}\ngarbage\n"),
+            "each op once in seq order, damage kept for doctor, markers gone"
+        );
+    }
 
     #[test]
     fn merges_by_record_and_never_leaves_markers() {

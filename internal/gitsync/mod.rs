@@ -332,6 +332,56 @@ impl Repo {
         Ok(out)
     }
 
+    /// Refuses to go on while one of bd's files is in the middle of a merge:
+    /// unmerged in the index, or an op file holding git's conflict markers
+    /// (a merge made without bd's driver). `bd sync` checks this before it
+    /// flushes or commits anything, so such a file is never rewritten or
+    /// committed silently.
+    pub fn refuse_unmerged_bd_files(&self) -> Result<()> {
+        let mut bad = BTreeSet::new();
+        let index = self
+            .repo
+            .index()
+            .map_err(|e| git_error("reading the index", e))?;
+        if index.has_conflicts() {
+            for c in index
+                .conflicts()
+                .map_err(|e| git_error("reading merge conflicts", e))?
+            {
+                let c = c.map_err(|e| git_error("reading merge conflicts", e))?;
+                let entry = c.our.as_ref().or(c.their.as_ref()).or(c.ancestor.as_ref());
+                if let Some(e) = entry {
+                    let path = String::from_utf8_lossy(&e.path).into_owned();
+                    if path.starts_with(&self.rel("")) {
+                        bad.insert(path);
+                    }
+                }
+            }
+        }
+        for (path, copy) in self.changes(false)? {
+            if self.is_op_file(&path)
+                && copy
+                    .bytes
+                    .split(|b| *b == b'\n')
+                    .any(hooks::is_conflict_marker)
+            {
+                bad.insert(path);
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "conflict markers in {} (an unfinished git merge); bd sync changed nothing",
+                bad.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .hint("`bd doctor --fix` resolves op files as the union of both sides' ops; then `git add .beads` and commit")
+        .hint("`bd hooks install` registers bd's merge driver, so git merges never stop on bd's files"))
+    }
+
     /// Commits bd's changed files (and only them) on the current branch. The
     /// index entries of those files are updated; every other entry, staged or
     /// not, is left as it was. Returns the files committed and the new commit
@@ -545,7 +595,7 @@ impl Repo {
                             None => Ok(Vec::new()),
                         }
                     };
-                    let joined = union_lines(&read(&c.our)?, &read(&c.their)?);
+                    let joined = hooks::union_ops(&[&read(&c.our)?, &read(&c.their)?]);
                     index
                         .conflict_remove(Path::new(&path))
                         .map_err(|e| git_error("settling a conflict", e))?;
@@ -832,26 +882,6 @@ fn kind_word(k: Integration) -> &'static str {
     }
 }
 
-/// `ours` then the lines of `theirs` that `ours` lacks (op files are sets of
-/// lines; each line's op id makes duplicates harmless anyway).
-fn union_lines(ours: &[u8], theirs: &[u8]) -> Vec<u8> {
-    let mut out = ours.to_vec();
-    if !out.is_empty() && !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    let have: BTreeSet<&[u8]> = ours
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    for line in theirs.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        if !have.contains(line) {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-        }
-    }
-    out
-}
-
 struct GitOutput {
     ok: bool,
     stdout: String,
@@ -895,18 +925,6 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<GitOutput> {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::union_lines;
-
-    #[test]
-    fn union_keeps_ours_then_adds_their_new_lines() {
-        assert_eq!(union_lines(b"a\nb\n", b"b\nc\n"), b"a\nb\nc\n");
-        assert_eq!(union_lines(b"a", b"a\nb"), b"a\nb\n");
-        assert_eq!(union_lines(b"", b"x\n"), b"x\n");
-    }
 }
 
 /// What `bd sync` should do.
@@ -1007,6 +1025,7 @@ pub fn sync(
             .push("dry run: nothing was written, committed, fetched or pushed".into());
         return Ok(report);
     }
+    repo.refuse_unmerged_bd_files()?;
     let mut ops = flush(backend)?;
     let (files, commit) = repo.commit_bd_files(&message)?;
     report.files = files;

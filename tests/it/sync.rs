@@ -1384,3 +1384,97 @@ fn bd_sync_works_while_agents_write() {
         acked.len()
     );
 }
+
+/// A clone with no remote: `git init`, `bd init` (hooks and merge driver).
+fn solo(cluster: &Cluster) -> Clone {
+    let root = cluster.home().join("solo");
+    std::fs::create_dir_all(&root).unwrap();
+    git_in(&root, cluster.home(), &["init", "-q", "-b", "main"]);
+    let solo = Clone {
+        root,
+        home: cluster.home().to_path_buf(),
+        actor: "solo".into(),
+    };
+    solo.ok(&["init", "--prefix", "s"]);
+    solo
+}
+
+/// Regression (issue 10, item 5): create on a feature branch, create on main,
+/// `git merge feature` stopped with a content conflict in the op file, and `bd
+/// sync` then stripped the markers itself and exited 0. Op files are sets keyed
+/// by op id: bd's merge driver unions them, so merge never stops on them.
+#[test]
+fn git_merge_of_branches_unions_op_files() {
+    let cluster = Cluster::new();
+    let c = solo(&cluster);
+    c.create(&["base"]);
+    c.ok(&["sync", "-q"]);
+    c.git(&["checkout", "-q", "-b", "feature"]);
+    c.create(&["on feature"]);
+    c.ok(&["sync", "-q"]);
+    c.git(&["checkout", "-q", "main"]);
+    c.create(&["on main"]);
+    c.ok(&["sync", "-q"]);
+    c.git(&["merge", "-q", "--no-edit", "feature"]);
+    assert_eq!(c.git(&["status", "--porcelain"]), "", "merged cleanly");
+    let mut titles: Vec<String> = c
+        .json(&["list", "--all"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    titles.sort();
+    assert_eq!(titles, ["base", "on feature", "on main"]);
+    let doctor = c.json(&["doctor"]);
+    assert_eq!(doctor["errors"], 0, "{doctor}");
+    c.ok(&["sync", "-q"]);
+    assert_eq!(c.git(&["status", "--porcelain"]), "");
+}
+
+/// Regression (issue 10, item 5): markers that reach an op file anyway (a merge
+/// made without the driver) stop `bd sync`, which changes nothing; `bd doctor
+/// --fix` resolves them as the union of both sides' ops.
+#[test]
+fn bd_sync_refuses_an_op_file_with_conflict_markers() {
+    let cluster = Cluster::new();
+    let c = solo(&cluster);
+    c.create(&["one"]);
+    c.ok(&["sync", "-q"]);
+    let own = std::fs::read_dir(c.root.join(".beads/ops"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&own).unwrap();
+    let marked = format!("<<<<<<< HEAD\n{text}=======\n{text}>>>>>>> feature\n");
+    std::fs::write(&own, &marked).unwrap();
+    let head = c.git(&["rev-parse", "HEAD"]);
+    let out = c.bd(&["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict markers") && err.contains(".jsonl"),
+        "{err}"
+    );
+    assert!(err.contains("bd doctor --fix"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&own).unwrap(),
+        marked,
+        "file left as it was"
+    );
+    assert_eq!(c.git(&["rev-parse", "HEAD"]), head, "nothing committed");
+    c.ok(&["doctor", "--fix"]);
+    assert_eq!(
+        std::fs::read_to_string(&own).unwrap(),
+        text,
+        "the union: each op once"
+    );
+    c.ok(&["sync", "-q"]);
+}

@@ -31,7 +31,7 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
-/// Merge driver for bd's derived files (git runs it: `bd merge-driver %O %A %B %P`)
+/// Merge driver for bd's files (git runs it: `bd merge-driver %O %A %B %P`)
 #[derive(Args, Debug)]
 pub struct MergeDriverArgs {
     /// The common ancestor's version
@@ -142,6 +142,6 @@ fn render(states: &[HookState], verb: &str) -> String {
 }
 
 pub fn cmd_merge_driver(_ctx: &Ctx, a: MergeDriverArgs) -> Result<(), CliError> {
-    bd::gitsync::hooks::merge_driver(&a.ancestor, &a.ours, &a.theirs)?;
+    bd::gitsync::hooks::merge_driver(&a.ancestor, &a.ours, &a.theirs, a.path.as_deref())?;
     Ok(())
 }
