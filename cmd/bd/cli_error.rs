@@ -51,9 +51,9 @@ impl CliError {
             let v = serde_json::json!({"error": &self.0, "exit_code": self.exit_code()});
             eprintln!("{v}");
         } else {
-            eprintln!("error: {}", self.0.message);
+            eprintln!("error: {}", crate::output::one_line(&self.0.message));
             for h in &self.0.hints {
-                eprintln!("hint: {h}");
+                eprintln!("hint: {}", crate::output::one_line(h));
             }
         }
         self.exit_code()

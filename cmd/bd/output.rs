@@ -5,8 +5,48 @@ use bd::model::Issue;
 use serde::Serialize;
 use std::io::Write;
 
-/// Writes `text` to stdout; a closed pipe ends the command quietly.
+/// Text for a terminal: every control character except newline and tab is
+/// shown as an escape (`\x1b`, `\u{9b}`) instead of being written raw. Titles
+/// and other fields arrive from other clones through git; written raw, an
+/// escape sequence in one could retitle the window, clear the screen or
+/// rewrite what the terminal shows. (JSON output escapes them itself.)
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, false)
+}
+
+/// [`terminal_safe`] for one line (a table cell, a title): newlines, tabs and
+/// carriage returns are escaped too, so a field cannot forge another row.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, true)
+}
+
+fn escape_controls(text: &str, line: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && (line || (c != '\n' && c != '\t'));
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Writes human-readable `text` to stdout, control characters escaped
+/// ([`terminal_safe`]); a closed pipe ends the command quietly.
 pub fn print(text: &str) -> Result<(), CliError> {
+    print_data(&terminal_safe(text))
+}
+
+/// Writes data (JSON, JSONL) to stdout exactly as given; a closed pipe ends
+/// the command quietly.
+pub fn print_data(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
@@ -18,13 +58,13 @@ pub fn print(text: &str) -> Result<(), CliError> {
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let mut s = serde_json::to_string_pretty(value).map_err(bd::Error::from)?;
     s.push('\n');
-    print(&s)
+    print_data(&s)
 }
 
-/// Prints a status line to stderr unless quiet.
+/// Prints a status line to stderr unless quiet (control characters escaped).
 pub fn status(quiet: bool, msg: &str) {
     if !quiet {
-        eprintln!("{msg}");
+        eprintln!("{}", terminal_safe(msg));
     }
 }
 
@@ -32,6 +72,10 @@ pub fn status(quiet: bool, msg: &str) {
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut width = vec![0; cols];
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| one_line(c).into_owned()).collect())
+        .collect();
     for row in std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .chain(rows.iter().cloned())
     {
@@ -54,7 +98,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(header.iter().map(|s| s.to_string()).collect());
-    for row in rows {
+    for row in &rows {
         line(row.clone());
     }
     out

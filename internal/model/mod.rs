@@ -190,6 +190,15 @@ pub fn validate_title(title: &str) -> crate::Result<()> {
         ))
         .hint("put the detail in --description"));
     }
+    if let Some(c) = title.chars().find(|c| c.is_control()) {
+        // Titles travel to every clone and are shown in terminals: an escape
+        // sequence in one could retitle a window or clear a screen there.
+        return Err(crate::Error::invalid(format!(
+            "title contains the control character U+{:04X}",
+            c as u32
+        ))
+        .hint("a title is one line of text; put the detail in --description"));
+    }
     Ok(())
 }
 
@@ -197,10 +206,12 @@ pub fn validate_title(title: &str) -> crate::Result<()> {
 pub fn validate_label(label: &str) -> crate::Result<()> {
     if label.is_empty()
         || label.chars().count() > 100
-        || label.chars().any(|c| c.is_whitespace() || c == ',')
+        || label
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',' || c.is_control())
     {
         return Err(crate::Error::invalid(format!("invalid label {label:?}"))
-            .hint("labels are 1-100 characters without spaces or commas"));
+            .hint("labels are 1-100 characters without spaces, commas or control characters"));
     }
     Ok(())
 }

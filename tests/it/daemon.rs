@@ -635,13 +635,14 @@ fn list_and_ready_rows_pass_through_the_daemon_unchanged() {
     let env = TestEnv::new();
     let blocker = env.create(&["blocker \"quoted\"", "-p", "0"]);
     env.create(&[
-        "tab\there, newline\nthere, unicode é ✓, backslash \\",
+        // (Titles refuse control characters; the description carries them.)
+        "unicode é ✓, backslash \\, \"quotes\"",
         "-l",
         "x,y",
         "--deps",
         &format!("blocks:{blocker}"),
         "-d",
-        "line one\nline two",
+        "tab\there, newline\nthere\r\nline two \u{7f}",
     ]);
     env.create(&["plain", "-a", "someone"]);
     start(&env);

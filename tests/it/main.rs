@@ -13,3 +13,4 @@ mod group_commit;
 mod import_export;
 mod op_file;
 mod sync;
+mod terminal;

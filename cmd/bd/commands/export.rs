@@ -22,8 +22,8 @@ pub fn cmd_export(ctx: &Ctx, a: ExportArgs) -> Result<(), CliError> {
     };
     let text = bd::jsonl::render_snapshot(&issues)?;
     match a.output {
-        None => output::print(&text),
-        Some(path) if path.as_os_str() == "-" => output::print(&text),
+        None => output::print_data(&text),
+        Some(path) if path.as_os_str() == "-" => output::print_data(&text),
         Some(path) => {
             bd::jsonl::atomic_write(&path, text.as_bytes())?;
             if ctx.json {

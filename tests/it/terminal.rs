@@ -1,0 +1,90 @@
+//! Human output is safe for a terminal: text from other clones cannot carry
+//! escape sequences to it.
+
+use crate::common::{Mode, TestEnv};
+
+const HOSTILE: &str = "innocent \u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m";
+
+/// Puts an issue titled [`HOSTILE`] (with a hostile label and description)
+/// into the tracker the way another clone's would arrive: an op in a foreign
+/// op file, applied by the next command.
+fn arrive_from_another_clone(env: &TestEnv) -> String {
+    let op = bd::model::Op {
+        op_id: String::new(),
+        issue: "t-evil".into(),
+        kind: bd::model::OpKind::Create,
+        field: None,
+        value: serde_json::json!({
+            "title": HOSTILE,
+            "description": format!("line one\n{HOSTILE}"),
+            "status": "open",
+            "priority": 1,
+            "issue_type": "bug",
+            "labels": ["x\u{1b}[1m"],
+        }),
+        supersedes: vec![],
+        hlc: bd::model::Hlc {
+            wall: 1_000,
+            logical: 0,
+        },
+        actor: "mallory\u{1b}[8m".into(),
+        replica: "ffffffffffffffff".into(),
+        seq: 1,
+    }
+    .seal();
+    std::fs::write(
+        env.beads().join("ops/ffffffffffffffff.jsonl"),
+        format!("{}\n", serde_json::to_string(&op).unwrap()),
+    )
+    .unwrap();
+    "t-evil".into()
+}
+
+fn assert_no_raw_controls(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what} wrote raw control characters {raw:?}:\n{text}"
+    );
+}
+
+/// Regression (issue 10, item 9): `bd create "$(printf 'innocent
+/// \033]0;owned\007\033[2J')"` was accepted and `bd list` wrote the escape
+/// sequences to the terminal.
+fn terminal_output_never_carries_escape_sequences(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let err = env.fails(&["create", HOSTILE], 2);
+    assert!(err.contains("control character"), "{err}");
+    assert_no_raw_controls("the refusal", err.as_bytes());
+    let err = env.fails(&["create", "ok", "-l", "bad\u{7}label"], 2);
+    assert!(err.contains("invalid label"), "{err}");
+
+    let id = arrive_from_another_clone(&env);
+    for args in [
+        vec!["list"],
+        vec!["ready"],
+        vec!["show", &id],
+        vec!["search", "innocent"],
+        vec!["label", "list"],
+        vec!["comments", &id],
+    ] {
+        let out = env.run(&args);
+        assert!(out.status.success(), "{args:?}");
+        assert_no_raw_controls(&format!("bd {args:?}"), &out.stdout);
+        assert_no_raw_controls(&format!("bd {args:?} (stderr)"), &out.stderr);
+    }
+    let shown = env.ok(&["list"]);
+    assert!(
+        shown.contains("innocent \\x1b]0;owned\\x07\\x1b[2J\\u{9b}31m"),
+        "{shown}"
+    );
+    // JSON keeps the data exactly (escaped the JSON way).
+    let json = env.json(&["show", &id]);
+    assert_eq!(json[0]["title"], HOSTILE);
+}
+
+crate::in_both_modes!(terminal_output_never_carries_escape_sequences);
