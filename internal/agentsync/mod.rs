@@ -16,7 +16,9 @@
 //!   value, or as a contender of a recorded conflict (otherwise it is **lost**);
 //! - a **semantic conflict** is two or more unsuperseded writes of different
 //!   values to one field, or an unsuperseded delete racing a write it did not see;
-//!   it is **escalated** if the final state records it as a conflict;
+//!   it is **escalated** if the final state records it as a conflict (on a
+//!   deleted issue, which has no fields, a field's conflict is recorded by its
+//!   contenders all being listed in the `deleted` conflict);
 //! - a visible write is **attributed** if the final state can name who wrote it.
 //!
 //! `examples/agentsync.rs` prints the table; `tests/it/agentsync.rs` holds bd to
@@ -593,9 +595,21 @@ fn score_bd(w: &Workload, writes: &[Write], ops: &[Op], clones: &[BdClone]) -> S
         .conflicts
         .iter()
         .filter(|(issue, field)| {
-            fin.docs[issue]
-                .materialise()
-                .is_some_and(|m| m.conflicts.iter().any(|c| &c.field == field))
+            fin.docs[issue].materialise().is_some_and(|m| {
+                m.conflicts.iter().any(|c| &c.field == field)
+                    // A deleted issue has no fields: a conflict among writes
+                    // its delete did not see is recorded by listing every one
+                    // of them in its `deleted` conflict.
+                    || (m.deleted
+                        && m.conflicts.iter().any(|c| {
+                            c.field == "deleted"
+                                && t.survivors.iter().all(|&i| {
+                                    let same = writes[i].issue == *issue
+                                        && matches!(&writes[i].action, Action::Set(f, _) if f == field);
+                                    !same || c.contenders.iter().any(|k| k.op_id == ops[i].op_id)
+                                })
+                        }))
+            })
         })
         .count() as u64;
     tally("bd", w, writes, &t, converged, escalated, |i| {

@@ -797,20 +797,40 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         )
         .hint("stop it with `bd daemon stop`, then run `bd --no-daemon rebuild`"));
     }
-    // (replica, state hash, snapshot files current, held ops) of the old database.
-    let (replica, previous_hash, old_files_current, old_held) = match Store::open(&paths.db) {
-        Ok(old) => {
-            // Everything this replica wrote must be in its op file first (but a
-            // file that is ahead is kept: the rebuild applies what it holds).
-            crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
-            let hash = crate::storage::sqlite::state_hash(old.conn())?;
-            let current = !crate::jsonl::snapshot_state(&old)?.dirty;
-            let held = crate::exchange::held_op_count(old.conn())?;
-            (old.replica().to_string(), Some(hash), current, held)
-        }
-        Err(e) if e.kind == ErrorKind::NotInitialized => (ids::new_replica_id()?, None, false, 0),
-        Err(e) => return Err(e),
-    };
+    // (replica, state hash, snapshot files current, held ops, ops applied
+    // although stamped too far ahead) of the old database.
+    let now = SystemClock.now_ms();
+    let (replica, previous_hash, old_files_current, old_held, accepted) =
+        match Store::open(&paths.db) {
+            Ok(old) => {
+                // Everything this replica wrote must be in its op file first (but a
+                // file that is ahead is kept: the rebuild applies what it holds).
+                crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
+                let hash = crate::storage::sqlite::state_hash(old.conn())?;
+                let current = !crate::jsonl::snapshot_state(&old)?.dirty;
+                let held = crate::exchange::held_op_count(old.conn())?;
+                // Held ops a person applied early (`bd resolve --field
+                // clock_skew`) are applied again, not held again.
+                let accepted: Vec<String> = old
+                    .conn()
+                    .prepare("SELECT op_id FROM ops WHERE json_extract(body, '$.hlc.wall') > ?1")?
+                    .query_map([now.saturating_add(DEFAULT_MAX_SKEW_MS) as i64], |r| {
+                        r.get(0)
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                (
+                    old.replica().to_string(),
+                    Some(hash),
+                    current,
+                    held,
+                    accepted,
+                )
+            }
+            Err(e) if e.kind == ErrorKind::NotInitialized => {
+                (ids::new_replica_id()?, None, false, 0, Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
     let side = |suffix: &str| {
         let mut p = paths.db.as_os_str().to_owned();
         p.push(suffix);
@@ -834,9 +854,26 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     fresh.conn().execute_batch(
         "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144;",
     )?;
-    let report = fresh.write(&crate::clock::SystemClock, |tx| {
+    let mut report = fresh.write(&crate::clock::SystemClock, |tx| {
         crate::exchange::rebuild_into(tx, paths, DEFAULT_MAX_SKEW_MS)
     })?;
+    if report.held > 0 && !accepted.is_empty() {
+        report.held -= fresh.write(&crate::clock::SystemClock, |tx| {
+            let mut n = 0;
+            for op_id in &accepted {
+                let held: bool = tx.conn().query_row(
+                    "SELECT EXISTS(SELECT 1 FROM held_ops WHERE op_id = ?1)",
+                    [op_id],
+                    |r| r.get(0),
+                )?;
+                if held {
+                    crate::exchange::apply_held_now(tx, op_id)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+    }
     fresh.conn().execute_batch("PRAGMA journal_mode = WAL;")?;
     std::fs::File::open(&fresh_db)?.sync_all()?;
     let state_hash = crate::storage::sqlite::state_hash(fresh.conn())?;

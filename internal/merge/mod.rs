@@ -442,6 +442,13 @@ impl IssueDoc {
         };
         let status = opt("status").map_or(Status::Open, |s| Status::from_wire(&s));
         let issue_type = opt("issue_type").map_or(IssueType::Task, |s| IssueType::from_wire(&s));
+        if self.is_deleted() {
+            // A deleted issue has no fields to show, so no conflicts on them:
+            // the delete settled what it saw, and a write it did not see is a
+            // contender of the `deleted` conflict instead. (Field conflicts kept
+            // on a deleted issue could never be resolved.)
+            conflicts.clear();
+        }
         if let Some(c) = self.delete_conflict() {
             conflicts.push(c);
         }

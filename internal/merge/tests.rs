@@ -341,6 +341,9 @@ proptest! {
         prop_assert_eq!(fields.len(), reference.conflicts.len());
         for c in &reference.conflicts {
             prop_assert!(c.contenders.len() >= 2);
+            // A deleted issue lists only the delete's conflict: every listed
+            // conflict can be resolved.
+            prop_assert!(!reference.deleted || c.field == "deleted");
         }
     }
 }

@@ -491,7 +491,9 @@ pub fn stats(conn: &Connection) -> Result<Stats> {
     s.ready = count(conn, &ListFilter::default(), Scope::Ready)?;
     s.blocked = count(conn, &ListFilter::default(), Scope::Blocked)?;
     s.deleted = scalar("SELECT COUNT(*) FROM tombstones")? as u64;
-    s.conflicts = scalar("SELECT COUNT(*) FROM conflicts")? as u64;
+    // As many as `bd conflicts` lists: field conflicts and held ops.
+    s.conflicts =
+        scalar("SELECT (SELECT COUNT(*) FROM conflicts) + (SELECT COUNT(*) FROM held_ops)")? as u64;
     s.ops = scalar("SELECT COUNT(*) FROM ops")? as u64;
     let avg: Option<f64> = conn.query_row(
         "SELECT AVG(closed_ms - created_ms) FROM issues WHERE status = 'closed' AND closed_ms IS NOT NULL",

@@ -684,6 +684,9 @@ fn resolve(
         return Err(Error::invalid("give exactly one of --value and --take")
             .hint("--value sets a new value; --take copies one contender's"));
     }
+    if field == "clock_skew" {
+        return resolve_clock_skew(tx, id, value, take);
+    }
     // A deleted issue has no row, so look it up by its exact id.
     let id = if field == "deleted" {
         id.to_string()
@@ -747,6 +750,70 @@ fn resolve(
         issue: get_live(tx.conn(), &id)?,
         changed: true,
     }]))
+}
+
+/// Settles a `clock_skew` record: applies the held op now (`--take` names it
+/// by op id prefix, actor or replica; `--value apply` takes the only one held
+/// for the issue). A held op is never dropped: it is in another clone's op
+/// file and would arrive again.
+fn resolve_clock_skew(
+    tx: &mut WriteTx<'_>,
+    id: &str,
+    value: Option<String>,
+    take: Option<String>,
+) -> Result<Response> {
+    if let Some(v) = value.as_deref().filter(|v| *v != "apply") {
+        return Err(Error::invalid(format!(
+            "a clock_skew record is settled by applying its op now, not with {v:?}"
+        ))
+        .hint(format!(
+            "bd resolve {id} --field clock_skew --value apply (or --take OP_ID)"
+        )));
+    }
+    let held: Vec<crate::model::Conflict> = query::conflicts(tx.conn())?
+        .into_iter()
+        .filter(|c| c.field == "clock_skew" && (c.issue_id == id || c.issue_id.ends_with(id)))
+        .collect();
+    let candidates: Vec<&model::Contender> = held
+        .iter()
+        .flat_map(|c| &c.contenders)
+        .filter(|k| {
+            take.as_deref()
+                .is_none_or(|t| k.op_id.starts_with(t) || k.actor == t || k.replica == t)
+        })
+        .collect();
+    let op_id = match candidates.as_slice() {
+        [one] => one.op_id.clone(),
+        [] => {
+            return Err(Error::not_found(format!(
+                "{id} has no op held for clock skew{}",
+                take.map(|t| format!(" matching {t:?}")).unwrap_or_default()
+            ))
+            .hint("`bd conflicts` lists the open ones"));
+        }
+        many => {
+            return Err(Error::invalid(format!(
+                "{} ops are held for {id}: {}",
+                many.len(),
+                many.iter()
+                    .map(|k| k.op_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .hint("name one with --take OP_ID (a prefix is enough)"));
+        }
+    };
+    let op = crate::exchange::apply_held_now(tx, &op_id)?;
+    tx.flush()?;
+    let issue = if tx.is_live(&op.issue)? {
+        vec![Changed {
+            issue: get_live(tx.conn(), &op.issue)?,
+            changed: true,
+        }]
+    } else {
+        Vec::new()
+    };
+    Ok(Response::Changed(issue))
 }
 
 /// A field's value from command-line text, validated as `bd update` would.

@@ -11,3 +11,8 @@ CREATE TABLE requests (
     outcome     TEXT                -- the Response's JSON; NULL: abandoned
 ) WITHOUT ROWID;
 CREATE INDEX requests_by_time ON requests(created_ms);
+
+-- Conflicts on the fields of deleted issues could never be resolved (only the
+-- `deleted` conflict can be, and the fold no longer produces the others).
+DELETE FROM conflicts
+WHERE field <> 'deleted' AND issue_id IN (SELECT id FROM tombstones);

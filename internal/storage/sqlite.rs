@@ -717,6 +717,24 @@ impl<'a> WriteTx<'a> {
                 ])?;
             return Ok(Received::Held);
         }
+        self.store_received(op, body, true)
+    }
+
+    /// Applies an op that was held for clock skew now, as a person settling its
+    /// `clock_skew` record asked: stored and folded, but the hybrid clock does
+    /// not jump to its far-future stamp (local ops keep local time).
+    pub fn receive_held_now(&mut self, mut op: Op) -> Result<Received> {
+        let Some(body) = op.verified_line() else {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("op {:?} does not match its content hash", op.op_id),
+            ));
+        };
+        self.store_received(op, body, false)
+    }
+
+    fn store_received(&mut self, op: Op, body: String, observe: bool) -> Result<Received> {
+        let now = self.clock.now_ms();
         // One statement both stores the op and tells a duplicate (the op id is
         // unique). Load the doc first, so loading does not read the op back.
         self.doc(&op.issue)?;
@@ -730,7 +748,9 @@ impl<'a> WriteTx<'a> {
         if stored == 0 {
             return Ok(Received::Duplicate);
         }
-        self.hlc = self.hlc.observe(op.hlc, now);
+        if observe {
+            self.hlc = self.hlc.observe(op.hlc, now);
+        }
         if op.replica == self.replica {
             // Our own op coming back (a rebuild): later local ops continue after it.
             self.seq = self.seq.max(op.seq);

@@ -1478,3 +1478,102 @@ fn bd_sync_refuses_an_op_file_with_conflict_markers() {
     );
     c.ok(&["sync", "-q"]);
 }
+
+/// The number of open conflicts: `bd conflicts`' length, which `bd stats`
+/// and `conflicts.jsonl` must agree with.
+fn open_conflicts(c: &Clone) -> usize {
+    let listed = c.json(&["conflicts"]).as_array().unwrap().len();
+    assert_eq!(
+        c.json(&["stats"])["conflicts"].as_u64().unwrap() as usize,
+        listed,
+        "stats counts what conflicts lists"
+    );
+    c.ok(&["flush", "-q"]);
+    let file = std::fs::read_to_string(c.root.join(".beads/conflicts.jsonl")).unwrap_or_default();
+    assert_eq!(
+        file.lines().count(),
+        listed,
+        "conflicts.jsonl agrees: {file}"
+    );
+    listed
+}
+
+/// Regression (issue 10, item 6): a title conflict on an issue that was then
+/// deleted could never be cleared (`resolve` said the issue was deleted,
+/// `--field deleted` said there was no conflict), and stayed in `stats` and
+/// `conflicts.jsonl` for good. Deleting settles the conflicts it saw.
+#[test]
+fn a_conflict_on_a_deleted_issue_is_settled_by_the_delete() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    a.ok(&["update", &id, "--title", "alice's"]);
+    b.ok(&["update", &id, "--title", "bob's"]);
+    exchange(&a, &b);
+    assert_eq!(open_conflicts(&a), 1);
+    a.ok(&["delete", &id]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        assert_eq!(open_conflicts(c), 0, "{} keeps no conflict", c.actor);
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+/// Regression (issue 10, item 6): clock-skew records were listed by
+/// `conflicts` but not counted by `stats`, and could not be resolved by their
+/// field. Resolving one applies the held op now, without dragging the local
+/// clock to its stamp.
+#[test]
+fn a_clock_skew_record_is_counted_and_can_be_resolved() {
+    use bd::model::OpKind;
+    let cluster = Cluster::new();
+    let (_a, b, id) = pair(&cluster);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut op = label_op(&id, "", "mallory", "feedfacefeedface", 1);
+    op.kind = OpKind::Set;
+    op.field = Some("title".into());
+    op.value = serde_json::json!("from the future");
+    op.hlc.wall = now + 3_600_000;
+    let op = op.seal();
+    std::fs::write(
+        b.root.join(".beads/ops/feedfacefeedface.jsonl"),
+        serde_json::to_string(&op).unwrap() + "\n",
+    )
+    .unwrap();
+    assert_eq!(open_conflicts(&b), 1);
+    let out = b.bd(&["resolve", &id, "--field", "clock_skew", "--value", "drop"]);
+    assert_eq!(out.status.code(), Some(2), "never dropped");
+    let r = b.json(&[
+        "resolve",
+        &id,
+        "--field",
+        "clock_skew",
+        "--take",
+        &op.op_id[..8],
+    ]);
+    assert!(r.to_string().contains("from the future"), "{r}");
+    // Its title write did not see the create's title: now an ordinary title
+    // conflict, listed and counted alike; the clock-skew record is gone.
+    assert_eq!(open_conflicts(&b), 1);
+    assert_eq!(b.json(&["conflicts"])[0]["field"], "title");
+    assert_eq!(b.json(&["info"])["held_ops"], 0);
+    // The local clock stayed local: a new issue is stamped now, not an hour on.
+    let fresh = b.json(&["create", "after"]);
+    let stamp = fresh["created_at"].as_str().unwrap().to_string();
+    let year_month_day_hour = &stamp[..13];
+    let later = b.json(&["show", &id])[0]["updated_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        &later[..13],
+        year_month_day_hour,
+        "the held op kept its own stamp"
+    );
+    // A rebuild agrees (the op is applied from its file, not held again).
+    let hash = b.state_hash();
+    b.ok(&["rebuild"]);
+    assert_eq!(b.state_hash(), hash);
+}
