@@ -203,7 +203,7 @@ struct BenchDaemon {
 impl BenchDaemon {
     fn start(paths: &BeadsPaths, max_group: usize) -> BenchDaemon {
         use bd::daemon::{DaemonOptions, run, socket_path};
-        let socket = socket_path(paths, &std::env::temp_dir());
+        let socket = socket_path(paths, || Ok(std::env::temp_dir())).expect("socket path");
         let opts = DaemonOptions {
             paths: paths.clone(),
             socket: socket.clone(),

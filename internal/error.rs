@@ -116,6 +116,13 @@ impl From<rusqlite::Error> for Error {
                 Error::new(ErrorKind::Busy, format!("database is busy: {e}"))
                     .hint("another bd process held the write lock too long; try again")
             }
+            Some(ErrorCode::DiskFull) | Some(ErrorCode::SystemIoFailure) => {
+                Error::new(ErrorKind::Io, format!("sqlite: {e}"))
+            }
+            Some(ErrorCode::CannotOpen)
+            | Some(ErrorCode::PermissionDenied)
+            | Some(ErrorCode::ReadOnly) => Error::new(ErrorKind::Io, format!("sqlite: {e}"))
+                .hint("check that you may read and write .beads/ and its files"),
             Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
                 Error::new(ErrorKind::Corrupt, format!("database is corrupt: {e}"))
                     .hint("move .beads/beads.db aside and run `bd import -i .beads/issues.jsonl`")

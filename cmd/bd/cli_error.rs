@@ -49,11 +49,15 @@ impl CliError {
     pub fn report(self, json: bool) -> i32 {
         if json {
             let v = serde_json::json!({"error": &self.0, "exit_code": self.exit_code()});
-            eprintln!("{v}");
+            // JSON escapes what a terminal must not see itself.
+            crate::output::stderr_data_line(&v.to_string());
         } else {
-            eprintln!("error: {}", crate::output::one_line(&self.0.message));
+            crate::output::stderr_line(&format!(
+                "error: {}",
+                crate::output::one_line(&self.0.message)
+            ));
             for h in &self.0.hints {
-                eprintln!("hint: {}", crate::output::one_line(h));
+                crate::output::stderr_line(&format!("hint: {}", crate::output::one_line(h)));
             }
         }
         self.exit_code()

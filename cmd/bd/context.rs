@@ -227,24 +227,19 @@ impl Ctx {
         let conn = connect(paths, &opts)?;
         // A warning, not status: shown even with --quiet (stdout stays clean).
         if let Some(note) = conn.note {
-            eprintln!("bd: {note}");
+            crate::output::stderr_line(&format!("bd: {note}"));
         }
         Ok(conn.backend)
     }
 
-    /// Where this user's short socket paths go: `$XDG_RUNTIME_DIR`, else
-    /// `/tmp/bd-<uid>` (created private).
-    pub fn runtime_dir(&self) -> Result<PathBuf, CliError> {
-        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-        {
-            return Ok(d);
-        }
-        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
-        let dir = PathBuf::from(format!("/tmp/bd-{uid}"));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        Ok(dir)
+    /// Where this user's short socket paths go (only asked for when
+    /// `.beads/bd.sock` would be too long a path): `$XDG_RUNTIME_DIR` when it is
+    /// ours, else `$TMPDIR/bd-<uid>` (or `/tmp`), private
+    /// (`bd::daemon::private_runtime_dir`).
+    pub fn runtime_dir(&self) -> Result<PathBuf, bd::Error> {
+        let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        // SAFETY: getuid has no failure modes and touches no memory.
+        let uid = unsafe { libc::getuid() };
+        bd::daemon::private_runtime_dir(xdg.as_deref(), &std::env::temp_dir(), uid)
     }
 }

@@ -61,10 +61,29 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     print_data(&s)
 }
 
+/// Writes one line to stderr, control characters escaped. A stderr that
+/// cannot be written (closed, a full disk) is ignored: `eprintln!` panics
+/// there, and a command that did its work must not die with exit 101 for
+/// want of somewhere to say so.
+pub fn stderr_line(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e
+        .write_all(terminal_safe(line).as_bytes())
+        .and_then(|()| e.write_all(b"\n"));
+}
+
+/// [`stderr_line`] for data (a JSON error): written as it is.
+pub fn stderr_data_line(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e
+        .write_all(line.as_bytes())
+        .and_then(|()| e.write_all(b"\n"));
+}
+
 /// Prints a status line to stderr unless quiet (control characters escaped).
 pub fn status(quiet: bool, msg: &str) {
     if !quiet {
-        eprintln!("{}", terminal_safe(msg));
+        stderr_line(msg);
     }
 }
 

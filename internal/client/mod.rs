@@ -186,7 +186,12 @@ impl DaemonClient {
                     "the daemon closed the connection during hello".into(),
                 ));
             }
-            Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Io) => {
+            Err(e)
+                if matches!(
+                    e.kind,
+                    ErrorKind::Unavailable | ErrorKind::Io | ErrorKind::Timeout
+                ) =>
+            {
                 return Err(unavailable(format!(
                     "the daemon did not answer within {} ms; it may be stopped or wedged",
                     LIVENESS.as_millis()
@@ -257,6 +262,13 @@ impl DaemonClient {
             Ok(None) => return Err(lost("connection closed")),
             Err(e) if matches!(e.kind, ErrorKind::Io | ErrorKind::Unavailable) => {
                 return Err(lost(&e.message));
+            }
+            // The socket's read timeout: no answer by the deadline and its grace.
+            Err(e) if e.kind == ErrorKind::Timeout => {
+                return Err(lost(&format!(
+                    "no answer {} s past the deadline",
+                    REPLY_GRACE.as_secs()
+                )));
             }
             Err(e) => return Err(e),
         };

@@ -39,7 +39,7 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(crate::jsonl::io_at(path, e)),
         };
         let values: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
             Error::new(ErrorKind::Corrupt, format!("{}: {e}", path.display()))

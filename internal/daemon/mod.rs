@@ -51,17 +51,72 @@ pub struct LockRecord {
 
 /// The socket path for a tracker: `.beads/bd.sock`, or, when that path is too long
 /// for a Unix socket, `<runtime_dir>/bd-<hash of the tracker path>.sock`.
-pub fn socket_path(paths: &BeadsPaths, runtime_dir: &Path) -> PathBuf {
+/// `runtime_dir` is asked for only when it is needed.
+pub fn socket_path(
+    paths: &BeadsPaths,
+    runtime_dir: impl FnOnce() -> Result<PathBuf>,
+) -> Result<PathBuf> {
     let direct = paths.dir.join("bd.sock");
     if direct.as_os_str().len() <= MAX_SOCKET_PATH {
-        return direct;
+        return Ok(direct);
     }
     let dir = paths
         .dir
         .canonicalize()
         .unwrap_or_else(|_| paths.dir.clone());
     let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    runtime_dir.join(format!("bd-{}.sock", crate::model::hex_bytes(&digest[..8])))
+    Ok(runtime_dir()?.join(format!("bd-{}.sock", crate::model::hex_bytes(&digest[..8]))))
+}
+
+/// Where a user's short socket paths go: `xdg` (`$XDG_RUNTIME_DIR`) when it is
+/// a directory owned by `uid`; else `<tmp>/bd-<uid>`, created with mode 0700 if
+/// missing. An existing `<tmp>/bd-<uid>` that is not a directory owned by
+/// `uid` with mode 0700 is refused, saying why: another user could otherwise
+/// plant or read sockets there. (It is never chmod-ed: it may not be ours.)
+pub fn private_runtime_dir(xdg: Option<&Path>, tmp: &Path, uid: u32) -> Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(x) = xdg
+        && std::fs::metadata(x).is_ok_and(|m| m.is_dir() && m.uid() == uid)
+    {
+        return Ok(x.to_path_buf());
+    }
+    let dir = tmp.join(format!("bd-{uid}"));
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut builder = std::fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            match builder.create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(crate::jsonl::io_at(&dir, e)),
+            }
+            // Whoever won a race to create it, it must be ours: check again.
+            private_runtime_dir(None, tmp, uid)
+        }
+        Err(e) => Err(crate::jsonl::io_at(&dir, e)),
+        Ok(m) => {
+            let why = if !m.is_dir() {
+                "is not a directory".to_string()
+            } else if m.uid() != uid {
+                format!("belongs to uid {}, not to you (uid {uid})", m.uid())
+            } else if m.permissions().mode() & 0o777 != 0o700 {
+                format!(
+                    "has mode {:o}, not 0700 (others could reach your sockets)",
+                    m.permissions().mode() & 0o777
+                )
+            } else {
+                return Ok(dir);
+            };
+            Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot use {} for the daemon's socket: it {why}",
+                    dir.display()
+                ),
+            )
+            .hint("set XDG_RUNTIME_DIR to a private directory of yours, or remove that one (the socket goes there only when .beads/bd.sock would be too long a path)"))
+        }
+    }
 }
 
 /// The daemon's hold on `daemon.lock`; released when dropped (or when the process
@@ -79,7 +134,8 @@ impl DaemonLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(paths.daemon_lock())?;
+            .open(paths.daemon_lock())
+            .map_err(|e| crate::jsonl::io_at(&paths.daemon_lock(), e))?;
         // Clients probe liveness with a momentary shared lock; retry briefly so a
         // probe is never mistaken for a running daemon. A real daemon holds the lock
         // for its whole life, so after the window it is one.
@@ -190,7 +246,8 @@ pub fn spawn(
     let log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(paths.daemon_log())?;
+        .open(paths.daemon_log())
+        .map_err(|e| crate::jsonl::io_at(&paths.daemon_log(), e))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--dir")
         .arg(&paths.dir)
@@ -239,7 +296,8 @@ impl StartLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(paths.daemon_start_lock())?;
+            .open(paths.daemon_start_lock())
+            .map_err(|e| crate::jsonl::io_at(&paths.daemon_start_lock(), e))?;
         let start = std::time::Instant::now();
         loop {
             match file.try_lock() {
@@ -297,17 +355,43 @@ mod tests {
 
     #[test]
     fn long_tracker_paths_get_a_short_socket() {
+        let run = || Ok(PathBuf::from("/run/u"));
         let short = BeadsPaths::new("/r/.beads");
+        let never = || -> Result<PathBuf> { panic!("not needed for a short path") };
         assert_eq!(
-            socket_path(&short, Path::new("/run/u")),
+            socket_path(&short, never).unwrap(),
             PathBuf::from("/r/.beads/bd.sock")
         );
         let long = BeadsPaths::new(format!("/{}/.beads", "x".repeat(120)));
-        let s = socket_path(&long, Path::new("/run/u"));
+        let s = socket_path(&long, run).unwrap();
         assert!(
             s.starts_with("/run/u") && s.as_os_str().len() < MAX_SOCKET_PATH,
             "{s:?}"
         );
-        assert_eq!(s, socket_path(&long, Path::new("/run/u")), "stable");
+        assert_eq!(s, socket_path(&long, run).unwrap(), "stable");
+    }
+
+    #[test]
+    fn a_runtime_dir_that_is_not_private_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap());
+        let made = private_runtime_dir(None, tmp.path(), uid).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "created private");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = private_runtime_dir(None, tmp.path(), uid).unwrap_err();
+        assert!(err.message.contains("not 0700"), "{}", err.message);
+        let err = private_runtime_dir(None, tmp.path(), uid + 1).unwrap_err();
+        assert!(
+            err.message.contains("not a directory") || err.message.contains("cannot"),
+            "{}",
+            err.message
+        );
+        // XDG_RUNTIME_DIR wins when it is ours.
+        assert_eq!(
+            private_runtime_dir(Some(tmp.path()), tmp.path(), uid).unwrap(),
+            tmp.path()
+        );
     }
 }

@@ -233,11 +233,28 @@ async fn serve(
     let period =
         (shared.opts.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
     let mut tick = tokio::time::interval(period);
+    let mut refusals = AcceptBackoff::default();
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
-                Ok(conn) => { tokio::spawn(connection(conn, shared.clone())); }
-                Err(e) => shared.note_error(&format!("accept failed: {e}")),
+                Ok(conn) => {
+                    refusals.reset();
+                    tokio::spawn(connection(conn, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) and the like: accepting
+                    // again at once fails again at once. Wait, doubling up to a
+                    // second, and say so once per interval, while the
+                    // connections already open go on being served.
+                    let (wait, report) = refusals.failed();
+                    if let Some(n) = report {
+                        shared.note_error(&format!(
+                            "accept failed: {e} ({n} times since the last report); retrying every {} ms at most",
+                            wait.as_millis()
+                        ));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             },
             _ = shared.shutdown.notified() => { (shared.log)("stop requested"); break; }
             _ = term.recv() => { (shared.log)("SIGTERM"); break; }
@@ -260,6 +277,43 @@ async fn serve(
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(())
+}
+
+/// Back-off for a failing `accept`: 10 ms doubling to 1 s, and a log line at
+/// most every [`ACCEPT_REPORT_EVERY`] (before, an exhausted descriptor table
+/// made the loop spin at 100% CPU writing ~25 MB of log a second).
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Option<Duration>,
+    failures: u64,
+    reported: Option<Instant>,
+}
+
+/// How often a run of failing accepts is reported in the log.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl AcceptBackoff {
+    /// Records a failure: how long to wait, and the count to report if a
+    /// report is due.
+    fn failed(&mut self) -> (Duration, Option<u64>) {
+        self.failures += 1;
+        let wait = self.wait.map_or(Duration::from_millis(10), |w| {
+            (w * 2).min(Duration::from_secs(1))
+        });
+        self.wait = Some(wait);
+        let due = self
+            .reported
+            .is_none_or(|t| t.elapsed() >= ACCEPT_REPORT_EVERY);
+        if !due {
+            return (wait, None);
+        }
+        self.reported = Some(Instant::now());
+        (wait, Some(std::mem::take(&mut self.failures)))
+    }
+
+    fn reset(&mut self) {
+        self.wait = None;
+    }
 }
 
 struct ConnectionGuard(Arc<Shared>);

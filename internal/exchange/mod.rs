@@ -73,7 +73,7 @@ pub fn op_files(paths: &BeadsPaths) -> Result<Vec<(String, PathBuf)>> {
     let dir = match std::fs::read_dir(paths.ops_dir()) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(crate::jsonl::io_at(&paths.ops_dir(), e)),
     };
     for entry in dir {
         let path = entry?.path();
@@ -188,7 +188,7 @@ fn read_file(
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(crate::jsonl::io_at(path, e)),
     };
     let len = f.metadata()?.len();
     // Where to start: after the mark if the file still holds it there.
@@ -445,7 +445,7 @@ pub fn has_news(
         let mut f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(crate::jsonl::io_at(&path, e)),
         };
         let len = f.metadata()?.len();
         let mark: Option<(i64, String)> = mark_of
@@ -552,7 +552,7 @@ impl OpDirWatch {
 /// Reads a whole op file and reports every line that is not a sealed op of its
 /// replica, and a torn last line. Returns the number of good ops too.
 pub fn scan_file(replica: &str, path: &Path) -> Result<(u64, Vec<LineProblem>)> {
-    let bytes = std::fs::read(path)?;
+    let bytes = std::fs::read(path).map_err(|e| crate::jsonl::io_at(path, e))?;
     let shown = path.display().to_string();
     let mut problems = Vec::new();
     let mut good = 0;

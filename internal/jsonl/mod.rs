@@ -117,8 +117,9 @@ impl FlushLock {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(paths.flush_lock())?;
-        f.lock()?;
+            .open(paths.flush_lock())
+            .map_err(|e| io_at(&paths.flush_lock(), e))?;
+        f.lock().map_err(|e| io_at(&paths.flush_lock(), e))?;
         Ok(FlushLock(f))
     }
 }

@@ -240,8 +240,33 @@ impl Store {
             )
             .hint("run `bd init` in your repository first"));
         }
+        match Self::open_with(db, false) {
+            // With the disk full, or no right to write in `.beads/`, SQLite
+            // cannot create or grow the shared-memory index file (`-shm`)
+            // that every WAL connection maps: even reads failed ("disk I/O
+            // error", "attempt to write a readonly database"). A connection in
+            // exclusive locking mode keeps that index in its own memory, so
+            // reads go on working (it holds the database's lock while it
+            // lives: writers wait).
+            Err(e) if e.kind == ErrorKind::Io && (disk_full(db).is_some() || !writable(db)) => {
+                Self::open_with(db, true).map_err(|e| explain_io(e, db))
+            }
+            other => other.map_err(|e| explain_io(e, db)),
+        }
+    }
+
+    fn open_with(db: &Path, exclusive: bool) -> Result<Store> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(db, flags)?;
+        let conn = Connection::open_with_flags(db, flags).map_err(|e| {
+            let err = Error::from(e);
+            Error {
+                message: format!("{}: {}", db.display(), err.message),
+                ..err
+            }
+        })?;
+        if exclusive {
+            conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE")?;
+        }
         configure(&conn)?;
         let version = user_version(&conn)?;
         if version > SCHEMA_VERSION {
@@ -397,6 +422,20 @@ impl Store {
         commit: bool,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
+        let db = self.conn.path().map(std::path::PathBuf::from);
+        let explain = |e: Error| match &db {
+            Some(db) => explain_io(e, db),
+            None => e,
+        };
+        self.in_write_tx_inner(clock, commit, f).map_err(explain)
+    }
+
+    fn in_write_tx_inner<T>(
+        &mut self,
+        clock: &dyn Clock,
+        commit: bool,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
         // Inside the transaction, so no other writer can commit between this
         // check and our own commit.
@@ -429,6 +468,77 @@ impl Store {
     /// Sets a `meta` value in its own transaction.
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         meta_set(&self.conn, key, value)
+    }
+}
+
+/// Free space under which an I/O failure is taken for a full disk.
+const NEARLY_FULL_BYTES: u64 = 1024 * 1024;
+
+/// `Some(free bytes)` when the file system holding `path` has (nearly) no
+/// room left for its user.
+pub fn disk_full(path: &Path) -> Option<u64> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    (free < NEARLY_FULL_BYTES).then_some(free)
+}
+
+/// Whether this process may write the database file and its directory
+/// (where SQLite keeps `-wal` and `-shm`).
+fn writable(db: &Path) -> bool {
+    let ok = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            // SAFETY: access(2) reads the NUL-terminated path only.
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+    };
+    ok(db)
+        && db
+            .parent()
+            .is_none_or(|d| d.as_os_str().is_empty() || ok(d))
+}
+
+/// An I/O failure of the database, said as what it is: a full disk, no right
+/// to write, or at least which file.
+pub fn explain_io(e: Error, db: &Path) -> Error {
+    if e.kind != ErrorKind::Io {
+        return e;
+    }
+    let dir = db.parent().unwrap_or(db);
+    if let Some(free) = disk_full(db) {
+        return Error::new(
+            ErrorKind::Io,
+            format!(
+                "disk full: {} has {} KiB free ({})",
+                dir.display(),
+                free / 1024,
+                e.message
+            ),
+        )
+        .hint("free some space, then run the command again; reading works meanwhile");
+    }
+    if !writable(db) {
+        return Error::new(
+            ErrorKind::Io,
+            format!(
+                "permission denied: cannot write {} or {} ({})",
+                db.display(),
+                dir.display(),
+                e.message
+            ),
+        )
+        .hint("run bd as the user who owns .beads/, or give yours write access");
+    }
+    if e.message.contains(&db.display().to_string()) {
+        return e;
+    }
+    Error {
+        message: format!("{}: {}", db.display(), e.message),
+        ..e
     }
 }
 

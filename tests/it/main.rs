@@ -12,5 +12,6 @@ mod exactly_once;
 mod group_commit;
 mod import_export;
 mod op_file;
+mod pressure;
 mod sync;
 mod terminal;

@@ -67,6 +67,68 @@ pub fn cmd_daemon(ctx: &Ctx, c: DaemonCommand) -> Result<(), CliError> {
     }
 }
 
+/// Where a foreground daemon's log lines go: stderr, which a detached daemon
+/// has pointed at `.beads/daemon.log`. Then the log is rotated while the
+/// daemon runs, not only when one starts: past
+/// [`daemon::LOG_ROTATE_BYTES`] the file becomes `daemon.log.1` and a fresh
+/// `daemon.log` takes over stdout and stderr.
+struct LogSink {
+    paths: bd::storage::BeadsPaths,
+    /// Bytes in the current log file; `None` when stderr is not the log.
+    written: std::sync::Mutex<Option<u64>>,
+}
+
+impl LogSink {
+    fn new(paths: &bd::storage::BeadsPaths) -> LogSink {
+        use std::os::unix::fs::MetadataExt;
+        // Is stderr the daemon log? (Compare the open file with the path.)
+        let stderr = std::fs::metadata("/proc/self/fd/2").ok();
+        let log = std::fs::metadata(paths.daemon_log()).ok();
+        let written = match (stderr, log) {
+            (Some(e), Some(l)) if e.dev() == l.dev() && e.ino() == l.ino() => Some(l.len()),
+            _ => None,
+        };
+        LogSink {
+            paths: paths.clone(),
+            written: std::sync::Mutex::new(written),
+        }
+    }
+
+    fn write(&self, line: &str) {
+        let text = format!(
+            "[{}] {line}\n",
+            bd::clock::format_rfc3339(bd::clock::Clock::now_ms(&bd::clock::SystemClock))
+        );
+        let Ok(mut written) = self.written.lock() else {
+            return;
+        };
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        if let Some(n) = written.as_mut() {
+            *n += text.len() as u64;
+            if *n > daemon::LOG_ROTATE_BYTES && self.rotate().is_ok() {
+                *n = 0;
+            }
+        }
+    }
+
+    fn rotate(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        std::fs::rename(self.paths.daemon_log(), self.paths.daemon_log_old())?;
+        let fresh = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.paths.daemon_log())?;
+        for fd in [1, 2] {
+            // SAFETY: dup2 onto the standard descriptors, from a file that is
+            // open for the duration of the call.
+            if unsafe { libc::dup2(fresh.as_raw_fd(), fd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
 fn client(ctx: &Ctx) -> Result<Option<DaemonClient>, CliError> {
     Ok(DaemonClient::to_running(
         &ctx.paths()?,
@@ -78,16 +140,10 @@ fn client(ctx: &Ctx) -> Result<Option<DaemonClient>, CliError> {
 fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
     let paths = ctx.paths()?;
     bd::storage::Store::open(&paths.db)?; // a clear error now beats one in the log
-    let socket = daemon::socket_path(&paths, &ctx.runtime_dir()?);
+    let socket = daemon::socket_path(&paths, || ctx.runtime_dir())?;
     if a.foreground {
-        let log: daemon::Log = Arc::new(|line: &str| {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(
-                err,
-                "[{}] {line}",
-                bd::clock::format_rfc3339(bd::clock::Clock::now_ms(&bd::clock::SystemClock))
-            );
-        });
+        let sink = LogSink::new(&paths);
+        let log: daemon::Log = Arc::new(move |line: &str| sink.write(line));
         let opts = DaemonOptions {
             paths,
             socket,

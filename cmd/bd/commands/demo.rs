@@ -37,10 +37,10 @@ impl Log {
             return;
         }
         let _g = self.lock.lock();
-        eprintln!(
+        crate::output::stderr_line(&format!(
             "[{:>5} ms] {who:<9} {msg}",
             self.start.elapsed().as_millis()
-        );
+        ));
     }
 }
 

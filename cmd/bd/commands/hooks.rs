@@ -69,7 +69,7 @@ pub fn cmd_hooks(ctx: &Ctx, c: HooksCommand) -> Result<(), CliError> {
             // A hook must never break the user's git command because of bd:
             // problems are reported and the hook succeeds.
             if let Err(e) = run_hook(ctx, &a.hook) {
-                eprintln!("bd: {} hook: {}", a.hook, e.0.message);
+                crate::output::stderr_line(&format!("bd: {} hook: {}", a.hook, e.0.message));
             }
             Ok(())
         }

@@ -32,7 +32,7 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
     let (records, line_errors) = parse_issue_lines(&text);
     if a.strict && !line_errors.is_empty() {
         for e in &line_errors {
-            eprintln!("{source}:{}: {}", e.line, e.message);
+            crate::output::stderr_line(&format!("{source}:{}: {}", e.line, e.message));
         }
         return Err(CliError(
             Error::invalid(format!(
@@ -59,7 +59,7 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
         output::json(&report)?;
     } else {
         for e in &report.errors {
-            eprintln!("{source}:{}: {}", e.line, e.message);
+            crate::output::stderr_line(&format!("{source}:{}: {}", e.line, e.message));
         }
         let verb = if report.dry_run {
             "Would import"

@@ -49,7 +49,7 @@ pub fn cmd_init(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
         }
     };
     for p in &report.problems {
-        eprintln!("warning: {}:{}: {}", p.file, p.line, p.problem);
+        crate::output::stderr_line(&format!("warning: {}:{}: {}", p.file, p.line, p.problem));
     }
     if ctx.json {
         let mut v = serde_json::to_value(&report).map_err(bd::Error::from)?;

@@ -245,10 +245,10 @@ pub fn call_as(ctx: &Ctx, req: Request, request_id: Option<String>) -> Result<Re
         deadline_ms,
     )?;
     if delivered.late {
-        eprintln!(
+        crate::output::stderr_line(&format!(
             "bd: applied (request {}); its answer came after --timeout",
             request_id.as_deref().unwrap_or("?")
-        );
+        ));
     }
     Ok(delivered.response)
 }

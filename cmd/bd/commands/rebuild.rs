@@ -23,7 +23,7 @@ pub fn cmd_rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<(), CliError> {
         return output::json(&r);
     }
     for p in &r.problems {
-        eprintln!("warning: {}:{}: {}", p.file, p.line, p.problem);
+        crate::output::stderr_line(&format!("warning: {}:{}: {}", p.file, p.line, p.problem));
     }
     let check = match &r.previous_hash {
         Some(prev) if *prev == r.state_hash => "state unchanged".to_string(),
