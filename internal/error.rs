@@ -125,7 +125,7 @@ impl From<rusqlite::Error> for Error {
                 .hint("check that you may read and write .beads/ and its files"),
             Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
                 Error::new(ErrorKind::Corrupt, format!("database is corrupt: {e}"))
-                    .hint("move .beads/beads.db aside and run `bd import -i .beads/issues.jsonl`")
+                    .hint("`bd rebuild` makes a new database from the op files (the damaged one is kept beside it)")
             }
             _ => Error::internal(format!("sqlite: {e}")),
         }

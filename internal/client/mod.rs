@@ -554,7 +554,10 @@ pub struct Connection {
 /// set, under a lock so that racing commands start exactly one; replacing one that
 /// is older than this bd); otherwise runs requests in this process.
 pub fn connect(paths: BeadsPaths, opts: &ConnectOptions) -> Result<Connection> {
-    if opts.no_daemon {
+    // A daemon serves its directory's own database; a request for another
+    // database file (`--db`) must reach that file, so it runs in-process.
+    let own_db = paths.db == paths.dir.join(crate::storage::DB_FILE);
+    if opts.no_daemon || !own_db {
         return Ok(Connection {
             backend: Box::new(Direct::open(paths, &opts.actor)?),
             note: None,
@@ -782,85 +785,128 @@ pub struct RebuildReport {
     pub held: u64,
     /// State hash of the rebuilt database.
     pub state_hash: String,
-    /// State hash of the database it replaced (`None`: there was none).
+    /// State hash of the database it replaced (`None`: there was none, or it
+    /// was too damaged to read).
     pub previous_hash: Option<String>,
     /// Whether the rebuilt database replaced the old one.
     pub replaced: bool,
     /// Where the old database was kept.
     pub backup: Option<String>,
+    /// Why the old database could not be read, when it was damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+    /// Whether the replica id came from the old database (or the file beside
+    /// it); false: a new one was made and this clone's old op file is read as
+    /// another clone's.
+    #[serde(default)]
+    pub kept_replica: bool,
     /// Lines that could not be used.
     pub problems: Vec<crate::exchange::LineProblem>,
 }
 
-/// Rebuilds the database from the op files alone and checks that the state is
-/// the same as before (the state hash). The old database is kept as
-/// `beads.db.bak`. With a different hash the old database stays in place and the
-/// rebuilt one is left at `beads.db.rebuild`, unless `force`. Refuses while a
-/// daemon runs (it holds the database open).
+/// The old database as a rebuild finds it.
+enum OldDb {
+    /// Readable; its write lock is held until the swap, so no writer (the
+    /// daemon's or another process's) commits to it meanwhile.
+    Sound {
+        store: Box<Store>,
+        hash: String,
+        files_current: bool,
+        held: u64,
+        /// Ops applied although stamped too far ahead (settled clock_skew).
+        accepted: Vec<String>,
+    },
+    /// There is none.
+    Missing,
+    /// It cannot be read: the error, and the replica id if it could be saved.
+    Damaged(Error, Option<String>),
+}
+
+/// Rebuilds the database from the op files alone.
+///
+/// A readable database is rebuilt under its own write lock (writers, the
+/// daemon's included, wait; one that waited and then finds the file replaced
+/// is refused and reconnects), and the result must have the same state hash:
+/// then it is swapped in, the old one kept as `beads.db.bak`. A different
+/// hash keeps the old one and leaves the rebuilt one at `beads.db.rebuild`,
+/// unless `force`. A damaged database (corrupt, truncated, unreadable) is
+/// what rebuild is for: it is moved aside to `beads.db.damaged` and the
+/// rebuilt one takes its place, keeping the replica id (from the damaged
+/// file if it still reads, else from `beads.db.replica`). A running daemon is
+/// asked to stop afterwards; the next command starts a fresh one.
 pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     use crate::exchange::DEFAULT_MAX_SKEW_MS;
-    if let Some(record) = daemon::running(paths)? {
-        let pid = record
-            .map(|r| r.pid.to_string())
-            .unwrap_or_else(|| "?".into());
-        return Err(Error::new(
-            ErrorKind::Exists,
-            format!("a bd daemon (pid {pid}) has the database open"),
-        )
-        .hint("stop it with `bd daemon stop`, then run `bd --no-daemon rebuild`"));
-    }
-    // (replica, state hash, snapshot files current, held ops, ops applied
-    // although stamped too far ahead) of the old database.
     let now = SystemClock.now_ms();
-    let (replica, previous_hash, old_files_current, old_held, accepted) =
-        match Store::open(&paths.db) {
-            Ok(old) => {
-                // Everything this replica wrote must be in its op file first (but a
-                // file that is ahead is kept: the rebuild applies what it holds).
-                crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
-                let hash = crate::storage::sqlite::state_hash(old.conn())?;
-                let current = !crate::jsonl::snapshot_state(&old)?.dirty;
-                let held = crate::exchange::held_op_count(old.conn())?;
-                // Held ops a person applied early (`bd resolve --field
-                // clock_skew`) are applied again, not held again.
-                let accepted: Vec<String> = old
-                    .conn()
-                    .prepare("SELECT op_id FROM ops WHERE json_extract(body, '$.hlc.wall') > ?1")?
-                    .query_map([now.saturating_add(DEFAULT_MAX_SKEW_MS) as i64], |r| {
-                        r.get(0)
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                (
-                    old.replica().to_string(),
-                    Some(hash),
-                    current,
-                    held,
-                    accepted,
-                )
+    let backup = {
+        let mut p = paths.db.as_os_str().to_owned();
+        p.push(".bak");
+        std::path::PathBuf::from(p)
+    };
+    let old = match Store::open(&paths.db) {
+        Ok(old) => {
+            // A copy as the rebuild starts, kept as `beads.db.bak`.
+            remove_if_present(&backup)?;
+            old.conn()
+                .execute("VACUUM INTO ?1", [backup.to_string_lossy().as_ref()])?;
+            old.conn().execute_batch("BEGIN IMMEDIATE")?;
+            // Everything this replica wrote must be in its op file first (but a
+            // file that is ahead is kept: the rebuild applies what it holds).
+            crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
+            let hash = crate::storage::sqlite::state_hash(old.conn())?;
+            let files_current = !crate::jsonl::snapshot_state(&old)?.dirty;
+            let held = crate::exchange::held_op_count(old.conn())?;
+            // Held ops a person applied early (`bd resolve --field
+            // clock_skew`) are applied again, not held again.
+            let accepted: Vec<String> = old
+                .conn()
+                .prepare("SELECT op_id FROM ops WHERE json_extract(body, '$.hlc.wall') > ?1")?
+                .query_map([now.saturating_add(DEFAULT_MAX_SKEW_MS) as i64], |r| {
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            OldDb::Sound {
+                store: Box::new(old),
+                hash,
+                files_current,
+                held,
+                accepted,
             }
-            Err(e) if e.kind == ErrorKind::NotInitialized => {
-                (ids::new_replica_id()?, None, false, 0, Vec::new())
-            }
-            Err(e) => return Err(e),
-        };
+        }
+        Err(e) if e.kind == ErrorKind::NotInitialized => OldDb::Missing,
+        Err(e) => {
+            let replica = salvage_replica(&paths.db);
+            OldDb::Damaged(e, replica)
+        }
+    };
+    let (replica, kept_replica) = match &old {
+        OldDb::Sound { store, .. } => (store.replica().to_string(), true),
+        OldDb::Damaged(_, Some(r)) => (r.clone(), true),
+        OldDb::Missing => match crate::storage::sqlite::remembered_replica(&paths.db) {
+            Some(r) => (r, true),
+            None => (ids::new_replica_id()?, false),
+        },
+        OldDb::Damaged(_, None) => (ids::new_replica_id()?, false),
+    };
     let side = |suffix: &str| {
         let mut p = paths.db.as_os_str().to_owned();
         p.push(suffix);
         std::path::PathBuf::from(p)
     };
     let fresh_db = side(".rebuild");
-    for stale in [".rebuild", ".rebuild-wal", ".rebuild-shm"] {
-        match std::fs::remove_file(side(stale)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+    for stale in [
+        ".rebuild",
+        ".rebuild-wal",
+        ".rebuild-shm",
+        ".rebuild.replica",
+    ] {
+        remove_if_present(&side(stale))?;
     }
     let fresh_paths = BeadsPaths {
         dir: paths.dir.clone(),
         db: fresh_db.clone(),
     };
     let mut fresh = Store::create(&fresh_paths, &replica)?;
+    remove_if_present(&side(".rebuild.replica"))?;
     // A scratch file until it is complete and synced (a crash leaves garbage that
     // the next rebuild deletes): no journal, no per-commit sync, a big cache.
     fresh.conn().execute_batch(
@@ -869,10 +915,13 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     let mut report = fresh.write(&crate::clock::SystemClock, |tx| {
         crate::exchange::rebuild_into(tx, paths, DEFAULT_MAX_SKEW_MS)
     })?;
-    if report.held > 0 && !accepted.is_empty() {
+    if let OldDb::Sound { accepted, .. } = &old
+        && report.held > 0
+        && !accepted.is_empty()
+    {
         report.held -= fresh.write(&crate::clock::SystemClock, |tx| {
             let mut n = 0;
-            for op_id in &accepted {
+            for op_id in accepted {
                 let held: bool = tx.conn().query_row(
                     "SELECT EXISTS(SELECT 1 FROM held_ops WHERE op_id = ?1)",
                     [op_id],
@@ -890,38 +939,78 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     std::fs::File::open(&fresh_db)?.sync_all()?;
     let state_hash = crate::storage::sqlite::state_hash(fresh.conn())?;
     drop(fresh); // checkpoints and removes its WAL
-    let matches = previous_hash.as_deref().is_none_or(|h| h == state_hash);
     let mut out = RebuildReport {
         files: report.files_read,
         ops: report.applied,
         held: report.held,
         state_hash,
-        previous_hash,
+        previous_hash: None,
         replaced: false,
         backup: None,
+        damaged: None,
+        kept_replica,
         problems: report.problems,
     };
-    if !matches && !force {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!(
-                "the database rebuilt from the op files differs from the current one \
-                 (state {} vs {}); kept the current database, the rebuilt one is at {}",
-                short(&out.state_hash),
-                short(out.previous_hash.as_deref().unwrap_or("")),
-                fresh_db.display()
-            ),
-        )
-        .hint(
-            "`bd doctor` shows unreadable op lines; `bd rebuild --force` takes the rebuilt one",
-        ));
-    }
-    if out.previous_hash.is_some() {
-        let backup = side(".bak");
-        std::fs::rename(&paths.db, &backup)?;
-        out.backup = Some(backup.display().to_string());
-    }
-    std::fs::rename(&fresh_db, &paths.db)?;
+    let (old_files_current, old_held) = match old {
+        OldDb::Sound {
+            store,
+            hash,
+            files_current,
+            held,
+            ..
+        } => {
+            out.previous_hash = Some(hash.clone());
+            if hash != out.state_hash && !force {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "the database rebuilt from the op files differs from the current one \
+                         (state {} vs {}); kept the current database, the rebuilt one is at {}",
+                        short(&out.state_hash),
+                        short(&hash),
+                        fresh_db.display()
+                    ),
+                )
+                .hint(
+                    "`bd doctor` shows unreadable op lines; `bd rebuild --force` takes the rebuilt one",
+                ));
+            }
+            // The rebuilt tables replace the old ones inside the old file, in
+            // the transaction that has held its write lock since before the
+            // op files were read: no write can fall between, and every
+            // connection (a running daemon's too) goes on using one file and
+            // one write-ahead log. (Renaming another file into place would
+            // leave the old `-wal` and `-shm` to whoever opened the new one.)
+            // Request ids stay: a retried write must still find its answer.
+            replace_tables(store.conn(), &fresh_db)?;
+            drop(store);
+            remove_if_present(&fresh_db)?;
+            out.backup = Some(backup.display().to_string());
+            (files_current, held)
+        }
+        OldDb::Missing => {
+            std::fs::rename(&fresh_db, &paths.db)?;
+            (false, 0)
+        }
+        OldDb::Damaged(e, _) => {
+            let aside = side(".damaged");
+            for suffix in ["", "-wal", "-shm"] {
+                let from = side(suffix);
+                let to = {
+                    let mut p = aside.as_os_str().to_owned();
+                    p.push(suffix);
+                    std::path::PathBuf::from(p)
+                };
+                if from.exists() {
+                    std::fs::rename(&from, &to)?;
+                }
+            }
+            std::fs::rename(&fresh_db, &paths.db)?;
+            out.damaged = Some(e.message);
+            out.backup = Some(aside.display().to_string());
+            (false, 0)
+        }
+    };
     out.replaced = true;
     let mut store = Store::open(&paths.db)?;
     // The new database holds each op once: a file that held one twice (or
@@ -936,7 +1025,87 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     } else {
         crate::jsonl::write_snapshot(&mut store, paths)?;
     }
+    drop(store);
+    // A daemon that had the damaged file open still serves it: ask it to
+    // leave (the next command starts one on the new file). A sound database
+    // was rebuilt in place, and a running daemon simply sees the new tables.
+    if out.damaged.is_some()
+        && let Ok(Some(mut daemon)) =
+            DaemonClient::to_running(paths, "bd-rebuild", Duration::from_secs(10))
+    {
+        let _ = daemon.stop();
+    }
     Ok(out)
+}
+
+/// Tables a rebuild replaces (children after their parents for inserts).
+const REBUILT_TABLES: &[&str] = &[
+    "meta",
+    "ops",
+    "issues",
+    "labels",
+    "deps",
+    "comments",
+    "conflicts",
+    "tombstones",
+    "held_ops",
+    "op_file_marks",
+];
+
+/// Replaces [`REBUILT_TABLES`] of `conn`'s database (in its open write
+/// transaction) with those of the database at `fresh`, and commits.
+fn replace_tables(conn: &rusqlite::Connection, fresh: &Path) -> Result<()> {
+    conn.execute(
+        "ATTACH DATABASE ?1 AS fresh",
+        [fresh.to_string_lossy().as_ref()],
+    )?;
+    let copy = || -> Result<()> {
+        for t in REBUILT_TABLES.iter().rev() {
+            conn.execute_batch(&format!("DELETE FROM main.{t}"))?;
+        }
+        for t in REBUILT_TABLES {
+            conn.execute_batch(&format!("INSERT INTO main.{t} SELECT * FROM fresh.{t}"))?;
+        }
+        Ok(())
+    };
+    match copy() {
+        Ok(()) => {
+            conn.execute_batch("COMMIT")?;
+            conn.execute_batch("DETACH DATABASE fresh")?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let _ = conn.execute_batch("DETACH DATABASE fresh");
+            Err(e)
+        }
+    }
+}
+
+/// The replica id of a database that cannot be opened: from its `meta` table
+/// if that page still reads, else from `beads.db.replica`.
+fn salvage_replica(db: &Path) -> Option<String> {
+    let from_meta = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()
+    .and_then(|c| {
+        c.query_row("SELECT value FROM meta WHERE key = 'replica'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .ok()
+    })
+    .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+    from_meta.or_else(|| crate::storage::sqlite::remembered_replica(db))
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::jsonl::io_at(path, e)),
+    }
 }
 
 fn short(hash: &str) -> &str {

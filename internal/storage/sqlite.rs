@@ -83,6 +83,38 @@ pub struct Store {
     pub(crate) op_file: std::cell::Cell<Option<OpFileMark>>,
     /// Folded docs as of this connection's last commit (see [`DocCache`]).
     docs: DocCache,
+    /// The database file's (device, inode) when opened: a write finding
+    /// another file at the path (`bd rebuild` swapped one in) is refused
+    /// rather than made into a file nobody will read again.
+    identity: Option<(u64, u64)>,
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The file beside the database that remembers its replica id, so a rebuild
+/// of a damaged database keeps it (`beads.db.replica`: git ignores `*.db.*`).
+pub fn replica_file(db: &Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".replica");
+    p.into()
+}
+
+/// The replica id remembered beside the database, if any.
+pub fn remembered_replica(db: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(replica_file(db)).ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| id.to_string())
+}
+
+fn remember_replica(db: &Path, replica: &str) {
+    let path = replica_file(db);
+    if remembered_replica(db).as_deref() != Some(replica) {
+        let _ = crate::jsonl::atomic_write(&path, format!("{replica}\n").as_bytes());
+    }
 }
 
 /// Issues' folded ops, kept between write transactions of one long-lived
@@ -223,11 +255,13 @@ impl Store {
         )?;
         migrate(&tx, 1)?;
         tx.commit()?;
+        remember_replica(&paths.db, replica);
         Ok(Store {
             conn,
             replica: replica.to_string(),
             op_file: Default::default(),
             docs: DocCache::default(),
+            identity: file_identity(&paths.db),
         })
     }
 
@@ -302,14 +336,27 @@ impl Store {
             .optional()?;
         let replica = replica.ok_or_else(|| {
             Error::new(ErrorKind::Corrupt, "database has no replica id")
-                .hint("move .beads/beads.db aside and run `bd init` then `bd import`")
+                .hint("`bd rebuild` makes a new database from the op files")
         })?;
+        if !replica_file(db).exists() {
+            remember_replica(db, &replica);
+        }
         Ok(Store {
             conn,
             replica,
             op_file: Default::default(),
             docs: DocCache::default(),
+            identity: file_identity(db),
         })
+    }
+
+    /// Whether the database file at this connection's path is no longer the
+    /// one it opened (`bd rebuild` replaced it).
+    pub fn was_replaced(&self) -> bool {
+        match (self.identity, self.conn.path()) {
+            (Some(id), Some(path)) => file_identity(Path::new(path)) != Some(id),
+            _ => false,
+        }
     }
 
     /// This replica's id.
@@ -437,6 +484,16 @@ impl Store {
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<T> {
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
+        // A rebuild holds the write lock while it swaps the file: a writer
+        // that waited for it would write into the old file, which nobody reads
+        // again. Refused as "unavailable", so the caller reconnects.
+        if self.was_replaced() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "the database was replaced (bd rebuild) while this connection waited",
+            )
+            .hint("run the command again"));
+        }
         // Inside the transaction, so no other writer can commit between this
         // check and our own commit.
         let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -577,7 +634,7 @@ pub fn parse_stored_op(body: &str) -> Result<Op> {
             ErrorKind::Corrupt,
             format!("unreadable op in the database: {e}"),
         )
-        .hint("rebuild the database from .beads/ops with `bd import`")
+        .hint("`bd rebuild` makes a new database from the op files")
     })
 }
 

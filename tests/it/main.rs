@@ -13,5 +13,6 @@ mod group_commit;
 mod import_export;
 mod op_file;
 mod pressure;
+mod recovery;
 mod sync;
 mod terminal;

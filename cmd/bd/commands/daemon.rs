@@ -139,6 +139,18 @@ fn client(ctx: &Ctx) -> Result<Option<DaemonClient>, CliError> {
 
 fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
     let paths = ctx.paths()?;
+    if paths.db != paths.dir.join(bd::storage::DB_FILE) {
+        // Clients reach a daemon by its directory: it must serve that
+        // directory's own database, or requests would land in another file.
+        return Err(CliError::usage(
+            format!(
+                "a daemon serves {}, not {}",
+                paths.dir.join(bd::storage::DB_FILE).display(),
+                paths.db.display()
+            ),
+            "commands with --db run in-process; drop --db to start the daemon",
+        ));
+    }
     bd::storage::Store::open(&paths.db)?; // a clear error now beats one in the log
     let socket = daemon::socket_path(&paths, || ctx.runtime_dir())?;
     if a.foreground {

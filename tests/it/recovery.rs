@@ -1,0 +1,148 @@
+//! Recovery that recovers: a damaged database is rebuilt from the op files,
+//! with or without a daemon, and every hint names the command that works.
+
+use crate::common::{Mode, TestEnv, spawn_script, wait_clean};
+use std::collections::BTreeSet;
+
+fn titles(env: &TestEnv) -> BTreeSet<String> {
+    env.json(&["list", "--all", "-n", "0"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Regression (issue 10, item 7): with a truncated database the hint said to
+/// re-import the snapshot (which failed), and `rebuild` and `rebuild --force`
+/// both refused because the database was corrupt.
+#[test]
+fn a_truncated_database_is_rebuilt_keeping_the_replica_id() {
+    let env = TestEnv::new();
+    for t in ["one", "two", "three"] {
+        env.create(&[t]);
+    }
+    let replica = env.json(&["info"])["replica"].clone();
+    let db = env.beads().join("beads.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(len / 3).unwrap();
+    drop(f);
+    let err = env.fails(&["list"], 1);
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("bd rebuild"),
+        "the hint names the command that works: {err}"
+    );
+    let doctor = env.run(&["doctor"]);
+    assert!(String::from_utf8_lossy(&doctor.stdout).contains("bd rebuild"));
+    let r = env.json(&["rebuild"]);
+    assert_eq!(r["replaced"], true, "{r}");
+    assert!(r["damaged"].is_string(), "{r}");
+    assert_eq!(r["kept_replica"], true, "{r}");
+    assert!(env.beads().join("beads.db.damaged").exists(), "kept aside");
+    assert_eq!(env.json(&["info"])["replica"], replica, "same replica");
+    let want: BTreeSet<String> = ["one", "two", "three"].map(String::from).into();
+    assert_eq!(titles(&env), want);
+    // Writes go on where the op file left off, nothing written twice.
+    env.create(&["four"]);
+    let seqs: Vec<u64> = env
+        .op_lines()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert_eq!(env.json(&["doctor"])["errors"], 0);
+}
+
+/// The replica id is remembered beside the database (`beads.db.replica`), so
+/// a database too damaged to read its own still keeps it.
+#[test]
+fn a_database_destroyed_outright_still_keeps_its_replica_id() {
+    let env = TestEnv::new();
+    env.create(&["one"]);
+    let replica = env.json(&["info"])["replica"].clone();
+    std::fs::write(env.beads().join("beads.db"), b"not a database at all").unwrap();
+    let r = env.json(&["rebuild"]);
+    assert_eq!(r["kept_replica"], true, "{r}");
+    assert_eq!(env.json(&["info"])["replica"], replica);
+    assert_eq!(titles(&env), BTreeSet::from(["one".to_string()]));
+}
+
+/// Regression (issue 10, item 7): `rebuild` was refused while a daemon ran,
+/// though nearly every command starts one. Now it works through writers at
+/// once: they wait for it, and every acknowledged write is there after.
+#[test]
+fn rebuild_works_while_a_daemon_serves_writers() {
+    let env = TestEnv::new_in(Mode::Daemon);
+    env.create(&["before"]);
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            spawn_script(
+                env.root(),
+                &format!("for i in $(seq 1 40); do \"$0\" create \"w{w}-$i\" -q || exit 1; done"),
+                &[],
+                &format!("w{w}"),
+            )
+        })
+        .collect();
+    for _ in 0..3 {
+        let r = env.json(&["rebuild"]);
+        assert_eq!(r["replaced"], true, "{r}");
+        assert_eq!(r["previous_hash"], r["state_hash"], "{r}");
+    }
+    let mut acked = BTreeSet::new();
+    for w in writers {
+        acked.extend(wait_clean(w).lines().map(str::to_string));
+    }
+    assert_eq!(acked.len(), 80);
+    assert_eq!(
+        env.json(&["info"])["mode"],
+        "daemon",
+        "the daemon kept serving"
+    );
+    let ids: BTreeSet<String> = env.ids(&["list", "-n", "0"]).into_iter().collect();
+    assert!(acked.is_subset(&ids), "every acknowledged write is there");
+    assert_eq!(ids.len(), 81);
+    env.ok(&["flush"]);
+    let seqs: Vec<u64> = env
+        .op_lines()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=81).collect::<Vec<u64>>(), "op file exact");
+    let hash = env.json(&["info"])["state_hash"].clone();
+    env.ok(&["daemon", "stop", "-q"]);
+    let r = env.json(&["rebuild"]);
+    assert_eq!(
+        r["state_hash"], hash,
+        "a rebuild agrees with what the daemon served"
+    );
+}
+
+/// Regression (issue 10, item 7): `--db other.db` while a daemon served the
+/// directory wrote into the daemon's database.
+#[test]
+fn a_request_reaches_the_database_it_names() {
+    let env = TestEnv::new();
+    env.create(&["main one"]);
+    let other = env.beads().join("other.db");
+    std::fs::copy(env.beads().join("beads.db"), &other).unwrap();
+    env.ok(&["daemon", "start", "-q", "--idle-timeout", "60"]);
+    let o = other.to_str().unwrap();
+    env.ok(&["--db", o, "create", "other one", "-q"]);
+    let in_other: BTreeSet<String> = env
+        .json(&["--db", o, "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    assert!(in_other.contains("other one"), "{in_other:?}");
+    assert!(
+        !titles(&env).contains("other one"),
+        "not in the daemon's database"
+    );
+    let err = env.fails(&["--db", o, "daemon", "start"], 2);
+    assert!(err.contains("a daemon serves"), "{err}");
+}
