@@ -47,6 +47,27 @@ fn everyday(c: &mut Criterion) {
                     .expect("create")
             })
         });
+        // The same create as every CLI write sends it: with a request id, which
+        // the commit records with the answer (exactly-once writes).
+        let mut r = 0u64;
+        g.bench_function(BenchmarkId::new("create_with_request_id", n), |b| {
+            b.iter(|| {
+                r += 1;
+                t.client
+                    .call_with(
+                        Request::Create(CreateRequest {
+                            title: "bench issue".into(),
+                            labels: vec!["x".into()],
+                            ..Default::default()
+                        }),
+                        &bd::client::CallOptions {
+                            request_id: Some(format!("bench-{n}-{r}")),
+                            deadline_ms: None,
+                        },
+                    )
+                    .expect("create")
+            })
+        });
         // Updates spread over many issues (the usual case: each has a few ops).
         let mut k = 0usize;
         g.bench_function(BenchmarkId::new("update", n), |b| {
