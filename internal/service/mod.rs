@@ -102,14 +102,7 @@ fn write_once(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<R
     validate_request_id(rid)?;
     let digest = request_digest(&req)?;
     if let Some((seen, outcome)) = tx.request_outcome(rid)? {
-        if seen != digest {
-            return Err(Error::invalid(format!(
-                "request id {rid} was already used for a different request"
-            ))
-            .hint("give each distinct write its own --request-id"));
-        }
         return match outcome {
-            Some(json) => Ok(serde_json::from_str(&json)?),
             None => Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
@@ -117,6 +110,11 @@ fn write_once(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<R
                 ),
             )
             .hint("send it again with a new request id")),
+            Some(_) if seen != digest => Err(Error::invalid(format!(
+                "request id {rid} was already used for a different request"
+            ))
+            .hint("give each distinct write its own --request-id")),
+            Some(json) => Ok(serde_json::from_str(&json)?),
         };
     }
     let resp = write(tx, ctx, req)?;

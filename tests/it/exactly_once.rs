@@ -53,6 +53,19 @@ fn a_write_sent_again_with_its_request_id_is_applied_once(mode: Mode) {
     let err = env.fails(&["batch", "-f", p, "--request-id", "other"], 2);
     assert!(err.contains("plan-7"), "{err}");
 
+    // An id settled as "not applied" can never apply later, even resent.
+    let mut lib = bd::client::Direct::open(bd::storage::BeadsPaths::new(env.beads()), "tester")
+        .expect("open");
+    let settled = bd::client::Backend::call(
+        &mut lib,
+        bd::service::Request::Settle {
+            request_id: "gave-up".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(settled, bd::service::Response::Settled(None));
+    let err = env.fails(&["create", "late copy", "--request-id", "gave-up"], 3);
+    assert!(err.contains("abandoned"), "{err}");
     // Reads need none; bad ids are refused before anything runs.
     let err = env.fails(&["ready", "--request-id", "x"], 2);
     assert!(err.contains("applies to commands that change"), "{err}");
