@@ -276,3 +276,9 @@ impl TestEnv {
         format!("{}\n{}", self.ok(&["export"]), self.json(&["stats"])["ops"])
     }
 }
+
+/// The pid the running daemon wrote into `.beads/daemon.lock`, if any.
+pub fn daemon_pid(env: &TestEnv) -> Option<u64> {
+    let text = std::fs::read_to_string(env.beads().join("daemon.lock")).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["pid"].as_u64()
+}

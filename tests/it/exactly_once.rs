@@ -1,7 +1,7 @@
 //! Exactly-once writes: every answer is the real outcome, never "may or may
 //! not have been applied", whatever happens to the daemon in between.
 
-use crate::common::{BD, Mode, TestEnv};
+use crate::common::{BD, Mode, TestEnv, daemon_pid};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -140,11 +140,6 @@ fn a_write_answered_after_its_deadline_reports_its_real_outcome() {
 fn signal(pid: u64, signal: i32) {
     // SAFETY: kill(2) on a pid this test started (through bd); no memory effects.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-fn daemon_pid(env: &TestEnv) -> Option<u64> {
-    let text = std::fs::read_to_string(env.beads().join("daemon.lock")).ok()?;
-    serde_json::from_str::<Value>(&text).ok()?["pid"].as_u64()
 }
 
 /// Regression (issue 10, item 1): under kill -9 of the daemon 2-14 of 480

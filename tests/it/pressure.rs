@@ -8,10 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn daemon_pid(env: &TestEnv) -> u64 {
-    let text = std::fs::read_to_string(env.beads().join("daemon.lock")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()["pid"]
-        .as_u64()
-        .unwrap()
+    crate::common::daemon_pid(env).expect("a daemon runs")
 }
 
 fn wait_for_daemon(env: &TestEnv) {

@@ -545,19 +545,9 @@ fn concurrent_labels_dependencies_and_comments_merge_without_conflict() {
 
 #[test]
 fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
-    use bd::model::OpKind;
     let cluster = Cluster::new();
     let (_a, b, id) = pair(&cluster);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let mut op = label_op(&id, "", "mallory", "feedfacefeedface", 1);
-    op.kind = OpKind::Set;
-    op.field = Some("title".into());
-    op.value = serde_json::json!("from the future");
-    op.hlc.wall = now + 3_600_000;
-    let op = op.seal();
+    let op = future_title_op(&id);
     // The derived files are current before the op arrives (so a later flush
     // must notice that only the held ops changed).
     b.ok(&["flush", "-q"]);
@@ -580,6 +570,21 @@ fn ops_stamped_far_in_the_future_are_held_as_clock_skew() {
     let r = b.json(&["rebuild"]);
     assert_eq!(r["held"], 1, "{r}");
     assert_eq!(b.json(&["info"])["held_ops"], 1);
+}
+
+/// A sealed title write on `issue` by "mallory" on replica `feedfacefeedface`,
+/// stamped an hour ahead of now (held for clock skew when it arrives).
+fn future_title_op(issue: &str) -> bd::model::Op {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut op = label_op(issue, "", "mallory", "feedfacefeedface", 1);
+    op.kind = bd::model::OpKind::Set;
+    op.field = Some("title".into());
+    op.value = serde_json::json!("from the future");
+    op.hlc.wall = now + 3_600_000;
+    op.seal()
 }
 
 /// A sealed op as another clone would write it: `actor` on `replica` adds
@@ -1524,19 +1529,9 @@ fn a_conflict_on_a_deleted_issue_is_settled_by_the_delete() {
 /// clock to its stamp.
 #[test]
 fn a_clock_skew_record_is_counted_and_can_be_resolved() {
-    use bd::model::OpKind;
     let cluster = Cluster::new();
     let (_a, b, id) = pair(&cluster);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let mut op = label_op(&id, "", "mallory", "feedfacefeedface", 1);
-    op.kind = OpKind::Set;
-    op.field = Some("title".into());
-    op.value = serde_json::json!("from the future");
-    op.hlc.wall = now + 3_600_000;
-    let op = op.seal();
+    let op = future_title_op(&id);
     std::fs::write(
         b.root.join(".beads/ops/feedfacefeedface.jsonl"),
         serde_json::to_string(&op).unwrap() + "\n",
