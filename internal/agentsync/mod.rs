@@ -211,6 +211,7 @@ impl BdClone {
         let op = Op {
             op_id: String::new(),
             issue: issue_id(issue),
+            of: None,
             kind,
             field,
             value,
@@ -308,6 +309,7 @@ pub fn run(w: &Workload) -> [Score; 2] {
         let op = Op {
             op_id: String::new(),
             issue: issue_id(i),
+            of: None,
             kind: OpKind::Create,
             field: None,
             value: json!({"title": format!("issue {i}"), "status": "open", "priority": 2}),

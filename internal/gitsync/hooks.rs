@@ -335,6 +335,7 @@ mod tests {
         let op = crate::model::Op {
             op_id: String::new(),
             issue: format!("t-{seq}"),
+            of: None,
             kind: crate::model::OpKind::Create,
             field: None,
             value: serde_json::json!({ "title": title }),

@@ -98,6 +98,17 @@ pub fn validate_id(id: &str) -> crate::Result<()> {
     }
 }
 
+/// Checks an id in an import file: as [`validate_id`], and `~` is allowed too
+/// (an export holds the ids bd gave displaced creates, `<id>~<suffix>`).
+pub fn validate_imported_id(id: &str) -> crate::Result<()> {
+    if validate_id(&id.replace('~', "-")).is_ok() {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(format!("invalid issue id {id:?}"))
+            .hint("ids use letters, digits, '-', '_', '.' and '~'"))
+    }
+}
+
 /// Whether `id` is matched by the short form `query`: equal, a prefix of the id, a
 /// prefix of its hash part, or a suffix of it.
 pub fn short_id_matches(id: &str, query: &str) -> bool {

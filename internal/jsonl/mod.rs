@@ -569,6 +569,7 @@ mod tests {
                 tx.record(Op {
                     op_id: String::new(),
                     issue: issue.into(),
+                    of: None,
                     kind: OpKind::Create,
                     field: None,
                     value: serde_json::json!({"title": issue}),

@@ -17,6 +17,9 @@
 //! - A delete is a tombstone naming every write its author saw. An edit it did not
 //!   see makes a `deleted` conflict; the issue stays deleted (never resurrected by
 //!   itself) and the conflict is listed.
+//! - Two creates of one id (two clones numbered a child alike, or chose one
+//!   `--id`) are two issues, never one: see [`partition`]. A set of the field
+//!   `id` acknowledges the collision (see [`IssueDoc::acknowledged`]).
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +31,83 @@ use crate::model::{
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// How many hex digits of its create's op id a displaced id ends with.
+pub const DISPLACED_SUFFIX_LEN: usize = 6;
+
+/// The id a create of `wire` takes when another create of `wire` keeps that id:
+/// `<wire>~<first 6 hex digits of the create's op id>`. Ids given by bd or by
+/// `--id` never contain `~`, so this never names another issue.
+pub fn displaced_id(wire: &str, create_op_id: &str) -> String {
+    let n = create_op_id.len().min(DISPLACED_SUFFIX_LEN);
+    format!("{wire}~{}", &create_op_id[..n])
+}
+
+/// `(wire id, suffix)` when `id` is a displaced id (see [`displaced_id`]).
+pub fn split_displaced(id: &str) -> Option<(&str, &str)> {
+    let (wire, suffix) = id.rsplit_once('~')?;
+    let shaped = !wire.is_empty()
+        && suffix.len() == DISPLACED_SUFFIX_LEN
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    shaped.then_some((wire, suffix))
+}
+
+/// The id ops name for the issue `id`: its wire id when it was displaced,
+/// else `id` itself.
+pub fn wire_id(id: &str) -> &str {
+    split_displaced(id).map_or(id, |(wire, _)| wire)
+}
+
+/// The order of creates of one id: the least (hlc, replica, op id) keeps it.
+fn create_rank(op: &Op) -> (Hlc, &str, &str) {
+    (op.hlc, &op.replica, &op.op_id)
+}
+
+/// Which issue each op of the id `wire` belongs to, given every op of it known
+/// (`ops`: ops whose `issue` is `wire`; others are ignored). The rule, the same
+/// on every replica in any delivery order because it depends only on the set:
+///
+/// - the create with the least (hlc, replica, op id) keeps `wire`; every other
+///   create gets its [`displaced_id`];
+/// - an op naming its create (`of`) belongs to that create's issue; one naming a
+///   create not (yet) known stays with `wire` until it arrives;
+/// - an op without `of` (written before bd told creates apart) belongs to the
+///   first create its own replica made, or else to the one keeping `wire`.
+///
+/// Returns op id → issue id.
+pub fn partition<'a>(
+    wire: &str,
+    ops: impl IntoIterator<Item = &'a Op>,
+) -> BTreeMap<String, String> {
+    let ops: Vec<&Op> = ops.into_iter().filter(|op| op.issue == wire).collect();
+    let mut creates: Vec<&Op> = ops
+        .iter()
+        .copied()
+        .filter(|op| op.kind == OpKind::Create)
+        .collect();
+    creates.sort_by(|a, b| create_rank(a).cmp(&create_rank(b)));
+    let home = |n: usize| {
+        if n == 0 {
+            wire.to_string()
+        } else {
+            displaced_id(wire, &creates[n].op_id)
+        }
+    };
+    let mut out = BTreeMap::new();
+    for op in &ops {
+        let n = match (&op.kind, &op.of) {
+            (OpKind::Create, _) => creates.iter().position(|c| c.op_id == op.op_id),
+            (_, Some(of)) => creates
+                .iter()
+                .position(|c| c.op_id.starts_with(of.as_str())),
+            (_, None) => creates.iter().position(|c| c.replica == op.replica),
+        };
+        out.insert(op.op_id.clone(), home(n.unwrap_or(0)));
+    }
+    out
+}
 
 /// Who wrote something, and when; orders contenders deterministically. Shared
 /// (`Arc`) because one op stamps every field and element it carries: a create
@@ -169,6 +249,10 @@ pub struct IssueDoc {
     comments: BTreeMap<String, (Comment, i64, Stamp)>,
     deletes: BTreeMap<String, (Stamp, BTreeSet<String>)>,
     updated: Option<(i64, String)>,
+    /// Creates of this id acknowledged as displaced (sets of the field `id`).
+    acknowledged: BTreeSet<String>,
+    /// The id the create names (differs from `id` for a displaced issue).
+    wire: Option<String>,
 }
 
 impl IssueDoc {
@@ -205,9 +289,38 @@ impl IssueDoc {
         self.applied.len()
     }
 
-    /// Applies `op`; returns false if it was already applied or is for another issue.
+    /// The op id of the create that made this issue (the least ranked, should
+    /// a database from before [`partition`] hold several).
+    pub fn create_op_id(&self) -> Option<&str> {
+        self.creates
+            .iter()
+            .min_by(|a, b| a.1.order_key(a.0).cmp(&b.1.order_key(b.0)))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// The id this issue's ops name: the one its create gave it (for a
+    /// displaced issue, the id another create kept).
+    pub fn wire(&self) -> Option<&str> {
+        self.wire.as_deref()
+    }
+
+    /// The replica that made this issue's create.
+    pub fn create_replica(&self) -> Option<&str> {
+        let id = self.create_op_id()?;
+        self.creates.get(id).map(|s| &*s.replica)
+    }
+
+    /// Op ids of creates of this id that an `id` set acknowledged as displaced.
+    pub fn acknowledged(&self) -> &BTreeSet<String> {
+        &self.acknowledged
+    }
+
+    /// Applies `op`; returns false if it was already applied or is for another
+    /// issue (one whose `issue` is neither this id nor the id it was displaced from).
     pub fn apply(&mut self, op: &Op) -> bool {
-        if op.issue != self.id || !self.applied.insert(op.op_id.clone()) {
+        let ours =
+            op.issue == self.id || split_displaced(&self.id).is_some_and(|(w, _)| op.issue == w);
+        if !ours || !self.applied.insert(op.op_id.clone()) {
             return false;
         }
         let stamp = Stamp::of(op);
@@ -247,6 +360,16 @@ impl IssueDoc {
                     }
                 }
                 self.creates.insert(id.clone(), stamp.clone());
+                self.wire = Some(op.issue.clone());
+            }
+            OpKind::Set if op.field.as_deref() == Some("id") => {
+                // Acknowledges displaced creates (a grow-only set, so any
+                // order of acknowledgements gives the same result).
+                let acked = op.value.get("acknowledged").and_then(Value::as_array);
+                for id in acked.into_iter().flatten().filter_map(Value::as_str) {
+                    self.acknowledged.insert(id.to_string());
+                }
+                return true; // a notice settled, not an edit: `updated_at` stays
             }
             OpKind::Set => {
                 if let Some(field) = &op.field {

@@ -37,6 +37,7 @@ impl Replica {
         let op = Op {
             op_id: String::new(),
             issue: "bd-1".into(),
+            of: None,
             kind,
             field: field.map(str::to_string),
             value,

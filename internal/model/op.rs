@@ -1,7 +1,8 @@
 //! Operations: the unit of change, of storage and of sync.
 //!
 //! Wire format (one JSON object per line in `.beads/ops/<replica>.jsonl`), keys in
-//! this order: `op_id`, `issue`, `kind`, `field` (only for `set`), `value`,
+//! this order: `op_id`, `issue`, `of` (omitted on creates), `kind`, `field` (only
+//! for `set`), `value`,
 //! `supersedes` (omitted when empty), `hlc` {`wall`, `logical`}, `actor`, `replica`,
 //! `seq`. `op_id` is the first 32 hex digits of the SHA-256 of the same object
 //! serialised with `op_id` left out, so any change to an op changes its id and a
@@ -96,8 +97,14 @@ pub struct Op {
     /// Content hash; see the module docs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub op_id: String,
-    /// The issue changed.
+    /// The issue changed: the id its create op gave it. Two creates of one id
+    /// (on two clones) make two issues; see [`crate::merge::partition`].
     pub issue: String,
+    /// Which create of `issue` this op changes: the first [`OF_LEN`] hex digits
+    /// of that create's op id, as its writer saw it. `None` on creates, and on
+    /// ops written before bd told creates of one id apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of: Option<String>,
     /// What the op does.
     pub kind: OpKind,
     /// The scalar field, for `set`.
@@ -168,6 +175,9 @@ impl Op {
     }
 }
 
+/// How many hex digits of a create's op id an op's `of` carries.
+pub const OF_LEN: usize = 16;
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -187,6 +197,7 @@ mod tests {
         Op {
             op_id: String::new(),
             issue: "bd-1".into(),
+            of: None,
             kind: OpKind::Set,
             field: Some("title".into()),
             value: Value::String("x".into()),

@@ -33,7 +33,7 @@ pub fn resolve_id(conn: &Connection, query: &str) -> Result<String> {
     if is_deleted(conn, q)? {
         return Err(Error::not_found(format!("issue {q} was deleted")));
     }
-    if ids::validate_id(q).is_err() {
+    if ids::validate_imported_id(q).is_err() {
         return Err(Error::not_found(format!("no issue matches {q:?}"))
             .hint("ids look like bd-a1b2; run `bd list` to see them"));
     }

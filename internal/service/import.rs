@@ -78,7 +78,7 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    ids::validate_id(&id)?;
+    ids::validate_imported_id(&id)?;
     let tombstone = f.get("status").and_then(Value::as_str) == Some("tombstone");
     if !tombstone
         && f.get("title")

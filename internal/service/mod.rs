@@ -22,6 +22,7 @@ use crate::model::{
     self, Comment, DepType, Dependency, Issue, IssueType, Op, OpKind, Status, parse_priority,
 };
 use crate::query::{self, Scope};
+use crate::storage::collisions;
 use crate::storage::{BeadsPaths, Store, WriteTx};
 use crate::{Error, ErrorKind, Result};
 use rusqlite::params;
@@ -551,11 +552,18 @@ fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
         .into_iter()
         .filter(|c| c.issue_id == id)
         .collect();
+    let displaced_from = collisions::displaced_from(conn, id)?;
+    let displaced = match displaced_from {
+        Some(_) => Vec::new(),
+        None => crate::storage::collisions::displaced_issues(conn, id)?,
+    };
     Ok(IssueDetails {
         dependents: query::dependents(conn, id)?,
         issue,
         blocked,
         conflicts,
+        displaced,
+        displaced_from,
     })
 }
 
@@ -591,6 +599,7 @@ fn new_op(
     Op {
         op_id: String::new(),
         issue: issue.to_string(),
+        of: None,
         kind,
         field: field.map(str::to_string),
         value,
@@ -685,6 +694,9 @@ fn resolve(
     if field == "clock_skew" {
         return resolve_clock_skew(tx, id, value, take);
     }
+    if field == collisions::ID_FIELD {
+        return resolve_id_collision(tx, ctx, id, value, take);
+    }
     // A deleted issue has no row, so look it up by its exact id.
     let id = if field == "deleted" {
         id.to_string()
@@ -748,6 +760,70 @@ fn resolve(
         issue: get_live(tx.conn(), &id)?,
         changed: true,
     }]))
+}
+
+/// Settles an `id` notice (two creates used one id, and one was given
+/// `<id>~<suffix>`) by acknowledging it: `--value ack` acknowledges every
+/// displaced create of the id, `--take` the one it names (op id prefix, actor
+/// or replica). `id` may name the issue keeping the id or a displaced one.
+fn resolve_id_collision(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    value: Option<String>,
+    take: Option<String>,
+) -> Result<Response> {
+    if let Some(v) = value.as_deref().filter(|v| *v != "ack") {
+        return Err(Error::invalid(format!(
+            "an id notice is settled by acknowledging it, not with {v:?}"
+        ))
+        .hint(format!(
+            "bd resolve {id} --field id --value ack (both issues stay; rename or close one as the work needs)"
+        )));
+    }
+    // The issue keeping the id may have been deleted since: look it up exactly.
+    let home = match query::resolve_id(tx.conn(), id) {
+        Ok(home) => home,
+        Err(_) if query::is_deleted(tx.conn(), id.trim())? => id.trim().to_string(),
+        Err(e) => return Err(e),
+    };
+    let wire = crate::merge::wire_id(&home).to_string();
+    let doc = tx.doc(&wire)?.clone();
+    let notice = collisions::id_notice(tx.conn(), &wire, &doc)?.ok_or_else(|| {
+        Error::not_found(format!("{wire} has no id notice"))
+            .hint("`bd conflicts` lists the open ones")
+    })?;
+    let pending = collisions::unacknowledged(tx.conn(), &wire, &doc)?;
+    let acknowledged: Vec<String> = match &take {
+        None => pending,
+        Some(t) => {
+            let k = pick_contender(&notice, t)?;
+            if !pending.contains(&k.op_id) {
+                return Err(Error::invalid(format!(
+                    "{t:?} names the create that keeps {wire}, not a displaced one"
+                ))
+                .hint("name a displaced create by its op id, or use --value ack for all"));
+            }
+            vec![k.op_id.clone()]
+        }
+    };
+    tx.record(new_op(
+        ctx,
+        &wire,
+        OpKind::Set,
+        Some(collisions::ID_FIELD),
+        json!({ "acknowledged": acknowledged }),
+        vec![],
+    ))?;
+    tx.flush()?;
+    let issue = match tx.is_live(&wire)? {
+        true => vec![Changed {
+            issue: get_live(tx.conn(), &wire)?,
+            changed: true,
+        }],
+        false => Vec::new(),
+    };
+    Ok(Response::Changed(issue))
 }
 
 /// Settles a `clock_skew` record: applies the held op now (`--take` names it

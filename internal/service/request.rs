@@ -280,6 +280,13 @@ pub struct IssueDetails {
     /// Open conflicts on its fields.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub conflicts: Vec<Conflict>,
+    /// Other issues whose create used this issue's id (on other clones), each
+    /// given `<id>~<suffix>`; see the README's "Two creates of one id".
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub displaced: Vec<String>,
+    /// For an issue whose create used an id another create kept: that id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub displaced_from: Option<String>,
 }
 
 /// What happened to each issue of a multi-issue change.

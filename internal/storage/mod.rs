@@ -4,6 +4,7 @@
 //! Invariant: the op table and the materialised tables change in the same
 //! transaction, so the materialised state is always the fold of the stored ops.
 
+pub mod collisions;
 pub mod sqlite;
 
 pub use sqlite::{Received, Store, WalSync, WriteTx};

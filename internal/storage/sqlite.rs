@@ -12,9 +12,10 @@
 //!   flushing an issue re-evaluates it and, transitively, its dependents.
 
 use super::BeadsPaths;
+use super::collisions;
 use crate::clock::Clock;
 use crate::merge::{IssueDoc, Materialised};
-use crate::model::{Hlc, Op};
+use crate::model::{Hlc, OF_LEN, Op, OpKind};
 use crate::{Error, ErrorKind, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -24,11 +25,12 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const SCHEMA_V3: &str = include_str!("schema_v3.sql");
+const SCHEMA_V4: &str = include_str!("schema_v4.sql");
 
 /// How long a write's request id is remembered (24 hours): a request sent
 /// again with the same id within this window gets the first answer back
@@ -66,6 +68,10 @@ fn migrate(tx: &Connection, from: i64) -> Result<()> {
     }
     if from < 3 {
         tx.execute_batch(SCHEMA_V3)?;
+    }
+    if from < 4 {
+        tx.execute_batch(SCHEMA_V4)?;
+        super::collisions::split_merged_creates(tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -704,6 +710,9 @@ pub struct WriteTx<'a> {
     /// into a database that holds none of them (a rebuild): docs start empty
     /// instead of being read back.
     no_prior_ops: bool,
+    /// Whether some id was used by two creates here (see [`collisions`]):
+    /// until one is, flushing has no `id` notice to look for.
+    collisions: bool,
 }
 
 impl<'a> WriteTx<'a> {
@@ -728,6 +737,7 @@ impl<'a> WriteTx<'a> {
             params![replica],
             |r| r.get(0),
         )?;
+        let collisions = collisions::any_collision(&tx)?;
         Ok(WriteTx {
             tx,
             clock,
@@ -741,6 +751,7 @@ impl<'a> WriteTx<'a> {
             touched: BTreeSet::new(),
             recorded: Vec::new(),
             no_prior_ops: false,
+            collisions,
         })
     }
 
@@ -785,27 +796,99 @@ impl<'a> WriteTx<'a> {
 
     /// Stamps, seals and stores `op` (its hlc, seq and replica are overwritten) and
     /// folds it into the issue's doc. Returns the op id.
+    ///
+    /// `op.issue` names the issue as bd shows it; an op other than a create is
+    /// written naming the id its create gave it and that create (`of`), so it
+    /// reaches the same issue on every replica even when two creates used the
+    /// id (see [`crate::merge::partition`]).
     pub fn record(&mut self, mut op: Op) -> Result<String> {
         self.hlc = self.hlc.tick(self.clock.now_ms());
         self.seq += 1;
         op.hlc = self.hlc;
         op.seq = self.seq;
         op.replica = self.replica.clone();
+        // Load the doc before storing the op, so loading does not read it back.
+        let home = op.issue.clone();
+        let doc = self.doc(&home)?;
+        let collides = match op.kind {
+            OpKind::Create => doc.exists(),
+            _ => {
+                if let Some(wire) = doc.wire() {
+                    op.issue = wire.to_string();
+                }
+                op.of = doc
+                    .create_op_id()
+                    .map(|c| c[..c.len().min(OF_LEN)].to_string());
+                false
+            }
+        };
         let op = op.seal();
         let body = serde_json::to_string(&op)?;
-        // Load the doc before storing the op, so loading does not read it back.
-        self.doc(&op.issue)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
-        if let Some(doc) = self.docs.get_mut(&op.issue) {
+            .execute(params![op.op_id, home, op.replica, op.seq as i64, body])?;
+        if collides {
+            self.reroute(&op.issue)?;
+        } else if let Some(doc) = self.docs.get_mut(&home) {
             doc.apply(&op);
         }
-        self.touched.insert(op.issue.clone());
+        self.touched.insert(home);
         self.recorded.push(op.op_id.clone());
         Ok(op.op_id)
+    }
+
+    /// Re-partitions the ops of `wire` after a second create of it (or an op
+    /// of unknown home) arrived: see [`collisions::reroute`]. Every issue
+    /// involved is read back from its moved ops and written afresh.
+    fn reroute(&mut self, wire: &str) -> Result<()> {
+        let involved = collisions::reroute(&self.tx, wire)?;
+        self.collisions = self.collisions || collisions::any_collision(&self.tx)?;
+        for id in involved {
+            self.docs.remove(&id);
+            self.flushed.remove(&id);
+            self.cache.remove(&id);
+            collisions::wipe_rows(&self.tx, &id)?;
+            let doc = load_doc(&self.tx, &id)?;
+            self.docs.insert(id.clone(), doc);
+            self.fresh.insert(id.clone());
+            self.touched.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Where a foreign op goes (see [`collisions`]): `(home, reroute)`, where
+    /// `reroute` says the op's id must be re-partitioned once it is stored.
+    fn home_of(&mut self, op: &Op) -> Result<(String, bool)> {
+        let wire = op.issue.as_str();
+        let doc = self.doc(wire)?;
+        let (holder, holder_replica) = (
+            doc.create_op_id().map(str::to_string),
+            doc.create_replica().map(str::to_string),
+        );
+        let at_wire = |reroute| Ok((wire.to_string(), reroute));
+        match (&op.kind, &op.of, holder) {
+            // The first create of an id, or an op for it before its create.
+            (OpKind::Create, _, None) => at_wire(false),
+            (OpKind::Create, _, Some(_)) => at_wire(true),
+            (_, Some(of), Some(h)) if h.starts_with(of.as_str()) => at_wire(false),
+            (_, Some(of), _) => match collisions::home_of_create(&self.tx, wire, of)? {
+                Some(home) => Ok((home, false)),
+                // Its create has not arrived: it waits at the id, and moves
+                // if that create turns out to be displaced.
+                None => at_wire(false),
+            },
+            // Written before ops named their create: its replica's own
+            // create, or the one holding the id.
+            (_, None, _) if holder_replica.as_deref() == Some(op.replica.as_str()) => {
+                at_wire(false)
+            }
+            (_, None, _) => {
+                let collided = self.collisions && collisions::has_collision(&self.tx, wire)?;
+                at_wire(collided)
+            }
+        }
     }
 
     /// For a rebuild into an empty database: see the `no_prior_ops` field. The
@@ -903,15 +986,19 @@ impl<'a> WriteTx<'a> {
     fn store_received(&mut self, op: Op, body: String, observe: bool) -> Result<Received> {
         let now = self.clock.now_ms();
         // One statement both stores the op and tells a duplicate (the op id is
-        // unique). Load the doc first, so loading does not read the op back.
-        self.doc(&op.issue)?;
+        // unique). Find its home first (which loads the doc, so loading does
+        // not read the op back).
+        let (home, reroute) = self.home_of(&op)?;
+        if home != op.issue {
+            self.doc(&home)?;
+        }
         let stored = self
             .tx
             .prepare_cached(
                 "INSERT INTO ops(op_id, issue_id, replica, seq, body) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(op_id) DO NOTHING",
             )?
-            .execute(params![op.op_id, op.issue, op.replica, op.seq as i64, body])?;
+            .execute(params![op.op_id, home, op.replica, op.seq as i64, body])?;
         if stored == 0 {
             return Ok(Received::Duplicate);
         }
@@ -922,10 +1009,12 @@ impl<'a> WriteTx<'a> {
             // Our own op coming back (a rebuild): later local ops continue after it.
             self.seq = self.seq.max(op.seq);
         }
-        if let Some(doc) = self.docs.get_mut(&op.issue) {
+        if reroute {
+            self.reroute(&op.issue)?;
+        } else if let Some(doc) = self.docs.get_mut(&home) {
             doc.apply(&op);
         }
-        self.touched.insert(op.issue);
+        self.touched.insert(home);
         Ok(Received::Applied)
     }
 
@@ -1045,11 +1134,19 @@ impl<'a> WriteTx<'a> {
         }
         let touched = std::mem::take(&mut self.touched);
         for id in &touched {
-            let materialised = self.docs.get(id).and_then(IssueDoc::materialise);
-            match materialised {
-                Some(m) => write_rows(&self.tx, m, self.fresh.remove(id))?,
-                None => continue, // ops for an issue whose create has not arrived
+            let Some(doc) = self.docs.get(id) else {
+                continue;
+            };
+            let Some(mut m) = doc.materialise() else {
+                continue; // ops for an issue whose create has not arrived
+            };
+            if self.collisions
+                && let Some(notice) = collisions::id_notice(&self.tx, id, doc)?
+            {
+                m.conflicts.push(notice);
+                m.conflicts.sort_by(|a, b| a.field.cmp(&b.field));
             }
+            write_rows(&self.tx, m, self.fresh.remove(id))?;
         }
         // Keep the docs for the cache, within bounds (a long import flushes
         // often and touches far more issues than are worth keeping).
@@ -1095,7 +1192,7 @@ pub enum Received {
 
 /// Writes the rows of one materialised issue. `fresh`: the issue had no rows before
 /// this transaction, so there is nothing to delete first.
-fn write_rows(conn: &Connection, mut m: Materialised, fresh: bool) -> Result<()> {
+pub(super) fn write_rows(conn: &Connection, mut m: Materialised, fresh: bool) -> Result<()> {
     // The row's body is the issue without comments (they have their own rows).
     let comments = std::mem::take(&mut m.issue.comments);
     let issue = &m.issue;
@@ -1228,7 +1325,7 @@ fn recompute_all_blocked(conn: &Connection) -> Result<()> {
 
 /// Re-evaluates `blocked` for `seeds` and, transitively, for whatever depends on an
 /// issue whose flag or status may have changed.
-fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
+pub(super) fn refresh_blocked(conn: &Connection, seeds: BTreeSet<String>) -> Result<()> {
     // The stored flag and the freshly computed one, in one statement.
     let mut get = conn.prepare_cached(concat!(
         "SELECT i.blocked, ",

@@ -10,6 +10,7 @@ mod daemon;
 mod errors;
 mod exactly_once;
 mod group_commit;
+mod id_collision;
 mod import_export;
 mod op_file;
 mod pressure;

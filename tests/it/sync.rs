@@ -7,12 +7,12 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
 }
 
-struct Clone {
-    root: PathBuf,
+pub(crate) struct Clone {
+    pub(crate) root: PathBuf,
     home: PathBuf,
     actor: String,
 }
@@ -53,7 +53,7 @@ fn git_in(dir: &Path, home: &Path, args: &[&str]) -> Output {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    pub(crate) fn new() -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("bd-sync-")
             .tempdir()
@@ -72,12 +72,12 @@ impl Cluster {
         Cluster { dir }
     }
 
-    fn home(&self) -> &Path {
+    pub(crate) fn home(&self) -> &Path {
         self.dir.path()
     }
 
     /// A clone of origin named `name`, acting as `actor`.
-    fn clone(&self, name: &str, actor: &str) -> Clone {
+    pub(crate) fn clone(&self, name: &str, actor: &str) -> Clone {
         git_in(
             self.home(),
             self.home(),
@@ -92,7 +92,7 @@ impl Cluster {
 }
 
 impl Clone {
-    fn bd(&self, args: &[&str]) -> Output {
+    pub(crate) fn bd(&self, args: &[&str]) -> Output {
         Command::new(BD)
             .args(args)
             .current_dir(&self.root)
@@ -107,7 +107,7 @@ impl Clone {
             .expect("bd")
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.bd(args);
         assert!(
             out.status.success(),
@@ -118,7 +118,7 @@ impl Clone {
     }
 
     /// Runs `bd create ARGS --json` and returns the new issue's id.
-    fn create(&self, args: &[&str]) -> String {
+    pub(crate) fn create(&self, args: &[&str]) -> String {
         let mut all = vec!["create"];
         all.extend_from_slice(args);
         self.json(&all)["id"]
@@ -127,18 +127,18 @@ impl Clone {
             .to_string()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
         serde_json::from_str(&self.ok(&all)).expect("json")
     }
 
-    fn git(&self, args: &[&str]) -> String {
+    pub(crate) fn git(&self, args: &[&str]) -> String {
         String::from_utf8(git_in(&self.root, &self.home, args).stdout).unwrap()
     }
 
     /// Commits this clone's op files (what a user or hook would) and pushes.
-    fn commit_ops_and_push(&self, message: &str) {
+    pub(crate) fn commit_ops_and_push(&self, message: &str) {
         self.ok(&["flush", "-q"]);
         self.git(&[
             "add",
@@ -150,18 +150,18 @@ impl Clone {
         self.git(&["push", "-q", "origin", "HEAD:main"]);
     }
 
-    fn pull(&self) {
+    pub(crate) fn pull(&self) {
         self.git(&["pull", "-q", "--no-edit", "origin", "main"]);
     }
 
-    fn state_hash(&self) -> String {
+    pub(crate) fn state_hash(&self) -> String {
         self.json(&["info"])["state_hash"]
             .as_str()
             .unwrap()
             .to_string()
     }
 
-    fn title(&self, id: &str) -> String {
+    pub(crate) fn title(&self, id: &str) -> String {
         self.json(&["show", id])[0]["title"]
             .as_str()
             .unwrap()
@@ -169,7 +169,7 @@ impl Clone {
     }
 }
 
-fn ids(v: &Value) -> Vec<String> {
+pub(crate) fn ids(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = v
         .as_array()
         .unwrap()
@@ -382,7 +382,7 @@ fn a_torn_or_corrupt_foreign_line_is_reported_and_the_rest_applied() {
 }
 
 /// Two clones of one tracker holding issue `id`, both initialised.
-fn pair(cluster: &Cluster) -> (Clone, Clone, String) {
+pub(crate) fn pair(cluster: &Cluster) -> (Clone, Clone, String) {
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "s"]);
     let id = a.create(&["shared"]);
@@ -393,7 +393,7 @@ fn pair(cluster: &Cluster) -> (Clone, Clone, String) {
 }
 
 /// Both clones exchange their ops through origin (b merges, pushes; a pulls).
-fn exchange(a: &Clone, b: &Clone) {
+pub(crate) fn exchange(a: &Clone, b: &Clone) {
     a.commit_ops_and_push("a");
     b.ok(&["flush", "-q"]);
     b.git(&["add", ".beads/ops"]);
@@ -593,6 +593,7 @@ fn label_op(issue: &str, label: &str, actor: &str, replica: &str, seq: u64) -> b
     bd::model::Op {
         op_id: String::new(),
         issue: issue.into(),
+        of: None,
         kind: bd::model::OpKind::LabelAdd,
         field: None,
         value: serde_json::json!(label),
@@ -1486,7 +1487,7 @@ fn bd_sync_refuses_an_op_file_with_conflict_markers() {
 
 /// The number of open conflicts: `bd conflicts`' length, which `bd stats`
 /// and `conflicts.jsonl` must agree with.
-fn open_conflicts(c: &Clone) -> usize {
+pub(crate) fn open_conflicts(c: &Clone) -> usize {
     let listed = c.json(&["conflicts"]).as_array().unwrap().len();
     assert_eq!(
         c.json(&["stats"])["conflicts"].as_u64().unwrap() as usize,

@@ -12,6 +12,7 @@ fn arrive_from_another_clone(env: &TestEnv) -> String {
     let op = bd::model::Op {
         op_id: String::new(),
         issue: "t-evil".into(),
+        of: None,
         kind: bd::model::OpKind::Create,
         field: None,
         value: serde_json::json!({

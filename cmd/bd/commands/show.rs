@@ -50,6 +50,21 @@ fn render(d: &IssueDetails) -> String {
     if let Some(a) = &i.assignee {
         let _ = writeln!(s, "Assignee: {a}{}", conflicted("assignee"));
     }
+    if let Some(from) = &d.displaced_from {
+        let _ = writeln!(
+            s,
+            "Id: {} (created as {from} on another clone; an earlier create kept {from})",
+            i.id
+        );
+    }
+    if !d.displaced.is_empty() {
+        let _ = writeln!(
+            s,
+            "Id: also created elsewhere as {}; those issues are {}",
+            i.id,
+            d.displaced.join(", ")
+        );
+    }
     if !i.labels.is_empty() {
         let _ = writeln!(s, "Labels: {}", i.labels.join(", "));
     }

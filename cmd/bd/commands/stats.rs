@@ -54,6 +54,29 @@ pub fn cmd_conflicts(ctx: &Ctx, _a: ConflictsArgs) -> Result<(), CliError> {
         Response::Conflicts(c) => {
             let mut out = String::new();
             for x in &c {
+                if x.field == "id" {
+                    let _ = writeln!(
+                        out,
+                        "{} id: created {} times on different clones; each is its own issue (`bd resolve {} --field id --value ack` to acknowledge):",
+                        x.issue_id,
+                        x.contenders.len(),
+                        x.issue_id
+                    );
+                    for k in &x.contenders {
+                        let field = |f: &str| k.value.get(f).cloned().unwrap_or_default();
+                        let _ = writeln!(
+                            out,
+                            "  {} {} by {} on {} at {} (op {})",
+                            field("id").as_str().unwrap_or_default(),
+                            field("title"),
+                            k.actor,
+                            k.replica,
+                            k.at,
+                            k.op_id
+                        );
+                    }
+                    continue;
+                }
                 let _ = writeln!(out, "{} {}:", x.issue_id, x.field);
                 for k in &x.contenders {
                     let _ = writeln!(
