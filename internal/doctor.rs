@@ -90,6 +90,10 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     if let Some(store) = &store {
         checks.push(own_file_check(paths, store, fix)?);
     }
+    checks.push(foreign_files_check(
+        paths,
+        store.as_ref().map(Store::replica),
+    )?);
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
     }
@@ -306,6 +310,62 @@ fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Result<Check>
             path.display()
         ));
     }
+    Ok(c)
+}
+
+/// Other clones' op files should hold each op once, in `seq` order, as their
+/// owners write them. A repeat or a line out of order is harmless here (an
+/// op applies once, in any order) but says something wrote into another
+/// clone's file; its owner's next `bd flush`, `bd sync` or `bd doctor --fix`
+/// rewrites it. Never repaired here: the file is its owner's data.
+fn foreign_files_check(paths: &BeadsPaths, own: Option<&str>) -> Result<Check> {
+    let mut lines = Vec::new();
+    let mut files = std::collections::BTreeSet::new();
+    for (replica, path) in op_files(paths)? {
+        if Some(replica.as_str()) == own {
+            continue;
+        }
+        let text = std::fs::read(&path).map_err(|e| crate::jsonl::io_at(&path, e))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut last_seq = 0u64;
+        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+            let Ok(op) = serde_json::from_slice::<crate::model::Op>(line) else {
+                continue; // unreadable lines are the op-file check's business
+            };
+            let what = if !seen.insert(op.op_id.clone()) {
+                format!("op {} (seq {}) again", op.op_id, op.seq)
+            } else if op.seq <= last_seq {
+                format!("seq {} after seq {last_seq}: out of order", op.seq)
+            } else {
+                last_seq = op.seq;
+                continue;
+            };
+            last_seq = last_seq.max(op.seq);
+            files.insert(path.display().to_string());
+            lines.push(LineProblem {
+                file: path.display().to_string(),
+                line: i as u64 + 1,
+                problem: what,
+            });
+        }
+    }
+    if lines.is_empty() {
+        return Ok(check(
+            "other clones' op files",
+            Level::Ok,
+            "each holds every op once, in order",
+        ));
+    }
+    let mut c = check(
+        "other clones' op files",
+        Level::Warn,
+        format!(
+            "{} repeated or out-of-order line(s) in {}: harmless here (each op applies once), but something wrote into another clone's file; its owner's `bd doctor --fix` (or next `bd sync`) rewrites it",
+            lines.len(),
+            files.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    );
+    c.lines = lines;
     Ok(c)
 }
 

@@ -842,41 +842,17 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         p.push(".bak");
         std::path::PathBuf::from(p)
     };
-    let old = match Store::open(&paths.db) {
-        Ok(old) => {
-            // A copy as the rebuild starts, kept as `beads.db.bak`.
-            remove_if_present(&backup)?;
-            old.conn()
-                .execute("VACUUM INTO ?1", [backup.to_string_lossy().as_ref()])?;
-            old.conn().execute_batch("BEGIN IMMEDIATE")?;
-            // Everything this replica wrote must be in its op file first (but a
-            // file that is ahead is kept: the rebuild applies what it holds).
-            crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
-            let hash = crate::storage::sqlite::state_hash(old.conn())?;
-            let files_current = !crate::jsonl::snapshot_state(&old)?.dirty;
-            let held = crate::exchange::held_op_count(old.conn())?;
-            // Held ops a person applied early (`bd resolve --field
-            // clock_skew`) are applied again, not held again.
-            let accepted: Vec<String> = old
-                .conn()
-                .prepare("SELECT op_id FROM ops WHERE json_extract(body, '$.hlc.wall') > ?1")?
-                .query_map([now.saturating_add(DEFAULT_MAX_SKEW_MS) as i64], |r| {
-                    r.get(0)
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            OldDb::Sound {
-                store: Box::new(old),
-                hash,
-                files_current,
-                held,
-                accepted,
-            }
-        }
+    // A database that opens may still be damaged inside (a corrupt page is
+    // found only when read): corruption met at any step of reading it makes
+    // it damaged, which is what a rebuild is for.
+    let old = match Store::open(&paths.db).and_then(|old| read_old(old, paths, &backup, now)) {
+        Ok(sound) => sound,
         Err(e) if e.kind == ErrorKind::NotInitialized => OldDb::Missing,
-        Err(e) => {
+        Err(e) if e.kind == ErrorKind::Corrupt => {
             let replica = salvage_replica(&paths.db);
             OldDb::Damaged(e, replica)
         }
+        Err(e) => return Err(e),
     };
     let (replica, kept_replica) = match &old {
         OldDb::Sound { store, .. } => (store.replica().to_string(), true),
@@ -1036,6 +1012,51 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         let _ = daemon.stop();
     }
     Ok(out)
+}
+
+/// Reads what a rebuild needs from the old database `old`, leaving its write
+/// lock held: a copy at `backup` (written beside it and renamed, so a failed
+/// copy never replaces the last good one), its own op file brought up to
+/// date, its state hash.
+fn read_old(old: Store, paths: &BeadsPaths, backup: &Path, now: u64) -> Result<OldDb> {
+    use crate::exchange::DEFAULT_MAX_SKEW_MS;
+    let partial = {
+        let mut p = backup.as_os_str().to_owned();
+        p.push(".partial");
+        std::path::PathBuf::from(p)
+    };
+    remove_if_present(&partial)?;
+    let copied = old
+        .conn()
+        .execute("VACUUM INTO ?1", [partial.to_string_lossy().as_ref()]);
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.into());
+    }
+    std::fs::rename(&partial, backup).map_err(|e| crate::jsonl::io_at(backup, e))?;
+    old.conn().execute_batch("BEGIN IMMEDIATE")?;
+    // Everything this replica wrote must be in its op file first (but a
+    // file that is ahead is kept: the rebuild applies what it holds).
+    crate::jsonl::flush_own_ops_with(&old, paths, crate::jsonl::OwnFile::KeepIfAhead)?;
+    let hash = crate::storage::sqlite::state_hash(old.conn())?;
+    let files_current = !crate::jsonl::snapshot_state(&old)?.dirty;
+    let held = crate::exchange::held_op_count(old.conn())?;
+    // Held ops a person applied early (`bd resolve --field clock_skew`) are
+    // applied again, not held again.
+    let accepted: Vec<String> = old
+        .conn()
+        .prepare("SELECT op_id FROM ops WHERE json_extract(body, '$.hlc.wall') > ?1")?
+        .query_map([now.saturating_add(DEFAULT_MAX_SKEW_MS) as i64], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(OldDb::Sound {
+        store: Box::new(old),
+        hash,
+        files_current,
+        held,
+        accepted,
+    })
 }
 
 /// Tables a rebuild replaces (children after their parents for inserts).

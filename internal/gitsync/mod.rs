@@ -603,9 +603,16 @@ impl Repo {
                     let Some(side) = c.our.as_ref().or(c.their.as_ref()) else {
                         continue;
                     };
-                    let entry = stage0(side, joined.len() as u32);
+                    // The merged index has no repository behind it, so the
+                    // union is stored as a blob first and added by id
+                    // (`add_frombuffer` needs an index that has one).
+                    let mut entry = stage0(side, joined.len() as u32);
+                    entry.id = self
+                        .repo
+                        .blob(&joined)
+                        .map_err(|e| git_error("storing a merged op file", e))?;
                     index
-                        .add_frombuffer(&entry, &joined)
+                        .add(&entry)
                         .map_err(|e| git_error("settling a conflict", e))?;
                 } else {
                     foreign.insert(path);

@@ -55,6 +55,52 @@ fn a_truncated_database_is_rebuilt_keeping_the_replica_id() {
     assert_eq!(env.json(&["doctor"])["errors"], 0);
 }
 
+/// Regression (issue 10, item 7): a database whose header and `meta` read
+/// but whose inner pages are corrupt opened fine, so `rebuild` took it for
+/// sound, failed copying it (`VACUUM INTO`: "malformed"), and had already
+/// replaced the previous `beads.db.bak` with an empty file.
+#[test]
+fn a_database_corrupt_inside_is_rebuilt_and_the_last_backup_kept() {
+    let env = TestEnv::new();
+    let lines: String = (0..300)
+        .map(|n| {
+            format!(
+                "{{\"id\":\"t-{n}\",\"title\":\"issue {n}\",\"description\":\"{}\"}}\n",
+                "x".repeat(1500)
+            )
+        })
+        .collect();
+    let file = env.root().join("many.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    env.ok(&["import", "-q", "-i", file.to_str().unwrap()]);
+    env.ok(&["rebuild", "-q"]); // leaves a good beads.db.bak
+    let backup = env.beads().join("beads.db.bak");
+    let good_backup = std::fs::read(&backup).unwrap();
+    assert!(!good_backup.is_empty());
+    let db = env.beads().join("beads.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        // Garbage over the middle of the file: page 1 (the schema) and the
+        // first pages (`meta`) stay readable.
+        f.seek(SeekFrom::Start(len / 2)).unwrap();
+        f.write_all(&vec![0xA5; (len / 4) as usize]).unwrap();
+    }
+    let r = env.json(&["rebuild"]);
+    assert_eq!(r["replaced"], true, "{r}");
+    assert!(r["damaged"].is_string(), "{r}");
+    assert_eq!(r["kept_replica"], true, "{r}");
+    assert_eq!(titles(&env).len(), 300);
+    assert_eq!(
+        std::fs::read(&backup).unwrap(),
+        good_backup,
+        "the last good backup is kept"
+    );
+    assert!(!env.beads().join("beads.db.bak.partial").exists());
+    assert_eq!(env.json(&["doctor"])["errors"], 0);
+}
+
 /// The replica id is remembered beside the database (`beads.db.replica`), so
 /// a database too damaged to read its own still keeps it.
 #[test]

@@ -1573,3 +1573,55 @@ fn a_clock_skew_record_is_counted_and_can_be_resolved() {
     b.ok(&["rebuild"]);
     assert_eq!(b.state_hash(), hash);
 }
+
+/// Regression (issue 10, items 2 and 3): another clone pushed a change to
+/// this clone's own op file (a line repeated, as an old bd could write),
+/// while this clone appended to it: `bd sync` failed merging ("settling a
+/// conflict: could not initialize index entry") and kept failing. The file is
+/// a set of ops: the merge is the union, each op once.
+#[test]
+fn a_repeated_line_pushed_into_our_op_file_merges_as_a_set() {
+    let cluster = Cluster::new();
+    let (a, b, _) = pair(&cluster);
+    b.create(&["b's first"]);
+    b.ok(&["sync", "-q"]);
+    a.ok(&["sync", "-q"]);
+    let replica = b.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let rel = format!(".beads/ops/{replica}.jsonl");
+    let theirs = a.root.join(&rel);
+    let text = std::fs::read_to_string(&theirs).unwrap();
+    let last = text.lines().last().unwrap().to_string();
+    std::fs::write(&theirs, format!("{text}{last}\n")).unwrap();
+    let foreign_check = |c: &Clone| -> Value {
+        c.json(&["doctor"])["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "other clones' op files")
+            .cloned()
+            .expect("doctor checks other clones' files")
+    };
+    let warned = foreign_check(&a);
+    assert_eq!(warned["level"], "warn", "{warned}");
+    assert_eq!(warned["lines"][0]["line"], 2, "{warned}");
+    a.git(&["add", &rel]);
+    a.git(&["commit", "-q", "-m", "a repeated line"]);
+    a.git(&["push", "-q", "origin", "HEAD:main"]);
+    b.create(&["b's second"]);
+    let out = b.bd(&["sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let own = std::fs::read_to_string(b.root.join(&rel)).unwrap();
+    let lines: Vec<&str> = own.lines().collect();
+    let unique: std::collections::BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!(lines.len(), unique.len(), "each op once: {own}");
+    assert_eq!(lines.len(), 2);
+    assert_eq!(b.json(&["doctor"])["errors"], 0);
+    a.ok(&["sync", "-q"]);
+    assert_eq!(a.state_hash(), b.state_hash());
+    assert_eq!(a.json(&["doctor"])["errors"], 0);
+    assert_eq!(foreign_check(&a)["level"], "ok", "the owner rewrote it");
+}
