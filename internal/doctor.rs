@@ -233,6 +233,23 @@ fn op_files_check(paths: &BeadsPaths, store: Option<&Store>, fix: bool) -> Resul
 /// holds ops the database lacks (those must be read by `bd rebuild --force`
 /// first).
 fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Result<Check> {
+    if let Some(remembered) = crate::storage::sqlite::remembered_replica(&paths.db)
+        && remembered != store.replica()
+    {
+        // A database copied in from another clone: every write made here
+        // would be recorded as that clone's.
+        return Ok(check(
+            "replica",
+            Level::Error,
+            format!(
+                "the database's replica id {} is not this clone's ({remembered}, in {}): was beads.db copied from another clone? Its writes here are recorded as that clone's; move it aside (`mv {} {}.copied`) and run `bd rebuild`, which rebuilds this clone's database under its own id",
+                store.replica(),
+                crate::storage::sqlite::replica_file(&paths.db).display(),
+                paths.db.display(),
+                paths.db.display(),
+            ),
+        ));
+    }
     let path = paths.op_file(store.replica());
     let text = std::fs::read(&path).unwrap_or_default();
     let mut known = store

@@ -711,6 +711,10 @@ pub struct InitReport {
     pub prefix: String,
     /// Replica id of this clone.
     pub replica: String,
+    /// True when the id was kept from `beads.db.replica` (the database had
+    /// been deleted): this clone's own op file was read back as its own.
+    #[serde(default)]
+    pub kept_replica: bool,
     /// True when `.beads/` already held committed files (a fresh clone).
     pub adopted_existing: bool,
     /// Ops of other clones found in `.beads/ops` and applied.
@@ -756,10 +760,15 @@ pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
     if !gitignore.exists() {
         crate::jsonl::atomic_write(&gitignore, BEADS_GITIGNORE.as_bytes())?;
     }
-    let mut store = Store::create(&paths, &opts.replica)?;
+    // A database deleted by hand leaves its replica id beside it: this clone
+    // keeps its identity, and its own op file is read back as its own.
+    let remembered = crate::storage::sqlite::remembered_replica(&paths.db);
+    let replica = remembered.clone().unwrap_or_else(|| opts.replica.clone());
+    let mut store = Store::create(&paths, &replica)?;
     // A fresh clone: the other clones' ops are already here (committed in git).
-    let ingested = store.write(&crate::clock::SystemClock, |tx| {
-        crate::exchange::ingest(tx, &paths, crate::exchange::DEFAULT_MAX_SKEW_MS)
+    let ingested = store.write(&crate::clock::SystemClock, |tx| match remembered {
+        Some(_) => crate::exchange::rebuild_into(tx, &paths, crate::exchange::DEFAULT_MAX_SKEW_MS),
+        None => crate::exchange::ingest(tx, &paths, crate::exchange::DEFAULT_MAX_SKEW_MS),
     })?;
     crate::jsonl::flush_own_ops(&store, &paths)?;
     crate::jsonl::write_snapshot(&mut store, &paths)?;
@@ -767,7 +776,8 @@ pub fn init(root: &Path, opts: &InitOptions) -> Result<InitReport> {
         beads_dir: paths.dir.display().to_string(),
         database: paths.db.display().to_string(),
         prefix,
-        replica: opts.replica.clone(),
+        kept_replica: remembered.is_some(),
+        replica,
         adopted_existing,
         ops_applied: ingested.applied,
         problems: ingested.problems,
@@ -988,6 +998,9 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
         }
     };
     out.replaced = true;
+    // The file beside it says which replica this database is (a new id when
+    // none could be kept).
+    crate::storage::sqlite::remember_replica(&paths.db, &replica);
     let mut store = Store::open(&paths.db)?;
     // The new database holds each op once: a file that held one twice (or
     // missed one) is rewritten from it.

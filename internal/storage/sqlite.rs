@@ -116,7 +116,8 @@ pub fn remembered_replica(db: &Path) -> Option<String> {
         .then(|| id.to_string())
 }
 
-fn remember_replica(db: &Path, replica: &str) {
+/// Writes `replica` to [`replica_file`] unless it already says so.
+pub fn remember_replica(db: &Path, replica: &str) {
     let path = replica_file(db);
     if remembered_replica(db).as_deref() != Some(replica) {
         let _ = crate::jsonl::atomic_write(&path, format!("{replica}\n").as_bytes());

@@ -192,3 +192,69 @@ fn a_request_reaches_the_database_it_names() {
     let err = env.fails(&["--db", o, "daemon", "start"], 2);
     assert!(err.contains("a daemon serves"), "{err}");
 }
+
+/// Regression (issue 10, item 7): `bd init` after the database was deleted
+/// made a new replica id, so this clone's own op file was read as another
+/// clone's and the clone lost its identity. The id is kept from
+/// `beads.db.replica`, and writes go on where the op file left off.
+#[test]
+fn init_after_the_database_was_deleted_keeps_the_replica_id() {
+    let env = TestEnv::new();
+    env.create(&["one"]);
+    let replica = env.json(&["info"])["replica"].clone();
+    for f in ["beads.db", "beads.db-wal", "beads.db-shm"] {
+        let _ = std::fs::remove_file(env.beads().join(f));
+    }
+    let init = env.json(&["init"]);
+    assert_eq!(init["replica"], replica, "{init}");
+    assert_eq!(init["kept_replica"], true, "{init}");
+    assert_eq!(init["ops_applied"], 1, "{init}");
+    assert_eq!(titles(&env), BTreeSet::from(["one".to_string()]));
+    env.create(&["two"]);
+    let seqs: Vec<u64> = env
+        .op_lines()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(env.json(&["doctor"])["errors"], 0);
+    let quiet = TestEnv::empty();
+    assert_eq!(
+        quiet.ok(&["init", "-q", "--prefix", "q"]),
+        "",
+        "-q is quiet"
+    );
+}
+
+/// Review of issue 10, item 7: a database copied in from another clone was
+/// used silently, recording this clone's writes as the other's. `doctor`
+/// says so, and its hint (move it aside, rebuild) restores this clone's id.
+#[test]
+fn doctor_notices_a_database_copied_from_another_clone() {
+    let ours = TestEnv::new();
+    ours.create(&["ours"]);
+    let replica = ours.json(&["info"])["replica"].clone();
+    let theirs = TestEnv::new();
+    theirs.create(&["theirs"]);
+    std::fs::copy(
+        theirs.beads().join("beads.db"),
+        ours.beads().join("beads.db"),
+    )
+    .unwrap();
+    let doctor = ours.run(&["doctor"]);
+    assert_eq!(doctor.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("copied") && text.contains("bd rebuild"),
+        "{text}"
+    );
+    std::fs::rename(
+        ours.beads().join("beads.db"),
+        ours.beads().join("beads.db.copied"),
+    )
+    .unwrap();
+    ours.ok(&["rebuild", "-q"]);
+    assert_eq!(ours.json(&["info"])["replica"], replica);
+    assert_eq!(titles(&ours), BTreeSet::from(["ours".to_string()]));
+    assert_eq!(ours.json(&["doctor"])["errors"], 0);
+}

@@ -56,18 +56,26 @@ pub fn cmd_init(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
         v["git"] = serde_json::Value::String(git);
         return output::json(&v);
     }
+    if ctx.quiet {
+        return Ok(());
+    }
     let how = if report.adopted_existing {
         " (found committed .beads/ files)"
     } else {
         ""
     };
-    let applied = if report.ops_applied > 0 {
-        format!("\n  applied: {} ops from other clones", report.ops_applied)
+    let applied = match (report.ops_applied, report.kept_replica) {
+        (0, _) => String::new(),
+        (n, false) => format!("\n  applied: {n} ops from other clones"),
+        (n, true) => format!("\n  applied: {n} ops (this clone's own, and other clones')"),
+    };
+    let kept = if report.kept_replica {
+        " (kept from .beads/beads.db.replica: the database was deleted, this clone stays itself)"
     } else {
-        String::new()
+        ""
     };
     output::print(&format!(
-        "Initialised bd in {}{how}\n  prefix:  {}\n  replica: {}{applied}\n  git:     {git}\nNext: bd create \"First task\" && bd ready\n",
+        "Initialised bd in {}{how}\n  prefix:  {}\n  replica: {}{kept}{applied}\n  git:     {git}\nNext: bd create \"First task\" && bd ready\n",
         report.beads_dir, report.prefix, report.replica
     ))
 }
