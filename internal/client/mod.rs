@@ -823,8 +823,6 @@ enum OldDb {
         hash: String,
         files_current: bool,
         held: u64,
-        /// Ops applied although stamped too far ahead (settled clock_skew).
-        accepted: Vec<String>,
     },
     /// There is none.
     Missing,
@@ -846,7 +844,6 @@ enum OldDb {
 /// asked to stop afterwards; the next command starts a fresh one.
 pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     use crate::exchange::DEFAULT_MAX_SKEW_MS;
-    let now = SystemClock.now_ms();
     let backup = {
         let mut p = paths.db.as_os_str().to_owned();
         p.push(".bak");
@@ -855,7 +852,7 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     // A database that opens may still be damaged inside (a corrupt page is
     // found only when read): corruption met at any step of reading it makes
     // it damaged, which is what a rebuild is for.
-    let old = match Store::open(&paths.db).and_then(|old| read_old(old, paths, &backup, now)) {
+    let old = match Store::open(&paths.db).and_then(|old| read_old(old, paths, &backup)) {
         Ok(sound) => sound,
         Err(e) if e.kind == ErrorKind::NotInitialized => OldDb::Missing,
         Err(e) if e.kind == ErrorKind::Corrupt => {
@@ -898,29 +895,9 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
     fresh.conn().execute_batch(
         "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144;",
     )?;
-    let mut report = fresh.write(&crate::clock::SystemClock, |tx| {
+    let report = fresh.write(&crate::clock::SystemClock, |tx| {
         crate::exchange::rebuild_into(tx, paths, DEFAULT_MAX_SKEW_MS)
     })?;
-    if let OldDb::Sound { accepted, .. } = &old
-        && report.held > 0
-        && !accepted.is_empty()
-    {
-        report.held -= fresh.write(&crate::clock::SystemClock, |tx| {
-            let mut n = 0;
-            for op_id in accepted {
-                let held: bool = tx.conn().query_row(
-                    "SELECT EXISTS(SELECT 1 FROM held_ops WHERE op_id = ?1)",
-                    [op_id],
-                    |r| r.get(0),
-                )?;
-                if held {
-                    crate::exchange::apply_held_now(tx, op_id)?;
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })?;
-    }
     fresh.conn().execute_batch("PRAGMA journal_mode = WAL;")?;
     std::fs::File::open(&fresh_db)?.sync_all()?;
     let state_hash = crate::storage::sqlite::state_hash(fresh.conn())?;
@@ -1031,8 +1008,7 @@ pub fn rebuild(paths: &BeadsPaths, force: bool) -> Result<RebuildReport> {
 /// lock held: a copy at `backup` (written beside it and renamed, so a failed
 /// copy never replaces the last good one), its own op file brought up to
 /// date, its state hash.
-fn read_old(old: Store, paths: &BeadsPaths, backup: &Path, now: u64) -> Result<OldDb> {
-    use crate::exchange::DEFAULT_MAX_SKEW_MS;
+fn read_old(old: Store, paths: &BeadsPaths, backup: &Path) -> Result<OldDb> {
     let partial = {
         let mut p = backup.as_os_str().to_owned();
         p.push(".partial");
@@ -1054,21 +1030,11 @@ fn read_old(old: Store, paths: &BeadsPaths, backup: &Path, now: u64) -> Result<O
     let hash = crate::storage::sqlite::state_hash(old.conn())?;
     let files_current = !crate::jsonl::snapshot_state(&old)?.dirty;
     let held = crate::exchange::held_op_count(old.conn())?;
-    // Held ops a person applied early (`bd resolve --field clock_skew`) are
-    // applied again, not held again.
-    let accepted: Vec<String> = old
-        .conn()
-        .prepare("SELECT op_id FROM ops WHERE json_extract(body, '$.hlc.wall') > ?1")?
-        .query_map([now.saturating_add(DEFAULT_MAX_SKEW_MS) as i64], |r| {
-            r.get(0)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
     Ok(OldDb::Sound {
         store: Box::new(old),
         hash,
         files_current,
         held,
-        accepted,
     })
 }
 

@@ -383,22 +383,6 @@ pub fn held_op_count(conn: &rusqlite::Connection) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Applies the held op `op_id` now (settling its `clock_skew` record) and
-/// returns it; see [`WriteTx::receive_held_now`].
-pub fn apply_held_now(tx: &mut WriteTx<'_>, op_id: &str) -> Result<Op> {
-    let body: String = tx
-        .conn()
-        .prepare_cached("SELECT body FROM held_ops WHERE op_id = ?1")?
-        .query_row(params![op_id], |r| r.get(0))?;
-    let op: Op = serde_json::from_str(&body)
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("unreadable held op: {e}")))?;
-    tx.receive_held_now(op.clone())?;
-    tx.conn()
-        .prepare_cached("DELETE FROM held_ops WHERE op_id = ?1")?
-        .execute(params![op_id])?;
-    Ok(op)
-}
-
 /// Applies held ops whose time has come.
 fn release_held(tx: &mut WriteTx<'_>, max_skew_ms: u64, report: &mut IngestReport) -> Result<()> {
     let now = tx.now_ms();

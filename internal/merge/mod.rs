@@ -371,6 +371,9 @@ impl IssueDoc {
                 }
                 return true; // a notice settled, not an edit: `updated_at` stays
             }
+            // Approves applying held ops now (see `storage::sqlite::CLOCK_SKEW_FIELD`):
+            // storage acts on it; it is not a field of the issue.
+            OpKind::Set if op.field.as_deref() == Some("clock_skew") => return true,
             OpKind::Set => {
                 if let Some(field) = &op.field {
                     let reg = self.registers.entry(field.clone()).or_default();

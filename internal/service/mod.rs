@@ -660,7 +660,7 @@ fn pick_contender<'a>(c: &'a model::Conflict, take: &str) -> Result<&'a model::C
     let hits: Vec<&model::Contender> = c
         .contenders
         .iter()
-        .filter(|k| k.op_id.starts_with(take) || k.actor == take || k.replica == take)
+        .filter(|k| k.op_id.starts_with(take) || k.actor == take || k.replica.starts_with(take))
         .collect();
     match hits.as_slice() {
         [one] => Ok(one),
@@ -692,7 +692,7 @@ fn resolve(
             .hint("--value sets a new value; --take copies one contender's"));
     }
     if field == "clock_skew" {
-        return resolve_clock_skew(tx, id, value, take);
+        return resolve_clock_skew(tx, ctx, id, value, take);
     }
     if field == collisions::ID_FIELD {
         return resolve_id_collision(tx, ctx, id, value, take);
@@ -827,11 +827,13 @@ fn resolve_id_collision(
 }
 
 /// Settles a `clock_skew` record: applies the held op now (`--take` names it
-/// by op id prefix, actor or replica; `--value apply` takes the only one held
-/// for the issue). A held op is never dropped: it is in another clone's op
-/// file and would arrive again.
+/// by op id prefix, actor or replica prefix; `--value apply` takes the only
+/// one held for the issue), by recording an approval that syncs (see
+/// [`crate::storage::sqlite::CLOCK_SKEW_FIELD`]). A held op is never dropped:
+/// it is in another clone's op file and would arrive again.
 fn resolve_clock_skew(
     tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
     id: &str,
     value: Option<String>,
     take: Option<String>,
@@ -848,16 +850,16 @@ fn resolve_clock_skew(
         .into_iter()
         .filter(|c| c.field == "clock_skew" && (c.issue_id == id || c.issue_id.ends_with(id)))
         .collect();
-    let candidates: Vec<&model::Contender> = held
+    let candidates: Vec<(&str, &model::Contender)> = held
         .iter()
-        .flat_map(|c| &c.contenders)
-        .filter(|k| {
+        .flat_map(|c| c.contenders.iter().map(|k| (c.issue_id.as_str(), k)))
+        .filter(|(_, k)| {
             take.as_deref()
-                .is_none_or(|t| k.op_id.starts_with(t) || k.actor == t || k.replica == t)
+                .is_none_or(|t| k.op_id.starts_with(t) || k.actor == t || k.replica.starts_with(t))
         })
         .collect();
-    let op_id = match candidates.as_slice() {
-        [one] => one.op_id.clone(),
+    let (issue, op_id) = match candidates.as_slice() {
+        [(issue, one)] => (issue.to_string(), one.op_id.clone()),
         [] => {
             return Err(Error::not_found(format!(
                 "{id} has no op held for clock skew{}",
@@ -870,22 +872,30 @@ fn resolve_clock_skew(
                 "{} ops are held for {id}: {}",
                 many.len(),
                 many.iter()
-                    .map(|k| k.op_id.as_str())
+                    .map(|(_, k)| k.op_id.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
             .hint("name one with --take OP_ID (a prefix is enough)"));
         }
     };
-    let op = crate::exchange::apply_held_now(tx, &op_id)?;
+    // The decision is an op, so it syncs: every clone holding the op (or
+    // receiving it later) applies it too. Recording it applies it here.
+    tx.record(new_op(
+        ctx,
+        &issue,
+        OpKind::Set,
+        Some(crate::storage::sqlite::CLOCK_SKEW_FIELD),
+        json!({ "apply": [op_id] }),
+        vec![],
+    ))?;
     tx.flush()?;
-    let issue = if tx.is_live(&op.issue)? {
-        vec![Changed {
-            issue: get_live(tx.conn(), &op.issue)?,
+    let issue = match query::resolve_id(tx.conn(), &issue) {
+        Ok(id) => vec![Changed {
+            issue: get_live(tx.conn(), &id)?,
             changed: true,
-        }]
-    } else {
-        Vec::new()
+        }],
+        Err(_) => Vec::new(),
     };
     Ok(Response::Changed(issue))
 }

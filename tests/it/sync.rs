@@ -1531,7 +1531,7 @@ fn a_conflict_on_a_deleted_issue_is_settled_by_the_delete() {
 #[test]
 fn a_clock_skew_record_is_counted_and_can_be_resolved() {
     let cluster = Cluster::new();
-    let (_a, b, id) = pair(&cluster);
+    let (a, b, id) = pair(&cluster);
     let op = future_title_op(&id);
     std::fs::write(
         b.root.join(".beads/ops/feedfacefeedface.jsonl"),
@@ -1539,6 +1539,9 @@ fn a_clock_skew_record_is_counted_and_can_be_resolved() {
     )
     .unwrap();
     assert_eq!(open_conflicts(&b), 1);
+    // Both clones hold it.
+    exchange(&a, &b);
+    assert_eq!(open_conflicts(&a), 1);
     let out = b.bd(&["resolve", &id, "--field", "clock_skew", "--value", "drop"]);
     assert_eq!(out.status.code(), Some(2), "never dropped");
     let r = b.json(&[
@@ -1547,7 +1550,7 @@ fn a_clock_skew_record_is_counted_and_can_be_resolved() {
         "--field",
         "clock_skew",
         "--take",
-        &op.op_id[..8],
+        "feedface", // a replica prefix names it too
     ]);
     assert!(r.to_string().contains("from the future"), "{r}");
     // Its title write did not see the create's title: now an ordinary title
@@ -1572,6 +1575,12 @@ fn a_clock_skew_record_is_counted_and_can_be_resolved() {
     let hash = b.state_hash();
     b.ok(&["rebuild"]);
     assert_eq!(b.state_hash(), hash);
+    // Regression (review of issue 10, item 6): the decision was local, so
+    // the other clone kept holding the op. It is an op now, and syncs.
+    exchange(&a, &b);
+    assert_eq!(a.json(&["info"])["held_ops"], 0);
+    assert_eq!(a.json(&["conflicts"])[0]["field"], "title");
+    assert_eq!(a.state_hash(), b.state_hash());
 }
 
 /// Regression (issue 10, items 2 and 3): another clone pushed a change to
