@@ -253,8 +253,12 @@ impl DaemonClient {
         })?;
         self.in_doubt = true;
         let lost = |why: &str| {
+            // Past the read timeout the daemon is alive but silent (waiting
+            // for the database's lock, or wedged), not gone.
+            let silent = SystemClock.now_ms() + 50 >= now + wait.as_millis() as u64;
+            let what = if silent { SILENT } else { LOST };
             unavailable(format!(
-                "{LOST} ({why}); a write is resent by its request id, which cannot apply it twice"
+                "{what} ({why}); a write is resent by its request id, which cannot apply it twice"
             ))
         };
         let reply: Reply = match rpc::read_frame(&mut &self.stream) {
@@ -429,6 +433,9 @@ fn pause_before_retry(pause: &mut Duration, deadline_ms: u64) {
 fn not_applied(last: &Error) -> Error {
     let why = last
         .message
+        .split("; a write is resent by its request id")
+        .next()
+        .unwrap_or_default()
         .trim_end_matches("; nothing was changed")
         .trim_end_matches(", nothing was changed");
     Error::new(
@@ -513,9 +520,13 @@ fn settle(
 /// receiving the request (writing it failed): nothing was changed.
 const UNDELIVERED: &str = "the daemon went away before receiving the request";
 
-/// How an error from [`DaemonClient`] begins when the daemon went away (or
-/// fell silent past the deadline) after the request was sent.
+/// How an error from [`DaemonClient`] begins when the daemon went away after
+/// the request was sent.
 const LOST: &str = "the daemon went away before answering";
+
+/// How an error from [`DaemonClient`] begins when the daemon stayed silent
+/// past the deadline after the request was sent.
+const SILENT: &str = "the daemon did not answer by the deadline (it may be waiting for the database, held by another process)";
 
 /// How [`connect`] should reach the tracker.
 #[derive(Debug, Clone)]

@@ -148,6 +148,54 @@ fn a_stopped_daemon_does_not_hold_a_command_for_its_timeout() {
     assert_eq!(listed[0]["title"], "visible");
 }
 
+/// Review of issue 10, item 1: a daemon that read a write and then stayed
+/// silent (here: waiting for the database's lock, then stopped) was reported
+/// as one that "went away". The answer says what happened: it did not answer
+/// by the deadline, and the write was not applied.
+#[test]
+fn a_daemon_silent_past_the_deadline_is_not_called_gone() {
+    let env = TestEnv::new();
+    env.ok(&["daemon", "start", "-q", "--idle-timeout", "120"]);
+    let pid = daemon_pid(&env) as libc::pid_t;
+    let lock = rusqlite::Connection::open(env.beads().join("beads.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let t = Instant::now();
+    let mut child = env
+        .command(&["create", "stuck", "--timeout", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: signals to the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(3_500).saturating_sub(t.elapsed()));
+    lock.execute_batch("ROLLBACK").unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(40) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.is_some(), "bounded");
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not applied"), "{stderr}");
+    assert!(
+        stderr.contains("did not answer by the deadline"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("went away"), "{stderr}");
+    let listed = env.json(&["list", "--all"]);
+    assert_eq!(listed, serde_json::json!([]), "and it never is");
+}
+
 /// Regression (issue 10, item 8): a `/tmp/bd-<uid>` made by someone else kept
 /// this user's daemon from ever starting, even where the socket needs no
 /// fallback, and bd made that directory at every start.
