@@ -256,6 +256,14 @@ fn read_file(
             });
             continue;
         }
+        if let Some(what) = op.malformed() {
+            report.problems.push(LineProblem {
+                file: shown.clone(),
+                line: this_line,
+                problem: format!("op {:?}: {what}; not applied", op.op_id),
+            });
+            continue;
+        }
         ops.push((this_line, op));
     }
     Ok(Some(FileRead {
@@ -576,7 +584,9 @@ pub fn scan_file(replica: &str, path: &Path) -> Result<(u64, Vec<LineProblem>)> 
                 "op of replica {:?} in another replica's file",
                 op.replica
             )),
-            Ok(_) => None,
+            Ok(op) => op
+                .malformed()
+                .map(|what| format!("op {:?}: {what}; not applied", op.op_id)),
         };
         match problem {
             Some(problem) => problems.push(LineProblem {

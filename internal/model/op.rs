@@ -169,6 +169,36 @@ impl Op {
         !self.op_id.is_empty() && self.op_id == self.compute_id()
     }
 
+    /// What is wrong with an op from another clone's file beyond its hash (a
+    /// sealed op can still be written by a tool that is not bd): `None` when
+    /// its ids and actor are usable. Ids are keys, typed back by people and
+    /// agents, so control characters, whitespace and absurd lengths are
+    /// refused in them. (Text such as titles and actors may hold anything:
+    /// human output escapes it.)
+    pub fn malformed(&self) -> Option<String> {
+        let bad_id = |s: &str| {
+            s.is_empty() || s.len() > 200 || s.chars().any(|c| c.is_control() || c.is_whitespace())
+        };
+        if bad_id(&self.issue) {
+            return Some(format!("unusable issue id {:?}", self.issue));
+        }
+        if self.replica.is_empty()
+            || self.replica.len() > 64
+            || !self.replica.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Some(format!("unusable replica id {:?}", self.replica));
+        }
+        if self.actor.len() > 200 {
+            return Some(format!("actor of {} bytes", self.actor.len()));
+        }
+        if let Some(of) = &self.of
+            && (of.is_empty() || of.len() > 32 || !of.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Some(format!("unusable create reference {of:?}"));
+        }
+        None
+    }
+
     /// The label or edge key this op adds/removes, as a string, when it has one.
     pub fn value_str(&self, key: &str) -> Option<&str> {
         self.value.get(key).and_then(Value::as_str)

@@ -560,16 +560,40 @@ pub fn disk_full(path: &Path) -> Option<u64> {
 
 /// Whether this process may write the database file and its directory
 /// (where SQLite keeps `-wal` and `-shm`).
-fn writable(db: &Path) -> bool {
+/// The first of the database's files (the database, its directory, its
+/// `-wal` and `-shm` when they exist) this process may not write.
+fn unwritable(db: &Path) -> Option<std::path::PathBuf> {
     let ok = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
             // SAFETY: access(2) reads the NUL-terminated path only.
             .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
     };
-    ok(db)
-        && db
-            .parent()
-            .is_none_or(|d| d.as_os_str().is_empty() || ok(d))
+    let side = |suffix: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf);
+    [
+        Some(db.to_path_buf()),
+        dir,
+        Some(side("-wal")),
+        Some(side("-shm")),
+    ]
+    .into_iter()
+    .flatten()
+    .enumerate()
+    // The database and its directory must be writable; the side files
+    // only when they exist (SQLite makes them).
+    .find(|(n, p)| (*n < 2 || p.exists()) && !ok(p))
+    .map(|(_, p)| p)
+}
+
+fn writable(db: &Path) -> bool {
+    unwritable(db).is_none()
 }
 
 /// An I/O failure of the database, said as what it is: a full disk, no right
@@ -591,13 +615,12 @@ pub fn explain_io(e: Error, db: &Path) -> Error {
         )
         .hint("free some space, then run the command again; reading works meanwhile");
     }
-    if !writable(db) {
+    if let Some(path) = unwritable(db) {
         return Error::new(
             ErrorKind::Io,
             format!(
-                "permission denied: cannot write {} or {} ({})",
-                db.display(),
-                dir.display(),
+                "permission denied: cannot write {} ({})",
+                path.display(),
                 e.message
             ),
         )

@@ -378,3 +378,52 @@ fn a_permission_error_names_its_file() {
         "the error names the file: {stderr}"
     );
 }
+
+/// Review of issue 10, item 8: with the database and its directory writable
+/// but its shared-memory index (`beads.db-shm`, made by another user's bd)
+/// not, the error named the database and the directory, not the file.
+#[test]
+fn a_permission_error_names_the_shared_memory_file() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        // Only root can make a file another user cannot write and keep the
+        // tracker writable for that user; as a user, nothing to arrange.
+        return;
+    }
+    let env = TestEnv::new();
+    env.create(&["one"]);
+    std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.beads(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    for dir in [env.beads(), env.beads().join("ops")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_file() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+            }
+        }
+    }
+    // A connection held open keeps `-wal` and `-shm` in place (root's, 0644).
+    let db = env.beads().join("beads.db");
+    let held = rusqlite::Connection::open(&db).unwrap();
+    held.query_row("SELECT COUNT(*) FROM ops", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let shm = env.beads().join("beads.db-shm");
+    std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BD])
+        .args(["create", "two"])
+        .current_dir(env.root())
+        .env("BD_AUTO_START", "0")
+        .env("BD_ACTOR", "tester")
+        .output()
+        .unwrap();
+    drop(held);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&shm.display().to_string()) && stderr.contains("ermission denied"),
+        "the error names the file: {stderr}"
+    );
+}

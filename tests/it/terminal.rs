@@ -89,3 +89,56 @@ fn terminal_output_never_carries_escape_sequences(mode: Mode) {
 }
 
 crate::in_both_modes!(terminal_output_never_carries_escape_sequences);
+
+/// Review of issue 10, item 9: an op from another clone's file whose issue id
+/// holds control characters (sealed, so its hash checks out) was applied, and
+/// its id became a key people and agents must type back. It is refused and
+/// reported with file and line; the file's other ops apply.
+#[test]
+fn a_foreign_op_with_an_unusable_id_is_refused_and_reported() {
+    let env = TestEnv::new();
+    let op = |issue: &str, seq: u64| {
+        bd::model::Op {
+            op_id: String::new(),
+            issue: issue.into(),
+            of: None,
+            kind: bd::model::OpKind::Create,
+            field: None,
+            value: serde_json::json!({"title": format!("from {seq}")}),
+            supersedes: vec![],
+            hlc: bd::model::Hlc {
+                wall: 1_000 + seq,
+                logical: 0,
+            },
+            actor: "mallory".into(),
+            replica: "eeeeeeeeeeeeeeee".into(),
+            seq,
+        }
+        .seal()
+    };
+    let lines = [op("t-bad\u{1b}[2J", 1), op("t bad", 2), op("t-good", 3)]
+        .iter()
+        .map(|o| serde_json::to_string(o).unwrap() + "\n")
+        .collect::<String>();
+    std::fs::write(env.beads().join("ops/eeeeeeeeeeeeeeee.jsonl"), lines).unwrap();
+    let listed = env.json(&["list"]);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["t-good"]);
+    let out = env.run(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "bad lines are errors");
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad: Vec<u64> = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["lines"].as_array().cloned().unwrap_or_default())
+        .filter(|l| l["problem"].as_str().unwrap().contains("unusable issue id"))
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, [1, 2], "{doctor}");
+}
