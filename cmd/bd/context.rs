@@ -109,6 +109,8 @@ pub struct Ctx {
     pub request_id: Option<String>,
     db: Option<PathBuf>,
     dir: Option<PathBuf>,
+    /// Notes about the daemon already printed by this command.
+    notes_shown: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Ctx {
@@ -131,6 +133,7 @@ impl Ctx {
             request_id: g.request_id,
             db: g.db,
             dir: g.dir,
+            notes_shown: Default::default(),
         }
     }
 
@@ -225,9 +228,15 @@ impl Ctx {
             auto_start,
         };
         let conn = connect(paths, &opts)?;
-        // A warning, not status: shown even with --quiet (stdout stays clean).
-        if let Some(note) = conn.note {
-            crate::output::stderr_line(&format!("bd: {note}"));
+        // A warning, not status: shown even with --quiet (stdout stays clean),
+        // once per command however often it retries, and not for a daemon
+        // that is leaving (a restart or an upgrade: running directly meanwhile
+        // is the normal course).
+        if let Some(note) = conn.note
+            && note.kind != bd::ErrorKind::Unavailable
+            && self.notes_shown.borrow_mut().insert(note.message.clone())
+        {
+            crate::output::stderr_line(&format!("bd: {}", note.message));
         }
         Ok(conn.backend)
     }

@@ -192,10 +192,16 @@ impl DaemonClient {
                     ErrorKind::Unavailable | ErrorKind::Io | ErrorKind::Timeout
                 ) =>
             {
-                return Err(unavailable(format!(
-                    "the daemon did not answer within {} ms; it may be stopped or wedged",
-                    LIVENESS.as_millis()
-                )));
+                // Kind `timeout`: a daemon that holds its lock and is silent
+                // (stopped, wedged), unlike one that is leaving.
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the daemon did not answer within {} ms; it may be stopped or wedged",
+                        LIVENESS.as_millis()
+                    ),
+                )
+                .hint("`bd daemon restart`, or --no-daemon; bd runs directly meanwhile"));
             }
             Err(e) => return Err(e),
         };
@@ -557,8 +563,9 @@ pub struct Connection {
     /// Where requests go.
     pub backend: Box<dyn Backend>,
     /// Set when a daemon was running or wanted but could not be used; the command
-    /// then runs directly, which is safe (SQLite serialises writers).
-    pub note: Option<String>,
+    /// then runs directly, which is safe (SQLite serialises writers). Kind
+    /// `unavailable` is a daemon leaving (a restart, an upgrade): passing.
+    pub note: Option<Error>,
 }
 
 /// Uses the tracker's daemon when one runs (starting one first if `auto_start` is
@@ -582,7 +589,10 @@ pub fn connect(paths: BeadsPaths, opts: &ConnectOptions) -> Result<Connection> {
             });
         }
         Ok(None) => None,
-        Err(e) => Some(format!("{}; running directly", e.message)),
+        Err(e) => Some(Error {
+            message: format!("{}; running directly", e.message),
+            ..e
+        }),
     };
     Ok(Connection {
         backend: Box::new(Direct::open(paths, &opts.actor)?),

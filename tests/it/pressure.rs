@@ -144,6 +144,7 @@ fn a_stopped_daemon_does_not_hold_a_command_for_its_timeout() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("did not answer within 800 ms"), "{stderr}");
+    assert_eq!(stderr.matches("bd: ").count(), 1, "one note: {stderr}");
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["title"], "visible");
 }
