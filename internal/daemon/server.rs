@@ -139,9 +139,53 @@ impl Shared {
     }
 }
 
+/// Descriptors the daemon cannot run without: the database and its `-wal`
+/// and `-shm`, the lock, the log, op files, the socket, tokio's own (its
+/// signal handling panics when it cannot make one), and some clients.
+const MIN_DESCRIPTORS: u64 = 32;
+
+/// Raises this process's soft limit on open files towards its hard limit (to
+/// 4,096 at most), as servers do: a shell's `ulimit -Sn` of 256 or less would
+/// otherwise cap how many agents can be connected at once. Refuses to start,
+/// saying why, when even the hard limit is below [`MIN_DESCRIPTORS`]
+/// (commands then run directly).
+fn ensure_descriptors() -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(()); // nothing known: go ahead
+    }
+    let want = lim.rlim_max.min(4096);
+    if lim.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = want;
+        }
+    }
+    if lim.rlim_cur < MIN_DESCRIPTORS {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "the daemon needs at least {MIN_DESCRIPTORS} open files and may have {} (ulimit -n)",
+                lim.rlim_cur
+            ),
+        )
+        .hint("raise the limit (`ulimit -n 1024`); commands run directly meanwhile"));
+    }
+    Ok(())
+}
+
 /// Runs a daemon until it is stopped, idles out or gets SIGTERM/SIGINT. Fails with
 /// [`ErrorKind::Exists`] if another daemon holds the tracker's lock.
 pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
+    ensure_descriptors()?;
     let mut lock = DaemonLock::acquire(&opts.paths)?;
     // We hold the lock, so any socket file at our path is a dead daemon's.
     let _ = std::fs::remove_file(&opts.socket);

@@ -428,3 +428,42 @@ fn a_permission_error_names_the_shared_memory_file() {
         "the error names the file: {stderr}"
     );
 }
+
+/// Review of issue 10, item 8: a daemon started under a low descriptor limit
+/// panicked at start (tokio could not make its signal pipe: exit 101). It
+/// raises its soft limit towards the hard one, and where even that is too
+/// low it refuses to start, saying why; commands run directly.
+#[test]
+fn a_daemon_under_a_low_descriptor_limit_raises_it_or_says_why() {
+    let env = TestEnv::new();
+    let start = |limit: &str| {
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!("ulimit {limit} 12 && exec \"$0\" daemon start -q"),
+                BD,
+            ])
+            .current_dir(env.root())
+            .env("BD_ACTOR", "tester")
+            .env("BD_AUTO_START", "0")
+            .output()
+            .unwrap()
+    };
+    let out = start("-Sn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.create(&["through the daemon"]);
+    assert_eq!(env.json(&["info"])["mode"], "daemon");
+    env.ok(&["daemon", "stop", "-q"]);
+
+    let out = start("-n");
+    assert_eq!(out.status.code(), Some(1), "refused, not a panic");
+    let logs = env.ok(&["daemon", "logs"]);
+    assert!(logs.contains("ulimit -n"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+    env.create(&["directly"]);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 2);
+}
