@@ -613,9 +613,10 @@ fn demo_runs_and_cleans_up() {
     assert!(out["closed_by_agents"].as_u64().unwrap() >= 6);
     assert_eq!(out["stats"]["conflicts"], 0);
     assert!(out["kept"].is_null());
-    // Act two: a second machine through a git remote, one conflict resolved.
+    // Act two: a second machine through a git remote: a title conflict and
+    // an id both machines used, each resolved.
     let two = &out["two_machines"];
-    assert_eq!(two["conflicts_resolved"], 1, "{out}");
+    assert_eq!(two["conflicts_resolved"], 2, "{out}");
     assert!(two["ops_exchanged"].as_u64().unwrap() >= 3, "{out}");
     assert_eq!(two["state_hash"].as_str().unwrap().len(), 64);
 }

@@ -308,7 +308,7 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
     s.push_str(&format!("By status: {}\n", by.join(", ")));
     if let Some(t) = &two {
         s.push_str(&format!(
-            "Two machines through git: {} ops exchanged, {} conflict escalated and resolved, no write lost; both end with state {}.\n",
+            "Two machines through git: {} ops exchanged, {} conflicts (a title, an id used twice) escalated and resolved, no write lost; both end with state {}.\n",
             t.ops_exchanged,
             t.conflicts_resolved,
             &t.state_hash[..12]
@@ -488,6 +488,81 @@ fn two_machines(
     );
     exchanged += sync(&mut bob, &b_paths)?.ops_applied;
     exchanged += sync(lead, paths)?.ops_applied;
+    // Both split it into a sub-task before syncing: each machine numbers its
+    // child <id>.1. Two pieces of work, so two issues, named alike everywhere.
+    let child = |c: &mut Direct, title: &str| {
+        create(
+            c,
+            CreateRequest {
+                title: title.into(),
+                parent: Some(follow.id.clone()),
+                ..Default::default()
+            },
+        )
+    };
+    let mine = child(lead, "Remember-me: server-side token")?;
+    let theirs = child(&mut bob, "Remember-me: checkbox on the form")?;
+    log.say(
+        "machine A",
+        &format!("lead created {} \"{}\"", mine.id, mine.title),
+    );
+    log.say(
+        "machine B",
+        &format!(
+            "bob created {} \"{}\" (the same id)",
+            theirs.id, theirs.title
+        ),
+    );
+    exchanged += sync(lead, paths)?.ops_applied;
+    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
+    exchanged += sync(lead, paths)?.ops_applied;
+    let children = |c: &mut Direct| -> Result<Vec<(String, String)>, Error> {
+        let mut out = Vec::new();
+        let all = ListFilter {
+            all: true,
+            ..Default::default()
+        };
+        let issues = match c.call(Request::List(all))? {
+            Response::Issues(i) => i,
+            other => return Err(Error::internal(format!("unexpected {other:?}"))),
+        };
+        for i in issues {
+            if i.id == mine.id || bd::merge::wire_id(&i.id) == mine.id {
+                out.push((i.id, i.title));
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    let (on_a, on_b) = (children(lead)?, children(&mut bob)?);
+    if on_a.len() != 2 || on_a != on_b {
+        return Err(Error::internal(format!(
+            "two creates of {} did not stay two issues alike on both machines: {on_a:?} vs {on_b:?}",
+            mine.id
+        )));
+    }
+    log.say(
+        "both",
+        &format!(
+            "bd sync: both kept: {} \"{}\" and {} \"{}\"; an id notice in bd conflicts",
+            on_a[0].0, on_a[0].1, on_a[1].0, on_a[1].1
+        ),
+    );
+    bob.call(Request::Resolve {
+        id: mine.id.clone(),
+        field: "id".into(),
+        value: Some("ack".into()),
+        take: None,
+    })?;
+    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
+    exchanged += sync(lead, paths)?.ops_applied;
+    log.say(
+        "machine B",
+        &format!(
+            "bd resolve {} --field id --value ack: notice settled",
+            mine.id
+        ),
+    );
     let (ha, hb) = (info_hash(lead)?, info_hash(&mut bob)?);
     if ha != hb {
         return Err(Error::internal("the two machines did not converge"));
@@ -514,13 +589,13 @@ fn two_machines(
     log.say(
         "machine A",
         &format!(
-            "bd sync: the resolution arrived; {left} conflicts left; both machines at state {}",
+            "bd sync: the resolutions arrived; {left} conflicts left; both machines at state {}",
             &ha[..12]
         ),
     );
     Ok(TwoMachines {
         ops_exchanged: exchanged,
-        conflicts_resolved: conflicts.len() as u64,
+        conflicts_resolved: conflicts.len() as u64 + 1,
         state_hash: ha,
     })
 }
