@@ -134,7 +134,8 @@ pub enum Command {
     Comments(Lazy<comment::CommentsArgs>),
     /// Delete issues (a tombstone that syncs; never resurrected by itself)
     Delete(Lazy<resolve::DeleteArgs>),
-    /// List fields written concurrently by different writers
+    /// List fields written concurrently by different writers, ops held for clock
+    /// skew, and ids two clones created
     Conflicts(Lazy<stats::ConflictsArgs>),
     /// Settle a conflicted field with one value that supersedes every contender
     Resolve(Lazy<resolve::ResolveArgs>),

@@ -24,13 +24,16 @@ pub struct ResolveArgs {
     /// The issue
     pub id: String,
     /// The conflicted field (e.g. title, status; `deleted` for a delete that
-    /// raced with edits)
+    /// raced with edits; `clock_skew` for an op held back; `id` for an id two
+    /// clones created)
     #[arg(long, short)]
     pub field: String,
-    /// The value to keep (for `--field deleted`: `deleted`)
+    /// The value to keep (`--field deleted`: `deleted`; `clock_skew`: `apply`;
+    /// `id`: `ack`)
     #[arg(long, conflicts_with = "take", required_unless_present = "take")]
     pub value: Option<String>,
-    /// Keep one contender's value: its op id (a prefix is enough), actor or replica
+    /// Keep one contender's value: its op id (a prefix is enough), actor or
+    /// replica (a prefix is enough)
     #[arg(long, value_name = "CONTENDER")]
     pub take: Option<String>,
 }

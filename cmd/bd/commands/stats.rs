@@ -10,7 +10,8 @@ use std::fmt::Write;
 #[derive(Args, Debug)]
 pub struct StatsArgs {}
 
-/// List fields written concurrently by different writers
+/// List fields written concurrently by different writers, ops held for clock
+/// skew, and ids two clones created
 #[derive(Args, Debug)]
 pub struct ConflictsArgs {}
 
