@@ -255,7 +255,7 @@ fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Result<Check>
     let mut known = store
         .conn()
         .prepare("SELECT EXISTS(SELECT 1 FROM ops WHERE op_id = ?1)")?;
-    let (mut missing, mut repeated, mut disordered) = (0u64, 0u64, 0u64);
+    let (mut missing, mut repeated, mut disordered, mut shared) = (0u64, 0u64, 0u64, 0u64);
     let mut seen = std::collections::HashSet::new();
     let mut last_seq = 0u64;
     let mut lines = Vec::new();
@@ -273,7 +273,14 @@ fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Result<Check>
             lines.push(problem(format!("op {} (seq {}) again", op.op_id, op.seq)));
             continue;
         }
-        if op.seq <= last_seq {
+        if op.seq == last_seq {
+            // Two different ops with one seq: two writers use this replica id.
+            shared += 1;
+            lines.push(problem(format!(
+                "op {} is a second op with seq {}: another copy of this clone writes under its replica id",
+                op.op_id, op.seq
+            )));
+        } else if op.seq < last_seq {
             disordered += 1;
             lines.push(problem(format!(
                 "seq {} after seq {last_seq}: out of order",
@@ -286,16 +293,25 @@ fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Result<Check>
             missing += 1;
         }
     }
-    if missing > 0 {
+    if missing + shared > 0 {
+        // Never rewritten away: those ops are in git, and every other clone
+        // applies them from this file.
         let mut c = check(
             "replica",
             Level::Error,
             format!(
-                "{missing} op(s) in {} are not in this database: another clone uses the same replica id (a copied database?); `bd rebuild --force` applies them",
+                "another copy of this clone writes under its replica id {} ({missing} op(s) in {} not in this database, {shared} seq(s) used twice): each copy needs its own id. In the copy, remove .beads/beads.db, .beads/beads.db-wal, .beads/beads.db-shm and .beads/beads.db.replica, then run `bd init`; `bd doctor --fix` (or the next `bd sync`) takes the other copy's ops into this database",
+                store.replica(),
                 path.display()
             ),
         );
         c.lines = lines;
+        if fix && missing > 0 {
+            crate::jsonl::rewrite_own_ops(store, paths)?;
+            c.fixed = Some(format!(
+                "took {missing} op(s) of the other copy into this database; the file keeps them"
+            ));
+        }
         return Ok(c);
     }
     if repeated + disordered == 0 {

@@ -271,6 +271,16 @@ impl OwnOpsAppend {
         if from == upto && !rewrite {
             return Ok(None);
         }
+        let mut upto = upto;
+        if rewrite && file.is_some() && absorb_unknown_own_ops(store, &path)? > 0 {
+            // They are in the database now, so the rewrite keeps them.
+            upto = crate::storage::sqlite::cached_row(
+                store.conn(),
+                "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
+                [replica],
+                |r| r.get(0),
+            )?;
+        }
         Ok(Some(OwnOpsAppend {
             _lock: lock,
             path,
@@ -288,7 +298,7 @@ impl OwnOpsAppend {
         // the next append's (they hold no lock to commit), so the remembered
         // last seq below is exactly the file's.
         let mut stmt = store.conn().prepare_cached(
-            "SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+            "SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq, op_id",
         )?;
         let mut buf = String::new();
         let mut n = 0;
@@ -325,6 +335,57 @@ impl OwnOpsAppend {
     }
 }
 
+/// Takes into the database the ops of this replica that its own op file holds
+/// and the database lacks, and returns how many. They were written by another
+/// copy of this clone sharing its replica id (a copied `.beads/` or
+/// `beads.db`) and merged in by git, or appended just before a crash lost the
+/// commit. Either way the file is what every other clone reads, so they are
+/// real: a rewrite of the file must never drop them (until 2026-12-01 one did,
+/// and `bd sync` deleted the other copy's ops from git).
+fn absorb_unknown_own_ops(store: &Store, path: &Path) -> Result<usize> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_at(path, e)),
+    };
+    let mut unknown = Vec::new();
+    {
+        let mut known = store
+            .conn()
+            .prepare_cached("SELECT 1 FROM ops WHERE op_id = ?1")?;
+        for line in text.split(|b| *b == b'\n') {
+            let Ok(op) = serde_json::from_slice::<Op>(line) else {
+                continue; // a torn tail or garbage: nothing to keep
+            };
+            if op.replica != store.replica() || !op.is_sealed() || op.malformed().is_some() {
+                continue;
+            }
+            if !known.exists([&op.op_id])? {
+                unknown.push(op);
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(0);
+    }
+    let n = unknown.len();
+    // Another connection: the caller's may be the daemon's reader or writer,
+    // and holds no transaction here (`flush.lock` is not the database's).
+    let db = store
+        .conn()
+        .path()
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| Error::internal("the database has no file path"))?;
+    let mut writer = Store::open(&db)?;
+    writer.write(&crate::clock::SystemClock, |tx| {
+        for op in unknown {
+            tx.receive(op, crate::exchange::DEFAULT_MAX_SKEW_MS)?;
+        }
+        Ok(())
+    })?;
+    Ok(n)
+}
+
 /// An I/O error that names the file it happened on.
 pub fn io_at(path: &Path, e: std::io::Error) -> Error {
     let mut err = Error::from(e);
@@ -340,9 +401,10 @@ pub fn io_at(path: &Path, e: std::io::Error) -> Error {
 pub fn rewrite_own_ops(store: &Store, paths: &BeadsPaths) -> Result<usize> {
     let _lock = FlushLock::acquire(paths)?;
     let path = paths.op_file(store.replica());
+    absorb_unknown_own_ops(store, &path)?;
     let mut stmt = store
         .conn()
-        .prepare("SELECT body FROM ops WHERE replica = ?1 ORDER BY seq")?;
+        .prepare("SELECT body FROM ops WHERE replica = ?1 ORDER BY seq, op_id")?;
     let mut buf = String::new();
     let mut n = 0;
     for body in stmt.query_map([store.replica()], |r| r.get::<_, String>(0))? {

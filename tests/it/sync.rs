@@ -1233,7 +1233,10 @@ fn doctor_notices_another_clone_writing_under_this_replica_id() {
     let out = a.bd(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(report.contains("same replica id"), "{report}");
+    assert!(
+        report.contains("another copy of this clone writes under its replica id"),
+        "{report}"
+    );
     // A rebuild reads this clone's own file too, so the twin's op is applied.
     let r = a.json(&["rebuild", "--force"]);
     assert_eq!(r["replaced"], true, "{r}");
@@ -1633,4 +1636,60 @@ fn a_repeated_line_pushed_into_our_op_file_merges_as_a_set() {
     assert_eq!(a.state_hash(), b.state_hash());
     assert_eq!(a.json(&["doctor"])["errors"], 0);
     assert_eq!(foreign_check(&a)["level"], "ok", "the owner rewrote it");
+}
+
+/// Regression (review of issue 10): two working copies sharing one replica id
+/// (a checkout copied with `cp -r`) both wrote seq 2 to "their" op file; the
+/// second `bd sync` rewrote the file from its own database and deleted the
+/// other copy's op from git for good. A rewrite never drops an op the file
+/// holds: it takes it into the database first.
+#[test]
+fn a_copied_checkout_never_deletes_the_other_copys_ops() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    a.create(&["parent"]);
+    a.ok(&["sync", "-q"]);
+    let twin_root = cluster.home().join("a2");
+    let cp = Command::new("cp")
+        .args(["-r", a.root.to_str().unwrap(), twin_root.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let twin = Clone {
+        root: twin_root,
+        home: cluster.home().to_path_buf(),
+        actor: "twin".into(),
+    };
+    a.create(&["made in A"]);
+    twin.create(&["made in the copy"]);
+    a.ok(&["sync", "-q"]);
+    twin.ok(&["sync", "-q"]);
+    a.ok(&["sync", "-q"]);
+    let titles = |c: &Clone| -> Vec<String> {
+        let mut t: Vec<String> = c
+            .json(&["list", "--all"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"].as_str().unwrap().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    let want = ["made in A", "made in the copy", "parent"];
+    let fresh = cluster.clone("c", "carol");
+    fresh.ok(&["init"]);
+    assert_eq!(titles(&fresh), want, "both writes are in git");
+    assert_eq!(titles(&a), want);
+    assert_eq!(titles(&twin), want);
+    assert_eq!(a.state_hash(), fresh.state_hash());
+    assert_eq!(twin.state_hash(), fresh.state_hash());
+    // The shared id is named, with what to do about it.
+    let out = twin.bd(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("another copy of this clone") && text.contains("bd init"),
+        "{text}"
+    );
 }
