@@ -140,7 +140,9 @@ fn database_check(store: &Store) -> Check {
         Err(e) => check(
             "database",
             Level::Error,
-            format!("cannot check integrity: {e}"),
+            format!(
+                "cannot check integrity: {e}; `bd rebuild` makes a new database from the op files (the damaged one is kept beside it)"
+            ),
         ),
     }
 }

@@ -45,6 +45,15 @@ pub fn resolve_id(conn: &Connection, query: &str) -> Result<String> {
         .into_iter()
         .filter(|id| ids::short_id_matches(id, q))
         .collect();
+    // An id without its prefix (`a1b2` for `bd-a1b2`) names that issue even
+    // when its children (`bd-a1b2.1`) match too.
+    let whole: Vec<&String> = candidates
+        .iter()
+        .filter(|id| id.split_once('-').is_some_and(|(_, rest)| rest == q))
+        .collect();
+    if let [one] = whole.as_slice() {
+        return Ok((*one).clone());
+    }
     match candidates.len() {
         1 => Ok(candidates.into_iter().next().unwrap_or_default()),
         0 => Err(Error::not_found(format!("no issue matches {q:?}"))

@@ -778,7 +778,7 @@ fn resolve_id_collision(
             "an id notice is settled by acknowledging it, not with {v:?}"
         ))
         .hint(format!(
-            "bd resolve {id} --field id --value ack (both issues stay; rename or close one as the work needs)"
+            "bd resolve {id} --field id --value ack (both issues stay; close one if they turn out to be the same work)"
         )));
     }
     // The issue keeping the id may have been deleted since: look it up exactly.

@@ -156,6 +156,12 @@ fn short_ids_resolve_and_ambiguity_lists_candidates(mode: Mode) {
         err.contains("t-abc1") && err.contains("t-abc2") && err.contains("matches 2"),
         "{err}"
     );
+    // Review of issue 10: an epic's id without its prefix was ambiguous once
+    // it had children (`abc1` matched t-abc1.1 too).
+    env.create(&["child", "--parent", "t-abc1"]);
+    env.create(&["child 2", "--parent", "t-abc1"]);
+    assert_eq!(env.json(&["show", "abc1"])[0]["id"], "t-abc1");
+    assert_eq!(env.json(&["show", "abc1.2"])[0]["id"], "t-abc1.2");
 }
 
 fn list_filters(mode: Mode) {

@@ -87,6 +87,13 @@ fn a_database_corrupt_inside_is_rebuilt_and_the_last_backup_kept() {
         f.seek(SeekFrom::Start(len / 2)).unwrap();
         f.write_all(&vec![0xA5; (len / 4) as usize]).unwrap();
     }
+    // Doctor names the command that repairs it, not its own --fix.
+    let doctor = env.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("`bd rebuild` replaces the damaged database") && !text.contains("--fix"),
+        "{text}"
+    );
     let r = env.json(&["rebuild"]);
     assert_eq!(r["replaced"], true, "{r}");
     assert!(r["damaged"].is_string(), "{r}");

@@ -45,10 +45,18 @@ pub fn cmd_doctor(ctx: &Ctx, a: DoctorArgs) -> Result<(), CliError> {
             "{} error(s), {} warning(s){}",
             report.errors,
             report.warnings,
-            if report.errors > 0 && !a.fix {
-                "; `bd doctor --fix` repairs what is safe"
-            } else {
-                ""
+            match (report.errors, a.fix) {
+                (0, _) => "",
+                // A damaged database is not doctor's to repair.
+                _ if report
+                    .checks
+                    .iter()
+                    .any(|c| c.name == "database" && c.level == bd::doctor::Level::Error) =>
+                {
+                    "; `bd rebuild` replaces the damaged database"
+                }
+                (_, false) => "; `bd doctor --fix` repairs what is safe",
+                (_, true) => "",
             }
         );
         output::print(&s)?;

@@ -53,14 +53,14 @@ fn render(d: &IssueDetails) -> String {
     if let Some(from) = &d.displaced_from {
         let _ = writeln!(
             s,
-            "Id: {} (created as {from} on another clone; an earlier create kept {from})",
+            "Id: {} (created as {from}, which an earlier create of another issue keeps)",
             i.id
         );
     }
     if !d.displaced.is_empty() {
         let _ = writeln!(
             s,
-            "Id: also created elsewhere as {}; those issues are {}",
+            "Id: {} was also created for other issues, now {}",
             i.id,
             d.displaced.join(", ")
         );
