@@ -97,6 +97,9 @@ struct Shared {
     sync_pending: AtomicU64,
     /// Set for good by the first failed fdatasync.
     sync_failed: Mutex<Option<Error>>,
+    /// The repository's git directory (`None` outside git): the snapshot is
+    /// not rewritten while git rebases or merges there.
+    git_dir: Option<PathBuf>,
 }
 
 impl Shared {
@@ -208,6 +211,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         replica: writer_store.replica().to_string(),
         sync_pending: AtomicU64::new(0),
         sync_failed: Mutex::new(None),
+        git_dir: crate::gitsync::git_dir(&opts.paths),
     });
     let syncer = {
         let shared = shared.clone();
@@ -784,6 +788,15 @@ fn commit_group(
 }
 
 fn flush_snapshot(store: &mut Store, wal: &mut WalSync, shared: &Shared) {
+    // Not while git rebases or merges: a file regenerated under it makes git
+    // refuse to go on. The next write or command flushes.
+    if shared
+        .git_dir
+        .as_deref()
+        .is_some_and(crate::gitsync::operation_in_progress)
+    {
+        return;
+    }
     // The snapshot must never show a write the database could still lose.
     if let Err(e) = wal.sync() {
         shared.note_error(&format!("snapshot flush skipped: cannot sync the log: {e}"));

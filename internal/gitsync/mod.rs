@@ -56,6 +56,31 @@ pub enum Integration {
     Merge,
 }
 
+/// Whether git is in the middle of an operation in the repository whose git
+/// directory is `git_dir` that checks out commits one after another: a
+/// rebase, a cherry-pick or a revert. bd then leaves its files alone:
+/// regenerating them would make the work tree dirty under git, which then
+/// refuses to go on ("your local changes would be overwritten"). The next bd
+/// command after it catches up. (A merge is not one: git runs post-merge
+/// once it is done, with `MERGE_HEAD` still present.)
+pub fn operation_in_progress(git_dir: &Path) -> bool {
+    [
+        "rebase-merge",
+        "rebase-apply",
+        "CHERRY_PICK_HEAD",
+        "REVERT_HEAD",
+    ]
+    .iter()
+    .any(|f| git_dir.join(f).exists())
+}
+
+/// The git directory of the repository holding `paths.dir`, if any.
+pub fn git_dir(paths: &BeadsPaths) -> Option<std::path::PathBuf> {
+    Repository::discover(&paths.dir)
+        .ok()
+        .map(|r| r.path().to_path_buf())
+}
+
 impl Repo {
     /// Finds the git repository holding `paths.dir`.
     pub fn open(paths: &BeadsPaths) -> Result<Repo> {

@@ -26,24 +26,7 @@ impl Drop for Clone {
 }
 
 fn git_in(dir: &Path, home: &Path, args: &[&str]) -> Output {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", home)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", home.join("gitconfig"))
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        // bd's hooks run inside git: no daemon behind the test's back.
-        .env("BD_AUTO_START", "0")
-        .env("BD_ACTOR", "git-hook")
-        .stdin(Stdio::null())
-        .output()
-        .expect("git");
+    let out = git_in_raw(dir, home, args);
     assert!(
         out.status.success(),
         "git {args:?} failed:\n{}",
@@ -1692,4 +1675,71 @@ fn a_copied_checkout_never_deletes_the_other_copys_ops() {
         text.contains("another copy of this clone") && text.contains("bd init"),
         "{text}"
     );
+}
+
+/// Regression (review of issue 10, item 5): `git pull --rebase` stopped half
+/// way: the post-checkout hook bd installed regenerated bd's files when the
+/// rebase checked out upstream, and git refused to replay the local commit
+/// over them ("your local changes would be overwritten"). While git rebases,
+/// bd leaves its files alone.
+#[test]
+fn git_pull_rebase_is_not_stopped_by_bds_hooks() {
+    let cluster = Cluster::new();
+    let (a, b, _) = pair(&cluster);
+    b.ok(&["sync", "-q"]);
+    a.create(&["from a"]);
+    a.ok(&["sync", "-q"]);
+    b.create(&["from b"]);
+    b.ok(&["flush", "-q"]);
+    b.git(&["add", ".beads"]);
+    b.git(&["commit", "-q", "-m", "b's work"]);
+    let out = git_in_raw(
+        &b.root,
+        cluster.home(),
+        &["pull", "-q", "--rebase", "origin", "main"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !b.root.join(".git/rebase-merge").exists() && !b.root.join(".git/rebase-apply").exists(),
+        "the rebase finished"
+    );
+    let mut titles: Vec<String> = b
+        .json(&["list", "--all"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    titles.sort();
+    assert_eq!(titles, ["from a", "from b", "shared"]);
+    b.ok(&["sync", "-q"]);
+    a.ok(&["sync", "-q"]);
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+/// Runs git hermetically (the cluster's HOME and config only); bd's hooks
+/// inside it never start a daemon.
+fn git_in_raw(dir: &Path, home: &Path, args: &[&str]) -> Output {
+    Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", home.join("gitconfig"))
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        // bd's hooks run inside git: no daemon behind the test's back.
+        .env("BD_AUTO_START", "0")
+        .env("BD_ACTOR", "git-hook")
+        .stdin(Stdio::null())
+        .output()
+        .expect("git")
 }

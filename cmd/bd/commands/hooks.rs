@@ -106,6 +106,12 @@ fn run_hook(ctx: &Ctx, hook: &str) -> Result<(), CliError> {
             Ok(())
         }
         "post-merge" | "post-checkout" => {
+            // In the middle of a rebase (which checks out commits as it goes)
+            // the files are git's to change; the next bd command catches up.
+            if bd::gitsync::git_dir(&paths).is_some_and(|d| bd::gitsync::operation_in_progress(&d))
+            {
+                return Ok(());
+            }
             // Any command applies the ops that arrived; flush also regenerates
             // issues.jsonl and conflicts.jsonl from them.
             ctx.backend_without_auto_start()?.call(Request::Flush)?;
