@@ -255,6 +255,15 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     if let Ok(jobs) = shared.jobs.lock() {
         let _ = jobs.send(Job::Stop);
     }
+    // Go on serving the connections already open while the writer drains and
+    // the syncer answers: a hello gets its reply, a request hears "shutting
+    // down", a committed write its answer. Left undriven, such a client waited
+    // out its whole liveness deadline and then said the daemon was wedged.
+    runtime.block_on(async {
+        while !writer.is_finished() || !syncer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
     if writer.join().is_err() {
         log("writer thread panicked");
     }

@@ -675,3 +675,54 @@ fn list_and_ready_rows_pass_through_the_daemon_unchanged() {
     assert_eq!(e.message, direct.call(bad).expect_err("bad status").message);
     env.ok(&["daemon", "stop"]);
 }
+
+/// Review of issue 10: `bd daemon restart` under load failed about one time
+/// in five although it had worked: it waited for nobody to hold the daemon
+/// lock (a command had already auto-started a new daemon: "did not exit
+/// within 5 s"), or refused to start because that new one ran ("already
+/// running"). And `--json` printed two documents (issue 11, item 8).
+#[test]
+fn daemon_restart_under_auto_starting_writers_succeeds_with_one_answer() {
+    let env = TestEnv::new();
+    start(&env);
+    let script = r#"i=0; while [ $i -lt 400 ] && [ ! -e stop ]; do i=$((i+1)); "$0" create "w$1-$i" -q >/dev/null || exit 1; done"#;
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", script, BD, &w.to_string()])
+                .current_dir(env.root())
+                .env("BD_ACTOR", "writer")
+                .env("BD_AUTO_START", "1")
+                .env_remove("CI")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for round in 0..8 {
+        let out = env.run(&["daemon", "restart", "--json", "--idle-timeout", "120"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "restart {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: Value = serde_json::from_str(&stdout).expect("exactly one JSON document");
+        assert!(doc["pid"].as_u64().is_some(), "{doc}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::fs::write(env.root().join("stop"), "").unwrap();
+    for w in writers {
+        let out = w.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        // A daemon leaving is passing: no note about it.
+        assert!(!stderr.contains("shutting down"), "{stderr}");
+    }
+    // The last one stopped may still be on its way out.
+    let t = Instant::now();
+    while daemons_for(&env) > 1 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemons_for(&env), 1, "one daemon at the end");
+}

@@ -59,10 +59,7 @@ pub fn cmd_daemon(ctx: &Ctx, c: DaemonCommand) -> Result<(), CliError> {
         DaemonCommand::Start(a) => start(ctx, &a),
         DaemonCommand::Stop => stop(ctx).map(|_| ()),
         DaemonCommand::Status => status(ctx),
-        DaemonCommand::Restart(a) => {
-            stop(ctx)?;
-            start(ctx, &a)
-        }
+        DaemonCommand::Restart(a) => restart(ctx, &a),
         DaemonCommand::Logs(a) => logs(ctx, &a),
     }
 }
@@ -138,20 +135,7 @@ fn client(ctx: &Ctx) -> Result<Option<DaemonClient>, CliError> {
 }
 
 fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
-    let paths = ctx.paths()?;
-    if paths.db != paths.dir.join(bd::storage::DB_FILE) {
-        // Clients reach a daemon by its directory: it must serve that
-        // directory's own database, or requests would land in another file.
-        return Err(CliError::usage(
-            format!(
-                "a daemon serves {}, not {}",
-                paths.dir.join(bd::storage::DB_FILE).display(),
-                paths.db.display()
-            ),
-            "commands with --db run in-process; drop --db to start the daemon",
-        ));
-    }
-    bd::storage::Store::open(&paths.db)?; // a clear error now beats one in the log
+    let paths = startable(ctx)?;
     let socket = daemon::socket_path(&paths, || ctx.runtime_dir())?;
     if a.foreground {
         let sink = LogSink::new(&paths);
@@ -169,6 +153,40 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
         };
         return Ok(daemon::run(opts, log)?);
     }
+    let s = start_detached(ctx, a)?;
+    if ctx.json {
+        return output::json(&s);
+    }
+    output::status(
+        ctx.quiet,
+        &format!("Started bd daemon (pid {}) on {}", s.pid, s.socket),
+    );
+    Ok(())
+}
+
+/// The tracker's paths, if a daemon may serve it: its directory's own
+/// database (clients reach a daemon by its directory, so a daemon on another
+/// file would take requests meant for this one), and one that opens (a clear
+/// error now beats one in the log).
+fn startable(ctx: &Ctx) -> Result<bd::storage::BeadsPaths, CliError> {
+    let paths = ctx.paths()?;
+    if paths.db != paths.dir.join(bd::storage::DB_FILE) {
+        return Err(CliError::usage(
+            format!(
+                "a daemon serves {}, not {}",
+                paths.dir.join(bd::storage::DB_FILE).display(),
+                paths.db.display()
+            ),
+            "commands with --db run in-process; drop --db to start the daemon",
+        ));
+    }
+    bd::storage::Store::open(&paths.db)?;
+    Ok(paths)
+}
+
+/// Starts a detached daemon and waits until it answers; its status.
+fn start_detached(ctx: &Ctx, a: &StartArgs) -> Result<bd::rpc::DaemonStatus, CliError> {
+    let paths = ctx.paths()?;
     if let Some(Some(record)) = daemon::running(&paths)? {
         return Err(CliError(
             Error::new(
@@ -191,15 +209,7 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
         if let Some(Some(record)) = daemon::running(&paths)?
             && let Ok(mut c) = DaemonClient::connect(&record.socket, &ctx.actor, ctx.timeout)
         {
-            let s = c.status()?;
-            if ctx.json {
-                return output::json(&s);
-            }
-            output::status(
-                ctx.quiet,
-                &format!("Started bd daemon (pid {}) on {}", s.pid, s.socket),
-            );
-            return Ok(());
+            return Ok(c.status()?);
         }
         if let Some(exit) = child.try_wait()? {
             return Err(CliError(
@@ -220,21 +230,75 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
     }
 }
 
-/// Stops a running daemon and waits for its lock to be released; false if none ran.
+/// Stops a running daemon; false if none ran.
 fn stop(ctx: &Ctx) -> Result<bool, CliError> {
-    let paths = ctx.paths()?;
-    let Some(mut c) = client(ctx)? else {
+    let Some(pid) = stop_running(ctx)? else {
         if ctx.json {
             output::json(&serde_json::json!({"stopped": false, "running": false}))?;
         }
         output::status(ctx.quiet, "No bd daemon is running here.");
         return Ok(false);
     };
+    if ctx.json {
+        output::json(&serde_json::json!({"stopped": true, "pid": pid}))?;
+    }
+    output::status(ctx.quiet, &format!("Stopped bd daemon (pid {pid})"));
+    Ok(true)
+}
+
+/// Stops the daemon and then starts one: one answer (one JSON document). A
+/// command that needed a daemon meanwhile may have started one first: one of
+/// this bd's version serving is what a restart is for, so that is success.
+fn restart(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
+    startable(ctx)?;
+    let stopped = stop_running(ctx)?;
+    if a.foreground {
+        return start(ctx, a);
+    }
+    let (s, by_us) = match start_detached(ctx, a) {
+        Ok(s) => (s, true),
+        Err(e) if e.0.kind == ErrorKind::Exists => match client(ctx)? {
+            Some(mut c) if c.hello.version == env!("CARGO_PKG_VERSION") => (c.status()?, false),
+            _ => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    if ctx.json {
+        let mut v = serde_json::to_value(&s).map_err(bd::Error::from)?;
+        v["stopped"] = serde_json::json!(stopped);
+        return output::json(&v);
+    }
+    let before = stopped.map_or("no daemon was running".to_string(), |p| {
+        format!("stopped pid {p}")
+    });
+    let how = if by_us {
+        "started"
+    } else {
+        "a waiting command had started"
+    };
+    output::status(
+        ctx.quiet,
+        &format!(
+            "Restarted bd daemon: {before}; {how} pid {} on {}",
+            s.pid, s.socket
+        ),
+    );
+    Ok(())
+}
+
+/// Asks the running daemon to stop and waits until it has let go of its lock
+/// (another daemon may take it at once: a command that needs one starts it).
+/// Its pid, or `None` if none ran.
+fn stop_running(ctx: &Ctx) -> Result<Option<u32>, CliError> {
+    let paths = ctx.paths()?;
+    let Some(mut c) = client(ctx)? else {
+        return Ok(None);
+    };
     let pid = c.hello.pid;
     c.stop()?;
     drop(c);
     let started = Instant::now();
-    while daemon::running(&paths)?.is_some() {
+    while daemon::running(&paths)?.is_some_and(|r| r.is_none_or(|r| r.pid == pid)) {
         if started.elapsed() > WAIT {
             return Err(CliError(
                 Error::new(
@@ -246,11 +310,7 @@ fn stop(ctx: &Ctx) -> Result<bool, CliError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    if ctx.json {
-        output::json(&serde_json::json!({"stopped": true, "pid": pid}))?;
-    }
-    output::status(ctx.quiet, &format!("Stopped bd daemon (pid {pid})"));
-    Ok(true)
+    Ok(Some(pid))
 }
 
 fn status(ctx: &Ctx) -> Result<(), CliError> {
