@@ -357,9 +357,7 @@ fn a_permission_error_names_its_file() {
             }
         }
         std::fs::set_permissions(&ops, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BD]);
-        c
+        as_nobody()
     } else {
         std::fs::set_permissions(&ops, std::fs::Permissions::from_mode(0o000)).unwrap();
         Command::new(BD)
@@ -378,6 +376,14 @@ fn a_permission_error_names_its_file() {
         stderr.contains(&ops.display().to_string()) && stderr.contains("ermission denied"),
         "the error names the file: {stderr}"
     );
+}
+
+/// `bd` run as the user nobody (root reads and writes anything, so a
+/// permission test run as root needs another user).
+fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BD]);
+    c
 }
 
 /// Review of issue 10, item 8: with the database and its directory writable
@@ -412,8 +418,7 @@ fn a_permission_error_names_the_shared_memory_file() {
         .unwrap();
     let shm = env.beads().join("beads.db-shm");
     std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BD])
+    let out = as_nobody()
         .args(["create", "two"])
         .current_dir(env.root())
         .env("BD_AUTO_START", "0")

@@ -163,6 +163,19 @@ pub(crate) fn ids(v: &Value) -> Vec<String> {
     out
 }
 
+/// The titles of every issue `c` lists, sorted.
+fn titles(c: &Clone) -> Vec<String> {
+    let mut t: Vec<String> = c
+        .json(&["list", "--all"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    t.sort();
+    t
+}
+
 #[test]
 fn a_fresh_clone_gets_every_issue_and_pulled_ops_apply_on_the_next_command() {
     let cluster = Cluster::new();
@@ -1409,15 +1422,7 @@ fn git_merge_of_branches_unions_op_files() {
     c.ok(&["sync", "-q"]);
     c.git(&["merge", "-q", "--no-edit", "feature"]);
     assert_eq!(c.git(&["status", "--porcelain"]), "", "merged cleanly");
-    let mut titles: Vec<String> = c
-        .json(&["list", "--all"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["title"].as_str().unwrap().to_string())
-        .collect();
-    titles.sort();
-    assert_eq!(titles, ["base", "on feature", "on main"]);
+    assert_eq!(titles(&c), ["base", "on feature", "on main"]);
     let doctor = c.json(&["doctor"]);
     assert_eq!(doctor["errors"], 0, "{doctor}");
     c.ok(&["sync", "-q"]);
@@ -1649,17 +1654,6 @@ fn a_copied_checkout_never_deletes_the_other_copys_ops() {
     a.ok(&["sync", "-q"]);
     twin.ok(&["sync", "-q"]);
     a.ok(&["sync", "-q"]);
-    let titles = |c: &Clone| -> Vec<String> {
-        let mut t: Vec<String> = c
-            .json(&["list", "--all"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["title"].as_str().unwrap().to_string())
-            .collect();
-        t.sort();
-        t
-    };
     let want = ["made in A", "made in the copy", "parent"];
     let fresh = cluster.clone("c", "carol");
     fresh.ok(&["init"]);
@@ -1707,15 +1701,7 @@ fn git_pull_rebase_is_not_stopped_by_bds_hooks() {
         !b.root.join(".git/rebase-merge").exists() && !b.root.join(".git/rebase-apply").exists(),
         "the rebase finished"
     );
-    let mut titles: Vec<String> = b
-        .json(&["list", "--all"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["title"].as_str().unwrap().to_string())
-        .collect();
-    titles.sort();
-    assert_eq!(titles, ["from a", "from b", "shared"]);
+    assert_eq!(titles(&b), ["from a", "from b", "shared"]);
     b.ok(&["sync", "-q"]);
     a.ok(&["sync", "-q"]);
     assert_eq!(a.state_hash(), b.state_hash());
