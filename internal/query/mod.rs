@@ -192,7 +192,7 @@ impl SortKey {
 
 /// Which issues a list, ready or blocked query returns. Empty fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ListFilter {
     /// Any of these statuses (wire spelling). Empty: every status but closed, unless
     /// `all` is set.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// Fields of a new issue.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CreateRequest {
     /// Title (required).
     pub title: String,
@@ -43,7 +43,7 @@ pub struct CreateRequest {
 
 /// Changes to one or more issues; `None` fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpdateRequest {
     /// Issues to change (all or none are changed).
     pub ids: Vec<String>,
@@ -77,9 +77,10 @@ pub struct UpdateRequest {
     pub claim: bool,
 }
 
-/// One operation on the tracker.
+/// One operation on the tracker. Unknown fields are refused (a misspelt
+/// `"priorty"` in `bd batch` is an error naming it, not silently dropped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Create an issue.
     Create(CreateRequest),

@@ -156,3 +156,36 @@ fn four_agents_times_twenty_five_batches_are_each_all_or_nothing() {
     );
     assert_eq!(env.json(&["label", "list"])[0]["count"], 48);
 }
+
+/// Regression (issue 11, item 3): unknown fields (`"priorty"`, `"labelz"`)
+/// were dropped and the batch succeeded; a `request_id` put on an operation
+/// line was ignored the same way. Refused, naming field and line, and
+/// nothing runs.
+#[test]
+fn a_batch_refuses_unknown_fields_naming_field_and_line() {
+    for_each_mode(|env| {
+        for (line, field) in [
+            (r#"{"op":"create","title":"x","priorty":1}"#, "priorty"),
+            (r#"{"op":"create","title":"x","labelz":["a"]}"#, "labelz"),
+            (r#"{"op":"close","ids":["$1"],"reasn":"done"}"#, "reasn"),
+            (
+                r#"{"op":"update","ids":["$1"],"statuss":"closed"}"#,
+                "statuss",
+            ),
+            (
+                r#"{"op":"create","title":"x","request_id":"r-1"}"#,
+                "request_id",
+            ),
+        ] {
+            let out = batch(env, &[r#"{"op":"create","title":"first"}"#, line], &[]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{line}: {err}");
+            assert!(
+                err.contains("stdin:2") && err.contains(field),
+                "{line}: {err}"
+            );
+            assert!(err.contains("nothing was run"), "{err}");
+        }
+        assert_eq!(env.json(&["list", "--all"]), serde_json::json!([]));
+    });
+}

@@ -55,6 +55,18 @@ fn parse(text: &str, source: &str) -> Result<(Vec<Request>, Option<String>), Cli
             request_id = Some(id.to_string());
             continue;
         }
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(line)
+            && m.contains_key("op")
+            && m.contains_key("request_id")
+        {
+            return Err(CliError::usage(
+                format!(
+                    "{source}:{}: request_id inside an operation; nothing was run",
+                    i + 1
+                ),
+                r#"the whole batch has one id: put it on a line of its own, {"request_id":"plan-42"}"#,
+            ));
+        }
         let req: Request = serde_json::from_str(line).map_err(|e| {
             CliError::usage(
                 format!("{source}:{}: not an operation: {e}; nothing was run", i + 1),
