@@ -796,6 +796,14 @@ impl Repo {
             &["push", "--quiet", "--porcelain", &up.remote, &refspec],
         )?;
         if out.ok {
+            // The remote's branch is now our HEAD: so is what bd knows of it
+            // (`sync --status` counts against this ref; the push does not
+            // move it, and said "1 commits to push" right after pushing).
+            if let Some(head) = self.head_commit()? {
+                self.repo
+                    .reference(&Self::tracking_ref(up), head.id(), true, "bd sync: pushed")
+                    .map_err(|e| git_error("recording the pushed commit", e))?;
+            }
             return Ok(true);
         }
         let all = format!("{}\n{}", out.stdout, out.stderr);

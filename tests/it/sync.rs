@@ -1729,3 +1729,22 @@ fn git_in_raw(dir: &Path, home: &Path, args: &[&str]) -> Output {
         .output()
         .expect("git")
 }
+
+/// Regression (issue 11, item 5): right after bd's own push, `bd sync
+/// --status` said there were commits to push: it counted against bd's
+/// record of the remote branch, which the push did not move.
+#[test]
+fn sync_status_right_after_a_push_has_nothing_to_push() {
+    let cluster = Cluster::new();
+    let (a, _b, _) = pair(&cluster);
+    a.create(&["one more"]);
+    let r = a.json(&["sync"]);
+    assert_eq!(r["pushed"], true, "{r}");
+    let status = a.json(&["sync", "--status"]);
+    assert!(
+        status["notes"]
+            .to_string()
+            .contains("0 commits to push, 0 to bring in"),
+        "{status}"
+    );
+}
