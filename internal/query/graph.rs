@@ -124,10 +124,12 @@ pub struct TreeNode {
     pub id: String,
     /// Title, or empty when the issue is not known here.
     pub title: String,
-    /// Status, or `missing`.
+    /// Status; `deleted` for a deleted issue, `missing` for one not known
+    /// here (yet).
     pub status: String,
-    /// Priority.
-    pub priority: i64,
+    /// Priority; none for a deleted or missing issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
     /// The edge type that led here (`None` for the root).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dep_type: Option<String>,
@@ -156,10 +158,14 @@ pub fn dependency_tree(
     let mut seen = HashSet::new();
     let mut todo: Vec<(usize, String, Option<String>)> = vec![(0, root.to_string(), None)];
     while let Some((depth, id, dep_type)) = todo.pop() {
-        let (title, status, priority) = info
+        let found = info
             .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?
-            .unwrap_or_else(|| (String::new(), "missing".to_string(), 0));
+            .optional()?;
+        let (title, status, priority) = match found {
+            Some((title, status, priority)) => (title, status, Some(priority)),
+            None if super::is_deleted(conn, &id)? => (String::new(), "deleted".into(), None),
+            None => (String::new(), "missing".into(), None),
+        };
         let repeated = !seen.insert(id.clone());
         if !repeated && depth < max_depth {
             let next: Vec<(String, String)> = edges

@@ -297,7 +297,7 @@ mod tests {
             id: "a".into(),
             title: String::new(),
             status: "open".into(),
-            priority: 2,
+            priority: Some(2),
             dep_type: None,
             repeated: false,
         };

@@ -542,12 +542,14 @@ fn get_live(conn: &rusqlite::Connection, id: &str) -> Result<Issue> {
 
 fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
     let issue = get_live(conn, id)?;
-    let blocked: bool = crate::storage::sqlite::cached_row(
-        conn,
-        "SELECT blocked FROM issues WHERE id = ?1",
-        params![id],
-        |r| r.get(0),
-    )?;
+    // A closed issue is not held back by anything.
+    let blocked: bool = !issue.status.is_closed()
+        && crate::storage::sqlite::cached_row(
+            conn,
+            "SELECT blocked FROM issues WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
     let conflicts = query::conflicts(conn)?
         .into_iter()
         .filter(|c| c.issue_id == id)

@@ -722,6 +722,7 @@ fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database(mode: Mode) {
 }
 
 crate::in_both_modes!(
+    closed_is_not_blocked_and_a_deleted_dependency_says_so,
     create_and_show_round_trip_every_field,
     children_get_dotted_ids_and_explicit_ids_are_unique,
     short_ids_resolve_and_ambiguity_lists_candidates,
@@ -793,4 +794,26 @@ fn heavy_commands_choose_mimalloc_and_short_ones_the_system_allocator() {
         allocator(&["version"], Some(("BD_ALLOCATOR", "mimalloc"))),
         "mimalloc"
     );
+}
+
+/// Regression (issue 11, item 10): `bd show` printed "closed (blocked)" for a
+/// closed issue, and `dep tree` showed a deleted dependency as "P0 missing"
+/// (`"priority":0` in JSON).
+fn closed_is_not_blocked_and_a_deleted_dependency_says_so(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let blocker = env.create(&["blocker"]);
+    let done = env.create(&["done anyway"]);
+    env.ok(&["dep", "add", &done, &blocker]);
+    env.ok(&["close", &done]);
+    assert_eq!(env.json(&["show", &done])[0]["blocked"], false);
+    let human = env.ok(&["show", &done]);
+    assert!(!human.contains("blocked"), "{human}");
+    env.ok(&["delete", &blocker]);
+    let tree = env.json(&["dep", "tree", &done]);
+    assert_eq!(tree[1]["id"], blocker.as_str(), "{tree}");
+    assert_eq!(tree[1]["status"], "deleted", "{tree}");
+    assert!(tree[1].get("priority").is_none(), "{tree}");
+    let human = env.ok(&["dep", "tree", &done]);
+    assert!(human.contains(&format!("{blocker} (deleted)")), "{human}");
+    assert!(!human.contains("P0"), "{human}");
 }

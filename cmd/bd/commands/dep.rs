@@ -113,10 +113,11 @@ pub fn cmd_dep(ctx: &Ctx, c: DepCommand) -> Result<(), CliError> {
                     .map(|k| format!("[{k}] "))
                     .unwrap_or_default();
                 let rep = if n.repeated { " (shown above)" } else { "" };
-                s.push_str(&format!(
-                    "{indent}{arrow}{} P{} {} {}{rep}\n",
-                    n.id, n.priority, n.status, n.title
-                ));
+                let line = match n.priority {
+                    Some(p) => format!("{} P{p} {} {}", n.id, n.status, n.title),
+                    None => format!("{} ({})", n.id, n.status),
+                };
+                s.push_str(&format!("{indent}{arrow}{line}{rep}\n"));
             }
             output::print(&s)
         }
