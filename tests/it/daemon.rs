@@ -709,6 +709,15 @@ fn daemon_restart_under_auto_starting_writers_succeeds_with_one_answer() {
         );
         let doc: Value = serde_json::from_str(&stdout).expect("exactly one JSON document");
         assert!(doc["pid"].as_u64().is_some(), "{doc}");
+        if round == 0 {
+            // And the log as JSON too (issue 11, item 8).
+            let logs = env.json(&["daemon", "logs", "-n", "5"]);
+            assert!(
+                logs["path"].as_str().unwrap().ends_with("daemon.log"),
+                "{logs}"
+            );
+            assert!(!logs["lines"].as_array().unwrap().is_empty(), "{logs}");
+        }
         std::thread::sleep(Duration::from_millis(150));
     }
     std::fs::write(env.root().join("stop"), "").unwrap();

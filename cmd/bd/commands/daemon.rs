@@ -360,6 +360,11 @@ fn logs(ctx: &Ctx, a: &LogsArgs) -> Result<(), CliError> {
         Ok(t) => older + &t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !older.is_empty() => older,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if ctx.json {
+                return output::json(
+                    &serde_json::json!({"path": path.display().to_string(), "lines": []}),
+                );
+            }
             output::status(
                 ctx.quiet,
                 &format!("No daemon log yet ({}).", path.display()),
@@ -370,5 +375,10 @@ fn logs(ctx: &Ctx, a: &LogsArgs) -> Result<(), CliError> {
     };
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(a.lines)..];
+    if ctx.json {
+        return output::json(
+            &serde_json::json!({"path": path.display().to_string(), "lines": tail}),
+        );
+    }
     output::print(&tail.iter().map(|l| format!("{l}\n")).collect::<String>())
 }
