@@ -80,6 +80,12 @@ pub fn stderr_data_line(line: &str) {
         .and_then(|()| e.write_all(b"\n"));
 }
 
+/// `text` with every line after the first indented by `indent`, so a
+/// multi-line comment stays under its header.
+pub fn indent_continuation(text: &str, indent: &str) -> String {
+    text.replace('\n', &format!("\n{indent}"))
+}
+
 /// Prints a status line to stderr unless quiet (control characters escaped).
 pub fn status(quiet: bool, msg: &str) {
     if !quiet {

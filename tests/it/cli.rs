@@ -722,6 +722,7 @@ fn torn_or_foreign_edited_op_file_is_rewritten_from_the_database(mode: Mode) {
 }
 
 crate::in_both_modes!(
+    quiet_means_quiet_and_comments_read_well,
     closed_is_not_blocked_and_a_deleted_dependency_says_so,
     create_and_show_round_trip_every_field,
     children_get_dotted_ids_and_explicit_ids_are_unique,
@@ -816,4 +817,33 @@ fn closed_is_not_blocked_and_a_deleted_dependency_says_so(mode: Mode) {
     let human = env.ok(&["dep", "tree", &done]);
     assert!(human.contains(&format!("{blocker} (deleted)")), "{human}");
     assert!(!human.contains("P0"), "{human}");
+}
+
+/// Regression (issue 11, item 15): `-q` was ignored by `import` and `config
+/// get`; a comment read from stdin kept its trailing newline; a multi-line
+/// comment's later lines were not indented under its header.
+fn quiet_means_quiet_and_comments_read_well(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    assert_eq!(env.ok(&["config", "get", "prefix", "-q"]), "t\n");
+    let file = env.root().join("one.jsonl");
+    std::fs::write(&file, "{\"id\":\"t-q1\",\"title\":\"imported\"}\n").unwrap();
+    assert_eq!(env.ok(&["import", "-q", "-i", file.to_str().unwrap()]), "");
+    let mut child = env
+        .command(&["comment", "add", "t-q1", "-", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line one\nline two\n")
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let comments = env.json(&["comments", "t-q1"]);
+    assert_eq!(comments[0]["text"], "line one\nline two");
+    let shown = env.ok(&["show", "t-q1"]);
+    assert!(shown.contains("line one\n    line two\n"), "{shown}");
 }

@@ -417,6 +417,9 @@ fn resolve_clears_a_conflict_everywhere_and_a_status_conflict_keeps_the_issue_ou
             c.ok(&["show", &id]).contains("[CONFLICT]"),
             "show marks the field"
         );
+        // And says how to settle it (issue 11, item 15).
+        let listed = c.ok(&["conflicts"]);
+        assert!(listed.contains("bd resolve ID --field FIELD"), "{listed}");
         c.ok(&["flush", "-q"]);
         let file = std::fs::read_to_string(c.root.join(".beads/conflicts.jsonl")).unwrap();
         assert!(file.contains(&id) && file.contains("\"status\""), "{file}");

@@ -30,7 +30,11 @@ pub struct CommentsArgs {
 pub fn cmd_comment(ctx: &Ctx, c: CommentCommand) -> Result<(), CliError> {
     let CommentCommand::Add(a) = c;
     let text = if a.text == "-" {
-        std::io::read_to_string(std::io::stdin())?
+        // A file or heredoc ends with a newline that is not part of the text.
+        let mut t = std::io::read_to_string(std::io::stdin())?;
+        let kept = t.trim_end_matches(['\n', '\r']).len();
+        t.truncate(kept);
+        t
     } else {
         a.text
     };
@@ -52,7 +56,14 @@ pub fn cmd_comments(ctx: &Ctx, a: CommentsArgs) -> Result<(), CliError> {
         Response::Comments(c) => {
             let s: String = c
                 .iter()
-                .map(|c| format!("[{}] {}: {}\n", c.created_at, c.author, c.text))
+                .map(|c| {
+                    format!(
+                        "[{}] {}: {}\n",
+                        c.created_at,
+                        c.author,
+                        crate::output::indent_continuation(&c.text, "  ")
+                    )
+                })
                 .collect();
             output::print(&s)
         }

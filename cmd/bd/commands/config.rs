@@ -44,6 +44,10 @@ pub fn cmd_config(ctx: &Ctx, c: ConfigCommand) -> Result<(), CliError> {
         Response::ConfigValue { key, value } if ctx.json => {
             output::json(&serde_json::json!({"key": key, "value": value}))
         }
+        // Quiet: the value alone, for scripts (`$(bd config get prefix -q)`).
+        Response::ConfigValue { value: Some(v), .. } if ctx.quiet => {
+            output::print(&format!("{v}\n"))
+        }
         Response::ConfigValue {
             key,
             value: Some(v),

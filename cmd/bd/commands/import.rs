@@ -66,16 +66,19 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
         } else {
             "Imported"
         };
-        output::print(&format!(
-            "{verb} {source}: {} created, {} updated, {} unchanged, {} deleted, {} skipped (deleted here), {} ops, {} bad lines\n",
-            report.created,
-            report.updated,
-            report.unchanged,
-            report.deleted,
-            report.skipped_deleted,
-            report.ops,
-            report.errors.len()
-        ))?;
+        // The summary is the command's output; -q leaves only the errors.
+        if !ctx.quiet {
+            output::print(&format!(
+                "{verb} {source}: {} created, {} updated, {} unchanged, {} deleted, {} skipped (deleted here), {} ops, {} bad lines\n",
+                report.created,
+                report.updated,
+                report.unchanged,
+                report.deleted,
+                report.skipped_deleted,
+                report.ops,
+                report.errors.len()
+            ))?;
+        }
     }
     if report.errors.is_empty() {
         Ok(())

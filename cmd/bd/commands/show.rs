@@ -120,7 +120,13 @@ fn render(d: &IssueDetails) -> String {
     if !i.comments.is_empty() {
         let _ = writeln!(s, "\nComments:");
         for c in &i.comments {
-            let _ = writeln!(s, "  [{}] {}: {}", c.created_at, c.author, c.text);
+            let _ = writeln!(
+                s,
+                "  [{}] {}: {}",
+                c.created_at,
+                c.author,
+                crate::output::indent_continuation(&c.text, "    ")
+            );
         }
     }
     for c in &d.conflicts {

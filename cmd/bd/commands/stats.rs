@@ -87,6 +87,11 @@ pub fn cmd_conflicts(ctx: &Ctx, _a: ConflictsArgs) -> Result<(), CliError> {
                     );
                 }
             }
+            if !ctx.quiet && c.iter().any(|x| x.field != "id") {
+                out.push_str(
+                    "\nSettle one with `bd resolve ID --field FIELD --take CONTENDER` (an op id prefix, actor or replica) or `--value VALUE`; `--field deleted --value deleted` keeps a delete, `--field clock_skew --value apply` applies a held op.\n",
+                );
+            }
             output::print(&out)
         }
         other => Err(unexpected(other)),
