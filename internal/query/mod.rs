@@ -209,6 +209,10 @@ pub struct ListFilter {
     pub assignee: Option<String>,
     /// Only issues with no assignee.
     pub unassigned: bool,
+    /// Only issues this actor can take: no assignee, or this one (`bd ready`
+    /// by default: another agent's claimed work is not on your queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeable_by: Option<String>,
     /// Must carry every one of these labels.
     pub labels_all: Vec<String>,
     /// Must carry at least one of these labels.
@@ -278,11 +282,21 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
     };
     match scope {
         Scope::Ready => {
+            // An epic whose children are not all closed is not work to take:
+            // its children are.
             sql.push_str(
                 " AND blocked = 0 AND status IN ('open', 'in_progress')
                   AND (conflicted = '' OR (instr(',' || conflicted || ',', ',status,') = 0
-                       AND instr(',' || conflicted || ',', ',assignee,') = 0))",
+                       AND instr(',' || conflicted || ',', ',assignee,') = 0))
+                  AND NOT (issue_type = 'epic' AND EXISTS (
+                       SELECT 1 FROM deps d JOIN issues c ON c.id = d.issue_id
+                       WHERE d.depends_on_id = issues.id AND d.type = 'parent-child'
+                         AND c.status <> 'closed'))",
             );
+            if let Some(actor) = &f.takeable_by {
+                sql.push_str(" AND (assignee IS NULL OR assignee = ?)");
+                args.push(SqlValue::Text(actor.clone()));
+            }
         }
         Scope::Blocked => {
             sql.push_str(" AND (blocked = 1 OR status = 'blocked') AND status <> 'closed'")

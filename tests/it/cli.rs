@@ -329,6 +329,38 @@ fn close_and_reopen(mode: Mode) {
     assert!(env.ok(&["close", &b]).contains("unchanged"));
 }
 
+/// Regression (issue 11, item 13): `bd ready` listed issues another agent had
+/// claimed (taking the first one failed with exit 3), and an epic with open
+/// children headed the queue. By default it lists what the acting agent can
+/// take; `--any-assignee` shows the rest.
+fn ready_is_what_the_acting_agent_can_take(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let mine = env.create(&["mine", "-p", "1"]);
+    let theirs = env.create(&["theirs", "-p", "0"]);
+    let free = env.create(&["free", "-p", "2"]);
+    env.ok(&["update", &mine, "--claim"]);
+    let other = env
+        .command(&["update", &theirs, "--claim"])
+        .env("BD_ACTOR", "someone-else")
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    assert_eq!(env.ids(&["ready"]), vec![mine.clone(), free.clone()]);
+    assert_eq!(
+        env.ids(&["ready", "--any-assignee"]),
+        vec![theirs.clone(), mine.clone(), free.clone()]
+    );
+    assert_eq!(
+        env.ids(&["ready", "--assignee", "someone-else"]),
+        vec![theirs]
+    );
+    let epic = env.create(&["epic", "-t", "epic", "-p", "0"]);
+    let child = env.create(&["child", "--parent", &epic, "-p", "3"]);
+    assert!(!env.ids(&["ready"]).contains(&epic));
+    env.ok(&["close", &child]);
+    assert_eq!(env.ids(&["ready"])[0], epic, "its children done: the epic");
+}
+
 fn ready_follows_blockers_and_parents(mode: Mode) {
     let env = TestEnv::new_in(mode);
     let blocker = env.create(&["blocker", "-p", "1"]);
@@ -337,14 +369,11 @@ fn ready_follows_blockers_and_parents(mode: Mode) {
     let child = env.create(&["child", "--parent", &epic, "-p", "2"]);
     let grandchild = env.create(&["grandchild", "--parent", &child, "-p", "2"]);
     let ready = env.ids(&["ready"]);
+    // The epic is not work to take while its children are open (issue 11,
+    // item 13): they are.
     assert_eq!(
         ready,
-        vec![
-            blocker.clone(),
-            child.clone(),
-            grandchild.clone(),
-            epic.clone()
-        ]
+        vec![blocker.clone(), child.clone(), grandchild.clone()]
     );
     assert!(!ready.contains(&blocked));
     env.ok(&["close", &blocker]);
@@ -733,6 +762,7 @@ crate::in_both_modes!(
     claim_is_exclusive,
     close_and_reopen,
     ready_follows_blockers_and_parents,
+    ready_is_what_the_acting_agent_can_take,
     ready_shows_ten_by_default,
     dependencies_add_remove_tree_cycles,
     dep_cycles_reports_imported_cycles,
