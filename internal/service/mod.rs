@@ -281,8 +281,13 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
     let resp = match req {
         Request::Create(r) => Response::Issue(Box::new(create(tx, ctx, r)?)),
         Request::Update(r) => Response::Changed(update(tx, ctx, r)?),
-        Request::Close { ids, reason } => {
+        Request::Close { ids, reason, force } => {
             let closed = Status::Closed;
+            if !force {
+                for id in resolve_ids(tx, &ids)? {
+                    refuse_open_children(tx.conn(), &id, &ids)?;
+                }
+            }
             Response::Changed(for_each_id(tx, &ids, |tx, id| {
                 set_status(tx, ctx, id, &closed, reason.as_deref())
             })?)
@@ -290,7 +295,11 @@ fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Respon
         Request::Reopen { ids } => Response::Changed(for_each_id(tx, &ids, |tx, id| {
             set_status(tx, ctx, id, &Status::Open, None)
         })?),
-        Request::Delete { ids } => Response::Deleted(delete(tx, ctx, &ids)?),
+        Request::Delete {
+            ids,
+            force,
+            cascade,
+        } => Response::Deleted(delete(tx, ctx, &ids, force, cascade)?),
         Request::Resolve {
             id,
             field,
@@ -642,9 +651,90 @@ fn for_each_id(
     Ok(out)
 }
 
-fn delete(tx: &mut WriteTx<'_>, ctx: &Context<'_>, ids: &[String]) -> Result<Vec<String>> {
+/// Live issues with an edge (of any type) to `id`, not closed, and not in
+/// `except`, sorted.
+fn open_dependents(
+    conn: &rusqlite::Connection,
+    id: &str,
+    except: &[String],
+) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT i.id FROM deps d JOIN issues i ON i.id = d.issue_id
+         WHERE d.depends_on_id = ?1 AND i.status <> 'closed' ORDER BY i.id",
+    )?;
+    let ids = stmt
+        .query_map(params![id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids.into_iter().filter(|d| !except.contains(d)).collect())
+}
+
+/// Refuses to close `id` while children of it (not themselves being closed
+/// in the same request) are open: closing a parent does not finish its work.
+fn refuse_open_children(conn: &rusqlite::Connection, id: &str, closing: &[String]) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.id FROM deps d JOIN issues i ON i.id = d.issue_id
+         WHERE d.depends_on_id = ?1 AND d.type = 'parent-child' AND i.status <> 'closed'
+         ORDER BY i.id",
+    )?;
+    let open: Vec<String> = stmt
+        .query_map(params![id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|c| !closing.contains(c))
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "{id} has {} open child issue(s): {}; nothing was closed",
+            open.len(),
+            open.join(", ")
+        ),
+    )
+    .hint(format!(
+        "close them first (or in the same command), or `bd close {id} --force`"
+    )))
+}
+
+fn delete(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    ids: &[String],
+    force: bool,
+    cascade: bool,
+) -> Result<Vec<String>> {
+    let mut ids = resolve_ids(tx, ids)?;
+    if cascade {
+        // Everything that depends on them, transitively.
+        let mut i = 0;
+        while i < ids.len() {
+            for d in open_dependents(tx.conn(), &ids[i].clone(), &ids)? {
+                ids.push(d);
+            }
+            i += 1;
+        }
+    } else if !force {
+        for id in &ids {
+            let deps = open_dependents(tx.conn(), id, &ids)?;
+            if !deps.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} open issue(s) depend on {id}: {}; nothing was deleted",
+                        deps.len(),
+                        deps.join(", ")
+                    ),
+                )
+                .hint(format!(
+                    "`bd delete {id} --cascade` deletes them too; `--force` deletes only {id} (their edges then hold nothing back)"
+                )));
+            }
+        }
+    }
     let mut out = Vec::new();
-    for id in resolve_ids(tx, ids)? {
+    for id in ids {
         if !tx.is_live(&id)? {
             continue;
         }

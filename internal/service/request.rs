@@ -92,6 +92,9 @@ pub enum Request {
         ids: Vec<String>,
         /// Why.
         reason: Option<String>,
+        /// Close an epic (any parent) whose children are still open.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Reopen closed issues.
     Reopen {
@@ -103,6 +106,13 @@ pub enum Request {
     Delete {
         /// Issues to delete.
         ids: Vec<String>,
+        /// Delete even when open issues depend on them (their edges then
+        /// point at a deleted issue, which holds nothing back).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        /// Delete the issues that depend on them too, recursively.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cascade: bool,
     },
     /// Settle a conflicted field with one new value that supersedes every
     /// contender.

@@ -763,6 +763,7 @@ crate::in_both_modes!(
     close_and_reopen,
     ready_follows_blockers_and_parents,
     ready_is_what_the_acting_agent_can_take,
+    closing_a_parent_or_deleting_a_blocker_asks_first,
     ready_shows_ten_by_default,
     dependencies_add_remove_tree_cycles,
     dep_cycles_reports_imported_cycles,
@@ -876,4 +877,57 @@ fn quiet_means_quiet_and_comments_read_well(mode: Mode) {
     assert_eq!(comments[0]["text"], "line one\nline two");
     let shown = env.ok(&["show", "t-q1"]);
     assert!(shown.contains("line one\n    line two\n"), "{shown}");
+}
+
+/// Regression (issue 11, item 14): closing an epic with open children, or
+/// deleting an issue others depend on, happened silently. Both are refused
+/// (exit 3, naming them, nothing changed) unless `--force`; delete offers
+/// `--cascade`.
+fn closing_a_parent_or_deleting_a_blocker_asks_first(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let epic = env.create(&["epic", "-t", "epic"]);
+    let a = env.create(&["a", "--parent", &epic]);
+    let b = env.create(&["b", "--parent", &epic]);
+    let err = env.fails(&["close", &epic], 3);
+    assert!(
+        err.contains(&a) && err.contains(&b) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        env.json(&["show", &epic])[0]["status"],
+        "open",
+        "nothing closed"
+    );
+    env.ok(&["close", &a]);
+    // Closing the rest in the same command is fine.
+    env.ok(&["close", &epic, &b]);
+    assert_eq!(env.json(&["show", &epic])[0]["status"], "closed");
+
+    let blocker = env.create(&["blocker"]);
+    let waiting = env.create(&["waiting", "--deps", &blocker]);
+    let err = env.fails(&["delete", &blocker], 3);
+    assert!(err.contains(&waiting) && err.contains("--cascade"), "{err}");
+    assert!(env.ids(&["list"]).contains(&blocker), "nothing deleted");
+    env.ok(&["delete", &blocker, "--force"]);
+    assert_eq!(
+        env.ids(&["ready"]),
+        vec![waiting.clone()],
+        "it holds nothing back"
+    );
+
+    let root = env.create(&["root"]);
+    let leaf = env.create(&["leaf", "--deps", &root]);
+    let leaf2 = env.create(&["leaf of leaf", "--deps", &leaf]);
+    let gone = env.json(&["delete", &root, "--cascade"]);
+    let mut gone: Vec<String> = gone
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    gone.sort();
+    let mut want = vec![root, leaf, leaf2];
+    want.sort();
+    assert_eq!(gone, want);
+    assert_eq!(env.ids(&["list"]), vec![waiting]);
 }

@@ -14,6 +14,9 @@ pub struct CloseArgs {
     /// Why (recorded as close_reason)
     #[arg(short, long)]
     pub reason: Option<String>,
+    /// Close a parent whose children are still open
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Reopen closed issues
@@ -30,6 +33,7 @@ pub fn cmd_close(ctx: &Ctx, a: CloseArgs) -> Result<(), CliError> {
         Request::Close {
             ids: a.ids,
             reason: a.reason,
+            force: a.force,
         },
     )? {
         Response::Changed(c) => render_changed(ctx, &c, "Closed"),

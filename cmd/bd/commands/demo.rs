@@ -137,6 +137,7 @@ fn agent(paths: BeadsPaths, name: String, log: &Log, seed: u64) -> Result<Tally,
         client.call(Request::Close {
             ids: vec![pick.id.clone()],
             reason: Some("done".into()),
+            force: false,
         })?;
         tally.closed += 1;
         let now: Vec<String> = ready_ids(&mut client)?.into_iter().map(|i| i.id).collect();
@@ -272,6 +273,7 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
     lead.call(Request::Close {
         ids: vec![epic.id.clone()],
         reason: Some("all children done".into()),
+        force: false,
     })?;
     log.say("lead", &format!("closed epic {}", epic.id));
     lead.call(Request::Flush)?;

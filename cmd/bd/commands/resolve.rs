@@ -12,6 +12,13 @@ pub struct DeleteArgs {
     /// Issues to delete
     #[arg(required = true)]
     pub ids: Vec<String>,
+    /// Delete even when open issues depend on these (their edges then hold
+    /// nothing back)
+    #[arg(long)]
+    pub force: bool,
+    /// Delete the open issues that depend on these too, recursively
+    #[arg(long, conflicts_with = "force")]
+    pub cascade: bool,
 }
 
 /// Settle a conflicted field: one value that supersedes every contender
@@ -39,7 +46,12 @@ pub struct ResolveArgs {
 }
 
 pub fn cmd_delete(ctx: &Ctx, a: DeleteArgs) -> Result<(), CliError> {
-    match call(ctx, Request::Delete { ids: a.ids })? {
+    let req = Request::Delete {
+        ids: a.ids,
+        force: a.force,
+        cascade: a.cascade,
+    };
+    match call(ctx, req)? {
         Response::Deleted(ids) if ctx.json => output::json(&ids),
         Response::Deleted(ids) if ids.is_empty() => {
             output::status(ctx.quiet, "Nothing deleted (already deleted).");
