@@ -1089,7 +1089,24 @@ pub fn sync(
                             .push(format!("{}; committed locally only", e.message));
                         break;
                     }
-                    let kind = repo.integrate(&up)?;
+                    let kind = match repo.integrate(&up) {
+                        Ok(kind) => kind,
+                        // Stopped before touching anything of the user's; bd's
+                        // own files were committed already: say so.
+                        Err(mut e) if e.kind == ErrorKind::Conflict => {
+                            if let Some(c) = report.commits.last() {
+                                e.message = format!(
+                                    "{}; bd's own files were committed locally first (commit {}), nothing else was changed or pushed",
+                                    e.message,
+                                    &c[..c.len().min(10)]
+                                );
+                            } else {
+                                e.message = format!("{}; nothing was changed", e.message);
+                            }
+                            return Err(e);
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if kind != Integration::UpToDate || report.integration.is_none() {
                         report.integration = Some(kind);
                     }

@@ -729,9 +729,29 @@ fn bd_sync_never_touches_the_users_own_work() {
         "{err}"
     );
     assert_eq!(b.git(&["rev-parse", "HEAD"]), head, "branch not moved");
+    assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(
         std::fs::read_to_string(b.root.join("code.txt")).unwrap(),
         "v2 staged\n"
+    );
+    // Regression (issue 11, item 6): with a write of bob's pending, the stop
+    // came after bd had committed its own files, while saying nothing of it.
+    b.ok(&["create", "pending", "-q"]);
+    let out = b.bd(&["sync"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let now = b.git(&["rev-parse", "--short=10", "HEAD"]);
+    assert!(
+        err.contains("committed locally first") && err.contains(now.trim()),
+        "says which commit it made: {err}"
+    );
+    assert_eq!(
+        b.git(&["show", "--name-only", "--format=", "HEAD"])
+            .lines()
+            .filter(|f| !f.starts_with(".beads/"))
+            .count(),
+        0,
+        "only bd's files"
     );
 }
 
