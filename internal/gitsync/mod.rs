@@ -81,6 +81,54 @@ pub fn git_dir(paths: &BeadsPaths) -> Option<std::path::PathBuf> {
         .map(|r| r.path().to_path_buf())
 }
 
+/// Whether git's complaint says the network is what failed (no route, no
+/// name resolution, nobody listening): this machine is offline or the
+/// remote's host is down, as opposed to a remote that is wrong (no such
+/// repository, no permission, a refused push). git is another program: its
+/// words are all there is to go by.
+fn network_unreachable(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "could not resolve host",
+        "could not resolve hostname",
+        "failed to connect",
+        "connection refused",
+        "connection timed out",
+        "operation timed out",
+        "network is unreachable",
+        "no route to host",
+        "temporary failure in name resolution",
+        "connection reset",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
+}
+
+/// A failed `git fetch` or `git push`: kind `unavailable` when the network
+/// failed (bd works on and syncs later: "offline"), `io` when the remote
+/// itself is wrong (exit 1: someone must fix it).
+fn remote_failure(what: &str, up: &Upstream, out: &GitOutput) -> Error {
+    let offline = network_unreachable(&out.stderr);
+    let kind = if offline {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Io
+    };
+    let hint = if offline {
+        "bd committed locally and syncs when the remote can be reached".to_string()
+    } else {
+        format!(
+            "check the remote (`git remote -v`, `git {what} {}`); bd's files are committed locally",
+            up.remote
+        )
+    };
+    Error::new(
+        kind,
+        format!("git {what} {} failed: {}", up.remote, out.first_error()),
+    )
+    .hint(hint)
+}
+
 impl Repo {
     /// Finds the git repository holding `paths.dir`.
     pub fn open(paths: &BeadsPaths) -> Result<Repo> {
@@ -516,11 +564,7 @@ impl Repo {
         if out.stderr.contains("couldn't find remote ref") {
             return Ok(false);
         }
-        Err(Error::new(
-            ErrorKind::Io,
-            format!("git fetch {} failed: {}", up.remote, out.first_error()),
-        )
-        .hint("check the remote with `git fetch`; bd committed locally and will push next time"))
+        Err(remote_failure("fetch", up, &out))
     }
 
     /// Brings the fetched upstream into the current branch: fast-forward, or a
@@ -820,11 +864,7 @@ impl Repo {
         if moved {
             return Ok(false);
         }
-        Err(Error::new(
-            ErrorKind::Io,
-            format!("git push {} failed: {}", up.remote, out.first_error()),
-        )
-        .hint("check the remote with `git push`; your issues are committed locally"))
+        Err(remote_failure("push", up, &out))
     }
 
     /// Commits on the branch not yet on the fetched upstream, and the reverse.
@@ -1020,6 +1060,18 @@ pub struct SyncReport {
     pub notes: Vec<String>,
 }
 
+/// A remote that failed after bd committed its own files: the error says so.
+fn committed_first(mut e: Error, report: &SyncReport) -> Error {
+    if let Some(c) = report.commits.last() {
+        e.message = format!(
+            "{}; bd's files were committed locally (commit {}), not pushed",
+            e.message,
+            &c[..c.len().min(10)]
+        );
+    }
+    e
+}
+
 /// Runs `bd sync` through `backend` (direct or daemon): flush → commit bd's
 /// files → fetch → integrate → apply other clones' ops and regenerate the
 /// derived files → commit → push, retrying a rejected push.
@@ -1082,12 +1134,16 @@ pub fn sync(
         Some(up) => {
             for attempt in 1..=PUSH_ATTEMPTS {
                 if opts.pull {
-                    if let Err(e) = repo.fetch(&up) {
-                        report.offline = true;
-                        report
-                            .notes
-                            .push(format!("{}; committed locally only", e.message));
-                        break;
+                    match repo.fetch(&up) {
+                        Ok(_) => {}
+                        Err(e) if e.kind == ErrorKind::Unavailable => {
+                            report.offline = true;
+                            report
+                                .notes
+                                .push(format!("{}; committed locally only", e.message));
+                            break;
+                        }
+                        Err(e) => return Err(committed_first(e, &report)),
                     }
                     let kind = match repo.integrate(&up) {
                         Ok(kind) => kind,
@@ -1127,9 +1183,20 @@ pub fn sync(
                     break;
                 }
                 report.push_attempts = attempt;
-                if repo.push(&up)? {
-                    report.pushed = true;
-                    break;
+                match repo.push(&up) {
+                    Ok(true) => {
+                        report.pushed = true;
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(e) if e.kind == ErrorKind::Unavailable => {
+                        report.offline = true;
+                        report
+                            .notes
+                            .push(format!("{}; committed locally only", e.message));
+                        break;
+                    }
+                    Err(e) => return Err(committed_first(e, &report)),
                 }
                 if !opts.pull {
                     return Err(Error::new(

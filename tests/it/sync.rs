@@ -1102,12 +1102,40 @@ fn a_push_rejected_because_the_remote_moved_is_integrated_and_retried() {
 fn an_unreachable_remote_means_committed_locally_and_said_so() {
     let cluster = Cluster::new();
     let (a, _b, _id) = pair(&cluster);
-    a.git(&["remote", "set-url", "origin", "/nonexistent/bd-remote.git"]);
+    // Nobody listens there: the network is what failed (offline, exit 0).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/bd-remote.git");
+    a.git(&["remote", "set-url", "origin", &url]);
     a.ok(&["create", "offline work", "-q"]);
     let r = a.json(&["sync"]);
     assert_eq!(r["offline"], true, "{r}");
     assert_eq!(r["pushed"], false);
     assert!(r["notes"].to_string().contains("committed locally"), "{r}");
+    assert_eq!(a.git(&["status", "--porcelain", ".beads"]), "", "committed");
+}
+
+/// Regression (issue 11, item 7): a misconfigured remote (no repository at
+/// the URL) exited 0 as "offline", while a failed fetch is exit 1. Offline
+/// (the network failed) and broken (the remote is wrong) are told apart.
+#[test]
+fn a_broken_remote_is_an_error_not_offline() {
+    let cluster = Cluster::new();
+    let (a, _b, _id) = pair(&cluster);
+    a.git(&["remote", "set-url", "origin", "/nonexistent/bd-remote.git"]);
+    a.ok(&["create", "work", "-q"]);
+    let out = a.bd(&["sync"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("git fetch origin failed"), "{err}");
+    assert!(err.contains("committed locally (commit"), "{err}");
+    assert!(
+        err.contains("git remote -v"),
+        "the hint says where to look: {err}"
+    );
     assert_eq!(a.git(&["status", "--porcelain", ".beads"]), "", "committed");
 }
 
