@@ -278,6 +278,25 @@ impl Repo {
         }))
     }
 
+    /// Whether the current branch has an upstream configured (git's
+    /// `branch.<name>.remote`), as opposed to the one [`Repo::upstream`] falls
+    /// back to.
+    pub fn upstream_configured(&self) -> bool {
+        let Ok(branch_ref) = self.branch_ref() else {
+            return false;
+        };
+        let branch = branch_ref.trim_start_matches("refs/heads/");
+        self.repo
+            .config()
+            .and_then(|c| c.get_string(&format!("branch.{branch}.remote")))
+            .is_ok()
+    }
+
+    /// Whether git knows who commits here (`user.name` and `user.email`).
+    pub fn has_identity(&self) -> bool {
+        self.repo.signature().is_ok()
+    }
+
     fn tracking_ref(up: &Upstream) -> String {
         format!("refs/bd-sync/{}/{}", up.remote, up.branch)
     }
@@ -1132,10 +1151,18 @@ pub fn sync(
             );
         }
         Some(up) => {
+            if !repo.upstream_configured() {
+                report.notes.push(format!(
+                    "{} has no upstream configured: syncing with {}/{}",
+                    report.branch, up.remote, up.branch
+                ));
+            }
+            let mut remote_branch_missing = false;
             for attempt in 1..=PUSH_ATTEMPTS {
                 if opts.pull {
                     match repo.fetch(&up) {
-                        Ok(_) => {}
+                        Ok(true) => {}
+                        Ok(false) => remote_branch_missing = true,
                         Err(e) if e.kind == ErrorKind::Unavailable => {
                             report.offline = true;
                             report
@@ -1186,6 +1213,21 @@ pub fn sync(
                 match repo.push(&up) {
                     Ok(true) => {
                         report.pushed = true;
+                        if remote_branch_missing {
+                            report.notes.push(format!(
+                                "created branch {} on {} (it had none){}",
+                                up.branch,
+                                up.remote,
+                                if repo.upstream_configured() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        "; `git branch -u {}/{}` makes it this branch's upstream",
+                                        up.remote, up.branch
+                                    )
+                                }
+                            ));
+                        }
                         break;
                     }
                     Ok(false) => {}
@@ -1220,6 +1262,12 @@ pub fn sync(
                 .hint("run bd sync again; everything is committed locally"));
             }
         }
+    }
+    if !report.commits.is_empty() && !repo.has_identity() {
+        report.notes.push(
+            "committed as \"bd <bd@localhost>\": git has no identity here (set `git config user.name` and `user.email`)"
+                .into(),
+        );
     }
     report.conflicts = match backend.call(Request::Conflicts)? {
         Response::Conflicts(c) => c.len() as u64,

@@ -1799,3 +1799,48 @@ fn sync_status_right_after_a_push_has_nothing_to_push() {
         "{status}"
     );
 }
+
+/// Regression (issue 11, item 12): with no git identity, `bd sync` committed
+/// as a made-up author without a word; on a branch with no upstream it made
+/// the branch on the remote without a word.
+#[test]
+fn sync_says_who_it_commits_as_and_which_branch_it_creates() {
+    let cluster = Cluster::new();
+    let (a, _b, _id) = pair(&cluster);
+    a.git(&["checkout", "-q", "-b", "feature"]);
+    a.create(&["on a new branch"]);
+    let r = a.json(&["sync"]);
+    assert_eq!(r["pushed"], true, "{r}");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("feature has no upstream configured"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("created branch feature on origin"),
+        "{notes}"
+    );
+    assert!(!notes.contains("no identity"), "{notes}");
+
+    // Nobody configured: a HOME without a git config.
+    let bare_home = tempfile::tempdir().unwrap();
+    std::fs::write(bare_home.path().join("gitconfig"), "").unwrap();
+    a.create(&["anonymous"]);
+    let out = Command::new(crate::common::BD)
+        .args(["sync", "--json"])
+        .current_dir(&a.root)
+        .env("HOME", bare_home.path())
+        .env("XDG_CONFIG_HOME", bare_home.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", bare_home.path().join("gitconfig"))
+        .env("BD_ACTOR", "alice")
+        .env("BD_AUTO_START", "0")
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["notes"].to_string().contains("git has no identity here"),
+        "{r} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
