@@ -97,6 +97,7 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
     }
+    checks.push(config_check(paths));
     checks.push(gitignore_check(paths, fix)?);
     checks.extend(git_checks(paths, fix, exe));
     checks.push(daemon_check(paths));
@@ -410,12 +411,41 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
     let markers = text
         .lines()
         .any(|l| l.starts_with("<<<<<<<") || l.starts_with("=======") || l.starts_with(">>>>>>>"));
+    // Every line is one issue record; anything else (text appended by hand or
+    // by a tool) is reported with its line number.
+    let garbage: Vec<LineProblem> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .filter(|(_, l)| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(|_| ()))
+                .is_none()
+        })
+        .map(|(n, _)| LineProblem {
+            file: paths.snapshot().display().to_string(),
+            line: n as u64 + 1,
+            problem: "not an issue record".into(),
+        })
+        .collect();
     let mut c = if markers {
         check(
             "snapshot",
             Level::Error,
-            "issues.jsonl holds merge conflict markers",
+            "issues.jsonl holds merge conflict markers; `bd doctor --fix` regenerates it",
         )
+    } else if !garbage.is_empty() {
+        let mut c = check(
+            "snapshot",
+            Level::Error,
+            format!(
+                "issues.jsonl has {} line(s) that are not issue records; `bd doctor --fix` regenerates it from the database",
+                garbage.len()
+            ),
+        );
+        c.lines = garbage;
+        c
     } else if state.dirty {
         check(
             "snapshot",
@@ -426,11 +456,31 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
         check("snapshot", Level::Ok, "issues.jsonl is current")
     };
     if fix && c.level != Level::Ok {
+        // Derived: rewritten when its bytes are not what was written last.
         crate::jsonl::write_snapshot(&mut store, paths)?;
         c.level = Level::Ok;
+        c.lines.clear();
         c.fixed = Some("regenerated issues.jsonl and conflicts.jsonl".into());
     }
     Ok(c)
+}
+
+/// `.beads/config.json` is read by every command: one that does not parse
+/// stops them all. Never rewritten here (it holds the user's settings).
+fn config_check(paths: &BeadsPaths) -> Check {
+    match crate::config::Config::load(&paths.config()) {
+        Ok(_) => check("config", Level::Ok, "config.json reads"),
+        Err(e) => check(
+            "config",
+            Level::Error,
+            format!(
+                "{} does not read: {}; fix it by hand (`bd config list` shows what it should hold), or `git checkout -- {}` for the committed one",
+                paths.config().display(),
+                e.message,
+                paths.config().display()
+            ),
+        ),
+    }
 }
 
 /// `.beads/.gitignore` must keep every per-clone file out of git; a tracker made

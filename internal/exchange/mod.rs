@@ -576,6 +576,10 @@ pub fn scan_file(replica: &str, path: &Path) -> Result<(u64, Vec<LineProblem>)> 
             continue;
         }
         let problem = match serde_json::from_slice::<Op>(line) {
+            Err(_) if crate::gitsync::hooks::is_conflict_marker(line) => Some(
+                "a git conflict marker (an unfinished merge): `bd doctor --fix` resolves the file as the union of both sides' ops"
+                    .to_string(),
+            ),
             Err(e) => Some(format!("not an op: {e}")),
             Ok(op) if !op.is_sealed() => {
                 Some(format!("op {:?} does not match its content hash", op.op_id))

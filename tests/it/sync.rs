@@ -1844,3 +1844,66 @@ fn sync_says_who_it_commits_as_and_which_branch_it_creates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Regression (issue 11, item 9): `bd doctor` missed a broken `config.json`
+/// (which stops every command), garbage appended to `issues.jsonl`, and gave
+/// no guidance for conflict markers in another clone's op file.
+#[test]
+fn doctor_checks_every_file_bd_reads_and_names_the_cure() {
+    let cluster = Cluster::new();
+    let (a, b, _id) = pair(&cluster);
+    b.create(&["b's"]);
+    b.ok(&["sync", "-q"]);
+    a.ok(&["sync", "-q"]);
+    let report = |c: &Clone| -> Value {
+        serde_json::from_slice(&c.bd(&["doctor", "--json"]).stdout).unwrap()
+    };
+    let level = |r: &Value, name: &str| -> String {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["level"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // Garbage after the snapshot's records: reported by line, fixed by --fix.
+    let snapshot = a.root.join(".beads/issues.jsonl");
+    let mut text = std::fs::read_to_string(&snapshot).unwrap();
+    let lines = text.lines().count();
+    text.push_str("this is not json\n");
+    std::fs::write(&snapshot, text).unwrap();
+    let r = report(&a);
+    assert_eq!(level(&r, "snapshot"), "error", "{r}");
+    assert!(
+        r.to_string().contains(&format!("\"line\":{}", lines + 1)),
+        "{r}"
+    );
+    a.ok(&["doctor", "--fix", "-q"]);
+    assert_eq!(level(&report(&a), "snapshot"), "ok");
+
+    // Conflict markers in another clone's op file: the line says what cures it.
+    let b_replica = b.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let theirs = a.root.join(format!(".beads/ops/{b_replica}.jsonl"));
+    let t = std::fs::read_to_string(&theirs).unwrap();
+    std::fs::write(&theirs, format!("<<<<<<< HEAD\n{t}=======\n{t}>>>>>>> x\n")).unwrap();
+    let r = report(&a);
+    assert!(
+        r.to_string().contains("git conflict marker") && r.to_string().contains("doctor --fix"),
+        "{r}"
+    );
+    a.ok(&["doctor", "--fix", "-q"]);
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), t, "the union");
+
+    // A config.json that does not parse.
+    let config = a.root.join(".beads/config.json");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, "{\"prefix\": ").unwrap();
+    let out = a.bd(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(level(&r, "config"), "error", "{r}");
+    assert!(r.to_string().contains("git checkout -- "), "{r}");
+    std::fs::write(&config, good).unwrap();
+    assert_eq!(level(&report(&a), "config"), "ok");
+}
