@@ -87,7 +87,10 @@ impl Repo {
                 }
                 std::fs::rename(&path, &chained)?;
             }
-            write_executable(&path, &hook_script(name, exe))?;
+            // A hooks directory inside the work tree (husky's `.husky/`) is
+            // usually committed: it must not hold this machine's path to bd.
+            let shared = dir.starts_with(&self.workdir) && !dir.starts_with(self.repo.path());
+            write_executable(&path, &hook_script(name, (!shared).then_some(exe)))?;
         }
         self.hook_states()
     }
@@ -118,6 +121,9 @@ impl Repo {
             let chained = dir.join(format!("{name}.bd-chained"));
             let text = std::fs::read_to_string(&path).ok();
             let (installed, stale) = match &text {
+                Some(t) if t.contains(MARKER) && t.contains("command -v bd") => {
+                    ("bd", !bd_on_path())
+                }
                 Some(t) if t.contains(MARKER) => ("bd", !hook_exe_exists(t)),
                 Some(_) => ("other", false),
                 None if path.exists() => ("other", false),
@@ -187,18 +193,28 @@ pub const GITATTRIBUTES: &str = "# bd: derived files are regenerated from the op
 /// The hook: run the user's chained hook (its failure fails the git command),
 /// then bd's work, which never fails it: a missing bd binary is reported and
 /// skipped.
-fn hook_script(name: &str, exe: &Path) -> String {
+fn hook_script(name: &str, exe: Option<&Path>) -> String {
+    // `None`: the `bd` on PATH (for a hooks directory that is committed).
+    let (find, gone) = match exe {
+        Some(exe) => (
+            format!("bd={}", shell_quote(exe)),
+            "$bd is gone".to_string(),
+        ),
+        None => (
+            "bd=\"$(command -v bd)\"".to_string(),
+            "bd is not on PATH".to_string(),
+        ),
+    };
     format!(
         "#!/bin/sh\n{MARKER}\n\
          hook=\"$(dirname \"$0\")/{name}.bd-chained\"\n\
          if [ -x \"$hook\" ]; then \"$hook\" \"$@\" || exit $?; fi\n\
-         bd={exe}\n\
-         if [ ! -x \"$bd\" ]; then\n\
-         \techo \"bd: $bd is gone; skipping bd's {name} hook (run \\`bd hooks install\\`)\" >&2\n\
+         {find}\n\
+         if [ -z \"$bd\" ] || [ ! -x \"$bd\" ]; then\n\
+         \techo \"bd: {gone}; skipping bd's {name} hook (run \\`bd hooks install\\`)\" >&2\n\
          \texit 0\n\
          fi\n\
-         exec \"$bd\" hooks run {name} \"$@\"\n",
-        exe = shell_quote(exe)
+         exec \"$bd\" hooks run {name} \"$@\"\n"
     )
 }
 
@@ -207,6 +223,12 @@ fn hook_exe_exists(text: &str) -> bool {
     text.split('\'')
         .nth(1)
         .is_some_and(|p| Path::new(p).is_file())
+}
+
+/// Whether a `bd` is on this process's PATH (what a PATH hook would run).
+fn bd_on_path() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("bd").is_file()))
 }
 
 fn shell_quote(p: &Path) -> String {

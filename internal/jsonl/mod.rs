@@ -226,6 +226,8 @@ impl OwnOpsAppend {
         )?;
         let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(f) => Some(f),
+            // No op yet, no file: an empty one would only sit untracked in git.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && upto == 0 => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_at(&path, e)),
         };

@@ -196,6 +196,10 @@ fn a_fresh_clone_gets_every_issue_and_pulled_ops_apply_on_the_next_command() {
         a.json(&["info"])["replica"],
         "a clone is its own replica"
     );
+    // Regression (issue 11, item 16): init left an empty op file, untracked.
+    let own = format!(".beads/ops/{}.jsonl", init["replica"].as_str().unwrap());
+    assert!(!b.root.join(&own).exists(), "no op yet, no file");
+    assert!(!b.git(&["status", "--porcelain"]).contains("ops/"));
     assert_eq!(
         ids(&b.json(&["list", "--all"])),
         ids(&a.json(&["list", "--all"]))
@@ -926,7 +930,12 @@ fn hooks_honour_core_hooks_path_and_a_plain_git_pull_regenerates_the_snapshot() 
     for c in [&a, &b] {
         c.git(&["config", "core.hooksPath", ".githooks"]);
         c.ok(&["hooks", "install", "-q"]);
-        assert!(c.root.join(".githooks/post-merge").exists());
+        // Regression (issue 11, item 16): a hooks directory in the work tree
+        // (husky's) is committed: its hooks call the `bd` on PATH, not this
+        // machine's path to the binary.
+        let hook = std::fs::read_to_string(c.root.join(".githooks/post-merge")).unwrap();
+        assert!(hook.contains("command -v bd"), "{hook}");
+        assert!(!hook.contains(crate::common::BD), "{hook}");
     }
     a.ok(&["sync", "-q"]);
     b.ok(&["sync", "-q"]);
@@ -1761,8 +1770,16 @@ fn git_pull_rebase_is_not_stopped_by_bds_hooks() {
 /// Runs git hermetically (the cluster's HOME and config only); bd's hooks
 /// inside it never start a daemon.
 fn git_in_raw(dir: &Path, home: &Path, args: &[&str]) -> Output {
+    // The built bd first on PATH, as a user's would be (hooks in a committed
+    // hooks directory call the `bd` on PATH).
+    let bd_dir = Path::new(crate::common::BD).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(bd_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
     Command::new("git")
         .args(args)
+        .env("PATH", path)
         .current_dir(dir)
         .env("HOME", home)
         .env("GIT_CONFIG_NOSYSTEM", "1")
