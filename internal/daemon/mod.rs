@@ -266,6 +266,74 @@ pub fn spawn(
     Ok(cmd.spawn()?)
 }
 
+/// One of this user's running daemons, found by [`list_mine`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningDaemon {
+    /// Its process id.
+    pub pid: u32,
+    /// The tracker it serves (a `.beads/` directory).
+    pub dir: PathBuf,
+    /// What its lock record says (version, socket, start time).
+    pub record: LockRecord,
+}
+
+/// This user's running bd daemons, in every repository: processes of this
+/// user running `bd ... daemon start --foreground` whose tracker's lock is
+/// held by that same process (so a stale or reused pid is never listed).
+/// Each repository's daemon lives until it has been idle a while; this is
+/// how to see (and stop) them all at once. Linux (`/proc`) only; elsewhere
+/// the list is empty.
+pub fn list_mine() -> Result<Vec<RunningDaemon>> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_daemon = args
+            .windows(3)
+            .any(|w| w[0] == "daemon" && w[1] == "start" && w[2] == "--foreground");
+        if !is_daemon {
+            continue;
+        }
+        // `--dir` as bd passes it when it starts one; else where it runs.
+        let dir = match args.iter().position(|a| a == "--dir") {
+            Some(i) => args.get(i + 1).map(PathBuf::from),
+            None => std::fs::read_link(entry.path().join("cwd"))
+                .ok()
+                .map(|cwd| cwd.join(crate::storage::BEADS_DIR)),
+        };
+        let Some(dir) = dir else { continue };
+        let paths = BeadsPaths::new(&dir);
+        if let Ok(Some(Some(record))) = running(&paths)
+            && record.pid == pid
+        {
+            out.push(RunningDaemon { pid, dir, record });
+        }
+    }
+    out.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(out)
+}
+
 /// A daemon log larger than this is moved to `daemon.log.1` when a daemon starts.
 pub const LOG_ROTATE_BYTES: u64 = 1024 * 1024;
 

@@ -735,3 +735,80 @@ fn daemon_restart_under_auto_starting_writers_succeeds_with_one_answer() {
     }
     assert_eq!(daemons_for(&env), 1, "one daemon at the end");
 }
+
+/// Regression (issue 11, item 17): each repository's daemon lives 30 idle
+/// minutes and they piled up with no way to see or stop them together.
+/// `bd daemon list` and `bd daemon stop --all` act on this user's daemons in
+/// every repository. (Run as the user nobody, so that stopping "all" cannot
+/// touch the daemons of tests running beside it.)
+#[test]
+fn daemon_list_and_stop_all_cover_every_repository_of_the_user() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        return; // only root can act as another user here
+    }
+    let envs = [TestEnv::new(), TestEnv::new()];
+    let as_nobody = |env: &TestEnv, args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BD])
+            .args(args)
+            .current_dir(env.root())
+            .env("BD_ACTOR", "nobody")
+            .env("BD_AUTO_START", "0")
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap()
+    };
+    for env in &envs {
+        for dir in [
+            env.root().to_path_buf(),
+            env.beads(),
+            env.beads().join("ops"),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            for f in std::fs::read_dir(&dir).unwrap().flatten() {
+                if f.path().is_file() {
+                    std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o666))
+                        .unwrap();
+                }
+            }
+        }
+        let out = as_nobody(env, &["daemon", "start", "-q", "--idle-timeout", "120"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = as_nobody(&envs[0], &["daemon", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dirs: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dir"].as_str().unwrap().to_string())
+        .collect();
+    for env in &envs {
+        assert!(
+            dirs.contains(&env.beads().display().to_string()),
+            "{listed}"
+        );
+    }
+    let out = as_nobody(&envs[0], &["daemon", "stop", "--all", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stopped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stopped["stopped"].as_array().unwrap().len(), dirs.len());
+    for env in &envs {
+        assert_eq!(daemons_for(env), 0, "stopped");
+    }
+    let out = as_nobody(&envs[1], &["daemon", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}

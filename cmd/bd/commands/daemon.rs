@@ -14,14 +14,23 @@ use std::time::{Duration, Instant};
 pub enum DaemonCommand {
     /// Start the daemon in the background (or --foreground)
     Start(StartArgs),
-    /// Ask the daemon to drain its queue, flush and exit
-    Stop,
+    /// Ask the daemon to drain its queue, flush and exit (--all: every daemon of yours)
+    Stop(StopArgs),
+    /// This user's running daemons, in every repository
+    List,
     /// Pid, version, uptime, socket, queue depth, requests served, group sizes
     Status,
     /// Stop the daemon if it runs, then start a fresh one
     Restart(StartArgs),
     /// Print the end of .beads/daemon.log (and daemon.log.1 before it)
     Logs(LogsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Stop every daemon of yours, in every repository (see `bd daemon list`)
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug)]
@@ -57,7 +66,9 @@ const WAIT: Duration = Duration::from_secs(5);
 pub fn cmd_daemon(ctx: &Ctx, c: DaemonCommand) -> Result<(), CliError> {
     match c {
         DaemonCommand::Start(a) => start(ctx, &a),
-        DaemonCommand::Stop => stop(ctx).map(|_| ()),
+        DaemonCommand::Stop(a) if a.all => stop_all(ctx),
+        DaemonCommand::Stop(_) => stop(ctx).map(|_| ()),
+        DaemonCommand::List => list(ctx),
         DaemonCommand::Status => status(ctx),
         DaemonCommand::Restart(a) => restart(ctx, &a),
         DaemonCommand::Logs(a) => logs(ctx, &a),
@@ -228,6 +239,68 @@ fn start_detached(ctx: &Ctx, a: &StartArgs) -> Result<bd::rpc::DaemonStatus, Cli
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn list(ctx: &Ctx) -> Result<(), CliError> {
+    let all = daemon::list_mine()?;
+    if ctx.json {
+        return output::json(&all);
+    }
+    if all.is_empty() {
+        output::status(ctx.quiet, "No bd daemons of yours are running.");
+        return Ok(());
+    }
+    let now = bd::clock::Clock::now_ms(&bd::clock::SystemClock);
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|d| {
+            vec![
+                d.pid.to_string(),
+                d.record.version.clone(),
+                format!("{} s", now.saturating_sub(d.record.started_ms) / 1000),
+                d.dir.display().to_string(),
+            ]
+        })
+        .collect();
+    output::print(&output::table(&["PID", "VERSION", "UP", "TRACKER"], &rows))
+}
+
+/// Asks every daemon of this user to stop (each drains and exits as for
+/// `bd daemon stop`) and waits for them.
+fn stop_all(ctx: &Ctx) -> Result<(), CliError> {
+    let all = daemon::list_mine()?;
+    for d in &all {
+        daemon::terminate(&bd::storage::BeadsPaths::new(&d.dir))?;
+    }
+    let started = Instant::now();
+    let mut left: Vec<&daemon::RunningDaemon> = all.iter().collect();
+    while !left.is_empty() && started.elapsed() < WAIT {
+        left.retain(|d| {
+            daemon::running(&bd::storage::BeadsPaths::new(&d.dir))
+                .is_ok_and(|r| r.is_some_and(|r| r.is_none_or(|r| r.pid == d.pid)))
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(d) = left.first() {
+        return Err(CliError(
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{} daemon(s) did not exit within 5 s (pid {} for {})",
+                    left.len(),
+                    d.pid,
+                    d.dir.display()
+                ),
+            )
+            .hint("see `bd daemon logs` in that repository"),
+        ));
+    }
+    let pids: Vec<u32> = all.iter().map(|d| d.pid).collect();
+    if ctx.json {
+        return output::json(&serde_json::json!({"stopped": pids}));
+    }
+    output::status(ctx.quiet, &format!("Stopped {} bd daemon(s).", pids.len()));
+    Ok(())
 }
 
 /// Stops a running daemon; false if none ran.
