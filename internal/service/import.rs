@@ -34,7 +34,21 @@ pub(super) fn import(
 ) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let before = tx.recorded().len();
+    // A file that names one id twice: the last record wins, the earlier are
+    // skipped (applying each in turn would write ops on every re-import).
+    let mut last = std::collections::HashMap::new();
     for (n, rec) in records.iter().enumerate() {
+        if let Some(id) = rec.fields.get("id").and_then(Value::as_str) {
+            last.insert(id, n);
+        }
+    }
+    for (n, rec) in records.iter().enumerate() {
+        if let Some(id) = rec.fields.get("id").and_then(Value::as_str)
+            && last.get(id) != Some(&n)
+        {
+            report.repeated += 1;
+            continue;
+        }
         if n % 1000 == 999 {
             tx.flush()?; // bounds the doc cache on large files
             // Work past the deadline would be undone anyway: stop early.
@@ -144,8 +158,15 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         return Ok(Outcome::Deleted);
     }
 
-    // Scalars: every field in the record, and every field shown here but absent there.
+    // Scalars: every field in the record, and every field shown here but absent
+    // there. Compared with the issue as shown (defaults and derived times
+    // included), so importing an export of what a file made changes nothing.
     let shown: Vec<String> = doc.field_names().map(str::to_string).collect();
+    let displayed = doc
+        .materialise()
+        .map(|m| serde_json::to_value(m.issue))
+        .transpose()?
+        .unwrap_or(Value::Null);
     let before = tx.recorded().len();
     let mut fields: BTreeSet<String> = scalars.keys().cloned().collect();
     fields.extend(
@@ -154,9 +175,20 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
             .filter(|k| !STRUCTURAL_FIELDS.contains(&k.as_str())),
     );
     for field in fields {
-        let want = scalars.get(&field).cloned().unwrap_or(Value::Null);
+        let want = match scalars.get(&field) {
+            Some(v) => v.clone(),
+            // Absent: the default for fields that have one; kept for facts of
+            // the issue's origin; cleared otherwise.
+            None => match field.as_str() {
+                "status" => json!("open"),
+                "priority" => json!(crate::model::PRIORITY_DEFAULT),
+                "issue_type" => json!("task"),
+                "created_at" | "created_by" => continue,
+                _ => Value::Null,
+            },
+        };
         let doc = tx.doc(&id)?;
-        if same(doc.field_value(&field), Some(&want)) {
+        if same(displayed.get(&field), Some(&want)) || same(doc.field_value(&field), Some(&want)) {
             continue;
         }
         let heads = doc.field_heads(&field);

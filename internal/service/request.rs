@@ -323,6 +323,10 @@ pub struct ImportReport {
     pub deleted: u64,
     /// Issues left alone because they are deleted here.
     pub skipped_deleted: u64,
+    /// Records skipped because a later line of the file names the same id
+    /// (the last one wins).
+    #[serde(default)]
+    pub repeated: u64,
     /// Ops recorded.
     pub ops: u64,
     /// Records that were refused, with their line numbers.

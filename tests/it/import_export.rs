@@ -183,7 +183,43 @@ fn ten_thousand_issues_round_trip(mode: Mode) {
     assert!(ready > 0 && ready < 10_000);
 }
 
+/// Regression (issue 11, item 2): import one minimal line, export, import the
+/// export: 1 updated and 4 ops (the export shows the defaults and times the
+/// minimal line lacked). And a file naming one id twice wrote ops on every
+/// re-import. Both are idempotent now.
+fn import_of_its_own_export_and_of_repeated_ids_is_idempotent(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let dir = env.root();
+    let one = dir.join("one.jsonl");
+    std::fs::write(&one, "{\"id\":\"t-1\",\"title\":\"minimal\"}\n").unwrap();
+    let r = env.json(&["import", "-i", one.to_str().unwrap()]);
+    assert_eq!(
+        (r["created"].as_u64(), r["ops"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    let out = dir.join("out.jsonl");
+    env.ok(&["export", "-o", out.to_str().unwrap()]);
+    for file in [&out, &one] {
+        let r = env.json(&["import", "-i", file.to_str().unwrap()]);
+        assert_eq!(r["updated"], 0, "{r}");
+        assert_eq!(r["ops"], 0, "{r}");
+    }
+    let rep = dir.join("rep.jsonl");
+    std::fs::write(
+        &rep,
+        "{\"id\":\"t-2\",\"title\":\"first\"}\n{\"id\":\"t-2\",\"title\":\"last\"}\n",
+    )
+    .unwrap();
+    let r = env.json(&["import", "-i", rep.to_str().unwrap()]);
+    assert_eq!(r["repeated"], 1, "{r}");
+    assert_eq!(env.json(&["show", "t-2"])[0]["title"], "last");
+    let r = env.json(&["import", "-i", rep.to_str().unwrap()]);
+    assert_eq!(r["ops"], 0, "{r}");
+}
+
 crate::in_both_modes!(
+    import_of_its_own_export_and_of_repeated_ids_is_idempotent,
     beads_file_imports_keeping_everything_and_is_idempotent,
     reimport_of_a_changed_file_updates_to_match,
     malformed_lines_are_reported_with_file_and_line,

@@ -78,6 +78,12 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
                 report.ops,
                 report.errors.len()
             ))?;
+            if report.repeated > 0 {
+                output::print(&format!(
+                    "{} record(s) skipped: a later line names the same id (the last one wins)\n",
+                    report.repeated
+                ))?;
+            }
         }
     }
     if report.errors.is_empty() {
