@@ -94,6 +94,9 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
         paths,
         store.as_ref().map(Store::replica),
     )?);
+    if let Some(store) = &store {
+        checks.push(values_check(store)?);
+    }
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
     }
@@ -463,6 +466,52 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
         c.fixed = Some("regenerated issues.jsonl and conflicts.jsonl".into());
     }
     Ok(c)
+}
+
+/// Statuses and types in use that bd does not model (kept from imports:
+/// beads data has them). Worth knowing, not wrong: `ready` and `blocked`
+/// treat such a status as neither open nor closed.
+fn values_check(store: &Store) -> Result<Check> {
+    let mut found = Vec::new();
+    for (column, what) in [("status", "status"), ("issue_type", "type")] {
+        let mut stmt = store.conn().prepare(&format!(
+            "SELECT {column}, COUNT(*) FROM issues GROUP BY {column} ORDER BY {column}"
+        ))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (value, n) in rows {
+            let other = match column {
+                "status" => matches!(
+                    crate::model::Status::from_wire(&value),
+                    crate::model::Status::Other(_)
+                ),
+                _ => matches!(
+                    crate::model::IssueType::from_wire(&value),
+                    crate::model::IssueType::Other(_)
+                ),
+            };
+            if other {
+                found.push(format!("{what} {value:?} ({n} issue(s))"));
+            }
+        }
+    }
+    Ok(if found.is_empty() {
+        check(
+            "values",
+            Level::Ok,
+            "every status and type is one bd models",
+        )
+    } else {
+        check(
+            "values",
+            Level::Warn,
+            format!(
+                "kept from imports, not modelled by bd: {}; `bd update ID --status open` (or --type) maps one",
+                found.join(", ")
+            ),
+        )
+    })
 }
 
 /// `.beads/config.json` is read by every command: one that does not parse

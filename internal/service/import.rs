@@ -54,7 +54,11 @@ pub(super) fn import(
             // Work past the deadline would be undone anyway: stop early.
             super::check_deadline(ctx)?;
         }
-        match import_one(tx, ctx, rec) {
+        let result = import_one(tx, ctx, rec);
+        if result.is_ok() && unmodelled(&rec.fields) {
+            report.unmodelled += 1;
+        }
+        match result {
             Ok(Outcome::Created) => report.created += 1,
             Ok(Outcome::Updated) => report.updated += 1,
             Ok(Outcome::Unchanged) => report.unchanged += 1,
@@ -68,14 +72,88 @@ pub(super) fn import(
     }
     if let Some(first) = report.errors.first().filter(|_| strict) {
         return Err(Error::invalid(format!(
-            "line {}: {}; nothing imported (--strict)",
+            "line {}: {}; nothing imported",
             first.line, first.message
         ))
-        .hint("fix the line, or import without --strict to skip refused lines"));
+        .hint("fix the line, or import with --skip-bad-lines to import the others"));
     }
     report.ops = (tx.recorded().len() - before) as u64;
     tx.flush()?;
     Ok(report)
+}
+
+/// Checks a record as `bd create` and `bd batch` check their input, naming
+/// the field: a title (present, at most 500 characters, one line), a priority
+/// 0-4, times in RFC 3339, labels as `bd label add` takes them. Statuses and
+/// types bd does not model are kept (beads data has them): see
+/// [`unmodelled`].
+fn validate_record(id: &str, f: &Map<String, Value>) -> Result<()> {
+    let field = |name: &str, e: Error| Error::invalid(format!("{id}: {name}: {}", e.message));
+    match f.get("title") {
+        Some(Value::String(t)) => {
+            crate::model::validate_title(t).map_err(|e| field("title", e))?;
+        }
+        _ => return Err(Error::invalid(format!("{id}: missing or empty \"title\""))),
+    }
+    match f.get("priority") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|p| (0..=4).contains(&p)) => {}
+        Some(Value::String(p)) => {
+            crate::model::parse_priority(p).map_err(|e| field("priority", e))?;
+        }
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "{id}: priority: {other} is not 0-4 (0 is the most urgent)"
+            )));
+        }
+    }
+    for name in ["created_at", "updated_at", "closed_at"] {
+        match f.get(name) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if crate::clock::parse_rfc3339(t).is_some() => {}
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "{id}: {name}: {other} is not a time (RFC 3339, e.g. 2026-01-31T09:00:00Z)"
+                )));
+            }
+        }
+    }
+    match f.get("labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for l in items {
+                let text = l
+                    .as_str()
+                    .ok_or_else(|| Error::invalid(format!("{id}: labels: {l} is not a string")))?;
+                crate::model::validate_label(text).map_err(|e| field("labels", e))?;
+            }
+        }
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "{id}: labels: {other} is not a list of labels"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a record carries a status or type bd does not model (kept as
+/// they are, and counted in the report).
+fn unmodelled(f: &Map<String, Value>) -> bool {
+    let status = f.get("status").and_then(Value::as_str);
+    let kind = f.get("issue_type").and_then(Value::as_str);
+    status.is_some_and(|s| {
+        s != "tombstone"
+            && matches!(
+                crate::model::Status::from_wire(s),
+                crate::model::Status::Other(_)
+            )
+    }) || kind.is_some_and(|t| {
+        matches!(
+            crate::model::IssueType::from_wire(t),
+            crate::model::IssueType::Other(_)
+        )
+    })
 }
 
 fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
@@ -94,12 +172,8 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         .to_string();
     ids::validate_imported_id(&id)?;
     let tombstone = f.get("status").and_then(Value::as_str) == Some("tombstone");
-    if !tombstone
-        && f.get("title")
-            .and_then(Value::as_str)
-            .is_none_or(|t| t.trim().is_empty())
-    {
-        return Err(Error::invalid(format!("{id}: missing or empty \"title\"")));
+    if !tombstone {
+        validate_record(&id, f)?;
     }
     let labels: BTreeSet<String> = strings(f.get("labels"));
     let deps = edges(f.get("dependencies"));

@@ -327,6 +327,10 @@ pub struct ImportReport {
     /// (the last one wins).
     #[serde(default)]
     pub repeated: u64,
+    /// Records imported with a status or type bd does not model (kept as
+    /// they are; `bd doctor` lists the values in use).
+    #[serde(default)]
+    pub unmodelled: u64,
     /// Ops recorded.
     pub ops: u64,
     /// Records that were refused, with their line numbers.

@@ -152,7 +152,11 @@ fn malformed_lines_are_reported_with_file_and_line(mode: Mode) {
     let err = env.fails(&["import", "-i", "notitle.jsonl", "--strict"], 2);
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(env.fingerprint(), before);
-    let out = env.run(&["import", "-i", "bad.jsonl"]);
+    // The default is all or nothing too (issue 11, item 1).
+    let err = env.fails(&["import", "-i", "bad.jsonl"], 2);
+    assert!(err.contains("--skip-bad-lines"), "{err}");
+    assert_eq!(env.fingerprint(), before, "nothing imported by default");
+    let out = env.run(&["import", "-i", "bad.jsonl", "--skip-bad-lines"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -218,7 +222,82 @@ fn import_of_its_own_export_and_of_repeated_ids_is_idempotent(mode: Mode) {
     assert_eq!(r["ops"], 0, "{r}");
 }
 
+/// Regression (issue 11, item 1): import kept priority 9 and -3, a
+/// `created_at` of "yesterday", a 2 MB title and labels `""`, `"a,b"`, `"has
+/// space"` that create and batch refuse; and applied the rest of a file
+/// with a bad line. Each is refused with file:line and field, nothing of
+/// the file is applied unless `--skip-bad-lines`, and a dry run does not say
+/// the other lines were imported. Unmodelled statuses stay, counted.
+fn import_validates_like_create_and_applies_all_or_nothing(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let long = "x".repeat(2_000_000);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            r#"{"id":"t-1","title":"a","priority":9}"#.into(),
+            "priority",
+        ),
+        (
+            r#"{"id":"t-1","title":"a","priority":-3}"#.into(),
+            "priority",
+        ),
+        (
+            r#"{"id":"t-1","title":"a","created_at":"yesterday"}"#.into(),
+            "created_at",
+        ),
+        (format!(r#"{{"id":"t-1","title":"{long}"}}"#), "title"),
+        (r#"{"id":"t-1","title":"a","labels":[""]}"#.into(), "labels"),
+        (
+            r#"{"id":"t-1","title":"a","labels":["a,b"]}"#.into(),
+            "labels",
+        ),
+        (
+            r#"{"id":"t-1","title":"a","labels":["has space"]}"#.into(),
+            "labels",
+        ),
+    ];
+    let before = env.fingerprint();
+    for (bad, field) in &cases {
+        let file = env.root().join("in.jsonl");
+        std::fs::write(
+            &file,
+            format!("{{\"id\":\"t-0\",\"title\":\"fine\"}}\n{bad}\n"),
+        )
+        .unwrap();
+        let err = env.fails(&["import", "-i", file.to_str().unwrap()], 2);
+        assert!(
+            err.contains("in.jsonl: line 2") && err.contains(field),
+            "{field}: {err}"
+        );
+        assert_eq!(env.fingerprint(), before, "{field}: nothing applied");
+        let out = env.run(&[
+            "import",
+            "-i",
+            file.to_str().unwrap(),
+            "--dry-run",
+            "--skip-bad-lines",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("were imported"), "{err}");
+        assert_eq!(env.fingerprint(), before);
+    }
+    let file = env.root().join("odd.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"id":"t-5","title":"beads data","status":"pinned","issue_type":"spike"}"#,
+    )
+    .unwrap();
+    let r = env.json(&["import", "-i", file.to_str().unwrap()]);
+    assert_eq!(
+        (r["created"].as_u64(), r["unmodelled"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    let doctor = env.json(&["doctor"]);
+    assert!(doctor.to_string().contains("\\\"pinned\\\""), "{doctor}");
+}
+
 crate::in_both_modes!(
+    import_validates_like_create_and_applies_all_or_nothing,
     import_of_its_own_export_and_of_repeated_ids_is_idempotent,
     beads_file_imports_keeping_everything_and_is_idempotent,
     reimport_of_a_changed_file_updates_to_match,

@@ -14,8 +14,12 @@ pub struct ImportArgs {
     /// The file to read ('-' for stdin)
     #[arg(short, long, value_name = "FILE")]
     pub input: PathBuf,
-    /// Change nothing if any line is malformed
+    /// Import the good lines even if some are refused (by default a file with
+    /// a bad line changes nothing)
     #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// Change nothing if any line is refused (the default; kept for scripts)
+    #[arg(long, hide = true, conflicts_with = "skip_bad_lines")]
     pub strict: bool,
     /// Report what would change without changing anything
     #[arg(long)]
@@ -30,26 +34,39 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
         read_import_file(&a.input)?
     };
     let (records, line_errors) = parse_issue_lines(&text);
-    if a.strict && !line_errors.is_empty() {
+    let strict = !a.skip_bad_lines;
+    if strict && !line_errors.is_empty() {
         for e in &line_errors {
             crate::output::stderr_line(&format!("{source}:{}: {}", e.line, e.message));
         }
         return Err(CliError(
             Error::invalid(format!(
-                "{} malformed line(s) in {source}; nothing imported (--strict)",
+                "{} malformed line(s) in {source}; nothing imported",
                 line_errors.len()
             ))
-            .hint("fix the lines above, or import without --strict to skip them"),
+            .hint("fix the lines above, or import with --skip-bad-lines to import the others"),
         ));
     }
-    let mut report: ImportReport = match call(
+    let reply = call(
         ctx,
         Request::Import {
             records,
             dry_run: a.dry_run,
-            strict: a.strict,
+            strict,
         },
-    )? {
+    );
+    // A refused record: the service says which, by line; name the file too.
+    let reply = reply.map_err(|e| {
+        if strict && e.0.kind == ErrorKind::Invalid && e.0.message.starts_with("line ") {
+            CliError(bd::Error {
+                message: format!("{source}: {}", e.0.message),
+                ..e.0
+            })
+        } else {
+            e
+        }
+    })?;
+    let mut report: ImportReport = match reply {
         Response::Import(r) => r,
         other => return Err(unexpected(other)),
     };
@@ -84,6 +101,12 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
                     report.repeated
                 ))?;
             }
+            if report.unmodelled > 0 {
+                output::print(&format!(
+                    "{} record(s) carry a status or type bd does not model (kept as they are; `bd doctor` lists them)\n",
+                    report.unmodelled
+                ))?;
+            }
         }
     }
     if report.errors.is_empty() {
@@ -97,7 +120,11 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
                     report.errors.len()
                 ),
             )
-            .hint("the other lines were imported; fix these and import again (it is idempotent)"),
+            .hint(if report.dry_run {
+                "the other lines would be imported; fix these and try again"
+            } else {
+                "the other lines were imported (--skip-bad-lines); fix these and import again (it is idempotent)"
+            }),
         ))
     }
 }
