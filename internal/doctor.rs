@@ -95,7 +95,14 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
         store.as_ref().map(Store::replica),
     )?);
     if let Some(store) = &store {
-        checks.push(values_check(store)?);
+        // A damaged database is the database check's to report.
+        checks.push(values_check(store).unwrap_or_else(|e| {
+            check(
+                "values",
+                Level::Warn,
+                format!("cannot read the issues' statuses and types: {}", e.message),
+            )
+        }));
     }
     if let Some(store) = store {
         checks.push(snapshot_check(store, paths, fix)?);
