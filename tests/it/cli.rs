@@ -644,7 +644,15 @@ fn export_follows_symlinks_and_writes_into_fifos(mode: Mode) {
 fn demo_runs_and_cleans_up() {
     let env = TestEnv::empty();
     let out = env.json(&["demo", "--agents", "3"]);
-    assert_eq!(out["stats"]["by_status"]["closed"], out["stats"]["total"]);
+    // Every issue of the first act closed; the second act's three (a
+    // follow-up and the sub-task each machine split off) are open, and the
+    // figures include them (issue 11, item 19).
+    assert_eq!(
+        out["stats"]["by_status"]["closed"].as_u64().unwrap() + 3,
+        out["stats"]["total"].as_u64().unwrap(),
+        "{out}"
+    );
+    assert_eq!(out["stats"]["by_status"]["open"], 3, "{out}");
     assert!(out["closed_by_agents"].as_u64().unwrap() >= 6);
     assert_eq!(out["stats"]["conflicts"], 0);
     assert!(out["kept"].is_null());
@@ -654,6 +662,19 @@ fn demo_runs_and_cleans_up() {
     assert_eq!(two["conflicts_resolved"], 2, "{out}");
     assert!(two["ops_exchanged"].as_u64().unwrap() >= 3, "{out}");
     assert_eq!(two["state_hash"].as_str().unwrap().len(), 64);
+    // The human run narrates real commands, all on stdout.
+    let out = env.run(&["demo", "--agents", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for cmd in ["$ bd ready", "$ bd conflicts", "$ bd resolve", "$ bd show"] {
+        assert!(text.contains(cmd), "{cmd}: {text}");
+    }
+    assert!(text.contains("Demo finished"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn dir_and_db_flags_and_beads_dir_point_elsewhere(mode: Mode) {

@@ -32,15 +32,68 @@ struct Log {
 }
 
 impl Log {
+    /// One line of the story, on stdout with the rest of the demo's output.
     fn say(&self, who: &str, msg: &str) {
         if self.quiet {
             return;
         }
         let _g = self.lock.lock();
-        crate::output::stderr_line(&format!(
-            "[{:>5} ms] {who:<9} {msg}",
+        let _ = crate::output::print(&format!(
+            "[{:>5} ms] {who:<9} {msg}\n",
             self.start.elapsed().as_millis()
         ));
+    }
+
+    /// Runs a real `bd` command in `dir` as `actor` (the command a user would
+    /// type there), shows it as `$ bd …` with its real output, and returns
+    /// that output. Fails if the command fails.
+    fn run(
+        &self,
+        who: &str,
+        dir: &std::path::Path,
+        actor: &str,
+        args: &[&str],
+    ) -> Result<String, Error> {
+        let exe = std::env::current_exe()?;
+        let out = std::process::Command::new(exe)
+            .args(args)
+            .current_dir(dir)
+            .env("BD_ACTOR", actor)
+            .env("BD_AUTO_START", "0")
+            .env_remove("BEADS_DIR")
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !self.quiet {
+            let _g = self.lock.lock();
+            let quoted: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    if a.contains(' ') || a.contains('"') {
+                        format!("{a:?}")
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            let mut shown = format!("{who:>18}  $ bd {}\n", quoted.join(" "));
+            for line in text.lines() {
+                shown.push_str(&format!("{:>18}    {line}\n", ""));
+            }
+            let _ = crate::output::print(&shown);
+        }
+        if !out.status.success() {
+            return Err(Error::internal(format!(
+                "`bd {}` failed in the demo: {}",
+                args.join(" "),
+                text.trim()
+            )));
+        }
+        Ok(text)
     }
 }
 
@@ -238,15 +291,14 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         3,
         vec![("blocks".into(), tests.id.clone())],
     )?;
-    let first: Vec<String> = ready_ids(&mut lead)?.into_iter().map(|i| i.id).collect();
     log.say(
         "lead",
         &format!(
-            "planned epic {} with 6 children; ready queue: [{}]",
-            epic.id,
-            first.join(", ")
+            "planned epic {} with 6 children; what can be taken now:",
+            epic.id
         ),
     );
+    log.run("lead", &root, "lead", &["ready"])?;
 
     let tallies: Vec<Result<Tally, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..a.agents)
@@ -276,16 +328,18 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         force: false,
     })?;
     log.say("lead", &format!("closed epic {}", epic.id));
-    lead.call(Request::Flush)?;
-    let stats = match lead.call(Request::Stats)? {
-        Response::Stats(s) => s,
-        other => return Err(super::unexpected(other)),
-    };
+    log.run("lead", &root, "lead", &["stats"])?;
     // Act two: a second machine, through a git remote.
     let two = if git {
         Some(two_machines(&root, &paths, &mut lead, &log)?)
     } else {
         None
+    };
+    // The figures of the whole run, the second act's issues included.
+    lead.call(Request::Flush)?;
+    let stats = match lead.call(Request::Stats)? {
+        Response::Stats(s) => s,
+        other => return Err(super::unexpected(other)),
     };
     let kept = if a.keep { Some(dir.keep()) } else { None };
     if ctx.json {
@@ -432,28 +486,42 @@ fn two_machines(
         "machine B",
         &format!("bd sync: {got} new op(s), including {}", follow.id),
     );
-    // Both retitle it, neither having seen the other's edit.
-    let retitle = |c: &mut Direct, t: &str| {
-        c.call(Request::Update(UpdateRequest {
-            ids: vec![follow.id.clone()],
-            title: Some(t.into()),
-            ..Default::default()
-        }))
-    };
-    retitle(lead, "Add a remember-me checkbox")?;
-    retitle(&mut bob, "Add remember-me (30-day cookie)")?;
-    bob.call(Request::CommentAdd {
-        id: follow.id.clone(),
-        text: "security wants 30 days at most".into(),
-    })?;
-    log.say(
-        "machine A",
-        "lead retitled it \"Add a remember-me checkbox\"",
-    );
-    log.say(
-        "machine B",
-        "bob retitled it \"Add remember-me (30-day cookie)\" and commented",
-    );
+    // Both retitle it, neither having seen the other's edit: where the
+    // conflict below comes from.
+    log.say("both", "each retitles it before seeing the other's edit:");
+    log.run(
+        "machine A (lead)",
+        root,
+        "lead",
+        &[
+            "update",
+            &follow.id,
+            "--title",
+            "Add a remember-me checkbox",
+        ],
+    )?;
+    log.run(
+        "machine B (bob)",
+        &b_root,
+        "bob",
+        &[
+            "update",
+            &follow.id,
+            "--title",
+            "Add remember-me (30-day cookie)",
+        ],
+    )?;
+    log.run(
+        "machine B (bob)",
+        &b_root,
+        "bob",
+        &[
+            "comment",
+            "add",
+            &follow.id,
+            "security wants 30 days at most",
+        ],
+    )?;
     let mut exchanged = got;
     exchanged += sync(lead, paths)?.ops_applied;
     exchanged += sync(&mut bob, &b_paths)?.ops_applied;
@@ -478,43 +546,60 @@ fn two_machines(
             names.join(" vs ")
         ),
     );
-    bob.call(Request::Resolve {
-        id: follow.id.clone(),
-        field: "title".into(),
-        value: None,
-        take: Some("bob".into()),
-    })?;
-    log.say(
-        "machine B",
-        "bd resolve --take bob: one value now supersedes both",
-    );
+    log.run("machine B (bob)", &b_root, "bob", &["conflicts"])?;
+    log.run(
+        "machine B (bob)",
+        &b_root,
+        "bob",
+        &["resolve", &follow.id, "--field", "title", "--take", "bob"],
+    )?;
     exchanged += sync(&mut bob, &b_paths)?.ops_applied;
     exchanged += sync(lead, paths)?.ops_applied;
     // Both split it into a sub-task before syncing: each machine numbers its
     // child <id>.1. Two pieces of work, so two issues, named alike everywhere.
-    let child = |c: &mut Direct, title: &str| {
-        create(
-            c,
-            CreateRequest {
-                title: title.into(),
-                parent: Some(follow.id.clone()),
-                ..Default::default()
-            },
-        )
-    };
-    let mine = child(lead, "Remember-me: server-side token")?;
-    let theirs = child(&mut bob, "Remember-me: checkbox on the form")?;
     log.say(
-        "machine A",
-        &format!("lead created {} \"{}\"", mine.id, mine.title),
+        "both",
+        "each splits off a sub-task, numbered alike on both machines:",
     );
-    log.say(
-        "machine B",
-        &format!(
-            "bob created {} \"{}\" (the same id)",
-            theirs.id, theirs.title
-        ),
-    );
+    let mine_id = log
+        .run(
+            "machine A (lead)",
+            root,
+            "lead",
+            &[
+                "create",
+                "Remember-me: server-side token",
+                "--parent",
+                &follow.id,
+                "-q",
+            ],
+        )?
+        .trim()
+        .to_string();
+    let theirs_id = log
+        .run(
+            "machine B (bob)",
+            &b_root,
+            "bob",
+            &[
+                "create",
+                "Remember-me: checkbox on the form",
+                "--parent",
+                &follow.id,
+                "-q",
+            ],
+        )?
+        .trim()
+        .to_string();
+    if mine_id != theirs_id {
+        return Err(Error::internal(format!(
+            "expected the same child id on both machines, got {mine_id} and {theirs_id}"
+        )));
+    }
+    struct Made {
+        id: String,
+    }
+    let mine = Made { id: mine_id };
     exchanged += sync(lead, paths)?.ops_applied;
     exchanged += sync(&mut bob, &b_paths)?.ops_applied;
     exchanged += sync(lead, paths)?.ops_applied;
@@ -546,25 +631,19 @@ fn two_machines(
     log.say(
         "both",
         &format!(
-            "bd sync: both kept: {} \"{}\" and {} \"{}\"; an id notice in bd conflicts",
-            on_a[0].0, on_a[0].1, on_a[1].0, on_a[1].1
+            "bd sync: both kept, as {} and {}, alike on both machines",
+            on_a[0].0, on_a[1].0
         ),
     );
-    bob.call(Request::Resolve {
-        id: mine.id.clone(),
-        field: "id".into(),
-        value: Some("ack".into()),
-        take: None,
-    })?;
+    log.run("machine A (lead)", root, "lead", &["show", &mine.id])?;
+    log.run(
+        "machine B (bob)",
+        &b_root,
+        "bob",
+        &["resolve", &mine.id, "--field", "id", "--value", "ack"],
+    )?;
     exchanged += sync(&mut bob, &b_paths)?.ops_applied;
     exchanged += sync(lead, paths)?.ops_applied;
-    log.say(
-        "machine B",
-        &format!(
-            "bd resolve {} --field id --value ack: notice settled",
-            mine.id
-        ),
-    );
     let (ha, hb) = (info_hash(lead)?, info_hash(&mut bob)?);
     if ha != hb {
         return Err(Error::internal("the two machines did not converge"));

@@ -130,6 +130,26 @@ fn render(d: &IssueDetails) -> String {
         }
     }
     for c in &d.conflicts {
+        if c.field == "id" {
+            let _ = writeln!(
+                s,
+                "\nCreated as {} on more than one clone (`bd resolve {} --field id --value ack` acknowledges it):",
+                i.id, i.id
+            );
+            for k in &c.contenders {
+                let field = |f: &str| k.value.get(f).cloned().unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  {} {} by {} on {} at {}",
+                    field("id").as_str().unwrap_or_default(),
+                    field("title"),
+                    k.actor,
+                    k.replica,
+                    k.at
+                );
+            }
+            continue;
+        }
         let _ = writeln!(s, "\nConflict on {}:", c.field);
         for k in &c.contenders {
             let _ = writeln!(
