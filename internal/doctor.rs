@@ -530,7 +530,7 @@ fn config_check(paths: &BeadsPaths) -> Check {
             "config",
             Level::Error,
             format!(
-                "{} does not read: {}; fix it by hand (`bd config list` shows what it should hold), or `git checkout -- {}` for the committed one",
+                "{} does not read: {}; fix it by hand (a JSON object such as {{\"prefix\": \"bd\"}}), or `git checkout -- {}` for the committed one",
                 paths.config().display(),
                 e.message,
                 paths.config().display()

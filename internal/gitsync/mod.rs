@@ -1128,7 +1128,7 @@ pub fn sync(
             && let Some((ahead, behind)) = repo.ahead_behind(up)?
         {
             report.notes.push(format!(
-                "as of the last fetch: {ahead} commits to push, {behind} to bring in"
+                "as of the last fetch: {ahead} commit(s) to push, {behind} to bring in"
             ));
         }
         report

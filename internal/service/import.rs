@@ -64,10 +64,23 @@ pub(super) fn import(
             Ok(Outcome::Unchanged) => report.unchanged += 1,
             Ok(Outcome::Deleted) => report.deleted += 1,
             Ok(Outcome::SkippedDeleted) => report.skipped_deleted += 1,
-            Err(e) => report.errors.push(LineError {
-                line: rec.line,
-                message: e.message,
-            }),
+            Err(e) => {
+                let earlier = records[..n].iter().any(|r| {
+                    r.fields.get("id").and_then(Value::as_str)
+                        == rec.fields.get("id").and_then(Value::as_str)
+                });
+                report.errors.push(LineError {
+                    line: rec.line,
+                    message: if earlier {
+                        format!(
+                            "{} (earlier lines with this id were skipped: the last one decides)",
+                            e.message
+                        )
+                    } else {
+                        e.message
+                    },
+                })
+            }
         }
     }
     if let Some(first) = report.errors.first().filter(|_| strict) {
@@ -181,11 +194,18 @@ fn import_one(tx: &mut WriteTx<'_>, ctx: &Context<'_>, rec: &ImportRecord) -> Re
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_object).cloned().collect(),
         _ => Vec::new(),
     };
-    let scalars: Map<String, Value> = f
+    let mut scalars: Map<String, Value> = f
         .iter()
         .filter(|(k, _)| !STRUCTURAL_FIELDS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // A priority written as text ("P1", "1") is stored as the number it
+    // names (validated above), as `bd create -p P1` stores it.
+    if let Some(Value::String(p)) = scalars.get("priority")
+        && let Ok(n) = crate::model::parse_priority(p)
+    {
+        scalars.insert("priority".into(), json!(n));
+    }
 
     let doc = tx.doc(&id)?;
     if doc.is_deleted() {

@@ -651,8 +651,9 @@ fn for_each_id(
     Ok(out)
 }
 
-/// Live issues with an edge (of any type) to `id`, not closed, and not in
-/// `except`, sorted.
+/// Live issues that depend on `id` (a `blocks` or `parent-child` edge: a
+/// `related` or `discovered-from` link is a reference, not a dependency),
+/// not closed, and not in `except`, sorted.
 fn open_dependents(
     conn: &rusqlite::Connection,
     id: &str,
@@ -660,7 +661,8 @@ fn open_dependents(
 ) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT DISTINCT i.id FROM deps d JOIN issues i ON i.id = d.issue_id
-         WHERE d.depends_on_id = ?1 AND i.status <> 'closed' ORDER BY i.id",
+         WHERE d.depends_on_id = ?1 AND d.type IN ('blocks', 'parent-child')
+           AND i.status <> 'closed' ORDER BY i.id",
     )?;
     let ids = stmt
         .query_map(params![id], |r| r.get::<_, String>(0))?

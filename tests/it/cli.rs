@@ -950,5 +950,19 @@ fn closing_a_parent_or_deleting_a_blocker_asks_first(mode: Mode) {
     let mut want = vec![root, leaf, leaf2];
     want.sort();
     assert_eq!(gone, want);
-    assert_eq!(env.ids(&["list"]), vec![waiting]);
+    assert_eq!(env.ids(&["list"]), vec![waiting.clone()]);
+
+    // Review: a `related` (or `discovered-from`) link is a reference, not a
+    // dependency: it neither blocks a delete nor is followed by --cascade.
+    let base = env.create(&["base"]);
+    let related = env.create(&["merely related", "--deps", &format!("related:{base}")]);
+    let found = env.create(&[
+        "found while on base",
+        "--deps",
+        &format!("discovered-from:{base}"),
+    ]);
+    let gone = env.json(&["delete", &base, "--cascade"]);
+    assert_eq!(gone, serde_json::json!([base]));
+    let left = env.ids(&["list"]);
+    assert!(left.contains(&related) && left.contains(&found), "{left:?}");
 }

@@ -280,6 +280,22 @@ fn import_validates_like_create_and_applies_all_or_nothing(mode: Mode) {
         assert!(!err.contains("were imported"), "{err}");
         assert_eq!(env.fingerprint(), before);
     }
+    // Review: a priority written "P1" was stored as text and shown as the
+    // default P2; and when the last of two lines for one id was refused, the
+    // skipped earlier one was not mentioned.
+    let file = env.root().join("text.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\":\"t-7\",\"title\":\"a\",\"priority\":\"P1\"}\n{\"id\":\"t-8\",\"title\":\"good\"}\n{\"id\":\"t-8\",\"title\":\"bad\",\"priority\":9}\n",
+    )
+    .unwrap();
+    let out = env.run(&["import", "-i", file.to_str().unwrap(), "--skip-bad-lines"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("earlier lines with this id were skipped"),
+        "{err}"
+    );
+    assert_eq!(env.json(&["show", "t-7"])[0]["priority"], 1);
     let file = env.root().join("odd.jsonl");
     std::fs::write(
         &file,

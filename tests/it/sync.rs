@@ -1812,7 +1812,7 @@ fn sync_status_right_after_a_push_has_nothing_to_push() {
     assert!(
         status["notes"]
             .to_string()
-            .contains("0 commits to push, 0 to bring in"),
+            .contains("0 commit(s) to push, 0 to bring in"),
         "{status}"
     );
 }

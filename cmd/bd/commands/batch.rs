@@ -93,6 +93,8 @@ fn summary(n: usize, resp: &Response) -> String {
         }
         Response::Dependencies(d) => format!("removed {} dependencies", d.len()),
         Response::Comment(c) => format!("commented on {} ({})", c.issue_id, c.id),
+        Response::Deleted(ids) if ids.is_empty() => "deleted nothing (already deleted)".into(),
+        Response::Deleted(ids) => format!("deleted {}", ids.join(", ")),
         other => format!("{other:?}"),
     };
     format!("#{n} {what}\n")
