@@ -150,7 +150,7 @@ fn malformed_lines_are_reported_with_file_and_line(mode: Mode) {
     )
     .unwrap();
     let err = env.fails(&["import", "-i", "notitle.jsonl", "--strict"], 2);
-    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("notitle.jsonl:2:"), "{err}");
     assert_eq!(env.fingerprint(), before);
     // The default is all or nothing too (issue 11, item 1).
     let err = env.fails(&["import", "-i", "bad.jsonl"], 2);
@@ -256,6 +256,23 @@ fn import_validates_like_create_and_applies_all_or_nothing(mode: Mode) {
         ),
     ];
     let before = env.fingerprint();
+    // Every refused line is listed at once (review), not only the first.
+    let all = env.root().join("all.jsonl");
+    let text: String = cases
+        .iter()
+        .enumerate()
+        .map(|(n, (l, _))| format!("{}\n", l.replacen("t-1", &format!("t-{}", n + 10), 1)))
+        .collect();
+    std::fs::write(&all, text).unwrap();
+    let err = env.fails(&["import", "-i", all.to_str().unwrap()], 2);
+    for n in 1..=cases.len() {
+        assert!(err.contains(&format!("all.jsonl:{n}:")), "line {n}: {err}");
+    }
+    assert!(
+        err.contains(&format!("{} line(s) of", cases.len())),
+        "{err}"
+    );
+    assert_eq!(env.fingerprint(), before);
     for (bad, field) in &cases {
         let file = env.root().join("in.jsonl");
         std::fs::write(
@@ -265,7 +282,7 @@ fn import_validates_like_create_and_applies_all_or_nothing(mode: Mode) {
         .unwrap();
         let err = env.fails(&["import", "-i", file.to_str().unwrap()], 2);
         assert!(
-            err.contains("in.jsonl: line 2") && err.contains(field),
+            err.contains("in.jsonl:2:") && err.contains(field),
             "{field}: {err}"
         );
         assert_eq!(env.fingerprint(), before, "{field}: nothing applied");

@@ -55,17 +55,36 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
             strict,
         },
     );
-    // A refused record: the service says which, by line; name the file too.
-    let reply = reply.map_err(|e| {
-        if strict && e.0.kind == ErrorKind::Invalid && e.0.message.starts_with("line ") {
-            CliError(bd::Error {
-                message: format!("{source}: {}", e.0.message),
-                ..e.0
-            })
-        } else {
-            e
+    // A refused record made the whole import roll back. List every refused
+    // line, not only the first: a trial run (nothing kept) collects them.
+    let reply = match reply {
+        Err(e) if strict && e.0.kind == ErrorKind::Invalid && e.0.message.starts_with("line ") => {
+            let (records, _) = parse_issue_lines(&text);
+            let trial = call(
+                ctx,
+                Request::Import {
+                    records,
+                    dry_run: true,
+                    strict: false,
+                },
+            );
+            let refused = match trial {
+                Ok(Response::Import(r)) if !r.errors.is_empty() => r.errors,
+                _ => return Err(e),
+            };
+            for le in &refused {
+                crate::output::stderr_line(&format!("{source}:{}: {}", le.line, le.message));
+            }
+            return Err(CliError(
+                Error::invalid(format!(
+                    "{} line(s) of {source} refused; nothing imported",
+                    refused.len()
+                ))
+                .hint("fix the lines above, or import with --skip-bad-lines to import the others"),
+            ));
         }
-    })?;
+        other => other?,
+    };
     let mut report: ImportReport = match reply {
         Response::Import(r) => r,
         other => return Err(unexpected(other)),
