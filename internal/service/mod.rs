@@ -568,6 +568,17 @@ fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
         Some(_) => Vec::new(),
         None => crate::storage::collisions::displaced_issues(conn, id)?,
     };
+    let mut dangling = std::collections::BTreeMap::new();
+    for d in &issue.dependencies {
+        if query::get_issue(conn, &d.depends_on_id)?.is_none() {
+            let what = if query::is_deleted(conn, &d.depends_on_id)? {
+                "deleted"
+            } else {
+                "missing"
+            };
+            dangling.insert(d.depends_on_id.clone(), what.to_string());
+        }
+    }
     Ok(IssueDetails {
         dependents: query::dependents(conn, id)?,
         issue,
@@ -575,6 +586,7 @@ fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
         conflicts,
         displaced,
         displaced_from,
+        dangling,
     })
 }
 

@@ -298,6 +298,10 @@ pub struct IssueDetails {
     /// For an issue whose create used an id another create kept: that id.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub displaced_from: Option<String>,
+    /// Dependencies whose issue is not here: `deleted`, or `missing` (never
+    /// seen here: another clone's not yet synced, or a stale import).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub dangling: std::collections::BTreeMap<String, String>,
 }
 
 /// What happened to each issue of a multi-issue change.

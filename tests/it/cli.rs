@@ -869,6 +869,14 @@ fn closed_is_not_blocked_and_a_deleted_dependency_says_so(mode: Mode) {
     let human = env.ok(&["dep", "tree", &done]);
     assert!(human.contains(&format!("{blocker} (deleted)")), "{human}");
     assert!(!human.contains("P0"), "{human}");
+    // And `show` marks the dead edge (review of issue 11).
+    let shown = env.json(&["show", &done]);
+    assert_eq!(shown[0]["dangling"][&blocker], "deleted", "{shown}");
+    let human = env.ok(&["show", &done]);
+    assert!(
+        human.contains(&format!("{blocker} (blocks) [deleted]")),
+        "{human}"
+    );
 }
 
 /// Regression (issue 11, item 15): `-q` was ignored by `import` and `config

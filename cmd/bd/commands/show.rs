@@ -108,7 +108,12 @@ fn render(d: &IssueDetails) -> String {
     if !i.dependencies.is_empty() {
         let _ = writeln!(s, "\nDepends on:");
         for dep in &i.dependencies {
-            let _ = writeln!(s, "  → {} ({})", dep.depends_on_id, dep.dep_type);
+            let gone = d
+                .dangling
+                .get(&dep.depends_on_id)
+                .map(|w| format!(" [{w}]"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "  → {} ({}){gone}", dep.depends_on_id, dep.dep_type);
         }
     }
     if !d.dependents.is_empty() {
