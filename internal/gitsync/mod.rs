@@ -702,6 +702,29 @@ impl Repo {
                     index
                         .add(&entry)
                         .map_err(|e| git_error("settling a conflict", e))?;
+                } else if path == self.rel("config.json")
+                    && let Some(joined) = join_configs(
+                        &read_blob(&self.repo, &c.our)?,
+                        &read_blob(&self.repo, &c.their)?,
+                    )
+                {
+                    // Two clones that each ran `bd init` before pulling: one
+                    // tracker's settings, the remote's winning where both set
+                    // a key (its issues already carry its prefix).
+                    index
+                        .conflict_remove(Path::new(&path))
+                        .map_err(|e| git_error("settling a conflict", e))?;
+                    let Some(side) = c.our.as_ref().or(c.their.as_ref()) else {
+                        continue;
+                    };
+                    let mut entry = stage0(side, joined.len() as u32);
+                    entry.id = self
+                        .repo
+                        .blob(&joined)
+                        .map_err(|e| git_error("storing the merged config", e))?;
+                    index
+                        .add(&entry)
+                        .map_err(|e| git_error("settling a conflict", e))?;
                 } else {
                     foreign.insert(path);
                 }
@@ -956,6 +979,37 @@ fn stat_matches(e: &git2::IndexEntry, meta: &std::fs::Metadata) -> bool {
 }
 
 /// A copy of a conflict-side index entry at stage 0 (merged).
+/// The bytes of a conflict side's blob (empty when that side has none).
+fn read_blob(repo: &Repository, e: &Option<git2::IndexEntry>) -> Result<Vec<u8>> {
+    match e {
+        Some(e) => Ok(repo
+            .find_blob(e.id)
+            .map_err(|x| git_error("reading a conflicted file", x))?
+            .content()
+            .to_vec()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Two `config.json`s as one: every key of both, `theirs` winning where both
+/// set one. `None` unless both are JSON objects (then git's conflict stands).
+fn join_configs(ours: &[u8], theirs: &[u8]) -> Option<Vec<u8>> {
+    let parse = |b: &[u8]| -> Option<serde_json::Map<String, serde_json::Value>> {
+        if b.is_empty() {
+            return Some(serde_json::Map::new());
+        }
+        match serde_json::from_slice(b).ok()? {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        }
+    };
+    let mut joined = parse(ours)?;
+    joined.extend(parse(theirs)?);
+    let mut out = serde_json::to_vec_pretty(&serde_json::Value::Object(joined)).ok()?;
+    out.push(b'\n');
+    Some(out)
+}
+
 fn stage0(e: &git2::IndexEntry, file_size: u32) -> git2::IndexEntry {
     git2::IndexEntry {
         ctime: e.ctime,

@@ -1924,3 +1924,38 @@ fn doctor_checks_every_file_bd_reads_and_names_the_cure() {
     std::fs::write(&config, good).unwrap();
     assert_eq!(level(&report(&a), "config"), "ok");
 }
+
+/// Regression (review of issue 10): two clones of an empty origin both ran
+/// `bd init`; the second `bd sync` stopped on `config.json` ("the remote's
+/// changes conflict with yours"), and the hint's `git pull` failed too. The
+/// two configs join, the remote's settings winning (its issues carry its
+/// prefix), and the clones share one tracker.
+#[test]
+fn two_clones_that_ran_init_before_pulling_join_one_tracker() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    let b = cluster.clone("b", "bob");
+    a.ok(&["init", "--prefix", "a"]);
+    let first = a.create(&["made on a"]);
+    a.ok(&["sync", "-q"]);
+    b.ok(&["init", "--prefix", "b"]);
+    b.ok(&["config", "set", "custom.mine", "kept"]);
+    let out = b.bd(&["sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        b.ok(&["config", "get", "prefix", "-q"]),
+        "a\n",
+        "the remote's prefix"
+    );
+    assert_eq!(b.ok(&["config", "get", "custom.mine", "-q"]), "kept\n");
+    assert_eq!(b.title(&first), "made on a");
+    let made = b.create(&["made on b"]);
+    assert!(made.starts_with("a-"), "{made}");
+    b.ok(&["sync", "-q"]);
+    a.ok(&["sync", "-q"]);
+    assert_eq!(a.state_hash(), b.state_hash());
+}
