@@ -19,14 +19,6 @@ pub struct CloseArgs {
     pub force: bool,
 }
 
-/// Reopen closed issues
-#[derive(Args, Debug)]
-pub struct ReopenArgs {
-    /// Issues to reopen
-    #[arg(required = true)]
-    pub ids: Vec<String>,
-}
-
 pub fn cmd_close(ctx: &Ctx, a: CloseArgs) -> Result<(), CliError> {
     match call(
         ctx,
@@ -37,13 +29,6 @@ pub fn cmd_close(ctx: &Ctx, a: CloseArgs) -> Result<(), CliError> {
         },
     )? {
         Response::Changed(c) => render_changed(ctx, &c, "Closed"),
-        other => Err(unexpected(other)),
-    }
-}
-
-pub fn cmd_reopen(ctx: &Ctx, a: ReopenArgs) -> Result<(), CliError> {
-    match call(ctx, Request::Reopen { ids: a.ids })? {
-        Response::Changed(c) => render_changed(ctx, &c, "Reopened"),
         other => Err(unexpected(other)),
     }
 }

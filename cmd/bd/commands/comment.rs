@@ -20,13 +20,6 @@ pub struct CommentAddArgs {
     pub text: String,
 }
 
-/// List the comments of an issue
-#[derive(Args, Debug)]
-pub struct CommentsArgs {
-    /// The issue
-    pub id: String,
-}
-
 pub fn cmd_comment(ctx: &Ctx, c: CommentCommand) -> Result<(), CliError> {
     let CommentCommand::Add(a) = c;
     let text = if a.text == "-" {
@@ -42,31 +35,6 @@ pub fn cmd_comment(ctx: &Ctx, c: CommentCommand) -> Result<(), CliError> {
         Response::Comment(c) if ctx.json => output::json(&c),
         Response::Comment(c) if ctx.quiet => output::print(&format!("{}\n", c.id)),
         Response::Comment(c) => output::print(&format!("Commented on {} ({})\n", c.issue_id, c.id)),
-        other => Err(unexpected(other)),
-    }
-}
-
-pub fn cmd_comments(ctx: &Ctx, a: CommentsArgs) -> Result<(), CliError> {
-    match call(ctx, Request::Comments { id: a.id })? {
-        Response::Comments(c) if ctx.json => output::json(&c),
-        Response::Comments(c) if c.is_empty() => {
-            output::status(ctx.quiet, "No comments.");
-            Ok(())
-        }
-        Response::Comments(c) => {
-            let s: String = c
-                .iter()
-                .map(|c| {
-                    format!(
-                        "[{}] {}: {}\n",
-                        c.created_at,
-                        c.author,
-                        crate::output::indent_continuation(&c.text, "  ")
-                    )
-                })
-                .collect();
-            output::print(&s)
-        }
         other => Err(unexpected(other)),
     }
 }

@@ -6,7 +6,6 @@ use bd::gitsync::hooks::HookState;
 use bd::service::Request;
 use clap::{Args, Subcommand};
 use std::fmt::Write;
-use std::path::PathBuf;
 
 /// Manage the git hooks that keep bd's files fresh
 #[derive(Subcommand, Debug)]
@@ -29,19 +28,6 @@ pub struct RunArgs {
     /// What git passed to the hook
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-}
-
-/// Merge driver for bd's files (git runs it: `bd merge-driver %O %A %B %P`)
-#[derive(Args, Debug)]
-pub struct MergeDriverArgs {
-    /// The common ancestor's version
-    pub ancestor: PathBuf,
-    /// This side's version; the result is written here
-    pub ours: PathBuf,
-    /// The other side's version
-    pub theirs: PathBuf,
-    /// The file's path in the repository
-    pub path: Option<String>,
 }
 
 pub fn cmd_hooks(ctx: &Ctx, c: HooksCommand) -> Result<(), CliError> {
@@ -145,9 +131,4 @@ fn render(states: &[HookState], verb: &str) -> String {
         s.push('\n');
     }
     s
-}
-
-pub fn cmd_merge_driver(_ctx: &Ctx, a: MergeDriverArgs) -> Result<(), CliError> {
-    bd::gitsync::hooks::merge_driver(&a.ancestor, &a.ours, &a.theirs, a.path.as_deref())?;
-    Ok(())
 }

@@ -25,21 +25,7 @@ pub struct ListArgs {
     pub dates: DateArgs,
 }
 
-/// Search issues by text in id, title, description and notes
-#[derive(Args, Debug)]
-pub struct SearchArgs {
-    /// Text to look for (case-insensitive)
-    pub query: String,
-    /// Only these statuses; default: every status
-    #[arg(short, long)]
-    pub status: Vec<String>,
-    #[command(flatten)]
-    pub filters: FilterArgs,
-    #[command(flatten)]
-    pub dates: DateArgs,
-}
-
-fn run(ctx: &Ctx, f: ListFilter) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, f: ListFilter) -> Result<(), CliError> {
     match call(ctx, Request::List(f))? {
         Response::Issues(issues) => output::issues(ctx, &issues, "No issues match."),
         other => Err(unexpected(other)),
@@ -52,20 +38,5 @@ pub fn cmd_list(ctx: &Ctx, a: ListArgs) -> Result<(), CliError> {
     f.status = split_list(&a.status);
     f.all = a.all;
     f.text = a.text;
-    run(ctx, f)
-}
-
-pub fn cmd_search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
-    if a.query.trim().is_empty() {
-        return Err(CliError::usage(
-            "empty search text",
-            "bd search \"login bug\"",
-        ));
-    }
-    let mut f = a.filters.to_filter(None)?;
-    a.dates.apply(&mut f)?;
-    f.status = split_list(&a.status);
-    f.all = true;
-    f.text = Some(a.query);
     run(ctx, f)
 }

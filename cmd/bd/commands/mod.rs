@@ -2,11 +2,15 @@
 //! text) and `cmd_<verb>`.
 
 mod batch;
+mod blocked;
 mod close;
 mod comment;
+mod comments;
 mod config;
+mod conflicts;
 mod create;
 mod daemon;
+mod delete;
 mod demo;
 mod dep;
 mod doctor;
@@ -20,9 +24,12 @@ mod info;
 mod init;
 mod label;
 mod list;
+mod merge_driver;
 mod ready;
 mod rebuild;
+mod reopen;
 mod resolve;
+mod search;
 mod show;
 mod stats;
 mod sync;
@@ -108,17 +115,17 @@ pub enum Command {
     /// List issues (open ones by default) with filters
     List(Lazy<list::ListArgs>),
     /// Search issues by text in id, title, description and notes
-    Search(Lazy<list::SearchArgs>),
+    Search(Lazy<search::SearchArgs>),
     /// Change issues: fields, labels, or claim one atomically
     Update(Lazy<update::UpdateArgs>),
     /// Close issues
     Close(Lazy<close::CloseArgs>),
     /// Reopen closed issues
-    Reopen(Lazy<close::ReopenArgs>),
+    Reopen(Lazy<reopen::ReopenArgs>),
     /// Issues ready to work on: open, unblocked, by priority then age
     Ready(Lazy<ready::ReadyArgs>),
     /// Issues held back by open blockers, with what blocks them
-    Blocked(Lazy<ready::BlockedArgs>),
+    Blocked(Lazy<blocked::BlockedArgs>),
     /// Run operations from JSON lines as one unit: all of them or none
     Batch(Lazy<batch::BatchArgs>),
     /// Add, remove and inspect dependencies
@@ -131,12 +138,12 @@ pub enum Command {
     #[command(subcommand)]
     Comment(Lazy<comment::CommentCommand>),
     /// List the comments of an issue
-    Comments(Lazy<comment::CommentsArgs>),
+    Comments(Lazy<comments::CommentsArgs>),
     /// Delete issues (a tombstone that syncs; never resurrected by itself)
-    Delete(Lazy<resolve::DeleteArgs>),
+    Delete(Lazy<delete::DeleteArgs>),
     /// List fields written concurrently by different writers, ops held for clock
     /// skew, and ids two clones created
-    Conflicts(Lazy<stats::ConflictsArgs>),
+    Conflicts(Lazy<conflicts::ConflictsArgs>),
     /// Settle a conflicted field with one value that supersedes every contender
     Resolve(Lazy<resolve::ResolveArgs>),
     /// Counts by status, type and priority
@@ -157,7 +164,7 @@ pub enum Command {
     /// Check the tracker's health; --fix repairs what is safe
     Doctor(Lazy<doctor::DoctorArgs>),
     /// Merge driver for bd's derived files (run by git)
-    MergeDriver(Lazy<hooks::MergeDriverArgs>),
+    MergeDriver(Lazy<merge_driver::MergeDriverArgs>),
     /// Read and change the tracker's configuration
     #[command(subcommand)]
     Config(Lazy<config::ConfigCommand>),
@@ -179,19 +186,19 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Create(Lazy(a)) => create::cmd_create(ctx, a),
         Command::Show(Lazy(a)) => show::cmd_show(ctx, a),
         Command::List(Lazy(a)) => list::cmd_list(ctx, a),
-        Command::Search(Lazy(a)) => list::cmd_search(ctx, a),
+        Command::Search(Lazy(a)) => search::cmd_search(ctx, a),
         Command::Update(Lazy(a)) => update::cmd_update(ctx, a),
         Command::Close(Lazy(a)) => close::cmd_close(ctx, a),
-        Command::Reopen(Lazy(a)) => close::cmd_reopen(ctx, a),
+        Command::Reopen(Lazy(a)) => reopen::cmd_reopen(ctx, a),
         Command::Ready(Lazy(a)) => ready::cmd_ready(ctx, a),
-        Command::Blocked(Lazy(a)) => ready::cmd_blocked(ctx, a),
+        Command::Blocked(Lazy(a)) => blocked::cmd_blocked(ctx, a),
         Command::Batch(Lazy(a)) => batch::cmd_batch(ctx, a),
         Command::Dep(Lazy(c)) => dep::cmd_dep(ctx, c),
         Command::Label(Lazy(c)) => label::cmd_label(ctx, c),
         Command::Comment(Lazy(c)) => comment::cmd_comment(ctx, c),
-        Command::Comments(Lazy(a)) => comment::cmd_comments(ctx, a),
-        Command::Conflicts(Lazy(a)) => stats::cmd_conflicts(ctx, a),
-        Command::Delete(Lazy(a)) => resolve::cmd_delete(ctx, a),
+        Command::Comments(Lazy(a)) => comments::cmd_comments(ctx, a),
+        Command::Conflicts(Lazy(a)) => conflicts::cmd_conflicts(ctx, a),
+        Command::Delete(Lazy(a)) => delete::cmd_delete(ctx, a),
         Command::Resolve(Lazy(a)) => resolve::cmd_resolve(ctx, a),
         Command::Stats(Lazy(a)) => stats::cmd_stats(ctx, a),
         Command::Export(Lazy(a)) => export::cmd_export(ctx, a),
@@ -201,7 +208,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Sync(Lazy(a)) => sync::cmd_sync(ctx, a),
         Command::Hooks(Lazy(c)) => hooks::cmd_hooks(ctx, c),
         Command::Doctor(Lazy(a)) => doctor::cmd_doctor(ctx, a),
-        Command::MergeDriver(Lazy(a)) => hooks::cmd_merge_driver(ctx, a),
+        Command::MergeDriver(Lazy(a)) => merge_driver::cmd_merge_driver(ctx, a),
         Command::Config(Lazy(c)) => config::cmd_config(ctx, c),
         Command::Info(Lazy(a)) => info::cmd_info(ctx, a),
         Command::Daemon(Lazy(c)) => daemon::cmd_daemon(ctx, c),

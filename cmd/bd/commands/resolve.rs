@@ -6,21 +6,6 @@ use crate::output;
 use bd::service::{Request, Response};
 use clap::Args;
 
-/// Delete issues (a tombstone; it syncs like any change and never comes back by itself)
-#[derive(Args, Debug)]
-pub struct DeleteArgs {
-    /// Issues to delete
-    #[arg(required = true)]
-    pub ids: Vec<String>,
-    /// Delete even when open issues depend on these (their edges then hold
-    /// nothing back)
-    #[arg(long)]
-    pub force: bool,
-    /// Delete the open issues that depend on these too, recursively
-    #[arg(long, conflicts_with = "force")]
-    pub cascade: bool,
-}
-
 /// Settle a conflicted field: one value that supersedes every contender
 ///
 /// `bd conflicts` lists the open conflicts with each contender's op id, actor
@@ -43,26 +28,6 @@ pub struct ResolveArgs {
     /// replica (a prefix is enough)
     #[arg(long, value_name = "CONTENDER")]
     pub take: Option<String>,
-}
-
-pub fn cmd_delete(ctx: &Ctx, a: DeleteArgs) -> Result<(), CliError> {
-    let req = Request::Delete {
-        ids: a.ids,
-        force: a.force,
-        cascade: a.cascade,
-    };
-    match call(ctx, req)? {
-        Response::Deleted(ids) if ctx.json => output::json(&ids),
-        Response::Deleted(ids) if ids.is_empty() => {
-            output::status(ctx.quiet, "Nothing deleted (already deleted).");
-            Ok(())
-        }
-        Response::Deleted(ids) => {
-            output::status(ctx.quiet, &format!("Deleted {}", ids.join(", ")));
-            Ok(())
-        }
-        other => Err(unexpected(other)),
-    }
 }
 
 pub fn cmd_resolve(ctx: &Ctx, a: ResolveArgs) -> Result<(), CliError> {
