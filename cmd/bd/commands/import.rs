@@ -58,7 +58,7 @@ pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
     // A refused record made the whole import roll back. List every refused
     // line, not only the first: a trial run (nothing kept) collects them.
     let reply = match reply {
-        Err(e) if strict && e.0.kind == ErrorKind::Invalid && e.0.message.starts_with("line ") => {
+        Err(e) if strict && e.0.kind == ErrorKind::Invalid => {
             let (records, _) = parse_issue_lines(&text);
             let trial = call(
                 ctx,
