@@ -709,7 +709,7 @@ fn syncer_loop(rx: mpsc::Receiver<Acks>, shared: &Shared) {
             waiting.extend(more);
             groups += 1;
         }
-        answer_when_durable(&mut wal, waiting, shared);
+        answer_when_durable(&mut wal, waiting, shared, || {});
         shared.sync_pending.fetch_sub(groups, Ordering::SeqCst);
     }
 }
@@ -719,7 +719,12 @@ fn syncer_loop(rx: mpsc::Receiver<Acks>, shared: &Shared) {
 /// without writing them; later frames sit behind the ones that may be lost
 /// (recovery stops at the first bad frame), so from then on nobody is told a
 /// write is safe, and the daemon stops.
-fn answer_when_durable(wal: &mut WalSync, waiting: Acks, shared: &Shared) {
+fn answer_when_durable(
+    wal: &mut WalSync,
+    waiting: Acks,
+    shared: &Shared,
+    once_durable: impl FnOnce(),
+) {
     let failed = shared.sync_failed.lock().ok().and_then(|f| f.clone());
     if let Some(err) = failed {
         for (reply, _) in waiting {
@@ -730,6 +735,7 @@ fn answer_when_durable(wal: &mut WalSync, waiting: Acks, shared: &Shared) {
     match wal.sync() {
         Ok(()) => {
             shared.counters.syncs.fetch_add(1, Ordering::SeqCst);
+            once_durable();
             for (reply, result) in waiting {
                 let _ = reply.send(result);
             }
@@ -779,7 +785,14 @@ fn commit_group(
             let idle = shared.sync_pending.load(Ordering::SeqCst) == 0
                 && shared.counters.queue.load(Ordering::SeqCst) == 0;
             if idle {
-                answer_when_durable(wal, answers, shared);
+                // Every committed group is durable once this syncs: only then
+                // may the op file hold their ops, and before the answers, so
+                // an answered write is in the file. (Under sustained load the
+                // syncer answers and the append waits for the next idle group
+                // or the snapshot flush.)
+                answer_when_durable(wal, answers, shared, || {
+                    let _ = crate::jsonl::flush_own_ops(store, &shared.opts.paths);
+                });
             } else {
                 shared.sync_pending.fetch_add(1, Ordering::SeqCst);
                 // The syncer outlives the writer (it stops when this sender is
@@ -811,6 +824,8 @@ fn flush_snapshot(store: &mut Store, wal: &mut WalSync, shared: &Shared) {
         shared.note_error(&format!("snapshot flush skipped: cannot sync the log: {e}"));
         return;
     }
+    // Durable now: the op file may hold every committed op.
+    let _ = crate::jsonl::flush_own_ops(store, &shared.opts.paths);
     if let Err(e) = crate::jsonl::write_snapshot(store, &shared.opts.paths) {
         shared.note_error(&format!("snapshot flush failed: {}", e.message));
     }

@@ -273,7 +273,9 @@ pub fn execute_group(
             write_once(tx, &ctx, req)
         },
     )?;
-    let _ = jsonl::flush_own_ops(store, paths); // as in `execute`: regenerable
+    // The op file is appended by the caller once the commit is durable (the
+    // daemon's writer, after its WAL sync): a file holding an op the database
+    // could still lose would make that lost write real on every other clone.
     Ok(results)
 }
 

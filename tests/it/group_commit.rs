@@ -90,6 +90,9 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
         items.into_iter().map(item).collect(),
     )
     .unwrap();
+    // The caller appends the op file once the commit is durable (the daemon,
+    // after its WAL sync); a direct-mode store syncs each commit itself.
+    bd::jsonl::flush_own_ops(&store, &paths).unwrap();
     let kinds: Vec<Result<(), ErrorKind>> = results
         .iter()
         .map(|r| r.as_ref().map(|_| ()).map_err(|e| e.kind()))
