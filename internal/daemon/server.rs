@@ -568,6 +568,14 @@ fn is_light(req: &Request) -> bool {
 
 /// Runs a read on a pooled read connection.
 fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
+    if matches!(req, Request::Flush) {
+        // A flush writes the op file and the snapshot from what is
+        // committed: every commit must be durable first (see "Durability"
+        // in DAEMON_DESIGN.md), whether or not the syncer got to it yet.
+        WalSync::new(&shared.opts.paths.db)
+            .sync()
+            .map_err(|e| crate::jsonl::io_at(&shared.opts.paths.db, e))?;
+    }
     let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
     let mut store = match pooled {
         Some(s) => s,
