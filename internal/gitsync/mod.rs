@@ -672,36 +672,11 @@ impl Repo {
                             .map_err(|e| git_error("settling a conflict", e))?;
                     }
                 } else if self.is_op_file(&path) {
-                    let read = |e: &Option<git2::IndexEntry>| -> Result<Vec<u8>> {
-                        match e {
-                            Some(e) => Ok(self
-                                .repo
-                                .find_blob(e.id)
-                                .map_err(|x| git_error("reading an op file", x))?
-                                .content()
-                                .to_vec()),
-                            None => Ok(Vec::new()),
-                        }
-                    };
-                    let joined = hooks::union_ops(&[&read(&c.our)?, &read(&c.their)?]);
-                    index
-                        .conflict_remove(Path::new(&path))
-                        .map_err(|e| git_error("settling a conflict", e))?;
-                    // Both sides deleted it: nothing to add back.
-                    let Some(side) = c.our.as_ref().or(c.their.as_ref()) else {
-                        continue;
-                    };
-                    // The merged index has no repository behind it, so the
-                    // union is stored as a blob first and added by id
-                    // (`add_frombuffer` needs an index that has one).
-                    let mut entry = stage0(side, joined.len() as u32);
-                    entry.id = self
-                        .repo
-                        .blob(&joined)
-                        .map_err(|e| git_error("storing a merged op file", e))?;
-                    index
-                        .add(&entry)
-                        .map_err(|e| git_error("settling a conflict", e))?;
+                    let joined = hooks::union_ops(&[
+                        &read_blob(&self.repo, &c.our)?,
+                        &read_blob(&self.repo, &c.their)?,
+                    ]);
+                    self.settle(&mut index, &path, &c, &joined)?;
                 } else if path == self.rel("config.json")
                     && let Some(joined) = join_configs(
                         &read_blob(&self.repo, &c.our)?,
@@ -711,20 +686,7 @@ impl Repo {
                     // Two clones that each ran `bd init` before pulling: one
                     // tracker's settings, the remote's winning where both set
                     // a key (its issues already carry its prefix).
-                    index
-                        .conflict_remove(Path::new(&path))
-                        .map_err(|e| git_error("settling a conflict", e))?;
-                    let Some(side) = c.our.as_ref().or(c.their.as_ref()) else {
-                        continue;
-                    };
-                    let mut entry = stage0(side, joined.len() as u32);
-                    entry.id = self
-                        .repo
-                        .blob(&joined)
-                        .map_err(|e| git_error("storing the merged config", e))?;
-                    index
-                        .add(&entry)
-                        .map_err(|e| git_error("settling a conflict", e))?;
+                    self.settle(&mut index, &path, &c, &joined)?;
                 } else {
                     foreign.insert(path);
                 }
@@ -979,6 +941,35 @@ fn stat_matches(e: &git2::IndexEntry, meta: &std::fs::Metadata) -> bool {
 }
 
 /// A copy of a conflict-side index entry at stage 0 (merged).
+impl Repo {
+    /// Settles the conflict `c` on `path` in the merged `index` with the
+    /// bytes `merged`. The merged index has no repository behind it, so they
+    /// are stored as a blob first and added by id (`add_frombuffer` needs an
+    /// index that has one). A path both sides deleted gets nothing back.
+    fn settle(
+        &self,
+        index: &mut git2::Index,
+        path: &str,
+        c: &git2::IndexConflict,
+        merged: &[u8],
+    ) -> Result<()> {
+        index
+            .conflict_remove(Path::new(path))
+            .map_err(|e| git_error("settling a conflict", e))?;
+        let Some(side) = c.our.as_ref().or(c.their.as_ref()) else {
+            return Ok(());
+        };
+        let mut entry = stage0(side, merged.len() as u32);
+        entry.id = self
+            .repo
+            .blob(merged)
+            .map_err(|e| git_error("storing a merged file", e))?;
+        index
+            .add(&entry)
+            .map_err(|e| git_error("settling a conflict", e))
+    }
+}
+
 /// The bytes of a conflict side's blob (empty when that side has none).
 fn read_blob(repo: &Repository, e: &Option<git2::IndexEntry>) -> Result<Vec<u8>> {
     match e {

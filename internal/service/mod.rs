@@ -572,7 +572,10 @@ fn details(conn: &rusqlite::Connection, id: &str) -> Result<IssueDetails> {
     };
     let mut dangling = std::collections::BTreeMap::new();
     for d in &issue.dependencies {
-        if query::get_issue(conn, &d.depends_on_id)?.is_none() {
+        let here = conn
+            .prepare_cached("SELECT 1 FROM issues WHERE id = ?1")?
+            .exists(params![d.depends_on_id])?;
+        if !here {
             let what = if query::is_deleted(conn, &d.depends_on_id)? {
                 "deleted"
             } else {
