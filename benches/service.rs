@@ -6,9 +6,9 @@
 //!
 //! Run: `cargo bench --bench service` (add `-- --quick` for a fast pass).
 
+use bd::api::{CreateRequest, Request, UpdateRequest};
 use bd::client::{Backend, Direct};
 use bd::query::ListFilter;
-use bd::service::{CreateRequest, Request, UpdateRequest};
 use bd::storage::BeadsPaths;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::time::Duration;
@@ -197,19 +197,17 @@ fn group_commit(c: &mut Criterion) {
             }
         })
     });
-    let paths = t.client.paths().clone();
     g.bench_function("one_group", |b| {
         b.iter(|| {
             let items = (0..64)
-                .map(|i| bd::service::GroupItem {
+                .map(|i| bd::engine::Item {
                     actor: format!("agent{}", i % 8),
                     request: req(i),
                     deadline_ms: None,
                     request_id: None,
                 })
                 .collect();
-            bd::service::execute_group(t.client.store(), &bd::clock::SystemClock, &paths, items)
-                .expect("group")
+            t.client.engine().run(items).expect("group")
         })
     });
     g.finish();

@@ -3,9 +3,8 @@
 //!
 //! Run: `cargo bench --bench sync` (add `-- --quick` for a fast pass).
 
+use bd::api::{CreateRequest, Request};
 use bd::client::{Backend, Direct, InitOptions, init};
-use bd::clock::SystemClock;
-use bd::service::{CreateRequest, Request};
 use bd::storage::BeadsPaths;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::path::{Path, PathBuf};
@@ -44,15 +43,9 @@ fn source_with_issues(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
 }
 
 /// `n` creates titled `"{title} {i}"`, by `actor(i)`, committed as one group.
-fn create_group(
-    d: &mut Direct,
-    paths: &BeadsPaths,
-    n: usize,
-    title: &str,
-    actor: impl Fn(usize) -> String,
-) {
+fn create_group(d: &mut Direct, n: usize, title: &str, actor: impl Fn(usize) -> String) {
     let items = (0..n)
-        .map(|i| bd::service::GroupItem {
+        .map(|i| bd::engine::Item {
             actor: actor(i),
             request: Request::Create(CreateRequest {
                 title: format!("{title} {i}"),
@@ -62,7 +55,7 @@ fn create_group(
             request_id: None,
         })
         .collect();
-    bd::service::execute_group(d.store(), &SystemClock, paths, items).expect("creates");
+    d.engine().run(items).expect("creates");
 }
 
 /// A tracker whose op file holds `n` ops: `n` creates by single calls (small
@@ -71,9 +64,7 @@ fn source_with_creates(n: usize) -> (tempfile::TempDir, BeadsPaths, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = tracker(dir.path(), "aaaaaaaaaaaaaaaa");
     let mut d = Direct::open(paths.clone(), "bench").expect("open");
-    create_group(&mut d, &paths, n, "work item", |i| {
-        format!("agent{}", i % 8)
-    });
+    create_group(&mut d, n, "work item", |i| format!("agent{}", i % 8));
     d.call(Request::Flush).expect("flush");
     let file = paths.op_file("aaaaaaaaaaaaaaaa");
     (dir, paths, file)
@@ -92,7 +83,7 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
         }))
         .expect("list")
     {
-        bd::service::Response::Issues(v) => v.into_iter().map(|i| i.id).collect(),
+        bd::api::Response::Issues(v) => v.into_iter().map(|i| i.id).collect(),
         other => panic!("unexpected {other:?}"),
     };
     assert_eq!(ids.len(), issues);
@@ -101,7 +92,7 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
             let items = chunk
                 .iter()
                 .map(|id| {
-                    let mut u = bd::service::UpdateRequest {
+                    let mut u = bd::api::UpdateRequest {
                         ids: vec![id.clone()],
                         ..Default::default()
                     };
@@ -111,7 +102,7 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
                         1 => u.description = Some(format!("notes after round {round}")),
                         _ => u.assignee = Some(format!("agent{}", round % 8)),
                     }
-                    bd::service::GroupItem {
+                    bd::engine::Item {
                         actor: format!("agent{}", round % 8),
                         request: Request::Update(u),
                         deadline_ms: None,
@@ -119,9 +110,7 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
                     }
                 })
                 .collect();
-            for r in
-                bd::service::execute_group(d.store(), &SystemClock, &paths, items).expect("updates")
-            {
+            for r in d.engine().run(items).expect("updates") {
                 r.expect("update");
             }
         }
@@ -143,10 +132,8 @@ fn apply_foreign(c: &mut Criterion) {
                 let d = Direct::open(paths.clone(), "bench").expect("open");
                 (dir, paths, d)
             },
-            |(_dir, paths, mut d)| {
-                let r = bd::service::catch_up(d.store(), &SystemClock, &paths)
-                    .expect("catch up")
-                    .expect("news");
+            |(_dir, _paths, mut d)| {
+                let r = d.engine().catch_up().expect("catch up").expect("news");
                 assert_eq!(r.applied, 1_000);
             },
             BatchSize::PerIteration,
@@ -157,15 +144,9 @@ fn apply_foreign(c: &mut Criterion) {
     let paths = tracker(dir.path(), "bbbbbbbbbbbbbbbb");
     std::fs::copy(&file, paths.op_file("aaaaaaaaaaaaaaaa")).expect("copy");
     let mut d = Direct::open(paths.clone(), "bench").expect("open");
-    bd::service::catch_up(d.store(), &SystemClock, &paths).expect("catch up");
+    d.engine().catch_up().expect("catch up");
     g.bench_function("nothing_new_check", |b| {
-        b.iter(|| {
-            assert!(
-                bd::service::catch_up(d.store(), &SystemClock, &paths)
-                    .expect("check")
-                    .is_none()
-            )
-        })
+        b.iter(|| assert!(d.engine().catch_up().expect("check").is_none()))
     });
     g.finish();
 }
@@ -209,7 +190,7 @@ fn snapshot(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter_batched(
                 || std::fs::remove_file(paths.snapshot()).expect("remove"),
-                |()| bd::jsonl::write_snapshot(d.store(), &paths).expect("snapshot"),
+                |()| bd::jsonl::write_snapshot(d.engine().store(), &paths).expect("snapshot"),
                 BatchSize::PerIteration,
             )
         });
@@ -281,7 +262,7 @@ fn whole_sync(c: &mut Criterion) {
     let a = tracker(&h.join("a"), "aaaaaaaaaaaaaaaa");
     {
         let mut d = Direct::open(a.clone(), "alice").expect("open");
-        create_group(&mut d, &a, 1_000, "from a", |_| "alice".into());
+        create_group(&mut d, 1_000, "from a", |_| "alice".into());
         bd::gitsync::sync(&mut d, &a, &Default::default()).expect("sync a");
     }
     // A clone whose branch is still at the base commit with its own tracker

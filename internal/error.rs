@@ -77,6 +77,16 @@ impl Error {
         Self::new(ErrorKind::Internal, message)
     }
 
+    /// The error for a request whose deadline passed before its work could be
+    /// committed (it was not started, or its work was undone).
+    pub fn deadline_passed() -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            "the request's deadline passed before it could be committed; nothing was changed",
+        )
+        .hint("try again, or raise --timeout")
+    }
+
     /// Adds a hint and returns the error.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hints.push(hint.into());

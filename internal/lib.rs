@@ -10,11 +10,13 @@
 //! daemon process; in-process it calls `service` directly.)
 
 pub mod agentsync;
+pub mod api;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod exchange;
 pub mod fixture;

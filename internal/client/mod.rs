@@ -1,14 +1,15 @@
 //! How programs reach bd: the [`Backend`] trait; [`Direct`], which runs every
-//! request in-process through [`service::execute`]; [`DaemonClient`], which sends the
+//! request in-process through the engine; [`DaemonClient`], which sends the
 //! same [`Request`]s to the tracker's daemon; [`connect`], which picks between them;
 //! and [`init`], which creates a tracker.
 
+use crate::api::{Request, Response};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::daemon;
+use crate::engine::{Engine, SnapshotPolicy};
 use crate::ids;
 use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, Reply};
-use crate::service::{self, Context, Request, Response};
 use crate::storage::{BEADS_DIR, BeadsPaths, Store};
 use crate::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,51 @@ pub struct CallOptions {
     pub deadline_ms: Option<u64>,
 }
 
+/// Why a call failed, as far as its delivery goes: what a caller may do next
+/// depends on which, never on the message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// The request never reached a server: nothing was changed, and sending it
+    /// again is safe.
+    NotDelivered(Error),
+    /// The request was sent and no answer came: it may or may not have been
+    /// applied; only its request id can tell.
+    InDoubt(Error),
+    /// The server answered with the request's own failure (nothing of it was
+    /// committed).
+    Failed(Error),
+}
+
+impl CallError {
+    /// The error, whichever the case.
+    pub fn error(&self) -> &Error {
+        match self {
+            CallError::NotDelivered(e) | CallError::InDoubt(e) | CallError::Failed(e) => e,
+        }
+    }
+}
+
+impl From<CallError> for Error {
+    /// The error as a person reads it: what happened, and what it means for
+    /// the request.
+    fn from(e: CallError) -> Error {
+        match e {
+            CallError::NotDelivered(e) => Error {
+                message: format!("{}; nothing was changed", e.message),
+                ..e
+            },
+            CallError::InDoubt(e) => Error {
+                message: format!(
+                    "{}; a write is resent by its request id, which cannot apply it twice",
+                    e.message
+                ),
+                ..e
+            },
+            CallError::Failed(e) => e,
+        }
+    }
+}
+
 /// Something that answers [`Request`]s.
 pub trait Backend {
     /// Runs one request with the backend's default deadline and no request id.
@@ -36,28 +82,23 @@ pub trait Backend {
     }
 
     /// Runs one request as `opts` say.
-    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response>;
+    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response> {
+        self.send(req, opts).map_err(Error::from)
+    }
+
+    /// Runs one request as `opts` say, telling a request that never arrived
+    /// and one whose fate is unknown apart from one that failed.
+    fn send(&mut self, req: Request, opts: &CallOptions) -> Result<Response, CallError>;
 
     /// How requests are served (`direct` or `daemon`).
     fn mode(&self) -> &'static str;
-
-    /// Whether the last call failed after its request may have reached the
-    /// server (a daemon that went away or fell silent after it was sent), so
-    /// only its request id can tell whether it was applied.
-    fn in_doubt(&self) -> bool {
-        false
-    }
 }
 
-/// Runs requests in this process against the tracker's database.
+/// Runs requests in this process against the tracker's database, each write
+/// through the engine as a group of one.
 pub struct Direct {
-    store: Store,
-    paths: BeadsPaths,
+    engine: Engine,
     actor: String,
-    clock: Arc<dyn Clock>,
-    /// Other clones' op files, and their signature when last caught up with.
-    watch: crate::exchange::OpDirWatch,
-    seen: Option<(crate::exchange::DirSignature, std::time::Instant)>,
 }
 
 impl Direct {
@@ -72,58 +113,33 @@ impl Direct {
         actor: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Direct> {
-        let store = Store::open(&paths.db)?;
         Ok(Direct {
-            store,
-            paths,
+            engine: Engine::open(paths, clock, "direct", SnapshotPolicy::OnFlush)?,
             actor: actor.to_string(),
-            clock,
-            watch: Default::default(),
-            seen: None,
         })
     }
 
     /// The tracker's files.
     pub fn paths(&self) -> &BeadsPaths {
-        &self.paths
+        self.engine.paths()
     }
 
-    /// The underlying store (benchmarks and tests inspect it).
-    pub fn store(&mut self) -> &mut Store {
-        &mut self.store
+    /// The engine (benchmarks and tests drive it directly).
+    pub fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 }
 
 impl Backend for Direct {
-    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response> {
-        // Waiting for another writer's lock counts against the deadline.
-        let busy = match opts.deadline_ms {
-            Some(d) => Duration::from_millis(d.saturating_sub(self.clock.now_ms()).max(1))
-                .min(crate::storage::sqlite::BUSY_TIMEOUT),
-            None => crate::storage::sqlite::BUSY_TIMEOUT,
-        };
-        self.store.conn().busy_timeout(busy)?;
-        let ctx = Context {
-            actor: &self.actor,
-            clock: self.clock.as_ref(),
-            paths: &self.paths,
-            mode: "direct",
-            request_id: opts.request_id.as_deref(),
-            deadline_ms: opts.deadline_ms,
-        };
-        // Apply what other clones delivered first. A long-lived `Direct` (a
-        // program using the library) looks at the content only when the op files
-        // changed, or every few seconds for held ops that became due.
-        let sig = self.watch.signature(&self.paths, self.store.replica())?;
-        let stale = self
-            .seen
-            .as_ref()
-            .is_none_or(|(s, at)| *s != sig || at.elapsed() >= crate::exchange::RECHECK_EVERY);
-        if stale {
-            service::catch_up(&mut self.store, ctx.clock, ctx.paths)?;
-            self.seen = Some((sig, std::time::Instant::now()));
-        }
-        service::execute(&mut self.store, &ctx, req)
+    fn send(&mut self, req: Request, opts: &CallOptions) -> Result<Response, CallError> {
+        self.engine
+            .execute(
+                &self.actor,
+                opts.request_id.as_deref(),
+                opts.deadline_ms,
+                req,
+            )
+            .map_err(CallError::Failed)
     }
 
     fn mode(&self) -> &'static str {
@@ -137,8 +153,6 @@ pub struct DaemonClient {
     actor: String,
     timeout: Duration,
     next_id: u64,
-    /// The last request was sent and no answer was read (see [`Backend::in_doubt`]).
-    in_doubt: bool,
     /// What the daemon said when we connected.
     pub hello: HelloReply,
 }
@@ -218,16 +232,16 @@ impl DaemonClient {
             actor: actor.to_string(),
             timeout,
             next_id: 0,
-            in_doubt: false,
             hello,
         })
     }
 
     fn round_trip(&mut self, call: Call) -> Result<Outcome> {
         self.round_trip_with(call, &CallOptions::default())
+            .map_err(Error::from)
     }
 
-    fn round_trip_with(&mut self, call: Call, opts: &CallOptions) -> Result<Outcome> {
+    fn round_trip_with(&mut self, call: Call, opts: &CallOptions) -> Result<Outcome, CallError> {
         self.next_id += 1;
         let now = SystemClock.now_ms();
         let deadline_ms = opts
@@ -243,29 +257,31 @@ impl DaemonClient {
         // The daemon answers by the deadline (plus a commit's sync); the socket
         // timeout is the backstop for one that cannot.
         let wait = Duration::from_millis(deadline_ms.saturating_sub(now)) + REPLY_GRACE;
-        self.stream.set_read_timeout(Some(wait))?;
-        self.stream.set_write_timeout(Some(wait))?;
-        // A daemon that died before reading the request never saw it: say so,
-        // since the caller may safely send it again ([`undelivered`]).
+        let failed = |e: std::io::Error| CallError::Failed(e.into());
+        self.stream.set_read_timeout(Some(wait)).map_err(failed)?;
+        self.stream.set_write_timeout(Some(wait)).map_err(failed)?;
+        // A daemon that died before reading the request never saw it: the
+        // caller may safely send it again.
         rpc::write_frame(&mut &self.stream, &env).map_err(|e| {
             if matches!(e.kind, ErrorKind::Io | ErrorKind::Unavailable) {
-                unavailable(format!(
-                    "{UNDELIVERED}; nothing was changed ({})",
+                CallError::NotDelivered(unavailable(format!(
+                    "the daemon went away before receiving the request ({})",
                     e.message
-                ))
+                )))
             } else {
-                e
+                CallError::Failed(e)
             }
         })?;
-        self.in_doubt = true;
         let lost = |why: &str| {
             // Past the read timeout the daemon is alive but silent (waiting
             // for the database's lock, or wedged), not gone.
             let silent = SystemClock.now_ms() + 50 >= now + wait.as_millis() as u64;
-            let what = if silent { SILENT } else { LOST };
-            unavailable(format!(
-                "{what} ({why}); a write is resent by its request id, which cannot apply it twice"
-            ))
+            let what = if silent {
+                "the daemon did not answer by the deadline (it may be waiting for the database, held by another process)"
+            } else {
+                "the daemon went away before answering"
+            };
+            CallError::InDoubt(unavailable(format!("{what} ({why})")))
         };
         let reply: Reply = match rpc::read_frame(&mut &self.stream) {
             Ok(Some(reply)) => reply,
@@ -280,15 +296,14 @@ impl DaemonClient {
                     REPLY_GRACE.as_secs()
                 )));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(CallError::Failed(e)),
         };
-        self.in_doubt = false;
         match reply.result {
-            Outcome::Err(e) => Err(e),
-            _ if reply.id != env.id => Err(Error::internal(format!(
+            Outcome::Err(e) => Err(CallError::Failed(e)),
+            _ if reply.id != env.id => Err(CallError::Failed(Error::internal(format!(
                 "reply {} to request {}",
                 reply.id, env.id
-            ))),
+            )))),
             other => Ok(other),
         }
     }
@@ -315,19 +330,17 @@ impl DaemonClient {
 }
 
 impl Backend for DaemonClient {
-    fn call_with(&mut self, req: Request, opts: &CallOptions) -> Result<Response> {
+    fn send(&mut self, req: Request, opts: &CallOptions) -> Result<Response, CallError> {
         match self.round_trip_with(Call::Request(Box::new(req)), opts)? {
             Outcome::Ok(resp) => Ok(resp),
-            other => Err(Error::internal(format!("unexpected answer: {other:?}"))),
+            other => Err(CallError::Failed(Error::internal(format!(
+                "unexpected answer: {other:?}"
+            )))),
         }
     }
 
     fn mode(&self) -> &'static str {
         "daemon"
-    }
-
-    fn in_doubt(&self) -> bool {
-        self.in_doubt
     }
 }
 
@@ -376,7 +389,7 @@ pub fn call_reliably(
     };
     let write = req.is_write();
     let mut in_doubt = false;
-    let mut last: Option<Error> = None;
+    let mut last: Option<CallError> = None;
     let mut pause = Duration::from_millis(5);
     loop {
         let now = SystemClock.now_ms();
@@ -386,46 +399,48 @@ pub fn call_reliably(
         let mut backend = match connect() {
             Ok(b) => b,
             Err(e) if e.kind == ErrorKind::Unavailable => {
-                last = Some(e);
+                last = Some(CallError::NotDelivered(e));
                 pause_before_retry(&mut pause, deadline_ms);
                 continue;
             }
             Err(e) => return Err(e),
         };
-        match backend.call_with(req.clone(), &opts) {
+        match backend.send(req.clone(), &opts) {
             Ok(response) => {
                 return Ok(Delivered {
                     response,
                     late: false,
                 });
             }
-            Err(e) => {
-                let doubt = backend.in_doubt();
-                in_doubt |= doubt;
-                match e.kind {
-                    ErrorKind::Unavailable if doubt && write && request_id.is_none() => {
-                        return Err(
-                            e.hint("check with `bd show` or `bd list` before running it again")
-                        );
-                    }
-                    ErrorKind::Unavailable | ErrorKind::Busy => {
-                        last = Some(e);
-                        pause_before_retry(&mut pause, deadline_ms);
-                    }
-                    ErrorKind::Timeout => {
-                        last = Some(e);
-                        break;
-                    }
-                    _ => return Err(e),
-                }
+            Err(CallError::InDoubt(e)) if write && request_id.is_none() => {
+                return Err(Error::from(CallError::InDoubt(e))
+                    .hint("check with `bd show` or `bd list` before running it again"));
             }
+            Err(e @ (CallError::NotDelivered(_) | CallError::InDoubt(_))) => {
+                in_doubt |= matches!(e, CallError::InDoubt(_));
+                last = Some(e);
+                pause_before_retry(&mut pause, deadline_ms);
+            }
+            Err(CallError::Failed(e)) => match e.kind {
+                // A daemon shutting down, or the write lock held too long:
+                // refused before anything was done.
+                ErrorKind::Unavailable | ErrorKind::Busy => {
+                    last = Some(CallError::NotDelivered(e));
+                    pause_before_retry(&mut pause, deadline_ms);
+                }
+                ErrorKind::Timeout => {
+                    last = Some(CallError::Failed(e));
+                    break;
+                }
+                _ => return Err(e),
+            },
         }
     }
-    let last = last.unwrap_or_else(crate::service::deadline_passed);
+    let last = last.unwrap_or_else(|| CallError::Failed(Error::deadline_passed()));
     let Some(rid) = request_id.filter(|_| write && in_doubt) else {
-        return Err(not_applied(&last));
+        return Err(not_applied(last));
     };
-    settle(connect, paths, &rid, deadline_ms, &last)
+    settle(connect, paths, &rid, deadline_ms, last.error())
 }
 
 /// Sleeps before the next attempt: 5 ms, doubling to 100 ms, never far past
@@ -436,19 +451,17 @@ fn pause_before_retry(pause: &mut Duration, deadline_ms: u64) {
     *pause = (*pause * 2).min(Duration::from_millis(100));
 }
 
-fn not_applied(last: &Error) -> Error {
-    let why = last
-        .message
-        .split("; a write is resent by its request id")
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches("; nothing was changed")
-        .trim_end_matches(", nothing was changed");
-    Error::new(
-        ErrorKind::Timeout,
-        format!("not applied: {why}; nothing was changed"),
-    )
-    .hint("run it again, or raise --timeout")
+/// The error for a request known not to be applied, from the last attempt's:
+/// the tracker's own refusal as it is, a delivery failure as "not applied".
+fn not_applied(last: CallError) -> Error {
+    match last {
+        CallError::Failed(e) => e,
+        CallError::NotDelivered(e) | CallError::InDoubt(e) => Error::new(
+            ErrorKind::Timeout,
+            format!("not applied: {}; nothing was changed", e.message),
+        )
+        .hint("run it again, or raise --timeout"),
+    }
 }
 
 /// Learns (or decides) the fate of write `rid` after its deadline: see
@@ -483,7 +496,9 @@ fn settle(
                     late: true,
                 });
             }
-            Ok(Response::Settled(None)) => return Err(not_applied(last)),
+            Ok(Response::Settled(None)) => {
+                return Err(not_applied(CallError::InDoubt(last.clone())));
+            }
             Ok(other) => {
                 return Err(Error::internal(format!(
                     "unexpected answer to settle: {other:?}"
@@ -521,18 +536,6 @@ fn settle(
         "resend with `--request-id {rid}`: it is applied at most once and answers with the outcome"
     )))
 }
-
-/// How an error from [`DaemonClient`] begins when the daemon went away before
-/// receiving the request (writing it failed): nothing was changed.
-const UNDELIVERED: &str = "the daemon went away before receiving the request";
-
-/// How an error from [`DaemonClient`] begins when the daemon went away after
-/// the request was sent.
-const LOST: &str = "the daemon went away before answering";
-
-/// How an error from [`DaemonClient`] begins when the daemon stayed silent
-/// past the deadline after the request was sent.
-const SILENT: &str = "the daemon did not answer by the deadline (it may be waiting for the database, held by another process)";
 
 /// How [`connect`] should reach the tracker.
 #[derive(Debug, Clone)]

@@ -2,11 +2,16 @@
 //! a writer thread doing group commits, and a pool of read connections.
 
 use super::{DaemonLock, record_for};
+use crate::api::{Request, Response};
 use crate::clock::{Clock, SystemClock};
-use crate::exchange::{DirSignature, OpDirWatch};
-use crate::rpc::{self, Call, DaemonStatus, Envelope, Hello, HelloReply, Outcome, PROTOCOL, Reply};
-use crate::service::{self, Context, GroupItem, Request, Response};
-use crate::storage::{BeadsPaths, Store, WalSync};
+use crate::engine::{
+    self, Answer, CatchUpGate, DurabilityView, Engine, Item, SnapshotPolicy, Syncer,
+};
+use crate::rpc::{
+    self, Call, DaemonStatus, Envelope, Hello, HelloReply, IssueRows, Outcome, PROTOCOL, Reply,
+};
+use crate::service::Context;
+use crate::storage::{BeadsPaths, Store};
 use crate::{Error, ErrorKind, Result};
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
@@ -54,14 +59,11 @@ pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
 enum Job {
     Write {
-        actor: String,
-        request: Box<Request>,
-        deadline_ms: u64,
-        request_id: Option<String>,
+        item: Box<Item>,
         reply: oneshot::Sender<Result<Response>>,
     },
     /// Apply what other clones delivered into `.beads/ops` (see
-    /// [`service::catch_up`]) before the asking request is served.
+    /// [`Engine::catch_up`]) before the asking request is served.
     CatchUp(oneshot::Sender<Result<()>>),
     Stop,
 }
@@ -75,7 +77,6 @@ struct Counters {
     queue: AtomicU64,
     in_flight: AtomicU64,
     connections: AtomicU64,
-    syncs: AtomicU64,
 }
 
 struct Shared {
@@ -88,18 +89,15 @@ struct Shared {
     last_activity: Mutex<Instant>,
     stopping: AtomicBool,
     shutdown: Notify,
-    /// Watches the op directory; and its signature as last caught up with, and when.
-    op_dir: Mutex<(OpDirWatch, Option<(DirSignature, Instant)>)>,
+    /// Decides when other clones' op files must be caught up with.
+    gate: CatchUpGate,
     log: Log,
     /// The tracker's replica id (its own op file is not watched).
     replica: String,
     /// Groups handed to the syncer and not yet answered.
     sync_pending: AtomicU64,
-    /// Set for good by the first failed fdatasync.
-    sync_failed: Mutex<Option<Error>>,
-    /// The repository's git directory (`None` outside git): the snapshot is
-    /// not rewritten while git rebases or merges there.
-    git_dir: Option<PathBuf>,
+    /// The writer's engine's durability, for the status.
+    durability: DurabilityView,
 }
 
 impl Shared {
@@ -131,7 +129,7 @@ impl Shared {
             groups: c.groups.load(Ordering::SeqCst),
             largest_group: c.largest_group.load(Ordering::SeqCst),
             connections: c.connections.load(Ordering::SeqCst),
-            syncs: c.syncs.load(Ordering::SeqCst),
+            syncs: self.durability.syncs(),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
@@ -192,8 +190,13 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     let mut lock = DaemonLock::acquire(&opts.paths)?;
     // We hold the lock, so any socket file at our path is a dead daemon's.
     let _ = std::fs::remove_file(&opts.socket);
-    let writer_store = Store::open(&opts.paths.db)?;
-    writer_store.defer_commit_sync()?;
+    let engine = Engine::open(
+        opts.paths.clone(),
+        Arc::new(SystemClock),
+        "daemon",
+        SnapshotPolicy::AfterIdle(opts.flush_debounce),
+    )?;
+    let syncer = engine.syncer();
     let (tx, rx) = mpsc::channel();
     let (acks_tx, acks_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -206,24 +209,23 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         last_activity: Mutex::new(Instant::now()),
         stopping: AtomicBool::new(false),
         shutdown: Notify::new(),
-        op_dir: Mutex::new((OpDirWatch::default(), None)),
+        gate: engine.gate(),
         log: log.clone(),
-        replica: writer_store.replica().to_string(),
+        replica: engine.replica().to_string(),
         sync_pending: AtomicU64::new(0),
-        sync_failed: Mutex::new(None),
-        git_dir: crate::gitsync::git_dir(&opts.paths),
+        durability: engine.durability(),
     });
     let syncer = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("bd-syncer".into())
-            .spawn(move || syncer_loop(acks_rx, &shared))?
+            .spawn(move || syncer_loop(syncer, acks_rx, &shared))?
     };
     let writer = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("bd-writer".into())
-            .spawn(move || writer_loop(writer_store, rx, acks_tx, &shared))?
+            .spawn(move || writer_loop(engine, rx, acks_tx, &shared))?
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -451,9 +453,17 @@ async fn connection(conn: Stream, shared: Arc<Shared>) {
             }
             Call::Request(req) => {
                 shared.counters.requests.fetch_add(1, Ordering::SeqCst);
-                Outcome::from(
-                    request(&shared, env.actor, env.deadline_ms, env.request_id, *req).await,
-                )
+                let item = Item {
+                    actor: env.actor,
+                    request: *req,
+                    deadline_ms: Some(env.deadline_ms),
+                    request_id: env.request_id,
+                };
+                match request(&shared, item).await {
+                    Ok(Answer::Response(r)) => Outcome::Ok(r),
+                    Ok(Answer::Rows(rows)) => Outcome::Rows(IssueRows(rows)),
+                    Err(e) => Outcome::Err(e),
+                }
             }
         };
         if write_frame(&conn, &Reply { id: env.id, result })
@@ -468,17 +478,7 @@ async fn connection(conn: Stream, shared: Arc<Shared>) {
     }
 }
 
-async fn request(
-    shared: &Arc<Shared>,
-    actor: String,
-    deadline_ms: u64,
-    request_id: Option<String>,
-    req: Request,
-) -> Result<Response> {
-    let settle = matches!(req, Request::Settle { .. });
-    if SystemClock.now_ms() > deadline_ms && !settle {
-        return Err(service::deadline_passed());
-    }
+async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
     if shared.stopping.load(Ordering::SeqCst) {
         // Not accepted, so certainly not applied: the client resends it
         // (through the next daemon, or in-process).
@@ -488,7 +488,7 @@ async fn request(
         );
     }
     catch_up(shared).await?;
-    if req.is_write() {
+    if item.request.is_write() {
         let (tx, rx) = oneshot::channel();
         shared.counters.queue.fetch_add(1, Ordering::SeqCst);
         let sent = shared
@@ -496,10 +496,7 @@ async fn request(
             .lock()
             .map_err(|_| Error::internal("writer queue poisoned"))?
             .send(Job::Write {
-                actor,
-                request: Box::new(req),
-                deadline_ms,
-                request_id,
+                item: Box::new(item),
                 reply: tx,
             });
         if sent.is_err() {
@@ -508,37 +505,26 @@ async fn request(
         }
         return rx
             .await
-            .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")));
+            .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))
+            .map(Answer::Response);
     }
-    if is_light(&req) {
+    if is_light(&item.request) {
         // A bounded read (a few issues, a short page) takes tens of µs: running it
         // here costs less than handing it to another thread and back.
-        return read(shared, &actor, req);
+        return read(shared, item);
     }
     let shared = shared.clone();
-    tokio::task::spawn_blocking(move || read(&shared, &actor, req))
+    tokio::task::spawn_blocking(move || read(&shared, item))
         .await
         .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
 }
 
 /// Before serving anything, make sure ops that git delivered since the last look
-/// are applied: a stat of each op file, and a trip to the writer only when the
-/// directory changed (or every few seconds, for held ops that became due).
+/// are applied: the engine's gate looks at the op files here, and the writer is
+/// asked to catch up only when they changed.
 async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
-    let sig = {
-        let mut guard = shared
-            .op_dir
-            .lock()
-            .map_err(|_| Error::internal("op directory watch poisoned"))?;
-        let (watch, seen) = &mut *guard;
-        let sig = watch.signature(&shared.opts.paths, &shared.replica)?;
-        let fresh = seen
-            .as_ref()
-            .is_some_and(|(s, at)| *s == sig && at.elapsed() < crate::exchange::RECHECK_EVERY);
-        if fresh {
-            return Ok(());
-        }
-        sig
+    let Some(sig) = shared.gate.due(&shared.opts.paths, &shared.replica)? else {
+        return Ok(());
     };
     let (tx, rx) = oneshot::channel();
     let sent = shared
@@ -551,9 +537,7 @@ async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
     }
     rx.await
         .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))?;
-    if let Ok(mut guard) = shared.op_dir.lock() {
-        guard.1 = Some((sig, Instant::now()));
-    }
+    shared.gate.done(sig);
     Ok(())
 }
 
@@ -567,29 +551,21 @@ fn is_light(req: &Request) -> bool {
 }
 
 /// Runs a read on a pooled read connection.
-fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
-    if matches!(req, Request::Flush) {
-        // A flush writes the op file and the snapshot from what is
-        // committed: every commit must be durable first (see "Durability"
-        // in DAEMON_DESIGN.md), whether or not the syncer got to it yet.
-        WalSync::new(&shared.opts.paths.db)
-            .sync()
-            .map_err(|e| crate::jsonl::io_at(&shared.opts.paths.db, e))?;
-    }
+fn read(shared: &Shared, item: Item) -> Result<Answer> {
     let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
     let mut store = match pooled {
         Some(s) => s,
         None => Store::open(&shared.opts.paths.db)?,
     };
     let ctx = Context {
-        actor,
+        actor: &item.actor,
         clock: &SystemClock,
         paths: &shared.opts.paths,
         mode: "daemon",
         request_id: None,
-        deadline_ms: None,
+        deadline_ms: item.deadline_ms,
     };
-    let out = service::execute_for_wire(&mut store, &ctx, req);
+    let out = engine::read_for_wire(&mut store, &ctx, item.request);
     if let Ok(mut pool) = shared.readers.lock()
         && pool.len() < READER_POOL
     {
@@ -598,34 +574,28 @@ fn read(shared: &Shared, actor: &str, req: Request) -> Result<Response> {
     out
 }
 
-type Pending = (oneshot::Sender<Result<Response>>, GroupItem);
+type Pending = (oneshot::Sender<Result<Response>>, Item);
 
 /// A committed group's answers, held until the log is durable.
 type Acks = Vec<(oneshot::Sender<Result<Response>>, Result<Response>)>;
 
 fn writer_loop(
-    mut store: Store,
+    mut engine: Engine,
     rx: mpsc::Receiver<Job>,
     acks: mpsc::Sender<Acks>,
     shared: &Shared,
 ) {
-    let mut wal = WalSync::new(&shared.opts.paths.db);
-    let mut dirty = false;
     let mut stopping = false;
     loop {
         // With nothing to flush, sleep until work arrives (no periodic wake-up).
-        let next = if dirty {
-            rx.recv_timeout(shared.opts.flush_debounce)
-        } else {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        let next = match engine.idle_in() {
+            Some(wait) => rx.recv_timeout(wait),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let first = match next {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                if dirty {
-                    flush_snapshot(&mut store, &mut wal, shared);
-                    dirty = false;
-                }
+                idle(&mut engine, shared);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -638,46 +608,25 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let now = SystemClock.now_ms();
         let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
         let mut catch_ups = Vec::new();
         for job in jobs {
             match job {
                 Job::Stop => stopping = true,
                 Job::CatchUp(reply) => catch_ups.push(reply),
-                Job::Write {
-                    actor,
-                    request,
-                    deadline_ms,
-                    request_id,
-                    reply,
-                } => {
+                Job::Write { item, reply } => {
                     shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
                     if reply.is_closed() {
                         continue; // the client went away before its turn
                     }
-                    let settle = matches!(*request, Request::Settle { .. });
-                    if now > deadline_ms && !settle {
-                        let _ = reply.send(Err(service::deadline_passed()));
-                        continue;
-                    }
-                    live.push((
-                        reply,
-                        GroupItem {
-                            actor,
-                            request: *request,
-                            deadline_ms: Some(deadline_ms),
-                            request_id,
-                        },
-                    ));
+                    live.push((reply, *item));
                 }
             }
         }
         if !catch_ups.is_empty() {
-            let out = service::catch_up(&mut store, &SystemClock, &shared.opts.paths);
+            let out = engine.catch_up();
             match &out {
                 Ok(Some(report)) => {
-                    dirty = true;
                     for p in &report.problems {
                         (shared.log)(&format!("{}:{}: {}", p.file, p.line, p.problem));
                     }
@@ -693,23 +642,26 @@ fn writer_loop(
             }
         }
         if !live.is_empty() {
-            commit_group(&mut store, shared, live, &acks, &mut wal);
-            dirty = true;
+            commit_group(&mut engine, shared, live, &acks);
         }
         if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
             break;
         }
     }
-    if dirty {
-        flush_snapshot(&mut store, &mut wal, shared);
+    idle(&mut engine, shared);
+}
+
+/// The engine's idle work: durable, op file, snapshot.
+fn idle(engine: &mut Engine, shared: &Shared) {
+    if let Err(e) = engine.idle() {
+        shared.note_error(&format!("snapshot flush failed: {}", e.message));
     }
 }
 
 /// Makes committed groups durable and only then answers their callers. While it
 /// waits for the disk the writer commits the next groups, and one fdatasync then
 /// covers all of them (the log is appended in commit order).
-fn syncer_loop(rx: mpsc::Receiver<Acks>, shared: &Shared) {
-    let mut wal = WalSync::new(&shared.opts.paths.db);
+fn syncer_loop(mut syncer: Syncer, rx: mpsc::Receiver<Acks>, shared: &Shared) {
     while let Ok(first) = rx.recv() {
         let mut waiting = first;
         let mut groups = 1;
@@ -717,48 +669,24 @@ fn syncer_loop(rx: mpsc::Receiver<Acks>, shared: &Shared) {
             waiting.extend(more);
             groups += 1;
         }
-        answer_when_durable(&mut wal, waiting, shared, || {});
+        answer(syncer.sync(), waiting, shared);
         shared.sync_pending.fetch_sub(groups, Ordering::SeqCst);
     }
 }
 
-/// Makes the log durable, then answers `waiting`. After a failed fdatasync the
-/// kernel may have dropped the dirty pages, and a retry can report success
-/// without writing them; later frames sit behind the ones that may be lost
-/// (recovery stops at the first bad frame), so from then on nobody is told a
-/// write is safe, and the daemon stops.
-fn answer_when_durable(
-    wal: &mut WalSync,
-    waiting: Acks,
-    shared: &Shared,
-    once_durable: impl FnOnce(),
-) {
-    let failed = shared.sync_failed.lock().ok().and_then(|f| f.clone());
-    if let Some(err) = failed {
-        for (reply, _) in waiting {
-            let _ = reply.send(Err(err.clone()));
-        }
-        return;
-    }
-    match wal.sync() {
+/// Answers `waiting` once their commits are durable (`durable` is `Ok`). A
+/// failed fdatasync is final (see the engine): nobody is told a write is safe
+/// any more, and the daemon stops.
+fn answer(durable: Result<()>, waiting: Acks, shared: &Shared) {
+    match durable {
         Ok(()) => {
-            shared.counters.syncs.fetch_add(1, Ordering::SeqCst);
-            once_durable();
             for (reply, result) in waiting {
                 let _ = reply.send(result);
             }
         }
-        Err(e) => {
-            let message = format!(
-                "the disk reported an error making committed writes durable: {e}; \
-                 they may be lost if the machine crashes"
-            );
-            shared.note_error(&message);
-            let err = Error::new(ErrorKind::Io, message)
-                .hint("check the disk (dmesg), then run `bd doctor`; the daemon has stopped");
-            if let Ok(mut f) = shared.sync_failed.lock() {
-                *f = Some(err.clone());
-            }
+        Err(err) => {
+            shared.note_error(&err.message);
+            let err = err.hint("the daemon has stopped");
             for (reply, _) in waiting {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -768,11 +696,10 @@ fn answer_when_durable(
 }
 
 fn commit_group(
-    store: &mut Store,
+    engine: &mut Engine,
     shared: &Shared,
     live: Vec<Pending>,
     acks: &mpsc::Sender<Acks>,
-    wal: &mut WalSync,
 ) {
     let n = live.len() as u64;
     let (replies, items): (Vec<_>, Vec<_>) = live.into_iter().unzip();
@@ -781,26 +708,20 @@ fn commit_group(
     c.groups.fetch_add(1, Ordering::SeqCst);
     c.largest_group.fetch_max(n, Ordering::SeqCst);
     c.in_flight.store(n, Ordering::SeqCst);
-    let outcome = service::execute_group(store, &SystemClock, &shared.opts.paths, items);
+    let outcome = engine.commit(items);
     c.in_flight.store(0, Ordering::SeqCst);
     match outcome {
         Ok(results) => {
             let answers: Acks = replies.into_iter().zip(results).collect();
-            // Nothing else waiting and every earlier group already durable: sync
-            // here and answer at once (a lone write skips the hand-off). Only
-            // when no earlier group is still being synced, so an answer never
-            // vouches for frames behind ones whose sync might yet fail.
+            // Nothing else waiting and every earlier group already durable: settle
+            // here and answer at once (a lone write skips the hand-off, and its
+            // ops reach the op file before its answer). Only when no earlier
+            // group is still being synced, so an answer never vouches for frames
+            // behind ones whose sync might yet fail.
             let idle = shared.sync_pending.load(Ordering::SeqCst) == 0
                 && shared.counters.queue.load(Ordering::SeqCst) == 0;
             if idle {
-                // Every committed group is durable once this syncs: only then
-                // may the op file hold their ops, and before the answers, so
-                // an answered write is in the file. (Under sustained load the
-                // syncer answers and the append waits for the next idle group
-                // or the snapshot flush.)
-                answer_when_durable(wal, answers, shared, || {
-                    let _ = crate::jsonl::flush_own_ops(store, &shared.opts.paths);
-                });
+                answer(engine.settle(), answers, shared);
             } else {
                 shared.sync_pending.fetch_add(1, Ordering::SeqCst);
                 // The syncer outlives the writer (it stops when this sender is
@@ -814,27 +735,5 @@ fn commit_group(
                 let _ = reply.send(Err(e.clone()));
             }
         }
-    }
-}
-
-fn flush_snapshot(store: &mut Store, wal: &mut WalSync, shared: &Shared) {
-    // Not while git rebases or merges: a file regenerated under it makes git
-    // refuse to go on. The next write or command flushes.
-    if shared
-        .git_dir
-        .as_deref()
-        .is_some_and(crate::gitsync::operation_in_progress)
-    {
-        return;
-    }
-    // The snapshot must never show a write the database could still lose.
-    if let Err(e) = wal.sync() {
-        shared.note_error(&format!("snapshot flush skipped: cannot sync the log: {e}"));
-        return;
-    }
-    // Durable now: the op file may hold every committed op.
-    let _ = crate::jsonl::flush_own_ops(store, &shared.opts.paths);
-    if let Err(e) = crate::jsonl::write_snapshot(store, &shared.opts.paths) {
-        shared.note_error(&format!("snapshot flush failed: {}", e.message));
     }
 }

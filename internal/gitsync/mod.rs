@@ -1144,7 +1144,7 @@ pub fn sync(
     paths: &BeadsPaths,
     opts: &SyncOptions,
 ) -> Result<SyncReport> {
-    use crate::service::{Request, Response};
+    use crate::api::{Request, Response};
     let repo = Repo::open(paths)?;
     let mut report = SyncReport {
         branch: repo

@@ -17,15 +17,15 @@
 //!    `{"ok": Response}`, `{"status": DaemonStatus}`, `"stopping"` or
 //!    `{"err": Error}`. `id` is echoed.
 //!
-//! `Request` and `Response` are the JSON forms of [`crate::service::Request`] and
-//! [`crate::service::Response`]; `Error` is [`crate::Error`] (`kind`, `message`,
+//! `Request` and `Response` are the JSON forms of [`crate::api::Request`] and
+//! [`crate::api::Response`]; `Error` is [`crate::Error`] (`kind`, `message`,
 //! `hints`), so a daemon's errors render exactly like direct mode's.
 //!
 //! A frame that cannot be read (bad length, truncated, not JSON, unknown request)
 //! is answered with an error reply when an id is known and otherwise ends that
 //! connection only.
 
-use crate::service::{Request, Response};
+use crate::api::{Request, Response};
 use crate::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{Read, Write};
@@ -144,6 +144,11 @@ pub struct Envelope {
 pub enum Outcome {
     /// The request worked.
     Ok(Response),
+    /// A list or ready answer as the issues' stored JSON, passed through
+    /// unparsed: written exactly as `Ok` with [`Response::Issues`], and read
+    /// back as one (the daemon does not parse every row only to write it out).
+    #[serde(rename = "ok", skip_deserializing)]
+    Rows(IssueRows),
     /// The daemon's state.
     Status(DaemonStatus),
     /// The daemon is shutting down.
@@ -158,6 +163,28 @@ impl From<Result<Response>> for Outcome {
             Ok(resp) => Outcome::Ok(resp),
             Err(e) => Outcome::Err(e),
         }
+    }
+}
+
+/// Issues' stored JSON objects, in order (see [`Outcome::Rows`]); serialised as
+/// `{"kind": "issues", "data": [...]}`, the encoding of [`Response::Issues`].
+#[derive(Debug, Clone)]
+pub struct IssueRows(pub Vec<Box<serde_json::value::RawValue>>);
+
+impl Serialize for IssueRows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Response", 2)?;
+        st.serialize_field("kind", "issues")?;
+        st.serialize_field("data", &self.0)?;
+        st.end()
+    }
+}
+
+impl PartialEq for IssueRows {
+    fn eq(&self, other: &IssueRows) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|(a, b)| a.get() == b.get())
     }
 }
 

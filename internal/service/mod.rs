@@ -1,17 +1,16 @@
-//! The one implementation of every operation: [`execute`] takes a [`Request`] and
-//! returns a [`Response`]. Direct mode calls it in-process; the daemon calls the
-//! same function for requests that arrive over its socket.
+//! The one implementation of every operation: [`apply`] runs a write in a write
+//! transaction, [`query`] everything else. Both are called by the engine
+//! (`crate::engine`), which owns what happens around them in either mode.
 //!
 //! Invariants: every mutation is recorded as ops through [`WriteTx::record`]; a
 //! request's ops commit together or not at all; a local write supersedes exactly
 //! the values its writer saw (the current heads), so locally there are no conflicts.
 
 mod import;
-mod request;
 
-pub use request::{
-    Changed, CreateRequest, FlushReport, ImportReport, Info, IssueDetails, IssueRows, Request,
-    Response, UpdateRequest,
+use crate::api::{
+    Changed, CreateRequest, FlushReport, ImportReport, Info, IssueDetails, Request, Response,
+    UpdateRequest,
 };
 
 use crate::clock::{Clock, format_rfc3339};
@@ -45,35 +44,10 @@ pub struct Context<'a> {
     pub deadline_ms: Option<u64>,
 }
 
-/// The error for a request whose deadline passed before its work could be
-/// committed (it was not started, or its work was undone).
-pub fn deadline_passed() -> Error {
-    Error::new(
-        ErrorKind::Timeout,
-        "the request's deadline passed before it could be committed; nothing was changed",
-    )
-    .hint("try again, or raise --timeout")
-}
-
 fn check_deadline(ctx: &Context<'_>) -> Result<()> {
     match ctx.deadline_ms {
-        Some(d) if ctx.clock.now_ms() > d => Err(deadline_passed()),
+        Some(d) if ctx.clock.now_ms() > d => Err(Error::deadline_passed()),
         _ => Ok(()),
-    }
-}
-
-/// Checks a request id given by a caller: 1 to 128 characters of letters,
-/// digits, `.`, `_`, `:` and `-`.
-pub fn validate_request_id(id: &str) -> Result<()> {
-    let ok = (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("bad request id {id:?}"))
-            .hint("use 1 to 128 letters, digits, '.', '_', ':' or '-' (a UUID works)"))
     }
 }
 
@@ -89,7 +63,7 @@ fn request_digest(req: &Request) -> Result<String> {
 /// already recorded gets the recorded answer and applies nothing; otherwise its
 /// answer is recorded in the same transaction as its ops. Work that ends past
 /// the deadline is refused (the caller's transaction or savepoint undoes it).
-fn write_once(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
+pub(crate) fn apply(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
     if let Request::Settle { request_id } = req {
         // Never refused for lateness: it is how a late caller learns the truth.
         return settle(tx, &request_id);
@@ -100,7 +74,7 @@ fn write_once(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<R
         check_deadline(ctx)?;
         return Ok(resp);
     };
-    validate_request_id(rid)?;
+    crate::api::validate_request_id(rid)?;
     let digest = request_digest(&req)?;
     if let Some((seen, outcome)) = tx.request_outcome(rid)? {
         return match outcome {
@@ -128,7 +102,7 @@ fn write_once(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<R
 /// was applied, else it is marked abandoned, so that a copy still on its way
 /// is refused when it arrives, and the caller can say "not applied" for sure.
 fn settle(tx: &mut WriteTx<'_>, request_id: &str) -> Result<Response> {
-    validate_request_id(request_id)?;
+    crate::api::validate_request_id(request_id)?;
     match tx.request_outcome(request_id)? {
         Some((_, Some(json))) => Ok(Response::Settled(Some(Box::new(serde_json::from_str(
             &json,
@@ -141,9 +115,9 @@ fn settle(tx: &mut WriteTx<'_>, request_id: &str) -> Result<Response> {
     }
 }
 
-/// Runs one request against `store`.
-pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
-    check_actor(ctx)?;
+/// Runs a request that is not a write on `store`: queries, dry runs, and the
+/// file-only requests (flush, config). The engine calls it (`engine::read`).
+pub(crate) fn query(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
     match req {
         Request::Import {
             records,
@@ -156,127 +130,22 @@ pub fn execute(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Res
                 ..report
             }))
         }
-        req if req.is_write() => {
-            let resp = store.write(ctx.clock, |tx| write_once(tx, ctx, req))?;
-            // The op table is the durable record; the op file is appended from it and
-            // can always be regenerated, so a failure here must not fail a committed
-            // write (the next write or `bd flush` retries it).
-            let _ = jsonl::flush_own_ops(store, ctx.paths);
-            Ok(resp)
-        }
         req => without_write_tx(store, ctx, req),
     }
 }
 
-/// [`execute`] for an answer that is about to be serialised (a daemon's): list
-/// and ready answers carry each issue's stored JSON as it is
-/// ([`Response::IssueRows`]) instead of parsing every row only to write it out
-/// again. The client reads them back as [`Response::Issues`].
-pub fn execute_for_wire(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Response> {
+/// A list or ready request's issues as their stored JSON, unparsed (for an
+/// answer about to be serialised); `None` for any other request.
+pub(crate) fn query_rows(
+    store: &mut Store,
+    req: &Request,
+) -> Result<Option<Vec<Box<serde_json::value::RawValue>>>> {
     let (f, scope) = match req {
         Request::List(f) => (f, Scope::All),
         Request::Ready(f) => (f, Scope::Ready),
-        req => return execute(store, ctx, req),
+        _ => return Ok(None),
     };
-    check_actor(ctx)?;
-    store.read(|conn| {
-        Ok(Response::IssueRows(IssueRows(query::list_rows(
-            conn,
-            &checked(conn, f)?,
-            scope,
-        )?)))
-    })
-}
-
-fn check_actor(ctx: &Context<'_>) -> Result<()> {
-    if ctx.actor.trim().is_empty() {
-        return Err(
-            Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR")
-        );
-    }
-    Ok(())
-}
-
-/// Applies ops that other clones delivered into `.beads/ops` (a `git pull`,
-/// `checkout` or `merge`) before a request is served. Costs a tail read per
-/// foreign op file when there is nothing new; `None` then.
-pub fn catch_up(
-    store: &mut Store,
-    clock: &dyn Clock,
-    paths: &BeadsPaths,
-) -> Result<Option<crate::exchange::IngestReport>> {
-    use crate::exchange::{self, DEFAULT_MAX_SKEW_MS};
-    let news = exchange::has_news(
-        store.conn(),
-        paths,
-        store.replica(),
-        clock.now_ms(),
-        DEFAULT_MAX_SKEW_MS,
-    )?;
-    if !news {
-        return Ok(None);
-    }
-    let report = store.write(clock, |tx| exchange::ingest(tx, paths, DEFAULT_MAX_SKEW_MS))?;
-    Ok(Some(report))
-}
-
-/// One request of a group commit.
-#[derive(Debug, Clone)]
-pub struct GroupItem {
-    /// Who is acting.
-    pub actor: String,
-    /// The write request.
-    pub request: Request,
-    /// Do not commit it after this time (ms since the epoch).
-    pub deadline_ms: Option<u64>,
-    /// The caller's request id (see [`Context::request_id`]).
-    pub request_id: Option<String>,
-}
-
-/// Group commit: runs several write requests (each with its own actor) in one
-/// transaction with one commit. Each request runs in its own savepoint, so one that
-/// fails leaves no trace and does not affect the others. The outer `Err` means the
-/// commit itself failed and none of them is stored.
-pub fn execute_group(
-    store: &mut Store,
-    clock: &dyn Clock,
-    paths: &BeadsPaths,
-    items: Vec<GroupItem>,
-) -> Result<Vec<Result<Response>>> {
-    let results = store.write_group(
-        clock,
-        items,
-        |tx,
-         GroupItem {
-             actor,
-             request: req,
-             deadline_ms,
-             request_id,
-         }| {
-            // The deadline is checked right before running (a request that
-            // waited behind others in the group is not run) and after (work
-            // that ended late is undone: the group reruns without it).
-            let ctx = Context {
-                actor: &actor,
-                clock,
-                paths,
-                mode: "daemon",
-                request_id: request_id.as_deref(),
-                deadline_ms,
-            };
-            if actor.trim().is_empty() {
-                return Err(Error::invalid("actor must not be empty"));
-            }
-            if !req.is_write() {
-                return Err(Error::internal("only write requests can be grouped"));
-            }
-            write_once(tx, &ctx, req)
-        },
-    )?;
-    // The op file is appended by the caller once the commit is durable (the
-    // daemon's writer, after its WAL sync): a file holding an op the database
-    // could still lose would make that lost write real on every other clone.
-    Ok(results)
+    store.read(|conn| query::list_rows(conn, &checked(conn, f.clone())?, scope).map(Some))
 }
 
 fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {

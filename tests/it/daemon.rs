@@ -1,8 +1,8 @@
 //! The daemon: lifecycle, serving the CLI, bad clients, concurrency, stale state.
 
 use crate::common::{BD, TestEnv, wait_clean};
+use bd::api::{CreateRequest, Request};
 use bd::rpc::{self, Call, Envelope, Hello, HelloReply, Outcome, Reply};
-use bd::service::{CreateRequest, Request};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -386,7 +386,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_write_and_no_batch_is_partial() {
 fn a_write_to_a_daemon_that_died_before_reading_it_fails_and_changes_nothing() {
     // The kill -9 stress test once saw a batch acknowledged (exit 0) that no
     // daemon had received: the CLI reported every broken pipe as success.
-    use bd::client::{Backend, DaemonClient};
+    use bd::client::DaemonClient;
     let env = TestEnv::new();
     let mut daemon = env
         .command(&["daemon", "start", "--foreground", "--idle-timeout", "120"])
@@ -409,25 +409,29 @@ fn a_write_to_a_daemon_that_died_before_reading_it_fails_and_changes_nothing() {
     let mut client = DaemonClient::connect(&sock, "tester", Duration::from_secs(5)).unwrap();
     daemon.kill().unwrap();
     daemon.wait().unwrap();
-    let err = client
-        .call(Request::Create(CreateRequest {
+    let failure = bd::client::Backend::send(
+        &mut client,
+        Request::Create(CreateRequest {
             title: "never received".into(),
             ..Default::default()
-        }))
-        .expect_err("no daemon received it");
+        }),
+        &Default::default(),
+    )
+    .expect_err("no daemon received it");
     assert!(
-        err.message
-            .contains("before receiving the request; nothing was changed"),
+        matches!(failure, bd::client::CallError::NotDelivered(_)),
+        "never received, so not in doubt: {failure:?}"
+    );
+    let err = bd::Error::from(failure);
+    assert!(
+        err.message.contains("before receiving the request")
+            && err.message.ends_with("nothing was changed"),
         "{err:?}"
     );
     assert_eq!(
         err.kind,
         bd::ErrorKind::Unavailable,
         "the CLI may send it again"
-    );
-    assert!(
-        !bd::client::Backend::in_doubt(&client),
-        "never received, so not in doubt"
     );
     let all = env.json(&["--no-daemon", "list", "--all"]);
     assert!(
@@ -629,9 +633,9 @@ fn list_and_ready_rows_pass_through_the_daemon_unchanged() {
     // The daemon sends list and ready answers as the stored rows' JSON, without
     // parsing them (service::execute_for_wire); the client must read back
     // exactly the issues direct mode builds from the same rows.
+    use bd::api::Response;
     use bd::client::{Backend, DaemonClient, Direct};
     use bd::query::ListFilter;
-    use bd::service::Response;
     let env = TestEnv::new();
     let blocker = env.create(&["blocker \"quoted\"", "-p", "0"]);
     env.create(&[

@@ -58,12 +58,12 @@ fn a_write_sent_again_with_its_request_id_is_applied_once(mode: Mode) {
         .expect("open");
     let settled = bd::client::Backend::call(
         &mut lib,
-        bd::service::Request::Settle {
+        bd::api::Request::Settle {
             request_id: "gave-up".into(),
         },
     )
     .unwrap();
-    assert_eq!(settled, bd::service::Response::Settled(None));
+    assert_eq!(settled, bd::api::Response::Settled(None));
     let err = env.fails(&["create", "late copy", "--request-id", "gave-up"], 3);
     assert!(err.contains("abandoned"), "{err}");
     // Reads need none; bad ids are refused before anything runs.

@@ -1,19 +1,32 @@
 //! Group commit through the library: many requests, one transaction, one savepoint
 //! each; a failing request leaves no trace and does not fail its neighbours.
 
+use bd::api::{CreateRequest, Request, Response, UpdateRequest};
 use bd::client::{Backend, Direct, InitOptions, init};
 use bd::clock::SystemClock;
-use bd::service::{CreateRequest, GroupItem, Request, Response, UpdateRequest, execute_group};
-use bd::storage::{BeadsPaths, Store};
+use bd::engine::{Engine, Item, SnapshotPolicy};
+use bd::storage::BeadsPaths;
 use bd::{ErrorKind, fixture};
+use std::sync::Arc;
 
-fn item((actor, request): (String, Request)) -> GroupItem {
-    GroupItem {
+fn item((actor, request): (String, Request)) -> Item {
+    Item {
         actor,
         request,
         deadline_ms: None,
         request_id: None,
     }
+}
+
+/// The engine of the tracker at `paths`, as direct mode opens it.
+fn engine(paths: &BeadsPaths) -> Engine {
+    Engine::open(
+        paths.clone(),
+        Arc::new(SystemClock),
+        "direct",
+        SnapshotPolicy::OnFlush,
+    )
+    .unwrap()
 }
 
 /// A fresh tracker (prefix `g`) in a temp dir; keep the dir alive.
@@ -82,17 +95,8 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
             },
         ),
     ];
-    let mut store = Store::open(&paths.db).unwrap();
-    let results = execute_group(
-        &mut store,
-        &SystemClock,
-        &paths,
-        items.into_iter().map(item).collect(),
-    )
-    .unwrap();
-    // The caller appends the op file once the commit is durable (the daemon,
-    // after its WAL sync); a direct-mode store syncs each commit itself.
-    bd::jsonl::flush_own_ops(&store, &paths).unwrap();
+    let mut engine = engine(&paths);
+    let results = engine.run(items.into_iter().map(item).collect()).unwrap();
     let kinds: Vec<Result<(), ErrorKind>> = results
         .iter()
         .map(|r| r.as_ref().map(|_| ()).map_err(|e| e.kind()))
@@ -108,8 +112,6 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
             Err(ErrorKind::Internal)
         ]
     );
-    drop(store);
-
     let Response::Issues(all) = direct
         .call(Request::List(bd::query::ListFilter {
             all: true,
@@ -130,7 +132,7 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
     assert_eq!(first.created_by, "a1", "each request keeps its own actor");
 
     // The op table and the op file: contiguous sequence numbers, nothing from rollbacks.
-    let store = Store::open(&paths.db).unwrap();
+    let store = engine.store();
     let seqs: Vec<i64> = store
         .conn()
         .prepare("SELECT seq FROM ops ORDER BY seq")
@@ -147,11 +149,11 @@ fn failures_inside_a_group_are_isolated_and_leave_no_gaps() {
 #[test]
 fn a_group_of_many_writes_commits_them_all() {
     let (_dir, paths) = tracker("groupreplica0002");
-    let mut store = Store::open(&paths.db).unwrap();
+    let mut engine = engine(&paths);
     let items = (0..200)
         .map(|i| item((format!("agent{}", i % 8), create(&format!("issue {i}")))))
         .collect();
-    let results = execute_group(&mut store, &SystemClock, &paths, items).unwrap();
+    let results = engine.run(items).unwrap();
     assert!(results.iter().all(Result::is_ok));
     let ids: std::collections::BTreeSet<String> = results
         .into_iter()
@@ -166,26 +168,27 @@ fn a_group_of_many_writes_commits_them_all() {
 #[test]
 fn an_item_past_its_deadline_is_not_run_but_its_neighbours_are() {
     let (_dir, paths) = tracker("groupreplica0003");
-    let mut store = Store::open(&paths.db).unwrap();
+    let mut engine = engine(&paths);
     let items = vec![
         item(("a".into(), create("on time"))),
-        GroupItem {
+        Item {
             actor: "b".into(),
             request: create("too late"),
             deadline_ms: Some(1),
             request_id: None,
         },
-        GroupItem {
+        Item {
             actor: "c".into(),
             request: create("far future"),
             deadline_ms: Some(u64::MAX),
             request_id: None,
         },
     ];
-    let results = execute_group(&mut store, &SystemClock, &paths, items).unwrap();
+    let results = engine.run(items).unwrap();
     assert!(results[0].is_ok() && results[2].is_ok());
     assert_eq!(results[1].as_ref().unwrap_err().kind, ErrorKind::Timeout);
-    let n: i64 = store
+    let n: i64 = engine
+        .store()
         .conn()
         .query_row("SELECT COUNT(*) FROM issues", [], |r| r.get(0))
         .unwrap();
@@ -269,7 +272,7 @@ fn cached_docs_follow_other_connections_and_forget_rolled_back_writes() {
     .into_iter()
     .map(item)
     .collect();
-    let out = execute_group(a.store(), &SystemClock, &paths, items).unwrap();
+    let out = a.engine().run(items).unwrap();
     assert!(
         out[0].is_ok() && out[1].is_err() && out[2].is_ok(),
         "{out:?}"
@@ -304,6 +307,7 @@ fn refusals_before_any_write_leave_their_group_whole() {
     };
     a.call(set(&taken.id, |u| u.claim = true)).unwrap();
     let before: usize = a
+        .engine()
         .store()
         .conn()
         .query_row("SELECT COUNT(*) FROM ops", [], |r| r.get::<_, i64>(0))
@@ -325,11 +329,12 @@ fn refusals_before_any_write_leave_their_group_whole() {
     .into_iter()
     .map(item)
     .collect();
-    let out = execute_group(a.store(), &SystemClock, &paths, items).unwrap();
+    let out = a.engine().run(items).unwrap();
     let ok: Vec<bool> = out.iter().map(Result::is_ok).collect();
     assert_eq!(ok, vec![true, false, false, false, true, true], "{out:?}");
     assert_eq!(issue(&mut a, &taken.id).notes, "n");
     let seqs: Vec<i64> = a
+        .engine()
         .store()
         .conn()
         .prepare("SELECT seq FROM ops ORDER BY seq")

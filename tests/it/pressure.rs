@@ -84,8 +84,7 @@ fn a_daemon_out_of_descriptors_backs_off_and_keeps_serving() {
     assert!(grown < 16 * 1024, "the log grew {grown} bytes in 2 s");
     let log = std::fs::read_to_string(env.beads().join("daemon.log")).unwrap();
     assert!(log.contains("accept failed"), "{log}");
-    let ready =
-        bd::client::Backend::call(&mut early, bd::service::Request::Ready(Default::default()));
+    let ready = bd::client::Backend::call(&mut early, bd::api::Request::Ready(Default::default()));
     assert!(
         ready.is_ok(),
         "an open connection is still served: {ready:?}"

@@ -1192,8 +1192,8 @@ fn sync_commits_bd_files_whether_staged_or_not_and_leaves_the_index_clean() {
 
 #[test]
 fn a_long_lived_library_client_sees_op_files_that_change_under_it() {
+    use bd::api::{CreateRequest, Request, Response};
     use bd::client::{Backend, Direct, InitOptions, init};
-    use bd::service::{CreateRequest, Request, Response};
     let make = |replica: &str| {
         let dir = tempfile::tempdir().unwrap();
         init(

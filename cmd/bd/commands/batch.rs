@@ -2,7 +2,7 @@ use super::{call_as, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::service::{Request, Response};
+use bd::api::{Request, Response};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -51,7 +51,7 @@ fn parse(text: &str, source: &str) -> Result<(Vec<Request>, Option<String>), Cli
                     "a batch is one request: give it one id",
                 ));
             }
-            bd::service::validate_request_id(id)?;
+            bd::api::validate_request_id(id)?;
             request_id = Some(id.to_string());
             continue;
         }

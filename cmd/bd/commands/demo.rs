@@ -4,10 +4,10 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::api::{CreateRequest, Request, Response, UpdateRequest};
 use bd::client::{Backend, Direct, InitOptions, init};
 use bd::model::Issue;
 use bd::query::ListFilter;
-use bd::service::{CreateRequest, Request, Response, UpdateRequest};
 use bd::storage::{BEADS_DIR, BeadsPaths};
 use bd::{Error, ErrorKind};
 use clap::Args;

@@ -2,7 +2,7 @@ use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::service::{Request, Response};
+use bd::api::{Request, Response};
 use clap::{Args, Subcommand};
 
 /// Add, remove and inspect dependencies

@@ -1,9 +1,9 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::api::Request;
 use bd::gitsync::Repo;
 use bd::gitsync::hooks::HookState;
-use bd::service::Request;
 use clap::{Args, Subcommand};
 use std::fmt::Write;
 

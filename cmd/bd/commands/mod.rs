@@ -38,7 +38,7 @@ mod version;
 
 use crate::cli_error::CliError;
 use crate::context::{Ctx, GLOBAL_ARG_IDS, GlobalArgs};
-use bd::service::{Request, Response};
+use bd::api::{Request, Response};
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 
 /// A command's arguments, built only when that command runs.
@@ -230,7 +230,7 @@ pub fn call(ctx: &Ctx, req: Request) -> Result<Response, CliError> {
 pub fn call_as(ctx: &Ctx, req: Request, request_id: Option<String>) -> Result<Response, CliError> {
     let request_id = match (req.is_write(), request_id) {
         (true, Some(id)) => {
-            bd::service::validate_request_id(&id)?;
+            bd::api::validate_request_id(&id)?;
             Some(id)
         }
         (true, None) => Some(bd::ids::new_request_id()?),

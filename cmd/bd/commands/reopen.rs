@@ -2,7 +2,7 @@ use super::update::render_changed;
 use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
-use bd::service::{Request, Response};
+use bd::api::{Request, Response};
 use clap::Args;
 
 /// Reopen closed issues

@@ -43,8 +43,8 @@ pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
     };
     let mut report = bd::gitsync::sync(backend.as_mut(), &paths, &opts)?;
     if a.status {
-        report.conflicts = match backend.call(bd::service::Request::Conflicts)? {
-            bd::service::Response::Conflicts(c) => c.len() as u64,
+        report.conflicts = match backend.call(bd::api::Request::Conflicts)? {
+            bd::api::Response::Conflicts(c) => c.len() as u64,
             _ => 0,
         };
         report.notes.retain(|n| !n.starts_with("dry run"));

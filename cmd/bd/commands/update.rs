@@ -3,7 +3,7 @@ use super::{call, split_list, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::service::{Changed, Request, Response, UpdateRequest};
+use bd::api::{Changed, Request, Response, UpdateRequest};
 use clap::Args;
 
 /// Change issues: fields, labels, or claim one atomically

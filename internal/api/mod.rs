@@ -1,4 +1,7 @@
-//! The API: every operation as a [`Request`], every answer as a [`Response`].
+//! The contract: every operation as a [`Request`], every answer as a
+//! [`Response`]. The engine runs them, `rpc` carries them to a daemon and back,
+//! the client sends them; all three depend on this module and on nothing of
+//! each other for it.
 //!
 //! Both are plain serde data so the daemon can carry them over its socket unchanged;
 //! JSON shapes are documented in README.md ("JSON output").
@@ -6,6 +9,7 @@
 use crate::jsonl::{ImportRecord, SnapshotState};
 use crate::model::{Comment, Conflict, Dependency, Issue};
 use crate::query::{BlockedIssue, LabelCount, ListFilter, Stats, TreeNode};
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -387,18 +391,6 @@ pub struct FlushReport {
     pub ops: u64,
 }
 
-/// Issues' stored JSON objects, in order (see [`Response::IssueRows`]).
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct IssueRows(pub Vec<Box<serde_json::value::RawValue>>);
-
-impl PartialEq for IssueRows {
-    fn eq(&self, other: &IssueRows) -> bool {
-        self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|(a, b)| a.get() == b.get())
-    }
-}
-
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
@@ -407,11 +399,6 @@ pub enum Response {
     Issue(Box<Issue>),
     /// Issues (list, ready, export).
     Issues(Vec<Issue>),
-    /// Issues as their stored JSON, passed through unparsed: what a daemon
-    /// sends for list and ready ([`super::execute_for_wire`]). It is written on
-    /// the wire exactly as [`Response::Issues`] and read back as one.
-    #[serde(rename = "issues", skip_deserializing)]
-    IssueRows(IssueRows),
     /// Issues with details (show).
     Details(Vec<IssueDetails>),
     /// Per-issue outcome (update, close, reopen, label add/remove, resolve).
@@ -465,4 +452,19 @@ pub enum Response {
     /// The outcome of a settled request: its answer if it was applied, `None`
     /// if it was not (and now never will be).
     Settled(Option<Box<Response>>),
+}
+
+/// Checks a request id given by a caller: 1 to 128 characters of letters,
+/// digits, `.`, `_`, `:` and `-`.
+pub fn validate_request_id(id: &str) -> Result<()> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("bad request id {id:?}"))
+            .hint("use 1 to 128 letters, digits, '.', '_', ':' or '-' (a UUID works)"))
+    }
 }

@@ -1,0 +1,565 @@
+//! The engine: the one way a request is run, in both modes.
+//!
+//! Direct mode hands [`Engine::run`] a group of one write; the daemon's writer
+//! hands [`Engine::commit`] up to `MAX_GROUP` writes at once and settles them
+//! inline or on its syncer thread. Reads go through [`read`] on any connection.
+//! Everything around an operation happens here and nowhere else, in this order:
+//!
+//! 1. **catch-up**: ops other clones delivered into `.beads/ops` are applied
+//!    when those files changed ([`CatchUpGate`]);
+//! 2. **checks**: the actor, and each request's deadline before and after its
+//!    work (late work is undone);
+//! 3. **commit**: one transaction for the group, a savepoint per request only
+//!    when one fails after writing;
+//! 4. **durability point**: one `fdatasync` of the WAL ([`Syncer`]); commits use
+//!    `synchronous = NORMAL`, so this is the only sync on the answer path;
+//! 5. **op-file append**: this replica's ops, only once every commit is durable,
+//!    so the file (which git carries to every other clone) never holds an op the
+//!    database could still lose;
+//! 6. **post-commit hook**: the same ops, in order ([`Engine::on_commit`]);
+//! 7. the answers.
+//!
+//! A crash between any two steps is repaired by the next open: before step 4 the
+//! commit may be lost, but nobody was told of it and no file holds its ops, so
+//! its sequence numbers are free again; after step 4 the next append (any write,
+//! `bd flush`, the daemon's idle flush) copies what the file lacks, and a torn
+//! last line makes the file be rewritten from the database. See "Durability" in
+//! DAEMON_DESIGN.md and `tests/it/durability.rs`.
+//!
+//! The snapshot (`issues.jsonl`) follows a [`SnapshotPolicy`]: written on
+//! `bd flush`/`bd sync` only, or also once the engine has been idle a while.
+
+mod fault;
+
+use crate::api::{Request, Response};
+use crate::clock::Clock;
+use crate::exchange::{self, DEFAULT_MAX_SKEW_MS, DirSignature, IngestReport, OpDirWatch};
+use crate::model::Op;
+use crate::service::{self, Context};
+use crate::storage::{BeadsPaths, Store, WalSync};
+use crate::{Error, ErrorKind, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One write of a group: the request with who sent it and how.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Who is acting (recorded on its ops).
+    pub actor: String,
+    /// The write request.
+    pub request: Request,
+    /// Do not commit it after this time (ms since the epoch).
+    pub deadline_ms: Option<u64>,
+    /// The caller's request id (see [`Context::request_id`]).
+    pub request_id: Option<String>,
+}
+
+/// When the snapshot is rewritten besides `bd flush` and `bd sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPolicy {
+    /// Only when asked (a short-lived process: direct mode).
+    OnFlush,
+    /// Also once no write has come for this long (a long-lived daemon).
+    AfterIdle(Duration),
+}
+
+fn check_actor(actor: &str) -> Result<()> {
+    if actor.trim().is_empty() {
+        return Err(
+            Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR")
+        );
+    }
+    Ok(())
+}
+
+/// What is durable, shared by the engine and its [`Syncer`].
+#[derive(Debug, Default)]
+struct Durability {
+    /// Commits made (groups and catch-ups).
+    committed: AtomicU64,
+    /// Commits known to be on disk.
+    durable: AtomicU64,
+    /// fdatasync calls made.
+    syncs: AtomicU64,
+    /// Set for good by the first failed fdatasync.
+    failed: Mutex<Option<Error>>,
+}
+
+impl Durability {
+    fn failure(&self) -> Option<Error> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Makes every commit made so far durable. After a failed fdatasync the
+    /// kernel may have dropped the dirty pages, and a retry can report success
+    /// without writing them; later frames sit behind the ones that may be lost
+    /// (recovery stops at the first bad frame), so from then on nothing is
+    /// called durable.
+    fn sync(&self, wal: &mut WalSync) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        // Read before syncing: every commit counted here wrote its frames
+        // before it was counted, so the sync covers it.
+        let upto = self.committed.load(Ordering::SeqCst);
+        if self.durable.load(Ordering::SeqCst) >= upto {
+            return Ok(());
+        }
+        match wal.sync() {
+            Ok(()) => {
+                self.syncs.fetch_add(1, Ordering::SeqCst);
+                self.durable.fetch_max(upto, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                let err = Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "the disk reported an error making committed writes durable: {e}; \
+                         they may be lost if the machine crashes"
+                    ),
+                )
+                .hint("check the disk (dmesg), then run `bd doctor`");
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = Some(err.clone());
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Makes the engine's commits durable from another thread (the daemon's
+/// syncer), so the writer can commit the next group during the fdatasync.
+#[derive(Debug)]
+pub struct Syncer {
+    wal: WalSync,
+    state: Arc<Durability>,
+}
+
+impl Syncer {
+    /// Waits until every commit the engine made so far is on disk. An error is
+    /// final: the engine refuses further writes.
+    pub fn sync(&mut self) -> Result<()> {
+        self.state.sync(&mut self.wal)
+    }
+}
+
+/// A view of an engine's durability from any thread, for status reports.
+#[derive(Debug, Clone)]
+pub struct DurabilityView(Arc<Durability>);
+
+impl DurabilityView {
+    /// fdatasync calls made so far.
+    pub fn syncs(&self) -> u64 {
+        self.0.syncs.load(Ordering::SeqCst)
+    }
+}
+
+/// Decides when other clones' op files must be looked at: their directory
+/// signature changed since the last catch-up, or a few seconds passed (held
+/// ops may have become due). Cheap (a stat per file), and shareable: the
+/// daemon's connections ask it before queueing a catch-up for the writer.
+#[derive(Clone, Default)]
+pub struct CatchUpGate {
+    inner: Arc<Mutex<GateState>>,
+}
+
+/// The op directory's watch, and its signature when last caught up with.
+type GateState = (OpDirWatch, Option<(DirSignature, Instant)>);
+
+impl CatchUpGate {
+    /// The current signature if a catch-up is due, `None` if nothing changed.
+    pub fn due(&self, paths: &BeadsPaths, replica: &str) -> Result<Option<DirSignature>> {
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| Error::internal("op directory watch poisoned"))?;
+        let (watch, seen) = &mut *guard;
+        let sig = watch.signature(paths, replica)?;
+        let fresh = seen
+            .as_ref()
+            .is_some_and(|(s, at)| *s == sig && at.elapsed() < exchange::RECHECK_EVERY);
+        Ok((!fresh).then_some(sig))
+    }
+
+    /// Records that the files with signature `sig` were caught up with.
+    pub fn done(&self, sig: DirSignature) {
+        if let Ok(mut guard) = self.inner.lock() {
+            guard.1 = Some((sig, Instant::now()));
+        }
+    }
+}
+
+/// The post-commit hook: this replica's ops of each durable commit, in order.
+pub type PostCommit = Box<dyn FnMut(&[Op]) + Send>;
+
+/// Owns the tracker's writing connection and runs every write.
+pub struct Engine {
+    store: Store,
+    paths: BeadsPaths,
+    clock: Arc<dyn Clock>,
+    mode: &'static str,
+    gate: CatchUpGate,
+    wal: WalSync,
+    state: Arc<Durability>,
+    /// Commits whose ops are in the op file and were handed to the hook.
+    appended: u64,
+    snapshot: SnapshotPolicy,
+    /// The snapshot lags the database since this instant.
+    stale_since: Option<Instant>,
+    /// The repository's git directory: the snapshot is not rewritten while
+    /// git rebases or merges there.
+    git_dir: Option<PathBuf>,
+    hook: Option<(PostCommit, i64)>,
+}
+
+impl Engine {
+    /// Opens the tracker at `paths`. `mode` names how requests reach it
+    /// (`direct` or `daemon`), for `bd info`.
+    pub fn open(
+        paths: BeadsPaths,
+        clock: Arc<dyn Clock>,
+        mode: &'static str,
+        snapshot: SnapshotPolicy,
+    ) -> Result<Engine> {
+        let store = Store::open(&paths.db)?;
+        // The engine's sync (step 4) is the durability point; a commit only
+        // writes its WAL frames.
+        store.defer_commit_sync()?;
+        Ok(Engine {
+            wal: WalSync::new(&paths.db),
+            git_dir: crate::gitsync::git_dir(&paths),
+            store,
+            paths,
+            clock,
+            mode,
+            gate: CatchUpGate::default(),
+            state: Arc::default(),
+            appended: 0,
+            snapshot,
+            stale_since: None,
+            hook: None,
+        })
+    }
+
+    /// The tracker's files.
+    pub fn paths(&self) -> &BeadsPaths {
+        &self.paths
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        self.store.replica()
+    }
+
+    /// The writing connection (tests and benchmarks inspect it).
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// The gate that decides when a catch-up is due, for sharing.
+    pub fn gate(&self) -> CatchUpGate {
+        self.gate.clone()
+    }
+
+    /// A handle that makes this engine's commits durable from another thread.
+    pub fn syncer(&self) -> Syncer {
+        Syncer {
+            wal: WalSync::new(&self.paths.db),
+            state: self.state.clone(),
+        }
+    }
+
+    /// A view of this engine's durability from any thread.
+    pub fn durability(&self) -> DurabilityView {
+        DurabilityView(self.state.clone())
+    }
+
+    /// Hands every later durable commit's own ops to `hook`, in commit order
+    /// (where the relay's outbox attaches).
+    pub fn on_commit(&mut self, hook: PostCommit) -> Result<()> {
+        let from = self.max_own_seq()?;
+        self.hook = Some((hook, from));
+        Ok(())
+    }
+
+    fn max_own_seq(&self) -> Result<i64> {
+        crate::storage::sqlite::cached_row(
+            self.store.conn(),
+            "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
+            [self.store.replica()],
+            |r| r.get(0),
+        )
+    }
+
+    /// Runs any request for `actor`: a write as a group of one (see [`Engine::run`]),
+    /// anything else through [`read`] on the engine's connection.
+    pub fn execute(
+        &mut self,
+        actor: &str,
+        request_id: Option<&str>,
+        deadline_ms: Option<u64>,
+        req: Request,
+    ) -> Result<Response> {
+        check_actor(actor)?;
+        self.catch_up_if_due()?;
+        if !req.is_write() {
+            let ctx = Context {
+                actor,
+                clock: self.clock.as_ref(),
+                paths: &self.paths,
+                mode: self.mode,
+                request_id: None,
+                deadline_ms,
+            };
+            return read(&mut self.store, &ctx, req)?.into_response();
+        }
+        let item = Item {
+            actor: actor.to_string(),
+            request: req,
+            deadline_ms,
+            request_id: request_id.map(str::to_string),
+        };
+        self.run(vec![item])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal("a group of one gave no answer")))
+    }
+
+    /// Runs a group of writes to the end: catch-up, commit, durability point,
+    /// op-file append, hook. Each item gets its own answer; the outer `Err`
+    /// means nothing of the group can be counted on.
+    pub fn run(&mut self, items: Vec<Item>) -> Result<Vec<Result<Response>>> {
+        self.catch_up_if_due()?;
+        let results = self.commit(items)?;
+        self.settle()?;
+        Ok(results)
+    }
+
+    /// Applies other clones' ops if their files changed since the last look.
+    pub fn catch_up_if_due(&mut self) -> Result<Option<IngestReport>> {
+        match self.gate.due(&self.paths, self.store.replica())? {
+            Some(sig) => {
+                let report = self.catch_up()?;
+                self.gate.done(sig);
+                Ok(report)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Applies ops that other clones delivered into `.beads/ops` (a `git pull`,
+    /// `checkout` or `merge`). Costs a tail read per foreign op file when there
+    /// is nothing new; `None` then.
+    pub fn catch_up(&mut self) -> Result<Option<IngestReport>> {
+        let news = exchange::has_news(
+            self.store.conn(),
+            &self.paths,
+            self.store.replica(),
+            self.clock.now_ms(),
+            DEFAULT_MAX_SKEW_MS,
+        )?;
+        if !news {
+            return Ok(None);
+        }
+        let paths = &self.paths;
+        let report = self.store.write(self.clock.as_ref(), |tx| {
+            exchange::ingest(tx, paths, DEFAULT_MAX_SKEW_MS)
+        })?;
+        self.committed();
+        Ok(Some(report))
+    }
+
+    /// Steps 2 and 3: checks and commits a group of writes. Not durable yet:
+    /// follow with [`Engine::settle`] or a [`Syncer`] before answering.
+    pub fn commit(&mut self, items: Vec<Item>) -> Result<Vec<Result<Response>>> {
+        if let Some(e) = self.state.failure() {
+            return Err(e);
+        }
+        self.after_durable();
+        // Waiting for another process's write lock counts against the
+        // deadline: wait until the latest deadline in the group at most.
+        let busy = items
+            .iter()
+            .map(|i| i.deadline_ms)
+            .try_fold(0u64, |latest, d| d.map(|d| latest.max(d)))
+            .map_or(crate::storage::sqlite::BUSY_TIMEOUT, |d| {
+                Duration::from_millis(d.saturating_sub(self.clock.now_ms()).max(1))
+                    .min(crate::storage::sqlite::BUSY_TIMEOUT)
+            });
+        self.store.conn().busy_timeout(busy)?;
+        let (clock, paths, mode) = (self.clock.as_ref(), &self.paths, self.mode);
+        let results = self.store.write_group(clock, items, |tx, item| {
+            let Item {
+                actor,
+                request,
+                deadline_ms,
+                request_id,
+            } = item;
+            check_actor(&actor)?;
+            if !request.is_write() {
+                return Err(Error::internal("only write requests can be grouped"));
+            }
+            let ctx = Context {
+                actor: &actor,
+                clock,
+                paths,
+                mode,
+                request_id: request_id.as_deref(),
+                deadline_ms,
+            };
+            service::apply(tx, &ctx, request)
+        });
+        let results = results?;
+        if results.iter().any(|r| r.is_ok()) {
+            self.committed();
+        }
+        fault::point("after-commit");
+        Ok(results)
+    }
+
+    fn committed(&mut self) {
+        self.state.committed.fetch_add(1, Ordering::SeqCst);
+        self.stale_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Steps 4 to 6: makes every commit durable, then appends the op file and
+    /// runs the hook. An error means a commit may not be durable: nothing
+    /// committed since the last successful settle may be reported as done.
+    pub fn settle(&mut self) -> Result<()> {
+        self.state.sync(&mut self.wal)?;
+        fault::point("after-sync");
+        self.after_durable();
+        fault::point("after-append");
+        Ok(())
+    }
+
+    /// Steps 5 and 6 for commits a [`Syncer`] (or [`Engine::settle`]) made
+    /// durable, once every commit is: the op file is appended up to the
+    /// database's last op, which must not be one that could still be lost.
+    fn after_durable(&mut self) {
+        let durable = self.state.durable.load(Ordering::SeqCst);
+        if durable <= self.appended || durable < self.state.committed.load(Ordering::SeqCst) {
+            return;
+        }
+        // The op table is the durable record; the op file is appended from it and
+        // can always be regenerated, so a failure here must not fail a committed
+        // write (the next write or `bd flush` retries it).
+        let _ = crate::jsonl::flush_own_ops(&self.store, &self.paths);
+        if let Some((hook, from)) = self.hook.as_mut()
+            && let Ok(ops) = own_ops_after(&self.store, *from)
+            && let Some(last) = ops.last()
+        {
+            *from = last.seq as i64;
+            hook(&ops);
+        }
+        self.appended = durable;
+    }
+
+    /// How long until [`Engine::idle`] has work, if it will.
+    pub fn idle_in(&self) -> Option<Duration> {
+        match (self.snapshot, self.stale_since) {
+            (SnapshotPolicy::AfterIdle(after), Some(since)) => {
+                Some(after.saturating_sub(since.elapsed()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Nothing arrived for a while (or the daemon is stopping): make everything
+    /// durable, append the op file and rewrite the snapshot. Problems are
+    /// returned for the log; nothing is lost by them.
+    pub fn idle(&mut self) -> Result<()> {
+        if self.stale_since.is_none() {
+            return Ok(());
+        }
+        // Not while git rebases or merges: a file regenerated under it makes git
+        // refuse to go on. The next write or command flushes.
+        if self
+            .git_dir
+            .as_deref()
+            .is_some_and(crate::gitsync::operation_in_progress)
+        {
+            return Ok(());
+        }
+        // The snapshot must never show a write the database could still lose.
+        self.settle()?;
+        crate::jsonl::write_snapshot(&mut self.store, &self.paths)?;
+        self.stale_since = None;
+        Ok(())
+    }
+}
+
+/// This replica's ops with `seq` past `from`, in order.
+fn own_ops_after(store: &Store, from: i64) -> Result<Vec<Op>> {
+    let mut stmt = store
+        .conn()
+        .prepare_cached("SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 ORDER BY seq")?;
+    let bodies = stmt.query_map(rusqlite::params![store.replica(), from], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut ops = Vec::new();
+    for body in bodies {
+        ops.push(crate::storage::sqlite::parse_stored_op(&body?)?);
+    }
+    Ok(ops)
+}
+
+/// A read's answer: a response, or (for a list or the ready queue read for the
+/// wire) each issue's stored JSON as it is, not parsed only to be written out
+/// again.
+pub enum Answer {
+    /// A response.
+    Response(Response),
+    /// Stored issue rows, for the wire encoding.
+    Rows(Vec<Box<serde_json::value::RawValue>>),
+}
+
+impl Answer {
+    /// The answer as a [`Response`] (rows parsed).
+    pub fn into_response(self) -> Result<Response> {
+        match self {
+            Answer::Response(r) => Ok(r),
+            Answer::Rows(rows) => Ok(Response::Issues(
+                rows.iter()
+                    .map(|r| serde_json::from_str(r.get()))
+                    .collect::<serde_json::Result<_>>()?,
+            )),
+        }
+    }
+}
+
+/// Runs a request that is not a write on `store` (any connection): queries,
+/// dry runs, and the file-only requests (flush, config).
+pub fn read(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Answer> {
+    read_as(store, ctx, req, false)
+}
+
+/// [`read`] for an answer about to be serialised: list and ready answers are
+/// [`Answer::Rows`].
+pub fn read_for_wire(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Answer> {
+    read_as(store, ctx, req, true)
+}
+
+fn read_as(store: &mut Store, ctx: &Context<'_>, req: Request, wire: bool) -> Result<Answer> {
+    check_actor(ctx.actor)?;
+    if req.is_write() {
+        return Err(Error::internal(format!(
+            "a write request was sent to the read path: {}",
+            req.op_name()
+        )));
+    }
+    if matches!(req, Request::Flush) {
+        // A flush writes the op file and the snapshot from what is committed:
+        // every commit must be durable first, whoever made it.
+        WalSync::new(&ctx.paths.db)
+            .sync()
+            .map_err(|e| crate::jsonl::io_at(&ctx.paths.db, e))?;
+    }
+    if wire && let Some(rows) = service::query_rows(store, &req)? {
+        return Ok(Answer::Rows(rows));
+    }
+    service::query(store, ctx, req).map(Answer::Response)
+}
