@@ -131,23 +131,7 @@ fn save_mark(tx: &WriteTx<'_>, replica: &str, m: &Mark) -> Result<()> {
 /// The hash of the whole line that ends at byte `end` (its newline at `end - 1`),
 /// if it can be read.
 fn hash_of_line_ending_at(f: &mut File, end: u64) -> Option<String> {
-    for window in [4 * 1024u64, 1024 * 1024] {
-        let start = end.saturating_sub(window);
-        f.seek(SeekFrom::Start(start)).ok()?;
-        let mut tail = Vec::with_capacity((end - start) as usize);
-        f.by_ref().take(end - start).read_to_end(&mut tail).ok()?;
-        if tail.last() != Some(&b'\n') {
-            return None;
-        }
-        let body = &tail[..tail.len() - 1];
-        let line = match body.iter().rposition(|b| *b == b'\n') {
-            Some(i) => &body[i + 1..],
-            None if start == 0 => body,
-            None => continue,
-        };
-        return Some(line_hash(line));
-    }
-    None
+    crate::jsonl::line_ending_at(f, end).map(|line| line_hash(&line))
 }
 
 /// Reads new ops from other replicas' op files into the open write transaction

@@ -20,202 +20,26 @@
 //! - Two creates of one id (two clones numbered a child alike, or chose one
 //!   `--id`) are two issues, never one: see [`partition`]. A set of the field
 //!   `id` acknowledges the collision (see [`IssueDoc::acknowledged`]).
+//!
+//! The parts: `crdt` holds the building blocks (stamps, multi-value registers,
+//! add-wins sets), `partition` the rule for two creates of one id; this file
+//! folds ops into an [`IssueDoc`] and materialises it.
 
+mod crdt;
+mod partition;
 #[cfg(test)]
 mod tests;
+
+pub use partition::{DISPLACED_SUFFIX_LEN, displaced_id, partition, split_displaced, wire_id};
 
 use crate::clock::{format_rfc3339, parse_rfc3339};
 use crate::model::{
     Comment, Conflict, Contender, DepType, Dependency, Hlc, Issue, IssueType, Op, OpKind,
     PRIORITY_DEFAULT, STRUCTURAL_FIELDS, Status,
 };
+use crdt::{AddWinsSet, Register, Stamp};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// How many hex digits of its create's op id a displaced id ends with.
-pub const DISPLACED_SUFFIX_LEN: usize = 6;
-
-/// The id a create of `wire` takes when another create of `wire` keeps that id:
-/// `<wire>~<first 6 hex digits of the create's op id>`. Ids given by bd or by
-/// `--id` never contain `~`, so this never names another issue.
-pub fn displaced_id(wire: &str, create_op_id: &str) -> String {
-    let n = create_op_id.len().min(DISPLACED_SUFFIX_LEN);
-    format!("{wire}~{}", &create_op_id[..n])
-}
-
-/// `(wire id, suffix)` when `id` is a displaced id (see [`displaced_id`]).
-pub fn split_displaced(id: &str) -> Option<(&str, &str)> {
-    let (wire, suffix) = id.rsplit_once('~')?;
-    let shaped = !wire.is_empty()
-        && suffix.len() == DISPLACED_SUFFIX_LEN
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    shaped.then_some((wire, suffix))
-}
-
-/// The id ops name for the issue `id`: its wire id when it was displaced,
-/// else `id` itself.
-pub fn wire_id(id: &str) -> &str {
-    split_displaced(id).map_or(id, |(wire, _)| wire)
-}
-
-/// The order of creates of one id: the least (hlc, replica, op id) keeps it.
-fn create_rank(op: &Op) -> (Hlc, &str, &str) {
-    (op.hlc, &op.replica, &op.op_id)
-}
-
-/// Which issue each op of the id `wire` belongs to, given every op of it known
-/// (`ops`: ops whose `issue` is `wire`; others are ignored). The rule, the same
-/// on every replica in any delivery order because it depends only on the set:
-///
-/// - the create with the least (hlc, replica, op id) keeps `wire`; every other
-///   create gets its [`displaced_id`];
-/// - an op naming its create (`of`) belongs to that create's issue; one naming a
-///   create not (yet) known stays with `wire` until it arrives;
-/// - an op without `of` (written before bd told creates apart) belongs to the
-///   first create its own replica made, or else to the one keeping `wire`.
-///
-/// Returns op id → issue id.
-pub fn partition<'a>(
-    wire: &str,
-    ops: impl IntoIterator<Item = &'a Op>,
-) -> BTreeMap<String, String> {
-    let ops: Vec<&Op> = ops.into_iter().filter(|op| op.issue == wire).collect();
-    let mut creates: Vec<&Op> = ops
-        .iter()
-        .copied()
-        .filter(|op| op.kind == OpKind::Create)
-        .collect();
-    creates.sort_by(|a, b| create_rank(a).cmp(&create_rank(b)));
-    let home = |n: usize| {
-        if n == 0 {
-            wire.to_string()
-        } else {
-            displaced_id(wire, &creates[n].op_id)
-        }
-    };
-    let mut out = BTreeMap::new();
-    for op in &ops {
-        let n = match (&op.kind, &op.of) {
-            (OpKind::Create, _) => creates.iter().position(|c| c.op_id == op.op_id),
-            (_, Some(of)) => creates
-                .iter()
-                .position(|c| c.op_id.starts_with(of.as_str())),
-            (_, None) => creates.iter().position(|c| c.replica == op.replica),
-        };
-        out.insert(op.op_id.clone(), home(n.unwrap_or(0)));
-    }
-    out
-}
-
-/// Who wrote something, and when; orders contenders deterministically. Shared
-/// (`Arc`) because one op stamps every field and element it carries: a create
-/// fills a dozen registers, and a rebuild folds a hundred thousand ops.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    hlc: Hlc,
-    replica: std::sync::Arc<str>,
-    actor: std::sync::Arc<str>,
-}
-
-impl Stamp {
-    fn of(op: &Op) -> Self {
-        Stamp {
-            hlc: op.hlc,
-            replica: op.replica.as_str().into(),
-            actor: op.actor.as_str().into(),
-        }
-    }
-
-    fn order_key<'a>(&'a self, op_id: &'a str) -> (Hlc, &'a str, &'a str) {
-        (self.hlc, &self.replica, op_id)
-    }
-}
-
-/// A multi-value register. `writes` holds only the visible writes: a write is
-/// dropped once an op supersedes it (and not kept if it arrives after), so
-/// reading a field costs the same however long its history. `superseded` keeps
-/// every superseded id, which is what makes the fold order-independent.
-#[derive(Debug, Clone, Default)]
-struct Register {
-    writes: BTreeMap<String, (Value, Stamp)>,
-    superseded: BTreeSet<String>,
-}
-
-impl Register {
-    fn visible(&self) -> impl Iterator<Item = (&String, &(Value, Stamp))> {
-        self.writes.iter()
-    }
-
-    fn write(&mut self, id: &str, value: &Value, stamp: &Stamp) {
-        if !self.superseded.contains(id) {
-            self.writes
-                .insert(id.to_string(), (value.clone(), stamp.clone()));
-        }
-    }
-
-    fn supersede(&mut self, ids: &[String]) {
-        for id in ids {
-            self.writes.remove(id);
-            self.superseded.insert(id.clone());
-        }
-    }
-
-    /// Visible writes, the displayed one first.
-    fn ranked(&self) -> Vec<(&String, &(Value, Stamp))> {
-        let mut v: Vec<_> = self.visible().collect();
-        v.sort_by(|a, b| b.1.1.order_key(b.0).cmp(&a.1.1.order_key(a.0)));
-        v
-    }
-
-    fn winner(&self) -> Option<&Value> {
-        self.ranked().first().map(|(_, (v, _))| v)
-    }
-}
-
-/// An add-wins set: each element is present while any of its adds is not removed.
-#[derive(Debug, Clone)]
-struct AddWinsSet<K: Ord, M> {
-    adds: BTreeMap<K, BTreeMap<String, (M, Stamp)>>,
-    removed: BTreeSet<String>,
-}
-
-impl<K: Ord, M> Default for AddWinsSet<K, M> {
-    fn default() -> Self {
-        AddWinsSet {
-            adds: BTreeMap::new(),
-            removed: BTreeSet::new(),
-        }
-    }
-}
-
-impl<K: Ord + Clone, M> AddWinsSet<K, M> {
-    fn live_adds(&self, key: &K) -> Vec<&String> {
-        self.adds
-            .get(key)
-            .map(|m| m.keys().filter(|id| !self.removed.contains(*id)).collect())
-            .unwrap_or_default()
-    }
-
-    /// Present elements with the metadata of their earliest live add.
-    fn present(&self) -> impl Iterator<Item = (&K, &M, &Stamp)> {
-        self.adds.iter().filter_map(|(k, adds)| {
-            adds.iter()
-                .filter(|(id, _)| !self.removed.contains(*id))
-                .min_by(|a, b| a.1.1.order_key(a.0).cmp(&b.1.1.order_key(b.0)))
-                .map(|(_, (m, s))| (k, m, s))
-        })
-    }
-
-    fn live_ids(&self) -> impl Iterator<Item = (&K, &String, &Stamp)> {
-        self.adds.iter().flat_map(move |(k, adds)| {
-            adds.iter()
-                .filter(|(id, _)| !self.removed.contains(*id))
-                .map(move |(id, (_, s))| (k, id, s))
-        })
-    }
-}
 
 /// Metadata kept with a dependency edge.
 #[derive(Debug, Clone)]

@@ -1,0 +1,257 @@
+//! From ops to rows: folding an issue's stored ops into its doc, writing a
+//! materialised issue's rows, keeping the `blocked` flags, and the hash of the
+//! whole materialised state.
+
+use crate::merge::{IssueDoc, Materialised};
+use crate::model::Op;
+use crate::{Error, ErrorKind, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+/// Loads and folds every stored op of `id`.
+pub fn load_doc(conn: &Connection, id: &str) -> Result<IssueDoc> {
+    let mut doc = IssueDoc::new(id);
+    // No ORDER BY: the fold is order-independent (see merge).
+    let mut stmt = conn.prepare_cached("SELECT body FROM ops WHERE issue_id = ?1")?;
+    let mut rows = stmt.query(params![id])?;
+    while let Some(row) = rows.next()? {
+        let body: String = row.get(0)?;
+        doc.apply(&parse_stored_op(&body)?);
+    }
+    Ok(doc)
+}
+
+/// Parses an op body from the op table.
+pub fn parse_stored_op(body: &str) -> Result<Op> {
+    serde_json::from_str(body).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("unreadable op in the database: {e}"),
+        )
+        .hint("`bd rebuild` makes a new database from the op files")
+    })
+}
+
+/// Writes the rows of one materialised issue. `fresh`: the issue had no rows before
+/// this transaction, so there is nothing to delete first.
+pub(in crate::storage) fn write_rows(
+    conn: &Connection,
+    mut m: Materialised,
+    fresh: bool,
+) -> Result<()> {
+    // The row's body is the issue without comments (they have their own rows).
+    let comments = std::mem::take(&mut m.issue.comments);
+    let issue = &m.issue;
+    let conflicted: Vec<&str> = m.conflicts.iter().map(|c| c.field.as_str()).collect();
+    if !fresh {
+        conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
+            .execute(params![issue.id])?;
+    }
+    let mut add_conflict =
+        conn.prepare_cached("INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)")?;
+    for c in &m.conflicts {
+        add_conflict.execute(params![issue.id, c.field, serde_json::to_string(c)?])?;
+    }
+    if m.deleted {
+        conn.prepare_cached("DELETE FROM issues WHERE id = ?1")?
+            .execute(params![issue.id])?;
+        conn.prepare_cached("INSERT OR IGNORE INTO tombstones(id) VALUES (?1)")?
+            .execute(params![issue.id])?;
+        return Ok(());
+    }
+    let ms = |s: &str| crate::clock::parse_rfc3339(s);
+    conn.prepare_cached(
+        "INSERT INTO issues(id, title, description, status, priority, issue_type, assignee,
+                            created_ms, updated_ms, closed_ms, conflicted, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT(id) DO UPDATE SET
+           title = excluded.title, description = excluded.description,
+           status = excluded.status, priority = excluded.priority,
+           issue_type = excluded.issue_type, assignee = excluded.assignee,
+           created_ms = excluded.created_ms, updated_ms = excluded.updated_ms,
+           closed_ms = excluded.closed_ms, conflicted = excluded.conflicted,
+           body = excluded.body",
+    )?
+    .execute(params![
+        issue.id,
+        issue.title,
+        issue.description,
+        issue.status.as_str(),
+        issue.priority,
+        issue.issue_type.as_str(),
+        issue.assignee,
+        ms(&issue.created_at).unwrap_or(m.updated_ms),
+        m.updated_ms,
+        issue.closed_at.as_deref().and_then(ms),
+        conflicted.join(","),
+        serde_json::to_string(issue)?,
+    ])?;
+    if !fresh {
+        conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
+            .execute(params![issue.id])?;
+        conn.prepare_cached("DELETE FROM deps WHERE issue_id = ?1")?
+            .execute(params![issue.id])?;
+    }
+    let mut add_label =
+        conn.prepare_cached("INSERT INTO labels(issue_id, label) VALUES (?1, ?2)")?;
+    for label in &issue.labels {
+        add_label.execute(params![issue.id, label])?;
+    }
+    let mut add_dep =
+        conn.prepare_cached("INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)")?;
+    for d in &issue.dependencies {
+        add_dep.execute(params![issue.id, d.depends_on_id, d.dep_type.as_str()])?;
+    }
+    let mut add_comment = conn.prepare_cached(
+        "INSERT OR IGNORE INTO comments(issue_id, id, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for c in &comments {
+        add_comment.execute(params![
+            issue.id,
+            c.id,
+            ms(&c.created_at).unwrap_or(0),
+            serde_json::to_string(c)?
+        ])?;
+    }
+    Ok(())
+}
+
+/// The blocking rule, written once for both the incremental and the bulk
+/// computation: the issue whose id is the SQL expression `$issue` has a `blocks`
+/// edge to an existing issue that is not closed ...
+macro_rules! blocked_by_blocker {
+    ($issue:literal) => {
+        concat!(
+            "EXISTS(SELECT 1 FROM deps d JOIN issues b ON b.id = d.depends_on_id WHERE d.issue_id = ",
+            $issue,
+            " AND d.type = 'blocks' AND b.status <> 'closed')"
+        )
+    };
+}
+
+/// ... or a parent-child edge to a parent that is blocked or neither open nor in
+/// progress.
+macro_rules! blocked_by_parent {
+    ($issue:literal) => {
+        concat!(
+            "EXISTS(SELECT 1 FROM deps d JOIN issues p ON p.id = d.depends_on_id WHERE d.issue_id = ",
+            $issue,
+            " AND d.type = 'parent-child' AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))"
+        )
+    };
+}
+
+/// Sets every issue's `blocked` flag from scratch (after a bulk load): first the
+/// `blocks` edges, then parent-child blocking spread down the tree one level per
+/// pass until nothing changes. The same fixed point the incremental
+/// [`refresh_blocked`] maintains; the passes are bounded by the depth of the
+/// parent-child tree (and by a budget, should imported data hold a cycle).
+pub(super) fn recompute_all_blocked(conn: &Connection) -> Result<()> {
+    conn.execute(
+        concat!(
+            "UPDATE issues SET blocked = ",
+            blocked_by_blocker!("issues.id")
+        ),
+        [],
+    )?;
+    for _ in 0..10_000 {
+        let changed = conn.execute(
+            concat!(
+                "UPDATE issues SET blocked = 1 WHERE blocked = 0 AND ",
+                blocked_by_parent!("issues.id")
+            ),
+            [],
+        )?;
+        if changed == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Re-evaluates `blocked` for `seeds` and, transitively, for whatever depends on an
+/// issue whose flag or status may have changed.
+pub(in crate::storage) fn refresh_blocked(
+    conn: &Connection,
+    seeds: BTreeSet<String>,
+) -> Result<()> {
+    // The stored flag and the freshly computed one, in one statement.
+    let mut get = conn.prepare_cached(concat!(
+        "SELECT i.blocked, ",
+        blocked_by_blocker!("i.id"),
+        " OR ",
+        blocked_by_parent!("i.id"),
+        " FROM issues i WHERE i.id = ?1"
+    ))?;
+    let mut set = conn.prepare_cached("UPDATE issues SET blocked = ?2 WHERE id = ?1")?;
+    // `+type`: filter the edge type on the index entries rather than look each
+    // type up through the index. An indexed `IN` list makes SQLite build an
+    // ephemeral table (with its own page cache) on every run: ~9k instructions
+    // of memset alone per refreshed issue.
+    let mut dependents = conn.prepare_cached(
+        "SELECT issue_id FROM deps WHERE depends_on_id = ?1 AND +type IN ('blocks', 'parent-child')",
+    )?;
+    let mut pending_seeds: HashSet<String> = seeds.iter().cloned().collect();
+    let mut queue: VecDeque<String> = seeds.into_iter().collect();
+    // Gating edges form a DAG (cycles are refused), so this terminates; the budget
+    // bounds the work even if imported data holds a cycle.
+    let mut budget = 1_000_000usize;
+    while let Some(id) = queue.pop_front() {
+        budget = budget.saturating_sub(1);
+        if budget == 0 {
+            break;
+        }
+        let was_seed = pending_seeds.remove(&id);
+        let flags: Option<(bool, bool)> = get
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let changed = match flags {
+            Some((old, new)) => {
+                if new != old {
+                    set.execute(params![id, new])?;
+                }
+                new != old
+            }
+            None => false,
+        };
+        if changed || was_seed {
+            let rows = dependents.query_map(params![id], |r| r.get::<_, String>(0))?;
+            for dep in rows {
+                queue.push_back(dep?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 (hex) of the whole materialised state: issues with comments, conflicts
+/// and tombstones, in id order. Equal on every replica that holds the same ops.
+pub fn state_hash(conn: &Connection) -> Result<String> {
+    let mut h = Sha256::new();
+    for (sql, tag) in [
+        (
+            "SELECT id || char(31) || body FROM issues ORDER BY id",
+            b'i',
+        ),
+        (
+            "SELECT issue_id || char(31) || id || char(31) || body FROM comments ORDER BY issue_id, id",
+            b'c',
+        ),
+        (
+            "SELECT issue_id || char(31) || field || char(31) || body FROM conflicts ORDER BY issue_id, field",
+            b'x',
+        ),
+        ("SELECT id FROM tombstones ORDER BY id", b't'),
+    ] {
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let s: String = row.get(0)?;
+            h.update([tag]);
+            h.update(s.as_bytes());
+            h.update([b'\n']);
+        }
+    }
+    Ok(crate::model::hex_bytes(&h.finalize()))
+}
