@@ -347,3 +347,54 @@ fn refusals_before_any_write_leave_their_group_whole() {
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
     assert_eq!(seqs.len(), before + 3);
 }
+
+/// The post-commit hook (where the relay's outbox attaches) is handed this
+/// replica's ops of each commit once it is durable, in order, exactly once:
+/// the same ops, in the same order, as the op file.
+#[test]
+fn the_post_commit_hook_sees_each_durable_commits_ops_once_in_order() {
+    let (_dir, paths) = tracker("hookreplica00001");
+    let mut engine = engine(&paths);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, String)>::new()));
+    let sink = seen.clone();
+    engine
+        .on_commit(Box::new(move |ops| {
+            let mut s = sink.lock().unwrap();
+            s.extend(ops.iter().map(|o| (o.seq, o.op_id.clone())));
+        }))
+        .unwrap();
+    let items = (0..3)
+        .map(|i| item((format!("a{i}"), create(&format!("one of three {i}")))))
+        .collect();
+    assert!(engine.run(items).unwrap().iter().all(Result::is_ok));
+    let after_group = seen.lock().unwrap().len();
+    assert!(after_group >= 3, "each create's ops: {after_group}");
+    // Committed but not yet durable: not handed over.
+    let out = engine
+        .commit(vec![item(("b".into(), create("later")))])
+        .unwrap();
+    assert!(out[0].is_ok());
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        after_group,
+        "not before it is durable"
+    );
+    engine.settle().unwrap();
+    let file: Vec<(u64, String)> = std::fs::read_to_string(paths.op_file("hookreplica00001"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["seq"].as_u64().unwrap(),
+                v["op_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(file.len() > after_group);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        file,
+        "the op file's ops, in its order, once each"
+    );
+}

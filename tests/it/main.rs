@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod daemon;
+mod durability;
 mod errors;
 mod exactly_once;
 mod group_commit;
