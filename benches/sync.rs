@@ -216,12 +216,22 @@ fn git(dir: &Path, home: &Path, args: &[&str]) {
 }
 
 /// `bd sync` without the push (the remote is shared by every iteration).
-fn sync_no_push(d: &mut Direct, paths: &BeadsPaths) -> bd::gitsync::SyncReport {
-    let opts = bd::gitsync::SyncOptions {
-        push: false,
-        ..Default::default()
-    };
-    bd::gitsync::sync(d, paths, &opts).expect("sync")
+fn sync_no_push(d: &mut Direct) -> bd::api::SyncReport {
+    sync(
+        d,
+        bd::api::SyncOptions {
+            push: false,
+            ..Default::default()
+        },
+    )
+}
+
+/// `bd sync` with `opts`, as the CLI sends it.
+fn sync(d: &mut Direct, opts: bd::api::SyncOptions) -> bd::api::SyncReport {
+    match d.call(Request::Sync(opts)).expect("sync") {
+        bd::api::Response::Sync(r) => r,
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A whole `bd sync` that brings in 1,000 foreign ops from a local bare remote,
@@ -263,7 +273,7 @@ fn whole_sync(c: &mut Criterion) {
     {
         let mut d = Direct::open(a.clone(), "alice").expect("open");
         create_group(&mut d, 1_000, "from a", |_| "alice".into());
-        bd::gitsync::sync(&mut d, &a, &Default::default()).expect("sync a");
+        sync(&mut d, Default::default());
     }
     // A clone whose branch is still at the base commit with its own tracker
     // committed: the next sync merges a's 1,000 ops in.
@@ -275,16 +285,14 @@ fn whole_sync(c: &mut Criterion) {
         git(&root, h, &["reset", "-q", "--hard", base.trim()]);
         let paths = tracker(&root, "bbbbbbbbbbbbbbbb");
         let mut d = Direct::open(paths.clone(), "bob").expect("open");
-        bd::gitsync::sync(
+        sync(
             &mut d,
-            &paths,
-            &bd::gitsync::SyncOptions {
+            bd::api::SyncOptions {
                 pull: false,
                 push: false,
                 ..Default::default()
             },
-        )
-        .expect("commit b");
+        );
         (paths, d)
     };
     let mut k = 0;
@@ -294,18 +302,18 @@ fn whole_sync(c: &mut Criterion) {
                 k += 1;
                 fresh_clone(&k.to_string())
             },
-            |(paths, mut d)| {
-                let r = sync_no_push(&mut d, &paths);
+            |(_, mut d)| {
+                let r = sync_no_push(&mut d);
                 assert_eq!(r.ops_applied, 1_000, "{r:?}");
             },
             BatchSize::PerIteration,
         )
     });
-    let (paths, mut d) = fresh_clone("steady");
-    bd::gitsync::sync(&mut d, &paths, &Default::default()).expect("first sync");
+    let (_, mut d) = fresh_clone("steady");
+    sync(&mut d, Default::default());
     g.bench_function("nothing_new", |b| {
         b.iter(|| {
-            let r = sync_no_push(&mut d, &paths);
+            let r = sync_no_push(&mut d);
             assert_eq!(r.ops_applied, 0);
         })
     });

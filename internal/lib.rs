@@ -4,30 +4,55 @@
 //! [`client`] and renders. Nothing in here prints, reads environment variables or
 //! exits the process: time, actor, randomness and paths arrive as values.
 //!
-//! Layers, top to bottom (nothing imports upward):
-//! `client` → `daemon` → `rpc` → `service` → `query` / `jsonl` / `config` →
-//! `storage` → `merge` → `ids` / `clock` → `model`. (`client` speaks `rpc` to a
-//! daemon process; in-process it calls `service` directly.)
+//! **The public surface** is what a program embedding bd uses, and all the
+//! binary may use (the compiler enforces it: everything else is private):
+//! - [`api`]: the contract, every operation as a [`api::Request`] and every
+//!   answer as a [`api::Response`], with the types they carry;
+//! - [`client`]: reaching a tracker ([`client::connect`], [`client::Backend`],
+//!   locating, creating and rebuilding it, git set-up) and its daemon (serving as
+//!   one, and controlling one: [`client::daemon`]);
+//! - [`Error`] and [`ErrorKind`].
+//!
+//! Layers below it, top to bottom (nothing imports upward):
+//! `client` → `daemon` → `rpc` → `engine` → `service` → `query` / `jsonl` /
+//! `config` → `storage` → `merge` → `ids` / `clock` → `model`, with `api`
+//! beside them as the contract `rpc`, `engine` and `client` share.
+//!
+//! Built with the `testing` feature (`cargo test` and `cargo bench` turn it on),
+//! the private modules are also reachable, hidden, for bd's own tests and
+//! benchmarks, with the test-only [`fixture`] and [`merge_simulation`].
 
-pub mod agentsync;
+// Without the `testing` feature the private modules' items that only bd's
+// tests and benchmarks use would each be reported as unused. They are checked
+// where it matters: clippy builds every target with the feature on.
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 pub mod api;
 pub mod client;
-pub mod clock;
-pub mod config;
-pub mod daemon;
-pub mod doctor;
-pub mod engine;
 pub mod error;
-pub mod exchange;
-pub mod fixture;
-pub mod gitsync;
-pub mod ids;
-pub mod jsonl;
-pub mod merge;
-pub mod model;
-pub mod query;
-pub mod rpc;
-pub mod service;
-pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// Declares modules private to the library, reachable (hidden) only from
+/// bd's own tests and benchmarks (the `testing` feature).
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "testing")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "testing"))]
+            mod $name;
+        )*
+    };
+}
+
+internal!(
+    clock, config, daemon, doctor, engine, exchange, gitsync, ids, jsonl, merge, model, query, rpc,
+    service, storage,
+);
+
+#[cfg(feature = "testing")]
+pub mod fixture;
+#[cfg(feature = "testing")]
+pub mod merge_simulation;

@@ -2,8 +2,8 @@
 //! how to print. This is the only place that reads the environment.
 
 use crate::cli_error::CliError;
+use bd::client::BeadsPaths;
 use bd::client::{AutoStart, Backend, ConnectOptions, connect};
-use bd::storage::BeadsPaths;
 use bd::{Error, ErrorKind};
 use clap::Args;
 use std::path::PathBuf;
@@ -141,7 +141,7 @@ impl Ctx {
     /// `.beads/` directory), else the current directory.
     pub fn init_root(&self) -> Result<PathBuf, CliError> {
         match &self.dir {
-            Some(d) if d.file_name().is_some_and(|n| n == bd::storage::BEADS_DIR) => Ok(d
+            Some(d) if d.file_name().is_some_and(|n| n == bd::client::BEADS_DIR) => Ok(d
                 .parent()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("."))),
@@ -162,10 +162,10 @@ impl Ctx {
             .or_else(|| std::env::var_os("BEADS_DIR").map(PathBuf::from));
         if let Some(d) = dir {
             let beads =
-                if d.join(bd::storage::DB_FILE).exists() || d.ends_with(bd::storage::BEADS_DIR) {
+                if d.join(bd::client::DB_FILE).exists() || d.ends_with(bd::client::BEADS_DIR) {
                     d
                 } else {
-                    d.join(bd::storage::BEADS_DIR)
+                    d.join(bd::client::BEADS_DIR)
                 };
             return Ok(BeadsPaths::new(beads));
         }
@@ -194,8 +194,7 @@ impl Ctx {
         if var("CI").is_some_and(|v| v != "0" && v != "false") {
             return false;
         }
-        let config = bd::config::Config::load(&paths.config()).unwrap_or_default();
-        config.get("daemon.auto_start") != Some("false")
+        bd::client::auto_start_configured(paths)
     }
 
     /// A client for the tracker: its daemon (started on demand), else in-process.
@@ -244,11 +243,11 @@ impl Ctx {
     /// Where this user's short socket paths go (only asked for when
     /// `.beads/bd.sock` would be too long a path): `$XDG_RUNTIME_DIR` when it is
     /// ours, else `$TMPDIR/bd-<uid>` (or `/tmp`), private
-    /// (`bd::daemon::private_runtime_dir`).
+    /// (`bd::client::daemon::private_runtime_dir`).
     pub fn runtime_dir(&self) -> Result<PathBuf, bd::Error> {
         let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
         // SAFETY: getuid has no failure modes and touches no memory.
         let uid = unsafe { libc::getuid() };
-        bd::daemon::private_runtime_dir(xdg.as_deref(), &std::env::temp_dir(), uid)
+        bd::client::daemon::private_runtime_dir(xdg.as_deref(), &std::env::temp_dir(), uid)
     }
 }

@@ -1,7 +1,7 @@
 //! Rendering: JSON to stdout, aligned tables, and issue summaries.
 
 use crate::cli_error::CliError;
-use bd::model::Issue;
+use bd::api::Issue;
 use serde::Serialize;
 use std::io::Write;
 

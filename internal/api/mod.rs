@@ -6,11 +6,29 @@
 //! Both are plain serde data so the daemon can carry them over its socket unchanged;
 //! JSON shapes are documented in README.md ("JSON output").
 
-use crate::jsonl::{ImportRecord, SnapshotState};
-use crate::model::{Comment, Conflict, Dependency, Issue};
-use crate::query::{BlockedIssue, LabelCount, ListFilter, Stats, TreeNode};
+pub use crate::config::KNOWN_KEYS as CONFIG_KEYS;
+pub use crate::gitsync::{Integration, SyncOptions, SyncReport, Upstream};
+pub use crate::jsonl::{
+    ImportRecord, LineError, SnapshotState, parse_issue_lines, read_import_file,
+    render_snapshot as render_issues,
+};
+pub use crate::merge::wire_id;
+pub use crate::model::{
+    Comment, Conflict, Contender, Dependency, Issue, PRIORITY_DEFAULT, PRIORITY_MAX, parse_priority,
+};
+pub use crate::query::{BlockedIssue, LabelCount, ListFilter, SortKey, Stats, TreeNode};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+
+/// Time as bd records it: ms since the epoch, RFC 3339 text.
+pub mod time {
+    pub use crate::clock::{format_rfc3339, parse_rfc3339};
+
+    /// Now, in ms since the epoch (the system clock).
+    pub fn now_ms() -> u64 {
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock)
+    }
+}
 use std::collections::BTreeMap;
 
 /// Fields of a new issue.
@@ -242,6 +260,10 @@ pub enum Request {
     },
     /// All config keys.
     ConfigList,
+    /// Exchange ops with the git remote (`bd sync`). Runs in the calling
+    /// process whichever backend serves its flushes: the git work needs the
+    /// caller's environment (credentials, ssh agent).
+    Sync(SyncOptions),
     /// Learn the outcome of a write sent with `request_id` whose answer never
     /// came: its recorded answer if it was applied; otherwise the id is marked
     /// abandoned, so it can never be applied later, and the answer is `None`.
@@ -449,6 +471,8 @@ pub enum Response {
     },
     /// All config values.
     Config(BTreeMap<String, String>),
+    /// What a sync did.
+    Sync(SyncReport),
     /// The outcome of a settled request: its answer if it was applied, `None`
     /// if it was not (and now never will be).
     Settled(Option<Box<Response>>),

@@ -65,6 +65,8 @@ enum Job {
     /// Apply what other clones delivered into `.beads/ops` (see
     /// [`Engine::catch_up`]) before the asking request is served.
     CatchUp(oneshot::Sender<Result<()>>),
+    /// The syncer made commits durable: the engine hands their ops on.
+    Durable,
     Stop,
 }
 
@@ -196,7 +198,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         "daemon",
         SnapshotPolicy::AfterIdle(opts.flush_debounce),
     )?;
-    let syncer = engine.syncer();
+    let syncer = engine.syncer()?;
     let (tx, rx) = mpsc::channel();
     let (acks_tx, acks_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -614,6 +616,7 @@ fn writer_loop(
             match job {
                 Job::Stop => stopping = true,
                 Job::CatchUp(reply) => catch_ups.push(reply),
+                Job::Durable => engine.after_durable(),
                 Job::Write { item, reply } => {
                     shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
                     if reply.is_closed() {
@@ -669,8 +672,13 @@ fn syncer_loop(mut syncer: Syncer, rx: mpsc::Receiver<Acks>, shared: &Shared) {
             waiting.extend(more);
             groups += 1;
         }
-        answer(syncer.sync(), waiting, shared);
+        let durable = syncer.sync();
+        let synced = durable.is_ok();
+        answer(durable, waiting, shared);
         shared.sync_pending.fetch_sub(groups, Ordering::SeqCst);
+        if synced && let Ok(jobs) = shared.jobs.lock() {
+            let _ = jobs.send(Job::Durable);
+        }
     }
 }
 

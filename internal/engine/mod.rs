@@ -39,7 +39,7 @@ use crate::service::{self, Context};
 use crate::storage::{BeadsPaths, Store, WalSync};
 use crate::{Error, ErrorKind, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ struct Durability {
     committed: AtomicU64,
     /// Commits known to be on disk.
     durable: AtomicU64,
+    /// This replica's last op known to be on disk (its `seq`): the op file may
+    /// hold ops up to here.
+    durable_seq: AtomicI64,
     /// fdatasync calls made.
     syncs: AtomicU64,
     /// Set for good by the first failed fdatasync.
@@ -97,20 +100,22 @@ impl Durability {
     /// without writing them; later frames sit behind the ones that may be lost
     /// (recovery stops at the first bad frame), so from then on nothing is
     /// called durable.
-    fn sync(&self, wal: &mut WalSync) -> Result<()> {
+    fn sync(&self, wal: &mut WalSync, store: &Store) -> Result<()> {
         if let Some(e) = self.failure() {
             return Err(e);
         }
-        // Read before syncing: every commit counted here wrote its frames
-        // before it was counted, so the sync covers it.
+        // Read before syncing: every commit counted here, and every op `store`
+        // can see, wrote its frames before, so the sync covers them.
         let upto = self.committed.load(Ordering::SeqCst);
         if self.durable.load(Ordering::SeqCst) >= upto {
             return Ok(());
         }
+        let seq = max_own_seq(store)?;
         match wal.sync() {
             Ok(()) => {
                 self.syncs.fetch_add(1, Ordering::SeqCst);
                 self.durable.fetch_max(upto, Ordering::SeqCst);
+                self.durable_seq.fetch_max(seq, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
@@ -133,17 +138,26 @@ impl Durability {
 
 /// Makes the engine's commits durable from another thread (the daemon's
 /// syncer), so the writer can commit the next group during the fdatasync.
-#[derive(Debug)]
 pub struct Syncer {
     wal: WalSync,
     state: Arc<Durability>,
+    /// Its own connection, to see what is committed and append the op file.
+    store: Store,
+    paths: BeadsPaths,
 }
 
 impl Syncer {
-    /// Waits until every commit the engine made so far is on disk. An error is
-    /// final: the engine refuses further writes.
+    /// Waits until every commit the engine made so far is on disk, then
+    /// appends the op file with the ops that made durable (steps 4 and 5), so
+    /// that a write answered after this is in the file. An error is final:
+    /// the engine refuses further writes.
     pub fn sync(&mut self) -> Result<()> {
-        self.state.sync(&mut self.wal)
+        self.state.sync(&mut self.wal, &self.store)?;
+        let seq = self.state.durable_seq.load(Ordering::SeqCst);
+        // The op table is the durable record; the file can always be
+        // regenerated from it (the next append or `bd flush` retries).
+        let _ = crate::jsonl::flush_durable_ops(&self.store, &self.paths, seq);
+        Ok(())
     }
 }
 
@@ -205,8 +219,8 @@ pub struct Engine {
     gate: CatchUpGate,
     wal: WalSync,
     state: Arc<Durability>,
-    /// Commits whose ops are in the op file and were handed to the hook.
-    appended: u64,
+    /// This replica's last op appended to the op file (and handed to the hook).
+    appended: i64,
     snapshot: SnapshotPolicy,
     /// The snapshot lags the database since this instant.
     stale_since: Option<Instant>,
@@ -266,11 +280,13 @@ impl Engine {
     }
 
     /// A handle that makes this engine's commits durable from another thread.
-    pub fn syncer(&self) -> Syncer {
-        Syncer {
+    pub fn syncer(&self) -> Result<Syncer> {
+        Ok(Syncer {
             wal: WalSync::new(&self.paths.db),
             state: self.state.clone(),
-        }
+            store: Store::open(&self.paths.db)?,
+            paths: self.paths.clone(),
+        })
     }
 
     /// A view of this engine's durability from any thread.
@@ -281,19 +297,11 @@ impl Engine {
     /// Hands every later durable commit's own ops to `hook`, in commit order
     /// (where the relay's outbox attaches).
     pub fn on_commit(&mut self, hook: PostCommit) -> Result<()> {
-        let from = self.max_own_seq()?;
+        let from = max_own_seq(&self.store)?;
         self.hook = Some((hook, from));
         Ok(())
     }
 
-    fn max_own_seq(&self) -> Result<i64> {
-        crate::storage::sqlite::cached_row(
-            self.store.conn(),
-            "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
-            [self.store.replica()],
-            |r| r.get(0),
-        )
-    }
 
     /// Runs any request for `actor`: a write as a group of one (see [`Engine::run`]),
     /// anything else through [`read`] on the engine's connection.
@@ -305,6 +313,12 @@ impl Engine {
         req: Request,
     ) -> Result<Response> {
         check_actor(actor)?;
+        if let Request::Sync(opts) = req {
+            // Its flushes and queries are requests to this same engine.
+            let paths = self.paths.clone();
+            return crate::gitsync::sync(&mut |r| self.execute(actor, None, None, r), &paths, &opts)
+                .map(Response::Sync);
+        }
         self.catch_up_if_due()?;
         if !req.is_write() {
             let ctx = Context {
@@ -429,33 +443,34 @@ impl Engine {
     /// runs the hook. An error means a commit may not be durable: nothing
     /// committed since the last successful settle may be reported as done.
     pub fn settle(&mut self) -> Result<()> {
-        self.state.sync(&mut self.wal)?;
+        self.state.sync(&mut self.wal, &self.store)?;
         fault::point("after-sync");
         self.after_durable();
         fault::point("after-append");
         Ok(())
     }
 
-    /// Steps 5 and 6 for commits a [`Syncer`] (or [`Engine::settle`]) made
-    /// durable, once every commit is: the op file is appended up to the
-    /// database's last op, which must not be one that could still be lost.
-    fn after_durable(&mut self) {
-        let durable = self.state.durable.load(Ordering::SeqCst);
-        if durable <= self.appended || durable < self.state.committed.load(Ordering::SeqCst) {
+    /// Steps 5 and 6 for what a [`Syncer`] (or [`Engine::settle`]) made
+    /// durable: the op file is appended up to the last op known durable, never
+    /// past it, and the hook gets the same ops. The daemon's writer calls it
+    /// when its syncer reports a sync.
+    pub fn after_durable(&mut self) {
+        let seq = self.state.durable_seq.load(Ordering::SeqCst);
+        if seq <= self.appended {
             return;
         }
         // The op table is the durable record; the op file is appended from it and
         // can always be regenerated, so a failure here must not fail a committed
         // write (the next write or `bd flush` retries it).
-        let _ = crate::jsonl::flush_own_ops(&self.store, &self.paths);
+        let _ = crate::jsonl::flush_durable_ops(&self.store, &self.paths, seq);
         if let Some((hook, from)) = self.hook.as_mut()
-            && let Ok(ops) = own_ops_after(&self.store, *from)
-            && let Some(last) = ops.last()
+            && let Ok(ops) = own_ops_between(&self.store, *from, seq)
+            && !ops.is_empty()
         {
-            *from = last.seq as i64;
+            *from = seq;
             hook(&ops);
         }
-        self.appended = durable;
+        self.appended = seq;
     }
 
     /// How long until [`Engine::idle`] has work, if it will.
@@ -492,12 +507,22 @@ impl Engine {
     }
 }
 
-/// This replica's ops with `seq` past `from`, in order.
-fn own_ops_after(store: &Store, from: i64) -> Result<Vec<Op>> {
-    let mut stmt = store
-        .conn()
-        .prepare_cached("SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 ORDER BY seq")?;
-    let bodies = stmt.query_map(rusqlite::params![store.replica(), from], |r| {
+/// This replica's last op's `seq` in `store` (0 before any).
+fn max_own_seq(store: &Store) -> Result<i64> {
+    crate::storage::sqlite::cached_row(
+        store.conn(),
+        "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
+        [store.replica()],
+        |r| r.get(0),
+    )
+}
+
+/// This replica's ops with `seq` in `(from, upto]`, in order.
+fn own_ops_between(store: &Store, from: i64, upto: i64) -> Result<Vec<Op>> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT body FROM ops WHERE replica = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+    )?;
+    let bodies = stmt.query_map(rusqlite::params![store.replica(), from, upto], |r| {
         r.get::<_, String>(0)
     })?;
     let mut ops = Vec::new();
@@ -550,6 +575,12 @@ fn read_as(store: &mut Store, ctx: &Context<'_>, req: Request, wire: bool) -> Re
             "a write request was sent to the read path: {}",
             req.op_name()
         )));
+    }
+    if matches!(req, Request::Sync(_)) {
+        // Its git work needs the caller's environment (credentials, ssh
+        // agent): the client runs it and sends its flushes here.
+        return Err(Error::invalid("a sync runs in the calling process, not in a daemon")
+            .hint("send it through bd::client (DaemonClient::to_running), which runs it"));
     }
     if matches!(req, Request::Flush) {
         // A flush writes the op file and the snapshot from what is committed:

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const PUSH_ATTEMPTS: u32 = 4;
 
 /// What `bd sync` should do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyncOptions {
     /// Fetch and integrate the remote branch.
     pub pull: bool,
@@ -23,6 +24,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Commit message for bd's files.
     pub message: Option<String>,
+    /// Report where things stand (`bd sync --status`): a dry run that also
+    /// counts open conflicts.
+    pub status: bool,
 }
 
 impl Default for SyncOptions {
@@ -32,6 +36,7 @@ impl Default for SyncOptions {
             push: true,
             dry_run: false,
             message: None,
+            status: false,
         }
     }
 }
@@ -77,11 +82,12 @@ fn committed_first(mut e: Error, report: &SyncReport) -> Error {
     e
 }
 
-/// Runs `bd sync` through `backend` (direct or daemon): flush → commit bd's
+/// Runs `bd sync`, with `run` serving its requests (the caller's backend,
+/// direct or daemon): flush → commit bd's
 /// files → fetch → integrate → apply other clones' ops and regenerate the
 /// derived files → commit → push, retrying a rejected push.
 pub fn sync(
-    backend: &mut dyn crate::client::Backend,
+    run: &mut dyn FnMut(crate::api::Request) -> Result<crate::api::Response>,
     paths: &BeadsPaths,
     opts: &SyncOptions,
 ) -> Result<SyncReport> {
@@ -93,15 +99,19 @@ pub fn sync(
             .trim_start_matches("refs/heads/")
             .to_string(),
         upstream: repo.upstream()?,
-        dry_run: opts.dry_run,
+        dry_run: opts.dry_run || opts.status,
         ..Default::default()
     };
     let message = opts
         .message
         .clone()
         .unwrap_or_else(|| "bd sync".to_string());
-    let flush = |backend: &mut dyn crate::client::Backend| -> Result<u64> {
-        match backend.call(Request::Flush)? {
+    let opts = &SyncOptions {
+        dry_run: opts.dry_run || opts.status,
+        ..opts.clone()
+    };
+    let flush = |run: &mut dyn FnMut(Request) -> Result<Response>| -> Result<u64> {
+        match run(Request::Flush)? {
             Response::Flush(f) => Ok(f.ops),
             other => Err(Error::internal(format!(
                 "unexpected answer to flush: {other:?}"
@@ -117,13 +127,17 @@ pub fn sync(
                 "as of the last fetch: {ahead} commit(s) to push, {behind} to bring in"
             ));
         }
-        report
-            .notes
-            .push("dry run: nothing was written, committed, fetched or pushed".into());
+        if opts.status {
+            report.conflicts = count_conflicts(run)?;
+        } else {
+            report
+                .notes
+                .push("dry run: nothing was written, committed, fetched or pushed".into());
+        }
         return Ok(report);
     }
     repo.refuse_unmerged_bd_files()?;
-    let mut ops = flush(backend)?;
+    let mut ops = flush(run)?;
     let (files, commit) = repo.commit_bd_files(&message)?;
     report.files = files;
     if let Some(c) = commit {
@@ -179,7 +193,7 @@ pub fn sync(
                     if kind != Integration::UpToDate || report.integration.is_none() {
                         report.integration = Some(kind);
                     }
-                    let now = flush(backend)?;
+                    let now = flush(run)?;
                     report.ops_applied += now.saturating_sub(ops);
                     ops = now;
                     let (files, commit) = repo.commit_bd_files(&message)?;
@@ -255,9 +269,19 @@ pub fn sync(
                 .into(),
         );
     }
-    report.conflicts = match backend.call(Request::Conflicts)? {
-        Response::Conflicts(c) => c.len() as u64,
-        _ => 0,
-    };
+    report.conflicts = count_conflicts(run)?;
     Ok(report)
+}
+
+/// Open conflicts, counted.
+fn count_conflicts(
+    run: &mut dyn FnMut(crate::api::Request) -> Result<crate::api::Response>,
+) -> Result<u64> {
+    use crate::api::{Request, Response};
+    match run(Request::Conflicts)? {
+        Response::Conflicts(c) => Ok(c.len() as u64),
+        other => Err(Error::internal(format!(
+            "unexpected answer to conflicts: {other:?}"
+        ))),
+    }
 }

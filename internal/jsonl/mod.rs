@@ -22,7 +22,9 @@ mod snapshot;
 
 pub use import::{ImportRecord, LineError, parse_issue_lines, read_import_file};
 pub(crate) use op_file::line_ending_at;
-pub use op_file::{OwnFile, flush_own_ops, flush_own_ops_with, rewrite_own_ops};
+pub use op_file::{
+    OwnFile, flush_durable_ops, flush_own_ops, flush_own_ops_with, rewrite_own_ops,
+};
 pub use snapshot::{SnapshotState, render_snapshot, snapshot_state, write_snapshot};
 
 use crate::storage::BeadsPaths;

@@ -85,7 +85,18 @@ pub enum OwnFile {
 /// remembered, and the next append wrote them again: found with daemon and
 /// `--no-daemon` writers at once.)
 pub fn flush_own_ops_with(store: &Store, paths: &BeadsPaths, how: OwnFile) -> Result<usize> {
-    match OwnOpsAppend::plan(store, paths, how)? {
+    match OwnOpsAppend::plan(store, paths, how, None)? {
+        Some(append) => append.write(store),
+        None => Ok(0),
+    }
+}
+
+/// Appends this replica's ops up to `seq` at most: the engine's append after a
+/// sync, bounded by the last op that sync made durable, so that ops committed
+/// since (by this process or another writer) wait for the sync that covers
+/// them. A file already past `seq` is left as it is.
+pub fn flush_durable_ops(store: &Store, paths: &BeadsPaths, seq: i64) -> Result<usize> {
+    match OwnOpsAppend::plan(store, paths, OwnFile::Append, Some(seq))? {
         Some(append) => append.write(store),
         None => Ok(0),
     }
@@ -105,17 +116,23 @@ struct OwnOpsAppend {
 
 impl OwnOpsAppend {
     /// What to write, or `None` when the file is current.
-    fn plan(store: &Store, paths: &BeadsPaths, how: OwnFile) -> Result<Option<OwnOpsAppend>> {
+    fn plan(
+        store: &Store,
+        paths: &BeadsPaths,
+        how: OwnFile,
+        cap: Option<i64>,
+    ) -> Result<Option<OwnOpsAppend>> {
         use std::os::unix::fs::MetadataExt;
         let lock = FlushLock::acquire(paths)?;
         let replica = store.replica();
         let path = paths.op_file(replica);
-        let upto: i64 = crate::storage::sqlite::cached_row(
+        let db_max: i64 = crate::storage::sqlite::cached_row(
             store.conn(),
             "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
             [replica],
             |r| r.get(0),
         )?;
+        let upto = cap.map_or(db_max, |c| c.min(db_max));
         let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(f) => Some(f),
             // No op yet, no file: an empty one would only sit untracked in git.
@@ -142,7 +159,7 @@ impl OwnOpsAppend {
         };
         let (mut from, mut rewrite) = match in_file {
             Ok(None) => (0, true),
-            Ok(Some(s)) if s as i64 <= upto => (s as i64, false),
+            Ok(Some(s)) if s as i64 <= db_max => (s as i64, false),
             Ok(Some(_)) if how == OwnFile::KeepIfAhead => return Ok(None),
             _ => (0, true),
         };
@@ -162,7 +179,7 @@ impl OwnOpsAppend {
                 (from, rewrite) = (0, true);
             }
         }
-        if from == upto && !rewrite {
+        if from >= upto && !rewrite {
             return Ok(None);
         }
         let mut upto = upto;
@@ -357,7 +374,7 @@ mod tests {
         commit_one(&mut daemon, "t-1");
         flush_own_ops(&daemon, &paths).unwrap();
         commit_one(&mut daemon, "t-2");
-        let plan = OwnOpsAppend::plan(&daemon, &paths, OwnFile::Append)
+        let plan = OwnOpsAppend::plan(&daemon, &paths, OwnFile::Append, None)
             .unwrap()
             .unwrap();
         commit_one(&mut other, "t-3"); // between the plan and the rows

@@ -1,7 +1,6 @@
 //! Integration tests: the real `bd` binary against real SQLite files in temp
 //! repositories.
 
-mod agentsync;
 mod batch;
 mod cli;
 mod common;
@@ -13,6 +12,7 @@ mod exactly_once;
 mod group_commit;
 mod id_collision;
 mod import_export;
+mod merge_simulation;
 mod op_file;
 mod pressure;
 mod recovery;

@@ -102,9 +102,7 @@ fn summary(n: usize, resp: &Response) -> String {
 
 pub fn cmd_batch(ctx: &Ctx, a: BatchArgs) -> Result<(), CliError> {
     let (text, source) = match &a.file {
-        Some(p) if p.as_os_str() != "-" => {
-            (bd::jsonl::read_import_file(p)?, p.display().to_string())
-        }
+        Some(p) if p.as_os_str() != "-" => (bd::api::read_import_file(p)?, p.display().to_string()),
         _ => (
             std::io::read_to_string(std::io::stdin())?,
             "stdin".to_string(),

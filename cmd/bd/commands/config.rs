@@ -2,8 +2,8 @@ use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::api::CONFIG_KEYS as KNOWN_KEYS;
 use bd::api::{Request, Response};
-use bd::config::KNOWN_KEYS;
 use clap::{Args, Subcommand};
 
 /// Read and change the tracker's configuration (.beads/config.json, committed)

@@ -1,13 +1,13 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::ErrorKind;
 use bd::client::DaemonClient;
-use bd::daemon::{self, DaemonOptions};
-use bd::{Error, ErrorKind};
+use bd::client::daemon::{self, DaemonOptions, DaemonStatus, StartOptions};
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Run and inspect the per-repository daemon (one SQLite writer for every agent)
 #[derive(Subcommand, Debug)]
@@ -81,13 +81,13 @@ pub fn cmd_daemon(ctx: &Ctx, c: DaemonCommand) -> Result<(), CliError> {
 /// [`daemon::LOG_ROTATE_BYTES`] the file becomes `daemon.log.1` and a fresh
 /// `daemon.log` takes over stdout and stderr.
 struct LogSink {
-    paths: bd::storage::BeadsPaths,
+    paths: bd::client::BeadsPaths,
     /// Bytes in the current log file; `None` when stderr is not the log.
     written: std::sync::Mutex<Option<u64>>,
 }
 
 impl LogSink {
-    fn new(paths: &bd::storage::BeadsPaths) -> LogSink {
+    fn new(paths: &bd::client::BeadsPaths) -> LogSink {
         use std::os::unix::fs::MetadataExt;
         // Is stderr the daemon log? (Compare the open file with the path.)
         let stderr = std::fs::metadata("/proc/self/fd/2").ok();
@@ -105,7 +105,7 @@ impl LogSink {
     fn write(&self, line: &str) {
         let text = format!(
             "[{}] {line}\n",
-            bd::clock::format_rfc3339(bd::clock::Clock::now_ms(&bd::clock::SystemClock))
+            bd::api::time::format_rfc3339(bd::api::time::now_ms())
         );
         let Ok(mut written) = self.written.lock() else {
             return;
@@ -162,7 +162,7 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
                 .clone()
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         };
-        return Ok(daemon::run(opts, log)?);
+        return Ok(daemon::serve(opts, log)?);
     }
     let s = start_detached(ctx, a)?;
     if ctx.json {
@@ -175,70 +175,25 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The tracker's paths, if a daemon may serve it: its directory's own
-/// database (clients reach a daemon by its directory, so a daemon on another
-/// file would take requests meant for this one), and one that opens (a clear
-/// error now beats one in the log).
-fn startable(ctx: &Ctx) -> Result<bd::storage::BeadsPaths, CliError> {
+/// The tracker's paths, if a daemon may serve it (see
+/// [`daemon::check_servable`]).
+fn startable(ctx: &Ctx) -> Result<bd::client::BeadsPaths, CliError> {
     let paths = ctx.paths()?;
-    if paths.db != paths.dir.join(bd::storage::DB_FILE) {
-        return Err(CliError::usage(
-            format!(
-                "a daemon serves {}, not {}",
-                paths.dir.join(bd::storage::DB_FILE).display(),
-                paths.db.display()
-            ),
-            "commands with --db run in-process; drop --db to start the daemon",
-        ));
-    }
-    bd::storage::Store::open(&paths.db)?;
+    daemon::check_servable(&paths)?;
     Ok(paths)
 }
 
 /// Starts a detached daemon and waits until it answers; its status.
-fn start_detached(ctx: &Ctx, a: &StartArgs) -> Result<bd::rpc::DaemonStatus, CliError> {
-    let paths = ctx.paths()?;
-    if let Some(Some(record)) = daemon::running(&paths)? {
-        return Err(CliError(
-            Error::new(
-                ErrorKind::Exists,
-                format!("a bd daemon is already running here (pid {})", record.pid),
-            )
-            .hint("see it with `bd daemon status`; stop it with `bd daemon stop`"),
-        ));
-    }
-    let exe = std::env::current_exe()?;
-    let mut child = daemon::spawn(
-        &paths,
-        &exe,
-        a.idle_timeout,
-        a.flush_debounce,
-        a.max_group as usize,
-    )?;
-    let started = Instant::now();
-    loop {
-        if let Some(Some(record)) = daemon::running(&paths)?
-            && let Ok(mut c) = DaemonClient::connect(&record.socket, &ctx.actor, ctx.timeout)
-        {
-            return Ok(c.status()?);
-        }
-        if let Some(exit) = child.try_wait()? {
-            return Err(CliError(
-                Error::new(
-                    ErrorKind::Io,
-                    format!("the daemon exited at start ({exit})"),
-                )
-                .hint("see `bd daemon logs`"),
-            ));
-        }
-        if started.elapsed() > WAIT {
-            return Err(CliError(
-                Error::new(ErrorKind::Timeout, "the daemon did not answer within 5 s")
-                    .hint("see `bd daemon logs`"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn start_detached(ctx: &Ctx, a: &StartArgs) -> Result<DaemonStatus, CliError> {
+    let opts = StartOptions {
+        exe: std::env::current_exe()?,
+        idle_timeout_s: a.idle_timeout,
+        flush_debounce_ms: a.flush_debounce,
+        max_group: a.max_group as usize,
+        wait: WAIT,
+    };
+    let mut c = daemon::start(&ctx.paths()?, &opts, &ctx.actor, ctx.timeout)?;
+    Ok(c.status()?)
 }
 
 fn list(ctx: &Ctx) -> Result<(), CliError> {
@@ -250,7 +205,7 @@ fn list(ctx: &Ctx) -> Result<(), CliError> {
         output::status(ctx.quiet, "No bd daemons of yours are running.");
         return Ok(());
     }
-    let now = bd::clock::Clock::now_ms(&bd::clock::SystemClock);
+    let now = bd::api::time::now_ms();
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|d| {
@@ -268,34 +223,7 @@ fn list(ctx: &Ctx) -> Result<(), CliError> {
 /// Asks every daemon of this user to stop (each drains and exits as for
 /// `bd daemon stop`) and waits for them.
 fn stop_all(ctx: &Ctx) -> Result<(), CliError> {
-    let all = daemon::list_mine()?;
-    for d in &all {
-        daemon::terminate(&bd::storage::BeadsPaths::new(&d.dir))?;
-    }
-    let started = Instant::now();
-    let mut left: Vec<&daemon::RunningDaemon> = all.iter().collect();
-    while !left.is_empty() && started.elapsed() < WAIT {
-        left.retain(|d| {
-            daemon::running(&bd::storage::BeadsPaths::new(&d.dir))
-                .is_ok_and(|r| r.is_some_and(|r| r.is_none_or(|r| r.pid == d.pid)))
-        });
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if let Some(d) = left.first() {
-        return Err(CliError(
-            Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "{} daemon(s) did not exit within 5 s (pid {} for {})",
-                    left.len(),
-                    d.pid,
-                    d.dir.display()
-                ),
-            )
-            .hint("see `bd daemon logs` in that repository"),
-        ));
-    }
-    let pids: Vec<u32> = all.iter().map(|d| d.pid).collect();
+    let pids = daemon::stop_all(WAIT)?;
     if ctx.json {
         return output::json(&serde_json::json!({"stopped": pids}));
     }
@@ -363,27 +291,7 @@ fn restart(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
 /// (another daemon may take it at once: a command that needs one starts it).
 /// Its pid, or `None` if none ran.
 fn stop_running(ctx: &Ctx) -> Result<Option<u32>, CliError> {
-    let paths = ctx.paths()?;
-    let Some(mut c) = client(ctx)? else {
-        return Ok(None);
-    };
-    let pid = c.hello.pid;
-    c.stop()?;
-    drop(c);
-    let started = Instant::now();
-    while daemon::running(&paths)?.is_some_and(|r| r.is_none_or(|r| r.pid == pid)) {
-        if started.elapsed() > WAIT {
-            return Err(CliError(
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!("the daemon (pid {pid}) did not exit within 5 s"),
-                )
-                .hint("see `bd daemon logs`"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(Some(pid))
+    Ok(daemon::stop(&ctx.paths()?, &ctx.actor, WAIT)?)
 }
 
 fn status(ctx: &Ctx) -> Result<(), CliError> {

@@ -4,11 +4,11 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::api::Issue;
+use bd::api::ListFilter;
 use bd::api::{CreateRequest, Request, Response, UpdateRequest};
+use bd::client::{BEADS_DIR, BeadsPaths};
 use bd::client::{Backend, Direct, InitOptions, init};
-use bd::model::Issue;
-use bd::query::ListFilter;
-use bd::storage::{BEADS_DIR, BeadsPaths};
 use bd::{Error, ErrorKind};
 use clap::Args;
 use std::sync::Mutex;
@@ -331,7 +331,7 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
     log.run("lead", &root, "lead", &["stats"])?;
     // Act two: a second machine, through a git remote.
     let two = if git {
-        Some(two_machines(&root, &paths, &mut lead, &log)?)
+        Some(two_machines(&root, &mut lead, &log)?)
     } else {
         None
     };
@@ -417,8 +417,11 @@ fn info_hash(c: &mut Direct) -> Result<String, Error> {
     }
 }
 
-fn sync(c: &mut Direct, paths: &BeadsPaths) -> Result<bd::gitsync::SyncReport, Error> {
-    bd::gitsync::sync(c, paths, &bd::gitsync::SyncOptions::default())
+fn sync(c: &mut Direct) -> Result<bd::api::SyncReport, Error> {
+    match c.call(Request::Sync(Default::default()))? {
+        Response::Sync(r) => Ok(r),
+        other => Err(Error::internal(format!("unexpected {other:?}"))),
+    }
 }
 
 /// A bare repository as `origin`, a clone of it as a second machine, the same
@@ -426,7 +429,6 @@ fn sync(c: &mut Direct, paths: &BeadsPaths) -> Result<bd::gitsync::SyncReport, E
 /// list the conflict; one resolves it; after syncing again both agree.
 fn two_machines(
     root: &std::path::Path,
-    paths: &BeadsPaths,
     lead: &mut Direct,
     log: &Log,
 ) -> Result<TwoMachines, Error> {
@@ -439,7 +441,7 @@ fn two_machines(
         &["remote", "add", "origin", &origin.display().to_string()],
     )?;
     git(root, &["checkout", "-q", "-b", "main"])?;
-    let r = sync(lead, paths)?;
+    let r = sync(lead)?;
     log.say(
         "machine A",
         &format!("bd sync: committed bd's files, pushed: {}", r.pushed),
@@ -460,7 +462,7 @@ fn two_machines(
         &b_root,
         &InitOptions {
             prefix: None,
-            replica: bd::ids::new_replica_id()?,
+            replica: bd::client::new_replica_id()?,
         },
     )?;
     let b_paths = BeadsPaths::new(b_root.join(BEADS_DIR));
@@ -480,8 +482,8 @@ fn two_machines(
             ..Default::default()
         },
     )?;
-    sync(lead, paths)?;
-    let got = sync(&mut bob, &b_paths)?.ops_applied;
+    sync(lead)?;
+    let got = sync(&mut bob)?.ops_applied;
     log.say(
         "machine B",
         &format!("bd sync: {got} new op(s), including {}", follow.id),
@@ -523,8 +525,8 @@ fn two_machines(
         ],
     )?;
     let mut exchanged = got;
-    exchanged += sync(lead, paths)?.ops_applied;
-    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
+    exchanged += sync(lead)?.ops_applied;
+    exchanged += sync(&mut bob)?.ops_applied;
     let conflicts = match bob.call(Request::Conflicts)? {
         Response::Conflicts(c) => c,
         other => return Err(Error::internal(format!("unexpected {other:?}"))),
@@ -553,8 +555,8 @@ fn two_machines(
         "bob",
         &["resolve", &follow.id, "--field", "title", "--take", "bob"],
     )?;
-    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
-    exchanged += sync(lead, paths)?.ops_applied;
+    exchanged += sync(&mut bob)?.ops_applied;
+    exchanged += sync(lead)?.ops_applied;
     // Both split it into a sub-task before syncing: each machine numbers its
     // child <id>.1. Two pieces of work, so two issues, named alike everywhere.
     log.say(
@@ -600,9 +602,9 @@ fn two_machines(
         id: String,
     }
     let mine = Made { id: mine_id };
-    exchanged += sync(lead, paths)?.ops_applied;
-    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
-    exchanged += sync(lead, paths)?.ops_applied;
+    exchanged += sync(lead)?.ops_applied;
+    exchanged += sync(&mut bob)?.ops_applied;
+    exchanged += sync(lead)?.ops_applied;
     let children = |c: &mut Direct| -> Result<Vec<(String, String)>, Error> {
         let mut out = Vec::new();
         let all = ListFilter {
@@ -614,7 +616,7 @@ fn two_machines(
             other => return Err(Error::internal(format!("unexpected {other:?}"))),
         };
         for i in issues {
-            if i.id == mine.id || bd::merge::wire_id(&i.id) == mine.id {
+            if i.id == mine.id || bd::api::wire_id(&i.id) == mine.id {
                 out.push((i.id, i.title));
             }
         }
@@ -642,8 +644,8 @@ fn two_machines(
         "bob",
         &["resolve", &mine.id, "--field", "id", "--value", "ack"],
     )?;
-    exchanged += sync(&mut bob, &b_paths)?.ops_applied;
-    exchanged += sync(lead, paths)?.ops_applied;
+    exchanged += sync(&mut bob)?.ops_applied;
+    exchanged += sync(lead)?.ops_applied;
     let (ha, hb) = (info_hash(lead)?, info_hash(&mut bob)?);
     if ha != hb {
         return Err(Error::internal("the two machines did not converge"));

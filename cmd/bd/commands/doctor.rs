@@ -1,7 +1,7 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::doctor::Level;
+use bd::client::Level;
 use clap::Args;
 use std::fmt::Write;
 
@@ -21,7 +21,7 @@ pub struct DoctorArgs {
 
 pub fn cmd_doctor(ctx: &Ctx, a: DoctorArgs) -> Result<(), CliError> {
     let paths = ctx.paths()?;
-    let report = bd::doctor::run(&paths, a.fix, &std::env::current_exe()?)?;
+    let report = bd::client::doctor(&paths, a.fix, &std::env::current_exe()?)?;
     if ctx.json {
         output::json(&report)?;
     } else {
@@ -51,7 +51,7 @@ pub fn cmd_doctor(ctx: &Ctx, a: DoctorArgs) -> Result<(), CliError> {
                 _ if report
                     .checks
                     .iter()
-                    .any(|c| c.name == "database" && c.level == bd::doctor::Level::Error) =>
+                    .any(|c| c.name == "database" && c.level == bd::client::Level::Error) =>
                 {
                     "; `bd rebuild` replaces the damaged database"
                 }

@@ -20,12 +20,12 @@ pub fn cmd_export(ctx: &Ctx, a: ExportArgs) -> Result<(), CliError> {
         Response::Issues(i) => i,
         other => return Err(unexpected(other)),
     };
-    let text = bd::jsonl::render_snapshot(&issues)?;
+    let text = bd::api::render_issues(&issues)?;
     match a.output {
         None => output::print_data(&text),
         Some(path) if path.as_os_str() == "-" => output::print_data(&text),
         Some(path) => {
-            bd::jsonl::atomic_write(&path, text.as_bytes())?;
+            bd::client::write_atomically(&path, text.as_bytes())?;
             if ctx.json {
                 return output::json(&serde_json::json!({"path": path, "issues": issues.len()}));
             }

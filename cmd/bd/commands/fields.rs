@@ -38,7 +38,7 @@ impl FieldArgs {
         Ok(self
             .priority
             .as_deref()
-            .map(bd::model::parse_priority)
+            .map(bd::api::parse_priority)
             .transpose()?)
     }
 }

@@ -2,9 +2,9 @@
 
 use super::split_list;
 use crate::cli_error::CliError;
-use bd::clock::{Clock, SystemClock, parse_rfc3339};
-use bd::model::parse_priority;
-use bd::query::{ListFilter, SortKey};
+use bd::api::parse_priority;
+use bd::api::time::{now_ms, parse_rfc3339};
+use bd::api::{ListFilter, SortKey};
 use clap::Args;
 
 /// Filters common to every issue listing.
@@ -87,7 +87,7 @@ pub fn parse_when(s: &str) -> Result<i64, CliError> {
         _ => 0,
     };
     match num.parse::<i64>() {
-        Ok(n) if unit_ms > 0 && n >= 0 => Ok(SystemClock.now_ms() as i64 - n * unit_ms),
+        Ok(n) if unit_ms > 0 && n >= 0 => Ok(now_ms() as i64 - n * unit_ms),
         _ => Err(CliError::usage(
             format!("invalid date {s:?}"),
             "use 2026-01-31, 2026-01-31T12:00:00Z, or an age like 30m, 12h, 7d, 2w",

@@ -1,9 +1,7 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::api::Request;
-use bd::gitsync::Repo;
-use bd::gitsync::hooks::HookState;
+use bd::client::git::{self, HookState};
 use clap::{Args, Subcommand};
 use std::fmt::Write;
 
@@ -33,19 +31,12 @@ pub struct RunArgs {
 pub fn cmd_hooks(ctx: &Ctx, c: HooksCommand) -> Result<(), CliError> {
     match c {
         HooksCommand::Install => {
-            let repo = Repo::open(&ctx.paths()?)?;
-            let exe = std::env::current_exe()?;
-            let states = repo.install_hooks(&exe)?;
-            repo.register_merge_driver(&exe)?;
+            let states = git::install(&ctx.paths()?, &std::env::current_exe()?)?;
             show(ctx, &states, "Installed")
         }
-        HooksCommand::Uninstall => {
-            let repo = Repo::open(&ctx.paths()?)?;
-            show(ctx, &repo.uninstall_hooks()?, "Uninstalled")
-        }
+        HooksCommand::Uninstall => show(ctx, &git::uninstall(&ctx.paths()?)?, "Uninstalled"),
         HooksCommand::List => {
-            let repo = Repo::open(&ctx.paths()?)?;
-            let states = repo.hook_states()?;
+            let states = git::hooks(&ctx.paths()?)?;
             if ctx.json {
                 return output::json(&states);
             }
@@ -67,47 +58,10 @@ fn run_hook(ctx: &Ctx, hook: &str) -> Result<(), CliError> {
         Ok(p) => p,
         Err(_) => return Ok(()), // no tracker here: nothing to do
     };
-    match hook {
-        "pre-commit" => {
-            ctx.backend_without_auto_start()?.call(Request::Flush)?;
-            let repo = Repo::open(&paths)?;
-            let files = repo.bd_files()?;
-            // The git program, not libgit2: inside a hook git may be using a
-            // temporary index (GIT_INDEX_FILE), which `git add` honours.
-            // `-C`, not a working directory: see gitsync's `run_git`.
-            let status = std::process::Command::new("git")
-                .arg("-C")
-                .arg(repo.workdir())
-                .arg("add")
-                .arg("--")
-                .args(&files)
-                .stdin(std::process::Stdio::null())
-                .status()?;
-            if !status.success() {
-                return Err(CliError(bd::Error::new(
-                    bd::ErrorKind::Io,
-                    "git add of bd's files failed",
-                )));
-            }
-            Ok(())
-        }
-        "post-merge" | "post-checkout" => {
-            // In the middle of a rebase (which checks out commits as it goes)
-            // the files are git's to change; the next bd command catches up.
-            if bd::gitsync::git_dir(&paths).is_some_and(|d| bd::gitsync::operation_in_progress(&d))
-            {
-                return Ok(());
-            }
-            // Any command applies the ops that arrived; flush also regenerates
-            // issues.jsonl and conflicts.jsonl from them.
-            ctx.backend_without_auto_start()?.call(Request::Flush)?;
-            Ok(())
-        }
-        other => Err(CliError(
-            bd::Error::invalid(format!("unknown hook {other:?}"))
-                .hint("bd runs pre-commit, post-merge and post-checkout"),
-        )),
-    }
+    bd::client::git::run_hook(&paths, hook, &mut || {
+        ctx.backend_without_auto_start().map_err(|e| e.0)
+    })?;
+    Ok(())
 }
 
 fn show(ctx: &Ctx, states: &[HookState], verb: &str) -> Result<(), CliError> {

@@ -3,7 +3,7 @@ use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
 use bd::api::{ImportReport, Request, Response};
-use bd::jsonl::{parse_issue_lines, read_import_file};
+use bd::api::{parse_issue_lines, read_import_file};
 use bd::{Error, ErrorKind};
 use clap::Args;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::client::git::{self, SetUp};
 use bd::client::{InitOptions, init};
 use clap::Args;
 
@@ -12,9 +13,9 @@ pub struct InitArgs {
     pub prefix: Option<String>,
 }
 
-/// A fresh random replica id (see [`bd::ids::new_replica_id`]).
+/// A fresh random replica id (see [`bd::client::new_replica_id`]).
 pub fn new_replica_id() -> Result<String, CliError> {
-    Ok(bd::ids::new_replica_id()?)
+    Ok(bd::client::new_replica_id()?)
 }
 
 pub fn cmd_init(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
@@ -28,22 +29,14 @@ pub fn cmd_init(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
     )?;
     // Inside a git repository: hooks and the merge driver, so the user's own
     // git commands keep bd's files fresh. A failure here does not undo the init.
-    let paths = bd::storage::BeadsPaths::new(&report.beads_dir);
-    let git = match bd::gitsync::Repo::open(&paths) {
-        Ok(repo) => {
-            let exe = std::env::current_exe()?;
-            match repo
-                .install_hooks(&exe)
-                .and_then(|_| repo.register_merge_driver(&exe))
-            {
-                Ok(()) => "git hooks and merge driver installed".to_string(),
-                Err(e) => format!(
-                    "git hooks not installed: {} (`bd hooks install` retries)",
-                    e.message
-                ),
-            }
-        }
-        Err(_) => {
+    let paths = bd::client::BeadsPaths::new(&report.beads_dir);
+    let git = match git::set_up(&paths, &std::env::current_exe()?) {
+        SetUp::Installed => "git hooks and merge driver installed".to_string(),
+        SetUp::Failed(e) => format!(
+            "git hooks not installed: {} (`bd hooks install` retries)",
+            e.message
+        ),
+        SetUp::NotARepository => {
             "not a git repository: no hooks installed (after `git init`, run `bd hooks install`)"
                 .to_string()
         }

@@ -3,8 +3,8 @@ use super::{call, split_list, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::api::ListFilter;
 use bd::api::{Request, Response};
-use bd::query::ListFilter;
 use clap::Args;
 
 /// List issues (open ones by default) with filters

@@ -17,6 +17,6 @@ pub struct MergeDriverArgs {
 }
 
 pub fn cmd_merge_driver(_ctx: &Ctx, a: MergeDriverArgs) -> Result<(), CliError> {
-    bd::gitsync::hooks::merge_driver(&a.ancestor, &a.ours, &a.theirs, a.path.as_deref())?;
+    bd::client::git::merge_driver(&a.ancestor, &a.ours, &a.theirs, a.path.as_deref())?;
     Ok(())
 }

@@ -233,7 +233,7 @@ pub fn call_as(ctx: &Ctx, req: Request, request_id: Option<String>) -> Result<Re
             bd::api::validate_request_id(&id)?;
             Some(id)
         }
-        (true, None) => Some(bd::ids::new_request_id()?),
+        (true, None) => Some(bd::client::new_request_id()?),
         (false, Some(_)) => {
             return Err(CliError::usage(
                 "--request-id applies to commands that change the tracker",
@@ -243,8 +243,7 @@ pub fn call_as(ctx: &Ctx, req: Request, request_id: Option<String>) -> Result<Re
         (false, None) => None,
     };
     let paths = ctx.paths()?;
-    let deadline_ms =
-        bd::clock::Clock::now_ms(&bd::clock::SystemClock) + ctx.timeout.as_millis() as u64;
+    let deadline_ms = bd::api::time::now_ms() + ctx.timeout.as_millis() as u64;
     let delivered = bd::client::call_reliably(
         &mut || ctx.backend().map_err(|e| e.0),
         &paths,

@@ -1,7 +1,7 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::gitsync::{Integration, SyncOptions, SyncReport};
+use bd::api::{Integration, Request, Response, SyncOptions, SyncReport};
 use clap::Args;
 use std::fmt::Write;
 
@@ -32,23 +32,18 @@ pub struct SyncArgs {
 }
 
 pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
-    let paths = ctx.paths()?;
-    let mut backend = ctx.backend()?;
     let opts = SyncOptions {
         pull: !a.no_pull,
         push: !a.no_push,
-        // --status is a dry run that also counts conflicts and reports freshness.
-        dry_run: a.dry_run || a.status,
+        dry_run: a.dry_run,
         message: a.message,
+        // A dry run that also counts conflicts and reports freshness.
+        status: a.status,
     };
-    let mut report = bd::gitsync::sync(backend.as_mut(), &paths, &opts)?;
-    if a.status {
-        report.conflicts = match backend.call(bd::api::Request::Conflicts)? {
-            bd::api::Response::Conflicts(c) => c.len() as u64,
-            _ => 0,
-        };
-        report.notes.retain(|n| !n.starts_with("dry run"));
-    }
+    let report = match ctx.backend()?.call(Request::Sync(opts))? {
+        Response::Sync(r) => r,
+        other => return Err(crate::commands::unexpected(other)),
+    };
     if ctx.json {
         return output::json(&report);
     }

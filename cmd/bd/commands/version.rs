@@ -9,7 +9,7 @@ pub struct VersionArgs {}
 
 pub fn cmd_version(ctx: &Ctx, _a: VersionArgs) -> Result<(), CliError> {
     let version = env!("CARGO_PKG_VERSION");
-    let schema = bd::storage::sqlite::SCHEMA_VERSION;
+    let schema = bd::client::SCHEMA_VERSION;
     if ctx.json {
         return output::json(&serde_json::json!({"version": version, "schema_version": schema}));
     }

@@ -1,4 +1,4 @@
-//! The merge benchmark ("agentsync"): the same multi-agent workloads merged two
+//! The merge simulation: the same multi-agent workloads merged two
 //! ways, scored against the workload's own causal history.
 //!
 //! - **Naive last-writer-wins**: each clone keeps one record per issue (as a JSONL
@@ -21,7 +21,7 @@
 //!   contenders all being listed in the `deleted` conflict);
 //! - a visible write is **attributed** if the final state can name who wrote it.
 //!
-//! `examples/agentsync.rs` prints the table; `tests/it/agentsync.rs` holds bd to
+//! `examples/merge_simulation.rs` prints the table; `tests/it/merge_simulation.rs` holds bd to
 //! zero lost writes, full attribution and every conflict escalated.
 
 use crate::merge::IssueDoc;

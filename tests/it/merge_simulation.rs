@@ -3,7 +3,7 @@
 //! converges; and the naive last-writer-wins baseline is shown to lose writes (so
 //! the scoring can tell the two apart).
 
-use bd::agentsync::{run, table, workloads};
+use bd::merge_simulation::{run, table, workloads};
 
 #[test]
 fn bd_loses_nothing_attributes_everything_and_escalates_every_conflict() {

@@ -1,14 +1,14 @@
 //! Prints the merge benchmark's table: the same multi-agent workloads merged by
-//! naive last-writer-wins and by bd (see `bd::agentsync`).
+//! naive last-writer-wins and by bd (see `bd::merge_simulation`).
 //!
-//! Run: `cargo run --release --example agentsync`
+//! Run: `cargo run --release --example merge_simulation`
 
 fn main() {
     let mut scores = Vec::new();
-    for w in bd::agentsync::workloads() {
-        scores.extend(bd::agentsync::run(&w));
+    for w in bd::merge_simulation::workloads() {
+        scores.extend(bd::merge_simulation::run(&w));
     }
-    print!("{}", bd::agentsync::table(&scores));
+    print!("{}", bd::merge_simulation::table(&scores));
     println!(
         "\nlost: writes no later write had seen that are not visible at the end (as the value or a recorded conflict).\n\
          attributed: visible writes whose author the final state names.\n\
