@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod exactly_once;
 mod group_commit;
+mod human_output;
 mod id_collision;
 mod import_export;
 mod merge_simulation;

@@ -51,7 +51,7 @@ pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
         // What was asked for: data, on stdout.
         return output::print(&render(&report, a.status));
     }
-    output::status(ctx.quiet, &render(&report, a.status));
+    output::status(ctx.quiet, render(&report, a.status).trim_end());
     Ok(())
 }
 
