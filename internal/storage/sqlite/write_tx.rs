@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::merge::IssueDoc;
 use crate::model::{Hlc, OF_LEN, Op, OpKind};
 use crate::storage::collisions;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -19,12 +19,38 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// instead of being applied again. Longer than any deadline a command accepts.
 pub const REQUEST_ID_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// Request ids between two prunings of those past [`REQUEST_ID_WINDOW_MS`].
+const REQUEST_PRUNE_EVERY: i64 = 64;
+
+/// The stamp of a stored op, read without parsing the rest of it.
+fn stamp_of(body: &str) -> Result<Hlc> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        hlc: Hlc,
+    }
+    Ok(serde_json::from_str::<Stamp>(body)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("unreadable op in the database: {e}"),
+            )
+            .hint("`bd rebuild` makes a new database from the op files")
+        })?
+        .hlc)
+}
+
 /// A write transaction: records ops and keeps the materialised rows in step.
 pub struct WriteTx<'a> {
     pub(super) tx: Tx<'a>,
     pub(super) clock: &'a dyn Clock,
     pub(super) replica: String,
     pub(super) hlc: Hlc,
+    /// The clock as the next transaction would find it without writing `meta`.
+    recoverable: Hlc,
+    /// `seq` when the transaction began.
+    begin_seq: u64,
+    /// The seq and stamp of the last op [`WriteTx::record`] stored.
+    last_stamp: Option<(u64, Hlc)>,
     pub(super) seq: u64,
     pub(super) docs: HashMap<String, IssueDoc>,
     /// Docs flushed in this transaction, put in `cache` if it commits.
@@ -51,7 +77,10 @@ impl<'a> WriteTx<'a> {
         clock: &'a dyn Clock,
         cache: &'a mut HashMap<String, IssueDoc>,
     ) -> Result<Self> {
-        let hlc = meta_get(&tx, "hlc")?
+        // The clock resumes from the later of the stamp saved in `meta` (what
+        // received ops advanced it to) and this replica's last op's own stamp
+        // (what local writes advanced it to; they do not write `meta`).
+        let saved = meta_get(&tx, "hlc")?
             .and_then(|s| {
                 let (w, l) = s.split_once('.')?;
                 Some(Hlc {
@@ -60,18 +89,24 @@ impl<'a> WriteTx<'a> {
                 })
             })
             .unwrap_or_default();
-        let seq: i64 = cached_row(
-            &tx,
-            "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE replica = ?1",
-            params![replica],
-            |r| r.get(0),
-        )?;
+        let last: Option<(i64, String)> = tx
+            .prepare_cached("SELECT seq, body FROM ops WHERE replica = ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row(params![replica], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (seq, own) = match last {
+            Some((seq, body)) => (seq, stamp_of(&body)?),
+            None => (0, Hlc::default()),
+        };
+        let hlc = saved.max(own);
         let collisions = collisions::any_collision(&tx)?;
         Ok(WriteTx {
             tx,
             clock,
             replica: replica.to_string(),
             hlc,
+            recoverable: hlc,
+            begin_seq: seq as u64,
+            last_stamp: None,
             seq: seq as u64,
             docs: HashMap::new(),
             flushed: HashMap::new(),
@@ -135,6 +170,7 @@ impl<'a> WriteTx<'a> {
         self.seq += 1;
         op.hlc = self.hlc;
         op.seq = self.seq;
+        self.last_stamp = Some((self.seq, self.hlc));
         op.replica = self.replica.clone();
         // Load the doc before storing the op, so loading does not read it back.
         let home = op.issue.clone();
@@ -287,13 +323,21 @@ impl<'a> WriteTx<'a> {
     ) -> Result<()> {
         let now = self.clock.now_ms();
         self.tx
-            .prepare_cached("DELETE FROM requests WHERE created_ms < ?1")?
-            .execute(params![now.saturating_sub(REQUEST_ID_WINDOW_MS) as i64])?;
-        self.tx
             .prepare_cached(
                 "INSERT INTO requests(id, digest, created_ms, outcome) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![request_id, digest, now as i64, outcome])?;
+        // Every 64th id, forget those older than the window: the rows before
+        // the first young one in arrival order (a few leaf pages at the front),
+        // not a random row and an index page on every write.
+        if self.tx.last_insert_rowid() % REQUEST_PRUNE_EVERY == 0 {
+            self.tx
+                .prepare_cached(
+                    "DELETE FROM requests WHERE seq < \
+                     (SELECT seq FROM requests WHERE created_ms >= ?1 ORDER BY seq LIMIT 1)",
+                )?
+                .execute(params![now.saturating_sub(REQUEST_ID_WINDOW_MS) as i64])?;
+        }
         Ok(())
     }
 
@@ -342,16 +386,190 @@ impl<'a> WriteTx<'a> {
 
     pub(super) fn commit(mut self) -> Result<()> {
         self.flush()?;
-        meta_set(
-            &self.tx,
-            "hlc",
-            &format!("{}.{}", self.hlc.wall, self.hlc.logical),
-        )?;
+        // `meta` is written only when the next transaction could not recover
+        // the clock from this replica's last op: a received op advanced it (or
+        // an op whose stamp is unknown here was rolled back). A local write
+        // then touches one page fewer.
+        let recoverable = match self.last_stamp {
+            _ if self.seq == self.begin_seq => Some(self.recoverable),
+            Some((seq, stamp)) if seq == self.seq => Some(self.recoverable.max(stamp)),
+            _ => None,
+        };
+        if recoverable.is_none_or(|r| self.hlc > r) {
+            meta_set(
+                &self.tx,
+                "hlc",
+                &format!("{}.{}", self.hlc.wall, self.hlc.logical),
+            )?;
+        }
         self.tx.commit()?;
         if self.cache.len() + self.flushed.len() > MAX_CACHED_DOCS {
             self.cache.clear();
         }
         self.cache.extend(self.flushed.drain());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::clock::FixedClock;
+    use crate::model::{Hlc, Op, OpKind};
+    use crate::storage::{BeadsPaths, Store};
+    use serde_json::json;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        let paths = BeadsPaths::new(dir.path().join(".beads"));
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        Store::create(&paths, "local").unwrap();
+        Store::open(&paths.db).unwrap()
+    }
+
+    fn op(issue: &str, kind: OpKind, value: serde_json::Value) -> Op {
+        Op {
+            op_id: String::new(),
+            issue: issue.into(),
+            of: None,
+            kind,
+            field: None,
+            value,
+            supersedes: vec![],
+            hlc: Hlc::default(),
+            actor: "a".into(),
+            replica: String::new(),
+            seq: 0,
+        }
+    }
+
+    fn last_stamp(store: &Store) -> Hlc {
+        let body: String = store
+            .conn()
+            .query_row(
+                "SELECT body FROM ops WHERE replica = 'local' ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        super::stamp_of(&body).unwrap()
+    }
+
+    /// Local writes no longer save the clock in `meta` (one page fewer per
+    /// write): the next transaction, and the next process, resume it from the
+    /// last op's own stamp; a received op that advanced it past that is saved.
+    /// Either way no stamp is ever given twice or goes backwards.
+    #[test]
+    fn the_clock_never_goes_back_though_local_writes_do_not_save_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FixedClock::new(1_000_000);
+        let mut s = store(&dir);
+        let mut stamps = Vec::new();
+        for i in 0..3 {
+            // The wall clock stands still: only the logical part moves.
+            s.write(&clock, |tx| {
+                tx.record(op(&format!("t-{i}"), OpKind::Create, json!({"title": "x"})))
+            })
+            .unwrap();
+            stamps.push(last_stamp(&s));
+        }
+        let saved = crate::storage::sqlite::meta_get(s.conn(), "hlc").unwrap();
+        assert_eq!(saved, None, "local writes left meta alone");
+        // A remote op from 5 s ahead (within the skew allowed) advances it.
+        let mut remote = op("t-r", OpKind::Create, json!({"title": "r"}));
+        remote.replica = "remote".into();
+        remote.seq = 1;
+        remote.hlc = Hlc {
+            wall: 1_005_000,
+            logical: 7,
+        };
+        let remote = remote.seal();
+        s.write(&clock, |tx| tx.receive(remote.clone(), 60_000))
+            .unwrap();
+        assert!(
+            crate::storage::sqlite::meta_get(s.conn(), "hlc")
+                .unwrap()
+                .is_some(),
+            "a received op's advance is saved"
+        );
+        drop(s);
+        // A new process: its next local stamp is past everything seen.
+        let mut s = store_reopen(&dir);
+        s.write(&clock, |tx| {
+            tx.record(op("t-9", OpKind::Create, json!({"title": "y"})))
+        })
+        .unwrap();
+        let next = last_stamp(&s);
+        assert!(next > remote.hlc, "{next:?} after {:?}", remote.hlc);
+        stamps.push(next);
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+    }
+
+    fn store_reopen(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join(".beads").join("beads.db")).unwrap()
+    }
+
+    /// Request ids are forgotten after the window, in batches taken from the
+    /// front of the table (arrival order), and never before.
+    #[test]
+    fn request_ids_are_forgotten_after_the_window_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FixedClock::new(10_000_000_000);
+        let mut s = store(&dir);
+        let count = |s: &Store| -> i64 {
+            s.conn()
+                .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
+                .unwrap()
+        };
+        for i in 0..100 {
+            s.write(&clock, |tx| tx.record_request(&format!("old-{i}"), "d", Some("{}")))
+                .unwrap();
+        }
+        assert_eq!(count(&s), 100, "none is past the window");
+        clock.advance(super::REQUEST_ID_WINDOW_MS + 1);
+        for i in 0..64 {
+            s.write(&clock, |tx| tx.record_request(&format!("new-{i}"), "d", Some("{}")))
+                .unwrap();
+        }
+        assert_eq!(count(&s), 64, "the old ones are gone, every new one kept");
+        for rid in ["old-0", "old-99"] {
+            let gone = s.write(&clock, |tx| tx.request_outcome(rid)).unwrap();
+            assert_eq!(gone, None, "{rid}");
+        }
+        let kept = s.write(&clock, |tx| tx.request_outcome("new-0")).unwrap();
+        assert!(kept.is_some());
+    }
+
+    /// The v5 upgrade keeps every remembered request id and its answer, in
+    /// arrival order.
+    #[test]
+    fn upgrading_to_v5_keeps_the_request_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.conn()
+            .execute_batch(
+                "DROP TABLE requests;
+                 CREATE TABLE requests (id TEXT PRIMARY KEY, digest TEXT NOT NULL,
+                     created_ms INTEGER NOT NULL, outcome TEXT) WITHOUT ROWID;
+                 CREATE INDEX requests_by_time ON requests(created_ms);
+                 INSERT INTO requests VALUES ('b', 'db', 2, '{\"x\":2}'), ('a', 'da', 1, NULL);
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+        drop(s);
+        let s = store_reopen(&dir);
+        let rows: Vec<(i64, String, Option<String>)> = s
+            .conn()
+            .prepare("SELECT seq, id, outcome FROM requests ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "a".to_string(), None),
+                (2, "b".to_string(), Some("{\"x\":2}".to_string()))
+            ]
+        );
     }
 }
