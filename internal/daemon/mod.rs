@@ -13,7 +13,9 @@
 //! - A request whose deadline has passed before the writer reaches it is not
 //!   executed; its caller gets a timeout error.
 
+mod connection;
 mod server;
+mod writer;
 
 pub use server::{DaemonOptions, Log, MAX_GROUP, run};
 

@@ -1,0 +1,226 @@
+//! One task per client connection: length-prefixed frames, the hello, then each
+//! request routed after the catch-up gate: a write to the writer's queue, a read
+//! to a pooled read connection (a small one runs on the task itself).
+
+use super::server::Shared;
+use super::writer::Job;
+use crate::api::Request;
+use crate::clock::SystemClock;
+use crate::engine::{self, Answer, Item};
+use crate::rpc::{
+    self, Call, Envelope, Hello, HelloReply, IssueRows, Outcome, PROTOCOL, Reply,
+};
+use crate::service::Context;
+use crate::storage::Store;
+use crate::{Error, ErrorKind, Result};
+use interprocess::local_socket::tokio::Stream;
+use serde::{Serialize, de::DeserializeOwned};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// A client must say hello within this long, or it is disconnected.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections kept open between requests.
+const READER_POOL: usize = 8;
+
+struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.counters.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+async fn read_frame<T: DeserializeOwned>(mut conn: &Stream) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    let n = conn.read(&mut len).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < 4 {
+        conn.read_exact(&mut len[n..]).await?;
+    }
+    let len = rpc::check_len(u32::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await?;
+    rpc::decode(&body).map(Some)
+}
+
+async fn write_frame<T: Serialize>(mut conn: &Stream, msg: &T) -> Result<()> {
+    conn.write_all(&rpc::encode(msg)?).await?;
+    conn.flush().await?;
+    Ok(())
+}
+
+pub(super) async fn connection(conn: Stream, shared: Arc<Shared>) {
+    shared.counters.connections.fetch_add(1, Ordering::SeqCst);
+    let _guard = ConnectionGuard(shared.clone());
+    let hello: Hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&conn)).await {
+        Ok(Ok(Some(h))) => h,
+        _ => return, // silent, garbage or too slow: this client only
+    };
+    let ok = hello.protocol == PROTOCOL;
+    let reply = HelloReply {
+        protocol: PROTOCOL,
+        version: shared.opts.version.clone(),
+        pid: std::process::id(),
+        ok,
+        message: (!ok).then(|| {
+            format!(
+                "daemon speaks protocol {PROTOCOL}, client {}",
+                hello.protocol
+            )
+        }),
+    };
+    if write_frame(&conn, &reply).await.is_err() || !ok {
+        return;
+    }
+    loop {
+        let env: Envelope = match read_frame(&conn).await {
+            Ok(Some(env)) => env,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = write_frame(
+                    &conn,
+                    &Reply {
+                        id: 0,
+                        result: Outcome::Err(e),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        shared.touch();
+        let result = match env.call {
+            Call::Status => Outcome::Status(shared.status()),
+            Call::Stop => {
+                shared.begin_shutdown();
+                Outcome::Stopping
+            }
+            Call::Request(req) => {
+                shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+                let item = Item {
+                    actor: env.actor,
+                    request: *req,
+                    deadline_ms: Some(env.deadline_ms),
+                    request_id: env.request_id,
+                };
+                match request(&shared, item).await {
+                    Ok(Answer::Response(r)) => Outcome::Ok(r),
+                    Ok(Answer::Rows(rows)) => Outcome::Rows(IssueRows(rows)),
+                    Err(e) => Outcome::Err(e),
+                }
+            }
+        };
+        if write_frame(&conn, &Reply { id: env.id, result })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
+    if shared.stopping.load(Ordering::SeqCst) {
+        // Not accepted, so certainly not applied: the client resends it
+        // (through the next daemon, or in-process).
+        return Err(
+            Error::new(ErrorKind::Unavailable, "the daemon is shutting down")
+                .hint("run the command again"),
+        );
+    }
+    catch_up(shared).await?;
+    if item.request.is_write() {
+        let (tx, rx) = oneshot::channel();
+        shared.counters.queue.fetch_add(1, Ordering::SeqCst);
+        let sent = shared
+            .jobs
+            .lock()
+            .map_err(|_| Error::internal("writer queue poisoned"))?
+            .send(Job::Write {
+                item: Box::new(item),
+                reply: tx,
+            });
+        if sent.is_err() {
+            shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::internal("the daemon's writer has stopped"));
+        }
+        return rx
+            .await
+            .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))
+            .map(Answer::Response);
+    }
+    if is_light(&item.request) {
+        // A bounded read (a few issues, a short page) takes tens of µs: running it
+        // here costs less than handing it to another thread and back.
+        return read(shared, item);
+    }
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || read(&shared, item))
+        .await
+        .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
+}
+
+/// Before serving anything, make sure ops that git delivered since the last look
+/// are applied: the engine's gate looks at the op files here, and the writer is
+/// asked to catch up only when they changed.
+async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
+    let Some(sig) = shared.gate.due(&shared.opts.paths, &shared.replica)? else {
+        return Ok(());
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = shared
+        .jobs
+        .lock()
+        .map_err(|_| Error::internal("writer queue poisoned"))?
+        .send(Job::CatchUp(tx));
+    if sent.is_err() {
+        return Err(Error::internal("the daemon's writer has stopped"));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))?;
+    shared.gate.done(sig);
+    Ok(())
+}
+
+/// Reads small and bounded enough to run on the connection task itself.
+fn is_light(req: &Request) -> bool {
+    match req {
+        Request::Show { ids } => ids.len() <= 16,
+        Request::Ready(f) | Request::List(f) => f.limit.is_some_and(|n| (1..=100).contains(&n)),
+        _ => false,
+    }
+}
+
+/// Runs a read on a pooled read connection.
+fn read(shared: &Shared, item: Item) -> Result<Answer> {
+    let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
+    let mut store = match pooled {
+        Some(s) => s,
+        None => Store::open(&shared.opts.paths.db)?,
+    };
+    let ctx = Context {
+        actor: &item.actor,
+        clock: &SystemClock,
+        paths: &shared.opts.paths,
+        mode: "daemon",
+        request_id: None,
+        deadline_ms: item.deadline_ms,
+    };
+    let out = engine::read_for_wire(&mut store, &ctx, item.request);
+    if let Ok(mut pool) = shared.readers.lock()
+        && pool.len() < READER_POOL
+    {
+        pool.push(store);
+    }
+    out
+}

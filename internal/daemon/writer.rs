@@ -1,0 +1,195 @@
+//! The writer thread, the only one that writes: it commits everything waiting as
+//! one group and catches up with other clones' ops when asked; the syncer thread
+//! makes committed groups durable and only then answers their callers.
+
+use super::server::Shared;
+use crate::api::Response;
+use crate::engine::{Engine, Item, Syncer};
+use crate::Result;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use tokio::sync::oneshot;
+
+/// Work for the writer thread.
+pub(super) enum Job {
+    Write {
+        item: Box<Item>,
+        reply: oneshot::Sender<Result<Response>>,
+    },
+    /// Apply what other clones delivered into `.beads/ops` (see
+    /// [`Engine::catch_up`]) before the asking request is served.
+    CatchUp(oneshot::Sender<Result<()>>),
+    /// The syncer made commits durable: the engine hands their ops on.
+    Durable,
+    Stop,
+}
+
+type Pending = (oneshot::Sender<Result<Response>>, Item);
+
+/// A committed group's answers, held until the log is durable.
+type Acks = Vec<(oneshot::Sender<Result<Response>>, Result<Response>)>;
+
+pub(super) fn writer_loop(
+    mut engine: Engine,
+    rx: mpsc::Receiver<Job>,
+    acks: mpsc::Sender<Acks>,
+    shared: &Shared,
+) {
+    let mut stopping = false;
+    loop {
+        // With nothing to flush, sleep until work arrives (no periodic wake-up).
+        let next = match engine.idle_in() {
+            Some(wait) => rx.recv_timeout(wait),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let first = match next {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                idle(&mut engine, shared);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut jobs = vec![first];
+        let max_group = shared.opts.max_group.max(1);
+        while jobs.len() < max_group {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
+        let mut catch_ups = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Stop => stopping = true,
+                Job::CatchUp(reply) => catch_ups.push(reply),
+                Job::Durable => engine.after_durable(),
+                Job::Write { item, reply } => {
+                    shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
+                    if reply.is_closed() {
+                        continue; // the client went away before its turn
+                    }
+                    live.push((reply, *item));
+                }
+            }
+        }
+        if !catch_ups.is_empty() {
+            let out = engine.catch_up();
+            match &out {
+                Ok(Some(report)) => {
+                    for p in &report.problems {
+                        (shared.log)(&format!("{}:{}: {}", p.file, p.line, p.problem));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    shared.note_error(&format!("applying other clones' ops failed: {}", e.message))
+                }
+            }
+            let out = out.map(|_| ());
+            for reply in catch_ups {
+                let _ = reply.send(out.clone());
+            }
+        }
+        if !live.is_empty() {
+            commit_group(&mut engine, shared, live, &acks);
+        }
+        if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+    }
+    idle(&mut engine, shared);
+}
+
+/// The engine's idle work: durable, op file, snapshot.
+fn idle(engine: &mut Engine, shared: &Shared) {
+    if let Err(e) = engine.idle() {
+        shared.note_error(&format!("snapshot flush failed: {}", e.message));
+    }
+}
+
+/// Makes committed groups durable and only then answers their callers. While it
+/// waits for the disk the writer commits the next groups, and one fdatasync then
+/// covers all of them (the log is appended in commit order).
+pub(super) fn syncer_loop(mut syncer: Syncer, rx: mpsc::Receiver<Acks>, shared: &Shared) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = first;
+        let mut groups = 1;
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+            groups += 1;
+        }
+        let durable = syncer.sync();
+        let synced = durable.is_ok();
+        answer(durable, waiting, shared);
+        shared.sync_pending.fetch_sub(groups, Ordering::SeqCst);
+        if synced && let Ok(jobs) = shared.jobs.lock() {
+            let _ = jobs.send(Job::Durable);
+        }
+    }
+}
+
+/// Answers `waiting` once their commits are durable (`durable` is `Ok`). A
+/// failed fdatasync is final (see the engine): nobody is told a write is safe
+/// any more, and the daemon stops.
+fn answer(durable: Result<()>, waiting: Acks, shared: &Shared) {
+    match durable {
+        Ok(()) => {
+            for (reply, result) in waiting {
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            shared.note_error(&err.message);
+            let err = err.hint("the daemon has stopped");
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(err.clone()));
+            }
+            shared.begin_shutdown();
+        }
+    }
+}
+
+fn commit_group(
+    engine: &mut Engine,
+    shared: &Shared,
+    live: Vec<Pending>,
+    acks: &mpsc::Sender<Acks>,
+) {
+    let n = live.len() as u64;
+    let (replies, items): (Vec<_>, Vec<_>) = live.into_iter().unzip();
+    let c = &shared.counters;
+    c.writes.fetch_add(n, Ordering::SeqCst);
+    c.groups.fetch_add(1, Ordering::SeqCst);
+    c.largest_group.fetch_max(n, Ordering::SeqCst);
+    c.in_flight.store(n, Ordering::SeqCst);
+    let outcome = engine.commit(items);
+    c.in_flight.store(0, Ordering::SeqCst);
+    match outcome {
+        Ok(results) => {
+            let answers: Acks = replies.into_iter().zip(results).collect();
+            // Nothing else waiting and every earlier group already durable: settle
+            // here and answer at once (a lone write skips the hand-off, and its
+            // ops reach the op file before its answer). Only when no earlier
+            // group is still being synced, so an answer never vouches for frames
+            // behind ones whose sync might yet fail.
+            let idle = shared.sync_pending.load(Ordering::SeqCst) == 0
+                && shared.counters.queue.load(Ordering::SeqCst) == 0;
+            if idle {
+                answer(engine.settle(), answers, shared);
+            } else {
+                shared.sync_pending.fetch_add(1, Ordering::SeqCst);
+                // The syncer outlives the writer (it stops when this sender is
+                // dropped), so this send only fails if it panicked.
+                let _ = acks.send(answers);
+            }
+        }
+        Err(e) => {
+            shared.note_error(&format!("group commit of {n} writes failed: {}", e.message));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Batches: several writes in one transaction, all or nothing, where `$N`
+//! names the issue created by the batch's operation N.
+
+use super::{Context, write};
+use crate::api::{Request, Response};
+use crate::storage::WriteTx;
+use crate::{Error, Result};
+use serde_json::Value;
+
+/// Longest batch accepted.
+pub const BATCH_MAX: usize = 10_000;
+
+/// Runs a batch's operations in order in the caller's transaction; the first
+/// failure fails the whole batch (the caller's transaction or savepoint then rolls
+/// everything back).
+pub(super) fn batch(tx: &mut WriteTx<'_>, ctx: &Context<'_>, requests: Vec<Request>) -> Result<Vec<Response>> {
+    if requests.is_empty() {
+        return Err(Error::invalid("empty batch"));
+    }
+    if requests.len() > BATCH_MAX {
+        return Err(Error::invalid(format!(
+            "batch of {} operations; the limit is {BATCH_MAX}",
+            requests.len()
+        )));
+    }
+    let mut created: Vec<Option<String>> = Vec::with_capacity(requests.len());
+    let mut out = Vec::with_capacity(requests.len());
+    for (i, req) in requests.into_iter().enumerate() {
+        let n = i + 1;
+        let name = req.op_name();
+        let fail = |e: Error| Error {
+            kind: e.kind,
+            message: format!(
+                "batch operation #{n} ({name}) failed: {}; nothing in the batch was applied",
+                e.message
+            ),
+            hints: e.hints,
+        };
+        if !req.is_write()
+            || matches!(
+                req,
+                Request::Batch { .. } | Request::Import { .. } | Request::Settle { .. }
+            )
+        {
+            return Err(fail(Error::invalid(
+                "only create, update, close, reopen, dep, label and comment operations can be batched",
+            )));
+        }
+        let req = substitute_refs(req, &created).map_err(fail)?;
+        let resp = write(tx, ctx, req).map_err(fail)?;
+        created.push(match &resp {
+            Response::Issue(issue) => Some(issue.id.clone()),
+            _ => None,
+        });
+        out.push(resp);
+    }
+    Ok(out)
+}
+
+/// Replaces every string that is exactly `$N` with the id created by operation N.
+fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> {
+    fn walk(v: &mut Value, created: &[Option<String>]) -> Result<()> {
+        match v {
+            Value::String(s)
+                if s.len() > 1
+                    && s.starts_with('$')
+                    && s[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                let n: usize = s[1..]
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("bad reference {s}")))?;
+                match n.checked_sub(1).and_then(|i| created.get(i)) {
+                    Some(Some(id)) => *s = id.clone(),
+                    Some(None) => {
+                        return Err(Error::invalid(format!(
+                            "{s} refers to operation #{n}, which creates no issue"
+                        )));
+                    }
+                    None => {
+                        return Err(Error::invalid(format!(
+                            "{s} refers to operation #{n}, which has not run yet"
+                        ))
+                        .hint("$N can only name an earlier operation"));
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().try_for_each(|i| walk(i, created))?,
+            Value::Object(map) => map.values_mut().try_for_each(|i| walk(i, created))?,
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut v = serde_json::to_value(&req)?;
+    walk(&mut v, created)?;
+    Ok(serde_json::from_value(v)?)
+}
