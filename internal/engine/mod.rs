@@ -222,8 +222,9 @@ pub struct Engine {
     /// This replica's last op appended to the op file (and handed to the hook).
     appended: i64,
     snapshot: SnapshotPolicy,
-    /// The snapshot lags the database since this instant.
-    stale_since: Option<Instant>,
+    /// When the last commit the snapshot lags behind was made (`None`: the
+    /// snapshot is current, or its rewrite was given up until the next write).
+    last_write: Option<Instant>,
     /// The repository's git directory: the snapshot is not rewritten while
     /// git rebases or merges there.
     git_dir: Option<PathBuf>,
@@ -254,7 +255,7 @@ impl Engine {
             state: Arc::default(),
             appended: 0,
             snapshot,
-            stale_since: None,
+            last_write: None,
             hook: None,
         })
     }
@@ -436,7 +437,7 @@ impl Engine {
 
     fn committed(&mut self) {
         self.state.committed.fetch_add(1, Ordering::SeqCst);
-        self.stale_since.get_or_insert_with(Instant::now);
+        self.last_write = Some(Instant::now());
     }
 
     /// Steps 4 to 6: makes every commit durable, then appends the op file and
@@ -475,19 +476,19 @@ impl Engine {
 
     /// How long until [`Engine::idle`] has work, if it will.
     pub fn idle_in(&self) -> Option<Duration> {
-        match (self.snapshot, self.stale_since) {
-            (SnapshotPolicy::AfterIdle(after), Some(since)) => {
-                Some(after.saturating_sub(since.elapsed()))
-            }
+        match (self.snapshot, self.last_write) {
+            (SnapshotPolicy::AfterIdle(after), Some(at)) => Some(after.saturating_sub(at.elapsed())),
             _ => None,
         }
     }
 
     /// Nothing arrived for a while (or the daemon is stopping): make everything
     /// durable, append the op file and rewrite the snapshot. Problems are
-    /// returned for the log; nothing is lost by them.
+    /// returned for the log; nothing is lost by them. Whatever happens, the
+    /// next attempt waits for the next write (or `bd flush`): an idle engine
+    /// never retries in a loop.
     pub fn idle(&mut self) -> Result<()> {
-        if self.stale_since.is_none() {
+        if self.last_write.take().is_none() {
             return Ok(());
         }
         // Not while git rebases or merges: a file regenerated under it makes git
@@ -502,7 +503,6 @@ impl Engine {
         // The snapshot must never show a write the database could still lose.
         self.settle()?;
         crate::jsonl::write_snapshot(&mut self.store, &self.paths)?;
-        self.stale_since = None;
         Ok(())
     }
 }

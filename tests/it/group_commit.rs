@@ -398,3 +398,44 @@ fn the_post_commit_hook_sees_each_durable_commits_ops_once_in_order() {
         "the op file's ops, in its order, once each"
     );
 }
+
+/// Regression (issue 12 review): the daemon's snapshot is rewritten once no
+/// write came for the debounce, counted from the *last* write (the engine
+/// first counted from the first write after a flush, so under steady writes it
+/// rewrote the whole snapshot every debounce); and an idle pass, done or given
+/// up, never leaves the engine asking to be woken at once (a spin).
+#[test]
+fn the_snapshot_debounce_counts_from_the_last_write_and_never_spins() {
+    let (_dir, paths) = tracker("debounce00000001");
+    let mut engine = Engine::open(
+        paths.clone(),
+        Arc::new(SystemClock),
+        "daemon",
+        SnapshotPolicy::AfterIdle(std::time::Duration::from_secs(10)),
+    )
+    .unwrap();
+    assert_eq!(engine.idle_in(), None, "nothing to write yet");
+    engine.run(vec![item(("a".into(), create("one")))]).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    engine.run(vec![item(("a".into(), create("two")))]).unwrap();
+    let wait = engine.idle_in().expect("a snapshot is due");
+    assert!(
+        wait > std::time::Duration::from_millis(9_500),
+        "counted from the last write: {wait:?}"
+    );
+    engine.idle().unwrap();
+    assert_eq!(engine.idle_in(), None, "written; nothing more to do");
+    let snapshot = std::fs::read_to_string(paths.snapshot()).unwrap();
+    assert_eq!(snapshot.lines().count(), 2);
+    // Given up (here: the snapshot cannot be written), it waits for the next write.
+    engine
+        .run(vec![item(("a".into(), create("three")))])
+        .unwrap();
+    std::fs::remove_file(paths.snapshot()).unwrap();
+    std::fs::create_dir(paths.snapshot()).unwrap();
+    assert!(
+        engine.idle().is_err(),
+        "a directory where the snapshot goes"
+    );
+    assert_eq!(engine.idle_in(), None, "no retry in a loop");
+}
