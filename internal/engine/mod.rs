@@ -226,8 +226,9 @@ pub struct Engine {
     /// snapshot is current, or its rewrite was given up until the next write).
     last_write: Option<Instant>,
     /// The repository's git directory: the snapshot is not rewritten while
-    /// git rebases or merges there.
-    git_dir: Option<PathBuf>,
+    /// git rebases or merges there. Found when first needed (finding it opens
+    /// the repository: a cost a short-lived direct process should not pay).
+    git_dir: std::sync::OnceLock<Option<PathBuf>>,
     hook: Option<(PostCommit, i64)>,
 }
 
@@ -246,7 +247,7 @@ impl Engine {
         store.defer_commit_sync()?;
         Ok(Engine {
             wal: WalSync::new(&paths.db),
-            git_dir: crate::gitsync::git_dir(&paths),
+            git_dir: std::sync::OnceLock::new(),
             store,
             paths,
             clock,
@@ -495,6 +496,7 @@ impl Engine {
         // refuse to go on. The next write or command flushes.
         if self
             .git_dir
+            .get_or_init(|| crate::gitsync::git_dir(&self.paths))
             .as_deref()
             .is_some_and(crate::gitsync::operation_in_progress)
         {
