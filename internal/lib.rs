@@ -13,6 +13,34 @@
 //!   one, and controlling one: [`client::daemon`]);
 //! - [`Error`] and [`ErrorKind`].
 //!
+//! ```
+//! use bd::api::{CreateRequest, Request, Response};
+//! use bd::client::{self, Backend, BeadsPaths, ConnectOptions, InitOptions};
+//!
+//! let repo = tempfile::tempdir()?;
+//! let made = client::init(
+//!     repo.path(),
+//!     &InitOptions {
+//!         prefix: Some("demo".into()),
+//!         replica: client::new_replica_id()?,
+//!     },
+//! )?;
+//! let opts = ConnectOptions {
+//!     actor: "planner".into(),
+//!     no_daemon: false, // use the tracker's daemon if one runs
+//!     timeout: std::time::Duration::from_secs(10),
+//!     auto_start: None, // and never start one
+//! };
+//! let mut bd = client::connect(BeadsPaths::new(&made.beads_dir), &opts)?.backend;
+//! let created = bd.call(Request::Create(CreateRequest {
+//!     title: "Write the design".into(),
+//!     ..Default::default()
+//! }))?;
+//! let Response::Issue(issue) = created else { unreachable!() };
+//! assert!(issue.id.starts_with("demo-"));
+//! # Ok::<(), bd::Error>(())
+//! ```
+//!
 //! Layers below it, top to bottom (nothing imports upward):
 //! `client` → `daemon` → `rpc` → `engine` → `service` → `query` / `jsonl` /
 //! `config` → `storage` → `merge` → `ids` / `clock` → `model`, with `api`
