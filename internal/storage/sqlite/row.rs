@@ -44,65 +44,121 @@ pub(in crate::storage) fn write_rows(
     let comments = std::mem::take(&mut m.issue.comments);
     let issue = &m.issue;
     let conflicted: Vec<&str> = m.conflicts.iter().map(|c| c.field.as_str()).collect();
-    if !fresh {
-        conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
-            .execute(params![issue.id])?;
-    }
-    let mut add_conflict =
-        conn.prepare_cached("INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)")?;
-    for c in &m.conflicts {
-        add_conflict.execute(params![issue.id, c.field, serde_json::to_string(c)?])?;
-    }
+    // Only what changed is written: an unchanged row of a side table, and an
+    // index whose columns keep their values, cost no page (each page a write
+    // touches is a WAL frame and part of the commit's sync).
+    let conflict_rows = m
+        .conflicts
+        .iter()
+        .map(|c| Ok((c.field.clone(), serde_json::to_string(c)?)))
+        .collect::<Result<BTreeSet<(String, String)>>>()?;
     if m.deleted {
+        if !fresh {
+            conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
+                .execute(params![issue.id])?;
+        }
+        for (field, body) in &conflict_rows {
+            conn.prepare_cached("INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![issue.id, field, body])?;
+        }
         conn.prepare_cached("DELETE FROM issues WHERE id = ?1")?
             .execute(params![issue.id])?;
         conn.prepare_cached("INSERT OR IGNORE INTO tombstones(id) VALUES (?1)")?
             .execute(params![issue.id])?;
         return Ok(());
     }
+    sync_rows(
+        conn,
+        fresh,
+        &issue.id,
+        conflict_rows,
+        "SELECT field, body FROM conflicts WHERE issue_id = ?1",
+        "DELETE FROM conflicts WHERE issue_id = ?1 AND field = ?2 AND body = ?3",
+        "INSERT INTO conflicts(issue_id, field, body) VALUES (?1, ?2, ?3)",
+    )?;
     let ms = |s: &str| crate::clock::parse_rfc3339(s);
-    conn.prepare_cached(
-        "INSERT INTO issues(id, title, description, status, priority, issue_type, assignee,
-                            created_ms, updated_ms, closed_ms, conflicted, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT(id) DO UPDATE SET
-           title = excluded.title, description = excluded.description,
-           status = excluded.status, priority = excluded.priority,
-           issue_type = excluded.issue_type, assignee = excluded.assignee,
-           created_ms = excluded.created_ms, updated_ms = excluded.updated_ms,
-           closed_ms = excluded.closed_ms, conflicted = excluded.conflicted,
-           body = excluded.body",
-    )?
-    .execute(params![
-        issue.id,
-        issue.title,
-        issue.description,
-        issue.status.as_str(),
-        issue.priority,
-        issue.issue_type.as_str(),
-        issue.assignee,
-        ms(&issue.created_at).unwrap_or(m.updated_ms),
-        m.updated_ms,
-        issue.closed_at.as_deref().and_then(ms),
-        conflicted.join(","),
-        serde_json::to_string(issue)?,
-    ])?;
-    if !fresh {
-        conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
-            .execute(params![issue.id])?;
-        conn.prepare_cached("DELETE FROM deps WHERE issue_id = ?1")?
-            .execute(params![issue.id])?;
+    let created_ms = ms(&issue.created_at).unwrap_or(m.updated_ms);
+    let body = serde_json::to_string(issue)?;
+    // The ordering indexes cover status, priority and created_ms: when those
+    // keep their values, an update that does not name them leaves the indexes
+    // alone (SQLite rewrites an index's entry whenever its columns are SET).
+    let same_keys = !fresh
+        && conn
+            .prepare_cached("SELECT status, priority, created_ms FROM issues WHERE id = ?1")?
+            .query_row(params![issue.id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .optional()?
+            .is_some_and(|(status, priority, created)| {
+                status == issue.status.as_str() && priority == issue.priority && created == created_ms
+            });
+    if same_keys {
+        conn.prepare_cached(
+            "UPDATE issues SET title = ?2, description = ?3, issue_type = ?4, assignee = ?5,
+                               updated_ms = ?6, closed_ms = ?7, conflicted = ?8, body = ?9
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            issue.id,
+            issue.title,
+            issue.description,
+            issue.issue_type.as_str(),
+            issue.assignee,
+            m.updated_ms,
+            issue.closed_at.as_deref().and_then(ms),
+            conflicted.join(","),
+            body,
+        ])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO issues(id, title, description, status, priority, issue_type, assignee,
+                                created_ms, updated_ms, closed_ms, conflicted, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT(id) DO UPDATE SET
+               title = excluded.title, description = excluded.description,
+               status = excluded.status, priority = excluded.priority,
+               issue_type = excluded.issue_type, assignee = excluded.assignee,
+               created_ms = excluded.created_ms, updated_ms = excluded.updated_ms,
+               closed_ms = excluded.closed_ms, conflicted = excluded.conflicted,
+               body = excluded.body",
+        )?
+        .execute(params![
+            issue.id,
+            issue.title,
+            issue.description,
+            issue.status.as_str(),
+            issue.priority,
+            issue.issue_type.as_str(),
+            issue.assignee,
+            created_ms,
+            m.updated_ms,
+            issue.closed_at.as_deref().and_then(ms),
+            conflicted.join(","),
+            body,
+        ])?;
     }
-    let mut add_label =
-        conn.prepare_cached("INSERT INTO labels(issue_id, label) VALUES (?1, ?2)")?;
-    for label in &issue.labels {
-        add_label.execute(params![issue.id, label])?;
-    }
-    let mut add_dep =
-        conn.prepare_cached("INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)")?;
-    for d in &issue.dependencies {
-        add_dep.execute(params![issue.id, d.depends_on_id, d.dep_type.as_str()])?;
-    }
+    sync_rows(
+        conn,
+        fresh,
+        &issue.id,
+        issue.labels.iter().map(|l| (l.clone(), String::new())).collect(),
+        "SELECT label, '' FROM labels WHERE issue_id = ?1",
+        "DELETE FROM labels WHERE issue_id = ?1 AND label = ?2 AND ?3 = ''",
+        "INSERT INTO labels(issue_id, label) SELECT ?1, ?2 WHERE ?3 = ''",
+    )?;
+    sync_rows(
+        conn,
+        fresh,
+        &issue.id,
+        issue
+            .dependencies
+            .iter()
+            .map(|d| (d.depends_on_id.clone(), d.dep_type.as_str().to_string()))
+            .collect(),
+        "SELECT depends_on_id, type FROM deps WHERE issue_id = ?1",
+        "DELETE FROM deps WHERE issue_id = ?1 AND depends_on_id = ?2 AND type = ?3",
+        "INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)",
+    )?;
     let mut add_comment = conn.prepare_cached(
         "INSERT OR IGNORE INTO comments(issue_id, id, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -113,6 +169,34 @@ pub(in crate::storage) fn write_rows(
             ms(&c.created_at).unwrap_or(0),
             serde_json::to_string(c)?
         ])?;
+    }
+    Ok(())
+}
+
+/// Makes an issue's rows in a side table (two text columns besides the issue
+/// id) equal `want`: deletes the rows it no longer has and inserts the new
+/// ones, leaving unchanged rows (and their index entries) untouched.
+fn sync_rows(
+    conn: &Connection,
+    fresh: bool,
+    id: &str,
+    want: BTreeSet<(String, String)>,
+    select: &str,
+    delete: &str,
+    insert: &str,
+) -> Result<()> {
+    let have: BTreeSet<(String, String)> = if fresh {
+        BTreeSet::new()
+    } else {
+        conn.prepare_cached(select)?
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for (a, b) in have.difference(&want) {
+        conn.prepare_cached(delete)?.execute(params![id, a, b])?;
+    }
+    for (a, b) in want.difference(&have) {
+        conn.prepare_cached(insert)?.execute(params![id, a, b])?;
     }
     Ok(())
 }
