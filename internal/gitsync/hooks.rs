@@ -156,9 +156,10 @@ impl Repo {
             .and_then(|()| {
                 config.set_str(
                     "merge.bd.driver",
-                    // Should bd be gone, the merge still succeeds keeping this
-                    // side's text: the file is derived and regenerated later.
-                    &format!("{} merge-driver %O %A %B %P || true", shell_quote(exe)),
+                    // Should bd be gone, the merge stops with a conflict: op
+                    // files merge through this driver, and keeping one side's
+                    // text would drop the other side's ops without a word.
+                    &format!("{} merge-driver %O %A %B %P", shell_quote(exe)),
                 )
             })
             .map_err(|e| super::git_error("writing .git/config", e))?;
@@ -181,7 +182,7 @@ impl Repo {
         // Registered as this bd registers it now (an older form is refreshed by
         // `bd doctor --fix`), with a binary that exists.
         let current =
-            |d: &str| hook_exe_exists(d) && d.ends_with("merge-driver %O %A %B %P || true");
+            |d: &str| hook_exe_exists(d) && d.ends_with("merge-driver %O %A %B %P");
         Ok(driver.is_some_and(|d| current(&d)) && attrs.as_deref() == Some(GITATTRIBUTES))
     }
 }

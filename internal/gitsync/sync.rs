@@ -127,9 +127,8 @@ pub fn sync(
                 "as of the last fetch: {ahead} commit(s) to push, {behind} to bring in"
             ));
         }
-        if opts.status {
-            report.conflicts = count_conflicts(run)?;
-        } else {
+        report.conflicts = count_conflicts(run)?;
+        if !opts.status {
             report
                 .notes
                 .push("dry run: nothing was written, committed, fetched or pushed".into());

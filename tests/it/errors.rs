@@ -43,6 +43,11 @@ fn invalid_values_are_usage_errors_and_change_nothing() {
         (vec!["search", ""], "empty"),
         (vec!["update", &id], "nothing to change"),
         (vec!["label", "add", &id, ""], "no labels"),
+        // Regression (issue 12 review): accepted, then the daemon exited at once.
+        (
+            vec!["daemon", "start", "--idle-timeout", "0"],
+            "idle-timeout",
+        ),
     ] {
         let err = env.fails(&args, 2);
         assert!(err.contains(needle), "{args:?}: {err}");

@@ -262,6 +262,10 @@ fn concurrent_title_edits_become_one_conflict_on_every_clone() {
             &serde_json::json!(["from-a", "from-b"]),
             "no label lost"
         );
+        // Regression (issue 12 review): a dry run counted 0 open conflicts.
+        for how in [&["sync", "--dry-run"][..], &["sync", "--status"]] {
+            assert_eq!(clone.json(how)["conflicts"], 1, "{how:?}");
+        }
     }
     assert_eq!(
         a.title(&id),
@@ -1958,4 +1962,71 @@ fn two_clones_that_ran_init_before_pulling_join_one_tracker() {
     b.ok(&["sync", "-q"]);
     a.ok(&["sync", "-q"]);
     assert_eq!(a.state_hash(), b.state_hash());
+}
+
+/// Regression (issue 12 review): the merge driver was registered as
+/// `bd merge-driver … || true`, so with the bd binary moved or gone git took
+/// the failing driver for a clean merge and kept this side's op file, dropping
+/// the other side's ops without a word. Now the merge stops with a conflict,
+/// and doctor calls the old registration stale.
+#[test]
+fn a_merge_driver_whose_bd_is_gone_stops_the_merge_instead_of_dropping_ops() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let no_hooks = ["-c", "core.hooksPath=/nonexistent-hooks"];
+    let git = |args: &[&str]| {
+        let mut all = no_hooks.to_vec();
+        all.extend_from_slice(args);
+        a.git(&all)
+    };
+    let ops = a.root.join(".beads/ops/ffffffffffffffff.jsonl");
+    std::fs::write(&ops, "{\"line\":0}\n").unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "base"]);
+    git(&["checkout", "-q", "-b", "side"]);
+    std::fs::write(&ops, "{\"line\":0}\n{\"line\":\"side\"}\n").unwrap();
+    git(&["commit", "-q", "-a", "-m", "side"]);
+    git(&["checkout", "-q", "-"]);
+    std::fs::write(&ops, "{\"line\":0}\n{\"line\":\"main\"}\n").unwrap();
+    git(&["commit", "-q", "-a", "-m", "main"]);
+    let driver = a.git(&["config", "merge.bd.driver"]);
+    assert!(!driver.contains("|| true"), "{driver}");
+    a.git(&[
+        "config",
+        "merge.bd.driver",
+        &driver.trim().replace(crate::common::BD, "/nonexistent/bd"),
+    ]);
+    let merged = git_in_raw(
+        &a.root,
+        &a.home,
+        &["-c", "core.hooksPath=/nonexistent-hooks", "merge", "side"],
+    );
+    assert!(
+        !merged.status.success(),
+        "the merge must stop, not keep one side: {}",
+        String::from_utf8_lossy(&merged.stdout)
+    );
+    let unmerged = a.git(&["ls-files", "-u"]);
+    assert!(unmerged.contains("ffffffffffffffff.jsonl"), "{unmerged}");
+    // An old `|| true` registration is stale: doctor says so and --fix renews it.
+    a.git(&["merge", "--abort"]);
+    a.git(&[
+        "config",
+        "merge.bd.driver",
+        &format!("'{}' merge-driver %O %A %B %P || true", crate::common::BD),
+    ]);
+    // (Doctor exits 1 here anyway: the made-up op file is not real ops.)
+    let doctor: Value =
+        serde_json::from_slice(&a.bd(&["doctor", "--json"]).stdout).expect("doctor json");
+    let check = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "merge driver")
+        .unwrap()
+        .clone();
+    assert_ne!(check["level"], "ok", "{check}");
+    let _ = a.bd(&["doctor", "--fix"]);
+    assert!(!a.git(&["config", "merge.bd.driver"]).contains("|| true"));
 }

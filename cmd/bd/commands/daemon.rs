@@ -39,7 +39,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub foreground: bool,
     /// Exit after this many seconds without requests
-    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    #[arg(long, value_name = "SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
     /// Write issues.jsonl this many milliseconds after the last write
     #[arg(long, value_name = "MS", default_value_t = 1000)]
