@@ -72,6 +72,18 @@ pub fn run_shell(dir: &Path, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How tests start a daemon: long idle timeout, and a snapshot debounce long
+/// enough that snapshot freshness is the same in both modes.
+pub const DAEMON_START: &[&str] = &[
+    "daemon",
+    "start",
+    "-q",
+    "--idle-timeout",
+    "300",
+    "--flush-debounce",
+    "600000",
+];
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
 }
@@ -143,15 +155,7 @@ impl TestEnv {
         let env = TestEnv::empty();
         env.ok(&["init", "--prefix", "t"]);
         if mode == Mode::Daemon {
-            env.ok(&[
-                "daemon",
-                "start",
-                "-q",
-                "--idle-timeout",
-                "300",
-                "--flush-debounce",
-                "600000",
-            ]);
+            env.ok(DAEMON_START);
         }
         assert_eq!(
             env.json(&["info"])["mode"],

@@ -56,15 +56,7 @@ fn tracker(mode: Mode, point: &str) -> TestEnv {
     env.create(&["before"]);
     if mode == Mode::Daemon {
         let out = env
-            .command(&[
-                "daemon",
-                "start",
-                "-q",
-                "--idle-timeout",
-                "300",
-                "--flush-debounce",
-                "600000",
-            ])
+            .command(crate::common::DAEMON_START)
             .env("BD_FAULT", point)
             .output()
             .unwrap();
