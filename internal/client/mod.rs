@@ -11,6 +11,7 @@ mod connect;
 pub mod daemon;
 mod daemon_client;
 pub mod git;
+pub mod mesh;
 mod reliable;
 mod setup;
 

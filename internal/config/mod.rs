@@ -15,6 +15,14 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "daemon.auto_start",
         "true (default) or false: start the daemon on first use",
     ),
+    (
+        "mesh.relay",
+        "the relay's URLs, comma-separated (set by `bd mesh join`; never secrets)",
+    ),
+    (
+        "mesh.repo_id",
+        "the repository's mesh id (made by the first `bd mesh join`; keep it)",
+    ),
 ];
 
 /// Key namespace left to users.

@@ -189,7 +189,7 @@ impl Repo {
 
 /// `.beads/.gitattributes`: bd's files merge with the bd driver: the derived
 /// files by record, the op files as sets of ops.
-pub const GITATTRIBUTES: &str = "# bd: derived files are regenerated from the ops, never merged as text;\n# op files are sets of ops, merged as their union\nissues.jsonl merge=bd\nconflicts.jsonl merge=bd\nops/*.jsonl merge=bd\n";
+pub const GITATTRIBUTES: &str = "# bd: derived files are regenerated from the ops, never merged as text;\n# op files are sets of ops and the members file a set of keys, merged as their union\nissues.jsonl merge=bd\nconflicts.jsonl merge=bd\nops/*.jsonl merge=bd\nmembers.jsonl merge=bd\n";
 
 /// The hook: run the user's chained hook (its failure fails the git command),
 /// then bd's work, which never fails it: a missing bd binary is reported and
@@ -258,11 +258,27 @@ pub fn merge_driver(ancestor: &Path, ours: &Path, theirs: &Path, path: Option<&s
     let read = |p: &Path| std::fs::read(p).unwrap_or_default();
     let merged = if path.is_some_and(is_op_file_path) {
         union_ops(&[&read(ours), &read(theirs)])
+    } else if path.is_some_and(|p| Path::new(p).file_name() == Some("members.jsonl".as_ref())) {
+        union_lines(&read(ours), &read(theirs))
     } else {
         merge_records(&read(ancestor), &read(ours), &read(theirs))
     };
     std::fs::write(ours, merged).map_err(|e| crate::jsonl::io_at(ours, e))?;
     Ok(())
+}
+
+/// The members file merged as a set of lines: ours, then theirs' lines ours
+/// lacks, each once (never a conflict; no key is dropped).
+pub fn union_lines(ours: &[u8], theirs: &[u8]) -> Vec<u8> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in ours.split(|b| *b == b'\n').chain(theirs.split(|b| *b == b'\n')) {
+        if !line.is_empty() && !is_conflict_marker(line) && seen.insert(line) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out
 }
 
 /// Whether a repository path names an op file (`…/ops/<replica>.jsonl`).
@@ -352,6 +368,18 @@ pub fn merge_records(ancestor: &[u8], ours: &[u8], theirs: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    /// The members file merges as a set of lines: both sides' keys, each
+    /// once, ours first; stray conflict markers are dropped.
+    #[test]
+    fn members_lines_merge_as_their_union() {
+        let ours = b"{\"replica\":\"a\"}\n{\"replica\":\"b\"}\n";
+        let theirs = b"{\"replica\":\"a\"}\n<<<<<<< x\n{\"replica\":\"c\"}\n";
+        assert_eq!(
+            super::union_lines(ours, theirs),
+            b"{\"replica\":\"a\"}\n{\"replica\":\"b\"}\n{\"replica\":\"c\"}\n".to_vec()
+        );
+    }
+
     use super::{merge_records, union_ops};
 
     fn op_line(seq: u64, title: &str) -> String {

@@ -99,6 +99,7 @@ impl Repo {
             ".gitattributes",
             "issues.jsonl",
             "conflicts.jsonl",
+            "members.jsonl",
         ] {
             if self.paths.dir.join(name).is_file() {
                 out.push(self.rel(name));

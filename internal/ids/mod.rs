@@ -132,6 +132,12 @@ pub fn new_replica_id() -> crate::Result<String> {
 /// random bits, hex.
 pub fn new_request_id() -> crate::Result<String> {
     let mut bytes = [0u8; 16];
+    fill_random(&mut bytes)?;
+    Ok(crate::model::hex_bytes(&bytes))
+}
+
+/// Fills `bytes` from the OS's randomness (`getrandom`).
+pub fn fill_random(bytes: &mut [u8]) -> crate::Result<()> {
     let mut got = 0;
     while got < bytes.len() {
         // SAFETY: the pointer and length describe the unfilled part of `bytes`.
@@ -145,7 +151,7 @@ pub fn new_request_id() -> crate::Result<String> {
         }
         got += n as usize;
     }
-    Ok(crate::model::hex_bytes(&bytes))
+    Ok(())
 }
 
 #[cfg(test)]

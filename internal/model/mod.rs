@@ -6,7 +6,7 @@
 
 mod op;
 
-pub use op::{Hlc, OF_LEN, Op, OpKind, hex as hex_bytes};
+pub use op::{Hlc, OF_LEN, Op, OpKind, hex as hex_bytes, unhex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -196,6 +196,8 @@ impl TestEnv {
             // BD_AUTO_START=1 itself).
             .env("BD_AUTO_START", "0")
             .env_remove("BEADS_DIR")
+            // `bd mesh` keeps keys in the user's config directory: the test's own.
+            .env("XDG_CONFIG_HOME", self.root().join(".config-test"))
             .stdin(Stdio::null());
         c
     }

@@ -145,6 +145,7 @@ fn help_covers_every_command_and_their_own_options() {
         ("sync", "Exchange issues with the git remote"),
         ("daemon", "Run and inspect the per-repository daemon"),
         ("merge-driver", "Merge driver"),
+        ("mesh", "Join, leave and inspect the relay"),
     ] {
         let line = top
             .lines()

@@ -14,6 +14,7 @@ mod human_output;
 mod id_collision;
 mod import_export;
 mod merge_simulation;
+mod mesh;
 mod op_file;
 mod pressure;
 mod recovery;

@@ -85,6 +85,8 @@ impl Clone {
             .env("BD_ACTOR", &self.actor)
             .env("BD_AUTO_START", "0")
             .env_remove("BEADS_DIR")
+            // Keys go under $HOME/.config (the cluster's), never the real user's.
+            .env_remove("XDG_CONFIG_HOME")
             .stdin(Stdio::null())
             .output()
             .expect("bd")

