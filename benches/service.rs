@@ -230,6 +230,7 @@ impl BenchDaemon {
             flush_debounce: Duration::from_millis(1000),
             max_group,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            config_dir: None,
         };
         let thread = std::thread::spawn(move || run(opts, std::sync::Arc::new(|_: &str| {})));
         BenchDaemon {

@@ -14,6 +14,7 @@
 //!   executed; its caller gets a timeout error.
 
 mod connection;
+mod relay;
 mod server;
 mod writer;
 

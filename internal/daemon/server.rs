@@ -45,6 +45,9 @@ pub struct DaemonOptions {
     /// The version this daemon reports (normally this build's; tests of the
     /// upgrade path make a daemon claim to be older).
     pub version: String,
+    /// The user's config directory, where the mesh keeps this replica's key
+    /// and secrets (`None`: the daemon does not use the relay).
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Where the daemon's own messages go (the CLI sends them to `daemon.log`).
@@ -118,6 +121,19 @@ impl Shared {
         }
     }
 
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Hands a job to the writer.
+    pub(super) fn send_job(&self, job: super::writer::Job) -> Result<()> {
+        self.jobs
+            .lock()
+            .map_err(|_| Error::internal("writer queue poisoned"))?
+            .send(job)
+            .map_err(|_| Error::internal("the daemon's writer has stopped"))
+    }
+
     pub(super) fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.shutdown.notify_one();
@@ -174,13 +190,32 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
     let mut lock = DaemonLock::acquire(&opts.paths)?;
     // We hold the lock, so any socket file at our path is a dead daemon's.
     let _ = std::fs::remove_file(&opts.socket);
-    let engine = Engine::open(
+    let mut engine = Engine::open(
         opts.paths.clone(),
         Arc::new(SystemClock),
         "daemon",
         SnapshotPolicy::AfterIdle(opts.flush_debounce),
     )?;
     let syncer = engine.syncer()?;
+    // The relay, when this clone joined one: each durable commit's own ops go
+    // to its outbox (see `relay`).
+    let relay = match super::relay::Settings::load(&opts.paths, opts.config_dir.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            log(&format!("relay not used: {}", e.message));
+            None
+        }
+    };
+    let outbox = match &relay {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            engine.on_commit(Box::new(move |ops| {
+                let _ = tx.send(ops.to_vec());
+            }))?;
+            Some(rx)
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel();
     let (acks_tx, acks_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -231,6 +266,14 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
                 std::process::id(),
                 opts.socket.display()
             ));
+            if let (Some(settings), Some(outbox)) = (relay, outbox) {
+                runtime.spawn(super::relay::run(
+                    settings,
+                    opts.paths.clone(),
+                    shared.clone(),
+                    outbox,
+                ));
+            }
             runtime.block_on(serve(shared.clone(), listener))
         }
         Err(e) => Err(Error::new(

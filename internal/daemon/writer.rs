@@ -21,6 +21,8 @@ pub(super) enum Job {
     CatchUp(oneshot::Sender<Result<()>>),
     /// The syncer made commits durable: the engine hands their ops on.
     Durable,
+    /// Ops another replica published through the relay: apply, make durable.
+    Receive(Vec<crate::model::Op>, oneshot::Sender<Result<usize>>),
     Stop,
 }
 
@@ -65,6 +67,9 @@ pub(super) fn writer_loop(
                 Job::Stop => stopping = true,
                 Job::CatchUp(reply) => catch_ups.push(reply),
                 Job::Durable => engine.after_durable(),
+                Job::Receive(ops, reply) => {
+                    let _ = reply.send(engine.receive(ops));
+                }
                 Job::Write { item, reply } => {
                     shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
                     if reply.is_closed() {

@@ -388,6 +388,31 @@ impl Engine {
         Ok(Some(report))
     }
 
+    /// Applies ops another replica published through the relay, as a catch-up
+    /// does for op files (the same merge; an op already here, from git or an
+    /// earlier delivery, changes nothing), and makes them durable before it
+    /// returns. How many were new. An op whose id does not match its content
+    /// fails the whole delivery with kind `corrupt` (nothing of it is kept).
+    pub fn receive(&mut self, ops: Vec<Op>) -> Result<usize> {
+        if let Some(e) = self.state.failure() {
+            return Err(e);
+        }
+        let applied = self.store.write(self.clock.as_ref(), |tx| {
+            let mut n = 0;
+            for op in ops {
+                if tx.receive(op, DEFAULT_MAX_SKEW_MS)? == crate::storage::Received::Applied {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+        if applied > 0 {
+            self.committed();
+        }
+        self.settle()?;
+        Ok(applied)
+    }
+
     /// Steps 2 and 3: checks and commits a group of writes. Not durable yet:
     /// follow with [`Engine::settle`] or a [`Syncer`] before answering.
     pub fn commit(&mut self, items: Vec<Item>) -> Result<Vec<Result<Response>>> {
@@ -517,6 +542,11 @@ fn max_own_seq(store: &Store) -> Result<i64> {
         [store.replica()],
         |r| r.get(0),
     )
+}
+
+/// This replica's ops with `seq` past `from`, in order.
+pub fn own_ops_after(store: &Store, from: i64) -> Result<Vec<Op>> {
+    own_ops_between(store, from, i64::MAX)
 }
 
 /// This replica's ops with `seq` in `(from, upto]`, in order.

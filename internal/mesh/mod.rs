@@ -110,13 +110,29 @@ pub struct MeshStatus {
 
 /// The secrets file's content: paths only (the secrets stay where they are).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Secrets {
+pub struct Secrets {
+    /// A NATS credentials file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    creds: Option<PathBuf>,
+    pub creds: Option<PathBuf>,
+    /// A file holding a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    /// Require TLS.
     #[serde(default)]
-    tls: bool,
+    pub tls: bool,
+}
+
+/// This clone's secrets file (empty when it has none).
+pub fn secrets(config_dir: &Path, repo_id: &str, replica: &str) -> Result<Secrets> {
+    let path = secrets_path(config_dir, repo_id, replica);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            Error::new(ErrorKind::Corrupt, format!("{}: {e}", path.display()))
+                .hint("run `bd mesh join` again to rewrite it")
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Secrets::default()),
+        Err(e) => Err(io_at(&path, e)),
+    }
 }
 
 /// Checks a relay URL: `nats://HOST:PORT` or `tls://HOST:PORT`.

@@ -278,3 +278,167 @@ fn clones_meet_under_one_repo_id_and_their_members_lines_merge() {
         assert_eq!(keys, want, "{st}");
     }
 }
+
+/// Polls `done` every 20 ms for up to `limit`.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Issue 13's first test: a create on clone A reaches B's daemon through the
+/// relay without any git sync, and B's reaches A; the same ops arriving later
+/// through git change nothing.
+#[test]
+fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
+    let relay = Relay::start();
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    a.ok(&["mesh", "join", &relay.url()]);
+    a.ok(&["sync"]);
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    b.ok(&["mesh", "join", &relay.url()]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]); // a learns b's key the way code arrives
+    for c in [&a, &b] {
+        c.ok(&["daemon", "start", "-q"]);
+    }
+    let id = a.create(&["through the relay"]);
+    let seen = |c: &crate::sync::Clone, id: &str| c.bd(&["show", id, "--json"]).status.success();
+    assert!(
+        eventually(Duration::from_secs(10), || seen(&b, &id)),
+        "b's daemon never received a's create"
+    );
+    let back = b.create(&["and back"]);
+    assert!(
+        eventually(Duration::from_secs(10), || seen(&a, &back)),
+        "a's daemon never received b's create"
+    );
+    let before = (a.state_hash(), b.state_hash());
+    assert_eq!(before.0, before.1, "the same state on both");
+    // The same ops through git: nothing changes.
+    a.ok(&["sync"]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    assert_eq!(a.state_hash(), before.0);
+    assert_eq!(b.state_hash(), before.1);
+}
+
+/// A made-up create as `replica` would publish it.
+fn create_op(issue: &str, title: &str, replica: &str, seq: u64) -> bd::model::Op {
+    let mut op = crate::sync::label_op(issue, "", "alice", replica, seq);
+    op.kind = bd::model::OpKind::Create;
+    op.value = serde_json::json!({"title": title});
+    op.seal()
+}
+
+/// Publishes `payload` on `subject` of the relay at `url` and waits for the ack.
+fn publish_raw(url: &str, subject: String, payload: Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+}
+
+fn batch(replica: &str, ops_text: &str, key: &ed25519_dalek::SigningKey, signed: &str) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let sig: String = key
+        .sign(signed.as_bytes())
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"replica": replica, "ops": ops_text, "sig": sig}))
+        .unwrap()
+}
+
+/// The relay cannot forge or change an op: a batch signed by a key the
+/// members file does not list, one altered after it was signed, and a signed
+/// one whose op does not match its id are never applied, and the daemon says
+/// so; the same op, signed by its replica's key, is.
+#[test]
+fn forged_or_altered_batches_are_never_applied() {
+    let relay = Relay::start();
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    a.ok(&["mesh", "join", &relay.url()]);
+    a.ok(&["sync"]);
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    b.ok(&["mesh", "join", &relay.url()]);
+    b.ok(&["daemon", "start", "-q"]);
+    let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+    let (replica, repo) = (
+        st["replica"].as_str().unwrap().to_string(),
+        st["repo_id"].as_str().unwrap().to_string(),
+    );
+    let subject = format!("bd.{repo}.ops.{replica}");
+    let seed = std::fs::read_to_string(
+        cluster
+            .home()
+            .join(format!(".config/bd/keys/{replica}.ed25519")),
+    )
+    .unwrap();
+    let seed: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&seed.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let a_key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let shown = |id: &str| b.bd(&["show", id, "--json"]).status.success();
+
+    let forged =
+        serde_json::to_string(&vec![create_op("m-forged", "forged", &replica, 100)]).unwrap();
+    publish_raw(
+        &relay.url(),
+        subject.clone(),
+        batch(&replica, &forged, &stranger, &forged),
+    );
+    let altered_text =
+        serde_json::to_string(&vec![create_op("m-altered", "x", &replica, 101)]).unwrap();
+    let changed = altered_text.replace("\"x\"", "\"y\"");
+    publish_raw(
+        &relay.url(),
+        subject.clone(),
+        batch(&replica, &changed, &a_key, &altered_text),
+    );
+    let mut bad_id = create_op("m-badid", "badid", &replica, 102);
+    bad_id.value = serde_json::json!({"title": "changed before signing"});
+    let bad_id = serde_json::to_string(&vec![bad_id]).unwrap();
+    publish_raw(
+        &relay.url(),
+        subject.clone(),
+        batch(&replica, &bad_id, &a_key, &bad_id),
+    );
+    // The control: the same kind of op, signed by a's key, arrives.
+    let good = serde_json::to_string(&vec![create_op("m-good", "good", &replica, 103)]).unwrap();
+    publish_raw(&relay.url(), subject, batch(&replica, &good, &a_key, &good));
+    assert!(
+        eventually(Duration::from_secs(10), || shown("m-good")),
+        "the signed batch is applied"
+    );
+    for id in ["m-forged", "m-altered", "m-badid"] {
+        assert!(!shown(id), "{id} must not be applied");
+    }
+    let log = std::fs::read_to_string(b.root.join(".beads/daemon.log")).unwrap();
+    assert!(
+        log.matches("was refused").count() >= 3,
+        "each refusal is reported: {log}"
+    );
+}

@@ -598,7 +598,13 @@ fn future_title_op(issue: &str) -> bd::model::Op {
 
 /// A sealed op as another clone would write it: `actor` on `replica` adds
 /// label `label` to `issue` (the caller changes the fields a test needs).
-fn label_op(issue: &str, label: &str, actor: &str, replica: &str, seq: u64) -> bd::model::Op {
+pub(crate) fn label_op(
+    issue: &str,
+    label: &str,
+    actor: &str,
+    replica: &str,
+    seq: u64,
+) -> bd::model::Op {
     bd::model::Op {
         op_id: String::new(),
         issue: issue.into(),

