@@ -9,17 +9,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `nats-server -js` of the test's own, stopped when dropped.
+/// A `nats-server -js` of the test's own, stopped when dropped. Its store
+/// directory outlives a [`Relay::stop`], so a [`Relay::restart`] on the same
+/// port finds its streams and consumers again.
 pub(crate) struct Relay {
-    child: Child,
+    child: Option<Child>,
     pub(crate) port: u16,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl Relay {
     pub(crate) fn start() -> Relay {
-        let exe = nats_server();
-        let store = tempfile::tempdir().unwrap();
         // A port the kernel just handed out is free (bounded retries if taken).
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,32 +27,60 @@ impl Relay {
                 .local_addr()
                 .unwrap()
                 .port();
-            let child = Command::new(&exe)
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nats-server");
             let mut relay = Relay {
-                child,
+                child: None,
                 port,
-                _store: tempfile::tempdir().unwrap(),
+                store: tempfile::tempdir().unwrap(),
             };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    relay._store = store;
-                    return relay;
-                }
-                if relay.child.try_wait().unwrap().is_some() {
-                    break; // the port was taken after all: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if relay.spawn() {
+                return relay;
             }
         }
         panic!("nats-server did not start listening on loopback");
+    }
+
+    /// Starts the server; whether it listens within 10 s.
+    fn spawn(&mut self) -> bool {
+        let child = Command::new(nats_server())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let child = self.child.insert(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return false; // the port was taken after all
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Stops the server (SIGKILL: as abrupt as a crash).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.spawn(), "nats-server did not come back on its port");
     }
 
     pub(crate) fn url(&self) -> String {
@@ -62,8 +90,7 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -297,19 +324,8 @@ fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 #[test]
 fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
     let relay = Relay::start();
-    let cluster = crate::sync::Cluster::new();
-    let a = cluster.clone("a", "alice");
-    a.ok(&["init", "--prefix", "m"]);
-    a.ok(&["mesh", "join", &relay.url()]);
-    a.ok(&["sync"]);
-    let b = cluster.clone("b", "bob");
-    b.ok(&["init"]);
-    b.ok(&["mesh", "join", &relay.url()]);
-    b.ok(&["sync"]);
-    a.ok(&["sync"]); // a learns b's key the way code arrives
-    for c in [&a, &b] {
-        c.ok(&["daemon", "start", "-q"]);
-    }
+    // (b's key reaches a the way code arrives: through git.)
+    let (_cluster, a, b) = pair(&relay);
     let id = a.create(&["through the relay"]);
     let seen = |c: &crate::sync::Clone, id: &str| c.bd(&["show", id, "--json"]).status.success();
     assert!(
@@ -441,4 +457,62 @@ fn forged_or_altered_batches_are_never_applied() {
         log.matches("was refused").count() >= 3,
         "each refusal is reported: {log}"
     );
+}
+
+/// Two joined clones with their daemons running and each other's keys.
+fn pair(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone, crate::sync::Clone) {
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    a.ok(&["mesh", "join", &relay.url()]);
+    a.ok(&["sync"]);
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    b.ok(&["mesh", "join", &relay.url()]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    for c in [&a, &b] {
+        c.ok(&["daemon", "start", "-q"]);
+    }
+    (cluster, a, b)
+}
+
+/// The relay down (killed) while both clones work: every command still
+/// succeeds (a write is answered when it is durable locally); when the relay
+/// comes back, each daemon publishes its backlog from its watermark and the
+/// other applies it; a git sync in between makes the late delivery a no-op.
+#[test]
+fn writes_made_while_the_relay_is_down_cross_it_once_it_is_back() {
+    let mut relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    let warm = a.create(&["before the outage"]);
+    let seen = |c: &crate::sync::Clone, id: &str| c.bd(&["show", id, "--json"]).status.success();
+    assert!(eventually(Duration::from_secs(10), || seen(&b, &warm)));
+    relay.stop();
+    let during_a: Vec<String> = (0..5)
+        .map(|i| a.create(&[&format!("a during {i}")]))
+        .collect();
+    let during_b: Vec<String> = (0..3)
+        .map(|i| b.create(&[&format!("b during {i}")]))
+        .collect();
+    // One of them goes through git meanwhile: the later relay delivery of the
+    // same ops must change nothing.
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    relay.restart();
+    for id in &during_a {
+        assert!(
+            eventually(Duration::from_secs(20), || seen(&b, id)),
+            "{id} never reached b"
+        );
+    }
+    for id in &during_b {
+        assert!(eventually(Duration::from_secs(20), || seen(&a, id)), "{id}");
+    }
+    // Every op once: the op tables agree and each clone's issues are all there.
+    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
+    for c in [&a, &b] {
+        let all = c.json(&["list", "--all", "-n", "0"]);
+        assert_eq!(all.as_array().unwrap().len(), 9, "{all}");
+    }
 }
