@@ -76,6 +76,14 @@ impl Settings {
         }))
     }
 
+    /// The state the status shows before the first connection.
+    pub(super) fn initial_state(&self) -> crate::rpc::RelayState {
+        crate::rpc::RelayState {
+            urls: self.urls.clone(),
+            ..Default::default()
+        }
+    }
+
     fn stream(&self) -> String {
         format!("BD_{}", self.repo_id)
     }
@@ -109,14 +117,26 @@ pub(super) async fn run(
         if shared.is_stopping() {
             return;
         }
-        match session(&settings, &paths, &shared, &mut outbox).await {
+        let out = session(&settings, &paths, &shared, &mut outbox).await;
+        update(&shared, |r| r.connected = false);
+        match out {
             Ok(()) => return,
             Err(e) => {
+                update(&shared, |r| r.last_error = Some(e.message.clone()));
                 shared.note_error(&format!("relay: {}", e.message));
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Changes the relay state the daemon's status reports.
+fn update(shared: &Shared, f: impl FnOnce(&mut crate::rpc::RelayState)) {
+    if let Ok(mut r) = shared.relay.lock()
+        && let Some(r) = r.as_mut()
+    {
+        f(r);
     }
 }
 
@@ -170,8 +190,13 @@ async fn session(
         .await
         .map_err(|e| relay_error("opening the consumer", e))?;
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
+    update(shared, |r| {
+        r.connected = true;
+        r.last_error = None;
+    });
     // What the relay lacks since the last acknowledged publish.
-    let mut published = backlog(s, paths, &js).await?;
+    let mut published = backlog(s, paths, shared, &js).await?;
+    update(shared, |r| r.published_seq = published);
     let mut messages = consumer
         .messages()
         .await
@@ -184,6 +209,10 @@ async fn session(
                 if let Some(last) = publish(s, &js, &ops).await? {
                     published = last;
                     save_watermark(paths, last).await;
+                    update(shared, |r| {
+                        r.published_seq = last;
+                        r.batches_out += 1;
+                    });
                 }
             }
             msg = messages.next() => {
@@ -203,7 +232,12 @@ async fn session(
 
 /// Publishes the own ops past the watermark (after a restart or an outage);
 /// the new watermark.
-async fn backlog(s: &Settings, paths: &BeadsPaths, js: &jetstream::Context) -> Result<i64> {
+async fn backlog(
+    s: &Settings,
+    paths: &BeadsPaths,
+    shared: &Shared,
+    js: &jetstream::Context,
+) -> Result<i64> {
     let (from, ops) = {
         let paths = paths.clone();
         tokio::task::spawn_blocking(move || -> Result<(i64, Vec<Op>)> {
@@ -222,6 +256,7 @@ async fn backlog(s: &Settings, paths: &BeadsPaths, js: &jetstream::Context) -> R
         if let Some(seq) = publish(s, js, chunk).await? {
             last = seq;
             save_watermark(paths, last).await;
+            update(shared, |r| r.batches_out += 1);
         }
     }
     Ok(last)
@@ -266,7 +301,7 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(b) => b,
         Err(e) => {
-            shared.note_error(&format!("relay: an unreadable batch was refused: {e}"));
+            refused(shared, &format!("an unreadable batch was refused: {e}"));
             return Ok(());
         }
     };
@@ -275,40 +310,46 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
     }
     let members = mesh::members(paths)?;
     if let Err(why) = verify(&batch, &members) {
-        shared.note_error(&format!(
-            "relay: a batch from {} was refused: {why}",
-            batch.replica
-        ));
+        refused(shared, &format!("a batch from {} was refused: {why}", batch.replica));
         return Ok(());
     }
     let ops: Vec<Op> = match serde_json::from_str(&batch.ops) {
         Ok(ops) => ops,
         Err(e) => {
-            shared.note_error(&format!("relay: unreadable ops from {}: {e}", batch.replica));
+            refused(shared, &format!("unreadable ops from {} were refused: {e}", batch.replica));
             return Ok(());
         }
     };
     if ops.iter().any(|o| o.replica != batch.replica) {
-        shared.note_error(&format!(
-            "relay: a batch from {} carries another replica's ops; refused",
-            batch.replica
-        ));
+        refused(
+            shared,
+            &format!("a batch from {} carries another replica's ops; refused", batch.replica),
+        );
         return Ok(());
     }
     let (tx, rx) = oneshot::channel();
     shared.send_job(Job::Receive(ops, tx))?;
     match rx.await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => {
+            update(shared, |r| r.batches_in += 1);
+            Ok(())
+        }
         Ok(Err(e)) if e.kind == crate::ErrorKind::Corrupt => {
-            shared.note_error(&format!(
-                "relay: a batch from {} was refused: {}",
-                batch.replica, e.message
-            ));
+            refused(
+                shared,
+                &format!("a batch from {} was refused: {}", batch.replica, e.message),
+            );
             Ok(())
         }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::internal("the daemon's writer dropped a relay batch")),
     }
+}
+
+/// Reports a refused batch (log, status) and counts it.
+fn refused(shared: &Shared, what: &str) {
+    shared.note_error(&format!("relay: {what}"));
+    update(shared, |r| r.refused += 1);
 }
 
 /// Checks a batch's signature against the key the members file lists for its

@@ -83,6 +83,8 @@ pub(super) struct Shared {
     pub(super) replica: String,
     /// Groups handed to the syncer and not yet answered.
     pub(super) sync_pending: AtomicU64,
+    /// The relay link's state, when this clone joined one.
+    pub(super) relay: Mutex<Option<crate::rpc::RelayState>>,
     /// The writer's engine's durability, for the status.
     durability: DurabilityView,
 }
@@ -117,6 +119,7 @@ impl Shared {
             largest_group: c.largest_group.load(Ordering::SeqCst),
             connections: c.connections.load(Ordering::SeqCst),
             syncs: self.durability.syncs(),
+            relay: self.relay.lock().ok().and_then(|r| r.clone()),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
@@ -233,6 +236,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         replica: engine.replica().to_string(),
         sync_pending: AtomicU64::new(0),
         durability: engine.durability(),
+        relay: Mutex::new(None),
     });
     let syncer = {
         let shared = shared.clone();
@@ -267,6 +271,9 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
                 opts.socket.display()
             ));
             if let (Some(settings), Some(outbox)) = (relay, outbox) {
+                if let Ok(mut r) = shared.relay.lock() {
+                    *r = Some(settings.initial_state());
+                }
                 runtime.spawn(super::relay::run(
                     settings,
                     opts.paths.clone(),

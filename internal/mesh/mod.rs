@@ -104,6 +104,10 @@ pub struct MeshStatus {
     pub members: Vec<Member>,
     /// The relay as probed now (when asked).
     pub probes: Vec<RelayProbe>,
+    /// The running daemon's link to the relay (`None`: no daemon runs, or it
+    /// was started before this clone joined: restart it).
+    #[serde(default)]
+    pub daemon: Option<crate::rpc::RelayState>,
     /// Things the user should know.
     pub notes: Vec<String>,
 }
@@ -446,6 +450,7 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
         secrets,
         members: members(paths)?,
         probes,
+        daemon: None,
         notes: Vec::new(),
     })
 }

@@ -118,6 +118,29 @@ pub struct DaemonStatus {
     /// The last error the daemon itself hit (not a request's refusal), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The relay, when this clone joined one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayState>,
+}
+
+/// How the daemon's link to the relay stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayState {
+    /// Connected to the relay now.
+    pub connected: bool,
+    /// The relay's URLs.
+    pub urls: Vec<String>,
+    /// The last own op the relay acknowledged (its seq).
+    pub published_seq: i64,
+    /// Batches published since the daemon started.
+    pub batches_out: u64,
+    /// Other replicas' batches applied since the daemon started.
+    pub batches_in: u64,
+    /// Batches refused (unknown key, bad signature, altered op).
+    pub refused: u64,
+    /// The last problem with the relay, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One call with its routing data.

@@ -337,6 +337,20 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
         eventually(Duration::from_secs(10), || seen(&a, &back)),
         "a's daemon never received b's create"
     );
+    // Both daemons say how their link stands.
+    let link = |c: &crate::sync::Clone| -> Value {
+        serde_json::from_str::<Value>(&c.ok(&["mesh", "status", "--json"])).unwrap()["daemon"]
+            .clone()
+    };
+    let (la, lb) = (link(&a), link(&b));
+    assert_eq!(la["connected"], true, "{la}");
+    assert!(la["batches_out"].as_u64().unwrap() >= 1, "{la}");
+    assert!(la["published_seq"].as_i64().unwrap() >= 1, "{la}");
+    assert!(lb["batches_in"].as_u64().unwrap() >= 1, "{lb}");
+    assert!(
+        b.ok(&["daemon", "status"])
+            .contains("relay:       connected")
+    );
     let before = (a.state_hash(), b.state_hash());
     assert_eq!(before.0, before.1, "the same state on both");
     // The same ops through git: nothing changes.
@@ -452,6 +466,8 @@ fn forged_or_altered_batches_are_never_applied() {
     for id in ["m-forged", "m-altered", "m-badid"] {
         assert!(!shown(id), "{id} must not be applied");
     }
+    let st: Value = serde_json::from_str(&b.ok(&["mesh", "status", "--json"])).unwrap();
+    assert_eq!(st["daemon"]["refused"], 3, "{st}");
     let log = std::fs::read_to_string(b.root.join(".beads/daemon.log")).unwrap();
     assert!(
         log.matches("was refused").count() >= 3,

@@ -331,7 +331,23 @@ fn status(ctx: &Ctx) -> Result<(), CliError> {
         s.largest_group,
         s.syncs,
         s.last_error.as_deref().unwrap_or("none")
-    ))
+    ))?;
+    if let Some(r) = &s.relay {
+        output::print(&format!(
+            "relay:       {} ({}); published through seq {}; batches out {}, in {}, refused {}\n",
+            if r.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            r.urls.join(", "),
+            r.published_seq,
+            r.batches_out,
+            r.batches_in,
+            r.refused
+        ))?;
+    }
+    Ok(())
 }
 
 fn logs(ctx: &Ctx, a: &LogsArgs) -> Result<(), CliError> {

@@ -111,6 +111,21 @@ fn render(st: &MeshStatus) -> String {
         st.relay.join(", ")
     };
     let _ = writeln!(s, "relay:    {relay}");
+    if let Some(d) = &st.daemon {
+        let link = if d.connected {
+            "connected"
+        } else {
+            "not connected"
+        };
+        let _ = writeln!(
+            s,
+            "daemon:   {link}; published through seq {}; batches out {}, in {}, refused {}",
+            d.published_seq, d.batches_out, d.batches_in, d.refused
+        );
+        if let Some(e) = &d.last_error {
+            let _ = writeln!(s, "  last relay error: {e}");
+        }
+    }
     for p in &st.probes {
         let state = match (&p.problem, &p.version) {
             (None, Some(v)) => format!("answers (nats-server {v}, JetStream on)"),
