@@ -13,8 +13,9 @@
 //! - **Receiving**: a durable pull consumer `bd-<replica>`; a batch from
 //!   another replica is verified against the members file, applied by the
 //!   writer through the same merge as git sync, made durable, and only then
-//!   acked. A batch that does not verify is never applied (it is logged and
-//!   acked, so it is not redelivered for ever; quarantine comes next).
+//!   acked. A batch that does not verify is never applied: it is logged,
+//!   kept in quarantine (listed by `bd conflicts`) and acked, so it is not
+//!   redelivered for ever.
 
 use super::server::Shared;
 use super::writer::Job;
@@ -301,7 +302,7 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(b) => b,
         Err(e) => {
-            refused(shared, &format!("an unreadable batch was refused: {e}"));
+            refused(shared, payload, &format!("an unreadable batch was refused: {e}"));
             return Ok(());
         }
     };
@@ -310,19 +311,18 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
     }
     let members = mesh::members(paths)?;
     if let Err(why) = verify(&batch, &members) {
-        refused(shared, &format!("a batch from {} was refused: {why}", batch.replica));
+        refused(shared, payload, &format!("a batch from {} was refused: {why}", batch.replica));
         return Ok(());
     }
     let ops: Vec<Op> = match serde_json::from_str(&batch.ops) {
         Ok(ops) => ops,
         Err(e) => {
-            refused(shared, &format!("unreadable ops from {} were refused: {e}", batch.replica));
+            refused(shared, payload, &format!("unreadable ops from {} were refused: {e}", batch.replica));
             return Ok(());
         }
     };
     if ops.iter().any(|o| o.replica != batch.replica) {
-        refused(
-            shared,
+        refused(shared, payload,
             &format!("a batch from {} carries another replica's ops; refused", batch.replica),
         );
         return Ok(());
@@ -335,8 +335,7 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
             Ok(())
         }
         Ok(Err(e)) if e.kind == crate::ErrorKind::Corrupt => {
-            refused(
-                shared,
+            refused(shared, payload,
                 &format!("a batch from {} was refused: {}", batch.replica, e.message),
             );
             Ok(())
@@ -347,9 +346,25 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
 }
 
 /// Reports a refused batch (log, status) and counts it.
-fn refused(shared: &Shared, what: &str) {
+/// Reports a refused batch (log, status), counts it, and has the writer keep
+/// it in quarantine (listed by `bd conflicts` under its first op's issue).
+fn refused(shared: &Shared, payload: &[u8], what: &str) {
     shared.note_error(&format!("relay: {what}"));
     update(shared, |r| r.refused += 1);
+    let batch: Option<serde_json::Value> = serde_json::from_slice(payload).ok();
+    let replica = batch
+        .as_ref()
+        .and_then(|b| b["replica"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let issue = batch
+        .as_ref()
+        .and_then(|b| b["ops"].as_str())
+        .and_then(|ops| serde_json::from_str::<serde_json::Value>(ops).ok())
+        .and_then(|ops| ops[0]["issue"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let payload = String::from_utf8_lossy(payload).into_owned();
+    let _ = shared.send_job(Job::Quarantine([replica, issue, what.to_string(), payload]));
 }
 
 /// Checks a batch's signature against the key the members file lists for its

@@ -23,6 +23,8 @@ pub(super) enum Job {
     Durable,
     /// Ops another replica published through the relay: apply, make durable.
     Receive(Vec<crate::model::Op>, oneshot::Sender<Result<usize>>),
+    /// A refused relay batch to keep: replica, issue, reason, payload.
+    Quarantine([String; 4]),
     Stop,
 }
 
@@ -69,6 +71,11 @@ pub(super) fn writer_loop(
                 Job::Durable => engine.after_durable(),
                 Job::Receive(ops, reply) => {
                     let _ = reply.send(engine.receive(ops));
+                }
+                Job::Quarantine([replica, issue, reason, payload]) => {
+                    if let Err(e) = engine.quarantine(&replica, &issue, &reason, &payload) {
+                        shared.note_error(&format!("relay: quarantine failed: {}", e.message));
+                    }
                 }
                 Job::Write { item, reply } => {
                     shared.counters.queue.fetch_sub(1, Ordering::SeqCst);

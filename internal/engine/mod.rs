@@ -413,6 +413,23 @@ impl Engine {
         Ok(applied)
     }
 
+    /// Keeps a relay batch that was refused (see `daemon::relay`): never
+    /// applied, listed by `bd conflicts` until dropped.
+    pub fn quarantine(&mut self, replica: &str, issue: &str, reason: &str, payload: &str) -> Result<()> {
+        let now = self.clock.now_ms() as i64;
+        self.store.write(self.clock.as_ref(), |tx| {
+            tx.conn()
+                .prepare_cached(
+                    "INSERT INTO quarantine(received_ms, replica, issue_id, reason, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(rusqlite::params![now, replica, issue, reason, payload])?;
+            Ok(())
+        })?;
+        self.committed();
+        self.settle()
+    }
+
     /// Steps 2 and 3: checks and commits a group of writes. Not durable yet:
     /// follow with [`Engine::settle`] or a [`Syncer`] before answering.
     pub fn commit(&mut self, items: Vec<Item>) -> Result<Vec<Result<Response>>> {

@@ -104,6 +104,9 @@ pub struct MeshStatus {
     pub members: Vec<Member>,
     /// The relay as probed now (when asked).
     pub probes: Vec<RelayProbe>,
+    /// Relay batches refused and kept (`bd conflicts` lists them).
+    #[serde(default)]
+    pub quarantined: u64,
     /// The running daemon's link to the relay (`None`: no daemon runs, or it
     /// was started before this clone joined: restart it).
     #[serde(default)]
@@ -450,6 +453,12 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
         secrets,
         members: members(paths)?,
         probes,
+        quarantined: crate::storage::sqlite::cached_row(
+            store.conn(),
+            "SELECT COUNT(*) FROM quarantine",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64,
         daemon: None,
         notes: Vec::new(),
     })

@@ -516,7 +516,7 @@ pub fn stats(conn: &Connection) -> Result<Stats> {
     s.deleted = scalar("SELECT COUNT(*) FROM tombstones")? as u64;
     // As many as `bd conflicts` lists: field conflicts and held ops.
     s.conflicts =
-        scalar("SELECT (SELECT COUNT(*) FROM conflicts) + (SELECT COUNT(*) FROM held_ops)")? as u64;
+        scalar("SELECT (SELECT COUNT(*) FROM conflicts) + (SELECT COUNT(*) FROM held_ops) + (SELECT COUNT(*) FROM quarantine)")? as u64;
     s.ops = scalar("SELECT COUNT(*) FROM ops")? as u64;
     let avg: Option<f64> = conn.query_row(
         "SELECT AVG(closed_ms - created_ms) FROM issues WHERE status = 'closed' AND closed_ms IS NOT NULL",
@@ -552,6 +552,11 @@ pub fn all_issues(conn: &Connection) -> Result<Vec<Issue>> {
 }
 
 /// Every open conflict record, by issue and field.
+/// The field of a conflict record that lists a refused relay batch.
+pub const QUARANTINE_FIELD: &str = "quarantine";
+
+/// Everything `bd conflicts` lists: field conflicts, ops held for clock skew,
+/// and relay batches kept in quarantine.
 pub fn conflicts(conn: &Connection) -> Result<Vec<crate::model::Conflict>> {
     let mut stmt = conn.prepare("SELECT body FROM conflicts ORDER BY issue_id, field")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -578,6 +583,33 @@ pub fn conflicts(conn: &Connection) -> Result<Vec<crate::model::Conflict>> {
                 replica: op.replica,
                 at: crate::clock::format_rfc3339(op.hlc.wall),
                 op_id: op.op_id,
+            }],
+        });
+    }
+    // Relay batches refused and kept: one `quarantine` record each.
+    let mut q = conn.prepare(
+        "SELECT id, received_ms, replica, issue_id, reason FROM quarantine ORDER BY id",
+    )?;
+    let rows = q.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, at, replica, issue, reason) = row?;
+        out.push(crate::model::Conflict {
+            issue_id: issue,
+            field: QUARANTINE_FIELD.into(),
+            contenders: vec![crate::model::Contender {
+                op_id: format!("q{id}"),
+                value: serde_json::json!({ "reason": reason }),
+                actor: String::new(),
+                replica,
+                at: crate::clock::format_rfc3339(at as u64),
             }],
         });
     }

@@ -49,6 +49,9 @@ pub(super) fn resolve(
         return Err(Error::invalid("give exactly one of --value and --take")
             .hint("--value sets a new value; --take copies one contender's"));
     }
+    if field == crate::query::QUARANTINE_FIELD {
+        return resolve_quarantine(tx, id, value, take);
+    }
     if field == "clock_skew" {
         return resolve_clock_skew(tx, ctx, id, value, take);
     }
@@ -251,6 +254,57 @@ fn resolve_clock_skew(
     let issue = match query::resolve_id(tx.conn(), &issue) {
         Ok(id) => vec![Changed {
             issue: get_live(tx.conn(), &id)?,
+            changed: true,
+        }],
+        Err(_) => Vec::new(),
+    };
+    Ok(Response::Changed(issue))
+}
+
+/// Drops relay batches kept in quarantine for `id`: `--value drop` all of
+/// them, `--take qN` the one `bd conflicts` lists as `qN`. They were never
+/// applied; dropping only forgets them (this clone's record, not an op).
+fn resolve_quarantine(
+    tx: &mut WriteTx<'_>,
+    id: &str,
+    value: Option<String>,
+    take: Option<String>,
+) -> Result<Response> {
+    let hint = format!(
+        "bd resolve {id} --field quarantine --value drop (or --take qN for one)"
+    );
+    let dropped = match (value.as_deref(), take.as_deref()) {
+        (Some("drop"), _) => tx
+            .conn()
+            .prepare_cached("DELETE FROM quarantine WHERE issue_id = ?1")?
+            .execute([id])?,
+        (_, Some(q)) => {
+            let n: i64 = q
+                .strip_prefix('q')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| Error::invalid(format!("bad quarantine entry {q:?}")).hint(hint.clone()))?;
+            tx.conn()
+                .prepare_cached("DELETE FROM quarantine WHERE id = ?1 AND issue_id = ?2")?
+                .execute(rusqlite::params![n, id])?
+        }
+        (Some(v), None) => {
+            return Err(Error::invalid(format!(
+                "a quarantined batch is dropped, not settled with {v:?}"
+            ))
+            .hint(hint));
+        }
+        (None, None) => unreachable!("checked by the caller"),
+    };
+    if dropped == 0 {
+        return Err(Error::new(
+            crate::ErrorKind::NotFound,
+            format!("no quarantined batch for {id}"),
+        )
+        .hint("`bd conflicts` lists them"));
+    }
+    let issue = match get_live(tx.conn(), id) {
+        Ok(issue) => vec![Changed {
+            issue,
             changed: true,
         }],
         Err(_) => Vec::new(),

@@ -468,6 +468,43 @@ fn forged_or_altered_batches_are_never_applied() {
     }
     let st: Value = serde_json::from_str(&b.ok(&["mesh", "status", "--json"])).unwrap();
     assert_eq!(st["daemon"]["refused"], 3, "{st}");
+    // Kept in quarantine, listed by `bd conflicts`, dropped by `bd resolve`.
+    assert!(eventually(Duration::from_secs(5), || {
+        let st: Value = serde_json::from_str(&b.ok(&["mesh", "status", "--json"])).unwrap();
+        st["quarantined"] == 3
+    }));
+    let conflicts: Value = serde_json::from_str(&b.ok(&["conflicts", "--json"])).unwrap();
+    let mut kept: Vec<&str> = conflicts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["field"] == "quarantine")
+        .map(|c| c["issue_id"].as_str().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["m-altered", "m-badid", "m-forged"], "{conflicts}");
+    b.ok(&[
+        "resolve",
+        "m-forged",
+        "--field",
+        "quarantine",
+        "--value",
+        "drop",
+    ]);
+    let stats: Value = serde_json::from_str(&b.ok(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["conflicts"], 2, "{stats}");
+    assert!(
+        !b.bd(&[
+            "resolve",
+            "m-forged",
+            "--field",
+            "quarantine",
+            "--value",
+            "drop"
+        ])
+        .status
+        .success()
+    );
     let log = std::fs::read_to_string(b.root.join(".beads/daemon.log")).unwrap();
     assert!(
         log.matches("was refused").count() >= 3,

@@ -141,6 +141,13 @@ fn render(st: &MeshStatus) -> String {
         .map(|k| format!("{}…", &k[..k.len().min(16)]))
         .unwrap_or_else(|| "none yet (made by bd mesh join)".into());
     let _ = writeln!(s, "key:      {key}");
+    if st.quarantined > 0 {
+        let _ = writeln!(
+            s,
+            "quarantine: {} refused batch(es) kept; `bd conflicts` lists them",
+            st.quarantined
+        );
+    }
     let _ = writeln!(s, "members:  {}", st.members.len());
     for m in &st.members {
         let _ = writeln!(
