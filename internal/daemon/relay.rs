@@ -32,6 +32,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// How long the relay waits for a delivered batch's ack before delivering it
+/// again (JetStream's default is 30 s: a killed daemon's batches would wait
+/// that long).
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// The `meta` key of the last own op the relay acknowledged.
 const PUBLISHED: &str = "mesh.published_seq";
 
@@ -185,6 +190,9 @@ async fn session(
             jetstream::consumer::pull::Config {
                 durable_name: Some(format!("bd-{}", s.replica)),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                // A batch delivered to a daemon that died before acking it
+                // comes again after this (applying twice changes nothing).
+                ack_wait: ACK_WAIT,
                 ..Default::default()
             },
         )

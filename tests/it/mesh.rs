@@ -569,3 +569,41 @@ fn writes_made_while_the_relay_is_down_cross_it_once_it_is_back() {
         assert_eq!(all.as_array().unwrap().len(), 9, "{all}");
     }
 }
+
+/// A receiving daemon killed (-9) while batches arrive: a batch is acked only
+/// once its ops are durable, so the restarted daemon's consumer gets again
+/// whatever was not, and nothing is lost or applied twice.
+#[test]
+fn a_receiving_daemon_killed_mid_stream_misses_nothing_after_restart() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    let pid = || -> Option<i32> {
+        let text = std::fs::read_to_string(b.root.join(".beads/daemon.lock")).ok()?;
+        serde_json::from_str::<Value>(&text).ok()?["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    };
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(a.create(&[&format!("stream {i}")]));
+        if i == 15 {
+            let p = pid().expect("b's daemon runs");
+            // SAFETY: kill sends a signal; no memory is involved.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    // b runs directly meanwhile; its daemon comes back and catches up.
+    b.ok(&["daemon", "start", "-q"]);
+    for id in &ids {
+        assert!(
+            eventually(Duration::from_secs(20), || b
+                .bd(&["show", id, "--json"])
+                .status
+                .success()),
+            "{id} never reached b"
+        );
+    }
+    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
+    let all = b.json(&["list", "--all", "-n", "0"]);
+    assert_eq!(all.as_array().unwrap().len(), 40, "each once");
+}
