@@ -104,6 +104,7 @@ pub(super) async fn connection(conn: Stream, shared: Arc<Shared>) {
             }
             Call::Request(req) => {
                 shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+                shared.saw_agent(&env.actor);
                 let item = Item {
                     actor: env.actor,
                     request: *req,

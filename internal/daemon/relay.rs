@@ -27,6 +27,7 @@ use async_nats::jetstream;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,12 @@ use tokio::sync::{mpsc, oneshot};
 /// again (JetStream's default is 30 s: a killed daemon's batches would wait
 /// that long).
 const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a daemon tells the mesh it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long a heartbeat stays in the presence bucket without a newer one.
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
 /// The `meta` key of the last own op the relay acknowledged.
 const PUBLISHED: &str = "mesh.published_seq";
@@ -88,6 +95,10 @@ impl Settings {
             urls: self.urls.clone(),
             ..Default::default()
         }
+    }
+
+    fn presence(&self) -> String {
+        format!("BD_{}_presence", self.repo_id)
     }
 
     fn stream(&self) -> String {
@@ -198,6 +209,20 @@ async fn session(
         )
         .await
         .map_err(|e| relay_error("opening the consumer", e))?;
+    let presence = match js.get_key_value(s.presence()).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: s.presence(),
+                history: 1,
+                max_age: PRESENCE_TTL,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| relay_error("opening the presence bucket", e))?,
+    };
+    let mut peers: HashMap<String, Heard> = HashMap::new();
+    let mut beat = tokio::time::interval(HEARTBEAT);
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
     update(shared, |r| {
         r.connected = true;
@@ -230,6 +255,11 @@ async fn session(
                 apply(s, paths, shared, &msg.payload).await?;
                 msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
             }
+            _ = beat.tick() => {
+                heartbeat(s, shared, &presence, published).await?;
+                let seen = listen(s, &presence, &mut peers).await?;
+                update(shared, |r| r.peers = seen);
+            }
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if shared.is_stopping() {
                     return Ok(());
@@ -237,6 +267,98 @@ async fn session(
             }
         }
     }
+}
+
+/// What a heartbeat says.
+#[derive(Debug, Serialize, Deserialize)]
+struct Beat {
+    host: String,
+    version: String,
+    published_seq: i64,
+    agents: Vec<String>,
+}
+
+/// Heartbeat arrivals from one peer, for its phi.
+struct Heard {
+    revision: u64,
+    at: std::time::Instant,
+    /// Smoothed interval between arrivals, in ms.
+    mean_ms: f64,
+}
+
+/// Puts this daemon's heartbeat into the presence bucket.
+async fn heartbeat(
+    s: &Settings,
+    shared: &Shared,
+    kv: &jetstream::kv::Store,
+    published: i64,
+) -> Result<()> {
+    let beat = Beat {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        version: shared.opts.version.clone(),
+        published_seq: published,
+        agents: shared.recent_agents(),
+    };
+    kv.put(&s.replica, serde_json::to_vec(&beat)?.into())
+        .await
+        .map_err(|e| relay_error("sending a heartbeat", e))?;
+    Ok(())
+}
+
+/// Reads every other daemon's heartbeat and updates its phi: the suspicion
+/// that it failed, from how late its next heartbeat is against the intervals
+/// seen so far (phi accrual with exponentially distributed arrivals:
+/// phi = elapsed / mean / ln 10; 1 means a 10% chance it is still alive and
+/// merely late, 8 about one in 10^8).
+async fn listen(
+    s: &Settings,
+    kv: &jetstream::kv::Store,
+    heard: &mut HashMap<String, Heard>,
+) -> Result<Vec<crate::rpc::Peer>> {
+    let mut keys = kv.keys().await.map_err(|e| relay_error("reading presence", e))?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| relay_error("reading presence", e))?;
+        if key == s.replica {
+            continue;
+        }
+        let Some(entry) = kv
+            .entry(&key)
+            .await
+            .map_err(|e| relay_error("reading presence", e))?
+        else {
+            continue;
+        };
+        let Ok(beat) = serde_json::from_slice::<Beat>(&entry.value) else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        let h = heard.entry(key.clone()).or_insert(Heard {
+            revision: entry.revision,
+            at: now,
+            mean_ms: HEARTBEAT.as_millis() as f64,
+        });
+        if entry.revision != h.revision {
+            let gap = now.duration_since(h.at).as_millis() as f64;
+            h.mean_ms = 0.8 * h.mean_ms + 0.2 * gap.max(1.0);
+            h.revision = entry.revision;
+            h.at = now;
+        }
+        let elapsed = now.duration_since(h.at).as_millis() as f64;
+        out.push(crate::rpc::Peer {
+            replica: key,
+            host: beat.host,
+            version: beat.version,
+            published_seq: beat.published_seq,
+            agents: beat.agents,
+            last_heard_ms: elapsed as u64,
+            phi: elapsed / h.mean_ms / std::f64::consts::LN_10,
+        });
+    }
+    out.sort_by(|a, b| a.replica.cmp(&b.replica));
+    Ok(out)
 }
 
 /// Publishes the own ops past the watermark (after a restart or an outage);

@@ -83,6 +83,8 @@ pub(super) struct Shared {
     pub(super) replica: String,
     /// Groups handed to the syncer and not yet answered.
     pub(super) sync_pending: AtomicU64,
+    /// Actors served, and when last (for the mesh's presence heartbeats).
+    pub(super) agents: Mutex<std::collections::HashMap<String, Instant>>,
     /// The relay link's state, when this clone joined one.
     pub(super) relay: Mutex<Option<crate::rpc::RelayState>>,
     /// The writer's engine's durability, for the status.
@@ -122,6 +124,26 @@ impl Shared {
             relay: self.relay.lock().ok().and_then(|r| r.clone()),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
+    }
+
+    /// Notes that `actor` used this daemon now.
+    pub(super) fn saw_agent(&self, actor: &str) {
+        if let Ok(mut a) = self.agents.lock()
+            && a.get(actor).is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
+            a.insert(actor.to_string(), Instant::now());
+        }
+    }
+
+    /// Actors seen in the last minute, sorted.
+    pub(super) fn recent_agents(&self) -> Vec<String> {
+        let Ok(mut a) = self.agents.lock() else {
+            return Vec::new();
+        };
+        a.retain(|_, t| t.elapsed() < Duration::from_secs(60));
+        let mut out: Vec<String> = a.keys().cloned().collect();
+        out.sort();
+        out
     }
 
     pub(super) fn is_stopping(&self) -> bool {
@@ -237,6 +259,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         sync_pending: AtomicU64::new(0),
         durability: engine.durability(),
         relay: Mutex::new(None),
+        agents: Mutex::new(Default::default()),
     });
     let syncer = {
         let shared = shared.clone();

@@ -86,7 +86,7 @@ pub struct RelayProbe {
 }
 
 /// Where the mesh stands for this clone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeshStatus {
     /// This clone takes part.
     pub joined: bool,

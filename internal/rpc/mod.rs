@@ -84,7 +84,7 @@ pub enum Call {
 }
 
 /// The daemon's state, for `bd daemon status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// Process id.
     pub pid: u32,
@@ -124,7 +124,7 @@ pub struct DaemonStatus {
 }
 
 /// How the daemon's link to the relay stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RelayState {
     /// Connected to the relay now.
     pub connected: bool,
@@ -141,6 +141,29 @@ pub struct RelayState {
     /// The last problem with the relay, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The other daemons whose heartbeats the relay holds.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// Another daemon of the mesh, as its heartbeats show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its replica.
+    pub replica: String,
+    /// Its machine.
+    pub host: String,
+    /// Its bd version.
+    pub version: String,
+    /// The last own op it published (its seq).
+    pub published_seq: i64,
+    /// Agents (actors) that used it in the last minute.
+    pub agents: Vec<String>,
+    /// Milliseconds since its last heartbeat arrived here.
+    pub last_heard_ms: u64,
+    /// Suspicion that it failed (phi accrual over heartbeat arrivals; above 8,
+    /// take it for gone).
+    pub phi: f64,
 }
 
 /// One call with its routing data.

@@ -351,6 +351,23 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
         b.ok(&["daemon", "status"])
             .contains("relay:       connected")
     );
+    // Presence: a hears b's heartbeats, with the agents b's daemon served.
+    let b_replica = b.json(&["info"])["replica"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let peers = link(&a)["peers"].clone();
+            peers.as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["replica"] == b_replica.as_str()
+                        && p["agents"].as_array().unwrap().iter().any(|x| x == "bob")
+                        && p["phi"].as_f64().unwrap() < 8.0
+                })
+            })
+        }),
+        "a never heard b: {}",
+        link(&a)
+    );
+    assert!(a.ok(&["mesh", "status"]).contains("agents: bob"));
     let before = (a.state_hash(), b.state_hash());
     assert_eq!(before.0, before.1, "the same state on both");
     // The same ops through git: nothing changes.

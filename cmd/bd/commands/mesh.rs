@@ -125,6 +125,23 @@ fn render(st: &MeshStatus) -> String {
         if let Some(e) = &d.last_error {
             let _ = writeln!(s, "  last relay error: {e}");
         }
+        for p in &d.peers {
+            let agents = if p.agents.is_empty() {
+                "no agents in the last minute".to_string()
+            } else {
+                format!("agents: {}", p.agents.join(", "))
+            };
+            let _ = writeln!(
+                s,
+                "  peer {} on {} (bd {}): heard {:.1} s ago, phi {:.1}, published through seq {}; {agents}",
+                p.replica,
+                p.host,
+                p.version,
+                p.last_heard_ms as f64 / 1000.0,
+                p.phi,
+                p.published_seq
+            );
+        }
     }
     for p in &st.probes {
         let state = match (&p.problem, &p.version) {
