@@ -184,7 +184,13 @@ async fn session(
         .connect(s.urls.clone())
         .await
         .map_err(|e| relay_error("connecting", e))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
+    // Peers ping us to measure their impedance to us: answer with our own
+    // apply time and queue.
+    let mut pings = client
+        .subscribe(format!("bd.{}.ping.{}", s.repo_id, s.replica))
+        .await
+        .map_err(|e| relay_error("subscribing to pings", e))?;
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: s.stream(),
@@ -257,8 +263,23 @@ async fn session(
             }
             _ = beat.tick() => {
                 heartbeat(s, shared, &presence, published).await?;
-                let seen = listen(s, &presence, &mut peers).await?;
+                let mut seen = listen(s, &presence, &mut peers).await?;
+                for p in &mut seen {
+                    if let Some(h) = peers.get_mut(&p.replica) {
+                        p.impedance = ping(s, &client, &p.replica, h).await;
+                    }
+                }
                 update(shared, |r| r.peers = seen);
+            }
+            ping = pings.next() => {
+                let Some(ping) = ping else { return Err(relay_error("pings", "ended")) };
+                if let Some(reply) = ping.reply {
+                    let answer = serde_json::json!({
+                        "apply_ms": shared.apply_ms(),
+                        "queue": shared.counters.queue.load(std::sync::atomic::Ordering::SeqCst),
+                    });
+                    let _ = client.publish(reply, serde_json::to_vec(&answer)?.into()).await;
+                }
             }
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if shared.is_stopping() {
@@ -278,12 +299,53 @@ struct Beat {
     agents: Vec<String>,
 }
 
-/// Heartbeat arrivals from one peer, for its phi.
+/// Heartbeat arrivals from one peer, for its phi; and its round trips.
 struct Heard {
     revision: u64,
     at: std::time::Instant,
     /// Smoothed interval between arrivals, in ms.
     mean_ms: f64,
+    /// RFC 6298's SRTT and RTTVAR, ms (`None` before the first answer).
+    rtt: Option<(f64, f64)>,
+}
+
+/// Pings `peer` (request/reply through the relay, 500 ms at most) and folds
+/// the round trip into its estimator (RFC 6298: the first sample sets SRTT = R
+/// and RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R| and
+/// SRTT = 7/8 SRTT + 1/8 R). `None` when it did not answer.
+async fn ping(
+    s: &Settings,
+    client: &async_nats::Client,
+    peer: &str,
+    heard: &mut Heard,
+) -> Option<crate::rpc::Impedance> {
+    let start = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.request(format!("bd.{}.ping.{peer}", s.repo_id), "".into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let r = start.elapsed().as_secs_f64() * 1e3;
+    let (srtt, rttvar) = match heard.rtt {
+        None => (r, r / 2.0),
+        Some((srtt, rttvar)) => (
+            0.875 * srtt + 0.125 * r,
+            0.75 * rttvar + 0.25 * (srtt - r).abs(),
+        ),
+    };
+    heard.rtt = Some((srtt, rttvar));
+    let v: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
+    let apply_ms = v["apply_ms"].as_f64().unwrap_or(0.0);
+    let queue = v["queue"].as_u64().unwrap_or(0);
+    Some(crate::rpc::Impedance {
+        rtt_ms: srtt,
+        rttvar_ms: rttvar,
+        apply_ms,
+        queue,
+        z_ms: srtt + apply_ms + queue as f64 * apply_ms,
+    })
 }
 
 /// Puts this daemon's heartbeat into the presence bucket.
@@ -339,6 +401,7 @@ async fn listen(
             revision: entry.revision,
             at: now,
             mean_ms: HEARTBEAT.as_millis() as f64,
+            rtt: None,
         });
         if entry.revision != h.revision {
             let gap = now.duration_since(h.at).as_millis() as f64;
@@ -355,6 +418,7 @@ async fn listen(
             agents: beat.agents,
             last_heard_ms: elapsed as u64,
             phi: elapsed / h.mean_ms / std::f64::consts::LN_10,
+            impedance: None,
         });
     }
     out.sort_by(|a, b| a.replica.cmp(&b.replica));
@@ -458,8 +522,11 @@ async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: 
         return Ok(());
     }
     let (tx, rx) = oneshot::channel();
+    let started = std::time::Instant::now();
     shared.send_job(Job::Receive(ops, tx))?;
-    match rx.await {
+    let answer = rx.await;
+    shared.applied_in(started.elapsed());
+    match answer {
         Ok(Ok(_)) => {
             update(shared, |r| r.batches_in += 1);
             Ok(())

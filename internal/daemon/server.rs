@@ -83,6 +83,8 @@ pub(super) struct Shared {
     pub(super) replica: String,
     /// Groups handed to the syncer and not yet answered.
     pub(super) sync_pending: AtomicU64,
+    /// Smoothed time to apply a relay batch, ms (peers' impedance of us).
+    pub(super) apply_ms: Mutex<f64>,
     /// Actors served, and when last (for the mesh's presence heartbeats).
     pub(super) agents: Mutex<std::collections::HashMap<String, Instant>>,
     /// The relay link's state, when this clone joined one.
@@ -124,6 +126,19 @@ impl Shared {
             relay: self.relay.lock().ok().and_then(|r| r.clone()),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
+    }
+
+    /// Folds one relay batch's apply time into the smoothed figure peers see.
+    pub(super) fn applied_in(&self, took: Duration) {
+        let ms = took.as_secs_f64() * 1e3;
+        if let Ok(mut a) = self.apply_ms.lock() {
+            *a = if *a == 0.0 { ms } else { 0.8 * *a + 0.2 * ms };
+        }
+    }
+
+    /// The smoothed time to apply a relay batch, ms.
+    pub(super) fn apply_ms(&self) -> f64 {
+        self.apply_ms.lock().map(|a| *a).unwrap_or(0.0)
     }
 
     /// Notes that `actor` used this daemon now.
@@ -260,6 +275,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         durability: engine.durability(),
         relay: Mutex::new(None),
         agents: Mutex::new(Default::default()),
+        apply_ms: Mutex::new(0.0),
     });
     let syncer = {
         let shared = shared.clone();

@@ -164,6 +164,25 @@ pub struct Peer {
     /// Suspicion that it failed (phi accrual over heartbeat arrivals; above 8,
     /// take it for gone).
     pub phi: f64,
+    /// Its impedance, when a ping was answered: the smoothed round trip and
+    /// its variation (RFC 6298), and its own apply time and queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impedance: Option<Impedance>,
+}
+
+/// How costly a peer is to wait for: Z = rtt + apply + queue delay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Impedance {
+    /// Smoothed round-trip time to it through the relay, ms.
+    pub rtt_ms: f64,
+    /// The round trip's variation, ms.
+    pub rttvar_ms: f64,
+    /// Its smoothed time to apply a batch, ms (as it reports).
+    pub apply_ms: f64,
+    /// Writes waiting in its queue (as it reports).
+    pub queue: u64,
+    /// The sum: rtt + apply + queue x apply.
+    pub z_ms: f64,
 }
 
 /// One call with its routing data.

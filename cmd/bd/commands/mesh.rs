@@ -141,6 +141,13 @@ fn render(st: &MeshStatus) -> String {
                 p.phi,
                 p.published_seq
             );
+            if let Some(z) = &p.impedance {
+                let _ = writeln!(
+                    s,
+                    "    impedance {:.2} ms = rtt {:.2} ms (±{:.2}) + apply {:.2} ms + queue {}",
+                    z.z_ms, z.rtt_ms, z.rttvar_ms, z.apply_ms, z.queue
+                );
+            }
         }
     }
     for p in &st.probes {
