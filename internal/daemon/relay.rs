@@ -187,6 +187,11 @@ async fn session(
     let js = jetstream::new(client.clone());
     // Peers ping us to measure their impedance to us: answer with our own
     // apply time and queue.
+    let mut acks_in = client
+        .subscribe(format!("bd.{}.ack.{}", s.repo_id, s.replica))
+        .await
+        .map_err(|e| relay_error("subscribing to acks", e))?;
+    let mut acks: HashMap<String, Acks> = HashMap::new();
     let mut pings = client
         .subscribe(format!("bd.{}.ping.{}", s.repo_id, s.replica))
         .await
@@ -258,7 +263,21 @@ async fn session(
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
                 let msg = msg.map_err(|e| relay_error("reading the stream", e))?;
-                apply(s, paths, shared, &msg.payload).await?;
+                if let Some(ack) = apply(s, paths, shared, &msg.payload).await? {
+                    let body = serde_json::json!({
+                        "from": s.replica,
+                        "kind": ack.kind,
+                        "seq": ack.seq,
+                        "wall_ms": ack.wall_ms,
+                        "reason": ack.reason,
+                    });
+                    let _ = client
+                        .publish(
+                            format!("bd.{}.ack.{}", s.repo_id, ack.to),
+                            serde_json::to_vec(&body)?.into(),
+                        )
+                        .await;
+                }
                 msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
             }
             _ = beat.tick() => {
@@ -268,8 +287,21 @@ async fn session(
                     if let Some(h) = peers.get_mut(&p.replica) {
                         p.impedance = ping(s, &client, &p.replica, h).await;
                     }
+                    if let Some(a) = acks.get_mut(&p.replica) {
+                        p.acks = Some(a.summary());
+                    }
                 }
                 update(shared, |r| r.peers = seen);
+            }
+            ack = acks_in.next() => {
+                let Some(ack) = ack else { return Err(relay_error("acks", "ended")) };
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&ack.payload)
+                    && let Some(from) = v["from"].as_str()
+                {
+                    acks.entry(from.to_string())
+                        .or_default()
+                        .record(v["kind"].as_i64().unwrap_or(0), v["wall_ms"].as_u64().unwrap_or(0));
+                }
             }
             ping = pings.next() => {
                 let Some(ping) = ping else { return Err(relay_error("pings", "ended")) };
@@ -286,6 +318,55 @@ async fn session(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// The acknowledgements one peer sent for this replica's batches.
+#[derive(Default)]
+struct Acks {
+    ready: u64,
+    transit: u64,
+    conflict: u64,
+    /// (when recorded, commit-to-+1 latency in ms), the last hour's.
+    latency: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl Acks {
+    fn record(&mut self, kind: i64, wall_ms: u64) {
+        match kind {
+            1 => {
+                self.ready += 1;
+                let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                if wall_ms > 0 {
+                    self.latency
+                        .push_back((std::time::Instant::now(), now.saturating_sub(wall_ms)));
+                }
+            }
+            0 => self.transit += 1,
+            _ => self.conflict += 1,
+        }
+        let hour = Duration::from_secs(3600);
+        while self
+            .latency
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > hour)
+            || self.latency.len() > 10_000
+        {
+            self.latency.pop_front();
+        }
+    }
+
+    fn summary(&self) -> crate::rpc::AckSummary {
+        let mut l: Vec<u64> = self.latency.iter().map(|(_, ms)| *ms).collect();
+        l.sort_unstable();
+        let at = |q: f64| l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).copied();
+        crate::rpc::AckSummary {
+            ready: self.ready,
+            transit: self.transit,
+            conflict: self.conflict,
+            propagation_p50_ms: at(0.5),
+            propagation_p95_ms: at(0.95),
         }
     }
 }
@@ -419,6 +500,7 @@ async fn listen(
             last_heard_ms: elapsed as u64,
             phi: elapsed / h.mean_ms / std::f64::consts::LN_10,
             impedance: None,
+            acks: None,
         });
     }
     out.sort_by(|a, b| a.replica.cmp(&b.replica));
@@ -492,57 +574,95 @@ async fn save_watermark(paths: &BeadsPaths, seq: i64) {
 }
 
 /// Verifies a batch from another replica and has the writer apply it.
-async fn apply(s: &Settings, paths: &BeadsPaths, shared: &Arc<Shared>, payload: &[u8]) -> Result<()> {
+/// The acknowledgement a receiver owes a batch's author.
+struct AckOut {
+    to: String,
+    /// +1 READY (applied), 0 TRANSIT (held for now), -1 CONFLICT (refused and
+    /// quarantined).
+    kind: i8,
+    seq: i64,
+    wall_ms: u64,
+    reason: Option<String>,
+}
+
+async fn apply(
+    s: &Settings,
+    paths: &BeadsPaths,
+    shared: &Arc<Shared>,
+    payload: &[u8],
+) -> Result<Option<AckOut>> {
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(b) => b,
         Err(e) => {
             refused(shared, payload, &format!("an unreadable batch was refused: {e}"));
-            return Ok(());
+            return Ok(None);
         }
     };
     if batch.replica == s.replica {
-        return Ok(()); // our own, back from the stream
+        return Ok(None); // our own, back from the stream
     }
     let members = mesh::members(paths)?;
     if let Err(why) = verify(&batch, &members) {
-        refused(shared, payload, &format!("a batch from {} was refused: {why}", batch.replica));
-        return Ok(());
+        let what = format!("a batch from {} was refused: {why}", batch.replica);
+        refused(shared, payload, &what);
+        return Ok(Some(refusal(&batch, what)));
     }
     let ops: Vec<Op> = match serde_json::from_str(&batch.ops) {
         Ok(ops) => ops,
         Err(e) => {
-            refused(shared, payload, &format!("unreadable ops from {} were refused: {e}", batch.replica));
-            return Ok(());
+            let what = format!("unreadable ops from {} were refused: {e}", batch.replica);
+            refused(shared, payload, &what);
+            return Ok(Some(refusal(&batch, what)));
         }
     };
     if ops.iter().any(|o| o.replica != batch.replica) {
-        refused(shared, payload,
-            &format!("a batch from {} carries another replica's ops; refused", batch.replica),
-        );
-        return Ok(());
+        let what = format!("a batch from {} carries another replica's ops; refused", batch.replica);
+        refused(shared, payload, &what);
+        return Ok(Some(refusal(&batch, what)));
     }
+    let (seq, wall_ms) = ops
+        .iter()
+        .map(|o| (o.seq as i64, o.hlc.wall))
+        .max()
+        .unwrap_or_default();
     let (tx, rx) = oneshot::channel();
     let started = std::time::Instant::now();
     shared.send_job(Job::Receive(ops, tx))?;
     let answer = rx.await;
     shared.applied_in(started.elapsed());
     match answer {
-        Ok(Ok(_)) => {
+        Ok(Ok((_, held))) => {
             update(shared, |r| r.batches_in += 1);
-            Ok(())
+            Ok(Some(AckOut {
+                to: batch.replica.clone(),
+                kind: if held > 0 { 0 } else { 1 },
+                seq,
+                wall_ms,
+                reason: (held > 0).then(|| format!("{held} op(s) held for clock skew")),
+            }))
         }
         Ok(Err(e)) if e.kind == crate::ErrorKind::Corrupt => {
-            refused(shared, payload,
-                &format!("a batch from {} was refused: {}", batch.replica, e.message),
-            );
-            Ok(())
+            let what = format!("a batch from {} was refused: {}", batch.replica, e.message);
+            refused(shared, payload, &what);
+            Ok(Some(refusal(&batch, what)))
         }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::internal("the daemon's writer dropped a relay batch")),
     }
 }
 
-/// Reports a refused batch (log, status) and counts it.
+/// The -1 CONFLICT acknowledgement of a refused batch, to the replica it
+/// claims to come from.
+fn refusal(batch: &Batch, reason: String) -> AckOut {
+    AckOut {
+        to: batch.replica.clone(),
+        kind: -1,
+        seq: 0,
+        wall_ms: 0,
+        reason: Some(reason),
+    }
+}
+
 /// Reports a refused batch (log, status), counts it, and has the writer keep
 /// it in quarantine (listed by `bd conflicts` under its first op's issue).
 fn refused(shared: &Shared, payload: &[u8], what: &str) {

@@ -22,7 +22,7 @@ pub(super) enum Job {
     /// The syncer made commits durable: the engine hands their ops on.
     Durable,
     /// Ops another replica published through the relay: apply, make durable.
-    Receive(Vec<crate::model::Op>, oneshot::Sender<Result<usize>>),
+    Receive(Vec<crate::model::Op>, oneshot::Sender<Result<(usize, usize)>>),
     /// A refused relay batch to keep: replica, issue, reason, payload.
     Quarantine([String; 4]),
     Stop,

@@ -391,26 +391,29 @@ impl Engine {
     /// Applies ops another replica published through the relay, as a catch-up
     /// does for op files (the same merge; an op already here, from git or an
     /// earlier delivery, changes nothing), and makes them durable before it
-    /// returns. How many were new. An op whose id does not match its content
+    /// returns. How many were applied, and how many held (stamped too far
+    /// ahead: see clock skew). An op whose id does not match its content
     /// fails the whole delivery with kind `corrupt` (nothing of it is kept).
-    pub fn receive(&mut self, ops: Vec<Op>) -> Result<usize> {
+    pub fn receive(&mut self, ops: Vec<Op>) -> Result<(usize, usize)> {
         if let Some(e) = self.state.failure() {
             return Err(e);
         }
-        let applied = self.store.write(self.clock.as_ref(), |tx| {
-            let mut n = 0;
+        let (applied, held) = self.store.write(self.clock.as_ref(), |tx| {
+            let (mut applied, mut held) = (0, 0);
             for op in ops {
-                if tx.receive(op, DEFAULT_MAX_SKEW_MS)? == crate::storage::Received::Applied {
-                    n += 1;
+                match tx.receive(op, DEFAULT_MAX_SKEW_MS)? {
+                    crate::storage::Received::Applied => applied += 1,
+                    crate::storage::Received::Held => held += 1,
+                    crate::storage::Received::Duplicate => {}
                 }
             }
-            Ok(n)
+            Ok((applied, held))
         })?;
-        if applied > 0 {
+        if applied + held > 0 {
             self.committed();
         }
         self.settle()?;
-        Ok(applied)
+        Ok((applied, held))
     }
 
     /// Keeps a relay batch that was refused (see `daemon::relay`): never

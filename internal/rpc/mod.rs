@@ -168,6 +168,26 @@ pub struct Peer {
     /// its variation (RFC 6298), and its own apply time and queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impedance: Option<Impedance>,
+    /// Its acknowledgements of this replica's batches, when it sent any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<AckSummary>,
+}
+
+/// A peer's acknowledgements of this replica's batches: +1 READY (applied),
+/// 0 TRANSIT (held for now), -1 CONFLICT (refused, quarantined there); and the
+/// time from this replica's commit to the peer's +1, over the last hour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckSummary {
+    /// +1 acknowledgements.
+    pub ready: u64,
+    /// 0 acknowledgements.
+    pub transit: u64,
+    /// -1 acknowledgements.
+    pub conflict: u64,
+    /// Commit to +1, median, ms.
+    pub propagation_p50_ms: Option<u64>,
+    /// Commit to +1, 95th percentile, ms.
+    pub propagation_p95_ms: Option<u64>,
 }
 
 /// How costly a peer is to wait for: Z = rtt + apply + queue delay.

@@ -362,6 +362,8 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
                         && p["agents"].as_array().unwrap().iter().any(|x| x == "bob")
                         && p["phi"].as_f64().unwrap() < 8.0
                         && p["impedance"]["rtt_ms"].as_f64().is_some_and(|r| r > 0.0)
+                        && p["acks"]["ready"].as_u64().is_some_and(|n| n >= 1)
+                        && p["acks"]["propagation_p50_ms"].is_u64()
                 })
             })
         }),

@@ -141,6 +141,18 @@ fn render(st: &MeshStatus) -> String {
                 p.phi,
                 p.published_seq
             );
+            if let Some(a) = &p.acks {
+                let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+                let _ = writeln!(
+                    s,
+                    "    acks +1 {} / 0 {} / -1 {}; commit to +1: p50 {}, p95 {}",
+                    a.ready,
+                    a.transit,
+                    a.conflict,
+                    ms(a.propagation_p50_ms),
+                    ms(a.propagation_p95_ms)
+                );
+            }
             if let Some(z) = &p.impedance {
                 let _ = writeln!(
                     s,
