@@ -2,8 +2,8 @@
 //! `bd mesh --help` and README "The mesh".
 
 pub use crate::mesh::{
-    JoinOptions, MEMBERS_FILE, Member, MeshStatus, RelayProbe, check_url, join, leave, members,
-    probe,
+    JoinOptions, MEMBERS_FILE, Member, MeshStatus, PingResult, RelayProbe, check_url, join, leave,
+    members, ping, probe,
 };
 pub use crate::rpc::RelayState;
 

@@ -463,3 +463,80 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
         notes: Vec::new(),
     })
 }
+
+/// One member's answer to [`ping`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PingResult {
+    /// The member.
+    pub replica: String,
+    /// The round trip through the relay to its daemon, ms (`None`: no answer).
+    pub rtt_ms: Option<f64>,
+    /// Its smoothed time to apply a batch, ms, as it reports.
+    pub apply_ms: Option<f64>,
+    /// Writes waiting in its queue, as it reports.
+    pub queue: Option<u64>,
+    /// Why there was no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Pings every other member's daemon through the relay now (request/reply,
+/// `timeout` each), from this process.
+pub fn ping(paths: &BeadsPaths, config_dir: &Path, timeout: Duration) -> Result<Vec<PingResult>> {
+    let st = status(paths, config_dir, false)?;
+    let Some(repo_id) = st.repo_id.clone().filter(|_| !st.relay.is_empty()) else {
+        return Err(Error::invalid("no relay is configured here")
+            .hint("bd mesh join nats://HOST:PORT"));
+    };
+    let s = secrets(config_dir, &repo_id, &st.replica)?;
+    let token = match &s.token_file {
+        Some(f) => Some(std::fs::read_to_string(f).map_err(|e| io_at(f, e))?.trim().to_string()),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut opts = async_nats::ConnectOptions::new()
+            .require_tls(s.tls)
+            .connection_timeout(Duration::from_secs(2));
+        if let Some(t) = token {
+            opts = opts.token(t);
+        }
+        if let Some(c) = &s.creds {
+            opts = opts.credentials_file(c).await.map_err(|e| {
+                Error::new(ErrorKind::Io, format!("reading the credentials: {e}"))
+            })?;
+        }
+        let client = opts.connect(st.relay.clone()).await.map_err(|e| {
+            Error::new(ErrorKind::Unavailable, format!("cannot reach the relay: {e}"))
+                .hint("`bd mesh status` probes it")
+        })?;
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for m in st.members.iter().filter(|m| m.replica != st.replica) {
+            if !seen.insert(m.replica.clone()) {
+                continue;
+            }
+            let start = std::time::Instant::now();
+            let subject = format!("bd.{repo_id}.ping.{}", m.replica);
+            let mut r = PingResult {
+                replica: m.replica.clone(),
+                ..Default::default()
+            };
+            match tokio::time::timeout(timeout, client.request(subject, "".into())).await {
+                Ok(Ok(answer)) => {
+                    r.rtt_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&answer.payload).unwrap_or_default();
+                    r.apply_ms = v["apply_ms"].as_f64();
+                    r.queue = v["queue"].as_u64();
+                }
+                Ok(Err(e)) => r.problem = Some(format!("no daemon answers for it ({e})")),
+                Err(_) => r.problem = Some(format!("no answer within {} ms", timeout.as_millis())),
+            }
+            out.push(r);
+        }
+        Ok(out)
+    })
+}

@@ -272,6 +272,8 @@ fn bad_joins_are_refused_and_change_nothing() {
         "nothing was recorded"
     );
     assert!(!env.beads().join("members.jsonl").exists());
+    let err = env.fails(&["mesh", "ping"], 2);
+    assert!(err.contains("no relay is configured"), "{err}");
 }
 
 /// The repo id travels with git: a second clone joins the same mesh (no new
@@ -371,6 +373,10 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
         link(&a)
     );
     assert!(a.ok(&["mesh", "status"]).contains("agents: bob"));
+    // An on-demand ping reaches b's daemon.
+    let pings: Value = serde_json::from_str(&a.ok(&["mesh", "ping", "--json"])).unwrap();
+    assert_eq!(pings[0]["replica"], b_replica.as_str(), "{pings}");
+    assert!(pings[0]["rtt_ms"].as_f64().unwrap() > 0.0, "{pings}");
     let before = (a.state_hash(), b.state_hash());
     assert_eq!(before.0, before.1, "the same state on both");
     // The same ops through git: nothing changes.

@@ -21,6 +21,8 @@ pub enum MeshCommand {
     Leave,
     /// The relay, this clone's key, the members, and whether the relay answers
     Status,
+    /// Ping every other member's daemon through the relay now
+    Ping,
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +81,38 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
         )?,
         MeshCommand::Leave => mesh::leave(&paths, &config_dir()?)?,
         MeshCommand::Status => mesh::status(&paths, &config_dir()?, true)?,
+        MeshCommand::Ping => {
+            let answers = mesh::ping(&paths, &config_dir()?, std::time::Duration::from_secs(1))?;
+            if ctx.json {
+                return output::json(&answers);
+            }
+            let mut s = String::new();
+            if answers.is_empty() {
+                s.push_str("No other members (the members file lists only this replica).\n");
+            }
+            for a in &answers {
+                match (a.rtt_ms, &a.problem) {
+                    (Some(rtt), _) => {
+                        let _ = writeln!(
+                            s,
+                            "{}  rtt {rtt:.2} ms, apply {:.2} ms, queue {}",
+                            a.replica,
+                            a.apply_ms.unwrap_or(0.0),
+                            a.queue.unwrap_or(0)
+                        );
+                    }
+                    (None, why) => {
+                        let _ = writeln!(
+                            s,
+                            "{}  {}",
+                            a.replica,
+                            why.as_deref().unwrap_or("no answer")
+                        );
+                    }
+                }
+            }
+            return output::print(&s);
+        }
     };
     if st.joined {
         // The members file merges through bd's merge driver: make sure this
