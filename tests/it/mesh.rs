@@ -633,3 +633,40 @@ fn a_receiving_daemon_killed_mid_stream_misses_nothing_after_restart() {
     let all = b.json(&["list", "--all", "-n", "0"]);
     assert_eq!(all.as_array().unwrap().len(), 40, "each once");
 }
+
+/// The relay killed (-9) while a daemon is publishing, and back a little later:
+/// every op acknowledged before the kill survived on the relay's disk, the
+/// rest are published again from the watermark, and the receiver ends with
+/// each op exactly once.
+#[test]
+fn a_relay_killed_mid_publish_loses_and_doubles_nothing() {
+    let mut relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    let mut ids = Vec::new();
+    for i in 0..45 {
+        ids.push(a.create(&[&format!("burst {i}")]));
+        if i == 15 {
+            relay.stop();
+        }
+        if i == 30 {
+            relay.restart();
+        }
+    }
+    for id in &ids {
+        assert!(
+            eventually(Duration::from_secs(30), || b
+                .bd(&["show", id, "--json"])
+                .status
+                .success()),
+            "{id} never reached b"
+        );
+    }
+    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
+    assert_eq!(
+        b.json(&["list", "--all", "-n", "0"])
+            .as_array()
+            .unwrap()
+            .len(),
+        45
+    );
+}
