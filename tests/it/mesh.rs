@@ -492,6 +492,18 @@ fn forged_or_altered_batches_are_never_applied() {
     for id in ["m-forged", "m-altered", "m-badid"] {
         assert!(!shown(id), "{id} must not be applied");
     }
+    // A replayed batch (a copy of the good one, as an attacker or a confused
+    // relay might resend it) changes nothing.
+    let hash = b.state_hash();
+    let ops = b.json(&["stats"])["ops"].clone();
+    publish_raw(
+        &relay.url(),
+        format!("bd.{repo}.ops.{replica}"),
+        batch(&replica, &good, &a_key, &good),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.state_hash(), hash, "a replay applies nothing");
+    assert_eq!(b.json(&["stats"])["ops"], ops);
     let st: Value = serde_json::from_str(&b.ok(&["mesh", "status", "--json"])).unwrap();
     assert_eq!(st["daemon"]["refused"], 3, "{st}");
     // Kept in quarantine, listed by `bd conflicts`, dropped by `bd resolve`.
