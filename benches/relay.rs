@@ -212,4 +212,86 @@ fn main() {
         let mut c = c;
         let _ = c.stop();
     }
+    throughput(&url, samples);
+}
+
+/// Three daemons writing at once: 200 creates each (fewer for a smoke pass),
+/// until every daemon has applied all of them. Figures: wall time, ops
+/// propagated per second, and this process's CPU per op (daemons and clients
+/// are threads here, so it is an upper bound for one daemon).
+fn throughput(url: &str, samples: usize) {
+    let per = if samples >= 300 { 200 } else { 5 };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let first = clone(&dir.path().join("t0"), &cfg, url, None);
+    let shared = std::fs::read_to_string(first.config()).unwrap();
+    let mut all = vec![first];
+    for i in 1..3 {
+        all.push(clone(
+            &dir.path().join(format!("t{i}")),
+            &cfg,
+            url,
+            Some(&shared),
+        ));
+    }
+    let members: String = all
+        .iter()
+        .map(|p| std::fs::read_to_string(p.dir.join("members.jsonl")).unwrap())
+        .collect();
+    for p in &all {
+        std::fs::write(p.dir.join("members.jsonl"), &members).unwrap();
+    }
+    let sockets: Vec<PathBuf> = all.iter().map(|p| daemon(p, &cfg).0).collect();
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        (f[0] + f[1]) as f64 / 100.0 // clock ticks of 10 ms
+    };
+    let (t0, c0) = (Instant::now(), cpu());
+    std::thread::scope(|s| {
+        for sock in &sockets {
+            s.spawn(move || {
+                let mut c = connect(sock);
+                for i in 0..per {
+                    c.call(Request::Create(CreateRequest {
+                        title: format!("burst {i}"),
+                        ..Default::default()
+                    }))
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let total = per * sockets.len();
+    for sock in &sockets {
+        let mut c = connect(sock);
+        loop {
+            let Response::Stats(st) = c.call(Request::Stats).unwrap() else {
+                panic!()
+            };
+            if st.total as usize >= total {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "never converged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let (wall, used) = (t0.elapsed().as_secs_f64(), cpu() - c0);
+    println!(
+        "relay/throughput (3 daemons x {per} creates at once, until all have all {total}): {:.2} s, {:.0} ops/s propagated, {:.2} ms CPU per op in this process",
+        wall,
+        (total * (sockets.len() - 1)) as f64 / wall,
+        used * 1e3 / total as f64
+    );
+    for sock in &sockets {
+        let _ = connect(sock).stop();
+    }
 }
