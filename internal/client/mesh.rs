@@ -21,7 +21,8 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
         st.daemon = c.status().ok().and_then(|s| s.relay);
         if st.joined && st.daemon.is_none() {
             st.notes.push(
-                "the running daemon started before this clone joined: `bd daemon restart` connects it".into(),
+                "the running daemon started before this clone joined: `bd daemon restart` connects it"
+                    .into(),
             );
         }
     }

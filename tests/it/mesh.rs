@@ -682,3 +682,35 @@ fn a_relay_killed_mid_publish_loses_and_doubles_nothing() {
         45
     );
 }
+
+/// Joining with a daemon running restarts it, so it uses the relay at once;
+/// leaving restarts it again, without the relay.
+#[test]
+fn joining_or_leaving_restarts_a_running_daemon() {
+    let relay = Relay::start();
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    a.ok(&["daemon", "start", "-q"]);
+    let before = a.json(&["daemon", "status"])["pid"].clone();
+    let joined: Value =
+        serde_json::from_str(&a.ok(&["mesh", "join", &relay.url(), "--json"])).unwrap();
+    assert!(
+        joined.to_string().contains("restarted the daemon"),
+        "{joined}"
+    );
+    let st = a.json(&["daemon", "status"]);
+    assert_ne!(st["pid"], before);
+    assert!(
+        eventually(
+            Duration::from_secs(10),
+            || a.json(&["daemon", "status"])["relay"]["connected"] == true
+        ),
+        "the new daemon connects to the relay"
+    );
+    a.ok(&["mesh", "leave"]);
+    assert!(
+        a.json(&["daemon", "status"])["relay"].is_null(),
+        "no relay after leaving"
+    );
+}

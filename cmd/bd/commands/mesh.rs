@@ -58,6 +58,34 @@ pub fn config_dir() -> Result<PathBuf, CliError> {
         })
 }
 
+/// Restarts the tracker's daemon if one runs; what was done, for the notes.
+fn restart_daemon(ctx: &Ctx, paths: &bd::client::BeadsPaths) -> Result<Option<String>, CliError> {
+    use bd::client::daemon;
+    let wait = std::time::Duration::from_secs(5);
+    let Some(pid) = daemon::stop(paths, &ctx.actor, wait)? else {
+        return Ok(None);
+    };
+    let opts = daemon::StartOptions {
+        exe: std::env::current_exe()?,
+        idle_timeout_s: 1800,
+        flush_debounce_ms: 1000,
+        max_group: daemon::MAX_GROUP,
+        wait,
+    };
+    Ok(Some(
+        match daemon::start(paths, &opts, &ctx.actor, ctx.timeout) {
+            Ok(c) => format!(
+                "restarted the daemon (pid {pid} -> {}) so the change takes effect",
+                c.hello.pid
+            ),
+            Err(e) => format!(
+                "stopped the daemon (pid {pid}); starting a new one failed: {} (the next command starts one)",
+                e.message
+            ),
+        },
+    ))
+}
+
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -66,6 +94,7 @@ fn host() -> String {
 
 pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
     let paths = ctx.paths()?;
+    let joining_or_leaving = matches!(c, MeshCommand::Join(_) | MeshCommand::Leave);
     let mut st = match c {
         MeshCommand::Join(a) => mesh::join(
             &paths,
@@ -114,6 +143,13 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
             return output::print(&s);
         }
     };
+    if joining_or_leaving {
+        // A running daemon reads the mesh settings when it starts: restart it
+        // so that the change takes effect now.
+        if let Some(note) = restart_daemon(ctx, &paths)? {
+            st.notes.push(note);
+        }
+    }
     if st.joined {
         // The members file merges through bd's merge driver: make sure this
         // repository's registration knows it (a no-op outside git).
