@@ -151,6 +151,21 @@ fn join_records_the_relay_makes_a_private_key_and_lists_the_member() {
     assert_eq!(again["members"].as_array().unwrap().len(), 1);
     let status = env.json(&["mesh", "status"]);
     assert_eq!(status["joined"], true);
+    // --watch prints it again: one JSON document a line, --count of them.
+    let lines = env.ok(&[
+        "mesh",
+        "status",
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    for l in lines.lines() {
+        assert_eq!(serde_json::from_str::<Value>(l).unwrap()["joined"], true);
+    }
     assert_eq!(status["probes"][0]["reachable"], true);
     // The human form names the relay's state.
     let text = env.ok(&["mesh", "status"]);

@@ -20,9 +20,23 @@ pub enum MeshCommand {
     /// Stop this clone taking part (the repository's settings stay)
     Leave,
     /// The relay, this clone's key, the members, and whether the relay answers
-    Status,
+    Status(StatusArgs),
     /// Ping every other member's daemon through the relay now
     Ping,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print it again every --interval seconds, until interrupted (or --count times)
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between two prints with --watch
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "watch")]
+    pub interval: f64,
+    /// Stop after this many prints with --watch
+    #[arg(long, value_name = "N", requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +70,35 @@ pub fn config_dir() -> Result<PathBuf, CliError> {
                 "set HOME (or XDG_CONFIG_HOME); bd keeps this replica's key there",
             )
         })
+}
+
+/// `bd mesh status --watch`: the status again and again (one JSON document
+/// per line with --json).
+fn watch(ctx: &Ctx, paths: &bd::client::BeadsPaths, a: &StatusArgs) -> Result<(), CliError> {
+    if !(a.interval.is_finite() && a.interval >= 0.1) {
+        return Err(CliError::usage(
+            format!("bad --interval {}", a.interval),
+            "give seconds, 0.1 or more",
+        ));
+    }
+    let dir = config_dir()?;
+    let mut n = 0;
+    loop {
+        let st = mesh::status(paths, &dir, true)?;
+        if ctx.json {
+            output::print(&format!(
+                "{}\n",
+                serde_json::to_string(&st).map_err(bd::Error::from)?
+            ))?;
+        } else {
+            output::print(&format!("{}\n", render(&st)))?;
+        }
+        n += 1;
+        if a.count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(a.interval));
+    }
 }
 
 /// Restarts the tracker's daemon if one runs; what was done, for the notes.
@@ -109,7 +152,8 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
             },
         )?,
         MeshCommand::Leave => mesh::leave(&paths, &config_dir()?)?,
-        MeshCommand::Status => mesh::status(&paths, &config_dir()?, true)?,
+        MeshCommand::Status(a) if a.watch => return watch(ctx, &paths, &a),
+        MeshCommand::Status(_) => mesh::status(&paths, &config_dir()?, true)?,
         MeshCommand::Ping => {
             let answers = mesh::ping(&paths, &config_dir()?, std::time::Duration::from_secs(1))?;
             if ctx.json {
