@@ -30,6 +30,9 @@
 //! `bd flush`/`bd sync` only, or also once the engine has been idle a while.
 
 mod fault;
+mod read;
+
+pub use read::{Answer, read, read_for_wire};
 
 use crate::api::{Request, Response};
 use crate::clock::Clock;
@@ -582,67 +585,4 @@ fn own_ops_between(store: &Store, from: i64, upto: i64) -> Result<Vec<Op>> {
         ops.push(crate::storage::sqlite::parse_stored_op(&body?)?);
     }
     Ok(ops)
-}
-
-/// A read's answer: a response, or (for a list or the ready queue read for the
-/// wire) each issue's stored JSON as it is, not parsed only to be written out
-/// again.
-pub enum Answer {
-    /// A response.
-    Response(Response),
-    /// Stored issue rows, for the wire encoding.
-    Rows(Vec<Box<serde_json::value::RawValue>>),
-}
-
-impl Answer {
-    /// The answer as a [`Response`] (rows parsed).
-    pub fn into_response(self) -> Result<Response> {
-        match self {
-            Answer::Response(r) => Ok(r),
-            Answer::Rows(rows) => Ok(Response::Issues(
-                rows.iter()
-                    .map(|r| serde_json::from_str(r.get()))
-                    .collect::<serde_json::Result<_>>()?,
-            )),
-        }
-    }
-}
-
-/// Runs a request that is not a write on `store` (any connection): queries,
-/// dry runs, and the file-only requests (flush, config).
-pub fn read(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Answer> {
-    read_as(store, ctx, req, false)
-}
-
-/// [`read`] for an answer about to be serialised: list and ready answers are
-/// [`Answer::Rows`].
-pub fn read_for_wire(store: &mut Store, ctx: &Context<'_>, req: Request) -> Result<Answer> {
-    read_as(store, ctx, req, true)
-}
-
-fn read_as(store: &mut Store, ctx: &Context<'_>, req: Request, wire: bool) -> Result<Answer> {
-    check_actor(ctx.actor)?;
-    if req.is_write() {
-        return Err(Error::internal(format!(
-            "a write request was sent to the read path: {}",
-            req.op_name()
-        )));
-    }
-    if matches!(req, Request::Sync(_)) {
-        // Its git work needs the caller's environment (credentials, ssh
-        // agent): the client runs it and sends its flushes here.
-        return Err(Error::invalid("a sync runs in the calling process, not in a daemon")
-            .hint("send it through bd::client (DaemonClient::to_running), which runs it"));
-    }
-    if matches!(req, Request::Flush) {
-        // A flush writes the op file and the snapshot from what is committed:
-        // every commit must be durable first, whoever made it.
-        WalSync::new(&ctx.paths.db)
-            .sync()
-            .map_err(|e| crate::jsonl::io_at(&ctx.paths.db, e))?;
-    }
-    if wire && let Some(rows) = service::query_rows(store, &req)? {
-        return Ok(Answer::Rows(rows));
-    }
-    service::query(store, ctx, req).map(Answer::Response)
 }

@@ -1,0 +1,204 @@
+//! Presence in the mesh: heartbeats in the relay's key-value bucket with phi
+//! accrual over their arrivals, pings for each peer's impedance (RFC 6298),
+//! and the acknowledgements peers send for this replica's batches.
+
+use super::{Settings, relay_error};
+use super::super::server::Shared;
+use crate::Result;
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How often a daemon tells the mesh it is alive.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long a heartbeat stays in the presence bucket without a newer one.
+pub(super) const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// The acknowledgements one peer sent for this replica's batches.
+#[derive(Default)]
+pub(super) struct Acks {
+    ready: u64,
+    transit: u64,
+    conflict: u64,
+    /// (when recorded, commit-to-+1 latency in ms), the last hour's.
+    latency: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl Acks {
+    pub(super) fn record(&mut self, kind: i64, wall_ms: u64) {
+        match kind {
+            1 => {
+                self.ready += 1;
+                let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                if wall_ms > 0 {
+                    self.latency
+                        .push_back((std::time::Instant::now(), now.saturating_sub(wall_ms)));
+                }
+            }
+            0 => self.transit += 1,
+            _ => self.conflict += 1,
+        }
+        let hour = Duration::from_secs(3600);
+        while self
+            .latency
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > hour)
+            || self.latency.len() > 10_000
+        {
+            self.latency.pop_front();
+        }
+    }
+
+    pub(super) fn summary(&self) -> crate::rpc::AckSummary {
+        let mut l: Vec<u64> = self.latency.iter().map(|(_, ms)| *ms).collect();
+        l.sort_unstable();
+        let at = |q: f64| l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).copied();
+        crate::rpc::AckSummary {
+            ready: self.ready,
+            transit: self.transit,
+            conflict: self.conflict,
+            propagation_p50_ms: at(0.5),
+            propagation_p95_ms: at(0.95),
+        }
+    }
+}
+
+/// What a heartbeat says.
+#[derive(Debug, Serialize, Deserialize)]
+struct Beat {
+    host: String,
+    version: String,
+    published_seq: i64,
+    agents: Vec<String>,
+}
+
+/// Heartbeat arrivals from one peer, for its phi; and its round trips.
+pub(super) struct Heard {
+    revision: u64,
+    at: std::time::Instant,
+    /// Smoothed interval between arrivals, in ms.
+    mean_ms: f64,
+    /// RFC 6298's SRTT and RTTVAR, ms (`None` before the first answer).
+    rtt: Option<(f64, f64)>,
+}
+
+/// Pings `peer` (request/reply through the relay, 500 ms at most) and folds
+/// the round trip into its estimator (RFC 6298: the first sample sets SRTT = R
+/// and RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R| and
+/// SRTT = 7/8 SRTT + 1/8 R). `None` when it did not answer.
+pub(super) async fn ping(
+    s: &Settings,
+    client: &async_nats::Client,
+    peer: &str,
+    heard: &mut Heard,
+) -> Option<crate::rpc::Impedance> {
+    let start = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.request(format!("bd.{}.ping.{peer}", s.repo_id), "".into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let r = start.elapsed().as_secs_f64() * 1e3;
+    let (srtt, rttvar) = match heard.rtt {
+        None => (r, r / 2.0),
+        Some((srtt, rttvar)) => (
+            0.875 * srtt + 0.125 * r,
+            0.75 * rttvar + 0.25 * (srtt - r).abs(),
+        ),
+    };
+    heard.rtt = Some((srtt, rttvar));
+    let v: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
+    let apply_ms = v["apply_ms"].as_f64().unwrap_or(0.0);
+    let queue = v["queue"].as_u64().unwrap_or(0);
+    Some(crate::rpc::Impedance {
+        rtt_ms: srtt,
+        rttvar_ms: rttvar,
+        apply_ms,
+        queue,
+        z_ms: srtt + apply_ms + queue as f64 * apply_ms,
+    })
+}
+
+/// Puts this daemon's heartbeat into the presence bucket.
+pub(super) async fn heartbeat(
+    s: &Settings,
+    shared: &Shared,
+    kv: &jetstream::kv::Store,
+    published: i64,
+) -> Result<()> {
+    let beat = Beat {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        version: shared.opts.version.clone(),
+        published_seq: published,
+        agents: shared.recent_agents(),
+    };
+    kv.put(&s.replica, serde_json::to_vec(&beat)?.into())
+        .await
+        .map_err(|e| relay_error("sending a heartbeat", e))?;
+    Ok(())
+}
+
+/// Reads every other daemon's heartbeat and updates its phi: the suspicion
+/// that it failed, from how late its next heartbeat is against the intervals
+/// seen so far (phi accrual with exponentially distributed arrivals:
+/// phi = elapsed / mean / ln 10; 1 means a 10% chance it is still alive and
+/// merely late, 8 about one in 10^8).
+pub(super) async fn listen(
+    s: &Settings,
+    kv: &jetstream::kv::Store,
+    heard: &mut HashMap<String, Heard>,
+) -> Result<Vec<crate::rpc::Peer>> {
+    let mut keys = kv.keys().await.map_err(|e| relay_error("reading presence", e))?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| relay_error("reading presence", e))?;
+        if key == s.replica {
+            continue;
+        }
+        let Some(entry) = kv
+            .entry(&key)
+            .await
+            .map_err(|e| relay_error("reading presence", e))?
+        else {
+            continue;
+        };
+        let Ok(beat) = serde_json::from_slice::<Beat>(&entry.value) else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        let h = heard.entry(key.clone()).or_insert(Heard {
+            revision: entry.revision,
+            at: now,
+            mean_ms: HEARTBEAT.as_millis() as f64,
+            rtt: None,
+        });
+        if entry.revision != h.revision {
+            let gap = now.duration_since(h.at).as_millis() as f64;
+            h.mean_ms = 0.8 * h.mean_ms + 0.2 * gap.max(1.0);
+            h.revision = entry.revision;
+            h.at = now;
+        }
+        let elapsed = now.duration_since(h.at).as_millis() as f64;
+        out.push(crate::rpc::Peer {
+            replica: key,
+            host: beat.host,
+            version: beat.version,
+            published_seq: beat.published_seq,
+            agents: beat.agents,
+            last_heard_ms: elapsed as u64,
+            phi: elapsed / h.mean_ms / std::f64::consts::LN_10,
+            impedance: None,
+            acks: None,
+        });
+    }
+    out.sort_by(|a, b| a.replica.cmp(&b.replica));
+    Ok(out)
+}
+
