@@ -87,6 +87,8 @@ struct Durability {
     /// This replica's last op known to be on disk (its `seq`): the op file may
     /// hold ops up to here.
     durable_seq: AtomicI64,
+    /// This replica's last op this engine (or its syncer) wrote to the op file.
+    in_file_seq: AtomicI64,
     /// fdatasync calls made.
     syncs: AtomicU64,
     /// Set for good by the first failed fdatasync.
@@ -94,6 +96,21 @@ struct Durability {
 }
 
 impl Durability {
+    /// Step 5: appends the op file up to the last durable op, unless this
+    /// engine or its syncer already did (the writer and the syncer both come
+    /// here after a sync; the second one only pays an atomic load). The op
+    /// table is the durable record and the file can always be regenerated from
+    /// it, so a failure is left for the next append or `bd flush` to retry.
+    fn append(&self, store: &Store, paths: &BeadsPaths) -> i64 {
+        let seq = self.durable_seq.load(Ordering::SeqCst);
+        if self.in_file_seq.load(Ordering::SeqCst) < seq
+            && crate::jsonl::flush_durable_ops(store, paths, seq).is_ok()
+        {
+            self.in_file_seq.fetch_max(seq, Ordering::SeqCst);
+        }
+        seq
+    }
+
     fn failure(&self) -> Option<Error> {
         self.failed.lock().ok().and_then(|f| f.clone())
     }
@@ -156,10 +173,7 @@ impl Syncer {
     /// the engine refuses further writes.
     pub fn sync(&mut self) -> Result<()> {
         self.state.sync(&mut self.wal, &self.store)?;
-        let seq = self.state.durable_seq.load(Ordering::SeqCst);
-        // The op table is the durable record; the file can always be
-        // regenerated from it (the next append or `bd flush` retries).
-        let _ = crate::jsonl::flush_durable_ops(&self.store, &self.paths, seq);
+        self.state.append(&self.store, &self.paths);
         Ok(())
     }
 }
@@ -222,7 +236,7 @@ pub struct Engine {
     gate: CatchUpGate,
     wal: WalSync,
     state: Arc<Durability>,
-    /// This replica's last op appended to the op file (and handed to the hook).
+    /// This replica's last durable op this engine handled (op file, hook).
     appended: i64,
     snapshot: SnapshotPolicy,
     /// When the last commit the snapshot lags behind was made (`None`: the
@@ -509,10 +523,7 @@ impl Engine {
         if seq <= self.appended {
             return;
         }
-        // The op table is the durable record; the op file is appended from it and
-        // can always be regenerated, so a failure here must not fail a committed
-        // write (the next write or `bd flush` retries it).
-        let _ = crate::jsonl::flush_durable_ops(&self.store, &self.paths, seq);
+        self.state.append(&self.store, &self.paths);
         if let Some((hook, from)) = self.hook.as_mut()
             && let Ok(ops) = own_ops_between(&self.store, *from, seq)
             && !ops.is_empty()

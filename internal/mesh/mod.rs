@@ -129,6 +129,32 @@ pub struct Secrets {
     pub tls: bool,
 }
 
+/// Connects to the relay at `urls` with this clone's secrets (token or
+/// credentials file, TLS), as `name`: the daemon's link and `bd mesh ping`.
+pub async fn connect(urls: &[String], s: &Secrets, name: &str) -> Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .require_tls(s.tls)
+        .connection_timeout(Duration::from_secs(2));
+    if let Some(f) = &s.token_file {
+        let token = std::fs::read_to_string(f).map_err(|e| io_at(f, e))?;
+        opts = opts.token(token.trim().to_string());
+    }
+    if let Some(c) = &s.creds {
+        opts = opts
+            .credentials_file(c)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("reading the credentials: {e}")))?;
+    }
+    opts.connect(urls.to_vec()).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot reach the relay: {e}"),
+        )
+        .hint("`bd mesh status` probes it")
+    })
+}
+
 /// This clone's secrets file (empty when it has none).
 pub fn secrets(config_dir: &Path, repo_id: &str, replica: &str) -> Result<Secrets> {
     let path = secrets_path(config_dir, repo_id, replica);
@@ -489,29 +515,11 @@ pub fn ping(paths: &BeadsPaths, config_dir: &Path, timeout: Duration) -> Result<
             .hint("bd mesh join nats://HOST:PORT"));
     };
     let s = secrets(config_dir, &repo_id, &st.replica)?;
-    let token = match &s.token_file {
-        Some(f) => Some(std::fs::read_to_string(f).map_err(|e| io_at(f, e))?.trim().to_string()),
-        None => None,
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut opts = async_nats::ConnectOptions::new()
-            .require_tls(s.tls)
-            .connection_timeout(Duration::from_secs(2));
-        if let Some(t) = token {
-            opts = opts.token(t);
-        }
-        if let Some(c) = &s.creds {
-            opts = opts.credentials_file(c).await.map_err(|e| {
-                Error::new(ErrorKind::Io, format!("reading the credentials: {e}"))
-            })?;
-        }
-        let client = opts.connect(st.relay.clone()).await.map_err(|e| {
-            Error::new(ErrorKind::Unavailable, format!("cannot reach the relay: {e}"))
-                .hint("`bd mesh status` probes it")
-        })?;
+        let client = connect(&st.relay, &s, &format!("bd mesh ping {}", st.replica)).await?;
         let mut out = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for m in st.members.iter().filter(|m| m.replica != st.replica) {

@@ -323,6 +323,32 @@ fn clones_meet_under_one_repo_id_and_their_members_lines_merge() {
     }
 }
 
+/// Whether clone `c` can show `id` (through its daemon when one runs).
+fn seen(c: &crate::sync::Clone, id: &str) -> bool {
+    c.bd(&["show", id, "--json"]).status.success()
+}
+
+/// Waits up to `limit` for every one of `ids` to reach `to`, then for the two
+/// clones to hold the same state with `total` issues each: nothing lost, each
+/// op once.
+fn converge(
+    from: &crate::sync::Clone,
+    to: &crate::sync::Clone,
+    ids: &[String],
+    limit: Duration,
+    total: usize,
+) {
+    for id in ids {
+        assert!(eventually(limit, || seen(to, id)), "{id} never arrived");
+    }
+    assert!(eventually(Duration::from_secs(10), || from.state_hash()
+        == to.state_hash()));
+    for c in [from, to] {
+        let all = c.json(&["list", "--all", "-n", "0"]);
+        assert_eq!(all.as_array().unwrap().len(), total, "each once: {all}");
+    }
+}
+
 /// Polls `done` every 20 ms for up to `limit`.
 fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -344,7 +370,6 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
     // (b's key reaches a the way code arrives: through git.)
     let (_cluster, a, b) = pair(&relay);
     let id = a.create(&["through the relay"]);
-    let seen = |c: &crate::sync::Clone, id: &str| c.bd(&["show", id, "--json"]).status.success();
     assert!(
         eventually(Duration::from_secs(10), || seen(&b, &id)),
         "b's daemon never received a's create"
@@ -472,7 +497,7 @@ fn forged_or_altered_batches_are_never_applied() {
         .collect();
     let a_key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let shown = |id: &str| b.bd(&["show", id, "--json"]).status.success();
+    let shown = |id: &str| seen(&b, id);
 
     let forged =
         serde_json::to_string(&vec![create_op("m-forged", "forged", &replica, 100)]).unwrap();
@@ -592,7 +617,6 @@ fn writes_made_while_the_relay_is_down_cross_it_once_it_is_back() {
     let mut relay = Relay::start();
     let (_cluster, a, b) = pair(&relay);
     let warm = a.create(&["before the outage"]);
-    let seen = |c: &crate::sync::Clone, id: &str| c.bd(&["show", id, "--json"]).status.success();
     assert!(eventually(Duration::from_secs(10), || seen(&b, &warm)));
     relay.stop();
     let during_a: Vec<String> = (0..5)
@@ -647,18 +671,7 @@ fn a_receiving_daemon_killed_mid_stream_misses_nothing_after_restart() {
     }
     // b runs directly meanwhile; its daemon comes back and catches up.
     b.ok(&["daemon", "start", "-q"]);
-    for id in &ids {
-        assert!(
-            eventually(Duration::from_secs(20), || b
-                .bd(&["show", id, "--json"])
-                .status
-                .success()),
-            "{id} never reached b"
-        );
-    }
-    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
-    let all = b.json(&["list", "--all", "-n", "0"]);
-    assert_eq!(all.as_array().unwrap().len(), 40, "each once");
+    converge(&a, &b, &ids, Duration::from_secs(20), 40);
 }
 
 /// The relay killed (-9) while a daemon is publishing, and back a little later:
@@ -679,23 +692,7 @@ fn a_relay_killed_mid_publish_loses_and_doubles_nothing() {
             relay.restart();
         }
     }
-    for id in &ids {
-        assert!(
-            eventually(Duration::from_secs(30), || b
-                .bd(&["show", id, "--json"])
-                .status
-                .success()),
-            "{id} never reached b"
-        );
-    }
-    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
-    assert_eq!(
-        b.json(&["list", "--all", "-n", "0"])
-            .as_array()
-            .unwrap()
-            .len(),
-        45
-    );
+    converge(&a, &b, &ids, Duration::from_secs(30), 45);
 }
 
 /// Joining with a daemon running restarts it, so it uses the relay at once;

@@ -50,9 +50,7 @@ pub(super) struct Settings {
     repo_id: String,
     replica: String,
     key: SigningKey,
-    token: Option<String>,
-    creds: Option<std::path::PathBuf>,
-    tls: bool,
+    secrets: mesh::Secrets,
 }
 
 impl Settings {
@@ -66,23 +64,12 @@ impl Settings {
             return Ok(None);
         };
         let secrets = mesh::secrets(config_dir, &repo_id, &st.replica)?;
-        let token = match &secrets.token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| crate::jsonl::io_at(f, e))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
         Ok(Some(Settings {
             key: mesh::signing_key(config_dir, &st.replica)?,
             urls: st.relay,
             repo_id,
             replica: st.replica,
-            token,
-            creds: secrets.creds,
-            tls: secrets.tls,
+            secrets,
         }))
     }
 
@@ -164,23 +151,7 @@ async fn session(
     shared: &Arc<Shared>,
     outbox: &mut mpsc::UnboundedReceiver<Vec<Op>>,
 ) -> Result<()> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(format!("bd {}", s.replica))
-        .require_tls(s.tls)
-        .connection_timeout(Duration::from_secs(2));
-    if let Some(t) = &s.token {
-        opts = opts.token(t.clone());
-    }
-    if let Some(c) = &s.creds {
-        opts = opts
-            .credentials_file(c)
-            .await
-            .map_err(|e| relay_error("reading the credentials", e))?;
-    }
-    let client = opts
-        .connect(s.urls.clone())
-        .await
-        .map_err(|e| relay_error("connecting", e))?;
+    let client = mesh::connect(&s.urls, &s.secrets, &format!("bd {}", s.replica)).await?;
     let js = jetstream::new(client.clone());
     // Peers ping us to measure their impedance to us: answer with our own
     // apply time and queue.
