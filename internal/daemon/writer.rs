@@ -21,8 +21,15 @@ pub(super) enum Job {
     CatchUp(oneshot::Sender<Result<()>>),
     /// The syncer made commits durable: the engine hands their ops on.
     Durable,
-    /// Ops another replica published through the relay: apply, make durable.
-    Receive(Vec<crate::model::Op>, oneshot::Sender<Result<(usize, usize)>>),
+    /// A batch another replica published through the relay: apply (or keep
+    /// in transit), make durable.
+    Receive(
+        String,
+        Vec<crate::model::Op>,
+        oneshot::Sender<Result<crate::engine::Delivery>>,
+    ),
+    /// Apply the batches in transit whose gaps have been filled.
+    Release(oneshot::Sender<Result<(Vec<crate::engine::Released>, u64)>>),
     /// A refused relay batch to keep: replica, issue, reason, payload.
     Quarantine([String; 4]),
     Stop,
@@ -69,8 +76,11 @@ pub(super) fn writer_loop(
                 Job::Stop => stopping = true,
                 Job::CatchUp(reply) => catch_ups.push(reply),
                 Job::Durable => engine.after_durable(),
-                Job::Receive(ops, reply) => {
-                    let _ = reply.send(engine.receive(ops));
+                Job::Receive(replica, ops, reply) => {
+                    let _ = reply.send(engine.receive_batch(&replica, ops));
+                }
+                Job::Release(reply) => {
+                    let _ = reply.send(engine.release_transit());
                 }
                 Job::Quarantine([replica, issue, reason, payload]) => {
                     if let Err(e) = engine.quarantine(&replica, &issue, &reason, &payload) {

@@ -31,8 +31,10 @@
 
 mod fault;
 mod read;
+mod transit;
 
 pub use read::{Answer, read, read_for_wire};
+pub use transit::{Delivery, Released, transit_len};
 
 use crate::api::{Request, Response};
 use crate::clock::Clock;
@@ -405,34 +407,6 @@ impl Engine {
         Ok(Some(report))
     }
 
-    /// Applies ops another replica published through the relay, as a catch-up
-    /// does for op files (the same merge; an op already here, from git or an
-    /// earlier delivery, changes nothing), and makes them durable before it
-    /// returns. How many were applied, and how many held (stamped too far
-    /// ahead: see clock skew). An op whose id does not match its content
-    /// fails the whole delivery with kind `corrupt` (nothing of it is kept).
-    pub fn receive(&mut self, ops: Vec<Op>) -> Result<(usize, usize)> {
-        if let Some(e) = self.state.failure() {
-            return Err(e);
-        }
-        let (applied, held) = self.store.write(self.clock.as_ref(), |tx| {
-            let (mut applied, mut held) = (0, 0);
-            for op in ops {
-                match tx.receive(op, DEFAULT_MAX_SKEW_MS)? {
-                    crate::storage::Received::Applied => applied += 1,
-                    crate::storage::Received::Held => held += 1,
-                    crate::storage::Received::Duplicate => {}
-                }
-            }
-            Ok((applied, held))
-        })?;
-        if applied + held > 0 {
-            self.committed();
-        }
-        self.settle()?;
-        Ok((applied, held))
-    }
-
     /// Keeps a relay batch that was refused (see `daemon::relay`): never
     /// applied, listed by `bd conflicts` until dropped.
     pub fn quarantine(&mut self, replica: &str, issue: &str, reason: &str, payload: &str) -> Result<()> {
@@ -596,4 +570,14 @@ fn own_ops_between(store: &Store, from: i64, upto: i64) -> Result<Vec<Op>> {
         ops.push(crate::storage::sqlite::parse_stored_op(&body?)?);
     }
     Ok(ops)
+}
+
+/// The own ops past `published` (the relay's watermark): how many, and the
+/// wall clock of the oldest.
+pub fn outbox(store: &Store, published: i64) -> Result<(u64, Option<u64>)> {
+    let depth = (max_own_seq(store)? - published).max(0) as u64;
+    let oldest = own_ops_between(store, published, published + 1)?
+        .first()
+        .map(|op| op.hlc.wall);
+    Ok((depth, oldest))
 }

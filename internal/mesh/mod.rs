@@ -107,6 +107,10 @@ pub struct MeshStatus {
     /// Relay batches refused and kept (`bd conflicts` lists them).
     #[serde(default)]
     pub quarantined: u64,
+    /// Other replicas' relay batches kept until an earlier op of theirs
+    /// arrives (acknowledged 0 TRANSIT).
+    #[serde(default)]
+    pub in_transit: u64,
     /// The running daemon's link to the relay (`None`: no daemon runs, or it
     /// was started before this clone joined: restart it).
     #[serde(default)]
@@ -485,6 +489,7 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
             [],
             |r| r.get::<_, i64>(0),
         )? as u64,
+        in_transit: crate::engine::transit_len(&store)?,
         daemon: None,
         notes: Vec::new(),
     })

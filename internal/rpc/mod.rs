@@ -138,6 +138,25 @@ pub struct RelayState {
     pub batches_in: u64,
     /// Batches refused (unknown key, bad signature, altered op).
     pub refused: u64,
+    /// Own ops committed here that the relay has not acknowledged yet.
+    #[serde(default)]
+    pub outbox: u64,
+    /// How long the oldest of them has waited, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_unacked_ms: Option<u64>,
+    /// The stream's last message (its sequence on the relay).
+    #[serde(default)]
+    pub stream_seq: u64,
+    /// The last message delivered to this daemon (its stream sequence).
+    #[serde(default)]
+    pub delivered_seq: u64,
+    /// Messages in the stream not yet delivered to this daemon.
+    #[serde(default)]
+    pub pending: u64,
+    /// This daemon's cursor fell out of the stream's retention: older ops
+    /// come through git (`bd sync`).
+    #[serde(default)]
+    pub behind_retention: bool,
     /// The last problem with the relay, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -159,6 +178,12 @@ pub struct Peer {
     pub published_seq: i64,
     /// Agents (actors) that used it in the last minute.
     pub agents: Vec<String>,
+    /// Its smoothed time to apply a batch, ms, as its heartbeat says.
+    #[serde(default)]
+    pub apply_ms: f64,
+    /// Writes waiting in its queue, as its heartbeat says.
+    #[serde(default)]
+    pub queue: u64,
     /// Milliseconds since its last heartbeat arrived here.
     pub last_heard_ms: u64,
     /// Suspicion that it failed (phi accrual over heartbeat arrivals; above 8,

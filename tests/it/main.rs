@@ -15,6 +15,7 @@ mod id_collision;
 mod import_export;
 mod merge_simulation;
 mod mesh;
+mod mesh_transit;
 mod op_file;
 mod pressure;
 mod recovery;

@@ -95,7 +95,7 @@ impl Drop for Relay {
 }
 
 /// The `nats-server` binary on PATH, or a failure that says how to install it.
-fn nats_server() -> PathBuf {
+pub(crate) fn nats_server() -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -324,7 +324,7 @@ fn clones_meet_under_one_repo_id_and_their_members_lines_merge() {
 }
 
 /// Whether clone `c` can show `id` (through its daemon when one runs).
-fn seen(c: &crate::sync::Clone, id: &str) -> bool {
+pub(crate) fn seen(c: &crate::sync::Clone, id: &str) -> bool {
     c.bd(&["show", id, "--json"]).status.success()
 }
 
@@ -350,7 +350,7 @@ fn converge(
 }
 
 /// Polls `done` every 20 ms for up to `limit`.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if done() {
@@ -427,8 +427,25 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
     assert_eq!(b.state_hash(), before.1);
 }
 
+/// The signing key `bd mesh join` made for `replica` under the cluster's home.
+pub(crate) fn replica_key(
+    cluster: &crate::sync::Cluster,
+    replica: &str,
+) -> ed25519_dalek::SigningKey {
+    let seed = std::fs::read_to_string(
+        cluster
+            .home()
+            .join(format!(".config/bd/keys/{replica}.ed25519")),
+    )
+    .unwrap();
+    let seed: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&seed.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap())
+}
+
 /// A made-up create as `replica` would publish it.
-fn create_op(issue: &str, title: &str, replica: &str, seq: u64) -> bd::model::Op {
+pub(crate) fn create_op(issue: &str, title: &str, replica: &str, seq: u64) -> bd::model::Op {
     let mut op = crate::sync::label_op(issue, "", "alice", replica, seq);
     op.kind = bd::model::OpKind::Create;
     op.value = serde_json::json!({"title": title});
@@ -436,7 +453,7 @@ fn create_op(issue: &str, title: &str, replica: &str, seq: u64) -> bd::model::Op
 }
 
 /// Publishes `payload` on `subject` of the relay at `url` and waits for the ack.
-fn publish_raw(url: &str, subject: String, payload: Vec<u8>) {
+pub(crate) fn publish_raw(url: &str, subject: String, payload: Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -452,7 +469,12 @@ fn publish_raw(url: &str, subject: String, payload: Vec<u8>) {
     });
 }
 
-fn batch(replica: &str, ops_text: &str, key: &ed25519_dalek::SigningKey, signed: &str) -> Vec<u8> {
+pub(crate) fn batch(
+    replica: &str,
+    ops_text: &str,
+    key: &ed25519_dalek::SigningKey,
+    signed: &str,
+) -> Vec<u8> {
     use ed25519_dalek::Signer;
     let sig: String = key
         .sign(signed.as_bytes())
@@ -486,35 +508,28 @@ fn forged_or_altered_batches_are_never_applied() {
         st["repo_id"].as_str().unwrap().to_string(),
     );
     let subject = format!("bd.{repo}.ops.{replica}");
-    let seed = std::fs::read_to_string(
-        cluster
-            .home()
-            .join(format!(".config/bd/keys/{replica}.ed25519")),
-    )
-    .unwrap();
-    let seed: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&seed.trim()[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    let a_key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
+    let a_key = replica_key(&cluster, &replica);
+    // The next seq of a's replica: a batch that skips one waits in transit.
+    let next = a.json(&["stats"])["ops"].as_u64().unwrap() + 1;
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let shown = |id: &str| seen(&b, id);
 
     let forged =
-        serde_json::to_string(&vec![create_op("m-forged", "forged", &replica, 100)]).unwrap();
+        serde_json::to_string(&vec![create_op("m-forged", "forged", &replica, next)]).unwrap();
     publish_raw(
         &relay.url(),
         subject.clone(),
         batch(&replica, &forged, &stranger, &forged),
     );
     let altered_text =
-        serde_json::to_string(&vec![create_op("m-altered", "x", &replica, 101)]).unwrap();
+        serde_json::to_string(&vec![create_op("m-altered", "x", &replica, next)]).unwrap();
     let changed = altered_text.replace("\"x\"", "\"y\"");
     publish_raw(
         &relay.url(),
         subject.clone(),
         batch(&replica, &changed, &a_key, &altered_text),
     );
-    let mut bad_id = create_op("m-badid", "badid", &replica, 102);
+    let mut bad_id = create_op("m-badid", "badid", &replica, next);
     bad_id.value = serde_json::json!({"title": "changed before signing"});
     let bad_id = serde_json::to_string(&vec![bad_id]).unwrap();
     publish_raw(
@@ -523,7 +538,7 @@ fn forged_or_altered_batches_are_never_applied() {
         batch(&replica, &bad_id, &a_key, &bad_id),
     );
     // The control: the same kind of op, signed by a's key, arrives.
-    let good = serde_json::to_string(&vec![create_op("m-good", "good", &replica, 103)]).unwrap();
+    let good = serde_json::to_string(&vec![create_op("m-good", "good", &replica, next)]).unwrap();
     publish_raw(&relay.url(), subject, batch(&replica, &good, &a_key, &good));
     assert!(
         eventually(Duration::from_secs(10), || shown("m-good")),

@@ -236,6 +236,21 @@ fn render(st: &MeshStatus) -> String {
             "daemon:   {link}; published through seq {}; batches out {}, in {}, refused {}",
             d.published_seq, d.batches_out, d.batches_in, d.refused
         );
+        let oldest = d
+            .oldest_unacked_ms
+            .map(|ms| format!(", the oldest waiting {:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  outbox {} op(s) not yet on the relay{oldest}; stream at {}, delivered here through {}, {} pending",
+            d.outbox, d.stream_seq, d.delivered_seq, d.pending
+        );
+        if d.behind_retention {
+            let _ = writeln!(
+                s,
+                "  this clone's cursor fell out of the stream's retention: older ops come through git (`bd sync`)"
+            );
+        }
         if let Some(e) = &d.last_error {
             let _ = writeln!(s, "  last relay error: {e}");
         }
@@ -291,6 +306,13 @@ fn render(st: &MeshStatus) -> String {
         .map(|k| format!("{}…", &k[..k.len().min(16)]))
         .unwrap_or_else(|| "none yet (made by bd mesh join)".into());
     let _ = writeln!(s, "key:      {key}");
+    if st.in_transit > 0 {
+        let _ = writeln!(
+            s,
+            "in transit: {} batch(es) waiting for earlier ops of their replica (the relay fetches them; `bd sync` brings them through git)",
+            st.in_transit
+        );
+    }
     if st.quarantined > 0 {
         let _ = writeln!(
             s,

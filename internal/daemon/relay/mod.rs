@@ -41,6 +41,14 @@ use tokio::sync::{mpsc, oneshot};
 /// that long).
 const ACK_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the relay keeps a batch. A clone away longer than this catches
+/// up through git (`bd sync`), which always holds everything.
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a daemon looks in the stream for the ops a batch in transit
+/// waits for before leaving them to redelivery or git.
+const FETCH_FOR: Duration = Duration::from_secs(3);
+
 /// The `meta` key of the last own op the relay acknowledged.
 const PUBLISHED: &str = "mesh.published_seq";
 
@@ -170,11 +178,12 @@ async fn session(
             subjects: vec![format!("bd.{}.ops.>", s.repo_id)],
             storage: jetstream::stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            max_age: RETENTION,
             ..Default::default()
         })
         .await
         .map_err(|e| relay_error("opening the stream", e))?;
-    let consumer = stream
+    let mut consumer = stream
         .get_or_create_consumer(
             &format!("bd-{}", s.replica),
             jetstream::consumer::pull::Config {
@@ -200,6 +209,14 @@ async fn session(
             .await
             .map_err(|e| relay_error("opening the presence bucket", e))?,
     };
+    let first = stream.cached_info().state.first_sequence;
+    let cursor = consumer.cached_info().delivered.stream_sequence;
+    if first > 1 && cursor > 0 && cursor + 1 < first {
+        (shared.log)(&format!(
+            "relay: this clone's cursor ({cursor}) fell out of the stream's retention (it starts at {first}); older ops come through git: run `bd sync`"
+        ));
+        update(shared, |r| r.behind_retention = true);
+    }
     let mut peers: HashMap<String, Heard> = HashMap::new();
     let mut beat = tokio::time::interval(HEARTBEAT);
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
@@ -231,22 +248,12 @@ async fn session(
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
                 let msg = msg.map_err(|e| relay_error("reading the stream", e))?;
-                if let Some(ack) = apply(s, paths, shared, &msg.payload).await? {
-                    let body = serde_json::json!({
-                        "from": s.replica,
-                        "kind": ack.kind,
-                        "seq": ack.seq,
-                        "wall_ms": ack.wall_ms,
-                        "reason": ack.reason,
-                    });
-                    let _ = client
-                        .publish(
-                            format!("bd.{}.ack.{}", s.repo_id, ack.to),
-                            serde_json::to_vec(&body)?.into(),
-                        )
-                        .await;
-                }
+                let out = apply(s, paths, shared, &msg.payload).await?;
+                send_acks(s, &client, out.acks).await;
                 msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
+                if let Some((replica, from, to)) = out.missing {
+                    fetch(s, paths, shared, &client, &stream, &replica, (from, to)).await?;
+                }
             }
             _ = beat.tick() => {
                 heartbeat(s, shared, &presence, published).await?;
@@ -260,6 +267,15 @@ async fn session(
                     }
                 }
                 update(shared, |r| r.peers = seen);
+                // Batches in transit whose gaps git filled meanwhile.
+                let (tx, rx) = oneshot::channel();
+                shared.send_job(Job::Release(tx))?;
+                match rx.await {
+                    Ok(Ok((out, _))) => send_acks(s, &client, out.into_iter().map(released).collect()).await,
+                    Ok(Err(e)) => shared.note_error(&format!("relay: releasing batches in transit: {}", e.message)),
+                    Err(_) => return Err(Error::internal("the daemon's writer went away")),
+                }
+                positions(paths, shared, &mut consumer, &stream, published).await;
             }
             ack = acks_in.next() => {
                 let Some(ack) = ack else { return Err(relay_error("acks", "ended")) };
@@ -287,6 +303,140 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Sends each acknowledgement to its batch's author (best effort: an ack is
+/// telemetry, not part of the data).
+async fn send_acks(s: &Settings, client: &async_nats::Client, acks: Vec<AckOut>) {
+    for ack in acks {
+        let body = serde_json::json!({
+            "from": s.replica,
+            "kind": ack.kind,
+            "seq": ack.seq,
+            "wall_ms": ack.wall_ms,
+            "reason": ack.reason,
+        });
+        if let Ok(body) = serde_json::to_vec(&body) {
+            let _ = client
+                .publish(format!("bd.{}.ack.{}", s.repo_id, ack.to), body.into())
+                .await;
+        }
+    }
+}
+
+/// Looks in the stream for the ops `(from, to)` of `replica` that a batch in
+/// transit waits for (a redelivery may hold them back behind it) and applies
+/// what it finds, which lets the batch through; bounded by [`FETCH_FOR`].
+/// What the stream no longer holds comes through git.
+async fn fetch(
+    s: &Settings,
+    paths: &BeadsPaths,
+    shared: &Arc<Shared>,
+    client: &async_nats::Client,
+    stream: &jetstream::stream::Stream,
+    replica: &str,
+    (from, to): (u64, u64),
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + FETCH_FOR;
+    let subject = s.subject(replica);
+    let Ok(info) = stream.get_info().await else {
+        return Ok(());
+    };
+    // One replica's batches are stored in publish order, so their op seqs
+    // grow with the stream sequence: find the first that ends at `from` or
+    // later.
+    let (mut lo, mut hi) = (info.state.first_sequence.max(1), info.state.last_sequence + 1);
+    while lo < hi && tokio::time::Instant::now() < deadline {
+        let mid = lo + (hi - lo) / 2;
+        match next_batch(stream, &subject, mid).await {
+            Some((at, _, end, _)) if end < from => lo = at + 1,
+            _ => hi = mid,
+        }
+    }
+    let found = next_batch(stream, &subject, lo).await;
+    if found.as_ref().is_none_or(|(_, first, _, _)| *first > from) {
+        // Not in the stream: it no longer keeps them (or never had them).
+        if info.state.first_sequence > 1 {
+            behind_retention(shared, replica, (from, to));
+        }
+        return Ok(());
+    }
+    let mut at = lo;
+    while tokio::time::Instant::now() < deadline {
+        let Some((seq, first, _, payload)) = next_batch(stream, &subject, at).await else {
+            break;
+        };
+        if first > to {
+            break;
+        }
+        let out = apply(s, paths, shared, &payload).await?;
+        send_acks(s, client, out.acks).await;
+        at = seq + 1;
+    }
+    Ok(())
+}
+
+/// Says that ops a batch in transit waits for are older than what the stream
+/// keeps: they come through git.
+fn behind_retention(shared: &Shared, replica: &str, (from, to): (u64, u64)) {
+    (shared.log)(&format!(
+        "relay: ops {from}..{to} of {replica} fell out of the stream's retention; they come through git: run `bd sync`"
+    ));
+    update(shared, |r| r.behind_retention = true);
+}
+
+/// The first batch on `subject` at stream sequence `at` or later: its
+/// sequence, its first and last op seq, and the message.
+async fn next_batch(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    at: u64,
+) -> Option<(u64, u64, u64, Vec<u8>)> {
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let m = stream.get_first_raw_message_by_subject(subject, at).await.ok()?;
+    let seqs = serde_json::from_slice::<Batch>(&m.payload)
+        .ok()
+        .and_then(|b| serde_json::from_str::<Vec<Seq>>(&b.ops).ok())
+        .unwrap_or_default();
+    let first = seqs.iter().map(|o| o.seq).min().unwrap_or(0);
+    let last = seqs.iter().map(|o| o.seq).max().unwrap_or(0);
+    Some((m.sequence, first, last, m.payload.to_vec()))
+}
+
+/// Refreshes where this daemon stands: the stream's end and its cursor, and
+/// the outbox (own ops the relay has not acknowledged).
+async fn positions(
+    paths: &BeadsPaths,
+    shared: &Shared,
+    consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    stream: &jetstream::stream::Stream,
+    published: i64,
+) {
+    if let Ok(info) = consumer.info().await {
+        let (delivered, pending) = (info.delivered.stream_sequence, info.num_pending);
+        update(shared, |r| {
+            r.delivered_seq = delivered;
+            r.pending = pending;
+        });
+    }
+    if let Ok(info) = stream.get_info().await {
+        update(shared, |r| r.stream_seq = info.state.last_sequence);
+    }
+    let paths = paths.clone();
+    let outbox = tokio::task::spawn_blocking(move || {
+        Store::open(&paths.db).and_then(|st| crate::engine::outbox(&st, published))
+    })
+    .await;
+    if let Ok(Ok((depth, oldest))) = outbox {
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        update(shared, |r| {
+            r.outbox = depth;
+            r.oldest_unacked_ms = oldest.map(|wall| now.saturating_sub(wall));
+        });
     }
 }
 
@@ -367,43 +517,48 @@ struct AckOut {
     reason: Option<String>,
 }
 
-/// Verifies a batch from another replica and has the writer apply it; the
-/// acknowledgement owed to its author.
+/// What applying one delivered batch came to.
+#[derive(Default)]
+struct Applied {
+    /// The acknowledgements owed: the batch's own, and +1 for each batch it
+    /// let out of transit.
+    acks: Vec<AckOut>,
+    /// The batch waits in transit for these seqs of this replica.
+    missing: Option<(String, u64, u64)>,
+}
+
+/// Verifies a batch from another replica and has the writer apply it (or
+/// keep it in transit until its replica's earlier ops are here).
 async fn apply(
     s: &Settings,
     paths: &BeadsPaths,
     shared: &Arc<Shared>,
     payload: &[u8],
-) -> Result<Option<AckOut>> {
+) -> Result<Applied> {
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(b) => b,
         Err(e) => {
             refused(shared, payload, &format!("an unreadable batch was refused: {e}"));
-            return Ok(None);
+            return Ok(Applied::default());
         }
     };
     if batch.replica == s.replica {
-        return Ok(None); // our own, back from the stream
+        return Ok(Applied::default()); // our own, back from the stream
     }
     let members = mesh::members(paths)?;
     if let Err(why) = verify(&batch, &members) {
         let what = format!("a batch from {} was refused: {why}", batch.replica);
         refused(shared, payload, &what);
-        return Ok(Some(refusal(&batch, what)));
+        return Ok(refusal(&batch, what));
     }
     let ops: Vec<Op> = match serde_json::from_str(&batch.ops) {
         Ok(ops) => ops,
         Err(e) => {
             let what = format!("unreadable ops from {} were refused: {e}", batch.replica);
             refused(shared, payload, &what);
-            return Ok(Some(refusal(&batch, what)));
+            return Ok(refusal(&batch, what));
         }
     };
-    if ops.iter().any(|o| o.replica != batch.replica) {
-        let what = format!("a batch from {} carries another replica's ops; refused", batch.replica);
-        refused(shared, payload, &what);
-        return Ok(Some(refusal(&batch, what)));
-    }
     let (seq, wall_ms) = ops
         .iter()
         .map(|o| (o.seq as i64, o.hlc.wall))
@@ -411,39 +566,66 @@ async fn apply(
         .unwrap_or_default();
     let (tx, rx) = oneshot::channel();
     let started = std::time::Instant::now();
-    shared.send_job(Job::Receive(ops, tx))?;
+    shared.send_job(Job::Receive(batch.replica.clone(), ops, tx))?;
     let answer = rx.await;
     shared.applied_in(started.elapsed());
     match answer {
-        Ok(Ok((_, held))) => {
+        Ok(Ok(d)) => {
             update(shared, |r| r.batches_in += 1);
-            Ok(Some(AckOut {
-                to: batch.replica.clone(),
-                kind: if held > 0 { 0 } else { 1 },
-                seq,
-                wall_ms,
-                reason: (held > 0).then(|| format!("{held} op(s) held for clock skew")),
-            }))
+            let (kind, reason) = match (d.missing, d.skewed) {
+                (Some((from, to)), _) => (
+                    0,
+                    Some(format!("waiting for its ops {from}..{to} (kept in transit)")),
+                ),
+                (None, 0) => (1, None),
+                (None, n) => (0, Some(format!("{n} op(s) held for clock skew"))),
+            };
+            let mut out = Applied {
+                acks: vec![AckOut {
+                    to: batch.replica.clone(),
+                    kind,
+                    seq,
+                    wall_ms,
+                    reason,
+                }],
+                missing: d.missing.map(|(from, to)| (batch.replica.clone(), from, to)),
+            };
+            out.acks.extend(d.released.into_iter().map(released));
+            Ok(out)
         }
         Ok(Err(e)) if e.kind == crate::ErrorKind::Corrupt => {
             let what = format!("a batch from {} was refused: {}", batch.replica, e.message);
             refused(shared, payload, &what);
-            Ok(Some(refusal(&batch, what)))
+            Ok(refusal(&batch, what))
         }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::internal("the daemon's writer dropped a relay batch")),
     }
 }
 
+/// The +1 READY owed for a batch let out of transit.
+fn released(r: crate::engine::Released) -> AckOut {
+    AckOut {
+        to: r.replica,
+        kind: 1,
+        seq: r.last_seq as i64,
+        wall_ms: r.wall_ms,
+        reason: None,
+    }
+}
+
 /// The -1 CONFLICT acknowledgement of a refused batch, to the replica it
 /// claims to come from.
-fn refusal(batch: &Batch, reason: String) -> AckOut {
-    AckOut {
-        to: batch.replica.clone(),
-        kind: -1,
-        seq: 0,
-        wall_ms: 0,
-        reason: Some(reason),
+fn refusal(batch: &Batch, reason: String) -> Applied {
+    Applied {
+        acks: vec![AckOut {
+            to: batch.replica.clone(),
+            kind: -1,
+            seq: 0,
+            wall_ms: 0,
+            reason: Some(reason),
+        }],
+        missing: None,
     }
 }
 

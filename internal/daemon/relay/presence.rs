@@ -73,6 +73,10 @@ struct Beat {
     version: String,
     published_seq: i64,
     agents: Vec<String>,
+    #[serde(default)]
+    apply_ms: f64,
+    #[serde(default)]
+    queue: u64,
 }
 
 /// Heartbeat arrivals from one peer, for its phi; and its round trips.
@@ -138,6 +142,11 @@ pub(super) async fn heartbeat(
         version: shared.opts.version.clone(),
         published_seq: published,
         agents: shared.recent_agents(),
+        apply_ms: shared.apply_ms(),
+        queue: shared
+            .counters
+            .queue
+            .load(std::sync::atomic::Ordering::SeqCst),
     };
     kv.put(&s.replica, serde_json::to_vec(&beat)?.into())
         .await
@@ -192,6 +201,8 @@ pub(super) async fn listen(
             version: beat.version,
             published_seq: beat.published_seq,
             agents: beat.agents,
+            apply_ms: beat.apply_ms,
+            queue: beat.queue,
             last_heard_ms: elapsed as u64,
             phi: elapsed / h.mean_ms / std::f64::consts::LN_10,
             impedance: None,
