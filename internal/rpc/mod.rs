@@ -157,6 +157,14 @@ pub struct RelayState {
     /// come through git (`bd sync`).
     #[serde(default)]
     pub behind_retention: bool,
+    /// The relay's impedance: the round trip from a publish to its ack
+    /// (RFC 6298), which sets the publish ack timeout (SRTT + 4 RTTVAR,
+    /// within 1-5 s). Z is the round trip: the relay applies nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impedance: Option<Impedance>,
+    /// The publish batching window the peers' impedance sets now, ms.
+    #[serde(default)]
+    pub window_ms: f64,
     /// The last problem with the relay, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

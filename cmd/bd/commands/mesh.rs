@@ -245,6 +245,13 @@ fn render(st: &MeshStatus) -> String {
             "  outbox {} op(s) not yet on the relay{oldest}; stream at {}, delivered here through {}, {} pending",
             d.outbox, d.stream_seq, d.delivered_seq, d.pending
         );
+        if let Some(z) = &d.impedance {
+            let _ = writeln!(
+                s,
+                "  relay round trip {:.2} ms (±{:.2}); batching window {:.1} ms",
+                z.rtt_ms, z.rttvar_ms, d.window_ms
+            );
+        }
         if d.behind_retention {
             let _ = writeln!(
                 s,

@@ -19,7 +19,7 @@
 
 mod presence;
 
-use presence::{Acks, HEARTBEAT, Heard, PRESENCE_TTL, heartbeat, listen, ping};
+use presence::{Acks, HEARTBEAT, Heard, PRESENCE_TTL, Rtt, heartbeat, listen, ping};
 use super::server::Shared;
 use super::writer::Job;
 use crate::mesh::{self, Member};
@@ -225,8 +225,14 @@ async fn session(
         r.last_error = None;
     });
     // What the relay lacks since the last acknowledged publish.
-    let mut published = backlog(s, paths, shared, &js).await?;
-    update(shared, |r| r.published_seq = published);
+    let mut outlet = Outlet {
+        js: js.clone(),
+        rtt: Rtt::default(),
+        published: 0,
+        last_send: None,
+    };
+    outlet.backlog(s, paths, shared).await?;
+    let mut window = Duration::ZERO;
     let mut messages = consumer
         .messages()
         .await
@@ -235,15 +241,8 @@ async fn session(
         tokio::select! {
             ops = outbox.recv() => {
                 let Some(ops) = ops else { return Ok(()) };
-                let ops: Vec<Op> = ops.into_iter().filter(|o| o.seq as i64 > published).collect();
-                if let Some(last) = publish(s, &js, &ops).await? {
-                    published = last;
-                    save_watermark(paths, last).await;
-                    update(shared, |r| {
-                        r.published_seq = last;
-                        r.batches_out += 1;
-                    });
-                }
+                let ops = outlet.gather(outbox, ops, window).await;
+                outlet.send(s, paths, shared, ops).await?;
             }
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
@@ -256,7 +255,7 @@ async fn session(
                 }
             }
             _ = beat.tick() => {
-                heartbeat(s, shared, &presence, published).await?;
+                heartbeat(s, shared, &presence, outlet.published).await?;
                 let mut seen = listen(s, &presence, &mut peers).await?;
                 for p in &mut seen {
                     if let Some(h) = peers.get_mut(&p.replica) {
@@ -266,7 +265,11 @@ async fn session(
                         p.acks = Some(a.summary());
                     }
                 }
-                update(shared, |r| r.peers = seen);
+                window = self::window(&seen);
+                update(shared, |r| {
+                    r.peers = seen;
+                    r.window_ms = window.as_secs_f64() * 1e3;
+                });
                 // Batches in transit whose gaps git filled meanwhile.
                 let (tx, rx) = oneshot::channel();
                 shared.send_job(Job::Release(tx))?;
@@ -275,7 +278,7 @@ async fn session(
                     Ok(Err(e)) => shared.note_error(&format!("relay: releasing batches in transit: {}", e.message)),
                     Err(_) => return Err(Error::internal("the daemon's writer went away")),
                 }
-                positions(paths, shared, &mut consumer, &stream, published).await;
+                positions(paths, shared, &mut consumer, &stream, outlet.published).await;
             }
             ack = acks_in.next() => {
                 let Some(ack) = ack else { return Err(relay_error("acks", "ended")) };
@@ -292,7 +295,7 @@ async fn session(
                 if let Some(reply) = ping.reply {
                     let answer = serde_json::json!({
                         "apply_ms": shared.apply_ms(),
-                        "queue": shared.counters.queue.load(std::sync::atomic::Ordering::SeqCst),
+                        "queue": presence::queue(shared),
                     });
                     let _ = client.publish(reply, serde_json::to_vec(&answer)?.into()).await;
                 }
@@ -440,36 +443,117 @@ async fn positions(
     }
 }
 
-/// Publishes the own ops past the watermark (after a restart or an outage);
-/// the new watermark.
-async fn backlog(
-    s: &Settings,
-    paths: &BeadsPaths,
-    shared: &Shared,
-    js: &jetstream::Context,
-) -> Result<i64> {
-    let (from, ops) = {
-        let paths = paths.clone();
-        tokio::task::spawn_blocking(move || -> Result<(i64, Vec<Op>)> {
-            let store = Store::open(&paths.db)?;
-            let from: i64 = store
-                .meta(PUBLISHED)?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            Ok((from, crate::engine::own_ops_after(&store, from)?))
-        })
-        .await
-        .map_err(|e| Error::internal(format!("reading the outbox: {e}")))??
-    };
-    let mut last = from;
-    for chunk in ops.chunks(256) {
-        if let Some(seq) = publish(s, js, chunk).await? {
-            last = seq;
-            save_watermark(paths, last).await;
-            update(shared, |r| r.batches_out += 1);
-        }
+/// The most ops one batch carries.
+const MAX_BATCH: usize = 256;
+
+/// The longest a batch waits for more ops under load.
+const MAX_WINDOW: Duration = Duration::from_millis(20);
+
+/// The publishing half: the stream's context, the relay's round trips
+/// (publish to ack: the relay's impedance, which sets the ack timeout), and
+/// the watermark.
+struct Outlet {
+    js: jetstream::Context,
+    rtt: Rtt,
+    published: i64,
+    last_send: Option<tokio::time::Instant>,
+}
+
+impl Outlet {
+    /// Publishes the own ops past the watermark (after a restart or an outage).
+    async fn backlog(&mut self, s: &Settings, paths: &BeadsPaths, shared: &Shared) -> Result<()> {
+        let (from, ops) = {
+            let paths = paths.clone();
+            tokio::task::spawn_blocking(move || -> Result<(i64, Vec<Op>)> {
+                let store = Store::open(&paths.db)?;
+                let from: i64 = store
+                    .meta(PUBLISHED)?
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                Ok((from, crate::engine::own_ops_after(&store, from)?))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("reading the outbox: {e}")))??
+        };
+        self.published = from;
+        update(shared, |r| r.published_seq = from);
+        self.send(s, paths, shared, ops).await
     }
-    Ok(last)
+
+    /// Signs and publishes `ops` (own, in seq order; those the relay holds
+    /// already are skipped) in batches of [`MAX_BATCH`], waiting for the
+    /// relay's ack of each and moving the watermark after it.
+    async fn send(&mut self, s: &Settings, paths: &BeadsPaths, shared: &Shared, ops: Vec<Op>) -> Result<()> {
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .filter(|o| o.seq as i64 > self.published)
+            .collect();
+        for chunk in ops.chunks(MAX_BATCH) {
+            // RFC 6298's timeout: a relay that stopped answering is noticed
+            // in a few round trips, not JetStream's default 5 s.
+            self.js
+                .set_timeout(self.rtt.rto(Duration::from_secs(1), Duration::from_secs(5)));
+            let start = std::time::Instant::now();
+            let Some(last) = publish(s, &self.js, chunk).await? else {
+                continue;
+            };
+            let (srtt, rttvar) = self.rtt.sample(start.elapsed().as_secs_f64() * 1e3);
+            self.published = last;
+            self.last_send = Some(tokio::time::Instant::now());
+            save_watermark(paths, last).await;
+            update(shared, |r| {
+                r.published_seq = last;
+                r.batches_out += 1;
+                r.impedance = Some(crate::rpc::Impedance {
+                    rtt_ms: srtt,
+                    rttvar_ms: rttvar,
+                    z_ms: srtt,
+                    ..Default::default()
+                });
+            });
+        }
+        Ok(())
+    }
+
+    /// Under load (the last batch went out less than `window` ago), gathers
+    /// the commits that arrive until `window` has passed since it, so that
+    /// each peer applies one batch (one transaction, one fdatasync) for many
+    /// commits; a lone commit goes at once.
+    async fn gather(
+        &self,
+        outbox: &mut mpsc::UnboundedReceiver<Vec<Op>>,
+        mut ops: Vec<Op>,
+        window: Duration,
+    ) -> Vec<Op> {
+        if let Some(until) = self.last_send.map(|at| at + window) {
+            while ops.len() < MAX_BATCH {
+                match tokio::time::timeout_at(until, outbox.recv()).await {
+                    Ok(Some(more)) => ops.extend(more),
+                    _ => break,
+                }
+            }
+        }
+        while ops.len() < MAX_BATCH {
+            match outbox.try_recv() {
+                Ok(more) => ops.extend(more),
+                Err(_) => break,
+            }
+        }
+        ops
+    }
+}
+
+/// The batching window the peers' impedance asks for: the largest Z among
+/// the peers that seem alive (phi under 8), [`MAX_WINDOW`] at most. A peer
+/// with a queue shows a larger Z, so the window grows under load, and batches
+/// with it, until the slowest peer keeps up.
+fn window(peers: &[crate::rpc::Peer]) -> Duration {
+    let z = peers
+        .iter()
+        .filter(|p| p.phi < 8.0)
+        .filter_map(|p| p.impedance.as_ref().map(|z| z.z_ms))
+        .fold(0.0, f64::max);
+    Duration::from_secs_f64(z / 1e3).min(MAX_WINDOW)
 }
 
 /// Signs and publishes `ops` (own, in seq order) and waits for the relay's

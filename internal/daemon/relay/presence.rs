@@ -85,14 +85,43 @@ pub(super) struct Heard {
     at: std::time::Instant,
     /// Smoothed interval between arrivals, in ms.
     mean_ms: f64,
-    /// RFC 6298's SRTT and RTTVAR, ms (`None` before the first answer).
-    rtt: Option<(f64, f64)>,
+    /// Its round trips.
+    rtt: Rtt,
+}
+
+/// RFC 6298's round-trip estimator: the first sample sets SRTT = R and
+/// RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R| and
+/// SRTT = 7/8 SRTT + 1/8 R (ms; `None` before the first sample).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Rtt(Option<(f64, f64)>);
+
+impl Rtt {
+    /// Folds in a round trip of `r` ms; the new (SRTT, RTTVAR).
+    pub(super) fn sample(&mut self, r: f64) -> (f64, f64) {
+        let next = match self.0 {
+            None => (r, r / 2.0),
+            Some((srtt, rttvar)) => (
+                0.875 * srtt + 0.125 * r,
+                0.75 * rttvar + 0.25 * (srtt - r).abs(),
+            ),
+        };
+        self.0 = Some(next);
+        next
+    }
+
+    /// RFC 6298's retransmission timeout, SRTT + 4 RTTVAR, kept within
+    /// `[floor, ceiling]` (`ceiling` before any sample).
+    pub(super) fn rto(&self, floor: Duration, ceiling: Duration) -> Duration {
+        self.0
+            .map_or(ceiling, |(srtt, rttvar)| {
+                Duration::from_secs_f64((srtt + 4.0 * rttvar) / 1e3)
+            })
+            .clamp(floor, ceiling)
+    }
 }
 
 /// Pings `peer` (request/reply through the relay, 500 ms at most) and folds
-/// the round trip into its estimator (RFC 6298: the first sample sets SRTT = R
-/// and RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R| and
-/// SRTT = 7/8 SRTT + 1/8 R). `None` when it did not answer.
+/// the round trip into its estimator ([`Rtt`]). `None` when it did not answer.
 pub(super) async fn ping(
     s: &Settings,
     client: &async_nats::Client,
@@ -107,15 +136,7 @@ pub(super) async fn ping(
     .await
     .ok()?
     .ok()?;
-    let r = start.elapsed().as_secs_f64() * 1e3;
-    let (srtt, rttvar) = match heard.rtt {
-        None => (r, r / 2.0),
-        Some((srtt, rttvar)) => (
-            0.875 * srtt + 0.125 * r,
-            0.75 * rttvar + 0.25 * (srtt - r).abs(),
-        ),
-    };
-    heard.rtt = Some((srtt, rttvar));
+    let (srtt, rttvar) = heard.rtt.sample(start.elapsed().as_secs_f64() * 1e3);
     let v: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
     let apply_ms = v["apply_ms"].as_f64().unwrap_or(0.0);
     let queue = v["queue"].as_u64().unwrap_or(0);
@@ -126,6 +147,18 @@ pub(super) async fn ping(
         queue,
         z_ms: srtt + apply_ms + queue as f64 * apply_ms,
     })
+}
+
+/// The work waiting in this daemon: writes queued for its writer and relay
+/// messages not yet delivered to it (as of the last heartbeat tick).
+pub(super) fn queue(shared: &Shared) -> u64 {
+    let pending = shared
+        .relay
+        .lock()
+        .ok()
+        .and_then(|r| r.as_ref().map(|r| r.pending))
+        .unwrap_or(0);
+    shared.counters.queue.load(std::sync::atomic::Ordering::SeqCst) + pending
 }
 
 /// Puts this daemon's heartbeat into the presence bucket.
@@ -143,10 +176,7 @@ pub(super) async fn heartbeat(
         published_seq: published,
         agents: shared.recent_agents(),
         apply_ms: shared.apply_ms(),
-        queue: shared
-            .counters
-            .queue
-            .load(std::sync::atomic::Ordering::SeqCst),
+        queue: queue(shared),
     };
     kv.put(&s.replica, serde_json::to_vec(&beat)?.into())
         .await
@@ -186,7 +216,7 @@ pub(super) async fn listen(
             revision: entry.revision,
             at: now,
             mean_ms: HEARTBEAT.as_millis() as f64,
-            rtt: None,
+            rtt: Rtt::default(),
         });
         if entry.revision != h.revision {
             let gap = now.duration_since(h.at).as_millis() as f64;
