@@ -1,6 +1,7 @@
 //! Bringing the fetched upstream into the current branch: fast-forward or a merge
 //! commit, with bd's derived files taken from this side, op files joined as the
-//! union of their ops and `config.json`s joined key by key; then the work tree
+//! union of their ops, the members file as the union of its lines, and
+//! `config.json`s joined key by key; then the work tree
 //! and index updated, never over the user's own uncommitted work.
 
 use super::hooks;
@@ -115,6 +116,14 @@ impl Repo {
                         &read_blob(&self.repo, &c.our)?,
                         &read_blob(&self.repo, &c.their)?,
                     ]);
+                    self.settle(&mut index, &path, &c, &joined)?;
+                } else if path == self.rel("members.jsonl") {
+                    // A set of keys: two clones that each joined the mesh
+                    // add a line each; both stay.
+                    let joined = hooks::union_lines(
+                        &read_blob(&self.repo, &c.our)?,
+                        &read_blob(&self.repo, &c.their)?,
+                    );
                     self.settle(&mut index, &path, &c, &joined)?;
                 } else if path == self.rel("config.json")
                     && let Some(joined) = join_configs(

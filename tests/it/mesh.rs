@@ -323,6 +323,72 @@ fn clones_meet_under_one_repo_id_and_their_members_lines_merge() {
     }
 }
 
+/// Two clones that join at once (neither has pulled the other's member line)
+/// both add a line to the members file: `bd sync` merges it as the union of
+/// its lines, it never stops on it (it did: the file was not one bd merged).
+#[test]
+fn members_lines_added_on_two_clones_at_once_merge_in_bd_sync() {
+    let relay = Relay::start();
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    a.ok(&["mesh", "join", &relay.url()]);
+    a.ok(&["sync"]);
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    let c = cluster.clone("c", "carol");
+    c.ok(&["init"]);
+    b.ok(&["mesh", "join", &relay.url()]);
+    c.ok(&["mesh", "join", &relay.url()]);
+    b.ok(&["sync"]);
+    c.ok(&["sync"]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    for clone in [&a, &b, &c] {
+        let st: Value = serde_json::from_str(&clone.ok(&["mesh", "status", "--json"])).unwrap();
+        assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
+    }
+    let text = std::fs::read_to_string(c.root.join(".beads/members.jsonl")).unwrap();
+    assert!(!text.contains("<<<<<<<"), "{text}");
+}
+
+/// Two clones that each joined before pulling the other's mesh id: `bd sync`
+/// settles on one id (the remote's), and a running daemon follows the
+/// committed config to it by itself, so ops cross after the sync.
+#[test]
+fn a_daemon_follows_the_mesh_id_a_sync_brings() {
+    let relay = Relay::start();
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    a.ok(&["sync"]);
+    let b = cluster.clone("b", "bob");
+    b.ok(&["init"]);
+    let ja: Value = serde_json::from_str(&a.ok(&["mesh", "join", &relay.url(), "--json"])).unwrap();
+    let jb: Value = serde_json::from_str(&b.ok(&["mesh", "join", &relay.url(), "--json"])).unwrap();
+    assert_ne!(
+        ja["repo_id"], jb["repo_id"],
+        "each made one, not having pulled"
+    );
+    b.ok(&["daemon", "start", "-q"]);
+    a.ok(&["sync"]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    let id_of = |c: &crate::sync::Clone| {
+        let st: Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+        st["repo_id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(id_of(&a), id_of(&b), "one mesh id after the sync");
+    a.ok(&["daemon", "start", "-q"]);
+    let id = a.create(&["after the sync"]);
+    assert!(
+        eventually(Duration::from_secs(20), || seen(&b, &id)),
+        "b's daemon moved to the settled mesh id"
+    );
+    let back = b.create(&["and back"]);
+    assert!(eventually(Duration::from_secs(10), || seen(&a, &back)));
+}
+
 /// Whether clone `c` can show `id` (through its daemon when one runs).
 pub(crate) fn seen(c: &crate::sync::Clone, id: &str) -> bool {
     c.bd(&["show", id, "--json"]).status.success()

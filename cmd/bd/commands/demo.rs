@@ -1,6 +1,7 @@
 //! `bd demo`: simulated agents sharing one tracker, through the same client API the
 //! CLI uses.
 
+use super::demo_relay::RelayAct;
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
@@ -25,15 +26,18 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
-struct Log {
+pub(super) struct Log {
     start: Instant,
     quiet: bool,
     lock: Mutex<()>,
+    /// The config directory the demo's commands use (`XDG_CONFIG_HOME`), in
+    /// the demo's directory: the relay act's keys never touch the user's.
+    pub(super) config_dir: std::path::PathBuf,
 }
 
 impl Log {
     /// One line of the story, on stdout with the rest of the demo's output.
-    fn say(&self, who: &str, msg: &str) {
+    pub(super) fn say(&self, who: &str, msg: &str) {
         if self.quiet {
             return;
         }
@@ -47,22 +51,14 @@ impl Log {
     /// Runs a real `bd` command in `dir` as `actor` (the command a user would
     /// type there), shows it as `$ bd …` with its real output, and returns
     /// that output. Fails if the command fails.
-    fn run(
+    pub(super) fn run(
         &self,
         who: &str,
         dir: &std::path::Path,
         actor: &str,
         args: &[&str],
     ) -> Result<String, Error> {
-        let exe = std::env::current_exe()?;
-        let out = std::process::Command::new(exe)
-            .args(args)
-            .current_dir(dir)
-            .env("BD_ACTOR", actor)
-            .env("BD_AUTO_START", "0")
-            .env_remove("BEADS_DIR")
-            .stdin(std::process::Stdio::null())
-            .output()?;
+        let out = self.command(dir, actor, args)?.output()?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -94,6 +90,39 @@ impl Log {
             )));
         }
         Ok(text)
+    }
+}
+
+impl Log {
+    /// The `bd` command `args` in `dir` as `actor`, as the demo runs it.
+    fn command(
+        &self,
+        dir: &std::path::Path,
+        actor: &str,
+        args: &[&str],
+    ) -> Result<std::process::Command, Error> {
+        let mut c = std::process::Command::new(std::env::current_exe()?);
+        c.args(args)
+            .current_dir(dir)
+            .env("BD_ACTOR", actor)
+            .env("BD_AUTO_START", "0")
+            .env("XDG_CONFIG_HOME", &self.config_dir)
+            .env_remove("BEADS_DIR")
+            .stdin(std::process::Stdio::null());
+        Ok(c)
+    }
+
+    /// Runs a `bd` command without showing it; its stdout when it succeeded.
+    pub(super) fn quiet_run(
+        &self,
+        dir: &std::path::Path,
+        actor: &str,
+        args: &[&str],
+    ) -> Option<String> {
+        let out = self.command(dir, actor, args).ok()?.output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -209,6 +238,7 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         start: Instant::now(),
         quiet: ctx.quiet || ctx.json,
         lock: Mutex::new(()),
+        config_dir: root.join("config"),
     };
     let git = std::process::Command::new("git")
         .arg("-C")
@@ -335,6 +365,12 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
     } else {
         None
     };
+    // Act three: the same two machines through a relay, in real time.
+    let relay = if git {
+        super::demo_relay::act(&root, &root.join("machine-b"), &log)?
+    } else {
+        RelayAct::skipped("needs git (the members file travels through it)")
+    };
     // The figures of the whole run, the second act's issues included.
     lead.call(Request::Flush)?;
     let stats = match lead.call(Request::Stats)? {
@@ -346,6 +382,7 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
         return output::json(&serde_json::json!({
             "agents": a.agents, "closed_by_agents": total.closed, "lost_claim_races": total.lost_claims,
             "discovered": total.discovered, "stats": stats, "kept": kept, "two_machines": two,
+            "relay": relay,
         }));
     }
     let mut s = format!(
@@ -369,6 +406,13 @@ pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
             t.conflicts_resolved,
             &t.state_hash[..12]
         ));
+    }
+    match (&relay.skipped, relay.create_seen_ms, relay.claim_seen_ms) {
+        (None, Some(create), Some(claim)) => s.push_str(&format!(
+            "Two machines through a relay, no git: B saw A's create {create:.0} ms after it was answered, A saw B's claim {claim:.0} ms after.\n"
+        )),
+        (Some(why), _, _) => s.push_str(&format!("Relay act skipped: {why}.\n")),
+        _ => {}
     }
     match kept {
         Some(p) => s.push_str(&format!(

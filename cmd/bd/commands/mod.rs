@@ -12,6 +12,7 @@ mod create;
 mod daemon;
 mod delete;
 mod demo;
+mod demo_relay;
 mod dep;
 mod doctor;
 mod export;

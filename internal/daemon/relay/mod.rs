@@ -54,6 +54,7 @@ const PUBLISHED: &str = "mesh.published_seq";
 
 /// What the daemon needs to take part, when this clone joined a relay.
 pub(super) struct Settings {
+    config_dir: std::path::PathBuf,
     urls: Vec<String>,
     repo_id: String,
     replica: String,
@@ -73,6 +74,7 @@ impl Settings {
         };
         let secrets = mesh::secrets(config_dir, &repo_id, &st.replica)?;
         Ok(Some(Settings {
+            config_dir: config_dir.to_path_buf(),
             key: mesh::signing_key(config_dir, &st.replica)?,
             urls: st.relay,
             repo_id,
@@ -116,7 +118,7 @@ struct Batch {
 /// backoff when the relay is away. `outbox` carries each durable commit's own
 /// ops from the engine's hook.
 pub(super) async fn run(
-    settings: Settings,
+    mut settings: Settings,
     paths: BeadsPaths,
     shared: Arc<Shared>,
     mut outbox: mpsc::UnboundedReceiver<Vec<Op>>,
@@ -135,6 +137,15 @@ pub(super) async fn run(
                 shared.note_error(&format!("relay: {}", e.message));
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
+                // The mesh id or the relay may have changed (a `bd sync`
+                // brought another clone's): the next session uses them.
+                if let Ok(Some(now)) = Settings::load(&paths, Some(&settings.config_dir)) {
+                    if now.repo_id != settings.repo_id || now.urls != settings.urls {
+                        pause = Duration::from_millis(100);
+                        update(&shared, |r| r.urls = now.urls.clone());
+                    }
+                    settings = now;
+                }
             }
         }
     }
@@ -255,6 +266,7 @@ async fn session(
                 }
             }
             _ = beat.tick() => {
+                moved(s, paths)?;
                 heartbeat(s, shared, &presence, outlet.published).await?;
                 let mut seen = listen(s, &presence, &mut peers).await?;
                 for p in &mut seen {
@@ -307,6 +319,22 @@ async fn session(
             }
         }
     }
+}
+
+/// Fails when the committed config no longer names this session's mesh id
+/// or relay (a `bd sync` merged another clone's, or `bd mesh join` changed
+/// it): the daemon then reconnects with the new settings.
+fn moved(s: &Settings, paths: &BeadsPaths) -> Result<()> {
+    let config = crate::config::Config::load(&paths.config())?;
+    let repo_id = config.get(mesh::REPO_ID_KEY).unwrap_or_default();
+    let urls = mesh::relay_urls(&config);
+    if repo_id != s.repo_id || urls != s.urls {
+        return Err(relay_error(
+            "the mesh settings changed",
+            format!("mesh id {repo_id}, relay {}; reconnecting", urls.join(",")),
+        ));
+    }
+    Ok(())
 }
 
 /// Sends each acknowledgement to its batch's author (best effort: an ack is
