@@ -427,19 +427,35 @@ pub(crate) fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> boo
     done()
 }
 
-/// Issue 13's first test: a create on clone A reaches B's daemon through the
-/// relay without any git sync, and B's reaches A; the same ops arriving later
-/// through git change nothing.
+/// Issue 13's first test: a create on clone A reaches B's and C's daemons
+/// through the relay without any git sync, and theirs reach A; the same ops
+/// arriving later through git change nothing.
 #[test]
 fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
     let relay = Relay::start();
     // (b's key reaches a the way code arrives: through git.)
-    let (_cluster, a, b) = pair(&relay);
+    let (cluster, a, b) = pair(&relay);
+    // A third clone joins later; its key reaches the others through git.
+    let c = cluster.clone("c", "carol");
+    c.ok(&["init"]);
+    c.ok(&["mesh", "join", &relay.url()]);
+    c.ok(&["sync"]);
+    a.ok(&["sync"]);
+    b.ok(&["sync"]);
+    c.ok(&["daemon", "start", "-q"]);
     let id = a.create(&["through the relay"]);
     assert!(
         eventually(Duration::from_secs(10), || seen(&b, &id)),
         "b's daemon never received a's create"
     );
+    assert!(
+        eventually(Duration::from_secs(10), || seen(&c, &id)),
+        "c's daemon never received a's create"
+    );
+    let from_c = c.create(&["from the third clone"]);
+    for other in [&a, &b] {
+        assert!(eventually(Duration::from_secs(10), || seen(other, &from_c)));
+    }
     let back = b.create(&["and back"]);
     assert!(
         eventually(Duration::from_secs(10), || seen(&a, &back)),
@@ -455,6 +471,20 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
     assert!(la["batches_out"].as_u64().unwrap() >= 1, "{la}");
     assert!(la["published_seq"].as_i64().unwrap() >= 1, "{la}");
     assert!(lb["batches_in"].as_u64().unwrap() >= 1, "{lb}");
+    // Where the link stands: nothing left in a's outbox, the stream's end
+    // and b's cursor, the relay's round trip from a's publish acks.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (la, lb) = (link(&a), link(&b));
+            la["outbox"] == 0
+                && la["oldest_unacked_ms"].is_null()
+                && la["stream_seq"].as_u64() >= Some(3)
+                && lb["delivered_seq"].as_u64() >= Some(2)
+                && la["impedance"]["rtt_ms"].as_f64().is_some_and(|r| r > 0.0)
+        }),
+        "{}",
+        link(&a)
+    );
     assert!(
         b.ok(&["daemon", "status"])
             .contains("relay:       connected")
@@ -485,12 +515,15 @@ fn ops_cross_the_relay_between_daemons_and_git_later_changes_nothing() {
     assert!(pings[0]["rtt_ms"].as_f64().unwrap() > 0.0, "{pings}");
     let before = (a.state_hash(), b.state_hash());
     assert_eq!(before.0, before.1, "the same state on both");
+    assert!(eventually(Duration::from_secs(10), || c.state_hash() == before.0));
     // The same ops through git: nothing changes.
     a.ok(&["sync"]);
     b.ok(&["sync"]);
+    c.ok(&["sync"]);
     a.ok(&["sync"]);
     assert_eq!(a.state_hash(), before.0);
     assert_eq!(b.state_hash(), before.1);
+    assert_eq!(c.state_hash(), before.0);
 }
 
 /// The signing key `bd mesh join` made for `replica` under the cluster's home.
