@@ -387,6 +387,7 @@ fn a_daemon_follows_the_mesh_id_a_sync_brings() {
     );
     let back = b.create(&["and back"]);
     assert!(eventually(Duration::from_secs(10), || seen(&a, &back)));
+    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
 }
 
 /// Whether clone `c` can show `id` (through its daemon when one runs).
