@@ -80,6 +80,12 @@ pub struct RelayProbe {
     pub version: Option<String>,
     /// JetStream is enabled on it (bd needs it).
     pub jetstream: bool,
+    /// It asks clients for credentials.
+    #[serde(default)]
+    pub auth_required: bool,
+    /// It speaks only TLS.
+    #[serde(default)]
+    pub tls_required: bool,
     /// Why not reachable or not usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -172,7 +178,8 @@ pub fn secrets(config_dir: &Path, repo_id: &str, replica: &str) -> Result<Secret
     }
 }
 
-/// Checks a relay URL: `nats://HOST:PORT` or `tls://HOST:PORT`.
+/// Checks a relay URL: `nats://HOST:PORT` or `tls://HOST:PORT`, where HOST is
+/// a host name, an IPv4 address or a bracketed IPv6 address.
 pub fn check_url(url: &str) -> Result<(String, u16)> {
     let bad = || {
         Error::invalid(format!("bad relay URL {url:?}"))
@@ -184,10 +191,79 @@ pub fn check_url(url: &str) -> Result<(String, u16)> {
         .ok_or_else(bad)?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || host.contains(['/', '@', ' ']) || port == 0 {
+    if port == 0 {
         return Err(bad());
     }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
+    let host = if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or_else(bad)?;
+        inner.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        inner
+    } else {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        host
+    };
+    Ok((host.to_string(), port))
+}
+
+/// Checks a secret file given to `bd mesh join`: a readable, non-empty
+/// regular file; a credentials file must hold a NATS user JWT.
+fn check_secret(file: &Path, creds: bool) -> Result<()> {
+    let meta = std::fs::metadata(file).map_err(|e| io_at(file, e))?;
+    let what = if creds { "credentials" } else { "token" };
+    if !meta.is_file() {
+        return Err(Error::invalid(format!("{} is not a file", file.display()))
+            .hint(format!("give the file that holds the {what}")));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| io_at(file, e))?;
+    if text.trim().is_empty() {
+        return Err(Error::invalid(format!("{} is empty", file.display()))
+            .hint(format!("give the file that holds the {what}")));
+    }
+    if creds && !text.contains("BEGIN NATS USER JWT") {
+        return Err(Error::invalid(format!("{} is not a NATS credentials file", file.display()))
+            .hint("a .creds file (from `nsc`) holds a user JWT and its seed"));
+    }
+    Ok(())
+}
+
+/// Connects to the relay with these secrets (3 s at most) when it answers
+/// at all: a relay that refuses them (wrong token, no token where one is
+/// required, TLS on one side only) is an error before anything is recorded.
+fn check_credentials(urls: &[String], secrets: &Secrets, probes: &[RelayProbe]) -> Result<()> {
+    if !probes.iter().any(|p| p.reachable) {
+        return Ok(()); // nothing to ask now: the daemon connects when it can
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(3),
+            connect(urls, secrets, "bd mesh join"),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(client)) => {
+                drop(client);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Error::invalid(format!(
+                "the relay answers but refused the connection: {}",
+                e.message.trim_start_matches("cannot reach the relay: ")
+            ))
+            .hint("check --token-file/--creds and tls:// against how the server is set up; nothing was recorded")),
+            Err(_) => Ok(()), // slow, not refused: the daemon retries
+        }
+    })
 }
 
 /// Asks the relay at `url` who it is: connects and reads the `INFO` line a
@@ -226,7 +302,14 @@ pub fn probe(url: &str, timeout: Duration) -> RelayProbe {
             out.reachable = true;
             out.version = info["version"].as_str().map(str::to_string);
             out.jetstream = info["jetstream"].as_bool().unwrap_or(false);
-            if !out.jetstream {
+            out.auth_required = info["auth_required"].as_bool().unwrap_or(false);
+            out.tls_required = info["tls_required"].as_bool().unwrap_or(false);
+            let tls_offered = out.tls_required || info["tls_available"].as_bool().unwrap_or(false);
+            if url.starts_with("tls://") && !tls_offered {
+                out.problem = Some("the server does not offer TLS (the URL says tls://)".into());
+            } else if out.tls_required && !url.starts_with("tls://") {
+                out.problem = Some("the server requires TLS: use tls://HOST:PORT".into());
+            } else if !out.jetstream {
                 out.problem = Some("JetStream is off on this server (start it with -js)".into());
             }
         }
@@ -282,7 +365,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| io_at(path, e))
 }
 
-/// This replica's signing key, made (from the OS's randomness) on first use.
+/// This replica's signing key (`bd mesh join` makes it).
 pub fn signing_key(config_dir: &Path, replica: &str) -> Result<SigningKey> {
     let path = key_path(config_dir, replica);
     match std::fs::read_to_string(&path) {
@@ -291,20 +374,32 @@ pub fn signing_key(config_dir: &Path, replica: &str) -> Result<SigningKey> {
                 .filter(|b| b.len() == 32)
                 .ok_or_else(|| {
                     Error::new(ErrorKind::Corrupt, format!("{}: not a key", path.display()))
-                        .hint("move it aside; `bd mesh join` makes a new key (the old one's members line then names a key nobody holds)")
+                        .hint("restore it from a backup, or move it aside and run `bd mesh join` again (a new key, added to the members file)")
                 })?;
             let mut seed = [0u8; 32];
             seed.copy_from_slice(&bytes);
             Ok(SigningKey::from_bytes(&seed))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut seed = [0u8; 32];
-            crate::ids::fill_random(&mut seed)?;
-            write_private(&path, crate::model::hex_bytes(&seed).as_bytes())?;
-            Ok(SigningKey::from_bytes(&seed))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("this replica's key {} is missing", path.display()),
+        )
+        .hint("restore it from a backup, or run `bd mesh join` again (a new key, added to the members file; commit it)")),
         Err(e) => Err(io_at(&path, e)),
     }
+}
+
+/// This replica's key, made now when it has none (only `bd mesh join` makes
+/// one: a daemon never replaces a lost key behind the members file's back).
+fn make_key(config_dir: &Path, replica: &str) -> Result<SigningKey> {
+    let path = key_path(config_dir, replica);
+    if path.exists() {
+        return signing_key(config_dir, replica);
+    }
+    let mut seed = [0u8; 32];
+    crate::ids::fill_random(&mut seed)?;
+    write_private(&path, crate::model::hex_bytes(&seed).as_bytes())?;
+    Ok(SigningKey::from_bytes(&seed))
 }
 
 /// The members file's entries, in file order (a line that does not read is
@@ -338,8 +433,13 @@ pub fn join(paths: &BeadsPaths, opts: &JoinOptions) -> Result<MeshStatus> {
         return Err(Error::invalid("give --creds or --token-file, not both")
             .hint("a .creds file carries its own identity; a token is the simpler set-up"));
     }
-    for file in opts.creds.iter().chain(&opts.token_file) {
-        std::fs::File::open(file).map_err(|e| io_at(file, e))?;
+    for (file, creds) in opts
+        .creds
+        .iter()
+        .map(|f| (f, true))
+        .chain(opts.token_file.iter().map(|f| (f, false)))
+    {
+        check_secret(file, creds)?;
         let inside = match (std::fs::canonicalize(file), std::fs::canonicalize(&paths.dir)) {
             (Ok(f), Ok(d)) => f.starts_with(d),
             _ => absolute(file).starts_with(absolute(&paths.dir)),
@@ -352,6 +452,19 @@ pub fn join(paths: &BeadsPaths, opts: &JoinOptions) -> Result<MeshStatus> {
             .hint("keep secrets outside the repository (e.g. in ~/.config/bd/)"));
         }
     }
+    let mut urls: Vec<String> = Vec::new();
+    for u in &opts.urls {
+        if !urls.contains(u) {
+            urls.push(u.clone());
+        }
+    }
+    let secrets = Secrets {
+        creds: opts.creds.as_ref().map(|p| absolute(p)),
+        token_file: opts.token_file.as_ref().map(|p| absolute(p)),
+        tls: opts.tls,
+    };
+    let probes: Vec<RelayProbe> = urls.iter().map(|u| probe(u, Duration::from_secs(2))).collect();
+    check_credentials(&urls, &secrets, &probes)?;
     let mut store = Store::open(&paths.db)?;
     let replica = store.replica().to_string();
     let mut notes = Vec::new();
@@ -363,14 +476,14 @@ pub fn join(paths: &BeadsPaths, opts: &JoinOptions) -> Result<MeshStatus> {
             config.set(REPO_ID_KEY, &crate::ids::new_replica_id()?)?;
             notes.push("made the repository's mesh id (commit .beads/config.json)".into());
         }
-        config.set(RELAY_KEY, &opts.urls.join(","))?;
+        config.set(RELAY_KEY, &urls.join(","))?;
         config.save(&path)?;
     }
     let repo_id = Config::load(&paths.config())?
         .get(REPO_ID_KEY)
         .map(str::to_string)
         .ok_or_else(|| Error::internal("the mesh id was not saved"))?;
-    let key = signing_key(&opts.config_dir, &replica)?;
+    let key = make_key(&opts.config_dir, &replica)?;
     let public = crate::model::hex_bytes(key.verifying_key().as_bytes());
     let known = members(paths)?;
     if let Some(other) = known.iter().find(|m| m.replica == replica && m.key != public) {
@@ -400,17 +513,15 @@ pub fn join(paths: &BeadsPaths, opts: &JoinOptions) -> Result<MeshStatus> {
         atomic_write(&path, text.as_bytes())?;
         notes.push("added this replica's public key to .beads/members.jsonl (commit it)".into());
     }
-    let secrets = Secrets {
-        creds: opts.creds.as_ref().map(|p| absolute(p)),
-        token_file: opts.token_file.as_ref().map(|p| absolute(p)),
-        tls: opts.tls,
-    };
     write_private(
         &secrets_path(&opts.config_dir, &repo_id, &replica),
         serde_json::to_string_pretty(&secrets)?.as_bytes(),
     )?;
     store.set_meta(JOINED, "1")?;
-    let mut st = status(paths, &opts.config_dir, true)?;
+    let mut st = status(paths, &opts.config_dir, false)?;
+    st.probes = probes;
+    st.notes.clear();
+    st = st.checked(true);
     st.notes.splice(0..0, notes);
     if st.probes.iter().all(|p| !p.reachable) {
         st.notes.push(
@@ -479,8 +590,9 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
     } else {
         Vec::new()
     };
+    let joined = store.meta(JOINED)?.is_some();
     Ok(MeshStatus {
-        joined: store.meta(JOINED)?.is_some(),
+        joined,
         repo_id,
         relay,
         replica,
@@ -497,7 +609,41 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
         in_transit: crate::engine::transit_len(&store)?,
         daemon: None,
         notes: Vec::new(),
-    })
+    }
+    .checked(joined))
+}
+
+impl MeshStatus {
+    /// Adds what makes a joined clone's relay traffic fail for sure: a key
+    /// that is missing or not the one the members file lists, a relay that
+    /// wants credentials this clone has none of.
+    fn checked(mut self, joined: bool) -> MeshStatus {
+        if !joined {
+            return self;
+        }
+        let listed: Vec<&Member> = self.members.iter().filter(|m| m.replica == self.replica).collect();
+        match &self.key {
+            None => self.notes.push(format!(
+                "this replica's key is missing from the config directory: its batches cannot be signed; restore {}.ed25519 from a backup, or run `bd mesh join` again and commit the new members line",
+                self.replica
+            )),
+            Some(k) if !listed.is_empty() && !listed.iter().any(|m| &m.key == k) => {
+                self.notes.push(
+                    "this replica's key is not the one the members file lists: peers refuse its batches; restore the old key, or run `bd mesh join` again and commit the new members line".into(),
+                )
+            }
+            Some(_) if listed.is_empty() => self.notes.push(
+                "the members file does not list this replica: run `bd mesh join` again and commit .beads/members.jsonl".into(),
+            ),
+            Some(_) => {}
+        }
+        if self.secrets.is_none() && self.probes.iter().any(|p| p.auth_required) {
+            self.notes.push(
+                "the relay asks for credentials and this clone has none: join again with --token-file or --creds".into(),
+            );
+        }
+        self
+    }
 }
 
 /// One member's answer to [`ping`].

@@ -14,12 +14,18 @@ use std::time::{Duration, Instant};
 /// port finds its streams and consumers again.
 pub(crate) struct Relay {
     child: Option<Child>,
+    extra: Vec<String>,
     pub(crate) port: u16,
     store: tempfile::TempDir,
 }
 
 impl Relay {
     pub(crate) fn start() -> Relay {
+        Relay::start_with(&[])
+    }
+
+    /// A relay started with these extra `nats-server` arguments.
+    pub(crate) fn start_with(extra: &[&str]) -> Relay {
         // A port the kernel just handed out is free (bounded retries if taken).
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,6 +35,7 @@ impl Relay {
                 .port();
             let mut relay = Relay {
                 child: None,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
                 port,
                 store: tempfile::tempdir().unwrap(),
             };
@@ -51,6 +58,7 @@ impl Relay {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -234,6 +242,10 @@ fn bad_joins_are_refused_and_change_nothing() {
     let outside = env.root().join("token.txt");
     std::fs::write(&outside, "secret\n").unwrap();
     let outside = outside.display().to_string();
+    let dir = env.root().display().to_string();
+    let empty = env.root().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let empty = empty.display().to_string();
     for (args, code, needle) in [
         (
             vec!["mesh", "join", "http://127.0.0.1:4222"],
@@ -242,6 +254,41 @@ fn bad_joins_are_refused_and_change_nothing() {
         ),
         (vec!["mesh", "join", "nats://127.0.0.1"], 2, "bad relay URL"),
         (vec!["mesh", "join", "nats://:4222"], 2, "bad relay URL"),
+        (vec!["mesh", "join", "nats://[::1"], 2, "bad relay URL"),
+        (
+            vec!["mesh", "join", "nats://[nothost]:4222"],
+            2,
+            "bad relay URL",
+        ),
+        (vec!["mesh", "join", "nats://-x:1"], 2, "bad relay URL"),
+        (vec!["mesh", "join", "nats://a..b:1"], 2, "bad relay URL"),
+        (
+            vec![
+                "mesh",
+                "join",
+                "nats://127.0.0.1:4222",
+                "--token-file",
+                &dir,
+            ],
+            2,
+            "is not a file",
+        ),
+        (
+            vec![
+                "mesh",
+                "join",
+                "nats://127.0.0.1:4222",
+                "--token-file",
+                &empty,
+            ],
+            2,
+            "is empty",
+        ),
+        (
+            vec!["mesh", "join", "nats://127.0.0.1:4222", "--creds", &outside],
+            2,
+            "is not a NATS credentials file",
+        ),
         (
             vec![
                 "mesh",
@@ -321,6 +368,97 @@ fn clones_meet_under_one_repo_id_and_their_members_lines_merge() {
         want.sort();
         assert_eq!(keys, want, "{st}");
     }
+}
+
+/// A relay that wants a token: joining without one, or with the wrong one,
+/// is refused and records nothing; the right one joins, and the daemon gets
+/// through with it.
+#[test]
+fn a_relay_that_refuses_the_credentials_refuses_the_join() {
+    let relay = Relay::start_with(&["--auth", "s3cr3t"]);
+    let env = TestEnv::new();
+    let before = std::fs::read_to_string(env.beads().join("config.json")).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let (wrong, right) = (secrets.path().join("wrong"), secrets.path().join("right"));
+    std::fs::write(&wrong, "guess\n").unwrap();
+    std::fs::write(&right, "s3cr3t\n").unwrap();
+    let url = relay.url();
+    for args in [
+        vec!["mesh", "join", url.as_str()],
+        vec![
+            "mesh",
+            "join",
+            url.as_str(),
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ],
+        vec!["mesh", "join", &url.replace("nats://", "tls://")],
+    ] {
+        let err = env.fails(&args, 2);
+        assert!(
+            err.contains("refused the connection") || err.contains("TLS"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("nothing was recorded"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(env.beads().join("config.json")).unwrap(),
+        before
+    );
+    assert!(!env.beads().join("members.jsonl").exists());
+    let st: Value = serde_json::from_str(&env.ok(&[
+        "mesh",
+        "join",
+        &url,
+        "--token-file",
+        right.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(st["probes"][0]["auth_required"], true, "{st}");
+    assert!(
+        st["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| !n.as_str().unwrap().contains("credentials")),
+        "{st}"
+    );
+    env.ok(&["daemon", "start", "-q"]);
+    assert!(eventually(Duration::from_secs(10), || {
+        let st: Value = serde_json::from_str(&env.ok(&["mesh", "status", "--json"])).unwrap();
+        st["daemon"]["connected"] == true
+    }));
+}
+
+/// A replica whose key file went missing is not given a new key behind the
+/// members file's back (its batches would be refused everywhere): the
+/// daemon does not sign with anything, and the status says what to do.
+#[test]
+fn a_lost_key_is_reported_not_silently_replaced() {
+    let relay = Relay::start();
+    let cluster = crate::sync::Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "m"]);
+    let joined: Value =
+        serde_json::from_str(&a.ok(&["mesh", "join", &relay.url(), "--json"])).unwrap();
+    let replica = joined["replica"].as_str().unwrap();
+    let key = cluster
+        .home()
+        .join(format!(".config/bd/keys/{replica}.ed25519"));
+    std::fs::remove_file(&key).unwrap();
+    a.ok(&["daemon", "start", "-q"]);
+    a.create(&["written without a key"]);
+    assert!(
+        !key.exists(),
+        "no new key was made behind the members file's back"
+    );
+    let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+    assert!(st["key"].is_null(), "{st}");
+    let notes = st["notes"].to_string();
+    assert!(notes.contains("key is missing"), "{st}");
+    let human = a.ok(&["mesh", "status"]);
+    assert!(human.contains("key is missing"), "{human}");
 }
 
 /// Two clones that join at once (neither has pulled the other's member line)
