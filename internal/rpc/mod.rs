@@ -162,6 +162,10 @@ pub struct RelayState {
     /// within 1-5 s). Z is the round trip: the relay applies nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impedance: Option<Impedance>,
+    /// Own ops larger than the relay's messages: they travel through git
+    /// only.
+    #[serde(default)]
+    pub too_large: u64,
     /// The publish batching window the peers' impedance sets now, ms.
     #[serde(default)]
     pub window_ms: f64,

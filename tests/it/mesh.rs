@@ -461,6 +461,65 @@ fn a_lost_key_is_reported_not_silently_replaced() {
     assert!(human.contains("key is missing"), "{human}");
 }
 
+/// A write made without the daemon (`--no-daemon`, or the fallback when it
+/// does not answer) while it runs is published at its next heartbeat tick,
+/// not only when the next write happens to go through it.
+#[test]
+fn a_direct_write_beside_a_running_daemon_is_published_anyway() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    let out = a.bd(&["--no-daemon", "create", "written directly", "--json"]);
+    assert!(out.status.success());
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        eventually(Duration::from_secs(15), || seen(&b, &id)),
+        "the direct write never crossed the relay"
+    );
+}
+
+/// An op larger than the relay's messages (1 MiB by default) does not stop
+/// the link: it is counted and left to git, what follows it waits in transit
+/// on the receiver until git brings it, and traffic keeps flowing both ways.
+#[test]
+fn an_op_too_large_for_the_relay_goes_through_git_and_blocks_nothing() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    let big = a.root.join("big.jsonl");
+    let line =
+        serde_json::json!({"op": "create", "title": "big", "description": "d".repeat(1_500_000)});
+    std::fs::write(&big, format!("{line}\n")).unwrap();
+    a.ok(&["batch", "-f", big.to_str().unwrap()]);
+    let after = a.create(&["after the big one"]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+            st["daemon"]["too_large"] == 1
+                && st["daemon"]["outbox"] == 0
+                && st["daemon"]["connected"] == true
+        }),
+        "{}",
+        a.ok(&["mesh", "status", "--json"])
+    );
+    // b keeps what follows the big op until it is there.
+    assert!(eventually(Duration::from_secs(10), || {
+        let st: Value = serde_json::from_str(&b.ok(&["mesh", "status", "--json"])).unwrap();
+        st["in_transit"] == 1
+    }));
+    assert!(!seen(&b, &after));
+    // The other direction still flows.
+    let back = b.create(&["from b"]);
+    assert!(eventually(Duration::from_secs(10), || seen(&a, &back)));
+    // Git carries the big op; the kept batch follows.
+    a.ok(&["sync"]);
+    b.ok(&["sync"]);
+    assert!(eventually(Duration::from_secs(15), || seen(&b, &after)));
+    a.ok(&["sync"]);
+    assert!(eventually(Duration::from_secs(10), || a.state_hash() == b.state_hash()));
+}
+
 /// Two clones that join at once (neither has pulled the other's member line)
 /// both add a line to the members file: `bd sync` merges it as the union of
 /// its lines, it never stops on it (it did: the file was not one bd merged).
@@ -875,6 +934,15 @@ fn writes_made_while_the_relay_is_down_cross_it_once_it_is_back() {
     let during_a: Vec<String> = (0..5)
         .map(|i| a.create(&[&format!("a during {i}")]))
         .collect();
+    // The status counts what waits for the relay while it is away.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+            st["daemon"]["outbox"] == 5 && st["daemon"]["connected"] == false
+        }),
+        "{}",
+        a.ok(&["mesh", "status", "--json"])
+    );
     let during_b: Vec<String> = (0..3)
         .map(|i| b.create(&[&format!("b during {i}")]))
         .collect();

@@ -135,6 +135,7 @@ pub(super) async fn run(
             Err(e) => {
                 update(&shared, |r| r.last_error = Some(e.message.clone()));
                 shared.note_error(&format!("relay: {}", e.message));
+                refresh_outbox(&paths, &shared).await;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
                 // The mesh id or the relay may have changed (a `bd sync`
@@ -238,6 +239,10 @@ async fn session(
     // What the relay lacks since the last acknowledged publish.
     let mut outlet = Outlet {
         js: js.clone(),
+        max_payload: match client.server_info().max_payload {
+            0 => 1 << 20,
+            n => n,
+        },
         rtt: Rtt::default(),
         published: 0,
         last_send: None,
@@ -286,11 +291,19 @@ async fn session(
                 let (tx, rx) = oneshot::channel();
                 shared.send_job(Job::Release(tx))?;
                 match rx.await {
-                    Ok(Ok((out, _))) => send_acks(s, &client, out.into_iter().map(released).collect()).await,
+                    Ok(Ok((out, waiting))) => {
+                        if waiting == 0 {
+                            update(shared, |r| r.behind_retention = false);
+                        }
+                        send_acks(s, &client, out.into_iter().map(released).collect()).await
+                    }
                     Ok(Err(e)) => shared.note_error(&format!("relay: releasing batches in transit: {}", e.message)),
                     Err(_) => return Err(Error::internal("the daemon's writer went away")),
                 }
-                positions(paths, shared, &mut consumer, &stream, outlet.published).await;
+                if positions(paths, shared, &mut consumer, &stream).await > 0 {
+                    // Written without the daemon (or missed): publish it now.
+                    outlet.backlog(s, paths, shared).await?;
+                }
             }
             ack = acks_in.next() => {
                 let Some(ack) = ack else { return Err(relay_error("acks", "ended")) };
@@ -445,8 +458,7 @@ async fn positions(
     shared: &Shared,
     consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     stream: &jetstream::stream::Stream,
-    published: i64,
-) {
+) -> u64 {
     if let Ok(info) = consumer.info().await {
         let (delivered, pending) = (info.delivered.stream_sequence, info.num_pending);
         update(shared, |r| {
@@ -457,18 +469,33 @@ async fn positions(
     if let Ok(info) = stream.get_info().await {
         update(shared, |r| r.stream_seq = info.state.last_sequence);
     }
+    refresh_outbox(paths, shared).await
+}
+
+/// Refreshes the outbox in the status from the database (the watermark as
+/// saved, this replica's last op): right also while the relay is away and
+/// for writes made without the daemon. Its depth.
+async fn refresh_outbox(paths: &BeadsPaths, shared: &Shared) -> u64 {
     let paths = paths.clone();
     let outbox = tokio::task::spawn_blocking(move || {
-        Store::open(&paths.db).and_then(|st| crate::engine::outbox(&st, published))
+        let store = Store::open(&paths.db)?;
+        let published: i64 = store
+            .meta(PUBLISHED)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        crate::engine::outbox(&store, published).map(|o| (published, o))
     })
     .await;
-    if let Ok(Ok((depth, oldest))) = outbox {
-        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-        update(shared, |r| {
-            r.outbox = depth;
-            r.oldest_unacked_ms = oldest.map(|wall| now.saturating_sub(wall));
-        });
-    }
+    let Ok(Ok((published, (depth, oldest)))) = outbox else {
+        return 0;
+    };
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    update(shared, |r| {
+        r.published_seq = published;
+        r.outbox = depth;
+        r.oldest_unacked_ms = oldest.map(|wall| now.saturating_sub(wall));
+    });
+    depth
 }
 
 /// The most ops one batch carries.
@@ -482,6 +509,8 @@ const MAX_WINDOW: Duration = Duration::from_millis(20);
 /// the watermark.
 struct Outlet {
     js: jetstream::Context,
+    /// The largest message the relay takes (its `max_payload`).
+    max_payload: usize,
     rtt: Rtt,
     published: i64,
     last_send: Option<tokio::time::Instant>,
@@ -516,22 +545,42 @@ impl Outlet {
             .into_iter()
             .filter(|o| o.seq as i64 > self.published)
             .collect();
-        for chunk in ops.chunks(MAX_BATCH) {
+        let limit = self.max_payload;
+        let mut pending: std::collections::VecDeque<&[Op]> = ops.chunks(MAX_BATCH).collect();
+        while let Some(chunk) = pending.pop_front() {
+            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                continue;
+            };
+            let batch = seal(s, chunk)?;
+            if batch.len() > limit {
+                if chunk.len() > 1 {
+                    // Too big for one message: halves, in order.
+                    let (head, tail) = chunk.split_at(chunk.len() / 2);
+                    pending.push_front(tail);
+                    pending.push_front(head);
+                    continue;
+                }
+                // One op larger than the relay takes: it travels through git
+                // only (receivers keep what follows in transit until it is
+                // there). Counted, said, and passed over.
+                (shared.log)(&format!(
+                    "relay: op {} ({} bytes sealed) is larger than the relay's {limit}-byte messages; it travels through git only (`bd sync`)",
+                    first.op_id,
+                    batch.len()
+                ));
+                self.moved_past(paths, shared, last.seq as i64, false).await;
+                update(shared, |r| r.too_large += 1);
+                continue;
+            }
             // RFC 6298's timeout: a relay that stopped answering is noticed
             // in a few round trips, not JetStream's default 5 s.
             self.js
                 .set_timeout(self.rtt.rto(Duration::from_secs(1), Duration::from_secs(5)));
             let start = std::time::Instant::now();
-            let Some(last) = publish(s, &self.js, chunk).await? else {
-                continue;
-            };
+            publish(s, &self.js, first.seq, last.seq, batch).await?;
             let (srtt, rttvar) = self.rtt.sample(start.elapsed().as_secs_f64() * 1e3);
-            self.published = last;
-            self.last_send = Some(tokio::time::Instant::now());
-            save_watermark(paths, last).await;
+            self.moved_past(paths, shared, last.seq as i64, true).await;
             update(shared, |r| {
-                r.published_seq = last;
-                r.batches_out += 1;
                 r.impedance = Some(crate::rpc::Impedance {
                     rtt_ms: srtt,
                     rttvar_ms: rttvar,
@@ -541,6 +590,20 @@ impl Outlet {
             });
         }
         Ok(())
+    }
+
+    /// Moves the watermark to `last` (the relay holds everything up to it,
+    /// or the rest goes through git) and saves it.
+    async fn moved_past(&mut self, paths: &BeadsPaths, shared: &Shared, last: i64, sent: bool) {
+        self.published = last;
+        if sent {
+            self.last_send = Some(tokio::time::Instant::now());
+        }
+        save_watermark(paths, last).await;
+        update(shared, |r| {
+            r.published_seq = last;
+            r.batches_out += u64::from(sent);
+        });
     }
 
     /// Under load (the last batch went out less than `window` ago), gathers
@@ -584,30 +647,31 @@ fn window(peers: &[crate::rpc::Peer]) -> Duration {
     Duration::from_secs_f64(z / 1e3).min(MAX_WINDOW)
 }
 
-/// Signs and publishes `ops` (own, in seq order) and waits for the relay's
-/// ack; the last seq it now holds, or `None` for nothing to send.
-async fn publish(s: &Settings, js: &jetstream::Context, ops: &[Op]) -> Result<Option<i64>> {
-    let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
-        return Ok(None);
-    };
+/// `ops` (own, in seq order) as a signed batch message.
+fn seal(s: &Settings, ops: &[Op]) -> Result<Vec<u8>> {
     let text = serde_json::to_string(ops)?;
     let sig = crate::model::hex_bytes(&s.key.sign(text.as_bytes()).to_bytes());
-    let batch = serde_json::to_vec(&Batch {
+    Ok(serde_json::to_vec(&Batch {
         replica: s.replica.clone(),
         ops: text,
         sig,
-    })?;
+    })?)
+}
+
+/// Publishes a sealed batch of ops `first..=last` and waits for the relay's
+/// ack.
+async fn publish(s: &Settings, js: &jetstream::Context, first: u64, last: u64, batch: Vec<u8>) -> Result<()> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         "Nats-Msg-Id",
-        format!("{}-{}-{}", s.replica, first.seq, last.seq).as_str(),
+        format!("{}-{first}-{last}", s.replica).as_str(),
     );
     js.publish_with_headers(s.subject(&s.replica), headers, batch.into())
         .await
         .map_err(|e| relay_error("publishing", e))?
         .await
         .map_err(|e| relay_error("publishing (no ack)", e))?;
-    Ok(Some(last.seq as i64))
+    Ok(())
 }
 
 async fn save_watermark(paths: &BeadsPaths, seq: i64) {
