@@ -408,9 +408,23 @@ impl Engine {
     }
 
     /// Keeps a relay batch that was refused (see `daemon::relay`): never
-    /// applied, listed by `bd conflicts` until dropped.
+    /// applied, listed by `bd conflicts` until dropped; [`QUARANTINE_CAP`]
+    /// at most (beyond, refused with kind `conflict`).
     pub fn quarantine(&mut self, replica: &str, issue: &str, reason: &str, payload: &str) -> Result<()> {
         let now = self.clock.now_ms() as i64;
+        let kept: i64 = crate::storage::sqlite::cached_row(
+            self.store.conn(),
+            "SELECT COUNT(*) FROM quarantine",
+            [],
+            |r| r.get(0),
+        )?;
+        if kept >= QUARANTINE_CAP {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("quarantine holds {kept} batches already; this one was not kept"),
+            )
+            .hint("`bd conflicts` lists them; `bd resolve ID --field quarantine --value drop` forgets one"));
+        }
         self.store.write(self.clock.as_ref(), |tx| {
             tx.conn()
                 .prepare_cached(
@@ -541,6 +555,10 @@ impl Engine {
         Ok(())
     }
 }
+
+/// The most refused relay batches kept: a member's key used to flood would
+/// otherwise grow the table without end.
+pub const QUARANTINE_CAP: i64 = 1_000;
 
 /// This replica's last op's `seq` in `store` (0 before any).
 fn max_own_seq(store: &Store) -> Result<i64> {

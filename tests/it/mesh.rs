@@ -902,6 +902,54 @@ fn forged_or_altered_batches_are_never_applied() {
     );
 }
 
+/// Anyone who can publish to the relay can send junk, or batches from a
+/// replica nobody lists: they are counted and dropped, never kept, so a
+/// flood cannot fill every clone's conflicts (only a listed member's batch
+/// that fails its check is kept, as evidence).
+#[test]
+fn junk_and_strangers_batches_are_counted_not_kept() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+    let repo = st["repo_id"].as_str().unwrap().to_string();
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    for i in 0..30 {
+        publish_raw(
+            &relay.url(),
+            format!("bd.{repo}.ops.junk{i}"),
+            b"junk".to_vec(),
+        );
+    }
+    let text =
+        serde_json::to_string(&vec![create_op("m-stranger", "s", "feedfeedfeedfeed", 1)]).unwrap();
+    for _ in 0..5 {
+        publish_raw(
+            &relay.url(),
+            format!("bd.{repo}.ops.feedfeedfeedfeed"),
+            batch("feedfeedfeedfeed", &text, &stranger, &text),
+        );
+    }
+    for c in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let st: Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+                st["daemon"]["refused"] == 35
+            }),
+            "{}",
+            c.ok(&["mesh", "status", "--json"])
+        );
+        let st: Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+        assert_eq!(st["quarantined"], 0, "{st}");
+        assert_eq!(c.json(&["stats"])["conflicts"], 0);
+        assert!(!seen(c, "m-stranger"));
+    }
+    let log = std::fs::read_to_string(b.root.join(".beads/daemon.log")).unwrap();
+    assert!(
+        log.lines().filter(|l| l.contains("refused so far")).count() <= 12,
+        "the log is not flooded: {log}"
+    );
+}
+
 /// Two joined clones with their daemons running and each other's keys.
 fn pair(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone, crate::sync::Clone) {
     let cluster = crate::sync::Cluster::new();

@@ -714,7 +714,9 @@ async fn apply(
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(b) => b,
         Err(e) => {
-            refused(shared, payload, &format!("an unreadable batch was refused: {e}"));
+            // Anyone who can publish to the relay can send junk: counted and
+            // logged, never kept (it would fill every clone's conflicts).
+            dropped(shared, &format!("an unreadable message was dropped: {e}"));
             return Ok(Applied::default());
         }
     };
@@ -722,6 +724,26 @@ async fn apply(
         return Ok(Applied::default()); // our own, back from the stream
     }
     let members = mesh::members(paths)?;
+    if !members.iter().any(|m| m.replica == batch.replica) {
+        // Not kept either: a clone that joined before its members line
+        // reached this one sends these; its ops arrive through git, and
+        // its later batches wait in transit until they have.
+        let what = format!(
+            "a batch from {} was dropped: its replica is not in the members file (yet: `bd sync` brings new members)",
+            batch.replica
+        );
+        dropped(shared, &what);
+        return Ok(Applied {
+            acks: vec![AckOut {
+                to: batch.replica.clone(),
+                kind: -1,
+                seq: 0,
+                wall_ms: 0,
+                reason: Some(what),
+            }],
+            missing: None,
+        });
+    }
     if let Err(why) = verify(&batch, &members) {
         let what = format!("a batch from {} was refused: {why}", batch.replica);
         refused(shared, payload, &what);
@@ -805,8 +827,22 @@ fn refusal(batch: &Batch, reason: String) -> Applied {
     }
 }
 
-/// Reports a refused batch (log, status), counts it, and has the writer keep
-/// it in quarantine (listed by `bd conflicts` under its first op's issue).
+/// Counts a message that is not kept; logs the first ten and then every
+/// hundredth (a flood must not fill the log either).
+fn dropped(shared: &Shared, what: &str) {
+    let mut n = 0;
+    update(shared, |r| {
+        r.refused += 1;
+        n = r.refused;
+    });
+    if n <= 10 || n.is_multiple_of(100) {
+        shared.note_error(&format!("relay: {what} ({n} refused so far)"));
+    }
+}
+
+/// Reports a refused batch from a listed member (log, status), counts it,
+/// and has the writer keep it in quarantine (listed by `bd conflicts` under
+/// its first op's issue): evidence of tampering on the way.
 fn refused(shared: &Shared, payload: &[u8], what: &str) {
     shared.note_error(&format!("relay: {what}"));
     update(shared, |r| r.refused += 1);
