@@ -180,10 +180,18 @@ async fn session(
         .await
         .map_err(|e| relay_error("subscribing to acks", e))?;
     let mut acks: HashMap<String, Acks> = HashMap::new();
-    let mut pings = client
+    let pings = client
         .subscribe(format!("bd.{}.ping.{}", s.repo_id, s.replica))
         .await
         .map_err(|e| relay_error("subscribing to pings", e))?;
+    // Pings are answered on a task of their own: an answer must not wait for
+    // this loop (which may itself be pinging, or applying a large batch), or
+    // two daemons pinging each other at once would both time out.
+    let _answering = Abort(tokio::spawn(presence::answer_pings(
+        client.clone(),
+        pings,
+        shared.clone(),
+    )));
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: s.stream(),
@@ -264,7 +272,13 @@ async fn session(
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
                 let msg = msg.map_err(|e| relay_error("reading the stream", e))?;
                 let out = apply(s, paths, shared, &msg.payload).await?;
+                let new_peer = out.acks.first().is_some_and(|a| a.kind >= 0 && !peers.contains_key(&a.to));
                 send_acks(s, &client, out.acks).await;
+                if new_peer {
+                    // A peer's first batch: measure it now rather than at the
+                    // next tick, so the batching window fits it from the start.
+                    window = meet(s, shared, &presence, &client, &mut peers, &mut acks).await?;
+                }
                 msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
                 if let Some((replica, from, to)) = out.missing {
                     fetch(s, paths, shared, &client, &stream, &replica, (from, to)).await?;
@@ -273,20 +287,7 @@ async fn session(
             _ = beat.tick() => {
                 moved(s, paths)?;
                 heartbeat(s, shared, &presence, outlet.published).await?;
-                let mut seen = listen(s, &presence, &mut peers).await?;
-                for p in &mut seen {
-                    if let Some(h) = peers.get_mut(&p.replica) {
-                        p.impedance = ping(s, &client, &p.replica, h).await;
-                    }
-                    if let Some(a) = acks.get_mut(&p.replica) {
-                        p.acks = Some(a.summary());
-                    }
-                }
-                window = self::window(&seen);
-                update(shared, |r| {
-                    r.peers = seen;
-                    r.window_ms = window.as_secs_f64() * 1e3;
-                });
+                window = meet(s, shared, &presence, &client, &mut peers, &mut acks).await?;
                 // Batches in transit whose gaps git filled meanwhile.
                 let (tx, rx) = oneshot::channel();
                 shared.send_job(Job::Release(tx))?;
@@ -315,16 +316,6 @@ async fn session(
                         .record(v["kind"].as_i64().unwrap_or(0), v["wall_ms"].as_u64().unwrap_or(0));
                 }
             }
-            ping = pings.next() => {
-                let Some(ping) = ping else { return Err(relay_error("pings", "ended")) };
-                if let Some(reply) = ping.reply {
-                    let answer = serde_json::json!({
-                        "apply_ms": shared.apply_ms(),
-                        "queue": presence::queue(shared),
-                    });
-                    let _ = client.publish(reply, serde_json::to_vec(&answer)?.into()).await;
-                }
-            }
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if shared.is_stopping() {
                     return Ok(());
@@ -332,6 +323,51 @@ async fn session(
             }
         }
     }
+}
+
+/// Aborts a task when dropped (a session's helpers end with it).
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads every peer's heartbeat, pings each, and shows them in the status
+/// with their acks; the batching window their impedance asks for.
+async fn meet(
+    s: &Settings,
+    shared: &Shared,
+    presence: &jetstream::kv::Store,
+    client: &async_nats::Client,
+    peers: &mut HashMap<String, Heard>,
+    acks: &mut HashMap<String, Acks>,
+) -> Result<Duration> {
+    let mut seen = listen(s, presence, peers).await?;
+    // All at once: a slow peer costs one ping timeout, not one per peer.
+    let pinged = futures_util::future::join_all(
+        peers
+            .iter_mut()
+            .filter(|(replica, _)| seen.iter().any(|p| &p.replica == *replica))
+            .map(|(replica, h)| async move { (replica.clone(), ping(s, client, replica, h).await) }),
+    )
+    .await;
+    for p in &mut seen {
+        p.impedance = pinged
+            .iter()
+            .find(|(r, _)| *r == p.replica)
+            .and_then(|(_, z)| z.clone());
+        if let Some(a) = acks.get_mut(&p.replica) {
+            p.acks = Some(a.summary());
+        }
+    }
+    let window = self::window(&seen);
+    update(shared, |r| {
+        r.peers = seen;
+        r.window_ms = window.as_secs_f64() * 1e3;
+    });
+    Ok(window)
 }
 
 /// Fails when the committed config no longer names this session's mesh id

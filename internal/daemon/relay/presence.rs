@@ -149,6 +149,26 @@ pub(super) async fn ping(
     })
 }
 
+/// Answers other daemons' pings with this daemon's apply time and queue,
+/// until the subscription ends (or the session aborts this task).
+pub(super) async fn answer_pings(
+    client: async_nats::Client,
+    mut pings: async_nats::Subscriber,
+    shared: std::sync::Arc<Shared>,
+) {
+    while let Some(ping) = pings.next().await {
+        if let Some(reply) = ping.reply {
+            let answer = serde_json::json!({
+                "apply_ms": shared.apply_ms(),
+                "queue": queue(&shared),
+            });
+            if let Ok(body) = serde_json::to_vec(&answer) {
+                let _ = client.publish(reply, body.into()).await;
+            }
+        }
+    }
+}
+
 /// The work waiting in this daemon: writes queued for its writer and relay
 /// messages not yet delivered to it (as of the last heartbeat tick).
 pub(super) fn queue(shared: &Shared) -> u64 {
