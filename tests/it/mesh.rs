@@ -526,11 +526,7 @@ fn an_op_too_large_for_the_relay_goes_through_git_and_blocks_nothing() {
 #[test]
 fn members_lines_added_on_two_clones_at_once_merge_in_bd_sync() {
     let relay = Relay::start();
-    let cluster = crate::sync::Cluster::new();
-    let a = cluster.clone("a", "alice");
-    a.ok(&["init", "--prefix", "m"]);
-    a.ok(&["mesh", "join", &relay.url()]);
-    a.ok(&["sync"]);
+    let (cluster, a) = first_clone(&relay);
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
     let c = cluster.clone("c", "carol");
@@ -749,13 +745,18 @@ pub(crate) fn create_op(issue: &str, title: &str, replica: &str, seq: u64) -> bd
     op.seal()
 }
 
-/// Publishes `payload` on `subject` of the relay at `url` and waits for the ack.
-pub(crate) fn publish_raw(url: &str, subject: String, payload: Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` on a fresh current-thread runtime.
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+/// Publishes `payload` on `subject` of the relay at `url` and waits for the ack.
+pub(crate) fn publish_raw(url: &str, subject: String, payload: Vec<u8>) {
+    block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client);
         js.publish(subject, payload.into())
@@ -790,11 +791,7 @@ pub(crate) fn batch(
 #[test]
 fn forged_or_altered_batches_are_never_applied() {
     let relay = Relay::start();
-    let cluster = crate::sync::Cluster::new();
-    let a = cluster.clone("a", "alice");
-    a.ok(&["init", "--prefix", "m"]);
-    a.ok(&["mesh", "join", &relay.url()]);
-    a.ok(&["sync"]);
+    let (cluster, a) = first_clone(&relay);
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
     b.ok(&["mesh", "join", &relay.url()]);
@@ -950,13 +947,20 @@ fn junk_and_strangers_batches_are_counted_not_kept() {
     );
 }
 
-/// Two joined clones with their daemons running and each other's keys.
-fn pair(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone, crate::sync::Clone) {
+/// A cluster whose first clone `a` (prefix `m`) joined `relay` and pushed
+/// its mesh id and members line.
+pub(crate) fn first_clone(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone) {
     let cluster = crate::sync::Cluster::new();
     let a = cluster.clone("a", "alice");
     a.ok(&["init", "--prefix", "m"]);
     a.ok(&["mesh", "join", &relay.url()]);
     a.ok(&["sync"]);
+    (cluster, a)
+}
+
+/// Two joined clones with their daemons running and each other's keys.
+fn pair(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone, crate::sync::Clone) {
+    let (cluster, a) = first_clone(relay);
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
     b.ok(&["mesh", "join", &relay.url()]);

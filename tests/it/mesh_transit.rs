@@ -3,7 +3,9 @@
 //! transit (acked 0 TRANSIT) until the predecessor arrives (through the relay
 //! or git), then is applied and acked +1.
 
-use crate::mesh::{Relay, batch, create_op, eventually, publish_raw, replica_key, seen};
+use crate::mesh::{
+    Relay, batch, block_on, create_op, eventually, first_clone, publish_raw, replica_key, seen,
+};
 use async_nats::jetstream;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -17,11 +19,7 @@ fn collect(url: &str, subject: String) -> Arc<Mutex<Vec<Value>>> {
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let (url, seen) = (url.to_string(), out.clone());
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let client = async_nats::connect(url).await.unwrap();
             let mut sub = client.subscribe(subject).await.unwrap();
             client.flush().await.unwrap();
@@ -51,15 +49,6 @@ fn mesh_status(c: &crate::sync::Clone) -> Value {
     serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap()
 }
 
-/// Runs `f` on a fresh current-thread runtime.
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 /// Clone a (joined, no daemon) and clone b (joined, with a's key, no daemon
 /// yet); a's replica, the repo id, and the next seq of a's replica.
 fn setup(
@@ -72,11 +61,7 @@ fn setup(
     String,
     u64,
 ) {
-    let cluster = crate::sync::Cluster::new();
-    let a = cluster.clone("a", "alice");
-    a.ok(&["init", "--prefix", "m"]);
-    a.ok(&["mesh", "join", &relay.url()]);
-    a.ok(&["sync"]);
+    let (cluster, a) = first_clone(relay);
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
     b.ok(&["mesh", "join", &relay.url()]);
