@@ -15,6 +15,8 @@
 //! - Whether this clone takes part is the clone's own (the database's `meta`),
 //!   so `bd mesh leave` on one clone leaves the others as they are.
 
+pub mod lease;
+
 use crate::config::Config;
 use crate::jsonl::{FlushLock, atomic_write, io_at};
 use crate::storage::{BeadsPaths, Store};

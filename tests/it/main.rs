@@ -13,6 +13,7 @@ mod group_commit;
 mod human_output;
 mod id_collision;
 mod import_export;
+mod lease;
 mod merge_simulation;
 mod mesh;
 mod mesh_transit;

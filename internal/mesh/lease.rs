@@ -1,0 +1,230 @@
+//! Leases with fencing (issue 14): at most one holder per issue in the whole
+//! mesh, decided by the relay's key-value bucket `BD_<repo id>_leases`, one
+//! key per issue.
+//!
+//! - **Grant** by compare-and-set: create the key if it is absent (or was
+//!   released), or replace an expired lease at the revision it was read at.
+//!   Two daemons racing for one issue: the relay takes one write at that
+//!   revision and refuses the other, so exactly one wins.
+//! - **Fencing token**: the bucket revision of the write that granted the
+//!   lease. Revisions of a bucket only grow, so a later grant always carries
+//!   a larger token. A renewal is a new write (a new revision) but keeps the
+//!   token of its grant, in the value, so the holder's ops keep one token for
+//!   as long as it holds the lease.
+//! - **Expiry** counts from the relay's own timestamp of the last write
+//!   (grant or renewal) plus the lease's TTL, so two machines' clocks matter
+//!   only by their skew against each other, not against the holder's.
+
+use crate::{Error, ErrorKind, Result};
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How many times a grant re-reads and retries after losing a race to
+/// another writer of the same key before saying so.
+const ATTEMPTS: usize = 5;
+
+/// A lease as the bucket holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The issue.
+    pub issue: String,
+    /// Who holds it (the actor).
+    pub holder: String,
+    /// The replica (clone) whose daemon took it.
+    pub replica: String,
+    /// How long it lasts after its last write, ms.
+    pub ttl_ms: u64,
+    /// The fencing token: the revision of the write that granted it (`None`
+    /// in the granting write itself, whose revision it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// When the relay stored its last write, ms since the epoch (from the
+    /// entry, not stored).
+    #[serde(skip)]
+    pub written_ms: u64,
+}
+
+impl Lease {
+    /// Its fencing token.
+    pub fn fence(&self) -> u64 {
+        self.token.unwrap_or(0)
+    }
+
+    /// When it expires, ms since the epoch (by the relay's clock).
+    pub fn expires_ms(&self) -> u64 {
+        self.written_ms.saturating_add(self.ttl_ms)
+    }
+}
+
+/// What asking for a lease came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Granted (or renewed, when the asker held it already).
+    Granted(Lease),
+    /// Someone else holds it and it has not expired.
+    Held(Lease),
+}
+
+/// The bucket's name for a repository.
+pub fn bucket(repo_id: &str) -> String {
+    format!("BD_{repo_id}_leases")
+}
+
+/// Opens (or makes) the lease bucket.
+pub async fn open(js: &async_nats::jetstream::Context, repo_id: &str) -> Result<kv::Store> {
+    match js.get_key_value(bucket(repo_id)).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket(repo_id),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| relay_error("opening the lease bucket", e)),
+    }
+}
+
+/// The bucket key of an issue id. Keys allow letters, digits and `-/=.`
+/// (a `.` neither first, last nor doubled: it separates subject tokens);
+/// anything else (and `_`, the escape) becomes `_` and two hex digits, so
+/// two ids never share a key.
+pub fn key(issue: &str) -> String {
+    let mut out = String::with_capacity(issue.len());
+    for b in issue.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'=' | b'/') || (b == b'.' && !out.is_empty() && !out.ends_with('.')) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    if out.ends_with('.') {
+        out.pop();
+        out.push_str("_2e");
+    }
+    out
+}
+
+fn relay_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Unavailable, format!("{what}: {e}"))
+}
+
+/// The lease an entry holds, with its token and write time filled in;
+/// `None` for a released key.
+fn read(entry: &kv::Entry) -> Option<Lease> {
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    let mut lease: Lease = serde_json::from_slice(&entry.value).ok()?;
+    lease.token = Some(lease.token.unwrap_or(entry.revision));
+    lease.written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    Some(lease)
+}
+
+/// The current lease of `issue`, if any (expired or not).
+pub async fn current(store: &kv::Store, issue: &str) -> Result<Option<Lease>> {
+    let entry = store
+        .entry(key(issue))
+        .await
+        .map_err(|e| relay_error("reading a lease", e))?;
+    Ok(entry.as_ref().and_then(read))
+}
+
+/// Asks for the lease of `issue` for `holder` on `replica`: granted when no
+/// one holds it, when the lease there expired by `now_ms`, or when the asker
+/// holds it already (then renewed, keeping its token).
+pub async fn acquire(
+    store: &kv::Store,
+    issue: &str,
+    holder: &str,
+    replica: &str,
+    ttl: Duration,
+    now_ms: u64,
+) -> Result<Grant> {
+    let k = key(issue);
+    for _ in 0..ATTEMPTS {
+        let entry = store
+            .entry(&k)
+            .await
+            .map_err(|e| relay_error("reading a lease", e))?;
+        let held = entry.as_ref().and_then(read);
+        let mut lease = Lease {
+            issue: issue.to_string(),
+            holder: holder.to_string(),
+            replica: replica.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+            token: None,
+            written_ms: 0,
+        };
+        match (&entry, &held) {
+            (Some(e), Some(h)) if h.holder == holder && h.replica == replica => {
+                // A renewal: the same grant, so the same token.
+                lease.token = h.token;
+                let value = serde_json::to_vec(&lease)?;
+                match store.update(&k, value.into(), e.revision).await {
+                    Ok(_) => return fresh(store, issue).await,
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(err) => return Err(relay_error("renewing a lease", err)),
+                }
+            }
+            (Some(e), Some(h)) if h.expires_ms() > now_ms => {
+                let _ = e;
+                return Ok(Grant::Held(h.clone()));
+            }
+            (Some(e), _) => {
+                // Expired or released: taken over at the revision read.
+                let value = serde_json::to_vec(&lease)?;
+                match store.update(&k, value.into(), e.revision).await {
+                    Ok(_) => return fresh(store, issue).await,
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(err) => return Err(relay_error("taking over a lease", err)),
+                }
+            }
+            (None, _) => {
+                let value = serde_json::to_vec(&lease)?;
+                match store.create(&k, value.into()).await {
+                    Ok(_) => return fresh(store, issue).await,
+                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    Err(err) => return Err(relay_error("taking a lease", err)),
+                }
+            }
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!("the lease of {issue} changed hands {ATTEMPTS} times while asking for it"),
+    )
+    .hint("try again"))
+}
+
+/// The lease just written, read back (for its token and the relay's time).
+async fn fresh(store: &kv::Store, issue: &str) -> Result<Grant> {
+    current(store, issue)
+        .await?
+        .map(Grant::Granted)
+        .ok_or_else(|| Error::internal(format!("the lease of {issue} vanished after its grant")))
+}
+
+/// Gives up the lease of `issue` if `holder` on `replica` holds it (and only
+/// then: a lease taken over meanwhile is someone else's). Whether it was
+/// released.
+pub async fn release(store: &kv::Store, issue: &str, holder: &str, replica: &str) -> Result<bool> {
+    let k = key(issue);
+    let Some(entry) = store
+        .entry(&k)
+        .await
+        .map_err(|e| relay_error("reading a lease", e))?
+    else {
+        return Ok(false);
+    };
+    match read(&entry) {
+        Some(h) if h.holder == holder && h.replica == replica => {
+            match store.delete_expect_revision(&k, Some(entry.revision)).await {
+                Ok(()) => Ok(true),
+                Err(_) => Ok(false), // changed meanwhile: no longer ours
+            }
+        }
+        _ => Ok(false),
+    }
+}

@@ -1,0 +1,180 @@
+//! The mesh, part 2 (issue 14): leases with fencing in the relay's key-value
+//! bucket, against a real `nats-server -js`.
+
+use crate::mesh::{Relay, block_on};
+use bd::mesh::lease::{self, Grant};
+use std::time::Duration;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn bucket(url: &str) -> async_nats::jetstream::kv::Store {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    lease::open(&js, "leasetest").await.unwrap()
+}
+
+/// Twenty agents on their own connections ask for one issue at once:
+/// exactly one is granted, the others are told who holds it and its token.
+#[test]
+fn twenty_agents_racing_for_one_lease_make_one_winner() {
+    let relay = Relay::start();
+    let url = relay.url();
+    let grants: Vec<Grant> = block_on(async {
+        let stores: Vec<_> = futures_util::future::join_all((0..20).map(|_| bucket(&url))).await;
+        futures_util::future::join_all(stores.iter().enumerate().map(|(i, kv)| async move {
+            let (holder, replica) = (format!("agent-{i}"), format!("replica{}", i % 3));
+            lease::acquire(
+                kv,
+                "m-race",
+                &holder,
+                &replica,
+                Duration::from_secs(60),
+                now_ms(),
+            )
+            .await
+        }))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap())
+        .collect()
+    });
+    let winners: Vec<&lease::Lease> = grants
+        .iter()
+        .filter_map(|g| match g {
+            Grant::Granted(l) => Some(l),
+            Grant::Held(_) => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{grants:?}");
+    let token = winners[0].fence();
+    assert!(token > 0);
+    for g in &grants {
+        if let Grant::Held(l) = g {
+            assert_eq!(
+                l.holder, winners[0].holder,
+                "every loser is told who holds it"
+            );
+            assert_eq!(l.fence(), token);
+        }
+    }
+}
+
+/// A renewal keeps the grant's token; a release by someone else does
+/// nothing; a release by the holder frees it, and the next grant carries a
+/// larger token. A lease past its TTL is taken over, with a larger token,
+/// and its old holder is then told it lost it.
+#[test]
+fn tokens_only_grow_and_survive_renewal_not_takeover() {
+    let relay = Relay::start();
+    let url = relay.url();
+    block_on(async {
+        let kv = bucket(&url).await;
+        let ttl = Duration::from_secs(60);
+        let Grant::Granted(first) = lease::acquire(&kv, "m-1", "alice", "ra", ttl, now_ms())
+            .await
+            .unwrap()
+        else {
+            panic!("free lease not granted")
+        };
+        let Grant::Granted(renewed) = lease::acquire(&kv, "m-1", "alice", "ra", ttl, now_ms())
+            .await
+            .unwrap()
+        else {
+            panic!("the holder's renewal was refused")
+        };
+        assert_eq!(renewed.fence(), first.fence(), "a renewal keeps its token");
+        assert!(renewed.written_ms >= first.written_ms);
+        let held = lease::acquire(&kv, "m-1", "bob", "rb", ttl, now_ms())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&held, Grant::Held(l) if l.holder == "alice"),
+            "{held:?}"
+        );
+        assert!(
+            !lease::release(&kv, "m-1", "bob", "rb").await.unwrap(),
+            "not bob's to release"
+        );
+        assert!(lease::release(&kv, "m-1", "alice", "ra").await.unwrap());
+        assert_eq!(lease::current(&kv, "m-1").await.unwrap(), None);
+        let Grant::Granted(second) = lease::acquire(&kv, "m-1", "bob", "rb", ttl, now_ms())
+            .await
+            .unwrap()
+        else {
+            panic!("a released lease was not granted")
+        };
+        assert!(
+            second.fence() > first.fence(),
+            "a new grant has a larger token"
+        );
+
+        // Expiry: a short lease, then someone else after it lapsed.
+        let short = Duration::from_millis(300);
+        let Grant::Granted(old) = lease::acquire(&kv, "m-2", "carol", "rc", short, now_ms())
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let early = lease::acquire(&kv, "m-2", "dave", "rd", short, now_ms())
+            .await
+            .unwrap();
+        assert!(
+            matches!(early, Grant::Held(_)),
+            "not expired yet: {early:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Grant::Granted(new) = lease::acquire(&kv, "m-2", "dave", "rd", ttl, now_ms())
+            .await
+            .unwrap()
+        else {
+            panic!("an expired lease was not taken over")
+        };
+        assert!(new.fence() > old.fence(), "the takeover's token is larger");
+        let late = lease::acquire(&kv, "m-2", "carol", "rc", short, now_ms())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&late, Grant::Held(l) if l.holder == "dave"),
+            "{late:?}"
+        );
+    });
+}
+
+/// Issue ids become bucket keys without two ids sharing one.
+#[test]
+fn lease_keys_are_valid_and_distinct() {
+    let ids = [
+        "m-1",
+        "m-1.2",
+        "m_1",
+        "m~1",
+        "m-1~9e7108",
+        "m.",
+        ".m",
+        "m/1",
+        "M-1",
+        "a..b",
+        "a.b",
+    ];
+    let keys: Vec<String> = ids.iter().map(|i| lease::key(i)).collect();
+    for k in &keys {
+        assert!(
+            !k.is_empty() && !k.starts_with('.') && !k.ends_with('.') && !k.contains(".."),
+            "{k}"
+        );
+        assert!(
+            k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=/.".contains(c)),
+            "{k}"
+        );
+    }
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "{keys:?}");
+}
