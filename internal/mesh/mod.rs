@@ -672,6 +672,10 @@ pub fn ping(paths: &BeadsPaths, config_dir: &Path, timeout: Duration) -> Result<
         return Err(Error::invalid("no relay is configured here")
             .hint("bd mesh join nats://HOST:PORT"));
     };
+    if !st.joined {
+        return Err(Error::invalid("this clone has not joined the mesh (or left it)")
+            .hint(format!("bd mesh join {}", st.relay.join(" "))));
+    }
     let s = secrets(config_dir, &repo_id, &st.replica)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -697,6 +701,9 @@ pub fn ping(paths: &BeadsPaths, config_dir: &Path, timeout: Duration) -> Result<
                         serde_json::from_slice(&answer.payload).unwrap_or_default();
                     r.apply_ms = v["apply_ms"].as_f64();
                     r.queue = v["queue"].as_u64();
+                }
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    r.problem = Some("no daemon of it is connected to the relay".into())
                 }
                 Ok(Err(e)) => r.problem = Some(format!("no daemon answers for it ({e})")),
                 Err(_) => r.problem = Some(format!("no answer within {} ms", timeout.as_millis())),

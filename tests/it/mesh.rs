@@ -1098,4 +1098,13 @@ fn joining_or_leaving_restarts_a_running_daemon() {
         a.json(&["daemon", "status"])["relay"].is_null(),
         "no relay after leaving"
     );
+    // Out of the mesh: ping says so; leaving again restarts nothing.
+    let out = a.bd(&["mesh", "ping"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has not joined"));
+    let pid = a.json(&["daemon", "status"])["pid"].clone();
+    let again = a.ok(&["mesh", "leave"]);
+    assert!(again.contains("had not joined"), "{again}");
+    assert!(!again.contains("restarted"), "{again}");
+    assert_eq!(a.json(&["daemon", "status"])["pid"], pid);
 }

@@ -137,7 +137,13 @@ fn host() -> String {
 
 pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
     let paths = ctx.paths()?;
-    let joining_or_leaving = matches!(c, MeshCommand::Join(_) | MeshCommand::Leave);
+    // A running daemon reads the mesh settings when it starts: joining, or
+    // leaving a mesh this clone was in, restarts it.
+    let joining_or_leaving = match c {
+        MeshCommand::Join(_) => true,
+        MeshCommand::Leave => mesh::status(&paths, &config_dir()?, false)?.joined,
+        _ => false,
+    };
     let mut st = match c {
         MeshCommand::Join(a) => mesh::join(
             &paths,
@@ -188,8 +194,6 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
         }
     };
     if joining_or_leaving {
-        // A running daemon reads the mesh settings when it starts: restart it
-        // so that the change takes effect now.
         if let Some(note) = restart_daemon(ctx, &paths)? {
             st.notes.push(note);
         }
