@@ -193,10 +193,8 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
             return output::print(&s);
         }
     };
-    if joining_or_leaving {
-        if let Some(note) = restart_daemon(ctx, &paths)? {
-            st.notes.push(note);
-        }
+    if joining_or_leaving && let Some(note) = restart_daemon(ctx, &paths)? {
+        st.notes.push(note);
     }
     if st.joined {
         // The members file merges through bd's merge driver: make sure this
