@@ -3,7 +3,9 @@
 //! to a pooled read connection (a small one runs on the task itself).
 
 use super::server::Shared;
+use super::relay::LeaseJob;
 use super::writer::Job;
+use crate::mesh::lease::Grant;
 use crate::api::Request;
 use crate::clock::SystemClock;
 use crate::engine::{self, Answer, Item};
@@ -141,24 +143,20 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
     }
     catch_up(shared).await?;
     if item.request.is_write() {
-        let (tx, rx) = oneshot::channel();
-        shared.counters.queue.fetch_add(1, Ordering::SeqCst);
-        let sent = shared
-            .jobs
-            .lock()
-            .map_err(|_| Error::internal("writer queue poisoned"))?
-            .send(Job::Write {
-                item: Box::new(item),
-                reply: tx,
-            });
-        if sent.is_err() {
-            shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::internal("the daemon's writer has stopped"));
+        // Across the mesh a claim holds only with the relay's lease: taken
+        // before the write, given back if the write does not happen.
+        let granted = leases_for(shared, &item).await?;
+        let actor = item.actor.clone();
+        let released = released_by(&item.request);
+        let out = write(shared, item).await;
+        let give_back = match &out {
+            Ok(_) => released,
+            Err(_) => granted,
+        };
+        for issue in give_back {
+            release(shared, issue, &actor);
         }
-        return rx
-            .await
-            .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))
-            .map(Answer::Response);
+        return out;
     }
     if is_light(&item.request) {
         // A bounded read (a few issues, a short page) takes tens of µs: running it
@@ -169,6 +167,99 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
     tokio::task::spawn_blocking(move || read(&shared, item))
         .await
         .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
+}
+
+/// How long a claim's lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The lease channel of the relay session, when one is connected.
+fn lease_desk(shared: &Shared) -> Option<tokio::sync::mpsc::UnboundedSender<LeaseJob>> {
+    shared.leases.lock().ok().and_then(|l| l.clone())
+}
+
+/// Takes the relay's lease of every issue a claim names (none without a
+/// connected relay: the claim is then this clone's alone). Someone else's
+/// live lease refuses the claim, with nothing changed.
+async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
+    let Request::Update(u) = &item.request else {
+        return Ok(Vec::new());
+    };
+    let Some(desk) = lease_desk(shared).filter(|_| u.claim) else {
+        return Ok(Vec::new());
+    };
+    let mut granted = Vec::new();
+    for id in &u.ids {
+        let (reply, answer) = oneshot::channel();
+        let asked = desk.send(LeaseJob::Acquire {
+            issue: id.clone(),
+            holder: item.actor.clone(),
+            ttl: LEASE_TTL,
+            reply,
+        });
+        let grant = match asked {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), answer).await,
+            Err(_) => break, // the session just ended: this clone's claim alone
+        };
+        match grant {
+            Ok(Ok(Ok(Grant::Granted(_)))) => granted.push(id.clone()),
+            Ok(Ok(Ok(Grant::Held(l)))) => {
+                for g in granted {
+                    release(shared, g, &item.actor);
+                }
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{id} is already claimed by {} on another clone (lease {})",
+                        l.holder,
+                        l.fence()
+                    ),
+                )
+                .hint("pick another issue from `bd ready`"));
+            }
+            // The relay failed or is slow: the claim is this clone's alone.
+            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    Ok(granted)
+}
+
+/// The issues whose leases a successful write gives back (closed ones).
+fn released_by(req: &Request) -> Vec<String> {
+    match req {
+        Request::Close { ids, .. } => ids.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Gives back a lease (best effort: an unreleased lease expires).
+fn release(shared: &Shared, issue: String, holder: &str) {
+    if let Some(desk) = lease_desk(shared) {
+        let _ = desk.send(LeaseJob::Release {
+            issue,
+            holder: holder.to_string(),
+        });
+    }
+}
+
+/// Hands a write to the writer and waits for its answer.
+async fn write(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
+    let (tx, rx) = oneshot::channel();
+    shared.counters.queue.fetch_add(1, Ordering::SeqCst);
+    let sent = shared
+        .jobs
+        .lock()
+        .map_err(|_| Error::internal("writer queue poisoned"))?
+        .send(Job::Write {
+            item: Box::new(item),
+            reply: tx,
+        });
+    if sent.is_err() {
+        shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
+        return Err(Error::internal("the daemon's writer has stopped"));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(Error::internal("the daemon's writer dropped the request")))
+        .map(Answer::Response)
 }
 
 /// Before serving anything, make sure ops that git delivered since the last look

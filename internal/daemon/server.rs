@@ -89,6 +89,8 @@ pub(super) struct Shared {
     pub(super) agents: Mutex<std::collections::HashMap<String, Instant>>,
     /// The relay link's state, when this clone joined one.
     pub(super) relay: Mutex<Option<crate::rpc::RelayState>>,
+    /// Lease requests to the relay session, while one is connected.
+    pub(super) leases: Mutex<Option<tokio::sync::mpsc::UnboundedSender<super::relay::LeaseJob>>>,
     /// The writer's engine's durability, for the status.
     durability: DurabilityView,
 }
@@ -274,6 +276,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         sync_pending: AtomicU64::new(0),
         durability: engine.durability(),
         relay: Mutex::new(None),
+        leases: Mutex::new(None),
         agents: Mutex::new(Default::default()),
         apply_ms: Mutex::new(0.0),
     });

@@ -178,3 +178,60 @@ fn lease_keys_are_valid_and_distinct() {
     unique.dedup();
     assert_eq!(unique.len(), keys.len(), "{keys:?}");
 }
+
+/// Two clones, each with its daemon on the relay, claim the same issues at
+/// the same moment: for each issue exactly one claim is granted (the relay's
+/// lease decides); the other is refused with exit 3, and both clones end
+/// with the winner as the assignee and no conflict.
+#[test]
+fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    // Both daemons are connected (their lease desks open) before racing.
+    for c in [&a, &b] {
+        assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+            let st: serde_json::Value =
+                serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+            st["daemon"]["connected"] == true
+        }));
+    }
+    let ids: Vec<String> = (0..5)
+        .map(|i| a.create(&[&format!("contested {i}")]))
+        .collect();
+    for id in &ids {
+        assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+            crate::mesh::seen(&b, id)
+        }));
+    }
+    for id in &ids {
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| a.bd(&["update", id, "--claim"]));
+            let tb = s.spawn(|| b.bd(&["update", id, "--claim"]));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        let codes = [ra.status.code(), rb.status.code()];
+        assert!(
+            codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
+            "{id}: {codes:?} {} {}",
+            String::from_utf8_lossy(&ra.stderr),
+            String::from_utf8_lossy(&rb.stderr)
+        );
+        let winner = if codes[0] == Some(0) { "alice" } else { "bob" };
+        for c in [&a, &b] {
+            assert!(
+                crate::mesh::eventually(Duration::from_secs(10), || {
+                    c.json(&["show", id])[0]["assignee"] == winner
+                }),
+                "{id}: {}",
+                c.json(&["show", id])
+            );
+        }
+    }
+    for c in [&a, &b] {
+        assert_eq!(
+            c.json(&["stats"])["conflicts"],
+            0,
+            "no two winners anywhere"
+        );
+    }
+}

@@ -959,7 +959,9 @@ pub(crate) fn first_clone(relay: &Relay) -> (crate::sync::Cluster, crate::sync::
 }
 
 /// Two joined clones with their daemons running and each other's keys.
-fn pair(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone, crate::sync::Clone) {
+pub(crate) fn pair(
+    relay: &Relay,
+) -> (crate::sync::Cluster, crate::sync::Clone, crate::sync::Clone) {
     let (cluster, a) = first_clone(relay);
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);

@@ -52,6 +52,30 @@ const FETCH_FOR: Duration = Duration::from_secs(3);
 /// The `meta` key of the last own op the relay acknowledged.
 const PUBLISHED: &str = "mesh.published_seq";
 
+/// A lease request from a connection to the relay session.
+pub(in crate::daemon) enum LeaseJob {
+    /// Take (or renew) the lease of an issue for an actor.
+    Acquire {
+        issue: String,
+        holder: String,
+        ttl: Duration,
+        reply: oneshot::Sender<Result<mesh::lease::Grant>>,
+    },
+    /// Give it up, if the actor holds it.
+    Release { issue: String, holder: String },
+}
+
+/// Clears the session's lease channel when the session ends.
+struct LeaseDesk<'a>(&'a Shared);
+
+impl Drop for LeaseDesk<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.leases.lock() {
+            *l = None;
+        }
+    }
+}
+
 /// What the daemon needs to take part, when this clone joined a relay.
 pub(super) struct Settings {
     config_dir: std::path::PathBuf,
@@ -237,6 +261,12 @@ async fn session(
         ));
         update(shared, |r| r.behind_retention = true);
     }
+    let leases = mesh::lease::open(&js, &s.repo_id).await?;
+    let (lease_tx, mut lease_jobs) = mpsc::unbounded_channel();
+    if let Ok(mut l) = shared.leases.lock() {
+        *l = Some(lease_tx);
+    }
+    let _desk = LeaseDesk(shared);
     let mut peers: HashMap<String, Heard> = HashMap::new();
     let mut beat = tokio::time::interval(HEARTBEAT);
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
@@ -304,6 +334,22 @@ async fn session(
                 if positions(paths, shared, &mut consumer, &stream).await > 0 {
                     // Written without the daemon (or missed): publish it now.
                     outlet.backlog(s, paths, shared).await?;
+                }
+            }
+            job = lease_jobs.recv() => {
+                match job {
+                    Some(LeaseJob::Acquire { issue, holder, ttl, reply }) => {
+                        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                        let _ = reply.send(
+                            mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await,
+                        );
+                    }
+                    Some(LeaseJob::Release { issue, holder }) => {
+                        if let Err(e) = mesh::lease::release(&leases, &issue, &holder, &s.replica).await {
+                            shared.note_error(&format!("relay: releasing the lease of {issue}: {}", e.message));
+                        }
+                    }
+                    None => {}
                 }
             }
             ack = acks_in.next() => {
