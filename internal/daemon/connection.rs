@@ -154,7 +154,7 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
             Err(_) => granted,
         };
         for issue in give_back {
-            release(shared, issue, &actor);
+            release(shared, issue, &actor).await;
         }
         return out;
     }
@@ -204,7 +204,7 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
             Ok(Ok(Ok(Grant::Granted(_)))) => granted.push(id.clone()),
             Ok(Ok(Ok(Grant::Held(l)))) => {
                 for g in granted {
-                    release(shared, g, &item.actor);
+                    release(shared, g, &item.actor).await;
                 }
                 return Err(Error::new(
                     ErrorKind::Conflict,
@@ -223,21 +223,37 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
     Ok(granted)
 }
 
-/// The issues whose leases a successful write gives back (closed ones).
+/// The issues whose leases a successful write gives back: closed ones, and
+/// ones given up (unassigned, or set to a status other than in progress).
 fn released_by(req: &Request) -> Vec<String> {
     match req {
         Request::Close { ids, .. } => ids.clone(),
+        Request::Update(u)
+            if !u.claim
+                && (u.assignee.as_deref() == Some("")
+                    || u.status.as_deref().is_some_and(|s| s != "in_progress")) =>
+        {
+            u.ids.clone()
+        }
         _ => Vec::new(),
     }
 }
 
-/// Gives back a lease (best effort: an unreleased lease expires).
-fn release(shared: &Shared, issue: String, holder: &str) {
-    if let Some(desk) = lease_desk(shared) {
-        let _ = desk.send(LeaseJob::Release {
-            issue,
-            holder: holder.to_string(),
-        });
+/// Gives back a lease before the write is answered, so that another clone
+/// that sees the issue free can take it (best effort, 2 s at most: an
+/// unreleased lease expires).
+async fn release(shared: &Shared, issue: String, holder: &str) {
+    let Some(desk) = lease_desk(shared) else {
+        return;
+    };
+    let (reply, done) = oneshot::channel();
+    let asked = desk.send(LeaseJob::Release {
+        issue,
+        holder: holder.to_string(),
+        reply,
+    });
+    if asked.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
     }
 }
 

@@ -234,4 +234,17 @@ fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
             "no two winners anywhere"
         );
     }
+    // Given up (unassigned and back to open), an issue can be claimed from
+    // the other clone at once: its lease went with it.
+    let id = &ids[0];
+    let (holder, other) = if a.json(&["show", id])[0]["assignee"] == "alice" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    holder.ok(&["update", id, "--assignee", "", "--status", "open"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        other.json(&["show", id])[0]["assignee"].is_null()
+    }));
+    other.ok(&["update", id, "--claim"]);
 }

@@ -61,8 +61,12 @@ pub(in crate::daemon) enum LeaseJob {
         ttl: Duration,
         reply: oneshot::Sender<Result<mesh::lease::Grant>>,
     },
-    /// Give it up, if the actor holds it.
-    Release { issue: String, holder: String },
+    /// Give it up, if the actor holds it; the reply says it is done.
+    Release {
+        issue: String,
+        holder: String,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Clears the session's lease channel when the session ends.
@@ -344,10 +348,11 @@ async fn session(
                             mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await,
                         );
                     }
-                    Some(LeaseJob::Release { issue, holder }) => {
+                    Some(LeaseJob::Release { issue, holder, reply }) => {
                         if let Err(e) = mesh::lease::release(&leases, &issue, &holder, &s.replica).await {
                             shared.note_error(&format!("relay: releasing the lease of {issue}: {}", e.message));
                         }
+                        let _ = reply.send(());
                     }
                     None => {}
                 }
