@@ -181,14 +181,15 @@ fn lease_desk(shared: &Shared) -> Option<tokio::sync::mpsc::UnboundedSender<Leas
 /// connected relay: the claim is then this clone's alone). Someone else's
 /// live lease refuses the claim, with nothing changed.
 async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
-    let Request::Update(u) = &item.request else {
+    let claimed = claimed_by(&item.request);
+    if claimed.is_empty() {
         return Ok(Vec::new());
-    };
-    let Some(desk) = lease_desk(shared).filter(|_| u.claim) else {
+    }
+    let Some(desk) = lease_desk(shared) else {
         return Ok(Vec::new());
     };
     let mut granted = Vec::new();
-    for id in &u.ids {
+    for id in &claimed {
         let (reply, answer) = oneshot::channel();
         let asked = desk.send(LeaseJob::Acquire {
             issue: id.clone(),
@@ -223,6 +224,16 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
     Ok(granted)
 }
 
+/// The existing issues a write claims, a batch's included (an issue the
+/// batch itself creates, `$N`, is new: no other clone can claim it yet).
+fn claimed_by(req: &Request) -> Vec<String> {
+    match req {
+        Request::Update(u) if u.claim => u.ids.iter().filter(|i| !i.starts_with('$')).cloned().collect(),
+        Request::Batch { requests } => requests.iter().flat_map(claimed_by).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The issues whose leases a successful write gives back: closed ones, and
 /// ones given up (unassigned, or set to a status other than in progress).
 fn released_by(req: &Request) -> Vec<String> {
@@ -235,6 +246,7 @@ fn released_by(req: &Request) -> Vec<String> {
         {
             u.ids.clone()
         }
+        Request::Batch { requests } => requests.iter().flat_map(released_by).collect(),
         _ => Vec::new(),
     }
 }

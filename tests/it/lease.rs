@@ -234,6 +234,29 @@ fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
             "no two winners anywhere"
         );
     }
+    // A claim inside a batch takes the lease too (all or nothing).
+    let batched = a.create(&["contested in a batch"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &batched)
+    }));
+    let file = a.root.join("claim.jsonl");
+    std::fs::write(
+        &file,
+        format!("{{\"op\":\"update\",\"ids\":[\"{batched}\"],\"claim\":true}}\n"),
+    )
+    .unwrap();
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.bd(&["batch", "-f", file.to_str().unwrap()]));
+        let tb = s.spawn(|| b.bd(&["update", &batched, "--claim"]));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let codes = [ra.status.code(), rb.status.code()];
+    assert!(
+        codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
+        "{codes:?} {} {}",
+        String::from_utf8_lossy(&ra.stderr),
+        String::from_utf8_lossy(&rb.stderr)
+    );
     // Given up (unassigned and back to open), an issue can be claimed from
     // the other clone at once: its lease went with it.
     let id = &ids[0];
