@@ -188,6 +188,8 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
     let Some(desk) = lease_desk(shared) else {
         return Ok(Vec::new());
     };
+    // One budget for all of a write's leases, however many it claims.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut granted = Vec::new();
     for id in &claimed {
         let (reply, answer) = oneshot::channel();
@@ -198,7 +200,7 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
             reply,
         });
         let grant = match asked {
-            Ok(()) => tokio::time::timeout(Duration::from_secs(5), answer).await,
+            Ok(()) => tokio::time::timeout_at(until, answer).await,
             Err(_) => break, // the session just ended: this clone's claim alone
         };
         match grant {
