@@ -179,6 +179,27 @@ fn lease_keys_are_valid_and_distinct() {
     assert_eq!(unique.len(), keys.len(), "{keys:?}");
 }
 
+/// Runs two claims at the same moment; asserts that exactly one succeeded
+/// and the other was refused with exit 3. Whether the first won.
+fn one_wins(
+    first: impl FnOnce() -> std::process::Output + Send,
+    second: impl FnOnce() -> std::process::Output + Send,
+) -> bool {
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(first);
+        let tb = s.spawn(second);
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let codes = [ra.status.code(), rb.status.code()];
+    assert!(
+        codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
+        "{codes:?} {} {}",
+        String::from_utf8_lossy(&ra.stderr),
+        String::from_utf8_lossy(&rb.stderr)
+    );
+    codes[0] == Some(0)
+}
+
 /// Two clones, each with its daemon on the relay, claim the same issues at
 /// the same moment: for each issue exactly one claim is granted (the relay's
 /// lease decides); the other is refused with exit 3, and both clones end
@@ -204,19 +225,11 @@ fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
         }));
     }
     for id in &ids {
-        let (ra, rb) = std::thread::scope(|s| {
-            let ta = s.spawn(|| a.bd(&["update", id, "--claim"]));
-            let tb = s.spawn(|| b.bd(&["update", id, "--claim"]));
-            (ta.join().unwrap(), tb.join().unwrap())
-        });
-        let codes = [ra.status.code(), rb.status.code()];
-        assert!(
-            codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
-            "{id}: {codes:?} {} {}",
-            String::from_utf8_lossy(&ra.stderr),
-            String::from_utf8_lossy(&rb.stderr)
+        let a_won = one_wins(
+            || a.bd(&["update", id, "--claim"]),
+            || b.bd(&["update", id, "--claim"]),
         );
-        let winner = if codes[0] == Some(0) { "alice" } else { "bob" };
+        let winner = if a_won { "alice" } else { "bob" };
         for c in [&a, &b] {
             assert!(
                 crate::mesh::eventually(Duration::from_secs(10), || {
@@ -245,17 +258,9 @@ fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
         format!("{{\"op\":\"update\",\"ids\":[\"{batched}\"],\"claim\":true}}\n"),
     )
     .unwrap();
-    let (ra, rb) = std::thread::scope(|s| {
-        let ta = s.spawn(|| a.bd(&["batch", "-f", file.to_str().unwrap()]));
-        let tb = s.spawn(|| b.bd(&["update", &batched, "--claim"]));
-        (ta.join().unwrap(), tb.join().unwrap())
-    });
-    let codes = [ra.status.code(), rb.status.code()];
-    assert!(
-        codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
-        "{codes:?} {} {}",
-        String::from_utf8_lossy(&ra.stderr),
-        String::from_utf8_lossy(&rb.stderr)
+    one_wins(
+        || a.bd(&["batch", "-f", file.to_str().unwrap()]),
+        || b.bd(&["update", &batched, "--claim"]),
     );
     // Given up (unassigned and back to open), an issue can be claimed from
     // the other clone at once: its lease went with it.

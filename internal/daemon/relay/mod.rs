@@ -820,16 +820,7 @@ async fn apply(
             batch.replica
         );
         dropped(shared, &what);
-        return Ok(Applied {
-            acks: vec![AckOut {
-                to: batch.replica.clone(),
-                kind: -1,
-                seq: 0,
-                wall_ms: 0,
-                reason: Some(what),
-            }],
-            missing: None,
-        });
+        return Ok(refusal(&batch, what));
     }
     if let Err(why) = verify(&batch, &members) {
         let what = format!("a batch from {} was refused: {why}", batch.replica);
