@@ -205,6 +205,7 @@ fn group_commit(c: &mut Criterion) {
                     request: req(i),
                     deadline_ms: None,
                     request_id: None,
+                    fences: Vec::new(),
                 })
                 .collect();
             t.client.engine().run(items).expect("group")

@@ -53,6 +53,7 @@ fn create_group(d: &mut Direct, n: usize, title: &str, actor: impl Fn(usize) -> 
             }),
             deadline_ms: None,
             request_id: None,
+            fences: Vec::new(),
         })
         .collect();
     d.engine().run(items).expect("creates");
@@ -107,6 +108,7 @@ fn source_with_history(issues: usize, per_issue: usize) -> (tempfile::TempDir, B
                         request: Request::Update(u),
                         deadline_ms: None,
                         request_id: None,
+                        fences: Vec::new(),
                     }
                 })
                 .collect();

@@ -9,6 +9,23 @@ pub const EXIT_USAGE: i32 = 2;
 /// Exit code: refused because of the current state (claim lost, cycle).
 pub const EXIT_CONFLICT: i32 = 3;
 
+/// Exit code: done, but weaker than asked: a claim granted provisionally
+/// (the relay could not be asked; see `bd claim --help`).
+pub const EXIT_PROVISIONAL: i32 = 4;
+
+/// The exit code of a command that succeeded (0 unless it said otherwise).
+static SUCCESS_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Makes a successful command exit with `code` (e.g. [`EXIT_PROVISIONAL`]).
+pub fn succeed_with(code: i32) {
+    SUCCESS_CODE.store(code, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The exit code of a command that succeeded.
+pub fn success_code() -> i32 {
+    SUCCESS_CODE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// An error on its way to stderr and the exit code.
 #[derive(Debug)]
 pub struct CliError(pub Error);

@@ -61,7 +61,7 @@ fn main() {
     let ctx = Ctx::new(cli.global);
     let result = commands::run(&ctx, cli.command);
     let code = match result {
-        Ok(()) => 0,
+        Ok(()) => cli_error::success_code(),
         Err(e) => e.report(ctx.json),
     };
     std::process::exit(code);

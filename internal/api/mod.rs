@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// Time as bd records it: ms since the epoch, RFC 3339 text.
 pub mod time {
-    pub use crate::clock::{format_rfc3339, parse_rfc3339};
+    pub use crate::clock::{format_duration_ms, format_rfc3339, parse_duration_ms, parse_rfc3339};
 
     /// Now, in ms since the epoch (the system clock).
     pub fn now_ms() -> u64 {
@@ -97,6 +97,38 @@ pub struct UpdateRequest {
     pub set_labels: Option<Vec<String>>,
     /// Claim: assign to the caller and start, only if unassigned and open.
     pub claim: bool,
+    /// How long a claim's relay lease lasts without renewal, ms (default 15
+    /// minutes; 10 s to 24 h). Only with `claim`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_ttl_ms: Option<u64>,
+    /// Give a claim up: unassign and reopen, only if the caller holds it
+    /// (and give its relay lease back).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unclaim: bool,
+}
+
+/// The shortest and longest claim lease a caller may ask for.
+pub const CLAIM_TTL_MS: std::ops::RangeInclusive<u64> = 10_000..=86_400_000;
+
+/// The lease of a claim when the default is not overridden: 15 minutes.
+pub const CLAIM_TTL_DEFAULT_MS: u64 = 15 * 60 * 1000;
+
+/// How strongly a claim holds across the mesh: on the answer to a claim in
+/// a clone that joined a relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The relay lease's fencing token (its bucket revision: a later grant
+    /// always has a larger one); `None` for a provisional claim.
+    pub token: Option<u64>,
+    /// When the lease expires unless renewed (by the relay's clock).
+    pub expires_at: Option<String>,
+    /// Granted by this clone alone because the relay could not be asked: it
+    /// becomes a lease when the relay is back, or a claim conflict if
+    /// another clone claimed the issue meanwhile.
+    pub provisional: bool,
+    /// Why it is provisional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One operation on the tracker. Unknown fields are refused (a misspelt
@@ -338,6 +370,9 @@ pub struct Changed {
     pub issue: Issue,
     /// Whether anything changed (false: it was already so).
     pub changed: bool,
+    /// For a claim in a clone that joined a relay: the lease it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseInfo>,
 }
 
 /// What an import did (or would do, on a dry run).

@@ -198,8 +198,72 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Parses a duration such as `90s`, `15m`, `1h30m`, `2d` or `500ms` (a bare
+/// number is seconds) into ms; `None` for anything else, zero or past a year.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return secs.checked_mul(1000).filter(|ms| (1..=YEAR_MS).contains(ms));
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    Some(total).filter(|ms| (1..=YEAR_MS).contains(ms))
+}
+
+const YEAR_MS: u64 = 366 * 86_400_000;
+
+/// A duration in ms as [`parse_duration_ms`] reads it: `15m`, `1h30m`, `45s`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 || ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let mut s = ms / 1000;
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if s >= len {
+            out.push_str(&format!("{}{unit}", s / len));
+            s %= len;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_read_and_print_alike() {
+        use super::{format_duration_ms as f, parse_duration_ms as p};
+        assert_eq!(p("15m"), Some(900_000));
+        assert_eq!(p("1h30m"), Some(5_400_000));
+        assert_eq!(p("90"), Some(90_000));
+        assert_eq!(p("500ms"), Some(500));
+        for bad in ["", "m", "15x", "-5m", "0", "0s", "1.5h", "99999999999999999999s", "400d"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+        for ms in [900_000, 5_400_000, 45_000, 86_400_000 + 1000, 250] {
+            assert_eq!(p(&f(ms)), Some(ms));
+        }
+    }
+
     use super::*;
 
     #[test]

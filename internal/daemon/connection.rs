@@ -5,8 +5,8 @@
 use super::server::Shared;
 use super::relay::LeaseJob;
 use super::writer::Job;
-use crate::mesh::lease::Grant;
-use crate::api::Request;
+use crate::mesh::lease::{Grant, Lease};
+use crate::api::{LeaseInfo, Request, Response};
 use crate::clock::SystemClock;
 use crate::engine::{self, Answer, Item};
 use crate::rpc::{
@@ -112,6 +112,7 @@ pub(super) async fn connection(conn: Stream, shared: Arc<Shared>) {
                     request: *req,
                     deadline_ms: Some(env.deadline_ms),
                     request_id: env.request_id,
+                    fences: Vec::new(),
                 };
                 match request(&shared, item).await {
                     Ok(Answer::Response(r)) => Outcome::Ok(r),
@@ -145,18 +146,30 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
     if item.request.is_write() {
         // Across the mesh a claim holds only with the relay's lease: taken
         // before the write, given back if the write does not happen.
-        let granted = leases_for(shared, &item).await?;
+        let mut item = item;
+        let claims = leases_for(shared, &item).await?;
+        item.fences = claims
+            .granted
+            .iter()
+            .map(|(issue, l)| (issue.clone(), l.fence()))
+            .collect();
         let actor = item.actor.clone();
         let released = released_by(&item.request);
         let out = write(shared, item).await;
         let give_back = match &out {
-            Ok(_) => released,
-            Err(_) => granted,
+            Ok(_) if !released.is_empty() && shared.relay_configured() => {
+                let named = released.into_iter().map(|i| (i, None)).collect();
+                full_ids(shared, named)
+                    .map(|ids| ids.into_iter().map(|(i, _)| i).collect())
+                    .unwrap_or_default()
+            }
+            Ok(_) => Vec::new(),
+            Err(_) => claims.granted.iter().map(|(i, _)| i.clone()).collect(),
         };
         for issue in give_back {
             release(shared, issue, &actor).await;
         }
-        return out;
+        return out.map(|answer| claims.annotate(answer));
     }
     if is_light(&item.request) {
         // A bounded read (a few issues, a short page) takes tens of µs: running it
@@ -169,68 +182,173 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
         .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
 }
 
-/// How long a claim's lease lasts without renewal.
-const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+/// What a write's claims came to across the mesh.
+#[derive(Default)]
+struct Claims {
+    /// The relay leases granted (or renewed), by issue.
+    granted: Vec<(String, Lease)>,
+    /// Issues claimed without a lease, and why: the relay could not be asked.
+    provisional: Vec<(String, String)>,
+}
+
+impl Claims {
+    /// Puts each claimed issue's lease on the answer.
+    fn annotate(&self, answer: Answer) -> Answer {
+        match answer {
+            Answer::Response(r) => Answer::Response(self.annotate_response(r)),
+            other => other,
+        }
+    }
+
+    fn annotate_response(&self, r: Response) -> Response {
+        match r {
+            Response::Changed(mut changed) => {
+                for c in &mut changed {
+                    c.lease = self.lease_of(&c.issue.id);
+                }
+                Response::Changed(changed)
+            }
+            Response::Batch(rs) => {
+                Response::Batch(rs.into_iter().map(|r| self.annotate_response(r)).collect())
+            }
+            other => other,
+        }
+    }
+
+    fn lease_of(&self, issue: &str) -> Option<LeaseInfo> {
+        if let Some((_, l)) = self.granted.iter().find(|(i, _)| i == issue) {
+            return Some(LeaseInfo {
+                token: Some(l.fence()),
+                expires_at: Some(crate::clock::format_rfc3339(l.expires_ms())),
+                provisional: false,
+                reason: None,
+            });
+        }
+        self.provisional
+            .iter()
+            .find(|(i, _)| i == issue)
+            .map(|(_, why)| LeaseInfo {
+                token: None,
+                expires_at: None,
+                provisional: true,
+                reason: Some(why.clone()),
+            })
+    }
+}
 
 /// The lease channel of the relay session, when one is connected.
 fn lease_desk(shared: &Shared) -> Option<tokio::sync::mpsc::UnboundedSender<LeaseJob>> {
     shared.leases.lock().ok().and_then(|l| l.clone())
 }
 
-/// Takes the relay's lease of every issue a claim names (none without a
-/// connected relay: the claim is then this clone's alone). Someone else's
-/// live lease refuses the claim, with nothing changed.
-async fn leases_for(shared: &Shared, item: &Item) -> Result<Vec<String>> {
+/// Takes the relay's lease of every issue a claim names, for as long as the
+/// claim asks (none without a relay configured: the claim is then this
+/// clone's, as in a clone that never joined a mesh). Someone else's live
+/// lease refuses the claim, with nothing changed. When the relay cannot be
+/// asked (not connected, failing, slow) the claim is provisional.
+async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
     let claimed = claimed_by(&item.request);
-    if claimed.is_empty() {
-        return Ok(Vec::new());
+    let mut claims = Claims::default();
+    if claimed.is_empty() || !shared.relay_configured() {
+        return Ok(claims);
     }
+    // A lease is keyed by the issue's full id, however the caller shortened it.
+    let claimed = full_ids(shared, claimed)?;
+    let provisional = |claims: &mut Claims, id: &str, why: &str| {
+        claims.provisional.push((id.to_string(), why.to_string()));
+    };
     let Some(desk) = lease_desk(shared) else {
-        return Ok(Vec::new());
+        for (id, _) in &claimed {
+            provisional(&mut claims, id, "the relay is unreachable");
+        }
+        return Ok(claims);
     };
     // One budget for all of a write's leases, however many it claims.
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut granted = Vec::new();
-    for id in &claimed {
+    for (id, ttl) in &claimed {
         let (reply, answer) = oneshot::channel();
         let asked = desk.send(LeaseJob::Acquire {
             issue: id.clone(),
             holder: item.actor.clone(),
-            ttl: LEASE_TTL,
+            ttl: Duration::from_millis(ttl.unwrap_or(crate::api::CLAIM_TTL_DEFAULT_MS)),
             reply,
         });
         let grant = match asked {
             Ok(()) => tokio::time::timeout_at(until, answer).await,
-            Err(_) => break, // the session just ended: this clone's claim alone
+            Err(_) => {
+                provisional(&mut claims, id, "the relay link just went down");
+                continue;
+            }
         };
         match grant {
-            Ok(Ok(Ok(Grant::Granted(_)))) => granted.push(id.clone()),
+            Ok(Ok(Ok(Grant::Granted(l)))) => claims.granted.push((id.clone(), l)),
             Ok(Ok(Ok(Grant::Held(l)))) => {
-                for g in granted {
+                for (g, _) in claims.granted {
                     release(shared, g, &item.actor).await;
                 }
+                let where_ = if l.replica == shared.replica {
+                    "on this clone".to_string()
+                } else {
+                    format!("on another clone ({})", l.replica)
+                };
                 return Err(Error::new(
                     ErrorKind::Conflict,
                     format!(
-                        "{id} is already claimed by {} on another clone (lease {})",
+                        "{id} is already claimed by {} {where_} (lease {}, until {})",
                         l.holder,
-                        l.fence()
+                        l.fence(),
+                        crate::clock::format_rfc3339(l.expires_ms())
                     ),
                 )
                 .hint("pick another issue from `bd ready`"));
             }
-            // The relay failed or is slow: the claim is this clone's alone.
-            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => {}
+            Ok(Ok(Err(e))) => provisional(&mut claims, id, &format!("the relay failed: {}", e.message)),
+            Ok(Err(_)) => provisional(&mut claims, id, "the relay link just went down"),
+            Err(_) => provisional(&mut claims, id, "the relay did not answer within 5 s"),
         }
     }
-    Ok(granted)
+    if !claims.provisional.is_empty() {
+        shared.claims_unleased.store(true, Ordering::SeqCst);
+        let n = claims.provisional.len() as u64;
+        if let Ok(mut r) = shared.relay.lock()
+            && let Some(r) = r.as_mut()
+        {
+            r.claims.provisional += n;
+        }
+    }
+    Ok(claims)
 }
 
-/// The existing issues a write claims, a batch's included (an issue the
-/// batch itself creates, `$N`, is new: no other clone can claim it yet).
-fn claimed_by(req: &Request) -> Vec<String> {
+/// The full ids of the issues `claimed` names (by a unique prefix, say).
+fn full_ids(shared: &Shared, claimed: Vec<(String, Option<u64>)>) -> Result<Vec<(String, Option<u64>)>> {
+    let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
+    let store = match pooled {
+        Some(s) => s,
+        None => Store::open(&shared.opts.paths.db)?,
+    };
+    let out = claimed
+        .into_iter()
+        .map(|(id, ttl)| Ok((crate::query::resolve_id(store.conn(), &id)?, ttl)))
+        .collect();
+    if let Ok(mut pool) = shared.readers.lock()
+        && pool.len() < READER_POOL
+    {
+        pool.push(store);
+    }
+    out
+}
+
+/// The existing issues a write claims, with the lease time each asks for, a
+/// batch's included (an issue the batch itself creates, `$N`, is new: no
+/// other clone can claim it yet).
+fn claimed_by(req: &Request) -> Vec<(String, Option<u64>)> {
     match req {
-        Request::Update(u) if u.claim => u.ids.iter().filter(|i| !i.starts_with('$')).cloned().collect(),
+        Request::Update(u) if u.claim => u
+            .ids
+            .iter()
+            .filter(|i| !i.starts_with('$'))
+            .map(|i| (i.clone(), u.claim_ttl_ms))
+            .collect(),
         Request::Batch { requests } => requests.iter().flat_map(claimed_by).collect(),
         _ => Vec::new(),
     }
@@ -242,7 +360,8 @@ fn released_by(req: &Request) -> Vec<String> {
     match req {
         Request::Close { ids, .. } => ids.clone(),
         Request::Update(u)
-            if !u.claim
+            if u.unclaim
+                || !u.claim
                 && (u.assignee.as_deref() == Some("")
                     || u.status.as_deref().is_some_and(|s| s != "in_progress")) =>
         {
@@ -272,7 +391,7 @@ async fn release(shared: &Shared, issue: String, holder: &str) {
 }
 
 /// Hands a write to the writer and waits for its answer.
-async fn write(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
+pub(super) async fn write(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
     let (tx, rx) = oneshot::channel();
     shared.counters.queue.fetch_add(1, Ordering::SeqCst);
     let sent = shared
@@ -337,6 +456,7 @@ fn read(shared: &Shared, item: Item) -> Result<Answer> {
         mode: "daemon",
         request_id: None,
         deadline_ms: item.deadline_ms,
+        fences: &[],
     };
     let out = engine::read_for_wire(&mut store, &ctx, item.request);
     if let Ok(mut pool) = shared.readers.lock()

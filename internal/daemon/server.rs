@@ -93,6 +93,9 @@ pub(super) struct Shared {
     pub(super) leases: Mutex<Option<tokio::sync::mpsc::UnboundedSender<super::relay::LeaseJob>>>,
     /// The writer's engine's durability, for the status.
     durability: DurabilityView,
+    /// A claim was granted provisionally since the relay session last looked
+    /// for provisional claims to turn into leases.
+    pub(super) claims_unleased: AtomicBool,
 }
 
 impl Shared {
@@ -161,6 +164,11 @@ impl Shared {
         let mut out: Vec<String> = a.keys().cloned().collect();
         out.sort();
         out
+    }
+
+    /// Whether this clone joined a relay (connected or not).
+    pub(super) fn relay_configured(&self) -> bool {
+        self.relay.lock().is_ok_and(|r| r.is_some())
     }
 
     pub(super) fn is_stopping(&self) -> bool {
@@ -279,6 +287,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         leases: Mutex::new(None),
         agents: Mutex::new(Default::default()),
         apply_ms: Mutex::new(0.0),
+        claims_unleased: AtomicBool::new(false),
     });
     let syncer = {
         let shared = shared.clone();

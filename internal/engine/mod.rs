@@ -59,6 +59,9 @@ pub struct Item {
     pub deadline_ms: Option<u64>,
     /// The caller's request id (see [`Context::request_id`]).
     pub request_id: Option<String>,
+    /// Relay leases the daemon holds for this write (issue id, fencing
+    /// token): set by the daemon, never taken from a client.
+    pub fences: Vec<(String, u64)>,
 }
 
 /// When the snapshot is rewritten besides `bd flush` and `bd sync`.
@@ -349,6 +352,7 @@ impl Engine {
                 mode: self.mode,
                 request_id: None,
                 deadline_ms,
+                fences: &[],
             };
             return read(&mut self.store, &ctx, req)?.into_response();
         }
@@ -357,6 +361,7 @@ impl Engine {
             request: req,
             deadline_ms,
             request_id: request_id.map(str::to_string),
+            fences: Vec::new(),
         };
         self.run(vec![item])?
             .pop()
@@ -463,6 +468,7 @@ impl Engine {
                 request,
                 deadline_ms,
                 request_id,
+                fences,
             } = item;
             check_actor(&actor)?;
             if !request.is_write() {
@@ -475,6 +481,7 @@ impl Engine {
                 mode,
                 request_id: request_id.as_deref(),
                 deadline_ms,
+                fences: &fences,
             };
             service::apply(tx, &ctx, request)
         });

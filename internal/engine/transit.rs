@@ -23,6 +23,9 @@ pub struct Delivery {
     pub applied: usize,
     /// Ops held for clock skew (stamped too far ahead).
     pub skewed: usize,
+    /// Ops stored but kept out of the fold: late writes under a lapsed
+    /// relay lease (see `merge`'s fencing), listed as `claim` conflicts.
+    pub late: usize,
     /// The batch waits in transit: its replica's seqs `.0..=.1` are missing.
     pub missing: Option<(u64, u64)>,
     /// Batches held earlier that this one let through, in the order applied.
@@ -97,8 +100,17 @@ impl Engine {
                 });
             }
             let mut out = Delivery::default();
+            let mut fenced = Vec::new();
             for (op, body) in checked {
+                if op.fence.is_some() {
+                    fenced.push((op.issue.clone(), op.op_id.clone()));
+                }
                 count(&mut out, tx.receive_checked(op, Some(body), DEFAULT_MAX_SKEW_MS)?);
+            }
+            for (issue, op_id) in fenced {
+                if tx.doc(&issue)?.is_late(&op_id) {
+                    out.late += 1;
+                }
             }
             release(tx, replica, &mut out)?;
             Ok(out)

@@ -391,6 +391,7 @@ mod tests {
             field: None,
             value: serde_json::json!({ "title": title }),
             supersedes: vec![],
+            fence: None,
             hlc: Default::default(),
             actor: "a".into(),
             replica: "r".into(),

@@ -350,6 +350,7 @@ mod tests {
                     field: None,
                     value: serde_json::json!({"title": issue}),
                     supersedes: vec![],
+                    fence: None,
                     hlc: Default::default(),
                     actor: "t".into(),
                     replica: String::new(),

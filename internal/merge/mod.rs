@@ -26,10 +26,12 @@
 //! folds ops into an [`IssueDoc`] and materialises it.
 
 mod crdt;
+mod fence;
 mod partition;
 #[cfg(test)]
 mod tests;
 
+pub use fence::{CLAIM_FIELD, IssueDoc};
 pub use partition::{DISPLACED_SUFFIX_LEN, displaced_id, partition, split_displaced, wire_id};
 
 use crate::clock::{format_rfc3339, parse_rfc3339};
@@ -61,9 +63,11 @@ pub struct Materialised {
     pub updated_ms: i64,
 }
 
-/// The fold of every op of one issue; see the module docs for the rules.
+/// The fold of a set of ops of one issue (every op, or every op but the
+/// late writes under lapsed leases: see [`fence`]); see the module docs for
+/// the rules.
 #[derive(Debug, Clone, Default)]
-pub struct IssueDoc {
+struct Fold {
     id: String,
     applied: BTreeSet<String>,
     creates: BTreeMap<String, Stamp>,
@@ -77,45 +81,47 @@ pub struct IssueDoc {
     acknowledged: BTreeSet<String>,
     /// The id the create names (differs from `id` for a displaced issue).
     wire: Option<String>,
+    /// Late writes under lapsed leases settled by a `claim` resolution.
+    settled: BTreeSet<String>,
 }
 
-impl IssueDoc {
-    /// An empty document for issue `id`.
-    pub fn new(id: impl Into<String>) -> Self {
-        IssueDoc {
+impl Fold {
+    /// An empty fold for issue `id`.
+    fn new(id: impl Into<String>) -> Self {
+        Fold {
             id: id.into(),
             ..Default::default()
         }
     }
 
     /// The issue id.
-    pub fn id(&self) -> &str {
+    fn id(&self) -> &str {
         &self.id
     }
 
     /// Whether a create op has been applied.
-    pub fn exists(&self) -> bool {
+    fn exists(&self) -> bool {
         !self.creates.is_empty()
     }
 
     /// Whether a delete op has been applied.
-    pub fn is_deleted(&self) -> bool {
+    fn is_deleted(&self) -> bool {
         !self.deletes.is_empty()
     }
 
     /// Whether the issue exists and is not deleted.
-    pub fn is_live(&self) -> bool {
+    fn is_live(&self) -> bool {
         self.exists() && !self.is_deleted()
     }
 
     /// Number of distinct ops applied.
-    pub fn op_count(&self) -> usize {
+    fn op_count(&self) -> usize {
         self.applied.len()
     }
 
     /// The op id of the create that made this issue (the least ranked, should
     /// a database from before [`partition`] hold several).
-    pub fn create_op_id(&self) -> Option<&str> {
+    fn create_op_id(&self) -> Option<&str> {
         self.creates
             .iter()
             .min_by(|a, b| a.1.order_key(a.0).cmp(&b.1.order_key(b.0)))
@@ -124,27 +130,31 @@ impl IssueDoc {
 
     /// The id this issue's ops name: the one its create gave it (for a
     /// displaced issue, the id another create kept).
-    pub fn wire(&self) -> Option<&str> {
+    fn wire(&self) -> Option<&str> {
         self.wire.as_deref()
     }
 
     /// The replica that made this issue's create.
-    pub fn create_replica(&self) -> Option<&str> {
+    fn create_replica(&self) -> Option<&str> {
         let id = self.create_op_id()?;
         self.creates.get(id).map(|s| &*s.replica)
     }
 
     /// Op ids of creates of this id that an `id` set acknowledged as displaced.
-    pub fn acknowledged(&self) -> &BTreeSet<String> {
+    fn acknowledged(&self) -> &BTreeSet<String> {
         &self.acknowledged
+    }
+
+    /// Whether `op` is for this issue: its `issue` is this id or the id this
+    /// one was displaced from.
+    fn owns(&self, op: &Op) -> bool {
+        op.issue == self.id || split_displaced(&self.id).is_some_and(|(w, _)| op.issue == w)
     }
 
     /// Applies `op`; returns false if it was already applied or is for another
     /// issue (one whose `issue` is neither this id nor the id it was displaced from).
-    pub fn apply(&mut self, op: &Op) -> bool {
-        let ours =
-            op.issue == self.id || split_displaced(&self.id).is_some_and(|(w, _)| op.issue == w);
-        if !ours || !self.applied.insert(op.op_id.clone()) {
+    fn apply(&mut self, op: &Op) -> bool {
+        if !self.owns(op) || !self.applied.insert(op.op_id.clone()) {
             return false;
         }
         let stamp = Stamp::of(op);
@@ -198,6 +208,12 @@ impl IssueDoc {
             // Approves applying held ops now (see `storage::sqlite::CLOCK_SKEW_FIELD`):
             // storage acts on it; it is not a field of the issue.
             OpKind::Set if op.field.as_deref() == Some("clock_skew") => return true,
+            // Settles late writes under lapsed leases (see `fence`): they stay
+            // out of the fold, and are no longer listed.
+            OpKind::Set if op.field.as_deref() == Some(CLAIM_FIELD) => {
+                self.settled.extend(op.supersedes.iter().cloned());
+                return true;
+            }
             OpKind::Set => {
                 if let Some(field) = &op.field {
                     let reg = self.registers.entry(field.clone()).or_default();
@@ -288,7 +304,7 @@ impl IssueDoc {
     }
 
     /// The visible writes of `field` (what a new write must supersede).
-    pub fn field_heads(&self, field: &str) -> Vec<String> {
+    fn field_heads(&self, field: &str) -> Vec<String> {
         self.registers
             .get(field)
             .map(|r| r.visible().map(|(id, _)| id.clone()).collect())
@@ -296,12 +312,12 @@ impl IssueDoc {
     }
 
     /// The displayed value of `field`, if it was ever written.
-    pub fn field_value(&self, field: &str) -> Option<&Value> {
+    fn field_value(&self, field: &str) -> Option<&Value> {
         self.registers.get(field).and_then(Register::winner)
     }
 
     /// Names of fields that currently display a non-null value.
-    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+    fn field_names(&self) -> impl Iterator<Item = &str> {
         self.registers
             .iter()
             .filter(|(_, r)| r.winner().is_some_and(|v| !v.is_null()))
@@ -309,7 +325,7 @@ impl IssueDoc {
     }
 
     /// The live adds of `label` (what a remove must supersede).
-    pub fn label_heads(&self, label: &str) -> Vec<String> {
+    fn label_heads(&self, label: &str) -> Vec<String> {
         self.labels
             .live_adds(&label.to_string())
             .into_iter()
@@ -318,7 +334,7 @@ impl IssueDoc {
     }
 
     /// The live adds of the edge to `target` of `dep_type`.
-    pub fn dep_heads(&self, target: &str, dep_type: &str) -> Vec<String> {
+    fn dep_heads(&self, target: &str, dep_type: &str) -> Vec<String> {
         self.deps
             .live_adds(&(target.to_string(), dep_type.to_string()))
             .into_iter()
@@ -327,7 +343,7 @@ impl IssueDoc {
     }
 
     /// Every visible write, live add and comment: what a delete must supersede.
-    pub fn all_heads(&self) -> Vec<String> {
+    fn all_heads(&self) -> Vec<String> {
         let mut out: BTreeSet<String> = BTreeSet::new();
         for reg in self.registers.values() {
             out.extend(reg.visible().map(|(id, _)| id.clone()));
@@ -339,7 +355,7 @@ impl IssueDoc {
     }
 
     /// The displayed issue, or `None` while no create op has been applied.
-    pub fn materialise(&self) -> Option<Materialised> {
+    fn materialise(&self) -> Option<Materialised> {
         let create = self
             .creates
             .iter()

@@ -10,6 +10,8 @@ struct Replica {
     known: Vec<Op>,
     hlc: Hlc,
     seq: u64,
+    /// The token of the lease this replica's writer believes it holds.
+    fence: Option<u64>,
 }
 
 impl Replica {
@@ -21,6 +23,7 @@ impl Replica {
             known: Vec::new(),
             hlc: Hlc::default(),
             seq: 0,
+            fence: None,
         }
     }
 
@@ -42,6 +45,7 @@ impl Replica {
             field: field.map(str::to_string),
             value,
             supersedes,
+            fence: self.fence,
             hlc: self.hlc,
             actor: self.actor.clone(),
             replica: self.name.clone(),
@@ -245,6 +249,10 @@ enum Action {
     Comment(usize),
     Delete(usize),
     Sync(usize, usize),
+    /// The replica's writer is granted the next lease and claims.
+    Claim(usize),
+    /// The replica's writer stops writing under a lease.
+    Unfence(usize),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -258,6 +266,8 @@ fn action() -> impl Strategy<Value = Action> {
         3 => (r.clone(), 0..2u8).prop_map(|(r, v)| Action::DepRm(r, v)),
         3 => r.clone().prop_map(Action::Comment),
         1 => r.clone().prop_map(Action::Delete),
+        2 => r.clone().prop_map(Action::Claim),
+        1 => r.clone().prop_map(Action::Unfence),
         3 => (r.clone(), r).prop_map(|(a, b)| Action::Sync(a, b)),
     ]
 }
@@ -265,6 +275,7 @@ fn action() -> impl Strategy<Value = Action> {
 fn run(actions: &[Action]) -> (Vec<Replica>, Vec<Op>) {
     let mut rs = created(3);
     let mut all = rs[0].known.clone();
+    let mut tokens = 0u64; // the relay's revisions: they only grow
     for (t, a) in actions.iter().enumerate() {
         let now = 10 + t as u64 / 2; // several ops share a millisecond
         let r = match a {
@@ -275,7 +286,12 @@ fn run(actions: &[Action]) -> (Vec<Replica>, Vec<Op>) {
             | Action::DepAdd(r, _)
             | Action::DepRm(r, _)
             | Action::Comment(r)
+            | Action::Claim(r)
             | Action::Delete(r) => *r,
+            Action::Unfence(r) => {
+                rs[*r].fence = None;
+                continue;
+            }
             Action::Sync(from, to) => {
                 let ops = rs[*from].known.clone();
                 rs[*to].sync_from(&ops, now);
@@ -304,7 +320,13 @@ fn run(actions: &[Action]) -> (Vec<Replica>, Vec<Op>) {
                 vec![],
             ),
             Action::Delete(_) => rs[r].delete(now),
-            Action::Sync(..) => unreachable!(),
+            Action::Claim(_) => {
+                tokens += 1 + t as u64 % 3;
+                rs[r].fence = Some(tokens);
+                let actor = json!(rs[r].actor.clone());
+                rs[r].set(now, "assignee", actor)
+            }
+            Action::Sync(..) | Action::Unfence(_) => unreachable!(),
         };
         all.push(op);
     }
@@ -334,9 +356,24 @@ proptest! {
             prop_assert_eq!(&r.doc.materialise().unwrap(), &reference);
             prop_assert_eq!(r.doc.op_count(), all.len());
         }
-        // No comment is ever lost.
-        let comments = all.iter().filter(|o| o.kind == OpKind::Comment).count();
+        // No comment is ever lost: each is shown, or is a late write listed
+        // in the claim conflict.
+        let mut doc = IssueDoc::new("bd-1");
+        for op in &all {
+            doc.apply(op);
+        }
+        let comments = all
+            .iter()
+            .filter(|o| o.kind == OpKind::Comment && !doc.is_late(&o.op_id))
+            .count();
         prop_assert_eq!(reference.issue.comments.len(), comments);
+        let late = all.iter().filter(|o| doc.is_late(&o.op_id)).count();
+        let listed = reference
+            .conflicts
+            .iter()
+            .find(|c| c.field == CLAIM_FIELD)
+            .map_or(0, |c| c.contenders.len() - 1);
+        prop_assert!(reference.deleted || listed == late);
         // Every concurrent scalar pair yields exactly one conflict record per field.
         let fields: BTreeSet<_> = reference.conflicts.iter().map(|c| &c.field).collect();
         prop_assert_eq!(fields.len(), reference.conflicts.len());
@@ -361,4 +398,64 @@ fn labels_carried_by_a_create_are_removed_one_at_a_time() {
     assert_eq!(m.issue.labels, vec!["b"]);
     assert_eq!(m.issue.dependencies.len(), 1);
     assert_eq!(m.issue.dependencies[0].depends_on_id, "bd-8");
+}
+
+/// A replica's writer granted lease `token`, claiming: every later write of
+/// it carries the token.
+fn claim(r: &mut Replica, now: u64, token: u64) -> Op {
+    r.fence = Some(token);
+    let actor = json!(r.actor.clone());
+    r.set(now, "assignee", actor)
+}
+
+#[test]
+fn a_late_write_under_a_lapsed_lease_stays_out_and_is_a_claim_conflict() {
+    let mut rs = created(2);
+    let a_claim = claim(&mut rs[0], 2, 3);
+    let a_note = rs[0].set(3, "notes", json!("working"));
+    // B sees A's work, A's lease lapses, B takes it over with a newer token.
+    let a_ops = rs[0].known.clone();
+    rs[1].sync_from(&a_ops, 4);
+    let b_claim = claim(&mut rs[1], 5, 7);
+    // A, cut off, goes on writing under its old token.
+    let late = rs[0].set(6, "title", json!("A's late title"));
+    let all: Vec<Op> = rs[0].known.iter().chain(&rs[1].known).cloned().collect();
+    for order in [all.clone(), all.iter().rev().cloned().collect()] {
+        let m = fold(&order);
+        assert_eq!(m.issue.title, "start", "the late write is not applied");
+        assert_eq!(m.issue.notes, "working", "A's write before B's lease stays");
+        assert_eq!(m.issue.assignee.as_deref(), Some("agent1"));
+        let c = m.conflicts.iter().find(|c| c.field == CLAIM_FIELD).expect("claim conflict");
+        let ids: Vec<&str> = c.contenders.iter().map(|k| k.op_id.as_str()).collect();
+        assert_eq!(ids, [b_claim.op_id.as_str(), late.op_id.as_str()]);
+        assert_eq!(c.contenders[0].value["fence"], 7);
+        assert_eq!(c.contenders[1].value["fence"], 3);
+        assert_eq!(c.contenders[1].value["late"]["title"], "A's late title");
+    }
+    let mut doc = IssueDoc::new("bd-1");
+    for op in &all {
+        doc.apply(op);
+    }
+    assert!(doc.is_late(&late.op_id));
+    assert!(!doc.is_late(&a_claim.op_id) && !doc.is_late(&a_note.op_id));
+    assert_eq!(doc.lease(), Some((7, "agent1")));
+}
+
+#[test]
+fn a_claim_resolution_settles_late_writes_without_applying_them() {
+    let mut rs = created(2);
+    claim(&mut rs[0], 2, 3);
+    let a_ops = rs[0].known.clone();
+    rs[1].sync_from(&a_ops, 3);
+    claim(&mut rs[1], 4, 8);
+    let late = rs[0].write(5, OpKind::Comment, None, json!({"text": "late"}), vec![]);
+    rs[1].receive(&late, 6);
+    rs[1].fence = None;
+    let settle = rs[1].write(7, OpKind::Set, Some(CLAIM_FIELD), json!("drop"), vec![late.op_id.clone()]);
+    let m = rs[1].doc.materialise().unwrap();
+    assert!(m.conflicts.iter().all(|c| c.field != CLAIM_FIELD), "{:?}", m.conflicts);
+    assert!(m.issue.comments.is_empty(), "settled, not applied");
+    // Settled anywhere, in any order.
+    let all: Vec<Op> = rs[0].known.iter().chain(&rs[1].known).chain([&settle]).cloned().collect();
+    assert_eq!(fold(&all), fold(&all.iter().rev().cloned().collect::<Vec<_>>()));
 }

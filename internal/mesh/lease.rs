@@ -198,6 +198,32 @@ pub async fn acquire(
     .hint("try again"))
 }
 
+/// Renews the lease of `issue` if `holder` on `replica` holds it, keeping its
+/// token and TTL: the renewed lease, or `None` when it is someone else's now
+/// (or gone).
+pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) -> Result<Option<Lease>> {
+    let k = key(issue);
+    for _ in 0..ATTEMPTS {
+        let Some(entry) = store
+            .entry(&k)
+            .await
+            .map_err(|e| relay_error("reading a lease", e))?
+        else {
+            return Ok(None);
+        };
+        let Some(held) = read(&entry).filter(|h| h.holder == holder && h.replica == replica) else {
+            return Ok(None);
+        };
+        let value = serde_json::to_vec(&held)?;
+        match store.update(&k, value.into(), entry.revision).await {
+            Ok(_) => return Ok(current(store, issue).await?),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(err) => return Err(relay_error("renewing a lease", err)),
+        }
+    }
+    Ok(None)
+}
+
 /// The lease just written, read back (for its token and the relay's time).
 async fn fresh(store: &kv::Store, issue: &str) -> Result<Grant> {
     current(store, issue)

@@ -3,8 +3,8 @@
 //! Wire format (one JSON object per line in `.beads/ops/<replica>.jsonl`), keys in
 //! this order: `op_id`, `issue`, `of` (omitted on creates), `kind`, `field` (only
 //! for `set`), `value`,
-//! `supersedes` (omitted when empty), `hlc` {`wall`, `logical`}, `actor`, `replica`,
-//! `seq`. `op_id` is the first 32 hex digits of the SHA-256 of the same object
+//! `supersedes` (omitted when empty), `fence` (omitted when none), `hlc`
+//! {`wall`, `logical`}, `actor`, `replica`, `seq`. `op_id` is the first 32 hex digits of the SHA-256 of the same object
 //! serialised with `op_id` left out, so any change to an op changes its id and a
 //! corrupt line is detected by recomputing it.
 
@@ -116,6 +116,13 @@ pub struct Op {
     /// Op ids this op replaces (the values its writer saw).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub supersedes: Vec<String>,
+    /// The fencing token of the relay lease its writer held on `issue`
+    /// (issue 14): written under a claim, the op carries the claim's token.
+    /// An op whose token is older than one already granted before it (by
+    /// the hlc) is a late write under a lapsed lease: see
+    /// [`crate::merge`]. `None` for ops written without a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
     /// Clock stamp.
     pub hlc: Hlc,
     /// Who made the change.
@@ -243,6 +250,7 @@ mod tests {
             field: Some("title".into()),
             value: Value::String("x".into()),
             supersedes: vec![],
+            fence: None,
             hlc: Hlc {
                 wall: 5,
                 logical: 0,

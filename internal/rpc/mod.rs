@@ -175,6 +175,30 @@ pub struct RelayState {
     /// The other daemons whose heartbeats the relay holds.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Claims: leases granted, renewed, and provisional claims turned into
+    /// leases or lost to another clone's lease.
+    #[serde(default)]
+    pub claims: ClaimCounts,
+}
+
+/// What became of this daemon's claims across the mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClaimCounts {
+    /// Leases granted to claims.
+    pub granted: u64,
+    /// Claims refused: another agent's live lease.
+    pub refused: u64,
+    /// Claims granted provisionally (the relay could not be asked).
+    pub provisional: u64,
+    /// Leases renewed by their holders' writes.
+    pub renewed: u64,
+    /// Provisional claims turned into leases when the relay came back.
+    pub converted: u64,
+    /// Provisional claims that found another clone's lease: claim conflicts.
+    pub lost: u64,
+    /// Leases that lapsed under a holder still writing (its later writes
+    /// there are late, and become claim conflicts).
+    pub lapsed: u64,
 }
 
 /// Another daemon of the mesh, as its heartbeats show it.

@@ -58,6 +58,9 @@ pub(super) fn resolve(
     if field == collisions::ID_FIELD {
         return resolve_id_collision(tx, ctx, id, value, take);
     }
+    if field == crate::merge::CLAIM_FIELD {
+        return resolve_claim(tx, ctx, id, value, take);
+    }
     // A deleted issue has no row, so look it up by its exact id.
     let id = if field == "deleted" {
         id.to_string()
@@ -120,6 +123,7 @@ pub(super) fn resolve(
     Ok(Response::Changed(vec![Changed {
         issue: get_live(tx.conn(), &id)?,
         changed: true,
+        lease: None,
     }]))
 }
 
@@ -181,6 +185,7 @@ fn resolve_id_collision(
         true => vec![Changed {
             issue: get_live(tx.conn(), &wire)?,
             changed: true,
+            lease: None,
         }],
         false => Vec::new(),
     };
@@ -255,10 +260,101 @@ fn resolve_clock_skew(
         Ok(id) => vec![Changed {
             issue: get_live(tx.conn(), &id)?,
             changed: true,
+            lease: None,
         }],
         Err(_) => Vec::new(),
     };
     Ok(Response::Changed(issue))
+}
+
+/// Settles a `claim` conflict: late writes under a lapsed lease (see
+/// `merge`'s fencing). `--value drop` keeps none of them; `--take OP` applies
+/// that one now, as the resolver's write on the issue as it stands, and
+/// settles it. A settled late write is never applied by itself.
+fn resolve_claim(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    value: Option<String>,
+    take: Option<String>,
+) -> Result<Response> {
+    let hint = format!(
+        "bd resolve {id} --field claim --value drop (keep none of the late writes), or --take OP_ID (apply that one now)"
+    );
+    let id = query::resolve_id(tx.conn(), id)?;
+    let late: Vec<model::Op> = tx.doc(&id)?.unsettled_late().into_iter().cloned().collect();
+    if late.is_empty() {
+        return Err(Error::not_found(format!("{id} has no conflict on claim"))
+            .hint("`bd conflicts` lists the open ones"));
+    }
+    let (settled, replay) = match (value.as_deref(), take.as_deref()) {
+        (Some("drop"), _) => (late, None),
+        (Some(v), _) => {
+            return Err(Error::invalid(format!(
+                "late writes under a lapsed lease are dropped or taken one by one, not set to {v:?}"
+            ))
+            .hint(hint));
+        }
+        (None, Some(t)) => {
+            let hits: Vec<&model::Op> = late
+                .iter()
+                .filter(|o| o.op_id.starts_with(t) || o.actor == t || o.replica.starts_with(t))
+                .collect();
+            match hits.as_slice() {
+                [one] => (vec![(*one).clone()], Some((*one).clone())),
+                [] => {
+                    return Err(Error::invalid(format!("no late write on {id} matches {t:?}"))
+                        .hint("`bd conflicts` lists each late write's op id"));
+                }
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{t:?} matches {} late writes on {id}",
+                        hits.len()
+                    ))
+                    .hint("name one by its op id (a prefix is enough)"));
+                }
+            }
+        }
+        (None, None) => unreachable!("checked by the caller"),
+    };
+    if let Some(op) = replay {
+        replay_late(tx, ctx, &id, &op)?;
+    }
+    tx.record(new_op(
+        ctx,
+        &id,
+        OpKind::Set,
+        Some(crate::merge::CLAIM_FIELD),
+        json!(if take.is_some() { "apply" } else { "drop" }),
+        settled.into_iter().map(|o| o.op_id).collect(),
+    ))?;
+    tx.flush()?;
+    Ok(Response::Changed(vec![Changed {
+        issue: get_live(tx.conn(), &id)?,
+        changed: true,
+        lease: None,
+    }]))
+}
+
+/// Makes a late write's change again, as the resolver's write on the issue
+/// as it stands now.
+fn replay_late(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, op: &model::Op) -> Result<()> {
+    let doc = tx.doc(id)?;
+    let heads = match (&op.kind, &op.field) {
+        (OpKind::Set, Some(field)) => doc.field_heads(field),
+        (OpKind::LabelRemove, _) => doc.label_heads(op.value.as_str().unwrap_or_default()),
+        (OpKind::DepRemove, _) => {
+            let field = |k: &str| op.value.get(k).and_then(Value::as_str).unwrap_or_default();
+            doc.dep_heads(field("depends_on_id"), field("type"))
+        }
+        (OpKind::Delete, _) => {
+            return Err(Error::invalid(format!("the late write is a delete of {id}"))
+                .hint(format!("delete it yourself if it should go: bd delete {id}")));
+        }
+        _ => Vec::new(),
+    };
+    tx.record(new_op(ctx, id, op.kind.clone(), op.field.as_deref(), op.value.clone(), heads))?;
+    Ok(())
 }
 
 /// Drops relay batches kept in quarantine for `id`: `--value drop` all of
@@ -306,6 +402,7 @@ fn resolve_quarantine(
         Ok(issue) => vec![Changed {
             issue,
             changed: true,
+            lease: None,
         }],
         Err(_) => Vec::new(),
     };

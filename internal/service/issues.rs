@@ -204,10 +204,32 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
                 .hint("drop --assignee/--status, or drop --claim"),
         );
     }
+    if r.unclaim && (r.claim || r.assignee.is_some() || status.is_some()) {
+        return Err(
+            Error::invalid("unclaim clears the assignee and reopens by itself")
+                .hint("drop --claim/--assignee/--status"),
+        );
+    }
+    if let Some(ttl) = r.claim_ttl_ms {
+        if !r.claim {
+            return Err(Error::invalid("a lease time goes with a claim")
+                .hint("add --claim, or drop --ttl"));
+        }
+        if !crate::api::CLAIM_TTL_MS.contains(&ttl) {
+            return Err(Error::invalid(format!(
+                "a claim's lease lasts 10s to 24h, not {}",
+                crate::clock::format_duration_ms(ttl)
+            ))
+            .hint("e.g. --ttl 30m"));
+        }
+    }
     for_each_id(tx, &r.ids, |tx, id| {
         let mut changed = false;
         if r.claim {
             changed |= claim(tx, ctx, id)?;
+        }
+        if r.unclaim {
+            changed |= unclaim(tx, ctx, id)?;
         }
         for (field, value) in [
             ("title", &r.title),
@@ -246,7 +268,8 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
     })
 }
 
-/// Atomic claim: assign to the actor and start, only if unassigned and not closed.
+/// Atomic claim: assign to the actor and start, only if unassigned (or
+/// assigned under a relay lease that lapsed) and not closed.
 fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
     let assignee = current_str(tx, id, "assignee")?;
     let status = Status::from_wire(&current_str(tx, id, "status")?);
@@ -257,15 +280,65 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
         )
         .hint(format!("reopen it first: bd reopen {id}")));
     }
+    let fence = ctx.fence(id);
+    let lease = tx.doc(id)?.lease().map(|(f, who)| (f, who.to_string()));
     if !assignee.is_empty() && assignee != ctx.actor {
+        // The relay granted this write a newer lease than the one the
+        // assignee claimed under: that one expired or was given back. A claim
+        // made without a lease (provisional) is not taken over this way.
+        let lapsed = matches!((fence, &lease), (Some(new), Some((old, holder)))
+            if *holder == assignee && *old < new);
+        if !lapsed {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{id} is already claimed by {assignee}"),
+            )
+            .hint("pick another issue from `bd ready`"));
+        }
+    }
+    // A new lease is recorded even when the assignee stays the same: its
+    // first op is where the lease begins (see `merge`'s fencing).
+    let new_lease = fence.is_some() && lease.map(|l| l.0) != fence;
+    let mut changed = if new_lease {
+        let heads = tx.doc(id)?.field_heads("assignee");
+        if heads.len() > 1 {
+            // Two claims made apart (provisional ones, say): a lease must not
+            // settle that silently.
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{id} has a claim conflict: it was claimed on two clones at once"),
+            )
+            .hint(format!("settle it first: bd conflicts, then bd resolve {id} --field assignee --take WHO")));
+        }
+        tx.record(new_op(ctx, id, OpKind::Set, Some("assignee"), json!(ctx.actor), heads))?;
+        true
+    } else {
+        set_field(tx, ctx, id, "assignee", json!(ctx.actor))?
+    };
+    changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
+    Ok(changed)
+}
+
+/// Gives a claim up: unassigns and reopens (if in progress), only if the
+/// actor holds it; already unassigned is no change.
+fn unclaim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
+    let assignee = current_str(tx, id, "assignee")?;
+    if assignee.is_empty() {
+        return Ok(false);
+    }
+    if assignee != ctx.actor {
         return Err(Error::new(
             ErrorKind::Conflict,
-            format!("{id} is already claimed by {assignee}"),
+            format!("{id} is claimed by {assignee}, not by {}", ctx.actor),
         )
-        .hint("pick another issue from `bd ready`"));
+        .hint(format!(
+            "only the holder gives a claim up; to take it from them: bd update {id} --assignee ''"
+        )));
     }
-    let mut changed = set_field(tx, ctx, id, "assignee", json!(ctx.actor))?;
-    changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
+    let mut changed = set_field(tx, ctx, id, "assignee", Value::Null)?;
+    if Status::from_wire(&current_str(tx, id, "status")?) == Status::InProgress {
+        changed |= set_status(tx, ctx, id, &Status::Open, None)?;
+    }
     Ok(changed)
 }
 

@@ -55,6 +55,16 @@ pub struct Context<'a> {
     pub request_id: Option<&'a str>,
     /// Do not commit this request's work after this time (ms since the epoch).
     pub deadline_ms: Option<u64>,
+    /// The relay leases held for this write, (issue id, fencing token): its
+    /// ops on those issues carry the token (see [`crate::merge`]'s fencing).
+    pub fences: &'a [(String, u64)],
+}
+
+impl Context<'_> {
+    /// The fencing token of the lease held for this write on `issue`.
+    pub fn fence(&self, issue: &str) -> Option<u64> {
+        self.fences.iter().find(|(i, _)| i == issue).map(|(_, f)| *f)
+    }
 }
 
 fn check_deadline(ctx: &Context<'_>) -> Result<()> {
@@ -220,6 +230,7 @@ fn new_op(
         field: field.map(str::to_string),
         value,
         supersedes,
+        fence: ctx.fence(issue),
         hlc: Default::default(),
         actor: ctx.actor.to_string(),
         replica: String::new(),
@@ -251,6 +262,7 @@ fn for_each_id(
         out.push(Changed {
             issue: get_live(tx.conn(), &id)?,
             changed,
+            lease: None,
         });
     }
     Ok(out)

@@ -291,6 +291,7 @@ mod tests {
             field: None,
             value,
             supersedes: vec![],
+            fence: None,
             hlc: Hlc { wall, logical: 0 },
             actor: format!("agent{r}"),
             replica: format!("r{r}"),

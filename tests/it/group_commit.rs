@@ -15,6 +15,7 @@ fn item((actor, request): (String, Request)) -> Item {
         request,
         deadline_ms: None,
         request_id: None,
+        fences: Vec::new(),
     }
 }
 
@@ -176,12 +177,14 @@ fn an_item_past_its_deadline_is_not_run_but_its_neighbours_are() {
             request: create("too late"),
             deadline_ms: Some(1),
             request_id: None,
+            fences: Vec::new(),
         },
         Item {
             actor: "c".into(),
             request: create("far future"),
             deadline_ms: Some(u64::MAX),
             request_id: None,
+            fences: Vec::new(),
         },
     ];
     let results = engine.run(items).unwrap();

@@ -613,6 +613,7 @@ pub(crate) fn label_op(
         field: None,
         value: serde_json::json!(label),
         supersedes: vec![],
+        fence: None,
         hlc: bd::model::Hlc {
             wall: 1_000 + seq,
             logical: 0,

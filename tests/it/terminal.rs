@@ -24,6 +24,7 @@ fn arrive_from_another_clone(env: &TestEnv) -> String {
             "labels": ["x\u{1b}[1m"],
         }),
         supersedes: vec![],
+        fence: None,
         hlc: bd::model::Hlc {
             wall: 1_000,
             logical: 0,
@@ -106,6 +107,7 @@ fn a_foreign_op_with_an_unusable_id_is_refused_and_reported() {
             field: None,
             value: serde_json::json!({"title": format!("from {seq}")}),
             supersedes: vec![],
+            fence: None,
             hlc: bd::model::Hlc {
                 wall: 1_000 + seq,
                 logical: 0,

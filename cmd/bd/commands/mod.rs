@@ -3,6 +3,7 @@
 
 mod batch;
 mod blocked;
+mod claim;
 mod close;
 mod comment;
 mod comments;
@@ -120,6 +121,10 @@ pub enum Command {
     Search(Lazy<search::SearchArgs>),
     /// Change issues: fields, labels, or claim one atomically
     Update(Lazy<update::UpdateArgs>),
+    /// Take issues, only if nobody has them (a relay lease across machines)
+    Claim(Lazy<claim::ClaimArgs>),
+    /// Give claims up: unassign, reopen, return the lease
+    Unclaim(Lazy<claim::UnclaimArgs>),
     /// Close issues
     Close(Lazy<close::CloseArgs>),
     /// Reopen closed issues
@@ -193,6 +198,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::List(Lazy(a)) => list::cmd_list(ctx, a),
         Command::Search(Lazy(a)) => search::cmd_search(ctx, a),
         Command::Update(Lazy(a)) => update::cmd_update(ctx, a),
+        Command::Claim(Lazy(a)) => claim::cmd_claim(ctx, a),
+        Command::Unclaim(Lazy(a)) => claim::cmd_unclaim(ctx, a),
         Command::Close(Lazy(a)) => close::cmd_close(ctx, a),
         Command::Reopen(Lazy(a)) => reopen::cmd_reopen(ctx, a),
         Command::Ready(Lazy(a)) => ready::cmd_ready(ctx, a),

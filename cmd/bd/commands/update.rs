@@ -32,10 +32,30 @@ pub struct UpdateArgs {
     /// Take the issue: assign it to you and start it, only if nobody has it (exit 3 if taken)
     #[arg(long)]
     pub claim: bool,
+    /// With --claim: how long the claim's relay lease lasts without renewal (e.g. 30m; 10s to 24h)
+    #[arg(long, value_name = "DURATION", requires = "claim", value_parser = parse_ttl)]
+    pub ttl: Option<u64>,
 }
 
-/// Prints per-issue outcomes of update, close, reopen and label changes.
+/// Parses a claim's `--ttl` (10s to 24h) into ms.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let ms = bd::api::time::parse_duration_ms(s)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 90s, 15m or 1h30m"))?;
+    if !bd::api::CLAIM_TTL_MS.contains(&ms) {
+        return Err(format!("a claim's lease lasts 10s to 24h, not {s}"));
+    }
+    Ok(ms)
+}
+
+/// Prints per-issue outcomes of update, close, reopen and label changes; a
+/// provisional claim among them makes the command exit 4.
 pub fn render_changed(ctx: &Ctx, changed: &[Changed], verb: &str) -> Result<(), CliError> {
+    if changed
+        .iter()
+        .any(|c| c.lease.as_ref().is_some_and(|l| l.provisional))
+    {
+        crate::cli_error::succeed_with(crate::cli_error::EXIT_PROVISIONAL);
+    }
     if ctx.json {
         return output::json(&changed);
     }
@@ -43,10 +63,24 @@ pub fn render_changed(ctx: &Ctx, changed: &[Changed], verb: &str) -> Result<(), 
     for c in changed {
         if ctx.quiet {
             s.push_str(&format!("{}\n", c.issue.id));
+            continue;
         } else if c.changed {
             s.push_str(&format!("{verb} {}: {}\n", c.issue.id, c.issue.title));
         } else {
             s.push_str(&format!("{} unchanged (already so)\n", c.issue.id));
+        }
+        match &c.lease {
+            Some(l) if l.provisional => s.push_str(&format!(
+                "  provisional: {}; it becomes a lease when the relay is back, or a claim conflict if another clone claimed {} meanwhile\n",
+                l.reason.as_deref().unwrap_or("the relay could not be asked"),
+                c.issue.id
+            )),
+            Some(l) => s.push_str(&format!(
+                "  lease {} until {}, renewed while you write to it\n",
+                l.token.unwrap_or(0),
+                l.expires_at.as_deref().unwrap_or("?")
+            )),
+            None => {}
         }
     }
     output::print(&s)
@@ -70,6 +104,8 @@ pub fn cmd_update(ctx: &Ctx, a: UpdateArgs) -> Result<(), CliError> {
         remove_labels: split_list(&a.remove_labels),
         set_labels: a.set_labels.map(|s| split_list(&[s])),
         claim: a.claim,
+        claim_ttl_ms: a.ttl,
+        unclaim: false,
     };
 
     let verb = if req.claim { "Claimed" } else { "Updated" };

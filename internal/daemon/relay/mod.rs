@@ -17,6 +17,7 @@
 //!   kept in quarantine (listed by `bd conflicts`) and acked, so it is not
 //!   redelivered for ever.
 
+mod claims;
 mod presence;
 
 use presence::{Acks, HEARTBEAT, Heard, PRESENCE_TTL, Rtt, heartbeat, listen, ping};
@@ -271,6 +272,12 @@ async fn session(
         *l = Some(lease_tx);
     }
     let _desk = LeaseDesk(shared);
+    let mut renewals = claims::Renewals::default();
+    // Claims granted while the relay could not be asked become leases now.
+    shared.claims_unleased.store(false, std::sync::atomic::Ordering::SeqCst);
+    if let Err(e) = claims::convert(s, paths, shared, &leases, &mut renewals).await {
+        shared.note_error(&format!("relay: turning provisional claims into leases: {}", e.message));
+    }
     let mut peers: HashMap<String, Heard> = HashMap::new();
     let mut beat = tokio::time::interval(HEARTBEAT);
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
@@ -300,7 +307,9 @@ async fn session(
             ops = outbox.recv() => {
                 let Some(ops) = ops else { return Ok(()) };
                 let ops = outlet.gather(outbox, ops, window).await;
+                let due = renewals.due(&ops);
                 outlet.send(s, paths, shared, ops).await?;
+                claims::renew(s, shared, &leases, due).await;
             }
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
@@ -335,6 +344,11 @@ async fn session(
                     Ok(Err(e)) => shared.note_error(&format!("relay: releasing batches in transit: {}", e.message)),
                     Err(_) => return Err(Error::internal("the daemon's writer went away")),
                 }
+                if shared.claims_unleased.swap(false, std::sync::atomic::Ordering::SeqCst)
+                    && let Err(e) = claims::convert(s, paths, shared, &leases, &mut renewals).await
+                {
+                    shared.note_error(&format!("relay: turning provisional claims into leases: {}", e.message));
+                }
                 if positions(paths, shared, &mut consumer, &stream).await > 0 {
                     // Written without the daemon (or missed): publish it now.
                     outlet.backlog(s, paths, shared).await?;
@@ -344,11 +358,19 @@ async fn session(
                 match job {
                     Some(LeaseJob::Acquire { issue, holder, ttl, reply }) => {
                         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-                        let _ = reply.send(
-                            mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await,
-                        );
+                        let grant = mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await;
+                        match &grant {
+                            Ok(mesh::lease::Grant::Granted(_)) => {
+                                renewals.granted(&issue);
+                                update(shared, |r| r.claims.granted += 1);
+                            }
+                            Ok(mesh::lease::Grant::Held(_)) => update(shared, |r| r.claims.refused += 1),
+                            Err(_) => {}
+                        }
+                        let _ = reply.send(grant);
                     }
                     Some(LeaseJob::Release { issue, holder, reply }) => {
+                        renewals.released(&issue);
                         if let Err(e) = mesh::lease::release(&leases, &issue, &holder, &s.replica).await {
                             shared.note_error(&format!("relay: releasing the lease of {issue}: {}", e.message));
                         }
@@ -848,13 +870,19 @@ async fn apply(
     match answer {
         Ok(Ok(d)) => {
             update(shared, |r| r.batches_in += 1);
-            let (kind, reason) = match (d.missing, d.skewed) {
-                (Some((from, to)), _) => (
+            let (kind, reason) = match (d.missing, d.skewed, d.late) {
+                (Some((from, to)), _, _) => (
                     0,
                     Some(format!("waiting for its ops {from}..{to} (kept in transit)")),
                 ),
-                (None, 0) => (1, None),
-                (None, n) => (0, Some(format!("{n} op(s) held for clock skew"))),
+                (None, _, n @ 1..) => (
+                    -1,
+                    Some(format!(
+                        "CONFLICT: {n} op(s) written under a lapsed lease (kept out, listed as claim conflicts)"
+                    )),
+                ),
+                (None, 0, 0) => (1, None),
+                (None, n, _) => (0, Some(format!("{n} op(s) held for clock skew"))),
             };
             let mut out = Applied {
                 acks: vec![AckOut {

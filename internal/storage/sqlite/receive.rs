@@ -252,6 +252,7 @@ mod tests {
             field: None,
             value,
             supersedes: vec![],
+            fence: None,
             hlc: Hlc { wall, logical: 0 },
             actor: "a".into(),
             replica: replica.into(),

@@ -175,6 +175,17 @@ impl<'a> WriteTx<'a> {
         // Load the doc before storing the op, so loading does not read it back.
         let home = op.issue.clone();
         let doc = self.doc(&home)?;
+        // The holder of the issue's relay lease writes under its token, also
+        // when the write does not go through the daemon that took the lease
+        // (see `merge`'s fencing).
+        if op.fence.is_none()
+            && op.kind != OpKind::Create
+            && let Some((token, holder)) = doc.lease()
+            && holder == op.actor
+            && doc.field_value("assignee").and_then(|v| v.as_str()) == Some(op.actor.as_str())
+        {
+            op.fence = Some(token);
+        }
         let collides = match op.kind {
             OpKind::Create => doc.exists(),
             _ => {
@@ -434,6 +445,7 @@ mod tests {
             field: None,
             value,
             supersedes: vec![],
+            fence: None,
             hlc: Hlc::default(),
             actor: "a".into(),
             replica: String::new(),

@@ -1,0 +1,64 @@
+use super::update::{parse_ttl, render_changed};
+use super::{call, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use bd::api::{Request, Response, UpdateRequest};
+use clap::Args;
+
+/// Take issues: assign them to you and start them, only if nobody has them
+///
+/// All or none: exit 3 names who holds one already. In a clone that joined
+/// a relay (`bd mesh join`), the claim first takes the relay's lease of each
+/// issue, so only one agent in the whole mesh wins it; the lease's token
+/// (which only grows) goes on every op you write to the issue, and the lease
+/// is renewed while you write to it. Close or `bd unclaim` gives it back;
+/// unrenewed, it expires after --ttl and another agent may take the issue
+/// over. When the relay cannot be asked, the claim is granted by this clone
+/// alone, marked provisional, and bd exits 4: it becomes a lease when the
+/// relay is back, or a claim conflict (`bd conflicts`) if another clone
+/// claimed the issue meanwhile. Claiming an issue you hold renews its lease.
+#[derive(Args, Debug)]
+pub struct ClaimArgs {
+    /// Issues to claim
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// How long the relay lease lasts without renewal (e.g. 30m; 10s to 24h; default 15m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<u64>,
+}
+
+/// Give claims up: unassign and reopen issues you hold, and return their leases
+///
+/// Refused (exit 3) for an issue someone else holds; an unassigned issue is
+/// left as it is.
+#[derive(Args, Debug)]
+pub struct UnclaimArgs {
+    /// Issues to give up
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+pub fn cmd_claim(ctx: &Ctx, a: ClaimArgs) -> Result<(), CliError> {
+    let req = UpdateRequest {
+        ids: a.ids,
+        claim: true,
+        claim_ttl_ms: a.ttl,
+        ..Default::default()
+    };
+    match call(ctx, Request::Update(req))? {
+        Response::Changed(c) => render_changed(ctx, &c, "Claimed"),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub fn cmd_unclaim(ctx: &Ctx, a: UnclaimArgs) -> Result<(), CliError> {
+    let req = UpdateRequest {
+        ids: a.ids,
+        unclaim: true,
+        ..Default::default()
+    };
+    match call(ctx, Request::Update(req))? {
+        Response::Changed(c) => render_changed(ctx, &c, "Unclaimed"),
+        other => Err(unexpected(other)),
+    }
+}
