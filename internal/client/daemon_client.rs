@@ -179,7 +179,7 @@ impl DaemonClient {
     /// The daemon's state.
     pub fn status(&mut self) -> Result<DaemonStatus> {
         match self.round_trip(Call::Status)? {
-            Outcome::Status(s) => Ok(s),
+            Outcome::Status(s) => Ok(*s),
             other => Err(Error::internal(format!(
                 "unexpected answer to status: {other:?}"
             ))),

@@ -233,7 +233,7 @@ const YEAR_MS: u64 = 366 * 86_400_000;
 
 /// A duration in ms as [`parse_duration_ms`] reads it: `15m`, `1h30m`, `45s`.
 pub fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 || ms % 1000 != 0 {
+    if ms == 0 || !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut s = ms / 1000;

@@ -99,7 +99,7 @@ pub(super) async fn connection(conn: Stream, shared: Arc<Shared>) {
         };
         shared.touch();
         let result = match env.call {
-            Call::Status => Outcome::Status(shared.status()),
+            Call::Status => Outcome::Status(Box::new(shared.status())),
             Call::Stop => {
                 shared.begin_shutdown();
                 Outcome::Stopping

@@ -252,6 +252,7 @@ impl IssueDoc {
     /// unsettled late writes make a `claim` conflict.
     pub fn materialise(&self) -> Option<Materialised> {
         let mut m = self.shown().materialise()?;
+        m.late = !self.late.is_empty();
         if !m.deleted
             && let Some(c) = self.claim_conflict()
         {

@@ -61,6 +61,9 @@ pub struct Materialised {
     pub conflicts: Vec<Conflict>,
     /// `updated_at` as epoch milliseconds, for sorting and filters.
     pub updated_ms: i64,
+    /// Some ops are kept out as late writes under a lapsed lease (see
+    /// [`fence`]): a comment shown before may be gone.
+    pub late: bool,
 }
 
 /// The fold of a set of ops of one issue (every op, or every op but the
@@ -465,6 +468,7 @@ impl Fold {
             deleted: self.is_deleted(),
             conflicts,
             updated_ms,
+            late: false,
         })
     }
 

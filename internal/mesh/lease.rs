@@ -199,9 +199,9 @@ pub async fn acquire(
 }
 
 /// Renews the lease of `issue` if `holder` on `replica` holds it, keeping its
-/// token and TTL: the renewed lease, or `None` when it is someone else's now
-/// (or gone).
-pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) -> Result<Option<Lease>> {
+/// token and TTL: `Granted` with the renewed lease, `Held` when it is
+/// someone else's now, `None` when there is none (given back).
+pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) -> Result<Option<Grant>> {
     let k = key(issue);
     for _ in 0..ATTEMPTS {
         let Some(entry) = store
@@ -211,12 +211,15 @@ pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) 
         else {
             return Ok(None);
         };
-        let Some(held) = read(&entry).filter(|h| h.holder == holder && h.replica == replica) else {
+        let Some(held) = read(&entry) else {
             return Ok(None);
         };
+        if held.holder != holder || held.replica != replica {
+            return Ok(Some(Grant::Held(held)));
+        }
         let value = serde_json::to_vec(&held)?;
         match store.update(&k, value.into(), entry.revision).await {
-            Ok(_) => return Ok(current(store, issue).await?),
+            Ok(_) => return Ok(current(store, issue).await?.map(Grant::Granted)),
             Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(err) => return Err(relay_error("renewing a lease", err)),
         }

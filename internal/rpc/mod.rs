@@ -296,7 +296,7 @@ pub enum Outcome {
     #[serde(rename = "ok", skip_deserializing)]
     Rows(IssueRows),
     /// The daemon's state.
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     /// The daemon is shutting down.
     Stopping,
     /// It failed; nothing it did was committed.

@@ -276,3 +276,278 @@ fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
     }));
     other.ok(&["update", id, "--claim"]);
 }
+
+/// Waits until both daemons are connected to the relay.
+fn connected(clones: &[&crate::sync::Clone]) {
+    for c in clones {
+        assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+            let st: serde_json::Value =
+                serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+            st["daemon"]["connected"] == true
+        }));
+    }
+}
+
+fn claims(c: &crate::sync::Clone) -> serde_json::Value {
+    let st: serde_json::Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+    st["daemon"]["claims"].clone()
+}
+
+/// `bd claim` answers with the lease (token, expiry from --ttl); another
+/// clone's claim is refused naming the holder and the lease; `bd unclaim`
+/// by anyone but the holder is refused, by the holder gives the lease back,
+/// and the next claim's token is larger.
+#[test]
+fn claim_answers_with_its_lease_and_unclaim_gives_it_back() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = a.create(&["leased work"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &id)
+    }));
+    let before = now_ms();
+    let got = a.json(&["claim", &id, "--ttl", "30m"]);
+    let lease = &got[0]["lease"];
+    assert_eq!(lease["provisional"], false, "{got}");
+    let token = lease["token"].as_u64().expect("a token");
+    let expires =
+        bd::api::time::parse_rfc3339(lease["expires_at"].as_str().unwrap()).unwrap() as u64;
+    assert!(
+        expires >= before + 29 * 60_000 && expires <= now_ms() + 31 * 60_000,
+        "{got}"
+    );
+    assert_eq!(got[0]["assignee"], "alice");
+    let refused = b.bd(&["claim", &id]);
+    assert_eq!(refused.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("alice") && err.contains(&format!("lease {token}")),
+        "{err}"
+    );
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        b.json(&["show", &id])[0]["assignee"] == "alice"
+    }));
+    let not_yours = b.bd(&["unclaim", &id]);
+    assert_eq!(not_yours.status.code(), Some(3), "{not_yours:?}");
+    let back = a.json(&["unclaim", &id]);
+    assert!(
+        back[0]["assignee"].is_null() && back[0]["status"] == "open",
+        "{back}"
+    );
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        b.json(&["show", &id])[0]["assignee"].is_null()
+    }));
+    let again = b.json(&["claim", &id]);
+    assert!(
+        again[0]["lease"]["token"].as_u64().unwrap() > token,
+        "{again}"
+    );
+    assert_eq!(claims(&a)["granted"], 1);
+    assert_eq!(claims(&b)["refused"], 1);
+    // A bad --ttl changes nothing.
+    let bad = a.bd(&["claim", &id, "--ttl", "5s"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("10s to 24h"));
+}
+
+/// A lease lives while its holder writes to the issue (renewed by working,
+/// past its TTL), and lapses when they stop; another clone then takes the
+/// issue over with a larger token. The old holder, cut off and writing on
+/// under its old token, makes late writes: kept out of the issue on every
+/// clone, listed as a `claim` conflict, and settled by `bd resolve`.
+#[test]
+fn a_lease_lives_while_its_holder_works_and_late_writes_after_it_lapsed_are_claim_conflicts() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = a.create(&["long work"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &id)
+    }));
+    let old = a.json(&["claim", &id, "--ttl", "10s"])[0]["lease"]["token"]
+        .as_u64()
+        .unwrap();
+    // Working past the TTL keeps it.
+    for i in 0..7 {
+        a.ok(&["update", &id, "--notes", &format!("step {i}")]);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let held = b.bd(&["claim", &id]);
+    assert_eq!(held.status.code(), Some(3), "renewed by working: {held:?}");
+    assert!(
+        claims(&a)["renewed"].as_u64().unwrap() >= 2,
+        "{}",
+        claims(&a)
+    );
+    // Alice's machine drops off; her lease lapses; Bob takes the issue over.
+    a.ok(&["daemon", "stop"]);
+    std::thread::sleep(Duration::from_secs(11));
+    let taken = b.json(&["claim", &id]);
+    let new = taken[0]["lease"]["token"].as_u64().unwrap();
+    assert!(new > old, "{taken}");
+    assert_eq!(taken[0]["assignee"], "bob");
+    // Alice, still cut off, writes on (in-process: her daemon is down).
+    a.ok(&["update", &id, "--title", "alice's late title"]);
+    a.ok(&["comment", "add", &id, "late comment"]);
+    a.ok(&["daemon", "start", "-q"]);
+    for c in [&a, &b] {
+        assert!(
+            crate::mesh::eventually(Duration::from_secs(15), || {
+                c.json(&["conflicts"]).as_array().unwrap().iter().any(|x| {
+                    x["field"] == "claim" && x["contenders"].as_array().unwrap().len() == 3
+                })
+            }),
+            "{}",
+            c.json(&["conflicts"])
+        );
+        let shown = &c.json(&["show", &id])[0];
+        assert_eq!(shown["title"], "long work", "late write kept out: {shown}");
+        assert_eq!(shown["assignee"], "bob");
+        assert_eq!(shown["notes"], "step 6", "writes under the live lease stay");
+        assert!(
+            shown["comments"].as_array().is_none_or(|c| c.is_empty()),
+            "{shown}"
+        );
+    }
+    let conflict = b
+        .json(&["conflicts"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["field"] == "claim")
+        .cloned()
+        .unwrap();
+    assert_eq!(conflict["contenders"][0]["value"]["fence"], new);
+    assert_eq!(conflict["contenders"][1]["value"]["fence"], old);
+    // The late batch was answered -1 CONFLICT.
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        let st: serde_json::Value =
+            serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+        st["daemon"]["peers"][0]["acks"]["conflict"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    }));
+    // Taking one late write applies it as Bob's; dropping settles the rest.
+    let comment_op = conflict["contenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["value"]["late"]["comment"].is_object())
+        .unwrap()["op_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.ok(&[
+        "resolve",
+        &id,
+        "--field",
+        "claim",
+        "--take",
+        &comment_op[..10],
+    ]);
+    b.ok(&["resolve", &id, "--field", "claim", "--value", "drop"]);
+    for c in [&a, &b] {
+        assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+            c.json(&["conflicts"]).as_array().unwrap().is_empty()
+                && c.json(&["show", &id])[0]["comments"]
+                    .as_array()
+                    .is_some_and(|c| c.len() == 1)
+        }));
+        assert_eq!(c.json(&["show", &id])[0]["title"], "long work");
+    }
+}
+
+/// With the relay away a claim is provisional: exit 4 and the JSON says so.
+/// When the relay is back it becomes a lease, and another clone's claim is
+/// refused by it.
+#[test]
+fn a_claim_while_the_relay_is_away_is_provisional_then_a_lease() {
+    let mut relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = a.create(&["offline work"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &id)
+    }));
+    relay.stop();
+    assert!(crate::mesh::eventually(Duration::from_secs(15), || {
+        claims_connected(&a) == Some(false)
+    }));
+    let out = a.bd(&["claim", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got[0]["lease"]["provisional"], true, "{got}");
+    assert_eq!(got[0]["assignee"], "alice");
+    let human = a.bd(&["claim", &id]);
+    assert_eq!(human.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&human.stdout).contains("provisional"));
+    relay.restart();
+    assert!(
+        crate::mesh::eventually(Duration::from_secs(20), || claims(&a)["converted"] == 1),
+        "{}",
+        claims(&a)
+    );
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        b.json(&["show", &id])[0]["assignee"] == "alice"
+    }));
+    b.ok(&["update", &id, "--assignee", ""]);
+    let refused = b.bd(&["claim", &id]);
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "the lease holds: {refused:?}"
+    );
+}
+
+fn claims_connected(c: &crate::sync::Clone) -> Option<bool> {
+    let st: serde_json::Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).ok()?;
+    st["daemon"]["connected"].as_bool()
+}
+
+/// Two clones claim one issue while the relay is away: both provisional.
+/// When it is back one claim becomes the lease and the other is lost; both
+/// clones list the overlap as a conflict on the assignee, never two silent
+/// winners.
+#[test]
+fn overlapping_provisional_claims_become_a_claim_conflict() {
+    let mut relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = a.create(&["contested offline"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &id)
+    }));
+    relay.stop();
+    for c in [&a, &b] {
+        assert!(crate::mesh::eventually(Duration::from_secs(15), || {
+            claims_connected(c) == Some(false)
+        }));
+        assert_eq!(c.bd(&["claim", &id]).status.code(), Some(4));
+    }
+    relay.restart();
+    assert!(
+        crate::mesh::eventually(Duration::from_secs(20), || {
+            let (ca, cb) = (claims(&a), claims(&b));
+            ca["converted"].as_u64().unwrap_or(0) + cb["converted"].as_u64().unwrap_or(0) == 1
+                && ca["lost"].as_u64().unwrap_or(0) + cb["lost"].as_u64().unwrap_or(0) == 1
+        }),
+        "{} {}",
+        claims(&a),
+        claims(&b)
+    );
+    for c in [&a, &b] {
+        assert!(
+            crate::mesh::eventually(Duration::from_secs(15), || {
+                c.json(&["conflicts"])
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["issue_id"] == id.as_str() && x["field"] == "assignee")
+            }),
+            "{}",
+            c.json(&["conflicts"])
+        );
+    }
+}

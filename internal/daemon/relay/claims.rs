@@ -27,34 +27,37 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A holder's writes renew its lease at most this often.
+/// A holder's writes renew its lease at most this often (and at least
+/// three times per TTL).
 pub(super) const RENEW_EVERY: Duration = Duration::from_secs(60);
 
-/// When each lease this session holds was last granted or renewed.
+/// When each lease this session holds was last granted or renewed, and its
+/// TTL.
 #[derive(Default)]
 pub(super) struct Renewals {
-    last: HashMap<String, Instant>,
+    last: HashMap<String, (Instant, Duration)>,
 }
 
 impl Renewals {
-    pub(super) fn granted(&mut self, issue: &str) {
-        self.last.insert(issue.to_string(), Instant::now());
+    pub(super) fn granted(&mut self, issue: &str, ttl: Duration) {
+        self.last.insert(issue.to_string(), (Instant::now(), ttl));
     }
 
     pub(super) fn released(&mut self, issue: &str) {
         self.last.remove(issue);
     }
 
-    /// The (issue, holder) pairs among `ops` whose leases are due a renewal.
+    /// The (issue, holder) pairs among `ops` whose leases are due a renewal
+    /// (a lease this session did not grant, after a restart say, is due at
+    /// once: its TTL is learnt then).
     pub(super) fn due(&mut self, ops: &[Op]) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for op in ops.iter().filter(|o| o.fence.is_some()) {
             let stale = self
                 .last
                 .get(&op.issue)
-                .is_none_or(|t| t.elapsed() >= RENEW_EVERY);
-            if stale {
-                self.last.insert(op.issue.clone(), Instant::now());
+                .is_none_or(|(t, ttl)| t.elapsed() >= RENEW_EVERY.min(*ttl / 3));
+            if stale && !out.iter().any(|(i, _)| i == &op.issue) {
                 out.push((op.issue.clone(), op.actor.clone()));
             }
         }
@@ -67,17 +70,25 @@ pub(super) async fn renew(
     s: &Settings,
     shared: &Shared,
     leases: &async_nats::jetstream::kv::Store,
+    renewals: &mut Renewals,
     due: Vec<(String, String)>,
 ) {
     for (issue, holder) in due {
         match lease::renew(leases, &issue, &holder, &s.replica).await {
-            Ok(Some(_)) => update(shared, |r| r.claims.renewed += 1),
-            Ok(None) => {
+            Ok(Some(Grant::Granted(l))) => {
+                renewals.granted(&issue, Duration::from_millis(l.ttl_ms));
+                update(shared, |r| r.claims.renewed += 1)
+            }
+            Ok(Some(Grant::Held(l))) => {
+                renewals.released(&issue);
                 update(shared, |r| r.claims.lapsed += 1);
                 (shared.log)(&format!(
-                    "relay: {holder}'s lease of {issue} lapsed while they still write to it: those writes are late, and become a claim conflict"
+                    "relay: {holder}'s lease of {issue} lapsed while they still write to it; {} holds it now (lease {}): those writes are late, and become a claim conflict",
+                    l.holder,
+                    l.fence()
                 ));
             }
+            Ok(None) => renewals.released(&issue), // given back meanwhile
             Err(e) => shared.note_error(&format!(
                 "relay: renewing the lease of {issue}: {}",
                 e.message
@@ -141,7 +152,7 @@ pub(super) async fn convert(
                 };
                 match crate::daemon::connection::write(shared, item).await {
                     Ok(_) => {
-                        renewals.granted(&issue);
+                        renewals.granted(&issue, ttl);
                         update(shared, |r| r.claims.converted += 1);
                         (shared.log)(&format!(
                             "relay: {holder}'s provisional claim of {issue} is lease {} now",

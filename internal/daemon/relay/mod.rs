@@ -309,7 +309,7 @@ async fn session(
                 let ops = outlet.gather(outbox, ops, window).await;
                 let due = renewals.due(&ops);
                 outlet.send(s, paths, shared, ops).await?;
-                claims::renew(s, shared, &leases, due).await;
+                claims::renew(s, shared, &leases, &mut renewals, due).await;
             }
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
@@ -361,7 +361,7 @@ async fn session(
                         let grant = mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await;
                         match &grant {
                             Ok(mesh::lease::Grant::Granted(_)) => {
-                                renewals.granted(&issue);
+                                renewals.granted(&issue, ttl);
                                 update(shared, |r| r.claims.granted += 1);
                             }
                             Ok(mesh::lease::Grant::Held(_)) => update(shared, |r| r.claims.refused += 1),

@@ -159,6 +159,17 @@ pub(in crate::storage) fn write_rows(
         "DELETE FROM deps WHERE issue_id = ?1 AND depends_on_id = ?2 AND type = ?3",
         "INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)",
     )?;
+    if m.late && !fresh {
+        // A comment folded in before its op turned out late is taken out.
+        let mut stmt = conn.prepare_cached("SELECT id FROM comments WHERE issue_id = ?1")?;
+        let stored: Vec<String> = stmt
+            .query_map(params![issue.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in stored.iter().filter(|id| !comments.iter().any(|c| &c.id == *id)) {
+            conn.prepare_cached("DELETE FROM comments WHERE issue_id = ?1 AND id = ?2")?
+                .execute(params![issue.id, id])?;
+        }
+    }
     let mut add_comment = conn.prepare_cached(
         "INSERT OR IGNORE INTO comments(issue_id, id, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
     )?;
