@@ -128,7 +128,10 @@ impl Shared {
             largest_group: c.largest_group.load(Ordering::SeqCst),
             connections: c.connections.load(Ordering::SeqCst),
             syncs: self.durability.syncs(),
-            relay: self.relay.lock().ok().and_then(|r| r.clone()),
+            relay: self.relay.lock().ok().and_then(|r| r.clone()).map(|mut r| {
+                r.mode = r.current_mode().to_string();
+                r
+            }),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }

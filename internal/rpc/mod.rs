@@ -179,6 +179,33 @@ pub struct RelayState {
     /// leases or lost to another clone's lease.
     #[serde(default)]
     pub claims: ClaimCounts,
+    /// What the daemon can reach, and so how strong its claims are:
+    /// `normal` (the relay, and every peer's heartbeats), `degraded` (the
+    /// relay, but some peer's heartbeats are failing: phi over
+    /// [`SUSPECT_PHI`]), or
+    /// `isolated` (not the relay: claims are provisional, writes wait in the
+    /// outbox). Set when the status is read.
+    #[serde(default)]
+    pub mode: String,
+}
+
+/// The phi (see [`Peer::phi`]) over which a peer is taken for failed: 3
+/// means a one in a thousand chance it is alive and merely late, about 35 s
+/// of silence at one heartbeat per 5 s (its presence entry lasts 60 s, so a
+/// dead peer is suspected well before it is forgotten).
+pub const SUSPECT_PHI: f64 = 3.0;
+
+impl RelayState {
+    /// The mode its link and peers put the daemon in (see [`RelayState::mode`]).
+    pub fn current_mode(&self) -> &'static str {
+        if !self.connected {
+            "isolated"
+        } else if self.peers.iter().any(|p| p.phi > SUSPECT_PHI) {
+            "degraded"
+        } else {
+            "normal"
+        }
+    }
 }
 
 /// What became of this daemon's claims across the mesh.
@@ -222,8 +249,8 @@ pub struct Peer {
     pub queue: u64,
     /// Milliseconds since its last heartbeat arrived here.
     pub last_heard_ms: u64,
-    /// Suspicion that it failed (phi accrual over heartbeat arrivals; above 8,
-    /// take it for gone).
+    /// Suspicion that it failed (phi accrual over heartbeat arrivals; above
+    /// [`SUSPECT_PHI`], take it for gone).
     pub phi: f64,
     /// Its impedance, when a ping was answered: the smoothed round trip and
     /// its variation (RFC 6298), and its own apply time and queue.

@@ -1110,3 +1110,48 @@ fn joining_or_leaving_restarts_a_running_daemon() {
     assert!(!again.contains("restarted"), "{again}");
     assert_eq!(a.json(&["daemon", "status"])["pid"], pid);
 }
+
+fn daemon_mode(c: &crate::sync::Clone) -> String {
+    let st: Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+    st["daemon"]["mode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The daemon's mode follows what it can reach: `normal` with the relay and
+/// live peers; `degraded` when a peer's heartbeats stop (killed -9: no
+/// goodbye), by phi accrual; `isolated` without the relay. Every write is
+/// kept in every mode.
+#[test]
+fn the_daemon_mode_follows_what_it_can_reach() {
+    let mut relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    assert!(eventually(Duration::from_secs(15), || daemon_mode(&a)
+        == "normal"
+        && daemon_mode(&b) == "normal"));
+    let warm = b.create(&["b is alive"]);
+    assert!(eventually(Duration::from_secs(10), || seen(&a, &warm)));
+    let lock = std::fs::read_to_string(b.root.join(".beads/daemon.lock")).unwrap();
+    let pid = serde_json::from_str::<Value>(&lock).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || daemon_mode(&a) == "degraded"),
+        "{}",
+        a.ok(&["mesh", "status"])
+    );
+    assert!(a.ok(&["mesh", "status"]).contains("degraded"));
+    a.create(&["written while degraded"]);
+    relay.stop();
+    assert!(eventually(Duration::from_secs(15), || daemon_mode(&a) == "isolated"));
+    a.create(&["written while isolated"]);
+    assert_eq!(a.json(&["stats"])["total"], 3);
+}

@@ -228,10 +228,10 @@ fn render(st: &MeshStatus) -> String {
     };
     let _ = writeln!(s, "relay:    {relay}");
     if let Some(d) = &st.daemon {
-        let link = if d.connected {
-            "connected"
-        } else {
-            "not connected"
+        let link = match d.mode.as_str() {
+            "normal" => "connected (normal)",
+            "degraded" => "connected (degraded: some peers' heartbeats are failing)",
+            _ => "not connected (isolated: claims are provisional, writes wait in the outbox)",
         };
         let _ = writeln!(
             s,
@@ -258,6 +258,14 @@ fn render(st: &MeshStatus) -> String {
             let _ = writeln!(
                 s,
                 "  this clone's cursor fell out of the stream's retention: older ops come through git (`bd sync`)"
+            );
+        }
+        let c = &d.claims;
+        if c != &Default::default() {
+            let _ = writeln!(
+                s,
+                "  claims: {} leased, {} refused, {} provisional ({} turned into leases, {} lost), {} renewals, {} lapsed",
+                c.granted, c.refused, c.provisional, c.converted, c.lost, c.renewed, c.lapsed
             );
         }
         if let Some(e) = &d.last_error {

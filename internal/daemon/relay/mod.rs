@@ -744,13 +744,14 @@ impl Outlet {
 }
 
 /// The batching window the peers' impedance asks for: the largest Z among
-/// the peers that seem alive (phi under 8), [`MAX_WINDOW`] at most. A peer
+/// the peers that seem alive (phi under [`crate::rpc::SUSPECT_PHI`]),
+/// [`MAX_WINDOW`] at most. A peer
 /// with a queue shows a larger Z, so the window grows under load, and batches
 /// with it, until the slowest peer keeps up.
 fn window(peers: &[crate::rpc::Peer]) -> Duration {
     let z = peers
         .iter()
-        .filter(|p| p.phi < 8.0)
+        .filter(|p| p.phi < crate::rpc::SUSPECT_PHI)
         .filter_map(|p| p.impedance.as_ref().map(|z| z.z_ms))
         .fold(0.0, f64::max);
     Duration::from_secs_f64(z / 1e3).min(MAX_WINDOW)
