@@ -96,6 +96,8 @@ pub(super) struct Shared {
     /// A claim was granted provisionally since the relay session last looked
     /// for provisional claims to turn into leases.
     pub(super) claims_unleased: AtomicBool,
+    /// The relay leases this daemon holds for its agents, by issue.
+    pub(super) held: Mutex<std::collections::BTreeMap<String, crate::mesh::query::HeldLease>>,
 }
 
 impl Shared {
@@ -291,6 +293,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         agents: Mutex::new(Default::default()),
         apply_ms: Mutex::new(0.0),
         claims_unleased: AtomicBool::new(false),
+        held: Mutex::new(Default::default()),
     });
     let syncer = {
         let shared = shared.clone();

@@ -16,6 +16,7 @@
 //!   so `bd mesh leave` on one clone leaves the others as they are.
 
 pub mod lease;
+pub mod query;
 
 use crate::config::Config;
 use crate::jsonl::{FlushLock, atomic_write, io_at};

@@ -1155,3 +1155,116 @@ fn the_daemon_mode_follows_what_it_can_reach() {
     a.create(&["written while isolated"]);
     assert_eq!(a.json(&["stats"])["total"], 3);
 }
+
+/// `bd mesh query` asks every active daemon at once: watermarks, leases and
+/// agents from each, with coverage; `--wait-converged` returns once every
+/// active peer holds this clone's latest op. A daemon killed -9 stays
+/// active (its heartbeat lingers): a quorum that does not need it returns
+/// without waiting for it; one that does runs into the deadline (exit 1),
+/// naming it; and convergence is not claimed while it cannot be asked.
+#[test]
+fn mesh_query_gathers_a_quorum_and_wait_converged_waits_for_every_peer() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    assert!(eventually(Duration::from_secs(15), || daemon_mode(&a)
+        == "normal"
+        && daemon_mode(&b) == "normal"));
+    let id = a.create(&["queried"]);
+    let conv = a.json(&["mesh", "status", "--wait-converged", "--timeout", "15"]);
+    assert_eq!(conv["converged"], true, "{conv}");
+    let latest = conv["latest_seq"].as_u64().unwrap();
+    assert!(latest > 0);
+    assert!(seen(&b, &id), "converged means b has it");
+    let claimed = b.json(&["claim", &id]);
+    let token = claimed[0]["lease"]["token"].as_u64().unwrap();
+    let q = a.json(&["mesh", "query", "--quorum", "1", "--deadline", "5s"]);
+    assert_eq!(q["answered"], 2, "{q}");
+    assert_eq!(q["active"], 2);
+    assert_eq!(q["known"], 2);
+    assert_eq!(q["quorum_reached"], true);
+    let a_replica = a.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let answers = q["answers"].as_array().unwrap();
+    let from_b = answers
+        .iter()
+        .find(|x| x["replica"] != a_replica.as_str())
+        .unwrap();
+    assert!(
+        from_b["watermarks"][&a_replica].as_u64().unwrap() >= latest,
+        "{q}"
+    );
+    assert_eq!(from_b["leases"][0]["issue"], id.as_str());
+    assert_eq!(from_b["leases"][0]["holder"], "bob");
+    assert_eq!(from_b["leases"][0]["token"], token);
+    assert!(
+        from_b["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "bob"),
+        "{q}"
+    );
+    let only = a.json(&["mesh", "query", "agents"]);
+    assert!(only["answers"][0].get("watermarks").is_none(), "{only}");
+    // b dies without a goodbye: still active for a while.
+    let lock = std::fs::read_to_string(b.root.join(".beads/daemon.lock")).unwrap();
+    let pid = serde_json::from_str::<Value>(&lock).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let half = a.json(&[
+        "mesh",
+        "query",
+        "watermarks",
+        "--quorum",
+        "0.5",
+        "--deadline",
+        "5s",
+    ]);
+    assert_eq!(half["quorum_reached"], true, "{half}");
+    assert_eq!(half["answered"], 1);
+    assert_eq!(half["active"], 2);
+    assert!(
+        half["elapsed_ms"].as_f64().unwrap() < 4000.0,
+        "did not wait for the dead peer: {half}"
+    );
+    assert!(
+        half["unanswered"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("not needed")
+    );
+    let all = a.bd(&[
+        "mesh",
+        "query",
+        "--quorum",
+        "1",
+        "--deadline",
+        "300ms",
+        "--json",
+    ]);
+    assert_eq!(all.status.code(), Some(1), "{all:?}");
+    let report: Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(report["quorum_reached"], false);
+    assert!(String::from_utf8_lossy(&all.stderr).contains("only 1 of 2"));
+    a.create(&["after b died"]);
+    let stuck = a.bd(&["mesh", "status", "--wait-converged", "--timeout", "1"]);
+    assert_eq!(stuck.status.code(), Some(1), "{stuck:?}");
+    assert!(
+        String::from_utf8_lossy(&stuck.stderr).contains("no answer"),
+        "{stuck:?}"
+    );
+    // Bad input: a clear error, exit 2.
+    for bad in [
+        &["mesh", "query", "everything"][..],
+        &["mesh", "query", "--quorum", "1.5"],
+    ] {
+        let out = a.bd(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} {out:?}");
+    }
+}

@@ -23,6 +23,40 @@ pub enum MeshCommand {
     Status(StatusArgs),
     /// Ping every other member's daemon through the relay now
     Ping,
+    /// Ask every active daemon at once: watermarks, leases, agents
+    Query(QueryArgs),
+}
+
+/// Ask every active daemon of the mesh at once, and gather their answers
+///
+/// Returns when a quorum fraction of the active daemons (those whose
+/// heartbeat the relay holds) has answered, or at the deadline; it always
+/// reports coverage (answered / active / known members) and which daemons it
+/// did not wait for, with their impedance when this clone's daemon knows it.
+/// Exit 1 when the quorum did not answer in time (the answers that came are
+/// still printed).
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// What to ask: watermarks (the highest seq of each replica's ops each
+    /// daemon holds), leases (the claims' leases each holds), agents (served in
+    /// the last minute), or all
+    #[arg(value_name = "WHAT", default_value = "all")]
+    pub what: Vec<String>,
+    /// The fraction of active daemons whose answers suffice, in (0, 1]
+    #[arg(long, default_value_t = 0.66)]
+    pub quorum: f64,
+    /// How long to wait at most (e.g. 500ms, 2s)
+    #[arg(long, default_value = "2s", value_parser = parse_deadline)]
+    pub deadline: u64,
+}
+
+fn parse_deadline(s: &str) -> Result<u64, String> {
+    match bd::api::time::parse_duration_ms(s) {
+        Some(ms) if ms <= 60_000 => Ok(ms),
+        _ => Err(format!(
+            "{s:?} is not a deadline such as 500ms or 2s (60s at most)"
+        )),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -37,6 +71,10 @@ pub struct StatusArgs {
     #[arg(long, value_name = "N", requires = "watch",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+    /// Wait (up to --timeout) until every active peer holds this clone's
+    /// latest op; exit 1 naming the laggards if they do not in time
+    #[arg(long, conflicts_with = "watch")]
+    pub wait_converged: bool,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +197,8 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
         )?,
         MeshCommand::Leave => mesh::leave(&paths, &config_dir()?)?,
         MeshCommand::Status(a) if a.watch => return watch(ctx, &paths, &a),
+        MeshCommand::Status(a) if a.wait_converged => return converge(ctx, &paths),
+        MeshCommand::Query(a) => return query(ctx, &paths, a),
         MeshCommand::Status(_) => mesh::status(&paths, &config_dir()?, true)?,
         MeshCommand::Ping => {
             let answers = mesh::ping(&paths, &config_dir()?, std::time::Duration::from_secs(1))?;
@@ -211,6 +251,132 @@ pub fn cmd_mesh(ctx: &Ctx, c: MeshCommand) -> Result<(), CliError> {
         return output::json(&st);
     }
     output::print(&render(&st))
+}
+
+/// `bd mesh query`.
+fn query(ctx: &Ctx, paths: &bd::client::BeadsPaths, a: QueryArgs) -> Result<(), CliError> {
+    let r = mesh::query(
+        paths,
+        &config_dir()?,
+        a.what,
+        a.quorum,
+        std::time::Duration::from_millis(a.deadline),
+    )?;
+    if ctx.json {
+        output::json(&r)?;
+    } else {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} of {} active daemons answered ({} known, {} needed for a quorum of {}) in {:.1} ms{}",
+            r.answered,
+            r.active,
+            r.known,
+            r.needed,
+            r.quorum,
+            r.elapsed_ms,
+            if r.quorum_reached { "" } else { ": NO QUORUM" }
+        );
+        for a in &r.answers {
+            let _ = writeln!(
+                s,
+                "{} on {} (bd {}, {}): answered after {:.1} ms",
+                a.replica, a.host, a.version, a.mode, a.answered_ms
+            );
+            if let Some(w) = &a.watermarks {
+                let marks: Vec<String> = w.iter().map(|(r, s)| format!("{r}:{s}")).collect();
+                let _ = writeln!(s, "  watermarks {}", marks.join(" "));
+            }
+            if let Some(l) = &a.leases {
+                if l.is_empty() {
+                    let _ = writeln!(s, "  no leases");
+                }
+                for l in l {
+                    let _ = writeln!(
+                        s,
+                        "  lease {} of {} held by {} until {}",
+                        l.token, l.issue, l.holder, l.expires_at
+                    );
+                }
+            }
+            if let Some(ag) = &a.agents {
+                let _ = writeln!(
+                    s,
+                    "  agents: {}",
+                    if ag.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ag.join(", ")
+                    }
+                );
+            }
+        }
+        for u in &r.unanswered {
+            let z = u
+                .z_ms
+                .map(|z| format!(" (impedance {z:.1} ms)"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "{}{z}: {}", u.replica, u.why);
+        }
+        output::print(&s)?;
+    }
+    if !r.quorum_reached {
+        return Err(CliError(
+            bd::Error::new(
+                bd::ErrorKind::Timeout,
+                format!(
+                    "only {} of {} active daemons answered within {} ms (a quorum needs {})",
+                    r.answered, r.active, r.deadline_ms, r.needed
+                ),
+            )
+            .hint("a longer --deadline, or a smaller --quorum"),
+        ));
+    }
+    Ok(())
+}
+
+/// `bd mesh status --wait-converged`.
+fn converge(ctx: &Ctx, paths: &bd::client::BeadsPaths) -> Result<(), CliError> {
+    let c = mesh::wait_converged(paths, &config_dir()?, ctx.timeout)?;
+    if ctx.json {
+        output::json(&c)?;
+    } else if c.converged {
+        let who = if c.peers.is_empty() {
+            "no other daemon is active".to_string()
+        } else {
+            format!("{} active peer(s) hold it", c.peers.len())
+        };
+        output::print(&format!(
+            "converged: this clone's latest op (seq {}) is everywhere; {who} ({:.0} ms)\n",
+            c.latest_seq, c.waited_ms
+        ))?;
+    }
+    if !c.converged {
+        let behind: Vec<String> = c
+            .peers
+            .iter()
+            .filter(|(_, s)| s.is_none_or(|s| s < c.latest_seq))
+            .map(|(r, s)| match s {
+                Some(s) => format!("{r} (has seq {s})"),
+                None => format!("{r} (no answer)"),
+            })
+            .collect();
+        return Err(CliError(
+            bd::Error::new(
+                bd::ErrorKind::Timeout,
+                format!(
+                    "not converged within {:.1} s: this clone's latest op is seq {}; behind: {}",
+                    ctx.timeout.as_secs_f64(),
+                    c.latest_seq,
+                    behind.join(", ")
+                ),
+            )
+            .hint(
+                "`bd mesh status` shows each peer's link and acks; a longer --timeout waits more",
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn render(st: &MeshStatus) -> String {

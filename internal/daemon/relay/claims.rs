@@ -32,19 +32,45 @@ use std::time::{Duration, Instant};
 pub(super) const RENEW_EVERY: Duration = Duration::from_secs(60);
 
 /// When each lease this session holds was last granted or renewed, and its
-/// TTL.
-#[derive(Default)]
+/// TTL; the leases themselves go into the daemon's shared state, for
+/// `bd mesh query leases`.
 pub(super) struct Renewals {
     last: HashMap<String, (Instant, Duration)>,
+    shared: Arc<Shared>,
 }
 
 impl Renewals {
-    pub(super) fn granted(&mut self, issue: &str, ttl: Duration) {
-        self.last.insert(issue.to_string(), (Instant::now(), ttl));
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        if let Ok(mut held) = shared.held.lock() {
+            held.clear(); // a new session: what it holds, it learns again
+        }
+        Renewals {
+            last: HashMap::new(),
+            shared,
+        }
+    }
+
+    pub(super) fn granted(&mut self, l: &lease::Lease) {
+        let ttl = Duration::from_millis(l.ttl_ms);
+        self.last.insert(l.issue.clone(), (Instant::now(), ttl));
+        if let Ok(mut held) = self.shared.held.lock() {
+            held.insert(
+                l.issue.clone(),
+                crate::mesh::query::HeldLease {
+                    issue: l.issue.clone(),
+                    holder: l.holder.clone(),
+                    token: l.fence(),
+                    expires_at: crate::clock::format_rfc3339(l.expires_ms()),
+                },
+            );
+        }
     }
 
     pub(super) fn released(&mut self, issue: &str) {
         self.last.remove(issue);
+        if let Ok(mut held) = self.shared.held.lock() {
+            held.remove(issue);
+        }
     }
 
     /// The (issue, holder) pairs among `ops` whose leases are due a renewal
@@ -76,7 +102,7 @@ pub(super) async fn renew(
     for (issue, holder) in due {
         match lease::renew(leases, &issue, &holder, &s.replica).await {
             Ok(Some(Grant::Granted(l))) => {
-                renewals.granted(&issue, Duration::from_millis(l.ttl_ms));
+                renewals.granted(&l);
                 update(shared, |r| r.claims.renewed += 1)
             }
             Ok(Some(Grant::Held(l))) => {
@@ -152,7 +178,7 @@ pub(super) async fn convert(
                 };
                 match crate::daemon::connection::write(shared, item).await {
                     Ok(_) => {
-                        renewals.granted(&issue, ttl);
+                        renewals.granted(&l);
                         update(shared, |r| r.claims.converted += 1);
                         (shared.log)(&format!(
                             "relay: {holder}'s provisional claim of {issue} is lease {} now",

@@ -221,6 +221,17 @@ async fn session(
         pings,
         shared.clone(),
     )));
+    let questions = client
+        .subscribe(mesh::query::subject(&s.repo_id))
+        .await
+        .map_err(|e| relay_error("subscribing to queries", e))?;
+    let _querying = Abort(tokio::spawn(presence::answer_queries(
+        client.clone(),
+        questions,
+        shared.clone(),
+        paths.clone(),
+        s.replica.clone(),
+    )));
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: s.stream(),
@@ -272,7 +283,7 @@ async fn session(
         *l = Some(lease_tx);
     }
     let _desk = LeaseDesk(shared);
-    let mut renewals = claims::Renewals::default();
+    let mut renewals = claims::Renewals::new(shared.clone());
     // Claims granted while the relay could not be asked become leases now.
     shared.claims_unleased.store(false, std::sync::atomic::Ordering::SeqCst);
     if let Err(e) = claims::convert(s, paths, shared, &leases, &mut renewals).await {
@@ -360,8 +371,8 @@ async fn session(
                         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
                         let grant = mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await;
                         match &grant {
-                            Ok(mesh::lease::Grant::Granted(_)) => {
-                                renewals.granted(&issue, ttl);
+                            Ok(mesh::lease::Grant::Granted(l)) => {
+                                renewals.granted(l);
                                 update(shared, |r| r.claims.granted += 1);
                             }
                             Ok(mesh::lease::Grant::Held(_)) => update(shared, |r| r.claims.refused += 1),

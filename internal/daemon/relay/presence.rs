@@ -263,3 +263,66 @@ pub(super) async fn listen(
     Ok(out)
 }
 
+
+/// Answers `bd mesh query` questions (see [`crate::mesh::query`]) with what
+/// this daemon holds, until the subscription ends (or the session aborts
+/// this task). The watermarks are read from the database, one index lookup
+/// per member replica.
+pub(super) async fn answer_queries(
+    client: async_nats::Client,
+    mut questions: async_nats::Subscriber,
+    shared: std::sync::Arc<Shared>,
+    paths: crate::storage::BeadsPaths,
+    replica: String,
+) {
+    use crate::mesh::query::{Answer, Ask};
+    while let Some(q) = questions.next().await {
+        let Some(reply) = q.reply else { continue };
+        let ask: Ask = serde_json::from_slice(&q.payload).unwrap_or_default();
+        let wants = |part: &str| ask.what.is_empty() || ask.what.iter().any(|w| w == part);
+        let mut answer = Answer {
+            replica: replica.clone(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            version: shared.opts.version.clone(),
+            mode: shared
+                .relay
+                .lock()
+                .ok()
+                .and_then(|r| r.as_ref().map(|r| r.current_mode().to_string()))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        if wants("watermarks") {
+            let paths = paths.clone();
+            answer.watermarks = tokio::task::spawn_blocking(move || watermarks(&paths).ok())
+                .await
+                .ok()
+                .flatten();
+        }
+        if wants("leases") {
+            answer.leases = shared.held.lock().ok().map(|h| h.values().cloned().collect());
+        }
+        if wants("agents") {
+            answer.agents = Some(shared.recent_agents());
+        }
+        if let Ok(body) = serde_json::to_vec(&answer) {
+            let _ = client.publish(reply, body.into()).await;
+        }
+    }
+}
+
+/// The highest seq of each member replica's ops held here.
+fn watermarks(paths: &crate::storage::BeadsPaths) -> Result<std::collections::BTreeMap<String, u64>> {
+    let store = crate::storage::Store::open(&paths.db)?;
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT MAX(seq) FROM ops WHERE replica = ?1")?;
+    let mut out = std::collections::BTreeMap::new();
+    for m in crate::mesh::members(paths)? {
+        let seq: Option<i64> = stmt.query_row([&m.replica], |r| r.get(0))?;
+        out.insert(m.replica, seq.unwrap_or(0).max(0) as u64);
+    }
+    Ok(out)
+}
