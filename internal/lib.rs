@@ -76,8 +76,8 @@ macro_rules! internal {
 }
 
 internal!(
-    clock, config, daemon, doctor, engine, exchange, gitsync, ids, jsonl, merge, mesh, model,
-    query, rpc, service, storage,
+    breaker, clock, config, daemon, doctor, engine, exchange, gitsync, ids, jsonl, merge, mesh,
+    model, query, rpc, service, storage,
 );
 
 #[cfg(feature = "testing")]

@@ -98,6 +98,8 @@ pub(super) struct Shared {
     pub(super) claims_unleased: AtomicBool,
     /// The relay leases this daemon holds for its agents, by issue.
     pub(super) held: Mutex<std::collections::BTreeMap<String, crate::mesh::query::HeldLease>>,
+    /// The breaker over the relay connection.
+    pub(super) relay_breaker: Mutex<crate::breaker::Breaker>,
 }
 
 impl Shared {
@@ -132,6 +134,12 @@ impl Shared {
             syncs: self.durability.syncs(),
             relay: self.relay.lock().ok().and_then(|r| r.clone()).map(|mut r| {
                 r.mode = r.current_mode().to_string();
+                let now = crate::clock::Clock::now_ms(&SystemClock);
+                r.breaker = self
+                    .relay_breaker
+                    .lock()
+                    .ok()
+                    .map(|b| crate::rpc::BreakerView::of("relay", &b, now));
                 r
             }),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
@@ -294,6 +302,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         apply_ms: Mutex::new(0.0),
         claims_unleased: AtomicBool::new(false),
         held: Mutex::new(Default::default()),
+        relay_breaker: Mutex::new(Default::default()),
     });
     let syncer = {
         let shared = shared.clone();

@@ -145,10 +145,29 @@ pub struct Secrets {
 /// Connects to the relay at `urls` with this clone's secrets (token or
 /// credentials file, TLS), as `name`: the daemon's link and `bd mesh ping`.
 pub async fn connect(urls: &[String], s: &Secrets, name: &str) -> Result<async_nats::Client> {
+    connect_watched(urls, s, name, None).await
+}
+
+/// [`connect`], telling `events` of every disconnect and reconnect (the
+/// client reconnects by itself: the daemon's relay breaker counts them).
+pub async fn connect_watched(
+    urls: &[String],
+    s: &Secrets,
+    name: &str,
+    events: Option<tokio::sync::mpsc::UnboundedSender<async_nats::Event>>,
+) -> Result<async_nats::Client> {
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .require_tls(s.tls)
         .connection_timeout(Duration::from_secs(2));
+    if let Some(tx) = events {
+        opts = opts.event_callback(move |e| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        });
+    }
     if let Some(f) = &s.token_file {
         let token = std::fs::read_to_string(f).map_err(|e| io_at(f, e))?;
         opts = opts.token(token.trim().to_string());

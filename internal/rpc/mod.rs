@@ -187,6 +187,47 @@ pub struct RelayState {
     /// outbox). Set when the status is read.
     #[serde(default)]
     pub mode: String,
+    /// The breaker over the relay connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerView>,
+}
+
+/// A circuit breaker as a status shows it (see [`crate::breaker`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BreakerView {
+    /// What it guards: `relay`, `peer`, `git remote`.
+    pub name: String,
+    /// closed, open or half_open.
+    pub state: crate::breaker::State,
+    /// Failures since the last success.
+    pub consecutive: u32,
+    /// Failures in all.
+    pub failures: u64,
+    /// Times it opened.
+    pub opened: u64,
+    /// Times a probe closed it.
+    pub closed: u64,
+    /// While open: ms until the next probe may go.
+    pub probe_in_ms: u64,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
+impl BreakerView {
+    /// The view of `b` at `now_ms`.
+    pub fn of(name: &str, b: &crate::breaker::Breaker, now_ms: u64) -> Self {
+        BreakerView {
+            name: name.to_string(),
+            state: b.state,
+            consecutive: b.consecutive,
+            failures: b.failures,
+            opened: b.opened,
+            closed: b.closed,
+            probe_in_ms: b.probe_in_ms(now_ms),
+            last_failure: b.last_failure.clone(),
+        }
+    }
 }
 
 /// The phi (see [`Peer::phi`]) over which a peer is taken for failed: 3
@@ -259,6 +300,10 @@ pub struct Peer {
     /// Its acknowledgements of this replica's batches, when it sent any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acks: Option<AckSummary>,
+    /// The breaker over its answers to pings (open: it stopped answering;
+    /// pinged again at its probe times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerView>,
 }
 
 /// A peer's acknowledgements of this replica's batches: +1 READY (applied),

@@ -1149,6 +1149,11 @@ fn the_daemon_mode_follows_what_it_can_reach() {
         a.ok(&["mesh", "status"])
     );
     assert!(a.ok(&["mesh", "status"]).contains("degraded"));
+    // Its pings fail (no responder): the peer's breaker is open, probing.
+    let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+    let peer = &st["daemon"]["peers"][0];
+    assert_ne!(peer["breaker"]["state"], "closed", "{peer}");
+    assert!(peer["breaker"]["opened"].as_u64().unwrap() >= 1);
     a.create(&["written while degraded"]);
     relay.stop();
     assert!(eventually(Duration::from_secs(15), || daemon_mode(&a) == "isolated"));
@@ -1267,4 +1272,47 @@ fn mesh_query_gathers_a_quorum_and_wait_converged_waits_for_every_peer() {
         let out = a.bd(bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?} {out:?}");
     }
+}
+
+/// A relay that drops every couple of seconds: sessions never last, so the
+/// relay's breaker opens and probes on its schedule instead of reconnecting
+/// at every drop; writes succeed throughout (the outbox holds them); once
+/// the relay stays up a probe closes the breaker and both clones converge.
+#[test]
+fn a_flapping_relay_opens_the_breaker_and_everything_converges_after() {
+    let mut relay = Relay::start();
+    let (_cluster, a, b) = pair(&relay);
+    assert!(eventually(Duration::from_secs(15), || daemon_mode(&a) == "normal"));
+    let mut written = Vec::new();
+    let mut saw_open = false;
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(1500));
+        relay.stop();
+        written.push(a.create(&[&format!("written during flap {round}")]));
+        std::thread::sleep(Duration::from_millis(1000));
+        let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+        saw_open |= st["daemon"]["breaker"]["state"] == "open";
+        relay.restart();
+    }
+    let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+    let breaker = &st["daemon"]["breaker"];
+    assert!(
+        saw_open || breaker["opened"].as_u64().unwrap() >= 1,
+        "{breaker}"
+    );
+    // Each open waits out its backoff before one probe: far fewer attempts
+    // than drops would make without it.
+    assert!(breaker["failures"].as_u64().unwrap() <= 12, "{breaker}");
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+            st["daemon"]["connected"] == true && written.iter().all(|id| seen(&b, id))
+        }),
+        "{}",
+        a.ok(&["mesh", "status"])
+    );
+    assert!(eventually(Duration::from_secs(20), || {
+        let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+        st["daemon"]["breaker"]["state"] == "closed"
+    }));
 }

@@ -20,7 +20,7 @@
 mod claims;
 mod presence;
 
-use presence::{Acks, HEARTBEAT, Heard, PRESENCE_TTL, Rtt, heartbeat, listen, ping};
+use presence::{Acks, HEARTBEAT, Heard, PRESENCE_TTL, Rtt, heartbeat, listen};
 use super::server::Shared;
 use super::writer::Job;
 use crate::mesh::{self, Member};
@@ -157,11 +157,38 @@ pub(super) async fn run(
         if shared.is_stopping() {
             return;
         }
+        // The breaker over the relay connection: open, no attempt until its
+        // probe time (the outbox grows meanwhile, and git carries the sync).
+        let wait = {
+            let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+            let mut b = shared.relay_breaker.lock().unwrap_or_else(|p| p.into_inner());
+            (!b.allow(now)).then(|| b.probe_in_ms(now))
+        };
+        if let Some(ms) = wait {
+            tokio::time::sleep(Duration::from_millis(ms.clamp(1, 250))).await;
+            continue;
+        }
         let out = session(&settings, &paths, &shared, &mut outbox).await;
         update(&shared, |r| r.connected = false);
         match out {
             Ok(()) => return,
             Err(e) => {
+                {
+                    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                    let mut b = shared.relay_breaker.lock().unwrap_or_else(|p| p.into_inner());
+                    let was = b.state;
+                    if was != crate::breaker::State::Open {
+                        // (Open already: the session's own count opened it.)
+                        b.failure(now, &e.message, &crate::breaker::Policy::RELAY);
+                    }
+                    if b.state == crate::breaker::State::Open {
+                        shared.note_error(&format!(
+                            "relay: breaker open after {} failure(s) in a row; next try in {:.1} s (writes wait in the outbox; `bd sync` carries them through git)",
+                            b.consecutive,
+                            b.probe_in_ms(now) as f64 / 1000.0
+                        ));
+                    }
+                }
                 update(&shared, |r| r.last_error = Some(e.message.clone()));
                 shared.note_error(&format!("relay: {}", e.message));
                 refresh_outbox(&paths, &shared).await;
@@ -180,6 +207,10 @@ pub(super) async fn run(
         }
     }
 }
+
+/// How long a relay session must stay up to count as a success for the
+/// relay's breaker.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// Changes the relay state the daemon's status reports.
 fn update(shared: &Shared, f: impl FnOnce(&mut crate::rpc::RelayState)) {
@@ -200,7 +231,14 @@ async fn session(
     shared: &Arc<Shared>,
     outbox: &mut mpsc::UnboundedReceiver<Vec<Op>>,
 ) -> Result<()> {
-    let client = mesh::connect(&s.urls, &s.secrets, &format!("bd {}", s.replica)).await?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let client = mesh::connect_watched(
+        &s.urls,
+        &s.secrets,
+        &format!("bd {}", s.replica),
+        Some(events_tx),
+    )
+    .await?;
     let js = jetstream::new(client.clone());
     // Peers ping us to measure their impedance to us: answer with our own
     // apply time and queue.
@@ -290,8 +328,13 @@ async fn session(
         shared.note_error(&format!("relay: turning provisional claims into leases: {}", e.message));
     }
     let mut peers: HashMap<String, Heard> = HashMap::new();
+    let mut prober = presence::Prober::default();
     let mut beat = tokio::time::interval(HEARTBEAT);
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
+    // A session counts as a success for the breaker once it has stayed up
+    // this long: a relay that drops every few seconds keeps failing.
+    let mut connected_at = std::time::Instant::now();
+    let mut stable = false;
     update(shared, |r| {
         r.connected = true;
         r.last_error = None;
@@ -331,7 +374,7 @@ async fn session(
                 if new_peer {
                     // A peer's first batch: measure it now rather than at the
                     // next tick, so the batching window fits it from the start.
-                    window = meet(s, shared, &presence, &client, &mut peers, &mut acks).await?;
+                    window = meet(s, shared, &presence, &client, &mut peers, &mut acks, &mut prober).await?;
                 }
                 msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
                 if let Some((replica, from, to)) = out.missing {
@@ -339,9 +382,18 @@ async fn session(
                 }
             }
             _ = beat.tick() => {
+                if !stable && connected_at.elapsed() >= STABLE {
+                    stable = true;
+                    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                    shared
+                        .relay_breaker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .success(now, &crate::breaker::Policy::RELAY);
+                }
                 moved(s, paths)?;
                 heartbeat(s, shared, &presence, outlet.published).await?;
-                window = meet(s, shared, &presence, &client, &mut peers, &mut acks).await?;
+                window = meet(s, shared, &presence, &client, &mut peers, &mut acks, &mut prober).await?;
                 // Batches in transit whose gaps git filled meanwhile.
                 let (tx, rx) = oneshot::channel();
                 shared.send_job(Job::Release(tx))?;
@@ -363,6 +415,28 @@ async fn session(
                 if positions(paths, shared, &mut consumer, &stream).await > 0 {
                     // Written without the daemon (or missed): publish it now.
                     outlet.backlog(s, paths, shared).await?;
+                }
+            }
+            event = events.recv() => {
+                // The client reconnects by itself; each drop is a failure
+                // for the breaker, and a link that keeps dropping ends the
+                // session so the breaker's schedule decides the next try.
+                match event {
+                    Some(async_nats::Event::Disconnected) => {
+                        update(shared, |r| r.connected = false);
+                        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                        let mut b = shared.relay_breaker.lock().unwrap_or_else(|p| p.into_inner());
+                        b.failure(now, "the relay dropped the connection", &crate::breaker::Policy::RELAY);
+                        if b.state == crate::breaker::State::Open {
+                            return Err(relay_error("the relay keeps dropping the connection", "breaker open"));
+                        }
+                    }
+                    Some(async_nats::Event::Connected) => {
+                        update(shared, |r| r.connected = true);
+                        connected_at = std::time::Instant::now();
+                        stable = false;
+                    }
+                    _ => {}
                 }
             }
             job = lease_jobs.recv() => {
@@ -427,21 +501,17 @@ async fn meet(
     client: &async_nats::Client,
     peers: &mut HashMap<String, Heard>,
     acks: &mut HashMap<String, Acks>,
+    prober: &mut presence::Prober,
 ) -> Result<Duration> {
     let mut seen = listen(s, presence, peers).await?;
-    // All at once: a slow peer costs one ping timeout, not one per peer.
-    let pinged = futures_util::future::join_all(
-        peers
-            .iter_mut()
-            .filter(|(replica, _)| seen.iter().any(|p| &p.replica == *replica))
-            .map(|(replica, h)| async move { (replica.clone(), ping(s, client, replica, h).await) }),
-    )
-    .await;
+    // Pings go on their own tasks: this tick shows what the last ones found.
+    let replicas: Vec<String> = seen.iter().map(|p| p.replica.clone()).collect();
+    prober.round(s, client, &replicas);
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     for p in &mut seen {
-        p.impedance = pinged
-            .iter()
-            .find(|(r, _)| *r == p.replica)
-            .and_then(|(_, z)| z.clone());
+        let (z, breaker) = prober.of(&p.replica);
+        p.impedance = z;
+        p.breaker = breaker.map(|b| crate::rpc::BreakerView::of("peer", &b, now));
         if let Some(a) = acks.get_mut(&p.replica) {
             p.acks = Some(a.summary());
         }
@@ -763,6 +833,7 @@ fn window(peers: &[crate::rpc::Peer]) -> Duration {
     let z = peers
         .iter()
         .filter(|p| p.phi < crate::rpc::SUSPECT_PHI)
+        .filter(|p| p.breaker.as_ref().is_none_or(|b| b.state == crate::breaker::State::Closed))
         .filter_map(|p| p.impedance.as_ref().map(|z| z.z_ms))
         .fold(0.0, f64::max);
     Duration::from_secs_f64(z / 1e3).min(MAX_WINDOW)

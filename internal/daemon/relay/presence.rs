@@ -85,8 +85,6 @@ pub(super) struct Heard {
     at: std::time::Instant,
     /// Smoothed interval between arrivals, in ms.
     mean_ms: f64,
-    /// Its round trips.
-    rtt: Rtt,
 }
 
 /// RFC 6298's round-trip estimator: the first sample sets SRTT = R and
@@ -120,33 +118,89 @@ impl Rtt {
     }
 }
 
-/// Pings `peer` (request/reply through the relay, 500 ms at most) and folds
-/// the round trip into its estimator ([`Rtt`]). `None` when it did not answer.
-pub(super) async fn ping(
-    s: &Settings,
-    client: &async_nats::Client,
-    peer: &str,
-    heard: &mut Heard,
-) -> Option<crate::rpc::Impedance> {
-    let start = std::time::Instant::now();
-    let answer = tokio::time::timeout(
-        Duration::from_millis(500),
-        client.request(format!("bd.{}.ping.{peer}", s.repo_id), "".into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let (srtt, rttvar) = heard.rtt.sample(start.elapsed().as_secs_f64() * 1e3);
-    let v: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
-    let apply_ms = v["apply_ms"].as_f64().unwrap_or(0.0);
-    let queue = v["queue"].as_u64().unwrap_or(0);
-    Some(crate::rpc::Impedance {
-        rtt_ms: srtt,
-        rttvar_ms: rttvar,
-        apply_ms,
-        queue,
-        z_ms: srtt + apply_ms + queue as f64 * apply_ms,
-    })
+/// A ping not answered in this long failed (a slower answer is a slow
+/// peer, not a dead one: it counts, and raises its impedance).
+const PING_LIMIT: Duration = Duration::from_secs(30);
+
+/// What pinging one peer has shown: its round trips, its last impedance, and
+/// the breaker over its answers.
+#[derive(Default)]
+struct Probe {
+    rtt: Rtt,
+    last: Option<crate::rpc::Impedance>,
+    in_flight: bool,
+    breaker: crate::breaker::Breaker,
+}
+
+/// Pings the peers in the background, one ping per peer at a time, each on
+/// its own task: a slow peer's ping never holds up the session (or another
+/// peer's ping). Dropped with the session, it stops its pings.
+#[derive(Default)]
+pub(super) struct Prober {
+    probes: std::sync::Arc<std::sync::Mutex<HashMap<String, Probe>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Prober {
+    /// Starts a ping to each of `replicas` that has none under way and whose
+    /// breaker lets one go.
+    pub(super) fn round(&mut self, s: &Settings, client: &async_nats::Client, replicas: &[String]) {
+        while self.tasks.try_join_next().is_some() {}
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let Ok(mut probes) = self.probes.lock() else {
+            return;
+        };
+        for replica in replicas {
+            let p = probes.entry(replica.clone()).or_default();
+            if p.in_flight || !p.breaker.allow(now) {
+                continue;
+            }
+            p.in_flight = true;
+            let (client, probes, replica) = (client.clone(), self.probes.clone(), replica.clone());
+            let subject = format!("bd.{}.ping.{replica}", s.repo_id);
+            self.tasks.spawn(async move {
+                let start = std::time::Instant::now();
+                let answer = tokio::time::timeout(PING_LIMIT, client.request(subject, "".into())).await;
+                let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                let policy = crate::breaker::Policy::LINK;
+                let Ok(mut probes) = probes.lock() else { return };
+                let p = probes.entry(replica).or_default();
+                p.in_flight = false;
+                match answer {
+                    Ok(Ok(msg)) => {
+                        let (srtt, rttvar) = p.rtt.sample(start.elapsed().as_secs_f64() * 1e3);
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&msg.payload).unwrap_or_default();
+                        let apply_ms = v["apply_ms"].as_f64().unwrap_or(0.0);
+                        let queue = v["queue"].as_u64().unwrap_or(0);
+                        p.last = Some(crate::rpc::Impedance {
+                            rtt_ms: srtt,
+                            rttvar_ms: rttvar,
+                            apply_ms,
+                            queue,
+                            z_ms: srtt + apply_ms + queue as f64 * apply_ms,
+                        });
+                        p.breaker.success(now, &policy);
+                    }
+                    Ok(Err(e)) => p.breaker.failure(now, &format!("ping: {e}"), &policy),
+                    Err(_) => p.breaker.failure(
+                        now,
+                        &format!("ping: no answer in {} s", PING_LIMIT.as_secs()),
+                        &policy,
+                    ),
+                }
+            });
+        }
+    }
+
+    /// A peer's last impedance and its breaker.
+    pub(super) fn of(&self, replica: &str) -> (Option<crate::rpc::Impedance>, Option<crate::breaker::Breaker>) {
+        self.probes
+            .lock()
+            .ok()
+            .and_then(|p| p.get(replica).map(|p| (p.last.clone(), Some(p.breaker.clone()))))
+            .unwrap_or((None, None))
+    }
 }
 
 /// Answers other daemons' pings with this daemon's apply time and queue,
@@ -236,7 +290,6 @@ pub(super) async fn listen(
             revision: entry.revision,
             at: now,
             mean_ms: HEARTBEAT.as_millis() as f64,
-            rtt: Rtt::default(),
         });
         if entry.revision != h.revision {
             let gap = now.duration_since(h.at).as_millis() as f64;
@@ -257,6 +310,7 @@ pub(super) async fn listen(
             phi: elapsed / h.mean_ms / std::f64::consts::LN_10,
             impedance: None,
             acks: None,
+            breaker: None,
         });
     }
     out.sort_by(|a, b| a.replica.cmp(&b.replica));
