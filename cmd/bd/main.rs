@@ -25,7 +25,7 @@ struct Cli {
     command: commands::Command,
 }
 
-const AFTER_HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict (claim lost, cycle).\nStart with `bd init`, then `bd create \"First task\"` and `bd ready`.";
+const AFTER_HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict (claim lost, cycle), 4 done but provisional (a claim the relay could not back).\nStart with `bd init`, then `bd create \"First task\"` and `bd ready`.";
 
 fn main() {
     let mut command = Cli::command();

@@ -1,11 +1,12 @@
 //! The mesh, as a program embedding bd joins and inspects it: see
 //! `bd mesh --help` and README "The mesh".
 
+pub use crate::breaker::State as BreakerState;
 pub use crate::mesh::{
     JoinOptions, MEMBERS_FILE, Member, MeshStatus, PingResult, RelayProbe, check_url, join, leave,
     members, ping, probe,
 };
-pub use crate::rpc::RelayState;
+pub use crate::rpc::{BreakerView, RelayState};
 
 use super::DaemonClient;
 use crate::Result;

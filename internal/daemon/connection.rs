@@ -156,6 +156,9 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
         let actor = item.actor.clone();
         let released = released_by(&item.request);
         let out = write(shared, item).await;
+        if out.is_ok() {
+            note_provisional(shared, &claims);
+        }
         let give_back = match &out {
             Ok(_) if !released.is_empty() && shared.relay_configured() => {
                 let named = released.into_iter().map(|i| (i, None)).collect();
@@ -307,16 +310,22 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
             Err(_) => provisional(&mut claims, id, "the relay did not answer within 5 s"),
         }
     }
-    if !claims.provisional.is_empty() {
-        shared.claims_unleased.store(true, Ordering::SeqCst);
-        let n = claims.provisional.len() as u64;
-        if let Ok(mut r) = shared.relay.lock()
-            && let Some(r) = r.as_mut()
-        {
-            r.claims.provisional += n;
-        }
-    }
     Ok(claims)
+}
+
+/// Counts a write's provisional claims, and has the relay session look for
+/// them to turn into leases.
+fn note_provisional(shared: &Shared, claims: &Claims) {
+    if claims.provisional.is_empty() {
+        return;
+    }
+    shared.claims_unleased.store(true, Ordering::SeqCst);
+    let n = claims.provisional.len() as u64;
+    if let Ok(mut r) = shared.relay.lock()
+        && let Some(r) = r.as_mut()
+    {
+        r.claims.provisional += n;
+    }
 }
 
 /// The full ids of the issues `claimed` names (by a unique prefix, say).
@@ -376,17 +385,29 @@ fn released_by(req: &Request) -> Vec<String> {
 /// that sees the issue free can take it (best effort, 2 s at most: an
 /// unreleased lease expires).
 async fn release(shared: &Shared, issue: String, holder: &str) {
+    if !shared.relay_configured() {
+        return;
+    }
     let Some(desk) = lease_desk(shared) else {
+        // The relay is away: given back when the session is next connected
+        // (before then it may expire by itself).
+        if let Ok(mut p) = shared.pending_releases.lock() {
+            p.push((issue, holder.to_string()));
+        }
         return;
     };
     let (reply, done) = oneshot::channel();
     let asked = desk.send(LeaseJob::Release {
-        issue,
+        issue: issue.clone(),
         holder: holder.to_string(),
         reply,
     });
-    if asked.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+    let done = match asked {
+        Ok(()) => tokio::time::timeout(Duration::from_secs(2), done).await.is_ok_and(|r| r.is_ok()),
+        Err(_) => false,
+    };
+    if !done && let Ok(mut p) = shared.pending_releases.lock() {
+        p.push((issue, holder.to_string()));
     }
 }
 

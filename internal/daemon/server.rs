@@ -100,6 +100,9 @@ pub(super) struct Shared {
     pub(super) held: Mutex<std::collections::BTreeMap<String, crate::mesh::query::HeldLease>>,
     /// The breaker over the relay connection.
     pub(super) relay_breaker: Mutex<crate::breaker::Breaker>,
+    /// Leases given back while the relay could not be asked: (issue,
+    /// holder), released when the session is next connected.
+    pub(super) pending_releases: Mutex<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -303,6 +306,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         claims_unleased: AtomicBool::new(false),
         held: Mutex::new(Default::default()),
         relay_breaker: Mutex::new(Default::default()),
+        pending_releases: Mutex::new(Vec::new()),
     });
     let syncer = {
         let shared = shared.clone();

@@ -215,6 +215,15 @@ impl IssueDoc {
             .map(|o| (o.fence.unwrap_or(0), o.actor.as_str()))
     }
 
+    /// The newest token `actor` wrote under on this issue, if any.
+    pub fn held_by(&self, actor: &str) -> Option<u64> {
+        self.fenced
+            .values()
+            .filter(|o| o.actor == actor)
+            .filter_map(|o| o.fence)
+            .max()
+    }
+
     /// The visible writes of `field`: (op id, replica, whether it carries a
     /// lease token).
     pub fn field_writers(&self, field: &str) -> Vec<(&str, &str, bool)> {

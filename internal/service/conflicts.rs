@@ -353,7 +353,16 @@ fn replay_late(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, op: &model::Op
         }
         _ => Vec::new(),
     };
-    tx.record(new_op(ctx, id, op.kind.clone(), op.field.as_deref(), op.value.clone(), heads))?;
+    let mut value = op.value.clone();
+    if op.kind == OpKind::Comment
+        && let Value::Object(m) = &mut value
+    {
+        // Still the late writer's comment, from when they wrote it.
+        m.entry("author").or_insert_with(|| json!(op.actor));
+        m.entry("created_at")
+            .or_insert_with(|| json!(format_rfc3339(op.hlc.wall)));
+    }
+    tx.record(new_op(ctx, id, op.kind.clone(), op.field.as_deref(), value, heads))?;
     Ok(())
 }
 

@@ -327,6 +327,12 @@ fn unclaim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
         return Ok(false);
     }
     if assignee != ctx.actor {
+        if tx.doc(id)?.lease().is_some_and(|(_, holder)| holder == ctx.actor) {
+            // Assigned to someone else since (a conflict settled their way),
+            // but the relay lease is still the caller's: the daemon gives it
+            // back; the issue stays as it is.
+            return Ok(false);
+        }
         return Err(Error::new(
             ErrorKind::Conflict,
             format!("{id} is claimed by {assignee}, not by {}", ctx.actor),

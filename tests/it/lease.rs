@@ -410,6 +410,13 @@ fn a_lease_lives_while_its_holder_works_and_late_writes_after_it_lapsed_are_clai
             "{shown}"
         );
     }
+    // Through her daemon, which has seen Bob's lease, Alice is told.
+    let refused = a.bd(&["update", &id, "--notes", "still mine?"]);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("lapsed"),
+        "{refused:?}"
+    );
     let conflict = b
         .json(&["conflicts"])
         .as_array()
@@ -456,6 +463,9 @@ fn a_lease_lives_while_its_holder_works_and_late_writes_after_it_lapsed_are_clai
                     .is_some_and(|c| c.len() == 1)
         }));
         assert_eq!(c.json(&["show", &id])[0]["title"], "long work");
+        let comment = &c.json(&["show", &id])[0]["comments"][0];
+        assert_eq!(comment["author"], "alice", "taken, still hers: {comment}");
+        assert_eq!(comment["text"], "late comment");
     }
 }
 
@@ -468,9 +478,11 @@ fn a_claim_while_the_relay_is_away_is_provisional_then_a_lease() {
     let (_cluster, a, b) = crate::mesh::pair(&relay);
     connected(&[&a, &b]);
     let id = a.create(&["offline work"]);
+    let leased = a.create(&["leased before the outage"]);
     assert!(crate::mesh::eventually(Duration::from_secs(10), || {
-        crate::mesh::seen(&b, &id)
+        crate::mesh::seen(&b, &id) && crate::mesh::seen(&b, &leased)
     }));
+    assert!(a.json(&["claim", &leased])[0]["lease"]["token"].is_u64());
     relay.stop();
     assert!(crate::mesh::eventually(Duration::from_secs(15), || {
         claims_connected(&a) == Some(false)
@@ -483,9 +495,27 @@ fn a_claim_while_the_relay_is_away_is_provisional_then_a_lease() {
     let human = a.bd(&["claim", &id]);
     assert_eq!(human.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&human.stdout).contains("provisional"));
+    assert!(
+        claims(&a)["provisional"].as_u64().unwrap() >= 2,
+        "{}",
+        claims(&a)
+    );
+    // In a batch too: exit 4, and said in its summary.
+    let batched = a.create(&["offline batch work"]);
+    let file = a.root.join("claim.jsonl");
+    std::fs::write(
+        &file,
+        format!("{{\"op\":\"update\",\"ids\":[\"{batched}\"],\"claim\":true}}\n"),
+    )
+    .unwrap();
+    let out = a.bd(&["batch", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("provisional"));
+    // Given back while the relay is away: returned to it when it is back.
+    a.ok(&["unclaim", &leased]);
     relay.restart();
     assert!(
-        crate::mesh::eventually(Duration::from_secs(20), || claims(&a)["converted"] == 1),
+        crate::mesh::eventually(Duration::from_secs(20), || claims(&a)["converted"] == 2),
         "{}",
         claims(&a)
     );
@@ -499,6 +529,21 @@ fn a_claim_while_the_relay_is_away_is_provisional_then_a_lease() {
         Some(3),
         "the lease holds: {refused:?}"
     );
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        b.json(&["show", &leased])[0]["assignee"].is_null()
+    }));
+    let freed = b.bd(&["claim", &leased]);
+    assert_eq!(
+        freed.status.code(),
+        Some(0),
+        "its lease was given back: {freed:?}"
+    );
+    // A claim that skips the daemon in a joined clone is provisional too.
+    let direct = a.create(&["claimed without the daemon"]);
+    let out = a.bd(&["--no-daemon", "claim", &direct, "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got[0]["lease"]["provisional"], true, "{got}");
 }
 
 fn claims_connected(c: &crate::sync::Clone) -> Option<bool> {
@@ -550,4 +595,26 @@ fn overlapping_provisional_claims_become_a_claim_conflict() {
             c.json(&["conflicts"])
         );
     }
+}
+
+/// Unassigning someone else's claim (`--assignee ''`, the override for
+/// people) does not free its relay lease: the next claim from another clone
+/// is still refused until the holder gives it back or it expires.
+#[test]
+fn unassigning_someone_elses_claim_leaves_their_lease_in_force() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = a.create(&["held work"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &id)
+    }));
+    a.ok(&["claim", &id]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        b.json(&["show", &id])[0]["assignee"] == "alice"
+    }));
+    b.ok(&["update", &id, "--assignee", ""]);
+    let out = b.bd(&["claim", &id]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("alice"));
 }

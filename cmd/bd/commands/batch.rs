@@ -83,7 +83,18 @@ fn summary(n: usize, resp: &Response) -> String {
         Response::Issue(i) => format!("created {}: {}", i.id, i.title),
         Response::Changed(c) => {
             let ids: Vec<&str> = c.iter().map(|c| c.issue.id.as_str()).collect();
-            format!("changed {}", ids.join(", "))
+            let provisional = c
+                .iter()
+                .any(|c| c.lease.as_ref().is_some_and(|l| l.provisional));
+            format!(
+                "changed {}{}",
+                ids.join(", "),
+                if provisional {
+                    " (claim provisional: the relay could not be asked)"
+                } else {
+                    ""
+                }
+            )
         }
         Response::Dependency { dependency: d, .. } => {
             format!(
@@ -119,7 +130,22 @@ pub fn cmd_batch(ctx: &Ctx, a: BatchArgs) -> Result<(), CliError> {
         (Some(a), _) => Some(a),
         (None, b) => b.clone(),
     };
-    match call_as(ctx, Request::Batch { requests }, request_id)? {
+    let claims: Vec<bool> = requests
+        .iter()
+        .map(|r| matches!(r, Request::Update(u) if u.claim))
+        .collect();
+    let mut answer = call_as(ctx, Request::Batch { requests }, request_id)?;
+    if let Response::Batch(rs) = &mut answer {
+        for (r, claimed) in rs.iter_mut().zip(&claims) {
+            if let (Response::Changed(c), true) = (r, claimed) {
+                super::update::mark_unleased(ctx, c);
+            }
+        }
+    }
+    if super::update::has_provisional(&answer) {
+        crate::cli_error::succeed_with(crate::cli_error::EXIT_PROVISIONAL);
+    }
+    match answer {
         Response::Batch(r) if ctx.json => output::json(&r),
         Response::Batch(_) if ctx.quiet => Ok(()),
         Response::Batch(r) => output::print(

@@ -1,4 +1,4 @@
-use super::update::{parse_ttl, render_changed};
+use super::update::{mark_unleased, parse_ttl, render_changed};
 use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
@@ -46,7 +46,10 @@ pub fn cmd_claim(ctx: &Ctx, a: ClaimArgs) -> Result<(), CliError> {
         ..Default::default()
     };
     match call(ctx, Request::Update(req))? {
-        Response::Changed(c) => render_changed(ctx, &c, "Claimed"),
+        Response::Changed(mut c) => {
+            mark_unleased(ctx, &mut c);
+            render_changed(ctx, &c, "Claimed")
+        }
         other => Err(unexpected(other)),
     }
 }

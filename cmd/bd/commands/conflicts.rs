@@ -7,7 +7,7 @@ use clap::Args;
 use std::fmt::Write;
 
 /// List fields written concurrently by different writers, ops held for clock
-/// skew, and ids two clones created
+/// skew, ids two clones created, and late writes under a lapsed lease
 #[derive(Args, Debug)]
 pub struct ConflictsArgs {}
 
@@ -55,7 +55,7 @@ pub fn cmd_conflicts(ctx: &Ctx, _a: ConflictsArgs) -> Result<(), CliError> {
             }
             if !ctx.quiet && c.iter().any(|x| x.field != "id") {
                 out.push_str(
-                    "\nSettle one with `bd resolve ID --field FIELD --take CONTENDER` (an op id prefix, actor or replica) or `--value VALUE`; `--field deleted --value deleted` keeps a delete, `--field clock_skew --value apply` applies a held op.\n",
+                    "\nSettle one with `bd resolve ID --field FIELD --take CONTENDER` (an op id prefix, actor or replica) or `--value VALUE`; `--field deleted --value deleted` keeps a delete, `--field clock_skew --value apply` applies a held op, `--field claim --value drop` drops late writes under a lapsed lease (`--take OP` applies one).\n",
                 );
             }
             output::print(&out)

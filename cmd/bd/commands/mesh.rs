@@ -19,7 +19,9 @@ pub enum MeshCommand {
     Join(JoinArgs),
     /// Stop this clone taking part (the repository's settings stay)
     Leave,
-    /// The relay, this clone's key, the members, and whether the relay answers
+    /// The relay, this clone's key, the members, and whether the relay answers;
+    /// with a daemon: its mode (normal, degraded, isolated), link, outbox,
+    /// breakers, claims and peers
     Status(StatusArgs),
     /// Ping every other member's daemon through the relay now
     Ping,
@@ -426,6 +428,25 @@ fn render(st: &MeshStatus) -> String {
                 "  this clone's cursor fell out of the stream's retention: older ops come through git (`bd sync`)"
             );
         }
+        if let Some(b) = d.breaker.as_ref().filter(|b| b.failures > 0) {
+            let when = if b.probe_in_ms > 0 {
+                format!(", next try in {:.1} s", b.probe_in_ms as f64 / 1000.0)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "  relay breaker {:?}: {} failure(s), {} in a row, opened {} time(s){when}{}",
+                b.state,
+                b.failures,
+                b.consecutive,
+                b.opened,
+                b.last_failure
+                    .as_deref()
+                    .map(|f| format!("; last: {f}"))
+                    .unwrap_or_default()
+            );
+        }
         let c = &d.claims;
         if c != &Default::default() {
             let _ = writeln!(
@@ -470,6 +491,23 @@ fn render(st: &MeshStatus) -> String {
                     s,
                     "    impedance {:.2} ms = rtt {:.2} ms (±{:.2}) + apply {:.2} ms + queue {}",
                     z.z_ms, z.rtt_ms, z.rttvar_ms, z.apply_ms, z.queue
+                );
+            }
+            if let Some(b) = p
+                .breaker
+                .as_ref()
+                .filter(|b| b.state != bd::client::mesh::BreakerState::Closed)
+            {
+                let _ = writeln!(
+                    s,
+                    "    breaker {:?}: pings failing ({} in a row{}), next ping in {:.1} s",
+                    b.state,
+                    b.consecutive,
+                    b.last_failure
+                        .as_deref()
+                        .map(|f| format!("; last: {f}"))
+                        .unwrap_or_default(),
+                    b.probe_in_ms as f64 / 1000.0
                 );
             }
         }

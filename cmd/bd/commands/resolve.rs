@@ -15,17 +15,18 @@ use clap::Args;
 pub struct ResolveArgs {
     /// The issue
     pub id: String,
-    /// The conflicted field (e.g. title, status; `deleted` for a delete that
-    /// raced with edits; `clock_skew` for an op held back; `id` for an id two
-    /// clones created)
+    /// The conflicted field (e.g. title, status, assignee; `deleted` for a
+    /// delete that raced with edits; `clock_skew` for an op held back; `id`
+    /// for an id two clones created; `claim` for late writes under a lapsed
+    /// lease; `quarantine` for relay batches kept as evidence)
     #[arg(long, short)]
     pub field: String,
     /// The value to keep (`--field deleted`: `deleted`; `clock_skew`: `apply`;
-    /// `id`: `ack`)
+    /// `id`: `ack`; `claim` and `quarantine`: `drop`)
     #[arg(long, conflicts_with = "take", required_unless_present = "take")]
     pub value: Option<String>,
     /// Keep one contender's value: its op id (a prefix is enough), actor or
-    /// replica (a prefix is enough)
+    /// replica (a prefix is enough); `--field claim`: apply that late write now
     #[arg(long, value_name = "CONTENDER")]
     pub take: Option<String>,
 }

@@ -47,6 +47,47 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
     Ok(ms)
 }
 
+/// Marks the claimed issues of an answer that carry no lease as
+/// provisional when this clone joined a relay: no daemon connected to the
+/// relay answered the claim (it ran without the daemon, or the daemon
+/// started before the clone joined), so no relay lease backs it.
+pub fn mark_unleased(ctx: &Ctx, changed: &mut [Changed]) {
+    if changed.iter().all(|c| c.lease.is_some()) {
+        return;
+    }
+    let joined = ctx.paths().ok().is_some_and(|p| {
+        super::mesh::config_dir()
+            .ok()
+            .and_then(|dir| bd::client::mesh::status(&p, &dir, false).ok())
+            .is_some_and(|st| st.joined)
+    });
+    if !joined {
+        return;
+    }
+    for c in changed.iter_mut().filter(|c| c.lease.is_none()) {
+        c.lease = Some(bd::api::LeaseInfo {
+            token: None,
+            expires_at: None,
+            provisional: true,
+            reason: Some(
+                "no daemon connected to the relay took this claim (it ran without the daemon)"
+                    .into(),
+            ),
+        });
+    }
+}
+
+/// Whether an answer holds a provisional claim (a batch's included).
+pub fn has_provisional(resp: &Response) -> bool {
+    match resp {
+        Response::Changed(c) => c
+            .iter()
+            .any(|c| c.lease.as_ref().is_some_and(|l| l.provisional)),
+        Response::Batch(rs) => rs.iter().any(has_provisional),
+        _ => false,
+    }
+}
+
 /// Prints per-issue outcomes of update, close, reopen and label changes; a
 /// provisional claim among them makes the command exit 4.
 pub fn render_changed(ctx: &Ctx, changed: &[Changed], verb: &str) -> Result<(), CliError> {
@@ -109,8 +150,14 @@ pub fn cmd_update(ctx: &Ctx, a: UpdateArgs) -> Result<(), CliError> {
     };
 
     let verb = if req.claim { "Claimed" } else { "Updated" };
+    let claim = req.claim;
     match call(ctx, Request::Update(req))? {
-        Response::Changed(c) => render_changed(ctx, &c, verb),
+        Response::Changed(mut c) => {
+            if claim {
+                mark_unleased(ctx, &mut c);
+            }
+            render_changed(ctx, &c, verb)
+        }
         other => Err(unexpected(other)),
     }
 }

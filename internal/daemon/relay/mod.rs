@@ -169,7 +169,11 @@ pub(super) async fn run(
             continue;
         }
         let out = session(&settings, &paths, &shared, &mut outbox).await;
-        update(&shared, |r| r.connected = false);
+        update(&shared, |r| {
+            r.connected = false;
+            // What the peers were doing is unknown from here on.
+            r.peers.clear();
+        });
         match out {
             Ok(()) => return,
             Err(e) => {
@@ -322,6 +326,17 @@ async fn session(
     }
     let _desk = LeaseDesk(shared);
     let mut renewals = claims::Renewals::new(shared.clone());
+    // Leases given back while the relay was away go back now.
+    let owed: Vec<(String, String)> = shared
+        .pending_releases
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    for (issue, holder) in owed {
+        if let Err(e) = mesh::lease::release(&leases, &issue, &holder, &s.replica).await {
+            shared.note_error(&format!("relay: giving back the lease of {issue}: {}", e.message));
+        }
+    }
     // Claims granted while the relay could not be asked become leases now.
     shared.claims_unleased.store(false, std::sync::atomic::Ordering::SeqCst);
     if let Err(e) = claims::convert(s, paths, shared, &leases, &mut renewals).await {
@@ -476,6 +491,9 @@ async fn session(
             }
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if shared.is_stopping() {
+                    // A goodbye: peers drop this daemon at once instead of
+                    // suspecting it for half a minute.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), presence.delete(&s.replica)).await;
                     return Ok(());
                 }
             }

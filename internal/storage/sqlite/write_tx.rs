@@ -178,13 +178,28 @@ impl<'a> WriteTx<'a> {
         // The holder of the issue's relay lease writes under its token, also
         // when the write does not go through the daemon that took the lease
         // (see `merge`'s fencing).
+        let assignee = doc.field_value("assignee").and_then(|v| v.as_str());
         if op.fence.is_none()
             && op.kind != OpKind::Create
             && let Some((token, holder)) = doc.lease()
-            && holder == op.actor
-            && doc.field_value("assignee").and_then(|v| v.as_str()) == Some(op.actor.as_str())
         {
-            op.fence = Some(token);
+            if holder == op.actor && assignee == Some(op.actor.as_str()) {
+                op.fence = Some(token);
+            } else if assignee == Some(holder)
+                && doc.field_value("status").and_then(|v| v.as_str()) != Some("closed")
+                && doc.held_by(&op.actor).is_some_and(|mine| mine < token)
+            {
+                // A holder whose lease lapsed and was taken over, writing on
+                // as if it still held it: told, not applied.
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{}'s claim on {} lapsed: {holder} took it over (lease {token}); nothing was written",
+                        op.actor, op.issue
+                    ),
+                )
+                .hint("pick another issue from `bd ready`"));
+            }
         }
         let collides = match op.kind {
             OpKind::Create => doc.exists(),
