@@ -71,14 +71,15 @@ pub fn bucket(repo_id: &str) -> String {
     format!("BD_{repo_id}_leases")
 }
 
-/// Opens (or makes) the lease bucket.
-pub async fn open(js: &async_nats::jetstream::Context, repo_id: &str) -> Result<kv::Store> {
+/// Opens (or makes, with `replicas` copies) the lease bucket.
+pub async fn open(js: &async_nats::jetstream::Context, repo_id: &str, replicas: usize) -> Result<kv::Store> {
     match js.get_key_value(bucket(repo_id)).await {
         Ok(kv) => Ok(kv),
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: bucket(repo_id),
                 history: 1,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await

@@ -190,6 +190,10 @@ pub struct RelayState {
     /// The breaker over the relay connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerView>,
+    /// How many copies the relay keeps of the stream and buckets (3 on a
+    /// cluster, 1 on a single server; 0 before the first connection).
+    #[serde(default)]
+    pub copies: usize,
 }
 
 /// A circuit breaker as a status shows it (see [`crate::breaker`]).

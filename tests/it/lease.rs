@@ -14,7 +14,7 @@ fn now_ms() -> u64 {
 
 async fn bucket(url: &str) -> async_nats::jetstream::kv::Store {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-    lease::open(&js, "leasetest").await.unwrap()
+    lease::open(&js, "leasetest", 1).await.unwrap()
 }
 
 /// Twenty agents on their own connections ask for one issue at once:

@@ -418,8 +418,12 @@ fn render(st: &MeshStatus) -> String {
         if let Some(z) = &d.impedance {
             let _ = writeln!(
                 s,
-                "  relay round trip {:.2} ms (±{:.2}); batching window {:.1} ms",
-                z.rtt_ms, z.rttvar_ms, d.window_ms
+                "  relay round trip {:.2} ms (±{:.2}); batching window {:.1} ms; {} cop{} of the stream and buckets",
+                z.rtt_ms,
+                z.rttvar_ms,
+                d.window_ms,
+                d.copies,
+                if d.copies == 1 { "y" } else { "ies" }
             );
         }
         if d.behind_retention {

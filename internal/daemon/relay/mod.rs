@@ -274,17 +274,48 @@ async fn session(
         paths.clone(),
         s.replica.clone(),
     )));
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: s.stream(),
-            subjects: vec![format!("bd.{}.ops.>", s.repo_id)],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            max_age: RETENTION,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| relay_error("opening the stream", e))?;
+    // On a cluster the stream and buckets keep three copies (R3): losing one
+    // server loses no acknowledged op or lease. A single server keeps one.
+    let replicas = if client.server_info().cluster.is_some() { 3 } else { 1 };
+    let config = jetstream::stream::Config {
+        name: s.stream(),
+        subjects: vec![format!("bd.{}.ops.>", s.repo_id)],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_age: RETENTION,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let stream = match js.get_stream(s.stream()).await {
+        Ok(mut stream) => {
+            let have = stream.cached_info().config.num_replicas;
+            if have < replicas {
+                // Made on one server, the cluster grew since: more copies.
+                match js.update_stream(&config).await {
+                    Ok(_) => (shared.log)(&format!("relay: the stream now keeps {replicas} copies (it kept {have})")),
+                    Err(e) => shared.note_error(&format!("relay: the stream keeps {have} copies; raising it to {replicas} failed: {e}")),
+                }
+                let _ = stream.info().await;
+            }
+            stream
+        }
+        Err(_) => match js.create_stream(config.clone()).await {
+            Ok(stream) => stream,
+            Err(e) if replicas > 1 => {
+                // A cluster too small for three copies (two servers, say).
+                shared.note_error(&format!(
+                    "relay: the cluster refused a stream with {replicas} copies ({e}); keeping one"
+                ));
+                js.create_stream(jetstream::stream::Config { num_replicas: 1, ..config })
+                    .await
+                    .map_err(|e| relay_error("opening the stream", e))?
+            }
+            Err(e) => return Err(relay_error("opening the stream", e)),
+        },
+    };
+    // The buckets keep as many copies as the stream could.
+    let replicas = stream.cached_info().config.num_replicas.max(1);
+    update(shared, |r| r.copies = replicas);
     let mut consumer = stream
         .get_or_create_consumer(
             &format!("bd-{}", s.replica),
@@ -306,6 +337,7 @@ async fn session(
                 bucket: s.presence(),
                 history: 1,
                 max_age: PRESENCE_TTL,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
@@ -319,7 +351,7 @@ async fn session(
         ));
         update(shared, |r| r.behind_retention = true);
     }
-    let leases = mesh::lease::open(&js, &s.repo_id).await?;
+    let leases = mesh::lease::open(&js, &s.repo_id, replicas).await?;
     let (lease_tx, mut lease_jobs) = mpsc::unbounded_channel();
     if let Ok(mut l) = shared.leases.lock() {
         *l = Some(lease_tx);
