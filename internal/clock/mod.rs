@@ -19,11 +19,32 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        now.saturating_add(skew_for_tests())
     }
+}
+
+/// A machine whose clock runs ahead, for the fault tests: testing builds
+/// add `BD_TEST_CLOCK_AHEAD_MS` to the system clock (release builds read no
+/// variable).
+#[cfg(feature = "testing")]
+fn skew_for_tests() -> u64 {
+    static AHEAD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| {
+        std::env::var("BD_TEST_CLOCK_AHEAD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+fn skew_for_tests() -> u64 {
+    0
 }
 
 /// A clock that returns a set time, advanced by hand (for tests).

@@ -574,17 +574,27 @@ pub fn leave(paths: &BeadsPaths, config_dir: &Path) -> Result<MeshStatus> {
 
 /// The relay's URLs the config names (`mesh.relay`, comma-separated).
 pub fn relay_urls(config: &Config) -> Vec<String> {
-    config
-        .get(RELAY_KEY)
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    let split = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    // This machine reaches the relay some other way (a tunnel, a proxy): the
+    // environment says how, for this process and the daemon it starts.
+    if let Ok(v) = std::env::var(RELAY_ENV)
+        && !split(&v).is_empty()
+        && config.get(RELAY_KEY).is_some()
+    {
+        return split(&v);
+    }
+    config.get(RELAY_KEY).map(split).unwrap_or_default()
 }
+
+/// The environment variable that overrides the committed relay URLs on this
+/// machine (comma-separated), for a clone that joined.
+pub const RELAY_ENV: &str = "BD_RELAY_URLS";
 
 /// Where the mesh stands for this clone; `probe` also asks the relay.
 pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Result<MeshStatus> {

@@ -14,6 +14,7 @@ mod group_commit;
 mod human_output;
 mod id_collision;
 mod import_export;
+mod jepsen;
 mod lease;
 mod merge_simulation;
 mod mesh;

@@ -15,6 +15,8 @@ pub(crate) struct Clone {
     pub(crate) root: PathBuf,
     home: PathBuf,
     actor: String,
+    /// More environment for every bd this clone runs (the fault tests').
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Drop for Clone {
@@ -70,6 +72,7 @@ impl Cluster {
             root: self.home().join(name),
             home: self.home().to_path_buf(),
             actor: actor.into(),
+            env: Vec::new(),
         }
     }
 }
@@ -87,6 +90,7 @@ impl Clone {
             .env_remove("BEADS_DIR")
             // Keys go under $HOME/.config (the cluster's), never the real user's.
             .env_remove("XDG_CONFIG_HOME")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .expect("bd")
@@ -791,6 +795,7 @@ fn bd_sync_without_a_remote_commits_locally_and_says_so() {
         root,
         home: cluster.home().to_path_buf(),
         actor: "solo".into(),
+        env: Vec::new(),
     };
     solo.ok(&["init", "--prefix", "s"]);
     solo.ok(&["create", "alone", "-q"]);
@@ -1472,6 +1477,7 @@ fn solo(cluster: &Cluster) -> Clone {
         root,
         home: cluster.home().to_path_buf(),
         actor: "solo".into(),
+        env: Vec::new(),
     };
     solo.ok(&["init", "--prefix", "s"]);
     solo
@@ -1721,6 +1727,7 @@ fn a_copied_checkout_never_deletes_the_other_copys_ops() {
         root: twin_root,
         home: cluster.home().to_path_buf(),
         actor: "twin".into(),
+        env: Vec::new(),
     };
     a.create(&["made in A"]);
     twin.create(&["made in the copy"]);
