@@ -18,6 +18,7 @@ use std::time::Duration;
 /// the running daemon's link to the relay when a daemon runs.
 pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Result<MeshStatus> {
     let mut st = crate::mesh::status(paths, config_dir, probe_relay)?;
+    st.git_breaker = crate::gitsync::remote_breaker(paths);
     if let Ok(Some(mut c)) = DaemonClient::to_running(paths, "bd-mesh", Duration::from_secs(5)) {
         st.daemon = c.status().ok().and_then(|s| s.relay);
         if st.joined && st.daemon.is_none() {

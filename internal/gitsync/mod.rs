@@ -25,5 +25,14 @@ pub use repo::Repo;
 pub use status::{git_dir, operation_in_progress};
 pub use sync::{PUSH_ATTEMPTS, SyncOptions, SyncReport, sync};
 
+/// The breaker over this clone's git remote, once it has seen a failure
+/// (see `bd sync --retry-now`).
+pub fn remote_breaker(paths: &crate::storage::BeadsPaths) -> Option<crate::rpc::BreakerView> {
+    let repo = Repo::open(paths).ok()?;
+    let up = repo.upstream().ok()??;
+    let b = remote::RemoteBreaker::load(&repo, &up.remote);
+    (b.breaker.failures > 0).then(|| b.view())
+}
+
 // `hooks` reaches this as `super::git_error`.
 use repo::git_error;

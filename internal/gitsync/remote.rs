@@ -214,3 +214,80 @@ fn run_git(dir: &Path, args: &[&str]) -> Result<GitOutput> {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// The breaker over one git remote (see [`crate::breaker`]): after three
+/// network failures in a row `bd sync` skips the remote until a probe time
+/// (30 s, doubling to 10 minutes), instead of waiting out a network timeout
+/// on every sync. Kept per remote in `.git/bd-remote-breaker.json` (this
+/// clone's, never committed), so it holds across processes.
+pub(crate) struct RemoteBreaker {
+    file: std::path::PathBuf,
+    remote: String,
+    all: std::collections::BTreeMap<String, crate::breaker::Breaker>,
+    pub(crate) breaker: crate::breaker::Breaker,
+}
+
+impl RemoteBreaker {
+    pub(crate) fn load(repo: &Repo, remote: &str) -> RemoteBreaker {
+        let file = repo.repo.path().join("bd-remote-breaker.json");
+        let mut all: std::collections::BTreeMap<String, crate::breaker::Breaker> =
+            std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        let mut breaker = all.remove(remote).unwrap_or_default();
+        if breaker.state == crate::breaker::State::HalfOpen {
+            // A probe whose process ended before its outcome: probe again.
+            breaker.state = crate::breaker::State::Open;
+        }
+        RemoteBreaker {
+            file,
+            remote: remote.to_string(),
+            all,
+            breaker,
+        }
+    }
+
+    fn now() -> u64 {
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock)
+    }
+
+    pub(crate) fn allow(&mut self, now_ms: u64) -> bool {
+        self.breaker.allow(now_ms)
+    }
+
+    pub(crate) fn failed(&mut self, why: &str) {
+        self.breaker
+            .failure(Self::now(), why, &crate::breaker::Policy::REMOTE);
+    }
+
+    pub(crate) fn worked(&mut self) {
+        self.breaker.success(Self::now(), &crate::breaker::Policy::REMOTE);
+    }
+
+    /// What the user is told when the remote is skipped.
+    pub(crate) fn skipped_note(&self, now_ms: u64) -> String {
+        format!(
+            "{} was not tried: its last {} attempt(s) failed on the network ({}); the next try is in {:.0} s (`bd sync --retry-now` tries now); committed locally only",
+            self.remote,
+            self.breaker.consecutive,
+            self.breaker.last_failure.as_deref().unwrap_or("unreachable"),
+            self.breaker.probe_in_ms(now_ms) as f64 / 1000.0
+        )
+    }
+
+    pub(crate) fn view(&self) -> crate::rpc::BreakerView {
+        crate::rpc::BreakerView::of(&format!("git remote {}", self.remote), &self.breaker, Self::now())
+    }
+
+    /// Writes the breaker back (best effort: a breaker that cannot be kept
+    /// only means the next sync tries the remote); its view.
+    pub(crate) fn save(mut self) -> crate::rpc::BreakerView {
+        let view = self.view();
+        self.all.insert(self.remote.clone(), self.breaker.clone());
+        if let Ok(body) = serde_json::to_vec(&self.all) {
+            let _ = crate::jsonl::atomic_write(&self.file, &body);
+        }
+        view
+    }
+}

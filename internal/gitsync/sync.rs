@@ -27,6 +27,9 @@ pub struct SyncOptions {
     /// Report where things stand (`bd sync --status`): a dry run that also
     /// counts open conflicts.
     pub status: bool,
+    /// Try the remote even while its breaker is open (repeated network
+    /// failures make `bd sync` skip it until a probe time).
+    pub retry_now: bool,
 }
 
 impl Default for SyncOptions {
@@ -37,6 +40,7 @@ impl Default for SyncOptions {
             dry_run: false,
             message: None,
             status: false,
+            retry_now: false,
         }
     }
 }
@@ -68,6 +72,10 @@ pub struct SyncReport {
     pub dry_run: bool,
     /// Things the user should know.
     pub notes: Vec<String>,
+    /// The breaker over the remote (after repeated network failures `bd
+    /// sync` skips the remote until a probe time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_breaker: Option<crate::rpc::BreakerView>,
 }
 
 /// A remote that failed after bd committed its own files: the error says so.
@@ -128,6 +136,12 @@ pub fn sync(
             ));
         }
         report.conflicts = count_conflicts(run)?;
+        if let Some(up) = &report.upstream {
+            let b = super::remote::RemoteBreaker::load(&repo, &up.remote);
+            if b.breaker.failures > 0 {
+                report.remote_breaker = Some(b.view());
+            }
+        }
         if !opts.status {
             report
                 .notes
@@ -157,13 +171,21 @@ pub fn sync(
                 ));
             }
             let mut remote_branch_missing = false;
-            for attempt in 1..=PUSH_ATTEMPTS {
+            let mut breaker = super::remote::RemoteBreaker::load(&repo, &up.remote);
+            let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+            let skip = (opts.pull || opts.push) && !opts.retry_now && !breaker.allow(now);
+            if skip {
+                report.offline = true;
+                report.notes.push(breaker.skipped_note(now));
+            }
+            for attempt in (1..=PUSH_ATTEMPTS).filter(|_| !skip) {
                 if opts.pull {
                     match repo.fetch(&up) {
                         Ok(true) => {}
                         Ok(false) => remote_branch_missing = true,
                         Err(e) if e.kind == ErrorKind::Unavailable => {
                             report.offline = true;
+                            breaker.failed(&e.message);
                             report
                                 .notes
                                 .push(format!("{}; committed locally only", e.message));
@@ -171,6 +193,7 @@ pub fn sync(
                         }
                         Err(e) => return Err(committed_first(e, &report)),
                     }
+                    breaker.worked();
                     let kind = match repo.integrate(&up) {
                         Ok(kind) => kind,
                         // Stopped before touching anything of the user's; bd's
@@ -211,6 +234,7 @@ pub fn sync(
                 report.push_attempts = attempt;
                 match repo.push(&up) {
                     Ok(true) => {
+                        breaker.worked();
                         report.pushed = true;
                         if remote_branch_missing {
                             report.notes.push(format!(
@@ -229,9 +253,10 @@ pub fn sync(
                         }
                         break;
                     }
-                    Ok(false) => {}
+                    Ok(false) => breaker.worked(),
                     Err(e) if e.kind == ErrorKind::Unavailable => {
                         report.offline = true;
+                        breaker.failed(&e.message);
                         report
                             .notes
                             .push(format!("{}; committed locally only", e.message));
@@ -250,6 +275,7 @@ pub fn sync(
                     .hint("run bd sync without --no-pull"));
                 }
             }
+            report.remote_breaker = Some(breaker.save());
             if opts.push && !report.pushed && !report.offline {
                 return Err(Error::new(
                     ErrorKind::Conflict,

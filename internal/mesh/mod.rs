@@ -126,6 +126,9 @@ pub struct MeshStatus {
     pub daemon: Option<crate::rpc::RelayState>,
     /// Things the user should know.
     pub notes: Vec<String>,
+    /// The breaker over the git remote `bd sync` uses, once it has failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_breaker: Option<crate::rpc::BreakerView>,
 }
 
 /// The secrets file's content: paths only (the secrets stay where they are).
@@ -641,6 +644,7 @@ pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Resul
         in_transit: crate::engine::transit_len(&store)?,
         daemon: None,
         notes: Vec::new(),
+        git_breaker: None,
     }
     .checked(joined))
 }

@@ -197,7 +197,7 @@ pub struct RelayState {
 }
 
 /// A circuit breaker as a status shows it (see [`crate::breaker`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakerView {
     /// What it guards: `relay`, `peer`, `git remote`.
     pub name: String,

@@ -2046,3 +2046,52 @@ fn a_merge_driver_whose_bd_is_gone_stops_the_merge_instead_of_dropping_ops() {
     let _ = a.bd(&["doctor", "--fix"]);
     assert!(!a.git(&["config", "merge.bd.driver"]).contains("|| true"));
 }
+
+/// A remote that keeps failing on the network opens its breaker: after three
+/// failures in a row `bd sync` skips it (no network wait, exit 0, said in a
+/// note and in `--status`) until its probe time; `--retry-now` tries anyway,
+/// and a success closes it.
+#[test]
+fn a_remote_failing_on_the_network_is_skipped_until_its_probe_time() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "w"]);
+    a.ok(&["sync"]);
+    let good = a.git(&["remote", "get-url", "origin"]);
+    a.git(&[
+        "remote",
+        "set-url",
+        "origin",
+        "git://127.0.0.1:1/nothing.git",
+    ]);
+    for i in 0..3 {
+        a.ok(&["create", &format!("offline {i}"), "-q"]);
+        let r = a.json(&["sync"]);
+        assert_eq!(r["offline"], true, "{r}");
+        assert!(
+            !r["notes"].to_string().contains("was not tried"),
+            "attempt {i} tries: {r}"
+        );
+    }
+    let skipped = a.json(&["sync"]);
+    assert_eq!(skipped["offline"], true);
+    assert!(
+        skipped["notes"].to_string().contains("was not tried"),
+        "{skipped}"
+    );
+    assert_eq!(skipped["remote_breaker"]["state"], "open", "{skipped}");
+    let status = a.ok(&["sync", "--status"]);
+    assert!(status.contains("remote breaker Open"), "{status}");
+    let mesh: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
+    assert_eq!(mesh["git_breaker"]["state"], "open", "{mesh}");
+    let forced = a.json(&["sync", "--retry-now"]);
+    assert!(
+        !forced["notes"].to_string().contains("was not tried"),
+        "{forced}"
+    );
+    a.git(&["remote", "set-url", "origin", good.trim()]);
+    let back = a.json(&["sync", "--retry-now"]);
+    assert_eq!(back["pushed"], true, "{back}");
+    assert_eq!(back["remote_breaker"]["state"], "closed", "{back}");
+    assert_eq!(a.json(&["sync"])["offline"], false);
+}

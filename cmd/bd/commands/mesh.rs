@@ -516,6 +516,20 @@ fn render(st: &MeshStatus) -> String {
             }
         }
     }
+    if let Some(b) = &st.git_breaker {
+        let _ = writeln!(
+            s,
+            "git remote breaker {:?}: {} failure(s), {} in a row{}",
+            b.state,
+            b.failures,
+            b.consecutive,
+            if b.probe_in_ms > 0 {
+                format!(", next try in {:.0} s", b.probe_in_ms as f64 / 1000.0)
+            } else {
+                String::new()
+            }
+        );
+    }
     for p in &st.probes {
         let state = match (&p.problem, &p.version) {
             (None, Some(v)) => format!("answers (nats-server {v}, JetStream on)"),

@@ -29,6 +29,10 @@ pub struct SyncArgs {
     /// Commit message for bd's files
     #[arg(short, long)]
     pub message: Option<String>,
+    /// Try the remote now even if repeated network failures opened its
+    /// breaker (bd sync otherwise skips it until the next probe time)
+    #[arg(long)]
+    pub retry_now: bool,
 }
 
 pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
@@ -39,6 +43,7 @@ pub fn cmd_sync(ctx: &Ctx, a: SyncArgs) -> Result<(), CliError> {
         message: a.message,
         // A dry run that also counts conflicts and reports freshness.
         status: a.status,
+        retry_now: a.retry_now,
     };
     let report = match ctx.backend()?.call(Request::Sync(opts))? {
         Response::Sync(r) => r,
@@ -63,6 +68,22 @@ fn render(r: &SyncReport, status: bool) -> String {
     };
     if status {
         let _ = writeln!(s, "branch {} → {target}", r.branch);
+        if let Some(b) = r.remote_breaker.as_ref().filter(|b| b.consecutive > 0) {
+            let _ = writeln!(
+                s,
+                "remote breaker {:?}: {} network failure(s) in a row{}",
+                b.state,
+                b.consecutive,
+                if b.probe_in_ms > 0 {
+                    format!(
+                        ", next try in {:.0} s (`bd sync --retry-now` tries now)",
+                        b.probe_in_ms as f64 / 1000.0
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         if r.files.is_empty() {
             let _ = writeln!(s, "bd's files: all committed");
         } else {
