@@ -75,7 +75,7 @@ pub struct SyncReport {
     /// The breaker over the remote (after repeated network failures `bd
     /// sync` skips the remote until a probe time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_breaker: Option<crate::rpc::BreakerView>,
+    pub remote_breaker: Option<Box<crate::rpc::BreakerView>>,
 }
 
 /// A remote that failed after bd committed its own files: the error says so.
@@ -139,7 +139,7 @@ pub fn sync(
         if let Some(up) = &report.upstream {
             let b = super::remote::RemoteBreaker::load(&repo, &up.remote);
             if b.breaker.failures > 0 {
-                report.remote_breaker = Some(b.view());
+                report.remote_breaker = Some(Box::new(b.view()));
             }
         }
         if !opts.status {
@@ -275,7 +275,7 @@ pub fn sync(
                     .hint("run bd sync without --no-pull"));
                 }
             }
-            report.remote_breaker = Some(breaker.save());
+            report.remote_breaker = Some(Box::new(breaker.save()));
             if opts.push && !report.pushed && !report.offline {
                 return Err(Error::new(
                     ErrorKind::Conflict,
