@@ -301,8 +301,10 @@ async fn session(
         }
         Err(_) => match js.create_stream(config.clone()).await {
             Ok(stream) => stream,
-            Err(e) if replicas > 1 => {
-                // A cluster too small for three copies (two servers, say).
+            Err(e) if replicas > 1 && e.to_string().contains("insufficient resources") => {
+                // A cluster too small for three copies (two servers, say);
+                // anything else (a cluster still electing its leaders) is
+                // tried again by the next session.
                 shared.note_error(&format!(
                     "relay: the cluster refused a stream with {replicas} copies ({e}); keeping one"
                 ));
@@ -377,6 +379,10 @@ async fn session(
     let mut peers: HashMap<String, Heard> = HashMap::new();
     let mut prober = presence::Prober::default();
     let mut beat = tokio::time::interval(HEARTBEAT);
+    // On a slow link a tick's relay calls can outlast the period: the next
+    // tick waits a period after, instead of firing at once and starving the
+    // stream's messages.
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     (shared.log)(&format!("relay: connected to {}", s.urls.join(",")));
     // A session counts as a success for the breaker once it has stayed up
     // this long: a relay that drops every few seconds keeps failing.
