@@ -269,17 +269,18 @@ pub(super) async fn listen(
     heard: &mut HashMap<String, Heard>,
 ) -> Result<Vec<crate::rpc::Peer>> {
     let mut keys = kv.keys().await.map_err(|e| relay_error("reading presence", e))?;
-    let mut out = Vec::new();
+    let mut names = Vec::new();
     while let Some(key) = keys.next().await {
         let key = key.map_err(|e| relay_error("reading presence", e))?;
-        if key == s.replica {
-            continue;
+        if key != s.replica {
+            names.push(key);
         }
-        let Some(entry) = kv
-            .entry(&key)
-            .await
-            .map_err(|e| relay_error("reading presence", e))?
-        else {
+    }
+    // All entries at once: on a slow link one round trip, not one per peer.
+    let entries = futures_util::future::join_all(names.iter().map(|k| kv.entry(k))).await;
+    let mut out = Vec::new();
+    for (key, entry) in names.into_iter().zip(entries) {
+        let Some(entry) = entry.map_err(|e| relay_error("reading presence", e))? else {
             continue;
         };
         let Ok(beat) = serde_json::from_slice::<Beat>(&entry.value) else {
