@@ -748,3 +748,55 @@ fn jepsen_duplicated_and_reordered_deliveries() {
     judge("duplicated and reordered", &v);
     assert_eq!(v.lost.len(), 0);
 }
+
+/// Twenty agents on three machines claim one issue at the same moment
+/// through their daemons: exactly one wins (exit 0 with a lease), the other
+/// nineteen are refused (exit 3), and every clone ends with the winner as
+/// the assignee and no conflict.
+#[test]
+fn jepsen_twenty_agents_on_three_machines_claim_one_issue() {
+    let mesh = Mesh3::start();
+    let id = mesh.clones[0].create(&["wanted by everyone"]);
+    for c in &mesh.clones[1..] {
+        assert!(eventually(Duration::from_secs(15), || seen(c, &id)));
+    }
+    let outs: Vec<(String, std::process::Output)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (c, id) = (&mesh.clones[i % 3], &id);
+                s.spawn(move || {
+                    let actor = format!("agent-{i}");
+                    (
+                        actor.clone(),
+                        c.bd(&["--actor", &actor, "claim", id, "--json"]),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<&String> = outs
+        .iter()
+        .filter(|(_, o)| o.status.code() == Some(0))
+        .map(|(a, _)| a)
+        .collect();
+    let refused = outs
+        .iter()
+        .filter(|(_, o)| o.status.code() == Some(3))
+        .count();
+    assert_eq!(winners.len(), 1, "{outs:?}");
+    assert_eq!(refused, 19, "{outs:?}");
+    let winner = winners[0].clone();
+    let mut acked = vec![Acked::Create { issue: id.clone() }];
+    acked.push(Acked::Claim {
+        issue: id.clone(),
+        actor: winner.clone(),
+        token: None,
+    });
+    let v = check(&mesh, &acked);
+    judge("20 agents on 3 machines, one issue", &v);
+    for c in &mesh.clones {
+        assert_eq!(c.json(&["show", &id])[0]["assignee"], winner.as_str());
+        assert_eq!(v.conflicts, 0);
+    }
+}
