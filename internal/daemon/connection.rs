@@ -294,16 +294,20 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
                 } else {
                     format!("on another clone ({})", l.replica)
                 };
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "{id} is already claimed by {} {where_} (lease {}, until {})",
-                        l.holder,
-                        l.fence(),
-                        crate::clock::format_rfc3339(l.expires_ms())
+                let what = format!(
+                    "{id} is already claimed by {} {where_} (lease {}, until {})",
+                    l.holder,
+                    l.fence(),
+                    crate::clock::format_rfc3339(l.expires_ms())
+                );
+                let message = match batch_op_claiming(&item.request, id) {
+                    Some(n) => format!(
+                        "batch operation #{n} (update) failed: {what}; nothing in the batch was applied"
                     ),
-                )
-                .hint("pick another issue from `bd ready`"));
+                    None => what,
+                };
+                return Err(Error::new(ErrorKind::Conflict, message)
+                    .hint("pick another issue from `bd ready`"));
             }
             Ok(Ok(Err(e))) => provisional(&mut claims, id, &format!("the relay failed: {}", e.message)),
             Ok(Err(_)) => provisional(&mut claims, id, "the relay link just went down"),
@@ -352,15 +356,29 @@ fn full_ids(shared: &Shared, claimed: Vec<(String, Option<u64>)>) -> Result<Vec<
 /// other clone can claim it yet).
 fn claimed_by(req: &Request) -> Vec<(String, Option<u64>)> {
     match req {
-        Request::Update(u) if u.claim => u
-            .ids
-            .iter()
-            .filter(|i| !i.starts_with('$'))
-            .map(|i| (i.clone(), u.claim_ttl_ms))
-            .collect(),
+        Request::Update(u) if u.claim => {
+            let mut ids: Vec<(String, Option<u64>)> = Vec::new();
+            for i in u.ids.iter().filter(|i| !i.starts_with('$')) {
+                if !ids.iter().any(|(j, _)| j == i) {
+                    ids.push((i.clone(), u.claim_ttl_ms));
+                }
+            }
+            ids
+        }
         Request::Batch { requests } => requests.iter().flat_map(claimed_by).collect(),
         _ => Vec::new(),
     }
+}
+
+/// Which operation of a batch claims `issue` (1-based), for its refusal.
+fn batch_op_claiming(req: &Request, issue: &str) -> Option<usize> {
+    let Request::Batch { requests } = req else {
+        return None;
+    };
+    requests
+        .iter()
+        .position(|r| matches!(r, Request::Update(u) if u.claim && u.ids.iter().any(|i| issue.starts_with(i.as_str()) || i == issue)))
+        .map(|n| n + 1)
 }
 
 /// The issues whose leases a successful write gives back: closed ones, and

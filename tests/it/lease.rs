@@ -258,10 +258,20 @@ fn claims_on_two_clones_at_once_make_one_winner_per_issue() {
         format!("{{\"op\":\"update\",\"ids\":[\"{batched}\"],\"claim\":true}}\n"),
     )
     .unwrap();
-    one_wins(
+    let a_won = one_wins(
         || a.bd(&["batch", "-f", file.to_str().unwrap()]),
         || b.bd(&["update", &batched, "--claim"]),
     );
+    if !a_won {
+        // The batch's refusal says which operation, as any batch failure does.
+        let again = a.bd(&["batch", "-f", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            err.contains("batch operation #1 (update) failed")
+                && err.contains("nothing in the batch was applied"),
+            "{err}"
+        );
+    }
     // Given up (unassigned and back to open), an issue can be claimed from
     // the other clone at once: its lease went with it.
     let id = &ids[0];
@@ -325,6 +335,20 @@ fn claim_answers_with_its_lease_and_unclaim_gives_it_back() {
         err.contains("alice") && err.contains(&format!("lease {token}")),
         "{err}"
     );
+    let file = b.root.join("claim.jsonl");
+    std::fs::write(
+        &file,
+        format!("{{\"op\":\"create\",\"title\":\"x\"}}\n{{\"op\":\"update\",\"ids\":[\"{id}\"],\"claim\":true}}\n"),
+    )
+    .unwrap();
+    let in_batch = b.bd(&["batch", "-f", file.to_str().unwrap()]);
+    assert_eq!(in_batch.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&in_batch.stderr);
+    assert!(
+        err.contains("batch operation #2 (update) failed")
+            && err.contains("nothing in the batch was applied"),
+        "{err}"
+    );
     assert!(crate::mesh::eventually(Duration::from_secs(10), || {
         b.json(&["show", &id])[0]["assignee"] == "alice"
     }));
@@ -344,7 +368,7 @@ fn claim_answers_with_its_lease_and_unclaim_gives_it_back() {
         "{again}"
     );
     assert_eq!(claims(&a)["granted"], 1);
-    assert_eq!(claims(&b)["refused"], 1);
+    assert_eq!(claims(&b)["refused"], 2, "the claim and the batch's");
     // A bad --ttl changes nothing.
     let bad = a.bd(&["claim", &id, "--ttl", "5s"]);
     assert_eq!(bad.status.code(), Some(2));

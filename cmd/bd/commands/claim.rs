@@ -38,9 +38,20 @@ pub struct UnclaimArgs {
     pub ids: Vec<String>,
 }
 
+/// The ids once each, in the order given.
+fn once_each(ids: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
 pub fn cmd_claim(ctx: &Ctx, a: ClaimArgs) -> Result<(), CliError> {
     let req = UpdateRequest {
-        ids: a.ids,
+        ids: once_each(a.ids),
         claim: true,
         claim_ttl_ms: a.ttl,
         ..Default::default()
@@ -56,7 +67,7 @@ pub fn cmd_claim(ctx: &Ctx, a: ClaimArgs) -> Result<(), CliError> {
 
 pub fn cmd_unclaim(ctx: &Ctx, a: UnclaimArgs) -> Result<(), CliError> {
     let req = UpdateRequest {
-        ids: a.ids,
+        ids: once_each(a.ids),
         unclaim: true,
         ..Default::default()
     };
