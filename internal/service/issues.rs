@@ -284,10 +284,14 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
     let lease = tx.doc(id)?.lease().map(|(f, who)| (f, who.to_string()));
     if !assignee.is_empty() && assignee != ctx.actor {
         // The relay granted this write a newer lease than the one the
-        // assignee claimed under: that one expired or was given back. A claim
-        // made without a lease (provisional) is not taken over this way.
-        let lapsed = matches!((fence, &lease), (Some(new), Some((old, holder)))
-            if *holder == assignee && *old < new);
+        // assignee claimed under, while the work is in progress: that lease
+        // expired. A claim made without a lease (provisional) is not taken
+        // over this way, nor an issue assigned but not in progress (closed
+        // and reopened, say: its lease was given back, the assignment stays,
+        // as it does without a relay).
+        let lapsed = status == Status::InProgress
+            && matches!((fence, &lease), (Some(new), Some((old, holder)))
+                if *holder == assignee && *old < new);
         if !lapsed {
             return Err(Error::new(
                 ErrorKind::Conflict,

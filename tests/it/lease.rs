@@ -642,3 +642,26 @@ fn unassigning_someone_elses_claim_leaves_their_lease_in_force() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("alice"));
 }
+
+/// A claimed issue closed and reopened keeps its assignee, and another
+/// clone's claim is refused, as it is without a relay (the old lease was
+/// given back on close, but the assignment stays).
+#[test]
+fn a_reopened_issue_stays_assigned_across_the_mesh_as_it_does_alone() {
+    let relay = Relay::start();
+    let (_cluster, a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = a.create(&["done, then not"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&b, &id)
+    }));
+    a.ok(&["claim", &id]);
+    a.ok(&["close", &id]);
+    a.ok(&["reopen", &id]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        b.json(&["show", &id])[0]["status"] == "open"
+    }));
+    let out = b.bd(&["claim", &id]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already claimed by alice"));
+}
