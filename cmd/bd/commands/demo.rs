@@ -58,6 +58,19 @@ impl Log {
         actor: &str,
         args: &[&str],
     ) -> Result<String, Error> {
+        self.run_expecting(who, dir, actor, args, 0)
+    }
+
+    /// [`Log::run`] for a command that must exit with `code` (a refusal the
+    /// demo shows on purpose).
+    pub(super) fn run_expecting(
+        &self,
+        who: &str,
+        dir: &std::path::Path,
+        actor: &str,
+        args: &[&str],
+        code: i32,
+    ) -> Result<String, Error> {
         let out = self.command(dir, actor, args)?.output()?;
         let text = format!(
             "{}{}",
@@ -82,10 +95,11 @@ impl Log {
             }
             let _ = crate::output::print(&shown);
         }
-        if !out.status.success() {
+        if out.status.code() != Some(code) {
             return Err(Error::internal(format!(
-                "`bd {}` failed in the demo: {}",
+                "`bd {}` exited {:?} in the demo (expected {code}): {}",
                 args.join(" "),
+                out.status.code(),
                 text.trim()
             )));
         }

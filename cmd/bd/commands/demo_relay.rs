@@ -182,6 +182,8 @@ pub fn act(a: &Path, b: &Path, log: &Log) -> Result<RelayAct, Error> {
         "machine A",
         &format!("sees bob's claim on {id} {claim_ms:.0} ms after it was answered"),
     );
+    // The relay's lease: one holder in the whole mesh.
+    log.run_expecting(ma, a, "lead", &["claim", &id], 3)?;
     log.run(ma, a, "lead", &["mesh", "ping"])?;
     log.say("relay", "stopping both daemons and the relay");
     Ok(RelayAct {
