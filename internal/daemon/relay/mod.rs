@@ -445,8 +445,14 @@ async fn session(
                         .success(now, &crate::breaker::Policy::RELAY);
                 }
                 moved(s, paths)?;
-                heartbeat(s, shared, &presence, outlet.published).await?;
-                window = meet(s, shared, &presence, &client, &mut peers, &mut acks, &mut prober).await?;
+                // At once: on a slow link the tick costs the longer of the two.
+                let (beat_sent, met) = futures_util::future::join(
+                    heartbeat(s, shared, &presence, outlet.published),
+                    meet(s, shared, &presence, &client, &mut peers, &mut acks, &mut prober),
+                )
+                .await;
+                beat_sent?;
+                window = met?;
                 // Batches in transit whose gaps git filled meanwhile.
                 let (tx, rx) = oneshot::channel();
                 shared.send_job(Job::Release(tx))?;
@@ -705,17 +711,24 @@ async fn positions(
     consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     stream: &jetstream::stream::Stream,
 ) -> u64 {
-    if let Ok(info) = consumer.info().await {
+    // Both at once, and the outbox beside them: one round trip on a slow link.
+    let (mine, theirs, outbox) = futures_util::future::join3(
+        consumer.info(),
+        stream.get_info(),
+        refresh_outbox(paths, shared),
+    )
+    .await;
+    if let Ok(info) = mine {
         let (delivered, pending) = (info.delivered.stream_sequence, info.num_pending);
         update(shared, |r| {
             r.delivered_seq = delivered;
             r.pending = pending;
         });
     }
-    if let Ok(info) = stream.get_info().await {
+    if let Ok(info) = theirs {
         update(shared, |r| r.stream_seq = info.state.last_sequence);
     }
-    refresh_outbox(paths, shared).await
+    outbox
 }
 
 /// Refreshes the outbox in the status from the database (the watermark as
