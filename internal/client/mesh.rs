@@ -79,9 +79,20 @@ pub struct Convergence {
     pub latest_seq: u64,
     /// How long it waited, ms.
     pub waited_ms: f64,
-    /// Each other active daemon and the seq of this replica's ops it holds
-    /// (`None`: it did not answer).
-    pub peers: Vec<(String, Option<u64>)>,
+    /// Each other active daemon and the seq of this replica's ops it holds.
+    pub peers: Vec<PeerSeq>,
+}
+
+/// How far one peer has this replica's ops.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct PeerSeq {
+    /// The peer's replica.
+    pub replica: String,
+    /// The highest seq of this replica's ops it holds (`None`: it did not
+    /// answer).
+    pub seq: Option<u64>,
 }
 
 /// Waits, `timeout` at most, until every other active daemon of the mesh
@@ -112,7 +123,7 @@ pub fn wait_converged(
             1.0,
             left.clamp(Duration::from_millis(10), Duration::from_secs(1)),
         )?;
-        let mut peers: Vec<(String, Option<u64>)> = report
+        let mut peers: Vec<PeerSeq> = report
             .answers
             .iter()
             .filter(|a| a.replica != st.replica)
@@ -122,7 +133,10 @@ pub fn wait_converged(
                     .as_ref()
                     .and_then(|w| w.get(&st.replica))
                     .copied();
-                (a.replica.clone(), Some(seen.unwrap_or(0)))
+                PeerSeq {
+                    replica: a.replica.clone(),
+                    seq: Some(seen.unwrap_or(0)),
+                }
             })
             .collect();
         peers.extend(
@@ -130,10 +144,13 @@ pub fn wait_converged(
                 .unanswered
                 .iter()
                 .filter(|u| u.replica != st.replica)
-                .map(|u| (u.replica.clone(), None)),
+                .map(|u| PeerSeq {
+                    replica: u.replica.clone(),
+                    seq: None,
+                }),
         );
         peers.sort();
-        let converged = peers.iter().all(|(_, s)| s.is_some_and(|s| s >= latest));
+        let converged = peers.iter().all(|p| p.seq.is_some_and(|s| s >= latest));
         let out = Convergence {
             converged,
             replica: st.replica.clone(),

@@ -269,19 +269,32 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
     // One budget for all of a write's leases, however many it claims.
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     for (id, ttl) in &claimed {
-        let (reply, answer) = oneshot::channel();
-        let asked = desk.send(LeaseJob::Acquire {
-            issue: id.clone(),
-            holder: item.actor.clone(),
-            ttl: Duration::from_millis(ttl.unwrap_or(crate::api::CLAIM_TTL_DEFAULT_MS)),
-            reply,
-        });
-        let grant = match asked {
-            Ok(()) => tokio::time::timeout_at(until, answer).await,
-            Err(_) => {
-                provisional(&mut claims, id, "the relay link just went down");
-                continue;
+        // A relay error (a cluster electing a new leader after losing a
+        // server, say) is asked again while the budget lasts.
+        let mut pause = Duration::from_millis(200);
+        let grant = loop {
+            let (reply, answer) = oneshot::channel();
+            let asked = desk.send(LeaseJob::Acquire {
+                issue: id.clone(),
+                holder: item.actor.clone(),
+                ttl: Duration::from_millis(ttl.unwrap_or(crate::api::CLAIM_TTL_DEFAULT_MS)),
+                reply,
+            });
+            if asked.is_err() {
+                break None;
             }
+            let grant = tokio::time::timeout_at(until, answer).await;
+            let retry = matches!(grant, Ok(Ok(Err(_))))
+                && tokio::time::Instant::now() + pause < until;
+            if !retry {
+                break Some(grant);
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        };
+        let Some(grant) = grant else {
+            provisional(&mut claims, id, "the relay link just went down");
+            continue;
         };
         match grant {
             Ok(Ok(Ok(Grant::Granted(l)))) => claims.granted.push((id.clone(), l)),

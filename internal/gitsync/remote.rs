@@ -235,7 +235,16 @@ impl RemoteBreaker {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
-        let mut breaker = all.remove(remote).unwrap_or_default();
+        // Keyed by the remote's URL too: pointing the remote elsewhere starts
+        // a new breaker.
+        let url = repo
+            .repo
+            .find_remote(remote)
+            .ok()
+            .and_then(|r| r.url().ok().map(str::to_string))
+            .unwrap_or_default();
+        let remote = &format!("{remote} {url}");
+        let mut breaker = all.remove(remote.as_str()).unwrap_or_default();
         if breaker.state == crate::breaker::State::HalfOpen {
             // A probe whose process ended before its outcome: probe again.
             breaker.state = crate::breaker::State::Open;
@@ -269,7 +278,7 @@ impl RemoteBreaker {
     pub(crate) fn skipped_note(&self, now_ms: u64) -> String {
         format!(
             "{} was not tried: its last {} attempt(s) failed on the network ({}); the next try is in {:.0} s (`bd sync --retry-now` tries now); committed locally only",
-            self.remote,
+            self.name(),
             self.breaker.consecutive,
             self.breaker.last_failure.as_deref().unwrap_or("unreachable"),
             self.breaker.probe_in_ms(now_ms) as f64 / 1000.0
@@ -278,6 +287,11 @@ impl RemoteBreaker {
 
     pub(crate) fn view(&self) -> crate::rpc::BreakerView {
         crate::rpc::BreakerView::of(&format!("git remote {}", self.remote), &self.breaker, Self::now())
+    }
+
+    /// The remote's name (the key is name and URL).
+    fn name(&self) -> &str {
+        self.remote.split(' ').next().unwrap_or(&self.remote)
     }
 
     /// Writes the breaker back (best effort: a breaker that cannot be kept

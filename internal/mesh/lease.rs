@@ -71,8 +71,25 @@ pub fn bucket(repo_id: &str) -> String {
     format!("BD_{repo_id}_leases")
 }
 
-/// Opens (or makes, with `replicas` copies) the lease bucket.
+/// Opens (or makes, with `replicas` copies) the lease bucket. Its reads go
+/// to the stream's leader (no direct gets, which any replica may answer from
+/// behind): a lease just released or granted is seen as such.
 pub async fn open(js: &async_nats::jetstream::Context, repo_id: &str, replicas: usize) -> Result<kv::Store> {
+    let kv = open_as_is(js, repo_id, replicas).await?;
+    if !kv.stream.cached_info().config.allow_direct {
+        return Ok(kv);
+    }
+    let mut config = kv.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(&config)
+        .await
+        .map_err(|e| relay_error("making the lease bucket's reads go to its leader", e))?;
+    js.get_key_value(bucket(repo_id))
+        .await
+        .map_err(|e| relay_error("opening the lease bucket", e))
+}
+
+async fn open_as_is(js: &async_nats::jetstream::Context, repo_id: &str, replicas: usize) -> Result<kv::Store> {
     match js.get_key_value(bucket(repo_id)).await {
         Ok(kv) => Ok(kv),
         Err(_) => js
@@ -164,7 +181,7 @@ pub async fn acquire(
                 lease.token = h.token;
                 let value = serde_json::to_vec(&lease)?;
                 match store.update(&k, value.into(), e.revision).await {
-                    Ok(_) => return fresh(store, issue).await,
+                    Ok(rev) => return Ok(written(lease, rev, now_ms)),
                     Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                     Err(err) => return Err(relay_error("renewing a lease", err)),
                 }
@@ -177,7 +194,7 @@ pub async fn acquire(
                 // Expired or released: taken over at the revision read.
                 let value = serde_json::to_vec(&lease)?;
                 match store.update(&k, value.into(), e.revision).await {
-                    Ok(_) => return fresh(store, issue).await,
+                    Ok(rev) => return Ok(written(lease, rev, now_ms)),
                     Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                     Err(err) => return Err(relay_error("taking over a lease", err)),
                 }
@@ -185,7 +202,7 @@ pub async fn acquire(
             (None, _) => {
                 let value = serde_json::to_vec(&lease)?;
                 match store.create(&k, value.into()).await {
-                    Ok(_) => return fresh(store, issue).await,
+                    Ok(rev) => return Ok(written(lease, rev, now_ms)),
                     Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => continue,
                     Err(err) => return Err(relay_error("taking a lease", err)),
                 }
@@ -220,7 +237,10 @@ pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) 
         }
         let value = serde_json::to_vec(&held)?;
         match store.update(&k, value.into(), entry.revision).await {
-            Ok(_) => return Ok(current(store, issue).await?.map(Grant::Granted)),
+            Ok(rev) => {
+                let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                return Ok(Some(written(held, rev, now)));
+            }
             Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(err) => return Err(relay_error("renewing a lease", err)),
         }
@@ -228,12 +248,13 @@ pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) 
     Ok(None)
 }
 
-/// The lease just written, read back (for its token and the relay's time).
-async fn fresh(store: &kv::Store, issue: &str) -> Result<Grant> {
-    current(store, issue)
-        .await?
-        .map(Grant::Granted)
-        .ok_or_else(|| Error::internal(format!("the lease of {issue} vanished after its grant")))
+/// The lease a write at revision `rev` granted: its token is that revision
+/// (a renewal keeps its grant's), its time the asker's (not read back: on a
+/// cluster a read right after a write may reach a replica behind it).
+fn written(mut lease: Lease, rev: u64, now_ms: u64) -> Grant {
+    lease.token = Some(lease.token.unwrap_or(rev));
+    lease.written_ms = now_ms;
+    Grant::Granted(lease)
 }
 
 /// Gives up the lease of `issue` if `holder` on `replica` holds it (and only

@@ -147,10 +147,12 @@ pub fn query(paths: &BeadsPaths, config_dir: &Path, opts: &QueryOptions) -> Resu
     let st = status(paths, config_dir, false)?;
     let repo_id = joined(&st)?;
     let s = secrets(config_dir, &repo_id, &st.replica)?;
-    let mut what: Vec<String> = opts.what.iter().filter(|w| *w != "all").cloned().collect();
-    if what.is_empty() {
-        what = PARTS.iter().map(|s| s.to_string()).collect();
-    }
+    // `all` anywhere asks for everything; each part once, in the usual order.
+    let what: Vec<String> = PARTS
+        .iter()
+        .filter(|p| opts.what.is_empty() || opts.what.iter().any(|w| w == *p || w == "all"))
+        .map(|s| s.to_string())
+        .collect();
     let mut known: Vec<&str> = st.members.iter().map(|m| m.replica.as_str()).collect();
     known.sort_unstable();
     known.dedup();
@@ -159,12 +161,14 @@ pub fn query(paths: &BeadsPaths, config_dir: &Path, opts: &QueryOptions) -> Resu
         .build()?;
     rt.block_on(async {
         let started = Instant::now();
-        let until = tokio::time::Instant::now() + opts.deadline;
         let client = connect(&st.relay, &s, &format!("bd mesh query {}", st.replica)).await?;
-        let active = tokio::time::timeout_at(until, active_daemons(&client, &repo_id))
+        // Coverage is always reported: who is active is read first, with a
+        // budget of its own (the deadline is for the answers).
+        let active = tokio::time::timeout(Duration::from_secs(2), active_daemons(&client, &repo_id))
             .await
-            .unwrap_or_else(|_| Ok(Vec::new()))?;
-        let needed = ((opts.quorum * active.len() as f64).ceil() as usize).max(1);
+            .map_err(|_| unavailable("reading who is active", "no answer within 2 s"))??;
+        let until = tokio::time::Instant::now() + opts.deadline;
+        let needed = (opts.quorum * active.len() as f64).ceil() as usize;
         let inbox = client.new_inbox();
         let mut replies = client
             .subscribe(inbox.clone())
@@ -193,14 +197,17 @@ pub fn query(paths: &BeadsPaths, config_dir: &Path, opts: &QueryOptions) -> Resu
                 break;
             }
         }
-        let quorum_reached = answers.len() >= needed;
+        // With no daemon active there is no quorum to reach.
+        let quorum_reached = needed > 0 && answers.len() >= needed;
         let unanswered = active
             .iter()
             .filter(|r| !answers.iter().any(|a| &a.replica == *r))
             .map(|r| Unanswered {
                 replica: r.clone(),
                 z_ms: opts.impedance.get(r).copied(),
-                why: if quorum_reached {
+                why: if quorum_reached && *r == st.replica {
+                    "this clone's own daemon: not needed, the quorum had answered".into()
+                } else if quorum_reached {
                     "not needed: the quorum had answered".into()
                 } else {
                     format!("no answer within {} ms", opts.deadline.as_millis())

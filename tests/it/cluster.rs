@@ -90,6 +90,13 @@ fn a_three_server_cluster_loses_no_acknowledged_op_or_lease_when_one_server_dies
             c.ok(&["mesh", "status"])
         );
     }
+    // A healthy cluster grants every uncontested claim a lease (a read
+    // right after a write once reached a replica behind it: "vanished").
+    for i in 0..15 {
+        let id = a.create(&[&format!("leased {i}")]);
+        let out = a.bd(&["claim", &id, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
     let contested = a.create(&["claimed before the crash"]);
     assert!(eventually(Duration::from_secs(20), || seen(&b, &contested)));
     let token = a.json(&["claim", &contested])[0]["lease"]["token"]

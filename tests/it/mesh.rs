@@ -1244,6 +1244,21 @@ fn mesh_query_gathers_a_quorum_and_wait_converged_waits_for_every_peer() {
             .unwrap()
             .contains("not needed")
     );
+    // However short the deadline, coverage is reported.
+    let short = a.bd(&["mesh", "query", "--deadline", "1ms", "--json"]);
+    let short: Value = serde_json::from_slice(&short.stdout).unwrap();
+    assert_eq!(short["active"], 2, "{short}");
+    assert_eq!(
+        short["answered"].as_u64().unwrap() + short["unanswered"].as_array().unwrap().len() as u64,
+        2,
+        "{short}"
+    );
+    let both = a.json(&["mesh", "query", "all", "leases", "--quorum", "0.5"]);
+    assert_eq!(
+        both["what"],
+        serde_json::json!(["watermarks", "leases", "agents"]),
+        "{both}"
+    );
     let all = a.bd(&[
         "mesh",
         "query",

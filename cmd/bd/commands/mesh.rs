@@ -322,6 +322,15 @@ fn query(ctx: &Ctx, paths: &bd::client::BeadsPaths, a: QueryArgs) -> Result<(), 
         }
         output::print(&s)?;
     }
+    if r.active == 0 && r.answered == 0 {
+        return Err(CliError(
+            bd::Error::new(
+                bd::ErrorKind::Unavailable,
+                "no daemon of the mesh is active: none has a heartbeat in the relay",
+            )
+            .hint("start this clone's: bd daemon start"),
+        ));
+    }
     if !r.quorum_reached {
         return Err(CliError(
             bd::Error::new(
@@ -357,10 +366,10 @@ fn converge(ctx: &Ctx, paths: &bd::client::BeadsPaths) -> Result<(), CliError> {
         let behind: Vec<String> = c
             .peers
             .iter()
-            .filter(|(_, s)| s.is_none_or(|s| s < c.latest_seq))
-            .map(|(r, s)| match s {
-                Some(s) => format!("{r} (has seq {s})"),
-                None => format!("{r} (no answer)"),
+            .filter(|p| p.seq.is_none_or(|s| s < c.latest_seq))
+            .map(|p| match p.seq {
+                Some(s) => format!("{} (has seq {s})", p.replica),
+                None => format!("{} (no answer)", p.replica),
             })
             .collect();
         return Err(CliError(
@@ -379,6 +388,15 @@ fn converge(ctx: &Ctx, paths: &bd::client::BeadsPaths) -> Result<(), CliError> {
         ));
     }
     Ok(())
+}
+
+/// A breaker's state as its JSON spells it.
+pub fn state_name(s: bd::client::mesh::BreakerState) -> &'static str {
+    match s {
+        bd::client::mesh::BreakerState::Closed => "closed",
+        bd::client::mesh::BreakerState::Open => "open",
+        bd::client::mesh::BreakerState::HalfOpen => "half_open",
+    }
 }
 
 fn render(st: &MeshStatus) -> String {
@@ -440,8 +458,8 @@ fn render(st: &MeshStatus) -> String {
             };
             let _ = writeln!(
                 s,
-                "  relay breaker {:?}: {} failure(s), {} in a row, opened {} time(s){when}{}",
-                b.state,
+                "  relay breaker {}: {} failure(s), {} in a row, opened {} time(s){when}{}",
+                state_name(b.state),
                 b.failures,
                 b.consecutive,
                 b.opened,
@@ -504,8 +522,8 @@ fn render(st: &MeshStatus) -> String {
             {
                 let _ = writeln!(
                     s,
-                    "    breaker {:?}: pings failing ({} in a row{}), next ping in {:.1} s",
-                    b.state,
+                    "    breaker {}: pings failing ({} in a row{}), next ping in {:.1} s",
+                    state_name(b.state),
                     b.consecutive,
                     b.last_failure
                         .as_deref()
@@ -519,8 +537,8 @@ fn render(st: &MeshStatus) -> String {
     if let Some(b) = &st.git_breaker {
         let _ = writeln!(
             s,
-            "git remote breaker {:?}: {} failure(s), {} in a row{}",
-            b.state,
+            "git remote breaker {}: {} failure(s), {} in a row{}",
+            state_name(b.state),
             b.failures,
             b.consecutive,
             if b.probe_in_ms > 0 {

@@ -71,8 +71,8 @@ fn render(r: &SyncReport, status: bool) -> String {
         if let Some(b) = r.remote_breaker.as_ref().filter(|b| b.consecutive > 0) {
             let _ = writeln!(
                 s,
-                "remote breaker {:?}: {} network failure(s) in a row{}",
-                b.state,
+                "remote breaker {}: {} network failure(s) in a row{}",
+                super::mesh::state_name(b.state),
                 b.consecutive,
                 if b.probe_in_ms > 0 {
                     format!(

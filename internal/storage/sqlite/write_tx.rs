@@ -186,6 +186,7 @@ impl<'a> WriteTx<'a> {
             if holder == op.actor && assignee == Some(op.actor.as_str()) {
                 op.fence = Some(token);
             } else if assignee == Some(holder)
+                && op.field.as_deref() != Some(crate::merge::CLAIM_FIELD)
                 && doc.field_value("status").and_then(|v| v.as_str()) != Some("closed")
                 && doc.held_by(&op.actor).is_some_and(|mine| mine < token)
             {
