@@ -25,7 +25,7 @@ mod mesh_common;
 use bd::api::{CreateRequest, Request, Response};
 use bd::client::Backend;
 use bd::mesh::lease::{self, Grant};
-use mesh_common::{clone, connect, cpu_seconds, daemon, quantile_ms, relay, rss_mib};
+use mesh_common::{connect, cpu_seconds, daemon, joined_pair, quantile_ms, relay, rss_mib};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,15 +116,7 @@ fn convergence(backlogs: &[usize]) {
     let mut r = relay();
     let url = r.url();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config");
-    let a = clone(&dir.path().join("a"), &cfg, &url, None);
-    let shared = std::fs::read_to_string(a.config()).unwrap();
-    let b = clone(&dir.path().join("b"), &cfg, &url, Some(&shared));
-    let ma = std::fs::read_to_string(a.dir.join("members.jsonl")).unwrap();
-    let mb = std::fs::read_to_string(b.dir.join("members.jsonl")).unwrap();
-    for p in [&a, &b] {
-        std::fs::write(p.dir.join("members.jsonl"), format!("{ma}{mb}")).unwrap();
-    }
+    let (a, b, cfg) = joined_pair(dir.path(), &url);
     let (sa, _ta) = daemon(&a, &cfg);
     let (sb, _tb) = daemon(&b, &cfg);
     let (mut ca, mut cb) = (connect(&sa), connect(&sb));
@@ -164,25 +156,32 @@ fn convergence(backlogs: &[usize]) {
         total += n as u64;
         let t0 = Instant::now();
         r.restart();
-        let mut reconnected = None;
+        // When both daemons are back on the relay (each on its breaker's
+        // probe schedule), then when B has the whole backlog.
+        let mut back = None;
         wait(
             "B has the backlog",
             Duration::from_secs(300),
             Box::new(|| {
-                if reconnected.is_none() && connected(&mut ca) {
-                    reconnected = Some(t0.elapsed());
+                if back.is_none() && connected(&mut ca) && connected(&mut cb) {
+                    back = Some(t0.elapsed());
                 }
                 matches!(cb.call(Request::Stats), Ok(Response::Stats(st)) if st.total >= total)
             }),
         );
         let all = t0.elapsed();
-        let back = reconnected.unwrap_or(all);
+        let back = back.unwrap_or(all).min(all);
+        let crossing = (all - back).as_secs_f64();
         println!(
-            "mesh/convergence after heal, backlog {n} ops: {:.2} s from the relay's restart ({:.2} s until A reconnected, breaker probe included; then {:.2} s, {:.0} ops/s)",
+            "mesh/convergence after heal, backlog {n} ops: {:.2} s from the relay's restart ({:.2} s until both daemons were back, breaker probes included; then {:.2} s for the backlog to cross{})",
             all.as_secs_f64(),
             back.as_secs_f64(),
-            (all - back).as_secs_f64(),
-            n as f64 / (all - back).as_secs_f64().max(1e-3)
+            crossing,
+            if crossing > 0.01 {
+                format!(", {:.0} ops/s", n as f64 / crossing)
+            } else {
+                String::new()
+            }
         );
     }
     let _ = ca.stop();

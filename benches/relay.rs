@@ -10,7 +10,7 @@ mod mesh_common;
 
 use bd::api::{CreateRequest, Request, Response};
 use bd::client::{Backend, BeadsPaths, InitOptions, init};
-use mesh_common::{clone, connect, daemon, relay};
+use mesh_common::{clone, connect, daemon, joined_pair, relay};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,16 +24,7 @@ fn main() {
     let r = relay();
     let url = r.url();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config");
-    let a = clone(&dir.path().join("a"), &cfg, &url, None);
-    let shared = std::fs::read_to_string(a.config()).unwrap();
-    let b = clone(&dir.path().join("b"), &cfg, &url, Some(&shared));
-    // Each knows the other's key (what git would carry).
-    let ma = std::fs::read_to_string(a.dir.join("members.jsonl")).unwrap();
-    let mb = std::fs::read_to_string(b.dir.join("members.jsonl")).unwrap();
-    for p in [&a, &b] {
-        std::fs::write(p.dir.join("members.jsonl"), format!("{ma}{mb}")).unwrap();
-    }
+    let (a, b, cfg) = joined_pair(dir.path(), &url);
     let (sa, _ta) = daemon(&a, &cfg);
     let (sb, _tb) = daemon(&b, &cfg);
     let (mut ca, mut cb) = (connect(&sa), connect(&sb));

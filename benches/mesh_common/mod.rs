@@ -114,6 +114,22 @@ pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
 
+/// Two trackers under `root` joined to the relay at `url`, sharing one
+/// repository config and each other's keys (what git would carry); and the
+/// config directory holding their keys.
+pub fn joined_pair(root: &Path, url: &str) -> (BeadsPaths, BeadsPaths, PathBuf) {
+    let cfg = root.join("config");
+    let a = clone(&root.join("a"), &cfg, url, None);
+    let shared = std::fs::read_to_string(a.config()).unwrap();
+    let b = clone(&root.join("b"), &cfg, url, Some(&shared));
+    let ma = std::fs::read_to_string(a.dir.join("members.jsonl")).unwrap();
+    let mb = std::fs::read_to_string(b.dir.join("members.jsonl")).unwrap();
+    for p in [&a, &b] {
+        std::fs::write(p.dir.join("members.jsonl"), format!("{ma}{mb}")).unwrap();
+    }
+    (a, b, cfg)
+}
+
 /// A tracker joined to the relay; `config` is the repository's config to share.
 pub fn clone(root: &Path, config_dir: &Path, url: &str, config: Option<&str>) -> BeadsPaths {
     let report = init(

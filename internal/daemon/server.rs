@@ -103,6 +103,9 @@ pub(super) struct Shared {
     /// Leases given back while the relay could not be asked: (issue,
     /// holder), released when the session is next connected.
     pub(super) pending_releases: Mutex<Vec<(String, String)>>,
+    /// The relay session counted a drop its client has not recovered from
+    /// (the session's end is then not counted again).
+    pub(super) drop_counted: AtomicBool,
 }
 
 impl Shared {
@@ -307,6 +310,7 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         held: Mutex::new(Default::default()),
         relay_breaker: Mutex::new(Default::default()),
         pending_releases: Mutex::new(Vec::new()),
+        drop_counted: AtomicBool::new(false),
     });
     let syncer = {
         let shared = shared.clone();

@@ -644,17 +644,7 @@ fn jepsen_lease_holder_killed() {
     let old = a.json(&["claim", &id, "--ttl", "10s"])[0]["lease"]["token"]
         .as_u64()
         .unwrap();
-    let lock = std::fs::read_to_string(a.root.join(".beads/daemon.lock")).unwrap();
-    let pid = serde_json::from_str::<Value>(&lock).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::mesh::kill_daemon(a);
     mesh.proxies[0].cut(); // and its machine is cut off
     std::thread::sleep(Duration::from_secs(11));
     let taken = b.json(&["claim", &id]);

@@ -947,6 +947,19 @@ fn junk_and_strangers_batches_are_counted_not_kept() {
     );
 }
 
+/// Kills the clone's running daemon with SIGKILL (no goodbye, no drain).
+pub(crate) fn kill_daemon(c: &crate::sync::Clone) {
+    let lock = std::fs::read_to_string(c.root.join(".beads/daemon.lock")).unwrap();
+    let pid = serde_json::from_str::<Value>(&lock).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
 /// A cluster whose first clone `a` (prefix `m`) joined `relay` and pushed
 /// its mesh id and members line.
 pub(crate) fn first_clone(relay: &Relay) -> (crate::sync::Cluster, crate::sync::Clone) {
@@ -1132,17 +1145,7 @@ fn the_daemon_mode_follows_what_it_can_reach() {
         && daemon_mode(&b) == "normal"));
     let warm = b.create(&["b is alive"]);
     assert!(eventually(Duration::from_secs(10), || seen(&a, &warm)));
-    let lock = std::fs::read_to_string(b.root.join(".beads/daemon.lock")).unwrap();
-    let pid = serde_json::from_str::<Value>(&lock).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    kill_daemon(&b);
     assert!(
         eventually(Duration::from_secs(60), || daemon_mode(&a) == "degraded"),
         "{}",
@@ -1211,17 +1214,7 @@ fn mesh_query_gathers_a_quorum_and_wait_converged_waits_for_every_peer() {
     let only = a.json(&["mesh", "query", "agents"]);
     assert!(only["answers"][0].get("watermarks").is_none(), "{only}");
     // b dies without a goodbye: still active for a while.
-    let lock = std::fs::read_to_string(b.root.join(".beads/daemon.lock")).unwrap();
-    let pid = serde_json::from_str::<Value>(&lock).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    kill_daemon(&b);
     let half = a.json(&[
         "mesh",
         "query",

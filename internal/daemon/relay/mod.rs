@@ -181,8 +181,11 @@ pub(super) async fn run(
                     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
                     let mut b = shared.relay_breaker.lock().unwrap_or_else(|p| p.into_inner());
                     let was = b.state;
-                    if was != crate::breaker::State::Open {
-                        // (Open already: the session's own count opened it.)
+                    // One outage, one failure: a drop the session counted
+                    // already is not counted again when it ends the session
+                    // (nor when its count opened the breaker).
+                    let counted = shared.drop_counted.swap(false, std::sync::atomic::Ordering::SeqCst);
+                    if was != crate::breaker::State::Open && !counted {
                         b.failure(now, &e.message, &crate::breaker::Policy::RELAY);
                     }
                     if b.state == crate::breaker::State::Open {
@@ -486,11 +489,13 @@ async fn session(
                         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
                         let mut b = shared.relay_breaker.lock().unwrap_or_else(|p| p.into_inner());
                         b.failure(now, "the relay dropped the connection", &crate::breaker::Policy::RELAY);
+                        shared.drop_counted.store(true, std::sync::atomic::Ordering::SeqCst);
                         if b.state == crate::breaker::State::Open {
                             return Err(relay_error("the relay keeps dropping the connection", "breaker open"));
                         }
                     }
                     Some(async_nats::Event::Connected) => {
+                        shared.drop_counted.store(false, std::sync::atomic::Ordering::SeqCst);
                         update(shared, |r| r.connected = true);
                         connected_at = std::time::Instant::now();
                         stable = false;
