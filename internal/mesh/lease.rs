@@ -90,17 +90,25 @@ pub async fn open(js: &async_nats::jetstream::Context, repo_id: &str, replicas: 
 }
 
 async fn open_as_is(js: &async_nats::jetstream::Context, repo_id: &str, replicas: usize) -> Result<kv::Store> {
-    match js.get_key_value(bucket(repo_id)).await {
+    if let Ok(kv) = js.get_key_value(bucket(repo_id)).await {
+        return Ok(kv);
+    }
+    let made = js
+        .create_key_value(kv::Config {
+            bucket: bucket(repo_id),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match made {
         Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: bucket(repo_id),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
+        // Another daemon made it meanwhile (and may have changed its reads
+        // already, so ours was "a different configuration"): use theirs.
+        Err(e) => js
+            .get_key_value(bucket(repo_id))
             .await
-            .map_err(|e| relay_error("opening the lease bucket", e)),
+            .map_err(|_| relay_error("opening the lease bucket", e)),
     }
 }
 
