@@ -1021,3 +1021,52 @@ fn closing_a_parent_or_deleting_a_blocker_asks_first(mode: Mode) {
     let left = env.ids(&["list"]);
     assert!(left.contains(&related) && left.contains(&found), "{left:?}");
 }
+
+/// Completion scripts for every shell; the bash one loads without error,
+/// completes commands, and completes issue ids from the tracker here.
+#[test]
+fn completion_scripts_load_and_complete_commands_and_issue_ids() {
+    let env = TestEnv::new();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let script = env.ok(&["completion", shell]);
+        assert!(script.len() > 1000 && script.contains("bd"), "{shell}");
+    }
+    let fish = env.ok(&["completion", "fish"]);
+    assert!(fish.contains("__complete-ids"), "fish completes ids");
+    let id = env.create(&["completed by id"]);
+    let bin = std::path::Path::new(crate::common::BD).parent().unwrap();
+    let bash = |words: &str, cword: usize| {
+        let script = format!(
+            "source <(bd completion bash) && complete -p bd && COMP_WORDS=({words}) && COMP_CWORD={cword} && COMP_LINE='{words}' && _bd_with_ids bd && echo \"reply: ${{COMPREPLY[*]}}\""
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(env.root())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("BD_AUTO_START", "0")
+            .env_remove("BEADS_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let loaded = bash("bd cla", 1);
+    assert!(loaded.contains("_bd_with_ids"), "{loaded}");
+    assert!(loaded.contains("claim"), "commands complete: {loaded}");
+    let ids = bash("bd show ''", 2);
+    assert!(ids.contains(&id), "ids complete: {ids}");
+    let prefix = &id[..id.len() - 1];
+    let narrowed = bash(&format!("bd claim {prefix}"), 2);
+    assert!(narrowed.contains(&id), "{narrowed}");
+}

@@ -7,6 +7,7 @@ mod claim;
 mod close;
 mod comment;
 mod comments;
+mod completion;
 mod config;
 mod conflicts;
 mod create;
@@ -187,6 +188,10 @@ pub enum Command {
     Version(Lazy<version::VersionArgs>),
     /// Run simulated agents against a throwaway repository
     Demo(Lazy<demo::DemoArgs>),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
+    Completion(Lazy<completion::CompletionArgs>),
+    #[command(name = "__complete-ids", hide = true)]
+    CompleteIds(Lazy<completion::CompleteIdsArgs>),
 }
 
 /// Runs one command.
@@ -227,6 +232,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Daemon(Lazy(c)) => daemon::cmd_daemon(ctx, c),
         Command::Version(Lazy(a)) => version::cmd_version(ctx, a),
         Command::Demo(Lazy(a)) => demo::cmd_demo(ctx, a),
+        Command::Completion(Lazy(a)) => completion::cmd_completion(ctx, a),
+        Command::CompleteIds(Lazy(a)) => completion::cmd_complete_ids(ctx, a),
     }
 }
 
