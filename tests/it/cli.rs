@@ -1070,3 +1070,57 @@ fn completion_scripts_load_and_complete_commands_and_issue_ids() {
     let narrowed = bash(&format!("bd claim {prefix}"), 2);
     assert!(narrowed.contains(&id), "{narrowed}");
 }
+
+/// `bd prime` stays well under its token budget (words as the proxy), names
+/// only commands and flags that exist, and shows the live state: ready
+/// count, what the actor holds, conflicts.
+#[test]
+fn prime_is_short_names_only_real_commands_and_shows_the_live_state() {
+    let env = TestEnv::new();
+    let id = env.create(&["held work"]);
+    env.create(&["free work"]);
+    env.ok(&["claim", &id]);
+    let text = env.ok(&["prime"]);
+    let words = text.split_whitespace().count();
+    assert!(words < 600, "{words} words:\n{text}");
+    assert!(text.contains(&id), "what the actor holds: {text}");
+    let ready = env.json(&["stats"])["ready"].as_u64().unwrap();
+    assert!(text.contains(&format!("{ready} issue(s) ready")), "{text}");
+    // Every `bd WORD` names a command, and every --flag on its line is one
+    // of that command's.
+    let mut checked = 0;
+    for line in text.lines() {
+        for part in line.split("bd ").skip(1) {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let Some(cmd) = words
+                .first()
+                .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+            else {
+                continue;
+            };
+            if cmd.is_empty() || cmd.chars().next().unwrap().is_uppercase() {
+                continue;
+            }
+            let help = env.ok(&[cmd, "--help"]);
+            let sub_help = words
+                .get(1)
+                .filter(|w| ["add", "remove"].contains(w))
+                .map(|w| env.ok(&[cmd, w, "--help"]));
+            for flag in words.iter().filter(|w| w.starts_with('-')) {
+                let flag = flag.trim_matches(|c: char| "[](),:\"".contains(c));
+                let flag = flag.split('=').next().unwrap();
+                if flag.len() < 2 || flag.chars().nth(1).is_some_and(|c| c.is_ascii_digit()) {
+                    continue; // "-p 0-4" and the like
+                }
+                let known =
+                    help.contains(flag) || sub_help.as_deref().is_some_and(|h| h.contains(flag));
+                assert!(known, "`bd {cmd}` has no {flag}: {line}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} commands checked");
+    let json = env.json(&["prime"]);
+    assert_eq!(json["ready"], ready);
+    assert_eq!(json["held"].as_array().unwrap().len(), 1);
+}

@@ -29,6 +29,7 @@ mod label;
 mod list;
 mod merge_driver;
 pub mod mesh;
+pub mod prime;
 mod ready;
 mod rebuild;
 mod reopen;
@@ -188,6 +189,8 @@ pub enum Command {
     Version(Lazy<version::VersionArgs>),
     /// Run simulated agents against a throwaway repository
     Demo(Lazy<demo::DemoArgs>),
+    /// What an agent needs at the start of a session: workflow, commands, live state
+    Prime(Lazy<prime::PrimeArgs>),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
     Completion(Lazy<completion::CompletionArgs>),
     #[command(name = "__complete-ids", hide = true)]
@@ -232,6 +235,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Daemon(Lazy(c)) => daemon::cmd_daemon(ctx, c),
         Command::Version(Lazy(a)) => version::cmd_version(ctx, a),
         Command::Demo(Lazy(a)) => demo::cmd_demo(ctx, a),
+        Command::Prime(Lazy(a)) => prime::cmd_prime(ctx, a),
         Command::Completion(Lazy(a)) => completion::cmd_completion(ctx, a),
         Command::CompleteIds(Lazy(a)) => completion::cmd_complete_ids(ctx, a),
     }
