@@ -1124,3 +1124,51 @@ fn prime_is_short_names_only_real_commands_and_shows_the_live_state() {
     assert_eq!(json["ready"], ready);
     assert_eq!(json["held"].as_array().unwrap().len(), 1);
 }
+
+/// `bd onboard` adds one marked section to AGENTS.md, replaces it in place
+/// when run again, and `--remove` takes exactly it out: the rest of the file
+/// is never touched.
+#[test]
+fn onboard_adds_and_removes_only_its_own_section() {
+    let env = TestEnv::new();
+    let file = env.root().join("AGENTS.md");
+    let before = "# Agents\n\nOur own rules.\n\n## Style\nShort lines.\n";
+    std::fs::write(&file, before).unwrap();
+    assert_eq!(env.json(&["onboard"])["action"], "added");
+    let added = std::fs::read_to_string(&file).unwrap();
+    assert!(added.starts_with(before), "{added}");
+    assert!(
+        added.contains("bd prime") && added.contains("<!-- bd:end -->"),
+        "{added}"
+    );
+    assert_eq!(env.json(&["onboard"])["action"], "unchanged");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), added);
+    env.ok(&["onboard", "--remove"]);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        before,
+        "byte for byte"
+    );
+    env.ok(&["onboard"]);
+    // Someone writes below it; an older section is replaced in place.
+    let edited = added.replace("Start a session with", "OLD TEXT") + "\n## Later\nMore rules.\n";
+    std::fs::write(&file, &edited).unwrap();
+    assert_eq!(env.json(&["onboard"])["action"], "updated");
+    let updated = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !updated.contains("OLD TEXT") && updated.ends_with("## Later\nMore rules.\n"),
+        "{updated}"
+    );
+    assert_eq!(env.json(&["onboard", "--remove"])["action"], "removed");
+    let removed = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(removed, format!("{before}\n## Later\nMore rules.\n"));
+    assert_eq!(env.json(&["onboard", "--remove"])["action"], "absent");
+    // Another file, made when absent.
+    let other = env.root().join("CLAUDE.md");
+    env.ok(&["onboard", other.to_str().unwrap()]);
+    assert!(
+        std::fs::read_to_string(&other)
+            .unwrap()
+            .starts_with("<!-- bd:begin")
+    );
+}

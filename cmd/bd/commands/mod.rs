@@ -29,6 +29,7 @@ mod label;
 mod list;
 mod merge_driver;
 pub mod mesh;
+mod onboard;
 pub mod prime;
 mod ready;
 mod rebuild;
@@ -191,6 +192,8 @@ pub enum Command {
     Demo(Lazy<demo::DemoArgs>),
     /// What an agent needs at the start of a session: workflow, commands, live state
     Prime(Lazy<prime::PrimeArgs>),
+    /// Add (or --remove) a short marked section about bd in AGENTS.md
+    Onboard(Lazy<onboard::OnboardArgs>),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
     Completion(Lazy<completion::CompletionArgs>),
     #[command(name = "__complete-ids", hide = true)]
@@ -236,6 +239,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Version(Lazy(a)) => version::cmd_version(ctx, a),
         Command::Demo(Lazy(a)) => demo::cmd_demo(ctx, a),
         Command::Prime(Lazy(a)) => prime::cmd_prime(ctx, a),
+        Command::Onboard(Lazy(a)) => onboard::cmd_onboard(ctx, a),
         Command::Completion(Lazy(a)) => completion::cmd_completion(ctx, a),
         Command::CompleteIds(Lazy(a)) => completion::cmd_complete_ids(ctx, a),
     }

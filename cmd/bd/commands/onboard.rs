@@ -1,0 +1,131 @@
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Add a short section about bd to AGENTS.md (or FILE), or take it out again
+///
+/// The section sits between two marker lines and is all bd ever writes:
+/// running it again replaces the section in place, `--remove` takes it out,
+/// and nothing else in the file is touched. The file is made if absent.
+#[derive(Args, Debug)]
+pub struct OnboardArgs {
+    /// The file (default: AGENTS.md at the top of the repository, or here)
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Take bd's section out instead
+    #[arg(long)]
+    pub remove: bool,
+}
+
+const BEGIN: &str =
+    "<!-- bd:begin (written by `bd onboard`; `bd onboard --remove` takes it out) -->";
+const END: &str = "<!-- bd:end -->";
+
+#[derive(Serialize)]
+struct Onboarded {
+    file: String,
+    /// added, updated, unchanged, removed or absent
+    action: &'static str,
+}
+
+/// bd's section of an agents file.
+fn section() -> String {
+    let mut s = format!("{BEGIN}\n## Issue tracking: bd\n\n");
+    s.push_str("This repository tracks its work with bd (`.beads/`). Start a session with `bd prime`; then:\n\n");
+    for (n, step) in super::prime::WORKFLOW.iter().enumerate() {
+        s.push_str(&format!("{}. {step}\n", n + 1));
+    }
+    s.push_str("\nEvery command takes `--json`. Do not track work in TODO files.\n");
+    s.push_str(END);
+    s.push('\n');
+    s
+}
+
+/// The byte range of bd's section in `text` (its end line included).
+fn find(text: &str) -> Option<std::ops::Range<usize>> {
+    let start = text.find("<!-- bd:begin")?;
+    let end_at = start + text[start..].find(END)?;
+    let mut end = end_at + END.len();
+    if text[end..].starts_with('\n') {
+        end += 1;
+    }
+    Some(start..end)
+}
+
+pub fn cmd_onboard(ctx: &Ctx, a: OnboardArgs) -> Result<(), CliError> {
+    let file = match a.file {
+        Some(f) => f,
+        None => {
+            // The repository's top, where agents look for AGENTS.md.
+            let top = ctx
+                .paths()
+                .ok()
+                .and_then(|p| p.dir.parent().map(|d| d.to_path_buf()))
+                .unwrap_or_else(|| PathBuf::from("."));
+            top.join("AGENTS.md")
+        }
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(CliError(
+                bd::Error::from(e).hint(format!("bd onboard reads and writes {}", file.display())),
+            ));
+        }
+    };
+    let (next, action) = match (find(&text), a.remove) {
+        (Some(r), true) => {
+            // With the blank line `onboard` put before it, so that adding
+            // and removing gives the file back byte for byte.
+            let start = if text[..r.start].ends_with("\n\n") {
+                r.start - 1
+            } else {
+                r.start
+            };
+            let mut t = text.clone();
+            t.replace_range(start..r.end, "");
+            (t, "removed")
+        }
+        (None, true) => (text.clone(), "absent"),
+        (Some(r), false) if text[r.clone()] == section() => (text.clone(), "unchanged"),
+        (Some(r), false) => {
+            let mut t = text.clone();
+            t.replace_range(r, &section());
+            (t, "updated")
+        }
+        (None, false) => {
+            let mut t = text.clone();
+            if !t.is_empty() && !t.ends_with('\n') {
+                t.push('\n');
+            }
+            if !t.is_empty() {
+                t.push('\n');
+            }
+            t.push_str(&section());
+            (t, "added")
+        }
+    };
+    if next != text {
+        bd::client::write_atomically(&file, next.as_bytes())?;
+    }
+    let shown = file.display().to_string();
+    if ctx.json {
+        return output::json(&Onboarded {
+            file: shown,
+            action,
+        });
+    }
+    let what = match action {
+        "added" => format!("Added bd's section to {shown}"),
+        "updated" => format!("Updated bd's section in {shown}"),
+        "unchanged" => format!("{shown} already has bd's section (unchanged)"),
+        "removed" => format!("Removed bd's section from {shown}"),
+        _ => format!("{shown} has no bd section (nothing to remove)"),
+    };
+    output::status(ctx.quiet, &what);
+    Ok(())
+}
