@@ -1172,3 +1172,67 @@ fn onboard_adds_and_removes_only_its_own_section() {
             .starts_with("<!-- bd:begin")
     );
 }
+
+/// `bd graph EPIC` draws the epic and everything under it, arrows from
+/// blocker (or parent) to what waits, ready issues marked; `--format dot`
+/// the same for Graphviz; without an id, every open issue.
+#[test]
+fn graph_draws_an_epic_with_ready_issues_marked() {
+    let env = TestEnv::new();
+    let epic = env.create(&["Launch \"v2\"", "-t", "epic"]);
+    let schema = env.create(&["Schema", "--parent", &epic]);
+    let api = env.create(&[
+        "API",
+        "--parent",
+        &epic,
+        "--deps",
+        &format!("blocks:{schema}"),
+    ]);
+    let other = env.create(&["Unrelated"]);
+    let m = env.ok(&["graph", &epic]);
+    assert!(m.starts_with("graph TD\n"), "{m}");
+    for id in [&epic, &schema, &api] {
+        assert!(m.contains(id.as_str()), "{id}: {m}");
+    }
+    assert!(!m.contains(&other), "only the epic's tree: {m}");
+    assert!(m.contains("#quot;v2#quot;"), "quotes escaped: {m}");
+    let node = |id: &str| {
+        m.lines()
+            .find(|l| l.contains(id) && l.contains('['))
+            .unwrap()
+            .split('[')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert!(
+        m.contains(&format!("{} -->|blocks| {}", node(&schema), node(&api))),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "{} -->|parent-child| {}",
+            node(&epic),
+            node(&schema)
+        )),
+        "{m}"
+    );
+    let schema_line = m.lines().find(|l| l.contains(&schema)).unwrap();
+    assert!(schema_line.ends_with(":::ready"), "{schema_line}");
+    let api_line = m.lines().find(|l| l.contains(&api)).unwrap();
+    assert!(api_line.ends_with(":::waiting"), "{api_line}");
+    let d = env.ok(&["graph", &epic, "--format", "dot"]);
+    assert!(
+        d.starts_with("digraph bd {") && d.trim_end().ends_with('}'),
+        "{d}"
+    );
+    assert!(
+        d.contains(&format!("\"{schema}\" -> \"{api}\" [label=\"blocks\"")),
+        "{d}"
+    );
+    assert!(d.contains("Launch \\\"v2\\\""), "{d}");
+    let everything = env.ok(&["graph"]);
+    assert!(everything.contains(&other));
+    env.fails(&["graph", "nope-123"], 1);
+}

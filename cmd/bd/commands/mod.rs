@@ -21,6 +21,7 @@ mod export;
 mod fields;
 mod filters;
 mod flush;
+mod graph;
 mod hooks;
 mod import;
 mod info;
@@ -192,6 +193,8 @@ pub enum Command {
     Demo(Lazy<demo::DemoArgs>),
     /// What an agent needs at the start of a session: workflow, commands, live state
     Prime(Lazy<prime::PrimeArgs>),
+    /// The dependency graph of an epic or of everything open, as Mermaid or dot
+    Graph(Lazy<graph::GraphArgs>),
     /// Add (or --remove) a short marked section about bd in AGENTS.md
     Onboard(Lazy<onboard::OnboardArgs>),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
@@ -239,6 +242,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Version(Lazy(a)) => version::cmd_version(ctx, a),
         Command::Demo(Lazy(a)) => demo::cmd_demo(ctx, a),
         Command::Prime(Lazy(a)) => prime::cmd_prime(ctx, a),
+        Command::Graph(Lazy(a)) => graph::cmd_graph(ctx, a),
         Command::Onboard(Lazy(a)) => onboard::cmd_onboard(ctx, a),
         Command::Completion(Lazy(a)) => completion::cmd_completion(ctx, a),
         Command::CompleteIds(Lazy(a)) => completion::cmd_complete_ids(ctx, a),

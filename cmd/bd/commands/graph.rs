@@ -1,0 +1,215 @@
+use super::{call, unexpected};
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::api::{Issue, ListFilter, Request, Response};
+use clap::{Args, ValueEnum};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The dependency graph of an epic (ID and everything under it) or of every
+/// open issue, as Mermaid or Graphviz dot
+///
+/// Arrows point from the blocker (or parent) to what waits for it. Ready
+/// issues are marked (green), closed ones greyed, in-progress ones show
+/// their assignee. Paste Mermaid into a Markdown file; render dot with
+/// `dot -Tsvg`.
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    /// An epic (or any issue): it and its descendants (default: every open issue)
+    pub id: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Mermaid)]
+    pub format: Format,
+    /// Include closed issues
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Mermaid,
+    Dot,
+}
+
+pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
+    let everything = ListFilter {
+        all: true,
+        limit: Some(0),
+        ..Default::default()
+    };
+    let Response::Issues(issues) = call(ctx, Request::List(everything))? else {
+        return Err(CliError(bd::Error::internal("unexpected answer to list")));
+    };
+    let ready: BTreeSet<String> = match call(
+        ctx,
+        Request::Ready(ListFilter {
+            limit: Some(0),
+            ..Default::default()
+        }),
+    )? {
+        Response::Issues(r) => r.into_iter().map(|i| i.id).collect(),
+        other => return Err(unexpected(other)),
+    };
+    let by_id: BTreeMap<&str, &Issue> = issues.iter().map(|i| (i.id.as_str(), i)).collect();
+    let shown: BTreeSet<&str> = match &a.id {
+        Some(q) => {
+            let root = resolve(&by_id, q)?;
+            // The root and everything whose parent chain leads to it.
+            let mut set = BTreeSet::from([root]);
+            loop {
+                let before = set.len();
+                for i in &issues {
+                    if i.dependencies.iter().any(|d| {
+                        d.dep_type.as_str() == "parent-child"
+                            && set.contains(d.depends_on_id.as_str())
+                    }) {
+                        set.insert(i.id.as_str());
+                    }
+                }
+                if set.len() == before {
+                    break;
+                }
+            }
+            set
+        }
+        None => issues.iter().map(|i| i.id.as_str()).collect(),
+    };
+    let shown: BTreeSet<&str> = shown
+        .into_iter()
+        .filter(|id| a.all || a.id.as_deref() == Some(*id) || !by_id[id].status.is_closed())
+        .collect();
+    let mut edges = Vec::new();
+    for id in &shown {
+        for d in &by_id[id].dependencies {
+            if shown.contains(d.depends_on_id.as_str()) {
+                edges.push((d.depends_on_id.as_str(), *id, d.dep_type.as_str()));
+            }
+        }
+    }
+    let text = match a.format {
+        Format::Mermaid => mermaid(&shown, &edges, &by_id, &ready),
+        Format::Dot => dot(&shown, &edges, &by_id, &ready),
+    };
+    output::print(&text)
+}
+
+/// The issue `q` names: exactly, or by a unique prefix.
+fn resolve<'a>(by_id: &BTreeMap<&'a str, &Issue>, q: &str) -> Result<&'a str, CliError> {
+    if let Some((id, _)) = by_id.get_key_value(q) {
+        return Ok(id);
+    }
+    let hits: Vec<&&str> = by_id.keys().filter(|k| k.starts_with(q)).collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(CliError(
+            bd::Error::not_found(format!("no issue {q}")).hint("`bd list --all` shows the ids"),
+        )),
+        _ => Err(CliError::usage(
+            format!("{q} matches {} issues", hits.len()),
+            "give more of the id",
+        )),
+    }
+}
+
+fn label(i: &Issue) -> String {
+    let mut l = format!("{}: {}", i.id, i.title);
+    if l.chars().count() > 60 {
+        l = l.chars().take(57).collect::<String>() + "...";
+    }
+    if let Some(a) = i
+        .assignee
+        .as_deref()
+        .filter(|_| i.status.as_str() == "in_progress")
+    {
+        l.push_str(&format!(" ({a})"));
+    }
+    l
+}
+
+fn class(i: &Issue, ready: &BTreeSet<String>) -> &'static str {
+    if i.status.is_closed() {
+        "closed"
+    } else if ready.contains(&i.id) {
+        "ready"
+    } else if i.status.as_str() == "in_progress" {
+        "working"
+    } else {
+        "waiting"
+    }
+}
+
+fn mermaid(
+    shown: &BTreeSet<&str>,
+    edges: &[(&str, &str, &str)],
+    by_id: &BTreeMap<&str, &Issue>,
+    ready: &BTreeSet<String>,
+) -> String {
+    // Node names are positions: ids may hold characters Mermaid reads.
+    let name: BTreeMap<&str, usize> = shown.iter().enumerate().map(|(n, id)| (*id, n)).collect();
+    let mut s = String::from("graph TD\n");
+    for id in shown {
+        let i = by_id[id];
+        let text = label(i).replace('"', "#quot;");
+        s.push_str(&format!(
+            "  n{}[\"{text}\"]:::{}\n",
+            name[id],
+            class(i, ready)
+        ));
+    }
+    for (from, to, kind) in edges {
+        let arrow = if *kind == "blocks" || *kind == "parent-child" {
+            "-->"
+        } else {
+            "-.->"
+        };
+        s.push_str(&format!(
+            "  n{} {arrow}|{kind}| n{}\n",
+            name[from], name[to]
+        ));
+    }
+    s.push_str("  classDef ready fill:#d4f7d4,stroke:#2e7d32\n");
+    s.push_str("  classDef working fill:#fff3c4,stroke:#b58900\n");
+    s.push_str("  classDef waiting fill:#f0f0f0,stroke:#888\n");
+    s.push_str("  classDef closed fill:#fafafa,stroke:#bbb,color:#999\n");
+    s
+}
+
+fn dot(
+    shown: &BTreeSet<&str>,
+    edges: &[(&str, &str, &str)],
+    by_id: &BTreeMap<&str, &Issue>,
+    ready: &BTreeSet<String>,
+) -> String {
+    let quote = |t: &str| t.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut s = String::from(
+        "digraph bd {\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"sans\"];\n",
+    );
+    for id in shown {
+        let i = by_id[id];
+        let fill = match class(i, ready) {
+            "ready" => "#d4f7d4",
+            "working" => "#fff3c4",
+            "closed" => "#fafafa",
+            _ => "#f0f0f0",
+        };
+        s.push_str(&format!(
+            "  \"{}\" [label=\"{}\", fillcolor=\"{fill}\"];\n",
+            quote(id),
+            quote(&label(i))
+        ));
+    }
+    for (from, to, kind) in edges {
+        let style = if *kind == "blocks" || *kind == "parent-child" {
+            "solid"
+        } else {
+            "dashed"
+        };
+        s.push_str(&format!(
+            "  \"{}\" -> \"{}\" [label=\"{kind}\", style={style}];\n",
+            quote(from),
+            quote(to)
+        ));
+    }
+    s.push_str("}\n");
+    s
+}
