@@ -795,7 +795,7 @@ fn forged_or_altered_batches_are_never_applied() {
     let b = cluster.clone("b", "bob");
     b.ok(&["init"]);
     b.ok(&["mesh", "join", &relay.url()]);
-    b.ok(&["daemon", "start", "-q"]);
+    start_connected(&b);
     let st: Value = serde_json::from_str(&a.ok(&["mesh", "status", "--json"])).unwrap();
     let (replica, repo) = (
         st["replica"].as_str().unwrap().to_string(),
@@ -947,6 +947,21 @@ fn junk_and_strangers_batches_are_counted_not_kept() {
     );
 }
 
+/// Starts the clone's daemon and waits until it is connected to the relay
+/// (its session has made the stream: publishing to it straight after
+/// `daemon start` could beat it).
+pub(crate) fn start_connected(c: &crate::sync::Clone) {
+    c.ok(&["daemon", "start", "-q"]);
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let st: Value = serde_json::from_str(&c.ok(&["mesh", "status", "--json"])).unwrap();
+            st["daemon"]["connected"] == true
+        }),
+        "{}",
+        c.ok(&["mesh", "status"])
+    );
+}
+
 /// Kills the clone's running daemon with SIGKILL (no goodbye, no drain).
 pub(crate) fn kill_daemon(c: &crate::sync::Clone) {
     let lock = std::fs::read_to_string(c.root.join(".beads/daemon.lock")).unwrap();
@@ -982,7 +997,7 @@ pub(crate) fn pair(
     b.ok(&["sync"]);
     a.ok(&["sync"]);
     for c in [&a, &b] {
-        c.ok(&["daemon", "start", "-q"]);
+        start_connected(c);
     }
     (cluster, a, b)
 }

@@ -85,7 +85,7 @@ fn signed(cluster: &crate::sync::Cluster, replica: &str, issue: &str, seq: u64) 
 fn a_batch_ahead_of_its_predecessor_waits_in_transit_then_follows_it() {
     let relay = Relay::start();
     let (cluster, _a, b, replica, repo, next) = setup(&relay);
-    b.ok(&["daemon", "start", "-q"]);
+    crate::mesh::start_connected(&b);
     let acks = collect(&relay.url(), format!("bd.{repo}.ack.{replica}"));
     let subject = format!("bd.{repo}.ops.{replica}");
 
