@@ -14,6 +14,13 @@ use crate::storage::BeadsPaths;
 use std::path::Path;
 use std::time::Duration;
 
+/// Whether the repository's committed config names a relay: a config read,
+/// no database (cheap enough to ask on every claim).
+pub fn relay_configured(paths: &BeadsPaths) -> bool {
+    crate::config::Config::load_cached(&paths.config())
+        .is_ok_and(|c| !crate::mesh::relay_urls(&c).is_empty())
+}
+
 /// Where the mesh stands for this clone (see [`crate::mesh::status`]), with
 /// the running daemon's link to the relay when a daemon runs.
 pub fn status(paths: &BeadsPaths, config_dir: &Path, probe_relay: bool) -> Result<MeshStatus> {

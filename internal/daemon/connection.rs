@@ -390,7 +390,7 @@ fn batch_op_claiming(req: &Request, issue: &str) -> Option<usize> {
     };
     requests
         .iter()
-        .position(|r| matches!(r, Request::Update(u) if u.claim && u.ids.iter().any(|i| issue.starts_with(i.as_str()) || i == issue)))
+        .position(|r| matches!(r, Request::Update(u) if u.claim && u.ids.iter().any(|i| issue.starts_with(i.as_str()))))
         .map(|n| n + 1)
 }
 

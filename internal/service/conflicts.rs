@@ -120,8 +120,13 @@ pub(super) fn resolve(
         }
     }
     tx.flush()?;
+    changed_one(tx, &id)
+}
+
+/// The answer to a resolution: the issue as it stands now.
+fn changed_one(tx: &WriteTx<'_>, id: &str) -> Result<Response> {
     Ok(Response::Changed(vec![Changed {
-        issue: get_live(tx.conn(), &id)?,
+        issue: get_live(tx.conn(), id)?,
         changed: true,
         lease: None,
     }]))
@@ -329,11 +334,7 @@ fn resolve_claim(
         settled.into_iter().map(|o| o.op_id).collect(),
     ))?;
     tx.flush()?;
-    Ok(Response::Changed(vec![Changed {
-        issue: get_live(tx.conn(), &id)?,
-        changed: true,
-        lease: None,
-    }]))
+    changed_one(tx, &id)
 }
 
 /// Makes a late write's change again, as the resolver's write on the issue

@@ -55,11 +55,13 @@ pub fn mark_unleased(ctx: &Ctx, changed: &mut [Changed]) {
     if changed.iter().all(|c| c.lease.is_some()) {
         return;
     }
+    // Most clones never join a relay: a config read settles it for them.
     let joined = ctx.paths().ok().is_some_and(|p| {
-        super::mesh::config_dir()
-            .ok()
-            .and_then(|dir| bd::client::mesh::status(&p, &dir, false).ok())
-            .is_some_and(|st| st.joined)
+        bd::client::mesh::relay_configured(&p)
+            && super::mesh::config_dir()
+                .ok()
+                .and_then(|dir| bd::client::mesh::status(&p, &dir, false).ok())
+                .is_some_and(|st| st.joined)
     });
     if !joined {
         return;

@@ -178,11 +178,12 @@ impl<'a> WriteTx<'a> {
         // The holder of the issue's relay lease writes under its token, also
         // when the write does not go through the daemon that took the lease
         // (see `merge`'s fencing).
-        let assignee = doc.field_value("assignee").and_then(|v| v.as_str());
         if op.fence.is_none()
             && op.kind != OpKind::Create
             && let Some((token, holder)) = doc.lease()
         {
+            // Read only for fenced issues: a field's value ranks its writes.
+            let assignee = doc.field_value("assignee").and_then(|v| v.as_str());
             if holder == op.actor && assignee == Some(op.actor.as_str()) {
                 op.fence = Some(token);
             } else if assignee == Some(holder)
