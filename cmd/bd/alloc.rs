@@ -11,7 +11,8 @@
 //! Commands that churn through thousands of ops or issues in one run (`sync`,
 //! `rebuild`, `import`, `export`, `doctor`, `demo`) also get mimalloc: there
 //! glibc's malloc was ~17% of the instructions of applying other clones' ops,
-//! far more than mimalloc's set-up. On glibc, `.init_array` functions receive
+//! far more than mimalloc's set-up. So does `mcp`, a server as long-lived as
+//! the daemon. On glibc, `.init_array` functions receive
 //! `argc`/`argv` before `main`; [`peek_command`] looks for the command word there
 //! without allocating.
 //!
@@ -27,7 +28,7 @@ static HEAVY_COMMAND: AtomicBool = AtomicBool::new(false);
 
 /// Commands that process the whole tracker or every op in one run.
 const HEAVY: &[&[u8]] = &[
-    b"sync", b"rebuild", b"import", b"export", b"doctor", b"demo",
+    b"sync", b"rebuild", b"import", b"export", b"doctor", b"demo", b"mcp",
 ];
 
 /// Global options that take a value as the next argument.

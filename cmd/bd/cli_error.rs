@@ -13,17 +13,20 @@ pub const EXIT_CONFLICT: i32 = 3;
 /// (the relay could not be asked; see `bd claim --help`).
 pub const EXIT_PROVISIONAL: i32 = 4;
 
-/// The exit code of a command that succeeded (0 unless it said otherwise).
-static SUCCESS_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+thread_local! {
+    /// The exit code of a command that succeeded (0 unless it said otherwise).
+    /// Per thread: `bd mcp` runs commands on threads of their own.
+    static SUCCESS_CODE: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
 
 /// Makes a successful command exit with `code` (e.g. [`EXIT_PROVISIONAL`]).
 pub fn succeed_with(code: i32) {
-    SUCCESS_CODE.store(code, std::sync::atomic::Ordering::Relaxed);
+    SUCCESS_CODE.with(|c| c.set(code));
 }
 
-/// The exit code of a command that succeeded.
+/// The exit code of a command that succeeded, read once: it goes back to 0.
 pub fn success_code() -> i32 {
-    SUCCESS_CODE.load(std::sync::atomic::Ordering::Relaxed)
+    SUCCESS_CODE.with(|c| c.replace(0))
 }
 
 /// An error on its way to stderr and the exit code.
@@ -57,6 +60,11 @@ impl CliError {
         }
     }
 
+    /// The error as `--json` reports it: `{"error": {...}, "exit_code": N}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"error": &self.0, "exit_code": self.exit_code()})
+    }
+
     /// Prints the error to stderr (one line, then hints) and returns the exit code.
     ///
     /// A closed stdout ends the command quietly where stdout is written
@@ -65,9 +73,8 @@ impl CliError {
     /// exit 0 (found by the kill -9 stress test).
     pub fn report(self, json: bool) -> i32 {
         if json {
-            let v = serde_json::json!({"error": &self.0, "exit_code": self.exit_code()});
             // JSON escapes what a terminal must not see itself.
-            crate::output::stderr_data_line(&v.to_string());
+            crate::output::stderr_data_line(&self.to_json().to_string());
         } else {
             crate::output::stderr_line(&format!(
                 "error: {}",

@@ -103,6 +103,10 @@ pub struct Ctx {
     pub json: bool,
     pub quiet: bool,
     pub actor: String,
+    /// Whether the actor was named (`--actor`, `$BD_ACTOR`) rather than
+    /// guessed from the login name: `bd mcp` prefers the client's name to a
+    /// guess.
+    pub actor_named: bool,
     pub no_daemon: bool,
     pub timeout: std::time::Duration,
     /// `--request-id`: the caller's id for this command's write.
@@ -113,12 +117,39 @@ pub struct Ctx {
     notes_shown: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
+/// See [`Ctx::call_settings`].
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    no_daemon: bool,
+    timeout: std::time::Duration,
+    db: Option<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl CallSettings {
+    /// The context of one call: JSON output, `actor`, the call's request id.
+    pub fn ctx(&self, actor: String, request_id: Option<String>) -> Ctx {
+        Ctx {
+            json: true,
+            quiet: false,
+            actor,
+            actor_named: true,
+            no_daemon: self.no_daemon,
+            timeout: self.timeout,
+            request_id,
+            db: self.db.clone(),
+            dir: self.dir.clone(),
+            notes_shown: Default::default(),
+        }
+    }
+}
+
 impl Ctx {
     pub fn new(g: GlobalArgs) -> Ctx {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let actor = g
-            .actor
-            .or_else(|| env("BD_ACTOR"))
+        let named = g.actor.or_else(|| env("BD_ACTOR"));
+        let actor_named = named.is_some();
+        let actor = named
             .or_else(|| env("USER"))
             .or_else(|| env("USERNAME"))
             .unwrap_or_else(|| "unknown".to_string());
@@ -128,6 +159,7 @@ impl Ctx {
             json: g.json,
             quiet: g.quiet,
             actor,
+            actor_named,
             no_daemon,
             timeout,
             request_id: g.request_id,
@@ -135,6 +167,22 @@ impl Ctx {
             dir: g.dir,
             notes_shown: Default::default(),
         }
+    }
+
+    /// What the commands `bd mcp` runs for its client share with it: this
+    /// tracker, pinned (so it never depends on where the server's working
+    /// directory or environment point later), the daemon choice and the timeout.
+    pub fn call_settings(&self) -> Result<CallSettings, CliError> {
+        let (db, dir) = match &self.db {
+            Some(db) => (Some(std::path::absolute(db)?), None),
+            None => (None, Some(std::path::absolute(self.paths()?.dir)?)),
+        };
+        Ok(CallSettings {
+            no_daemon: self.no_daemon,
+            timeout: self.timeout,
+            db,
+            dir,
+        })
     }
 
     /// The directory `bd init` works in: `--dir` (or its parent when it names a

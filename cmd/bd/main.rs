@@ -27,12 +27,16 @@ struct Cli {
 
 const AFTER_HELP: &str = "Exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict (claim lost, cycle), 4 done but provisional (a claim the relay could not back).\nStart with `bd init`, then `bd create \"First task\"` and `bd ready`.";
 
-fn main() {
-    let mut command = Cli::command();
-    let parsed = command
-        .try_get_matches_from_mut(std::env::args_os())
+/// Parses a command line: the process's, or one `bd mcp` builds for a tool
+/// call. The global flags may also follow the command word, at any depth.
+fn parse_cli<I, T>(command: &mut clap::Command, args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    command
+        .try_get_matches_from_mut(args)
         .and_then(|mut matches| {
-            // The global flags may also follow the command word, at any depth.
             let mut global = GlobalArgs::from_arg_matches(&matches)?;
             let mut level = &matches;
             while let Some((_, sub)) = level.subcommand() {
@@ -43,7 +47,12 @@ fn main() {
             cli.global = global;
             Ok(cli)
         })
-        .map_err(|e| e.format(&mut command));
+        .map_err(|e| e.format(command))
+}
+
+fn main() {
+    let mut command = Cli::command();
+    let parsed = parse_cli(&mut command, std::env::args_os());
     // Freeing clap's command tree costs a tenth of this process's instructions
     // and buys nothing: the process exits when the command is done.
     std::mem::forget(command);

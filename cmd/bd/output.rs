@@ -47,6 +47,9 @@ pub fn print(text: &str) -> Result<(), CliError> {
 /// Writes data (JSON, JSONL) to stdout exactly as given; a closed pipe ends
 /// the command quietly.
 pub fn print_data(text: &str) -> Result<(), CliError> {
+    if with_capture(|c| c.stdout.push_str(text)).is_some() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
@@ -66,6 +69,9 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
 /// there, and a command that did its work must not die with exit 101 for
 /// want of somewhere to say so.
 pub fn stderr_line(line: &str) {
+    if with_capture(|c| c.push_stderr(&terminal_safe(line))).is_some() {
+        return;
+    }
     let mut e = std::io::stderr().lock();
     let _ = e
         .write_all(terminal_safe(line).as_bytes())
@@ -74,10 +80,73 @@ pub fn stderr_line(line: &str) {
 
 /// [`stderr_line`] for data (a JSON error): written as it is.
 pub fn stderr_data_line(line: &str) {
+    if with_capture(|c| c.push_stderr(line)).is_some() {
+        return;
+    }
     let mut e = std::io::stderr().lock();
     let _ = e
         .write_all(line.as_bytes())
         .and_then(|()| e.write_all(b"\n"));
+}
+
+/// What a command run in-process by `bd mcp` wrote, and the input it reads
+/// in place of stdin (the process's stdin carries the MCP protocol there).
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// Given to a command that reads stdin (`comment add ID -`, `batch`).
+    pub stdin: Option<String>,
+    /// How an error names that input ("stdin" on the command line).
+    pub stdin_name: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Capture {
+    fn push_stderr(&mut self, line: &str) {
+        self.stderr.push_str(line);
+        self.stderr.push('\n');
+    }
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_capture<T>(f: impl FnOnce(&mut Capture) -> T) -> Option<T> {
+    CAPTURE.with(|c| c.borrow_mut().as_mut().map(f))
+}
+
+/// Runs `f` with everything this module would write to stdout and stderr
+/// kept in `capture` instead, and [`read_stdin`] answering from it.
+pub fn captured<T>(capture: Capture, f: impl FnOnce() -> T) -> (T, Capture) {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| c.borrow_mut().take());
+        }
+    }
+    CAPTURE.with(|c| *c.borrow_mut() = Some(capture));
+    let guard = Restore;
+    let out = f();
+    let capture = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    drop(guard);
+    (out, capture)
+}
+
+/// Everything on stdin, and how errors should name it ("stdin"); a captured
+/// command reads the input it was given.
+pub fn read_stdin() -> std::io::Result<(String, String)> {
+    match with_capture(|c| (c.stdin.take(), c.stdin_name.clone())) {
+        Some((Some(text), name)) => Ok((text, name)),
+        Some((None, _)) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no input was given to read in place of stdin",
+        )),
+        None => Ok((
+            std::io::read_to_string(std::io::stdin())?,
+            "stdin".to_string(),
+        )),
+    }
 }
 
 /// `text` with every line after the first indented by `indent`, so a

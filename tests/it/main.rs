@@ -16,6 +16,7 @@ mod id_collision;
 mod import_export;
 mod jepsen;
 mod lease;
+mod mcp;
 mod merge_simulation;
 mod mesh;
 mod mesh_transit;

@@ -114,10 +114,7 @@ fn summary(n: usize, resp: &Response) -> String {
 pub fn cmd_batch(ctx: &Ctx, a: BatchArgs) -> Result<(), CliError> {
     let (text, source) = match &a.file {
         Some(p) if p.as_os_str() != "-" => (bd::api::read_import_file(p)?, p.display().to_string()),
-        _ => (
-            std::io::read_to_string(std::io::stdin())?,
-            "stdin".to_string(),
-        ),
+        _ => output::read_stdin()?,
     };
     let (requests, in_file) = parse(&text, &source)?;
     let request_id = match (in_file, &ctx.request_id) {

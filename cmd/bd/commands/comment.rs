@@ -24,7 +24,7 @@ pub fn cmd_comment(ctx: &Ctx, c: CommentCommand) -> Result<(), CliError> {
     let CommentCommand::Add(a) = c;
     let text = if a.text == "-" {
         // A file or heredoc ends with a newline that is not part of the text.
-        let mut t = std::io::read_to_string(std::io::stdin())?;
+        let (mut t, _) = output::read_stdin()?;
         let kept = t.trim_end_matches(['\n', '\r']).len();
         t.truncate(kept);
         t

@@ -29,7 +29,7 @@ pub struct ImportArgs {
 pub fn cmd_import(ctx: &Ctx, a: ImportArgs) -> Result<(), CliError> {
     let source = a.input.display().to_string();
     let text = if source == "-" {
-        std::io::read_to_string(std::io::stdin())?
+        crate::output::read_stdin()?.0
     } else {
         read_import_file(&a.input)?
     };

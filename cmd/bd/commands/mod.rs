@@ -28,6 +28,7 @@ mod info;
 mod init;
 mod label;
 mod list;
+mod mcp;
 mod merge_driver;
 pub mod mesh;
 mod onboard;
@@ -197,6 +198,8 @@ pub enum Command {
     Graph(Lazy<graph::GraphArgs>),
     /// Add (or --remove) a short marked section about bd in AGENTS.md
     Onboard(Lazy<onboard::OnboardArgs>),
+    /// Serve the tracker to agents over the Model Context Protocol (stdio)
+    Mcp(Lazy<mcp::McpArgs>),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
     Completion(Lazy<completion::CompletionArgs>),
     #[command(name = "__complete-ids", hide = true)]
@@ -244,6 +247,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Prime(Lazy(a)) => prime::cmd_prime(ctx, a),
         Command::Graph(Lazy(a)) => graph::cmd_graph(ctx, a),
         Command::Onboard(Lazy(a)) => onboard::cmd_onboard(ctx, a),
+        Command::Mcp(Lazy(a)) => mcp::cmd_mcp(ctx, a),
         Command::Completion(Lazy(a)) => completion::cmd_completion(ctx, a),
         Command::CompleteIds(Lazy(a)) => completion::cmd_complete_ids(ctx, a),
     }
