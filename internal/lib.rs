@@ -58,6 +58,7 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod progress;
 
 pub use error::{Error, ErrorKind, Result};
 

@@ -6,6 +6,7 @@ mod cli_error;
 mod commands;
 mod context;
 mod output;
+mod progress;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
@@ -68,6 +69,20 @@ fn main() {
         eprintln!("bd: allocator: {}", alloc::name());
     }
     let ctx = Ctx::new(cli.global);
+    // Servers and tools run by other programs draw no bars: their stderr is
+    // a log, a client's, or git's.
+    let serves = matches!(
+        cli.command,
+        commands::Command::Mcp(_)
+            | commands::Command::Daemon(_)
+            | commands::Command::Demo(_)
+            | commands::Command::MergeDriver(_)
+            | commands::Command::Completion(_)
+            | commands::Command::CompleteIds(_)
+    );
+    if !serves && progress::wanted(ctx.json, ctx.quiet) {
+        progress::install();
+    }
     let result = commands::run(&ctx, cli.command);
     let code = match result {
         Ok(()) => cli_error::success_code(),

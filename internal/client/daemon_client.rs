@@ -115,7 +115,9 @@ impl DaemonClient {
         let deadline_ms = opts
             .deadline_ms
             .unwrap_or(now + self.timeout.as_millis() as u64);
+        let listener = crate::progress::current();
         let env = Envelope {
+            progress: listener.is_some(),
             id: self.next_id,
             actor: self.actor.clone(),
             deadline_ms,
@@ -151,7 +153,29 @@ impl DaemonClient {
             };
             CallError::InDoubt(unavailable(format!("{what} ({why})")))
         };
-        let reply: Reply = match rpc::read_frame(&mut &self.stream) {
+        let read = loop {
+            match rpc::read_frame::<Reply>(&mut &self.stream) {
+                Ok(Some(Reply {
+                    id,
+                    result: Outcome::Progress(update),
+                })) if id == env.id => {
+                    if let Some(show) = &listener {
+                        show(&update);
+                    }
+                }
+                other => break other,
+            }
+        };
+        if let Some(show) = &listener {
+            // Whatever the daemon's last update was, the work is over.
+            show(&crate::progress::Update {
+                task: String::new(),
+                done: 0,
+                total: None,
+                finished: true,
+            });
+        }
+        let reply: Reply = match read {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(lost("connection closed")),
             Err(e) if matches!(e.kind, ErrorKind::Io | ErrorKind::Unavailable) => {

@@ -14,7 +14,7 @@ use crate::rpc::{
 };
 use crate::service::Context;
 use crate::storage::Store;
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result, progress};
 use interprocess::local_socket::tokio::Stream;
 use serde::{Serialize, de::DeserializeOwned};
 use std::sync::Arc;
@@ -114,7 +114,15 @@ pub(super) async fn connection(conn: Stream, shared: Arc<Shared>) {
                     request_id: env.request_id,
                     fences: Vec::new(),
                 };
-                match request(&shared, item).await {
+                let answer = if env.progress {
+                    match with_progress(&conn, env.id, |sink| request(&shared, item, sink)).await {
+                        Some(answer) => answer,
+                        None => return, // the client went away
+                    }
+                } else {
+                    request(&shared, item, None).await
+                };
+                match answer {
                     Ok(Answer::Response(r)) => Outcome::Ok(r),
                     Ok(Answer::Rows(rows)) => Outcome::Rows(IssueRows(rows)),
                     Err(e) => Outcome::Err(e),
@@ -133,7 +141,46 @@ pub(super) async fn connection(conn: Stream, shared: Arc<Shared>) {
     }
 }
 
-async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
+/// Runs `work` with a progress listener whose updates go to the client as
+/// [`Outcome::Progress`] replies, the latest one at a time (a slow client
+/// skips updates, never delays the work). `None` when the client went away.
+async fn with_progress<F, Fut>(conn: &Stream, id: u64, work: F) -> Option<Result<Answer>>
+where
+    F: FnOnce(Option<progress::Sink>) -> Fut,
+    Fut: std::future::Future<Output = Result<Answer>>,
+{
+    let (tx, mut updates) = tokio::sync::watch::channel::<Option<progress::Update>>(None);
+    let sink: progress::Sink = Arc::new(move |u: &progress::Update| {
+        let _ = tx.send(Some(u.clone()));
+    });
+    let work = work(Some(sink));
+    tokio::pin!(work);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            answer = &mut work => return Some(answer),
+            changed = updates.changed(), if listening => {
+                if changed.is_err() {
+                    listening = false; // the work dropped its listener
+                    continue;
+                }
+                let update = updates.borrow_and_update().clone();
+                if let Some(update) = update {
+                    let reply = Reply { id, result: Outcome::Progress(update) };
+                    if write_frame(conn, &reply).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn request(
+    shared: &Arc<Shared>,
+    item: Item,
+    progress: Option<progress::Sink>,
+) -> Result<Answer> {
     if shared.stopping.load(Ordering::SeqCst) {
         // Not accepted, so certainly not applied: the client resends it
         // (through the next daemon, or in-process).
@@ -142,7 +189,7 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
                 .hint("run the command again"),
         );
     }
-    catch_up(shared).await?;
+    catch_up(shared, progress.clone()).await?;
     if item.request.is_write() {
         // Across the mesh a claim holds only with the relay's lease: taken
         // before the write, given back if the write does not happen.
@@ -155,7 +202,7 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
             .collect();
         let actor = item.actor.clone();
         let released = released_by(&item.request);
-        let out = write(shared, item).await;
+        let out = write_with(shared, item, progress).await;
         if out.is_ok() {
             note_provisional(shared, &claims);
         }
@@ -180,7 +227,7 @@ async fn request(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
         return read(shared, item);
     }
     let shared = shared.clone();
-    tokio::task::spawn_blocking(move || read(&shared, item))
+    tokio::task::spawn_blocking(move || progress::scoped(progress, || read(&shared, item)))
         .await
         .unwrap_or_else(|_| Err(Error::internal("a read task panicked")))
 }
@@ -444,6 +491,15 @@ async fn release(shared: &Shared, issue: String, holder: &str) {
 
 /// Hands a write to the writer and waits for its answer.
 pub(super) async fn write(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
+    write_with(shared, item, None).await
+}
+
+/// [`write`], with a listener for the progress of the group it commits in.
+async fn write_with(
+    shared: &Arc<Shared>,
+    item: Item,
+    progress: Option<progress::Sink>,
+) -> Result<Answer> {
     let (tx, rx) = oneshot::channel();
     shared.counters.queue.fetch_add(1, Ordering::SeqCst);
     let sent = shared
@@ -453,6 +509,7 @@ pub(super) async fn write(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
         .send(Job::Write {
             item: Box::new(item),
             reply: tx,
+            progress,
         });
     if sent.is_err() {
         shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
@@ -466,7 +523,7 @@ pub(super) async fn write(shared: &Arc<Shared>, item: Item) -> Result<Answer> {
 /// Before serving anything, make sure ops that git delivered since the last look
 /// are applied: the engine's gate looks at the op files here, and the writer is
 /// asked to catch up only when they changed.
-async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
+async fn catch_up(shared: &Arc<Shared>, progress: Option<progress::Sink>) -> Result<()> {
     let Some(sig) = shared.gate.due(&shared.opts.paths, &shared.replica)? else {
         return Ok(());
     };
@@ -475,7 +532,7 @@ async fn catch_up(shared: &Arc<Shared>) -> Result<()> {
         .jobs
         .lock()
         .map_err(|_| Error::internal("writer queue poisoned"))?
-        .send(Job::CatchUp(tx));
+        .send(Job::CatchUp(tx, progress));
     if sent.is_err() {
         return Err(Error::internal("the daemon's writer has stopped"));
     }

@@ -5,7 +5,7 @@
 use super::server::Shared;
 use crate::api::Response;
 use crate::engine::{Engine, Item, Syncer};
-use crate::Result;
+use crate::{Result, progress};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use tokio::sync::oneshot;
@@ -15,10 +15,12 @@ pub(super) enum Job {
     Write {
         item: Box<Item>,
         reply: oneshot::Sender<Result<Response>>,
+        /// Listens to the progress of the group this write commits in.
+        progress: Option<progress::Sink>,
     },
     /// Apply what other clones delivered into `.beads/ops` (see
     /// [`Engine::catch_up`]) before the asking request is served.
-    CatchUp(oneshot::Sender<Result<()>>),
+    CatchUp(oneshot::Sender<Result<()>>, Option<progress::Sink>),
     /// The syncer made commits durable: the engine hands their ops on.
     Durable,
     /// A batch another replica published through the relay: apply (or keep
@@ -71,10 +73,15 @@ pub(super) fn writer_loop(
         }
         let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
         let mut catch_ups = Vec::new();
+        // The first listener of the group hears its catch-up and its commit.
+        let mut listener: Option<progress::Sink> = None;
         for job in jobs {
             match job {
                 Job::Stop => stopping = true,
-                Job::CatchUp(reply) => catch_ups.push(reply),
+                Job::CatchUp(reply, progress) => {
+                    listener = listener.or(progress);
+                    catch_ups.push(reply)
+                }
                 Job::Durable => engine.after_durable(),
                 Job::Receive(replica, ops, reply) => {
                     let _ = reply.send(engine.receive_batch(&replica, ops));
@@ -87,17 +94,22 @@ pub(super) fn writer_loop(
                         shared.note_error(&format!("relay: quarantine failed: {}", e.message));
                     }
                 }
-                Job::Write { item, reply } => {
+                Job::Write {
+                    item,
+                    reply,
+                    progress,
+                } => {
                     shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
                     if reply.is_closed() {
                         continue; // the client went away before its turn
                     }
+                    listener = listener.or(progress);
                     live.push((reply, *item));
                 }
             }
         }
         if !catch_ups.is_empty() {
-            let out = engine.catch_up();
+            let out = progress::scoped(listener.clone(), || engine.catch_up());
             match &out {
                 Ok(Some(report)) => {
                     for p in &report.problems {
@@ -115,7 +127,7 @@ pub(super) fn writer_loop(
             }
         }
         if !live.is_empty() {
-            commit_group(&mut engine, shared, live, &acks);
+            progress::scoped(listener, || commit_group(&mut engine, shared, live, &acks));
         }
         if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
             break;

@@ -70,6 +70,7 @@ fn check(name: &str, level: Level, message: impl Into<String>) -> Check {
 /// binary hooks should call.
 pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     let mut checks = Vec::new();
+    let mut meter = crate::progress::Meter::start("checking the database", None);
     let store = match Store::open(&paths.db) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -89,6 +90,7 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     if let Some(store) = &store {
         checks.push(database_check(store));
     }
+    meter.next("checking the op files");
     checks.push(op_files_check(paths, store.as_ref(), fix)?);
     if let Some(store) = &store {
         checks.push(own_file_check(paths, store, fix)?);
@@ -108,8 +110,10 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
         }));
     }
     if let Some(store) = store {
+        meter.next("checking the snapshot");
         checks.push(snapshot_check(store, paths, fix)?);
     }
+    meter.next("checking config, hooks and daemon");
     checks.push(config_check(paths));
     checks.push(gitignore_check(paths, fix)?);
     checks.extend(git_checks(paths, fix, exe));

@@ -297,7 +297,9 @@ fn apply_sorted(
     .map_err(|_| Error::internal("a thread checking op hashes panicked"))?;
     let mut issues_since_flush = 0;
     let mut previous: Option<String> = None;
+    let mut meter = crate::progress::Meter::start("applying ops", Some(ops.len() as u64));
     for ((file, line, op), body) in ops.into_iter().zip(bodies) {
+        meter.inc(1);
         if previous.as_deref() != Some(op.issue.as_str()) {
             issues_since_flush += 1;
             if issues_since_flush > FLUSH_EVERY_ISSUES {

@@ -120,6 +120,7 @@ impl Repo {
     /// the remote has no such branch yet.
     pub fn fetch(&self, up: &Upstream) -> Result<bool> {
         let refspec = format!("+refs/heads/{}:{}", up.branch, Self::tracking_ref(up));
+        let _meter = crate::progress::Meter::start(&format!("fetching from {}", up.remote), None);
         let out = run_git(
             &self.workdir,
             &["fetch", "--quiet", "--no-tags", &up.remote, &refspec],
@@ -137,6 +138,7 @@ impl Repo {
     /// as not a fast-forward): fetch, integrate and try again.
     pub fn push(&self, up: &Upstream) -> Result<bool> {
         let refspec = format!("HEAD:refs/heads/{}", up.branch);
+        let _meter = crate::progress::Meter::start(&format!("pushing to {}", up.remote), None);
         let out = run_git(
             &self.workdir,
             &["push", "--quiet", "--porcelain", &up.remote, &refspec],

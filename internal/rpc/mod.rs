@@ -15,7 +15,9 @@
 //!    "call"}` each answered by one daemon → client [`Reply`] `{"id", "result"}`.
 //!    `call` is `{"request": Request}`, `"status"` or `"stop"`; `result` is
 //!    `{"ok": Response}`, `{"status": DaemonStatus}`, `"stopping"` or
-//!    `{"err": Error}`. `id` is echoed.
+//!    `{"err": Error}`. `id` is echoed. An envelope with `"progress": true`
+//!    may first get replies whose `result` is `{"progress": {"task", "done",
+//!    "total"?, "finished"?}}`: where long work has got to, never the answer.
 //!
 //! `Request` and `Response` are the JSON forms of [`crate::api::Request`] and
 //! [`crate::api::Response`]; `Error` is [`crate::Error`] (`kind`, `message`,
@@ -356,6 +358,11 @@ pub struct Envelope {
     /// committed is answered from the record, not applied again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The client shows progress: the daemon may send [`Outcome::Progress`]
+    /// replies (same id) before the answer. A daemon that predates the field
+    /// ignores it and sends none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress: bool,
     /// What to do.
     pub call: Call,
 }
@@ -375,6 +382,9 @@ pub enum Outcome {
     Status(Box<DaemonStatus>),
     /// The daemon is shutting down.
     Stopping,
+    /// Not the answer yet: where the work has got to (only to a client that
+    /// asked, [`Envelope::progress`]). The answer follows.
+    Progress(crate::progress::Update),
     /// It failed; nothing it did was committed.
     Err(Error),
 }
@@ -493,6 +503,7 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
+            progress: false,
             id: 7,
             actor: "a".into(),
             deadline_ms: 1,
@@ -530,6 +541,7 @@ mod tests {
             strict: true,
         };
         let env = Envelope {
+            progress: false,
             call: Call::Request(Box::new(req)),
             ..envelope()
         };

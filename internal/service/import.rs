@@ -42,7 +42,9 @@ pub(super) fn import(
             last.insert(id, n);
         }
     }
+    let mut meter = crate::progress::Meter::start("importing", Some(records.len() as u64));
     for (n, rec) in records.iter().enumerate() {
+        meter.inc(1);
         if let Some(id) = rec.fields.get("id").and_then(Value::as_str)
             && last.get(id) != Some(&n)
         {

@@ -120,6 +120,7 @@ fn bad_clients_do_not_disturb_the_daemon() {
         ..Default::default()
     });
     let env_late = Envelope {
+        progress: false,
         id: 9,
         actor: "x".into(),
         deadline_ms: 1,

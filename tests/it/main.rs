@@ -25,3 +25,4 @@ mod pressure;
 mod recovery;
 mod sync;
 mod terminal;
+mod tty;

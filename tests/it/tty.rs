@@ -1,0 +1,160 @@
+//! What bd draws for a person at a terminal (progress bars, colour, tables
+//! sized to the width) appears under a pseudo-terminal and never when the
+//! output is captured, piped, `--json` or `NO_COLOR`.
+
+use crate::common::{Mode, TestEnv};
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+/// Which of the command's streams go to the pseudo-terminal.
+#[derive(Clone, Copy)]
+pub enum Tty {
+    Stdout,
+    Stderr,
+}
+
+/// What a command wrote: to the terminal, and to the other (piped) stream.
+pub struct Seen {
+    pub terminal: String,
+    pub piped: String,
+    pub code: Option<i32>,
+}
+
+/// Runs `cmd` with one stream on a fresh pseudo-terminal `cols` wide and the
+/// other piped.
+pub fn run_on_tty(mut cmd: Command, tty: Tty, cols: u16) -> Seen {
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the given ints; the
+    // name buffer and termios are optional (null).
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    match tty {
+        Tty::Stdout => cmd.stdout(Stdio::from(slave)).stderr(Stdio::piped()),
+        Tty::Stderr => cmd.stderr(Stdio::from(slave)).stdout(Stdio::piped()),
+    };
+    let mut child = cmd.spawn().expect("spawn bd");
+    // The parent's copy of the slave went into the Command, which is
+    // dropped with `cmd` below: the master reads EOF (EIO) once bd exits.
+    drop(cmd);
+    let reader = std::thread::spawn(move || {
+        let mut file = std::fs::File::from(master);
+        let mut all = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        all
+    });
+    let mut piped = String::new();
+    match tty {
+        Tty::Stdout => child.stderr.take().unwrap().read_to_string(&mut piped),
+        Tty::Stderr => child.stdout.take().unwrap().read_to_string(&mut piped),
+    }
+    .expect("read the piped stream");
+    let status = child.wait().expect("wait for bd");
+    let terminal = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    Seen {
+        terminal,
+        piped,
+        code: status.code(),
+    }
+}
+
+/// A beads JSONL file of `n` issues, big enough that importing it takes
+/// longer than the progress bar's delay.
+fn big_file(env: &TestEnv, n: usize) -> std::path::PathBuf {
+    let path = env.root().join("big.jsonl");
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "{{\"id\":\"t-{i:05}\",\"title\":\"Issue {i}\",\"status\":\"open\",\"priority\":{},\"issue_type\":\"task\",\"created_at\":\"2026-01-01T00:00:00Z\",\"updated_at\":\"2026-01-01T00:00:00Z\",\"description\":\"{}\"}}\n",
+            i % 5,
+            "x".repeat(100)
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn has_escape(s: &str) -> bool {
+    s.contains('\u{1b}') || s.contains('\r')
+}
+
+/// A long import draws a bar with counts on a terminal's stderr, through the
+/// daemon (progress frames) as in-process; piped or `--json`, nothing.
+fn progress_shows_on_a_terminal_and_never_in_a_pipe(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let file = big_file(&env, 8000);
+    let file = file.to_str().unwrap();
+
+    let seen = run_on_tty(env.command(&["import", "-i", file]), Tty::Stderr, 100);
+    assert_eq!(seen.code, Some(0), "{}", seen.terminal);
+    assert!(
+        seen.terminal.contains("importing [") && seen.terminal.contains("/8,000"),
+        "a bar with counts on the terminal: {:?}",
+        seen.terminal
+    );
+    assert!(seen.piped.contains("8000 created"), "{}", seen.piped);
+    assert!(
+        !has_escape(&seen.piped),
+        "stdout (piped) is plain: {:?}",
+        seen.piped
+    );
+
+    // Piped stderr: the same work, no bar, no terminal control.
+    let env2 = TestEnv::new_in(mode);
+    let out = env2.run(&["import", "-i", file]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !has_escape(&stderr) && !stderr.contains("importing ["),
+        "{stderr:?}"
+    );
+
+    // stdout on a terminal, stderr piped: the bar needs stderr's terminal.
+    let env4 = TestEnv::new_in(mode);
+    let seen = run_on_tty(env4.command(&["import", "-i", file]), Tty::Stdout, 100);
+    assert_eq!(seen.code, Some(0));
+    assert!(
+        !has_escape(&seen.piped) && !seen.piped.contains("importing ["),
+        "{:?}",
+        seen.piped
+    );
+
+    // --json on a terminal: no bar either.
+    let env3 = TestEnv::new_in(mode);
+    let seen = run_on_tty(
+        env3.command(&["import", "-i", file, "--json"]),
+        Tty::Stderr,
+        100,
+    );
+    assert_eq!(seen.code, Some(0));
+    assert!(
+        !seen.terminal.contains("importing ["),
+        "{:?}",
+        seen.terminal
+    );
+    serde_json::from_str::<serde_json::Value>(&seen.piped).expect("clean JSON on stdout");
+}
+
+crate::in_both_modes!(progress_shows_on_a_terminal_and_never_in_a_pipe);
