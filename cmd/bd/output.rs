@@ -162,8 +162,106 @@ pub fn status(quiet: bool, msg: &str) {
     }
 }
 
-/// Aligns rows into columns separated by two spaces; the last column is not padded.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+/// How stdout is decorated for a person: colour, and the terminal's width
+/// that tables are fitted to. Plain (no colour, no width) unless stdout is a
+/// terminal; no colour with `NO_COLOR` set (to anything but "") or
+/// `TERM=dumb`. Output captured for `bd mcp` is plain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    pub colour: bool,
+    pub width: Option<usize>,
+}
+
+impl Look {
+    const PLAIN: Look = Look {
+        colour: false,
+        width: None,
+    };
+
+    /// `text` in the SGR colour `code` (e.g. "31" red, "1" bold), or as it is.
+    pub fn paint(&self, text: &str, code: Option<&str>) -> String {
+        match code {
+            Some(c) if self.colour && !text.is_empty() => format!("\x1b[{c}m{text}\x1b[0m"),
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// This process's [`Look`] (decided once).
+pub fn look() -> Look {
+    use std::io::IsTerminal;
+    static LOOK: std::sync::OnceLock<Look> = std::sync::OnceLock::new();
+    if with_capture(|_| ()).is_some() {
+        return Look::PLAIN;
+    }
+    *LOOK.get_or_init(|| {
+        if !std::io::stdout().is_terminal() {
+            return Look::PLAIN;
+        }
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let dumb = var("TERM").is_some_and(|t| t == "dumb");
+        Look {
+            colour: var("NO_COLOR").is_none() && !dumb,
+            width: terminal_width(),
+        }
+    })
+}
+
+/// The width of the terminal on stdout, in columns.
+fn terminal_width() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ fills the winsize it is given; a zeroed one is valid.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_col > 0).then_some(size.ws_col as usize)
+}
+
+/// The colour of a priority: P0 bold red, P1 red, P3 and P4 dim.
+pub fn priority_colour(p: i64) -> Option<&'static str> {
+    match p {
+        0 => Some("1;31"),
+        1 => Some("31"),
+        3 | 4 => Some("2"),
+        _ => None,
+    }
+}
+
+/// The colour of a status: open green, in progress yellow, blocked red,
+/// closed and deferred dim.
+pub fn status_colour(s: &str) -> Option<&'static str> {
+    match s {
+        "open" => Some("32"),
+        "in_progress" => Some("33"),
+        "blocked" => Some("31"),
+        "closed" | "deferred" => Some("2"),
+        _ => None,
+    }
+}
+
+/// The colour of issue ids.
+pub const ID_COLOUR: Option<&str> = Some("36");
+
+/// A table, possibly coloured: written as it is by [`print_table`] (its
+/// cells were escaped when it was built).
+pub struct Table(String);
+
+/// Prints a [`Table`]; a closed pipe ends the command quietly.
+pub fn print_table(t: &Table) -> Result<(), CliError> {
+    print_data(&t.0)
+}
+
+/// Aligns rows into columns separated by two spaces; the last column is not
+/// padded, and on a terminal it is cut to fit the width (long titles end in …).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Table {
+    table_coloured(header, rows, |_, _| None)
+}
+
+/// [`table`] with each cell's colour chosen by `colour(column, text)`.
+pub fn table_coloured(
+    header: &[&str],
+    rows: &[Vec<String>],
+    colour: impl Fn(usize, &str) -> Option<&'static str>,
+) -> Table {
+    let look = look();
     let cols = header.len();
     let mut width = vec![0; cols];
     let rows: Vec<Vec<String>> = rows
@@ -177,29 +275,63 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             width[i] = width[i].max(cell.chars().count());
         }
     }
+    // What the last column may take: the rest of the terminal's width (never
+    // under 10 columns: a very narrow terminal wraps instead).
+    let last_room = look.width.map(|w| {
+        let used: usize = width
+            .iter()
+            .take(cols.saturating_sub(1))
+            .map(|w| w + 2)
+            .sum();
+        w.saturating_sub(used).max(10)
+    });
     let mut out = String::new();
-    let mut line = |cells: Vec<String>| {
+    let mut line = |cells: &[String], header: bool| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(c);
+            let last = i + 1 == cells.len();
+            let text = match last_room {
+                Some(room) if last && c.chars().count() > room => {
+                    let mut cut: String = c.chars().take(room - 1).collect();
+                    cut.push('…');
+                    cut
+                }
+                _ => c.clone(),
+            };
+            let code = if header { Some("1") } else { colour(i, c) };
+            l.push_str(&look.paint(&text, code));
+            if !last {
                 l.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
             }
         }
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(header.iter().map(|s| s.to_string()).collect());
+    line(
+        &header.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        true,
+    );
     for row in &rows {
-        line(row.clone());
+        line(row, false);
     }
-    out
+    Table(out)
+}
+
+/// The colour of an issue table's cells: ids, priorities, statuses.
+fn issue_colour(col: usize, text: &str) -> Option<&'static str> {
+    match col {
+        0 => ID_COLOUR,
+        1 => text
+            .strip_prefix('P')
+            .and_then(|n| n.parse().ok())
+            .and_then(priority_colour),
+        3 => status_colour(text),
+        _ => None,
+    }
 }
 
 /// The standard issue table: id, priority, type, status, assignee, title.
-pub fn issue_table(issues: &[Issue]) -> String {
+pub fn issue_table(issues: &[Issue]) -> Table {
     let rows: Vec<Vec<String>> = issues
         .iter()
         .map(|i| {
@@ -213,13 +345,92 @@ pub fn issue_table(issues: &[Issue]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "PRI", "TYPE", "STATUS", "ASSIGNEE", "TITLE"], &rows)
+    table_coloured(
+        &["ID", "PRI", "TYPE", "STATUS", "ASSIGNEE", "TITLE"],
+        &rows,
+        issue_colour,
+    )
 }
 
-/// Prints issues as JSON or as a table, with a count on stderr.
-pub fn issues(ctx: &crate::context::Ctx, issues: &[Issue], empty: &str) -> Result<(), CliError> {
+/// How a listing is printed when not `--json`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people (coloured and fitted on a terminal)
+    #[default]
+    Table,
+    /// Tab-separated values for scripts: a header line, then one line per
+    /// row; backslashes doubled, control characters (tabs, newlines) as \xNN
+    Tsv,
+}
+
+/// One TSV field: a backslash doubled, control characters escaped.
+pub fn tsv_field(text: &str) -> String {
+    one_line(&text.replace('\\', "\\\\")).into_owned()
+}
+
+/// Rows as TSV: a header line, then one line per row.
+pub fn tsv(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = header.join("\t");
+    out.push('\n');
+    for r in rows {
+        let fields: Vec<String> = r.iter().map(|f| tsv_field(f)).collect();
+        out.push_str(&fields.join("\t"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Checks a `--format` against `--json`: both choose the output.
+pub fn format_of(ctx: &crate::context::Ctx, format: Option<Format>) -> Result<Format, CliError> {
+    match format {
+        Some(Format::Tsv) if ctx.json => Err(CliError::usage(
+            "--format tsv and --json both choose the output",
+            "give one of them",
+        )),
+        f => Ok(f.unwrap_or_default()),
+    }
+}
+
+/// Prints issues as JSON, TSV or a table.
+pub fn issues(
+    ctx: &crate::context::Ctx,
+    issues: &[Issue],
+    empty: &str,
+    format: Option<Format>,
+) -> Result<(), CliError> {
+    let format = format_of(ctx, format)?;
     if ctx.json {
         return json(&issues);
+    }
+    if format == Format::Tsv {
+        let rows: Vec<Vec<String>> = issues
+            .iter()
+            .map(|i| {
+                vec![
+                    i.id.clone(),
+                    i.priority.to_string(),
+                    i.issue_type.to_string(),
+                    i.status.to_string(),
+                    i.assignee.clone().unwrap_or_default(),
+                    i.labels.join(","),
+                    i.created_at.clone(),
+                    i.updated_at.clone(),
+                    i.title.clone(),
+                ]
+            })
+            .collect();
+        let header = [
+            "id",
+            "priority",
+            "type",
+            "status",
+            "assignee",
+            "labels",
+            "created_at",
+            "updated_at",
+            "title",
+        ];
+        return print_data(&tsv(&header, &rows));
     }
     if issues.is_empty() {
         status(ctx.quiet, empty);
@@ -229,5 +440,22 @@ pub fn issues(ctx: &crate::context::Ctx, issues: &[Issue], empty: &str) -> Resul
         let ids: String = issues.iter().map(|i| format!("{}\n", i.id)).collect();
         return print(&ids);
     }
-    print(&issue_table(issues))
+    print_table(&issue_table(issues))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tsv_field_cannot_make_a_column_or_a_row() {
+        assert_eq!(tsv_field("a\tb\nc\\d"), "a\\x09b\\x0ac\\\\d");
+        assert_eq!(
+            tsv(
+                "h".split(' ').collect::<Vec<_>>().as_slice(),
+                &[vec!["x\ty".into()]]
+            ),
+            "h\nx\\x09y\n"
+        );
+    }
 }

@@ -157,4 +157,121 @@ fn progress_shows_on_a_terminal_and_never_in_a_pipe(mode: Mode) {
     serde_json::from_str::<serde_json::Value>(&seen.piped).expect("clean JSON on stdout");
 }
 
-crate::in_both_modes!(progress_shows_on_a_terminal_and_never_in_a_pipe);
+/// Colour and width-fitted tables on a terminal; none of it piped, with
+/// `NO_COLOR` (the width still applies), or with `--json`.
+fn colour_and_layout_only_on_a_terminal(mode: Mode) {
+    let env = TestEnv::new_in(mode);
+    let long = "A very long title that a narrow terminal cannot show whole, so it is cut";
+    let urgent = env.create(&[long, "-p", "0"]);
+    env.create(&["Small", "-p", "3"]);
+
+    let seen = run_on_tty(env.command(&["list"]), Tty::Stdout, 60);
+    assert_eq!(seen.code, Some(0));
+    let t = &seen.terminal;
+    assert!(
+        t.contains(&format!("\u{1b}[36m{urgent}\u{1b}[0m")),
+        "ids coloured: {t:?}"
+    );
+    assert!(t.contains("\u{1b}[1;31mP0\u{1b}[0m"), "P0 bold red: {t:?}");
+    assert!(t.contains("\u{1b}[32mopen\u{1b}[0m"), "open green: {t:?}");
+    assert!(
+        t.contains("A very long title that") && t.contains('…'),
+        "title cut: {t:?}"
+    );
+    assert!(!t.contains("so it is cut"), "the cut part is gone: {t:?}");
+    for line in t.lines() {
+        let plain: String = strip_sgr(line);
+        assert!(
+            plain.trim_end().chars().count() <= 60,
+            "fits 60 columns: {plain:?}"
+        );
+    }
+    let shown = run_on_tty(env.command(&["show", &urgent]), Tty::Stdout, 60).terminal;
+    assert!(
+        shown.contains("\u{1b}[1;31mP0\u{1b}[0m"),
+        "show colours too: {shown:?}"
+    );
+
+    // NO_COLOR: fitted, not coloured.
+    let mut cmd = env.command(&["list"]);
+    cmd.env("NO_COLOR", "1");
+    let t = run_on_tty(cmd, Tty::Stdout, 60).terminal;
+    assert!(!t.contains('\u{1b}') && t.contains('…'), "{t:?}");
+
+    // Piped: whole titles, no escapes.
+    for args in [
+        vec!["list"],
+        vec!["ready"],
+        vec!["blocked"],
+        vec!["show", &urgent],
+    ] {
+        let out = env.ok(&args);
+        assert!(!has_escape(&out), "bd {args:?} piped: {out:?}");
+    }
+    assert!(env.ok(&["list"]).contains(long));
+
+    // --json on a terminal: data, not decoration.
+    let seen = run_on_tty(env.command(&["list", "--json"]), Tty::Stdout, 60);
+    assert!(!seen.terminal.contains('\u{1b}'), "{:?}", seen.terminal);
+    let v: serde_json::Value = serde_json::from_str(seen.terminal.trim()).expect("JSON");
+    assert!(v.as_array().unwrap().iter().any(|i| i["title"] == long));
+}
+
+/// SGR sequences removed (what the terminal shows).
+fn strip_sgr(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `--format tsv`: a header, one line per issue, fields escaped so a tab or
+/// newline in a title cannot make a column; refused together with `--json`.
+#[test]
+fn tsv_output_is_one_escaped_line_per_issue() {
+    let env = TestEnv::new();
+    let a = env.create(&["a back\\slash", "-p", "1", "-l", "x,y"]);
+    let b = env.create(&["blocked one"]);
+    env.ok(&["dep", "add", &b, &a]);
+    let out = env.ok(&["list", "--format", "tsv", "--sort", "id"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "id\tpriority\ttype\tstatus\tassignee\tlabels\tcreated_at\tupdated_at\ttitle"
+    );
+    assert_eq!(lines.len(), 3, "{out:?}");
+    let row: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with(&a))
+        .unwrap()
+        .split('\t')
+        .collect();
+    assert_eq!(row.len(), 9, "{row:?}");
+    assert_eq!(row[1], "1");
+    assert_eq!(row[5], "x,y");
+    assert_eq!(row[8], "a back\\\\slash", "a backslash is doubled");
+    let blocked = env.ok(&["blocked", "--format", "tsv"]);
+    assert_eq!(
+        blocked,
+        format!("id\tpriority\tblocked_by\ttitle\n{b}\t2\t{a}\tblocked one\n")
+    );
+    let ready = env.ok(&["ready", "--format", "tsv"]);
+    assert_eq!(ready.lines().count(), 2, "{ready}");
+    let err = env.fails(&["list", "--format", "tsv", "--json"], 2);
+    assert!(err.contains("--format tsv and --json"), "{err}");
+}
+
+crate::in_both_modes!(
+    progress_shows_on_a_terminal_and_never_in_a_pipe,
+    colour_and_layout_only_on_a_terminal
+);

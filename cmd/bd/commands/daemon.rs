@@ -219,7 +219,7 @@ fn list(ctx: &Ctx) -> Result<(), CliError> {
             ]
         })
         .collect();
-    output::print(&output::table(&["PID", "VERSION", "UP", "TRACKER"], &rows))
+    output::print_table(&output::table(&["PID", "VERSION", "UP", "TRACKER"], &rows))
 }
 
 /// Asks every daemon of this user to stop (each drains and exits as for

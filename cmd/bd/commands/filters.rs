@@ -43,6 +43,9 @@ pub struct FilterArgs {
     /// Reverse the sort order
     #[arg(short, long)]
     pub reverse: bool,
+    /// Output: table (for people; coloured and fitted on a terminal) or tsv (for scripts)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::output::Format>,
 }
 
 /// Date filters (list and search only).

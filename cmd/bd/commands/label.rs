@@ -63,7 +63,7 @@ pub fn cmd_label(ctx: &Ctx, c: LabelCommand) -> Result<(), CliError> {
                 .iter()
                 .map(|c| vec![c.label.clone(), c.count.to_string()])
                 .collect();
-            output::print(&output::table(&["LABEL", "ISSUES"], &rows))
+            output::print_table(&output::table(&["LABEL", "ISSUES"], &rows))
         }
         other => Err(unexpected(other)),
     }

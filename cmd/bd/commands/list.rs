@@ -25,9 +25,13 @@ pub struct ListArgs {
     pub dates: DateArgs,
 }
 
-pub(super) fn run(ctx: &Ctx, f: ListFilter) -> Result<(), CliError> {
+pub(super) fn run(
+    ctx: &Ctx,
+    f: ListFilter,
+    format: Option<output::Format>,
+) -> Result<(), CliError> {
     match call(ctx, Request::List(f))? {
-        Response::Issues(issues) => output::issues(ctx, &issues, "No issues match."),
+        Response::Issues(issues) => output::issues(ctx, &issues, "No issues match.", format),
         other => Err(unexpected(other)),
     }
 }
@@ -38,5 +42,5 @@ pub fn cmd_list(ctx: &Ctx, a: ListArgs) -> Result<(), CliError> {
     f.status = split_list(&a.status);
     f.all = a.all;
     f.text = a.text;
-    run(ctx, f)
+    run(ctx, f, a.filters.format)
 }

@@ -29,7 +29,9 @@ pub fn cmd_ready(ctx: &Ctx, a: ReadyArgs) -> Result<(), CliError> {
         f.takeable_by = Some(ctx.actor.clone());
     }
     match call(ctx, Request::Ready(f))? {
-        Response::Issues(issues) => output::issues(ctx, &issues, "No ready work."),
+        Response::Issues(issues) => {
+            output::issues(ctx, &issues, "No ready work.", a.filters.format)
+        }
         other => Err(unexpected(other)),
     }
 }

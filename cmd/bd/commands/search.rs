@@ -30,5 +30,5 @@ pub fn cmd_search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
     f.status = split_list(&a.status);
     f.all = true;
     f.text = Some(a.query);
-    super::list::run(ctx, f)
+    super::list::run(ctx, f, a.filters.format)
 }

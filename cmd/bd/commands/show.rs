@@ -18,11 +18,48 @@ pub fn cmd_show(ctx: &Ctx, a: ShowArgs) -> Result<(), CliError> {
     match call(ctx, Request::Show { ids: a.ids })? {
         Response::Details(d) if ctx.json => output::json(&d),
         Response::Details(d) => {
-            let text: Vec<String> = d.iter().map(render).collect();
-            output::print(&text.join("\n"))
+            let look = output::look();
+            let text: Vec<String> = d
+                .iter()
+                .map(|d| colour(&look, d, output::terminal_safe(&render(d)).into_owned()))
+                .collect();
+            output::print_data(&text.join("\n"))
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// Colours the id, status and priority in an issue's escaped text (ids and
+/// those values never hold control characters, so they read the same
+/// escaped).
+fn colour(look: &output::Look, d: &IssueDetails, text: String) -> String {
+    if !look.colour {
+        return text;
+    }
+    let i = &d.issue;
+    let status = i.status.to_string();
+    let text = text.replacen(
+        &format!("{}: ", i.id),
+        &format!("{}: ", look.paint(&i.id, output::ID_COLOUR)),
+        1,
+    );
+    let text = text.replacen(
+        &format!("Status: {status}"),
+        &format!(
+            "Status: {}",
+            look.paint(&status, output::status_colour(&status))
+        ),
+        1,
+    );
+    let p = format!("P{}", i.priority);
+    text.replacen(
+        &format!("Priority: {p}"),
+        &format!(
+            "Priority: {}",
+            look.paint(&p, output::priority_colour(i.priority))
+        ),
+        1,
+    )
 }
 
 fn render(d: &IssueDetails) -> String {
