@@ -168,9 +168,7 @@ fn database_check(store: &Store) -> Check {
 fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Check> {
     let state = crate::jsonl::snapshot_state(&store)?;
     let text = std::fs::read_to_string(paths.snapshot()).unwrap_or_default();
-    let markers = text
-        .lines()
-        .any(|l| l.starts_with("<<<<<<<") || l.starts_with("=======") || l.starts_with(">>>>>>>"));
+    let markers = text.lines().any(is_marker);
     // Every line is one issue record; anything else (text appended by hand or
     // by a tool) is reported with its line number.
     let garbage: Vec<LineProblem> = text
@@ -216,13 +214,65 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
         check("snapshot", Level::Ok, "issues.jsonl is current")
     };
     if fix && c.level != Level::Ok {
-        // Derived: rewritten when its bytes are not what was written last.
+        // Derived: rewritten from the database. What the rewrite would drop
+        // that might be someone's data (a line that is not an issue record,
+        // a record of an issue this database has no op of) is kept first.
+        let mut known = store
+            .conn()
+            .prepare("SELECT EXISTS(SELECT 1 FROM ops WHERE issue_id = ?1)")?;
+        let mut dropped = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if markers && is_marker(line) {
+                continue;
+            }
+            let id = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
+            let seen = match id {
+                Some(id) => known.query_row([&id], |r| r.get::<_, bool>(0))?,
+                None => false,
+            };
+            if !seen {
+                dropped.push(line);
+            }
+        }
+        drop(known);
+        let kept = keep_lines(paths, "snapshot", &dropped)?;
         crate::jsonl::write_snapshot(&mut store, paths)?;
         c.level = Level::Ok;
         c.lines.clear();
-        c.fixed = Some("regenerated issues.jsonl and conflicts.jsonl".into());
+        c.fixed = Some(match kept {
+            None => "regenerated issues.jsonl and conflicts.jsonl".into(),
+            Some(file) => format!(
+                "regenerated issues.jsonl and conflicts.jsonl; the {} line(s) it held that were not issues of this database are kept in {} (if no clone's op file carries them, `bd import -i` that file takes them in)",
+                dropped.len(),
+                file.display()
+            ),
+        });
     }
     Ok(c)
+}
+
+fn is_marker(line: &str) -> bool {
+    line.starts_with("<<<<<<<") || line.starts_with("=======") || line.starts_with(">>>>>>>")
+}
+
+/// Keeps lines a repair takes out of a file in `.beads/doctor-kept-WHAT-MS.jsonl`
+/// (`--fix` never deletes what might be data). `None` when there are none.
+pub(super) fn keep_lines(
+    paths: &BeadsPaths,
+    what: &str,
+    lines: &[&str],
+) -> Result<Option<std::path::PathBuf>> {
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let ms = crate::api::time::now_ms();
+    let path = paths.dir.join(format!("doctor-kept-{what}-{ms}.jsonl"));
+    let mut text = lines.join("\n");
+    text.push('\n');
+    crate::jsonl::atomic_write(&path, text.as_bytes())?;
+    Ok(Some(path))
 }
 
 /// Statuses and types in use that bd does not model (kept from imports:

@@ -70,13 +70,37 @@ pub(super) fn op_files_check(
         && own_bad
         && let Some(store) = store
     {
-        // This replica's file is derived from its database: rewrite it.
+        // This replica's file is derived from its database: rewrite it
+        // (sound ops the database lacks are taken in first), keeping the
+        // lines that could not be read.
         if let Some(own) = &own {
             let path = paths.op_file(own);
-            let _ = std::fs::remove_file(&path);
-            crate::jsonl::flush_own_ops(store, paths)?;
+            let text = std::fs::read(&path).map_err(|e| crate::jsonl::io_at(&path, e))?;
+            let bad: std::collections::BTreeSet<u64> = c
+                .lines
+                .iter()
+                .filter(|l| Path::new(&l.file) == path)
+                .map(|l| l.line)
+                .collect();
+            let unreadable: Vec<String> = text
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(i, _)| bad.contains(&(*i as u64 + 1)))
+                .map(|(_, l)| String::from_utf8_lossy(l).into_owned())
+                .collect();
+            let unreadable: Vec<&str> = unreadable.iter().map(String::as_str).collect();
+            let kept = super::keep_lines(paths, &format!("ops-{own}"), &unreadable)?;
+            crate::jsonl::rewrite_own_ops(store, paths)?;
             c.lines.retain(|l| Path::new(&l.file) != path);
-            c.fixed = Some(format!("rewrote {} from the database", path.display()));
+            c.fixed = Some(match kept {
+                None => format!("rewrote {} from the database", path.display()),
+                Some(k) => format!(
+                    "rewrote {} from the database; its {} unreadable line(s) are kept in {}",
+                    path.display(),
+                    unreadable.len(),
+                    k.display()
+                ),
+            });
             if c.lines.is_empty() {
                 c.level = Level::Ok;
                 c.message = "every line sound after the rewrite".into();

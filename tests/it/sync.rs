@@ -1064,6 +1064,85 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     assert_eq!(report["errors"], 0, "{report}");
 }
 
+/// Regression (issue 15's audit of `--fix`): an own op file with a torn
+/// line was deleted and written again from the database, losing the sound
+/// ops in it that the database lacked (another copy writing under this
+/// replica id); and a regenerated snapshot dropped lines that were not this
+/// database's issues. `--fix` now takes such ops in before rewriting, and
+/// keeps every line it takes out in `.beads/doctor-kept-*`.
+#[test]
+fn doctor_fix_never_deletes_what_might_be_data() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    let id = a.create(&["doc"]);
+    a.ok(&["flush", "-q"]);
+    let own = a.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let own_file = a.root.join(format!(".beads/ops/{own}.jsonl"));
+    let copy_op = serde_json::to_string(&label_op(&id, "from-the-copy", "zed", &own, 50)).unwrap();
+    let torn = "{\"op_id\":\"abc\",\"iss";
+    let mut text = std::fs::read_to_string(&own_file).unwrap();
+    text.push_str(&format!("{copy_op}\n{torn}\n"));
+    std::fs::write(&own_file, &text).unwrap();
+    let snap = a.root.join(".beads/issues.jsonl");
+    let stranger = r#"{"id":"s-zzzz","title":"written by another tool","status":"open","priority":2,"issue_type":"task"}"#;
+    let mut snapshot = std::fs::read_to_string(&snap).unwrap();
+    snapshot.push_str(&format!("{stranger}\nsome notes someone appended\n"));
+    std::fs::write(&snap, &snapshot).unwrap();
+
+    let out = a.bd(&["doctor", "--fix", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fixed: Vec<String> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["fixed"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        fixed
+            .iter()
+            .any(|f| f.contains("unreadable line(s) are kept in")),
+        "{fixed:?}"
+    );
+    assert!(
+        fixed
+            .iter()
+            .any(|f| f.contains("regenerated issues.jsonl") && f.contains("kept in")),
+        "{fixed:?}"
+    );
+
+    // The other copy's op survived: in the database and in the rewritten file.
+    let labels = &a.json(&["show", &id])[0]["labels"];
+    assert_eq!(
+        labels,
+        &serde_json::json!(["from-the-copy"]),
+        "the copy's op was taken in"
+    );
+    assert!(
+        std::fs::read_to_string(&own_file)
+            .unwrap()
+            .contains(&copy_op)
+    );
+
+    // Every line taken out is kept, byte for byte.
+    let kept: String = std::fs::read_dir(a.root.join(".beads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("doctor-kept-")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for line in [torn, stranger, "some notes someone appended"] {
+        assert!(kept.lines().any(|l| l == line), "{line:?} kept: {kept:?}");
+    }
+    let report = a.json(&["doctor"]);
+    assert_eq!(report["errors"], 0, "{report}");
+}
+
 #[test]
 fn bd_sync_through_a_running_daemon() {
     let cluster = Cluster::new();

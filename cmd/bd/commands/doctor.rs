@@ -9,9 +9,13 @@ use std::fmt::Write;
 /// driver, daemon
 ///
 /// Exits 1 if a check fails (after `--fix`, if given). `--fix` repairs what is
-/// safe: reinstalls hooks and the merge driver, rewrites this clone's own op file
-/// from the database, regenerates issues.jsonl and conflicts.jsonl. Other clones'
-/// op files are never edited, and a damaged database is replaced with `bd rebuild`.
+/// safe and says what it did: reinstalls hooks and the merge driver, completes
+/// .gitignore, resolves conflict markers in op files as the union of both
+/// sides, rewrites this clone's own op file from the database (after taking in
+/// any sound op it lacks), regenerates issues.jsonl and conflicts.jsonl. It
+/// never deletes data: a line a repair takes out (unreadable, or not an issue
+/// of this database) is kept in .beads/doctor-kept-*.jsonl. Other clones' op
+/// files are never edited, and a damaged database is replaced with `bd rebuild`.
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
     /// Repair what is safe to repair, and say what was done
