@@ -1173,6 +1173,54 @@ fn onboard_adds_and_removes_only_its_own_section() {
     );
 }
 
+/// Regression (review of issue 15): `bd onboard` matched any line starting
+/// with `<!-- bd:begin`, so a stray begin marker, reversed markers or an
+/// example in a code block had the user's lines replaced or removed. Only an
+/// exact begin line with an end line after it is bd's; a begin line twice or
+/// without its end is refused with nothing changed.
+#[test]
+fn onboard_refuses_markers_out_of_pairs_and_keeps_the_users_lines() {
+    let env = TestEnv::new();
+    let begin = "<!-- bd:begin (written by `bd onboard`; `bd onboard --remove` takes it out) -->";
+    let cases = [
+        format!("x\n{begin}\nuser content after\nmore user content\n"),
+        format!("a\n<!-- bd:end -->\nkeep me\n{begin}\nz\n"),
+        format!("{begin}\none\n<!-- bd:end -->\n{begin}\ntwo\n<!-- bd:end -->\n"),
+    ];
+    for (n, text) in cases.iter().enumerate() {
+        let file = env.root().join(format!("case{n}.md"));
+        std::fs::write(&file, text).unwrap();
+        for args in [vec!["onboard"], vec!["onboard", "--remove"]] {
+            let mut args = args.clone();
+            args.push(file.to_str().unwrap());
+            let err = env.fails(&args, 3);
+            assert!(
+                err.contains("begin line") && err.contains("nothing was changed"),
+                "{err}"
+            );
+            assert_eq!(
+                &std::fs::read_to_string(&file).unwrap(),
+                text,
+                "case {n}: untouched"
+            );
+        }
+    }
+    // Marker-like lines that are not bd's exact lines are the user's text.
+    let file = env.root().join("code.md");
+    let text =
+        "Docs:\n```\n<!-- bd:begin -->\nmy example that matters\n<!-- bd:end -->\n```\nafter\n";
+    std::fs::write(&file, text).unwrap();
+    let file_arg = file.to_str().unwrap();
+    env.ok(&["onboard", file_arg]);
+    let added = std::fs::read_to_string(&file).unwrap();
+    assert!(added.starts_with(text), "the example is kept: {added}");
+    assert_eq!(
+        env.json(&["onboard", "--remove", file_arg])["action"],
+        "removed"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}
+
 /// `bd graph EPIC` draws the epic and everything under it, arrows from
 /// blocker (or parent) to what waits, ready issues marked; `--format dot`
 /// the same for Graphviz; without an id, every open issue.

@@ -44,15 +44,52 @@ fn section() -> String {
     s
 }
 
-/// The byte range of bd's section in `text` (its end line included).
-fn find(text: &str) -> Option<std::ops::Range<usize>> {
-    let start = text.find("<!-- bd:begin")?;
-    let end_at = start + text[start..].find(END)?;
-    let mut end = end_at + END.len();
-    if text[end..].starts_with('\n') {
-        end += 1;
+/// The byte range of bd's section in `text` (its end line included): from a
+/// line that is exactly [`BEGIN`] to the first line after it that is exactly
+/// [`END`]. An end line with no begin before it is the user's text (an
+/// example in a code block, say). A begin line twice, or one with no end
+/// after it, is refused: the user's text around it is not bd's to guess at.
+fn find(text: &str, file: &std::path::Path) -> Result<Option<std::ops::Range<usize>>, CliError> {
+    let mut begins = Vec::new();
+    let mut section = None;
+    let mut at = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if bare == BEGIN {
+            begins.push(n + 1);
+            if begins.len() == 1 {
+                section = Some((at, None));
+            }
+        } else if bare == END
+            && let Some((_, end @ None)) = &mut section
+        {
+            *end = Some(at + line.len());
+        }
+        at += line.len();
     }
-    Some(start..end)
+    match (begins.len(), section) {
+        (0, _) => Ok(None),
+        (1, Some((start, Some(end)))) => Ok(Some(start..end)),
+        _ => {
+            let lines: Vec<String> = begins.iter().map(|n| n.to_string()).collect();
+            let why = if begins.len() > 1 {
+                "more than once"
+            } else {
+                "with no end line after it"
+            };
+            Err(CliError(
+                bd::Error::new(
+                    bd::ErrorKind::Conflict,
+                    format!(
+                        "{} has bd's begin line {why} (line {}); nothing was changed",
+                        file.display(),
+                        lines.join(", ")
+                    ),
+                )
+                .hint("fix or delete those lines by hand, then run bd onboard again"),
+            ))
+        }
+    }
 }
 
 pub fn cmd_onboard(ctx: &Ctx, a: OnboardArgs) -> Result<(), CliError> {
@@ -77,7 +114,7 @@ pub fn cmd_onboard(ctx: &Ctx, a: OnboardArgs) -> Result<(), CliError> {
             ));
         }
     };
-    let (next, action) = match (find(&text), a.remove) {
+    let (next, action) = match (find(&text, &file)?, a.remove) {
         (Some(r), true) => {
             // With the blank line `onboard` put before it, so that adding
             // and removing gives the file back byte for byte.
