@@ -73,11 +73,30 @@ pub enum SnapshotPolicy {
     AfterIdle(Duration),
 }
 
+/// Longest actor name accepted (characters).
+pub const MAX_ACTOR_CHARS: usize = 128;
+
 fn check_actor(actor: &str) -> Result<()> {
     if actor.trim().is_empty() {
         return Err(
             Error::invalid("actor must not be empty").hint("pass --actor NAME or set BD_ACTOR")
         );
+    }
+    // Recorded on every op and shown in every listing: a control character
+    // would reach people's terminals and forge lines in files.
+    if let Some(c) = actor.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "actor contains the control character U+{:04X}",
+            c as u32
+        ))
+        .hint("an actor is a short name such as alice or claude-code"));
+    }
+    if actor.chars().count() > MAX_ACTOR_CHARS {
+        return Err(Error::invalid(format!(
+            "actor is {} characters long; at most {MAX_ACTOR_CHARS}",
+            actor.chars().count()
+        ))
+        .hint("an actor is a short name such as alice or claude-code"));
     }
     Ok(())
 }

@@ -75,17 +75,17 @@ async fn err(client: &Client, tool: &str, args: Value) -> Value {
     a.json
 }
 
-/// The CLI's `--json` answer, as the client's actor.
-fn cli(env: &TestEnv, args: &[&str]) -> Value {
+/// The CLI's `--json` answer, as the session's actor.
+fn cli(env: &TestEnv, actor: &str, args: &[&str]) -> Value {
     let mut all = args.to_vec();
-    all.extend(["--actor", CLIENT]);
+    all.extend(["--actor", actor]);
     env.json(&all)
 }
 
 /// The CLI's `--json` error for a command that fails with `code`.
-fn cli_err(env: &TestEnv, args: &[&str], code: i32) -> Value {
+fn cli_err(env: &TestEnv, actor: &str, args: &[&str], code: i32) -> Value {
     let mut all = args.to_vec();
-    all.extend(["--actor", CLIENT, "--json"]);
+    all.extend(["--actor", actor, "--json"]);
     let stderr = env.fails(&all, code);
     serde_json::from_str(stderr.trim())
         .unwrap_or_else(|e| panic!("{args:?}: bad JSON error ({e}): {stderr}"))
@@ -165,7 +165,14 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         )
         .await;
         assert_eq!(a["title"], "--title that looks like a flag");
-        assert_eq!(a["created_by"], CLIENT, "the actor is the MCP client's name");
+        let actor = a["created_by"].as_str().unwrap().to_string();
+        let tag = actor.strip_prefix("test-agent-").expect("the actor is the client's name");
+        assert!(
+            tag.len() == 4 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            "with this session's tag: {actor}"
+        );
+        assert_eq!(epic["created_by"], actor.as_str(), "one actor for the session");
+        let actor = actor.as_str();
         assert_eq!(a["labels"], json!(["backend", "urgent"]));
         let b = ok(
             &client,
@@ -177,19 +184,19 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
 
         // Reads equal the CLI's --json for the same request.
         let (ia, ib, ic) = (id(&a), id(&b), id(&c));
-        assert_eq!(ok(&client, "show", json!({"ids": [&ia, &ib]})).await, cli(&env, &["show", &ia, &ib]));
-        assert_eq!(ok(&client, "ready", json!({})).await, cli(&env, &["ready"]));
+        assert_eq!(ok(&client, "show", json!({"ids": [&ia, &ib]})).await, cli(&env, actor, &["show", &ia, &ib]));
+        assert_eq!(ok(&client, "ready", json!({})).await, cli(&env, actor, &["ready"]));
         assert_eq!(
             ok(&client, "ready", json!({"limit": 1, "labels": ["backend"]})).await,
-            cli(&env, &["ready", "-n", "1", "-l", "backend"])
+            cli(&env, actor, &["ready", "-n", "1", "-l", "backend"])
         );
-        assert_eq!(ok(&client, "list", json!({})).await, cli(&env, &["list"]));
+        assert_eq!(ok(&client, "list", json!({})).await, cli(&env, actor, &["list"]));
         assert_eq!(
             ok(&client, "list", json!({"type": ["bug"], "priority_max": 1, "sort": "title"})).await,
-            cli(&env, &["list", "-t", "bug", "--priority-max", "1", "--sort", "title"])
+            cli(&env, actor, &["list", "-t", "bug", "--priority-max", "1", "--sort", "title"])
         );
-        assert_eq!(ok(&client, "search", json!({"query": "fixing"})).await, cli(&env, &["search", "fixing"]));
-        assert_eq!(ok(&client, "prime", json!({})).await, cli(&env, &["prime"]));
+        assert_eq!(ok(&client, "search", json!({"query": "fixing"})).await, cli(&env, actor, &["search", "fixing"]));
+        assert_eq!(ok(&client, "prime", json!({})).await, cli(&env, actor, &["prime"]));
 
         // update, then the CLI sees it.
         let up = ok(
@@ -199,18 +206,18 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         )
         .await;
         assert_eq!(up[0]["changed"], true);
-        let shown = cli(&env, &["show", &ia]);
+        let shown = cli(&env, actor, &["show", &ia]);
         assert_eq!(shown[0]["notes"], "-n is not a flag here");
         assert_eq!(shown[0]["priority"], 1);
         assert!(shown[0]["labels"].as_array().unwrap().contains(&json!("triaged")));
 
         // claim: atomic; a second claimant gets the CLI's refusal, exit 3.
         let claimed = ok(&client, "claim", json!({"ids": [&ia]})).await;
-        assert_eq!(claimed[0]["assignee"], CLIENT);
+        assert_eq!(claimed[0]["assignee"], actor);
         assert_eq!(claimed[0]["status"], "in_progress");
         env.ok(&["claim", &ic, "--actor", "rival"]);
         let refused = err(&client, "claim", json!({"ids": [&ic]})).await;
-        assert_eq!(refused, cli_err(&env, &["claim", &ic], 3), "the same error as the CLI's");
+        assert_eq!(refused, cli_err(&env, actor, &["claim", &ic], 3), "the same error as the CLI's");
         assert_eq!(refused["exit_code"], 3);
         assert!(refused["error"]["message"].as_str().unwrap().contains("rival"), "names the holder: {refused}");
 
@@ -218,25 +225,25 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         let text = "- started\nsecond line";
         let comment = ok(&client, "comment", json!({"id": &ia, "text": text})).await;
         assert_eq!(comment["text"], text);
-        assert_eq!(cli(&env, &["comments", &ia]).as_array().unwrap().last().unwrap()["text"], text);
+        assert_eq!(cli(&env, actor, &["comments", &ia]).as_array().unwrap().last().unwrap()["text"], text);
 
         // dep_add / blocked / cycle refused / dep_remove.
         ok(&client, "dep_add", json!({"issue": &ib, "depends_on": &ia})).await;
-        assert_eq!(ok(&client, "blocked", json!({})).await, cli(&env, &["blocked"]));
+        assert_eq!(ok(&client, "blocked", json!({})).await, cli(&env, actor, &["blocked"]));
         let cycle = err(&client, "dep_add", json!({"issue": &ia, "depends_on": &ib})).await;
-        assert_eq!(cycle, cli_err(&env, &["dep", "add", &ia, &ib], 3));
+        assert_eq!(cycle, cli_err(&env, actor, &["dep", "add", &ia, &ib], 3));
         ok(&client, "dep_remove", json!({"issue": &ib, "depends_on": &ia, "type": "blocks"})).await;
-        assert!(!cli(&env, &["blocked"]).as_array().unwrap().iter().any(|i| i["id"] == ib.as_str()));
+        assert!(!cli(&env, actor, &["blocked"]).as_array().unwrap().iter().any(|i| i["id"] == ib.as_str()));
 
         // close / reopen / unclaim.
         let closed = ok(&client, "close", json!({"ids": [&ia], "reason": "fixed"})).await;
         assert_eq!(closed[0]["status"], "closed");
-        assert_eq!(cli(&env, &["show", &ia])[0]["close_reason"], "fixed");
+        assert_eq!(cli(&env, actor, &["show", &ia])[0]["close_reason"], "fixed");
         ok(&client, "reopen", json!({"ids": [&ia]})).await;
-        assert_eq!(cli(&env, &["show", &ia])[0]["status"], "open");
+        assert_eq!(cli(&env, actor, &["show", &ia])[0]["status"], "open");
         ok(&client, "claim", json!({"ids": [&ib]})).await;
         ok(&client, "unclaim", json!({"ids": [&ib]})).await;
-        assert_eq!(cli(&env, &["show", &ib])[0]["assignee"], Value::Null);
+        assert_eq!(cli(&env, actor, &["show", &ib])[0]["assignee"], Value::Null);
 
         // batch: all or nothing.
         let before = env.fingerprint();
@@ -273,11 +280,11 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         assert_eq!(again, done, "the same request id answers as the first time");
 
         // conflicts / resolve / sync.
-        assert_eq!(ok(&client, "conflicts", json!({})).await, cli(&env, &["conflicts"]));
+        assert_eq!(ok(&client, "conflicts", json!({})).await, cli(&env, actor, &["conflicts"]));
         let nothing = err(&client, "resolve", json!({"id": &ia, "field": "title", "value": "x"})).await;
-        assert_eq!(nothing, cli_err(&env, &["resolve", &ia, "--field", "title", "--value", "x"], nothing["exit_code"].as_i64().unwrap() as i32));
+        assert_eq!(nothing, cli_err(&env, actor, &["resolve", &ia, "--field", "title", "--value", "x"], nothing["exit_code"].as_i64().unwrap() as i32));
         let status = ok(&client, "sync", json!({"status": true})).await;
-        assert_eq!(status, cli(&env, &["sync", "--status"]));
+        assert_eq!(status, cli(&env, actor, &["sync", "--status"]));
 
         // Bad input: one line, a hint, exit code 2, nothing changed.
         let before = env.fingerprint();
@@ -356,6 +363,69 @@ fn concurrent_tool_calls_each_get_their_answer(mode: Mode) {
         client.cancel().await.expect("close");
     });
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 12);
+}
+
+/// Regression (review of issue 15): two sessions of one client (the same
+/// `clientInfo.name`) were one actor, so both claims of one issue
+/// succeeded and either could unclaim the other's. Each session is an agent
+/// of its own; a client name that is no name (control characters, spaces) is
+/// made one.
+#[test]
+fn two_sessions_of_one_client_are_two_agents() {
+    let env = TestEnv::new();
+    let id = env.create(&["contested"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let first = connect(&env).await;
+        let second = connect(&env).await;
+        let won = ok(&first, "claim", json!({"ids": [&id]})).await;
+        let lost = err(&second, "claim", json!({"ids": [&id]})).await;
+        assert_eq!(lost["exit_code"], 3, "{lost}");
+        let holder = won[0]["assignee"].as_str().unwrap();
+        assert!(
+            lost["error"]["message"].as_str().unwrap().contains(holder),
+            "{lost}"
+        );
+        let refused = err(&second, "unclaim", json!({"ids": [&id]})).await;
+        assert_eq!(refused["exit_code"], 3, "{refused}");
+
+        let mut cmd = tokio::process::Command::new(BD);
+        cmd.arg("mcp")
+            .current_dir(env.root())
+            .env_remove("BD_ACTOR")
+            .env("BD_AUTO_START", "0");
+        let odd = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("My \u{1b}[31mClient\n v2", "1"),
+        )
+        .serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+        let made = ok(
+            &odd,
+            "create",
+            json!({"title": "from an oddly named client"}),
+        )
+        .await;
+        let by = made["created_by"].as_str().unwrap();
+        assert!(by.starts_with("My---31mClient--v2-"), "{by}");
+        assert!(
+            by.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "{by}"
+        );
+        for c in [first, second, odd] {
+            c.cancel().await.unwrap();
+        }
+    });
+    let err = env.fails(&["create", "x", "--actor", "ev\u{1b}il"], 2);
+    assert!(
+        err.contains("actor contains the control character"),
+        "{err}"
+    );
 }
 
 /// `--actor` (or `$BD_ACTOR`) wins over the client's name.

@@ -36,8 +36,10 @@ use std::sync::Arc;
 /// tool error carrying bd's message, hints and exit code.
 ///
 /// The tracker is the one found from the working directory, or --dir / --db.
-/// The acting agent is --actor or $BD_ACTOR when set, else the name the MCP
-/// client gives when it connects (e.g. claude-code), else $USER.
+/// The acting agent is --actor or $BD_ACTOR when set; else the name the MCP
+/// client gives when it connects, with a tag of this session
+/// (claude-code-3f2a): two sessions are two agents, and one cannot take
+/// over the other's claims.
 #[derive(Args, Debug)]
 pub struct McpArgs {}
 
@@ -49,6 +51,7 @@ pub fn cmd_mcp(ctx: &Ctx, _a: McpArgs) -> Result<(), CliError> {
         settings,
         actor: ctx.actor.clone(),
         actor_named: ctx.actor_named,
+        session: bd::client::new_request_id()?[..4].to_string(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,6 +82,26 @@ struct Server {
     /// `--actor` / `$BD_ACTOR` when `actor_named`, else the login name.
     actor: String,
     actor_named: bool,
+    /// This session's tag on the actor: 4 random hex digits.
+    session: String,
+}
+
+/// A client's name as an actor: letters, digits, `.`, `_` and `-` kept,
+/// anything else as `-`, at most 40 characters.
+fn actor_name(name: &str) -> String {
+    let mapped: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    mapped.trim_matches('-').to_string()
 }
 
 /// What a tool call runs: a `bd` command line, and the text it reads in
@@ -227,17 +250,21 @@ impl ServerHandler for Server {
 }
 
 impl Server {
-    /// `--actor` / `$BD_ACTOR`, else the client's name, else the login name.
+    /// `--actor` / `$BD_ACTOR`, else the client's name with this session's
+    /// tag (`claude-code-3f2a`), else the login name with it. Two sessions of
+    /// one client are two agents: under one name, each could take over the
+    /// other's claims.
     fn actor_for(&self, context: &RequestContext<RoleServer>) -> String {
         if self.actor_named {
             return self.actor.clone();
         }
-        context
+        let client = context
             .peer
             .peer_info()
-            .map(|p| p.client_info.name.trim().to_string())
+            .map(|p| actor_name(&p.client_info.name))
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| self.actor.clone())
+            .unwrap_or_else(|| actor_name(&self.actor));
+        format!("{client}-{}", self.session)
     }
 
     /// Runs one tool call on this thread.
