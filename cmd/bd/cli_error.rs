@@ -46,6 +46,29 @@ impl From<std::io::Error> for CliError {
 }
 
 impl CliError {
+    /// A command line clap refused, as bd's error: the lines of clap's message
+    /// before its usage joined into one, its tips as hints (exit 2).
+    pub fn from_clap(e: &clap::Error, hint: &str) -> CliError {
+        let text = e.to_string();
+        let mut message = Vec::new();
+        let mut hints = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("Usage:") {
+                break;
+            }
+            if let Some(tip) = line.strip_prefix("tip: ") {
+                hints.push(tip.to_string());
+            } else if !line.is_empty() && !line.starts_with("For more information") {
+                message.push(line.trim_start_matches("error: ").to_string());
+            }
+        }
+        let mut err = bd::Error::invalid(message.join(" "));
+        for h in hints {
+            err = err.hint(h);
+        }
+        CliError(err.hint(hint))
+    }
+
     /// An invalid-input error with a hint.
     pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
         CliError(Error::invalid(message).hint(hint))

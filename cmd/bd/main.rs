@@ -60,6 +60,11 @@ fn main() {
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
+            // A script that asked for JSON gets its usage errors as JSON too.
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let err = cli_error::CliError::from_clap(&e, "see `bd <command> --help`");
+                std::process::exit(err.report(true));
+            }
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             std::process::exit(code);

@@ -184,3 +184,24 @@ fn help_covers_every_command_and_their_own_options() {
     let err = env.fails(&["list", "--json"], 1);
     assert!(err.contains("not_initialized"), "{err}");
 }
+
+/// Regression (review of issue 15): a usage error clap finds (a missing
+/// argument) was plain text even with `--json`; scripts that asked for JSON
+/// get it as JSON, exit 2.
+#[test]
+fn usage_errors_are_json_under_json() {
+    let env = TestEnv::new();
+    let stderr = env.fails(&["update", "--json"], 2);
+    let v: serde_json::Value = serde_json::from_str(stderr.trim()).expect("one JSON line");
+    assert_eq!(v["exit_code"], 2);
+    assert_eq!(v["error"]["kind"], "invalid");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("<IDS>"),
+        "{v}"
+    );
+    let plain = env.fails(&["update"], 2);
+    assert!(
+        plain.contains("Usage:"),
+        "without --json, clap's own text: {plain}"
+    );
+}

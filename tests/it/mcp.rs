@@ -295,6 +295,12 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         let ttl = err(&client, "claim", json!({"ids": [&ic], "ttl": "3 weeks"})).await;
         assert_eq!(ttl["exit_code"], 2, "{ttl}");
         assert!(!ttl["error"]["message"].as_str().unwrap().contains('\n'));
+        let none = err(&client, "claim", json!({"ids": []})).await;
+        assert_eq!(none["exit_code"], 2);
+        let said = none["error"]["message"].as_str().unwrap();
+        assert!(said.contains("'ids'") && !said.contains("--"), "in the tool's words: {said}");
+        let both = err(&client, "resolve", json!({"id": &ia, "field": "title", "value": "a", "take": "b"})).await;
+        assert_eq!(both["error"]["message"], "the argument 'value' cannot be used with 'take'");
         let wrong_type = err(&client, "create", json!({"title": 5})).await;
         assert_eq!(wrong_type["exit_code"], 2);
         assert_eq!(env.fingerprint(), before);

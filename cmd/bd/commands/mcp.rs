@@ -44,6 +44,12 @@ use std::sync::Arc;
 pub struct McpArgs {}
 
 pub fn cmd_mcp(ctx: &Ctx, _a: McpArgs) -> Result<(), CliError> {
+    if ctx.request_id.is_some() {
+        return Err(CliError::usage(
+            "--request-id names one write; bd mcp serves many",
+            "give each tool call its own request_id argument",
+        ));
+    }
     // Found now: a server that cannot answer anything should fail at once.
     let settings = ctx.call_settings()?;
     let server = Server {
@@ -315,19 +321,71 @@ fn error_result(e: &CliError, notes: &str) -> CallToolResult {
     CallToolResult::error(content)
 }
 
-/// A value clap refused (a bad --ttl, an unknown status), as one line.
+/// Arguments the command line refused (a bad ttl, ids missing), in the
+/// tool's words: `'--ttl <DURATION>'` is `'ttl'`, `<IDS>...` is `ids`.
 fn clap_error(e: &clap::Error) -> CliError {
-    let text = e.to_string();
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ")
-        .to_string();
-    CliError::usage(
-        line,
+    let mut err = CliError::from_clap(
+        e,
         "the tool's input schema lists its arguments and their types",
-    )
+    );
+    err.0.message = tool_words(&err.0.message);
+    err.0.hints = err.0.hints.iter().map(|h| tool_words(h)).collect();
+    err
+}
+
+/// Rewrites the CLI's names of arguments as the tools' names: a flag
+/// (`--ttl`, `'--ttl <DURATION>'`, `--value <VALUE>`) becomes `'ttl'`, a
+/// positional (`<IDS>...`) `'ids'`.
+fn tool_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let at_word = |i: usize| i == 0 || text[..i].ends_with([' ', '\'', ':', '(']);
+    while i < text.len() {
+        let rest = &text[i..];
+        let quoted = rest.starts_with("'--");
+        if quoted || (rest.starts_with("--") && at_word(i)) {
+            let from = if quoted { 3 } else { 2 };
+            let len = rest[from..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .unwrap_or(rest.len() - from);
+            if len > 0 {
+                let name = rest[from..from + len].replace('-', "_");
+                let mut next = i + from + len;
+                if text[next..].starts_with(" <")
+                    && let Some(close) = text[next..].find('>')
+                {
+                    next += close + 1; // the flag's value placeholder
+                }
+                if text[next..].starts_with("...") {
+                    next += 3;
+                }
+                if quoted && text[next..].starts_with('\'') {
+                    next += 1;
+                }
+                out.push_str(&format!("'{name}'"));
+                i = next;
+                continue;
+            }
+        }
+        if rest.starts_with('<')
+            && let Some(close) = rest.find('>')
+            && close > 1
+            && rest[1..close]
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            out.push_str(&format!("'{}'", rest[1..close].to_lowercase()));
+            i += close + 1;
+            if text[i..].starts_with("...") {
+                i += 3;
+            }
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
 }
 
 /// What `initialize` tells the client about using these tools.
@@ -995,4 +1053,34 @@ fn tools() -> Vec<ToolDef> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tool_words;
+
+    #[test]
+    fn the_command_lines_names_become_the_tools() {
+        assert_eq!(
+            tool_words("the argument '--value <VALUE>' cannot be used with '--take <CONTENDER>'"),
+            "the argument 'value' cannot be used with 'take'"
+        );
+        assert_eq!(
+            tool_words("the following required arguments were not provided: <IDS>..."),
+            "the following required arguments were not provided: 'ids'"
+        );
+        assert_eq!(
+            tool_words("invalid value '3 weeks' for '--ttl <DURATION>': no"),
+            "invalid value '3 weeks' for 'ttl': no"
+        );
+        assert_eq!(
+            tool_words("the following required arguments were not provided: --value <VALUE>"),
+            "the following required arguments were not provided: 'value'"
+        );
+        assert_eq!(
+            tool_words("the following required arguments were not provided: --claim"),
+            "the following required arguments were not provided: 'claim'"
+        );
+        assert_eq!(tool_words("a <b> 'c x--y é"), "a <b> 'c x--y é");
+    }
 }
