@@ -231,25 +231,19 @@ impl ServerHandler for Server {
                     server.run(index, args, actor)
                 }));
                 let _ = tx.send(result.unwrap_or_else(|_| {
-                    error_result(
-                        &CliError(bd::Error::internal(
-                            "the command panicked; the daemon log or a bug report should say why",
-                        )),
-                        "",
-                    )
+                    error_result(&CliError(bd::Error::internal(
+                        "the command panicked; the daemon log or a bug report should say why",
+                    )))
                 }));
             });
         if let Err(e) = spawned {
-            return Ok(error_result(&CliError::from(e), "").into());
+            return Ok(error_result(&CliError::from(e)).into());
         }
         match rx.await {
             Ok(result) => Ok(result.into()),
-            Err(_) => Ok(error_result(
-                &CliError(bd::Error::internal(
-                    "the command's thread ended without an answer",
-                )),
-                "",
-            )
+            Err(_) => Ok(error_result(&CliError(bd::Error::internal(
+                "the command's thread ended without an answer",
+            )))
             .into()),
         }
     }
@@ -277,13 +271,13 @@ impl Server {
     fn run(&self, index: usize, args: JsonObject, actor: String) -> CallToolResult {
         let inv = match (self.tools[index].build)(args) {
             Ok(inv) => inv,
-            Err(e) => return error_result(&e, ""),
+            Err(e) => return error_result(&e),
         };
         let mut command = crate::Cli::command();
         let argv = std::iter::once("bd".to_string()).chain(inv.argv);
         let cli = match crate::parse_cli(&mut command, argv) {
             Ok(cli) => cli,
-            Err(e) => return error_result(&clap_error(&e), ""),
+            Err(e) => return error_result(&clap_error(&e)),
         };
         let ctx = self.settings.ctx(actor, inv.request_id);
         let (stdin, stdin_name) = inv.stdin.unzip();
@@ -298,27 +292,26 @@ impl Server {
             crate::cli_error::success_code();
             r
         });
+        // Notes (a daemon that could not be used, an answer after the
+        // timeout) go to the server's stderr, which clients keep as its log:
+        // the result holds the command's JSON alone.
+        if !captured.stderr.is_empty() {
+            use std::io::Write;
+            let _ = std::io::stderr()
+                .lock()
+                .write_all(captured.stderr.as_bytes());
+        }
         match result {
-            Ok(()) => {
-                let mut content = vec![ContentBlock::text(captured.stdout)];
-                if !captured.stderr.is_empty() {
-                    content.push(ContentBlock::text(captured.stderr));
-                }
-                CallToolResult::success(content)
-            }
-            Err(e) => error_result(&e, &captured.stderr),
+            Ok(()) => CallToolResult::success(vec![ContentBlock::text(captured.stdout)]),
+            Err(e) => error_result(&e),
         }
     }
 }
 
 /// A tool error: bd's `--json` error (`{"error": {kind, message, hints},
-/// "exit_code": N}`), then any notes the command wrote to stderr.
-fn error_result(e: &CliError, notes: &str) -> CallToolResult {
-    let mut content = vec![ContentBlock::text(e.to_json().to_string())];
-    if !notes.is_empty() {
-        content.push(ContentBlock::text(notes.to_string()));
-    }
-    CallToolResult::error(content)
+/// "exit_code": N}`).
+fn error_result(e: &CliError) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(e.to_json().to_string())])
 }
 
 /// Arguments the command line refused (a bad ttl, ids missing), in the
