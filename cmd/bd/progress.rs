@@ -77,7 +77,7 @@ impl State {
             Some(t) if u.done > 0 || t.update.task == u.task => {
                 t.update = u.clone();
                 if let Some(bar) = &t.bar {
-                    draw(bar, u);
+                    draw(bar, u, t.started);
                 }
             }
             _ => {
@@ -102,35 +102,72 @@ impl State {
             return;
         }
         let target = ProgressDrawTarget::stderr_with_hz(10);
-        let bar = match t.update.total {
-            Some(total) => ProgressBar::with_draw_target(Some(total), target).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {human_pos}/{human_len}, {rate}/s, {eta} left",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .with_key(
-                    "rate",
-                    |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.0}", s.per_sec());
-                    },
-                )
-                .progress_chars("=> "),
+        let (template, fallback) = match t.update.total {
+            Some(_) => (
+                "{prefix} [{wide_bar}] {human_pos}/{human_len} {msg}",
+                ProgressStyle::default_bar(),
             ),
-            None => ProgressBar::with_draw_target(None, target).with_style(
-                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            ),
+            None => ("{spinner} {prefix} {msg}", ProgressStyle::default_spinner()),
         };
+        let style = ProgressStyle::with_template(template)
+            .unwrap_or(fallback)
+            .progress_chars("=> ");
+        let bar = ProgressBar::with_draw_target(t.update.total, target).with_style(style);
+        // Everything set before the first frame is drawn.
+        draw(&bar, &t.update, t.started);
         bar.enable_steady_tick(Duration::from_millis(100));
-        draw(&bar, &t.update);
         t.bar = Some(bar);
     }
 }
 
-fn draw(bar: &ProgressBar, u: &Update) {
-    if let Some(total) = u.total {
-        bar.set_length(total);
-    }
-    bar.set_message(crate::output::one_line(&u.task).into_owned());
+/// Puts an update on its bar: the task's name, the count, and (measured here,
+/// from the task's start) the rate and the time left.
+fn draw(bar: &ProgressBar, u: &Update, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    let msg = match u.total {
+        Some(total) => {
+            bar.set_length(total);
+            let rate = if secs > 0.0 {
+                u.done as f64 / secs
+            } else {
+                0.0
+            };
+            let left = if rate > 0.0 {
+                format!(
+                    ", {} left",
+                    duration(total.saturating_sub(u.done) as f64 / rate)
+                )
+            } else {
+                String::new()
+            };
+            format!("{}/s{left}", thousands(rate.round() as u64))
+        }
+        None => duration(secs),
+    };
+    bar.set_prefix(crate::output::one_line(&u.task).into_owned());
+    bar.set_message(msg);
     bar.set_position(u.done);
+}
+
+/// Seconds as `7s` or `2m05s`.
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// 12345 as `12,345`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -110,7 +110,9 @@ fn progress_shows_on_a_terminal_and_never_in_a_pipe(mode: Mode) {
     let seen = run_on_tty(env.command(&["import", "-i", file]), Tty::Stderr, 100);
     assert_eq!(seen.code, Some(0), "{}", seen.terminal);
     assert!(
-        seen.terminal.contains("importing [") && seen.terminal.contains("/8,000"),
+        seen.terminal.contains("importing [")
+            && seen.terminal.contains("/8,000")
+            && seen.terminal.contains("/s"),
         "a bar with counts on the terminal: {:?}",
         seen.terminal
     );
