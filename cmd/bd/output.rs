@@ -20,8 +20,22 @@ pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     escape_controls(text, true)
 }
 
+/// Invisible characters that change how the text around them shows:
+/// bidirectional overrides and isolates (a title could read backwards),
+/// zero-width spaces and marks, word joiners, the byte-order mark, and the
+/// line and paragraph separators (which some readers split lines at). The
+/// zero-width joiners U+200C and U+200D stay: emoji and several scripts need
+/// them.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{180E}' | '\u{200B}' | '\u{200E}' | '\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn escape_controls(text: &str, line: bool) -> std::borrow::Cow<'_, str> {
-    let unsafe_char = |c: char| c.is_control() && (line || (c != '\n' && c != '\t'));
+    let unsafe_char =
+        |c: char| (c.is_control() && (line || (c != '\n' && c != '\t'))) || invisible(c);
     if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -261,18 +275,29 @@ pub fn table_coloured(
     rows: &[Vec<String>],
     colour: impl Fn(usize, &str) -> Option<&'static str>,
 ) -> Table {
+    use unicode_width::UnicodeWidthStr;
     let look = look();
     let cols = header.len();
-    let mut width = vec![0; cols];
-    let rows: Vec<Vec<String>> = rows
+    let mut rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| one_line(c).into_owned()).collect())
         .collect();
+    if let Some(w) = look.width {
+        // On a terminal no column but the last is wider than a quarter of
+        // it, or 24 (a long assignee or id is cut); the last gets the rest.
+        let max = MAX_COLUMN.min(w / 4).max(8);
+        for row in &mut rows {
+            for cell in row.iter_mut().take(cols.saturating_sub(1)) {
+                *cell = cut(cell, max);
+            }
+        }
+    }
+    let mut width = vec![0; cols];
     for row in std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .chain(rows.iter().cloned())
     {
         for (i, cell) in row.iter().enumerate().take(cols) {
-            width[i] = width[i].max(cell.chars().count());
+            width[i] = width[i].max(cell.width());
         }
     }
     // What the last column may take: the rest of the terminal's width (never
@@ -291,17 +316,13 @@ pub fn table_coloured(
         for (i, c) in cells.iter().enumerate() {
             let last = i + 1 == cells.len();
             let text = match last_room {
-                Some(room) if last && c.chars().count() > room => {
-                    let mut cut: String = c.chars().take(room - 1).collect();
-                    cut.push('…');
-                    cut
-                }
+                Some(room) if last => cut(c, room),
                 _ => c.clone(),
             };
             let code = if header { Some("1") } else { colour(i, c) };
             l.push_str(&look.paint(&text, code));
             if !last {
-                l.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
+                l.push_str(&" ".repeat(width[i] - c.width() + 2));
             }
         }
         out.push_str(l.trim_end());
@@ -315,6 +336,29 @@ pub fn table_coloured(
         line(row, false);
     }
     Table(out)
+}
+
+/// The widest a column other than the last gets on a wide terminal.
+const MAX_COLUMN: usize = 24;
+
+/// `text` cut to `room` terminal columns, ending in `…` when cut.
+fn cut(text: &str, room: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if text.width() <= room {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > room.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
 }
 
 /// The colour of an issue table's cells: ids, priorities, statuses.
@@ -448,14 +492,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cutting_counts_terminal_columns() {
+        assert_eq!(cut("漢字漢字", 8), "漢字漢字");
+        assert_eq!(cut("漢字漢字", 7), "漢字漢…");
+        assert_eq!(cut("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn invisible_characters_that_reorder_text_are_shown_escaped() {
+        assert_eq!(one_line("evil\u{202E}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(
+            terminal_safe("a\u{2028}b\u{200B}c"),
+            "a\\u{2028}b\\u{200b}c"
+        );
+        // Joiners stay: emoji sequences need them.
+        assert_eq!(one_line("👨\u{200D}👩"), "👨\u{200D}👩");
+    }
+
+    #[test]
     fn a_tsv_field_cannot_make_a_column_or_a_row() {
         assert_eq!(tsv_field("a\tb\nc\\d"), "a\\x09b\\x0ac\\\\d");
-        assert_eq!(
-            tsv(
-                "h".split(' ').collect::<Vec<_>>().as_slice(),
-                &[vec!["x\ty".into()]]
-            ),
-            "h\nx\\x09y\n"
-        );
+        assert_eq!(tsv(&["h"], &[vec!["x\ty".into()]]), "h\nx\\x09y\n");
     }
 }

@@ -166,8 +166,15 @@ fn colour_and_layout_only_on_a_terminal(mode: Mode) {
     let long = "A very long title that a narrow terminal cannot show whole, so it is cut";
     let urgent = env.create(&[long, "-p", "0"]);
     env.create(&["Small", "-p", "3"]);
+    // Wide characters take two columns each; a long assignee is cut too.
+    let long_name = "someone-with-a-very-long-name".repeat(3);
+    env.create(&[
+        "漢字のとても長いタイトルが端末の幅を超えてしまう場合のテストです",
+        "-a",
+        &long_name,
+    ]);
 
-    let seen = run_on_tty(env.command(&["list"]), Tty::Stdout, 60);
+    let seen = run_on_tty(env.command(&["list"]), Tty::Stdout, 80);
     assert_eq!(seen.code, Some(0));
     let t = &seen.terminal;
     assert!(
@@ -182,12 +189,11 @@ fn colour_and_layout_only_on_a_terminal(mode: Mode) {
     );
     assert!(!t.contains("so it is cut"), "the cut part is gone: {t:?}");
     for line in t.lines() {
+        use unicode_width::UnicodeWidthStr;
         let plain: String = strip_sgr(line);
-        assert!(
-            plain.trim_end().chars().count() <= 60,
-            "fits 60 columns: {plain:?}"
-        );
+        assert!(plain.trim_end().width() <= 80, "fits 80 columns: {plain:?}");
     }
+    assert!(!t.contains(&long_name), "the assignee is cut: {t:?}");
     let shown = run_on_tty(env.command(&["show", &urgent]), Tty::Stdout, 60).terminal;
     assert!(
         shown.contains("\u{1b}[1;31mP0\u{1b}[0m"),
@@ -197,7 +203,7 @@ fn colour_and_layout_only_on_a_terminal(mode: Mode) {
     // NO_COLOR: fitted, not coloured.
     let mut cmd = env.command(&["list"]);
     cmd.env("NO_COLOR", "1");
-    let t = run_on_tty(cmd, Tty::Stdout, 60).terminal;
+    let t = run_on_tty(cmd, Tty::Stdout, 80).terminal;
     assert!(!t.contains('\u{1b}') && t.contains('…'), "{t:?}");
 
     // Piped: whole titles, no escapes.
