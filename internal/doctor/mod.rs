@@ -118,6 +118,16 @@ pub fn run(paths: &BeadsPaths, fix: bool, exe: &Path) -> Result<DoctorReport> {
     checks.push(gitignore_check(paths, fix)?);
     checks.extend(git_checks(paths, fix, exe));
     checks.push(daemon_check(paths));
+    for c in &mut checks {
+        // A repaired check says what it found as what it was, without the
+        // advice to run the repair.
+        if c.fixed.is_some() && c.level == Level::Ok {
+            if let Some(at) = c.message.find("; `bd doctor --fix`") {
+                c.message.truncate(at);
+            }
+            c.message = format!("was: {}", c.message);
+        }
+    }
     let errors = checks.iter().filter(|c| c.level == Level::Error).count() as u64;
     let warnings = checks.iter().filter(|c| c.level == Level::Warn).count() as u64;
     Ok(DoctorReport {

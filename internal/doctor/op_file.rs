@@ -49,8 +49,13 @@ pub(super) fn op_files_check(
     );
     if !lines.is_empty() {
         c.level = Level::Error;
+        let cure = if own_bad {
+            "; `bd doctor --fix` rewrites this clone's file from the database"
+        } else {
+            "; all in other clones' files: bd skips those lines, and each owner's next flush rewrites its file"
+        };
         c.message = format!(
-            "{} bad line(s) in {} file(s) (listed with file:line)",
+            "{} bad line(s) in {} file(s) (listed with file:line){cure}",
             lines.len(),
             lines
                 .iter()
@@ -206,6 +211,35 @@ pub(super) fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Re
         return Ok(c);
     }
     if repeated + disordered == 0 {
+        // The file mirrors the database only if it holds all of this
+        // replica's ops: a deleted or cut-short file lacks some (the next
+        // flush writes them; a daemon's file may trail its last commit).
+        let in_db: i64 = store.conn().query_row(
+            "SELECT COUNT(*) FROM ops WHERE replica = ?1",
+            [store.replica()],
+            |r| r.get(0),
+        )?;
+        let in_db = in_db as u64;
+        let lacking = in_db.saturating_sub(seen.len() as u64);
+        if lacking > 0 {
+            let mut c = check(
+                "replica",
+                Level::Warn,
+                format!(
+                    "{} lacks {lacking} of this clone's {in_db} op(s) (written at the next flush; `bd doctor --fix` writes them now)",
+                    path.display()
+                ),
+            );
+            if fix {
+                let n = crate::jsonl::rewrite_own_ops(store, paths)?;
+                c.level = Level::Ok;
+                c.fixed = Some(format!(
+                    "rewrote {} from the database ({n} ops)",
+                    path.display()
+                ));
+            }
+            return Ok(c);
+        }
         return Ok(check(
             "replica",
             Level::Ok,

@@ -1143,6 +1143,52 @@ fn doctor_fix_never_deletes_what_might_be_data() {
     assert_eq!(report["errors"], 0, "{report}");
 }
 
+/// Regression (review of issue 15): doctor said nothing when this clone's
+/// own op file was deleted or cut short, and offered `--fix` for damage it
+/// cannot repair (another clone's file). A repaired check says what it was.
+#[test]
+fn doctor_notices_a_missing_own_op_file_and_offers_only_repairs_it_can_make() {
+    let cluster = Cluster::new();
+    let a = cluster.clone("a", "alice");
+    a.ok(&["init", "--prefix", "s"]);
+    for n in 0..3 {
+        a.create(&[&format!("issue {n}")]);
+    }
+    a.ok(&["flush", "-q"]);
+    let own = a.json(&["info"])["replica"].as_str().unwrap().to_string();
+    let own_file = a.root.join(format!(".beads/ops/{own}.jsonl"));
+    let whole = std::fs::read_to_string(&own_file).unwrap();
+    std::fs::remove_file(&own_file).unwrap();
+    let report = a.json(&["doctor"]);
+    let replica = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "replica")
+        .unwrap()
+        .clone();
+    assert_eq!(replica["level"], "warn", "{replica}");
+    assert!(
+        replica["message"].as_str().unwrap().contains("lacks 3"),
+        "{replica}"
+    );
+    let fixed = a.ok(&["doctor", "--fix"]);
+    assert!(
+        fixed.contains("was: ") && fixed.contains("fixed: rewrote"),
+        "{fixed}"
+    );
+    assert_eq!(std::fs::read_to_string(&own_file).unwrap(), whole);
+
+    // Damage only in another clone's file: no repair is offered.
+    let foreign = a.root.join(".beads/ops/feedfacefeedface.jsonl");
+    std::fs::write(&foreign, "{not json\n").unwrap();
+    let out = a.bd(&["doctor"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("other clones' files"), "{text}");
+    assert!(!text.contains("`bd doctor --fix` repairs"), "{text}");
+}
+
 #[test]
 fn bd_sync_through_a_running_daemon() {
     let cluster = Cluster::new();

@@ -59,7 +59,14 @@ pub fn cmd_doctor(ctx: &Ctx, a: DoctorArgs) -> Result<(), CliError> {
                 {
                     "; `bd rebuild` replaces the damaged database"
                 }
-                (_, false) => "; `bd doctor --fix` repairs what is safe",
+                (_, false)
+                    if report.checks.iter().any(
+                        |c| c.level == Level::Error && c.message.contains("bd doctor --fix")
+                    ) =>
+                {
+                    "; `bd doctor --fix` repairs what is safe"
+                }
+                (_, false) => "",
                 (_, true) => "",
             }
         );
