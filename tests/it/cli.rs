@@ -1283,4 +1283,25 @@ fn graph_draws_an_epic_with_ready_issues_marked() {
     let everything = env.ok(&["graph"]);
     assert!(everything.contains(&other));
     env.fails(&["graph", "nope-123"], 1);
+    // --json: the graph as data (it printed Mermaid, found by the review).
+    let g = env.json(&["graph", &epic]);
+    assert_eq!(g["nodes"].as_array().unwrap().len(), 3, "{g}");
+    let state = |id: &str| {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state(&schema), "ready");
+    assert_eq!(state(&api), "waiting");
+    assert!(
+        g["edges"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"from": schema, "to": api, "type": "blocks"})),
+        "{g}"
+    );
 }

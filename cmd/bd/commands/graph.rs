@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Arrows point from the blocker (or parent) to what waits for it. Ready
 /// issues are marked (green), closed ones greyed, in-progress ones show
 /// their assignee. Paste Mermaid into a Markdown file; render dot with
-/// `dot -Tsvg`.
+/// `dot -Tsvg`. With --json: `{"nodes": [{id, title, status, assignee,
+/// state}], "edges": [{from, to, type}]}`, state being ready, working,
+/// waiting or closed.
 #[derive(Args, Debug)]
 pub struct GraphArgs {
     /// An epic (or any issue): it and its descendants (default: every open issue)
@@ -85,6 +87,27 @@ pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
                 edges.push((d.depends_on_id.as_str(), *id, d.dep_type.as_str()));
             }
         }
+    }
+    if ctx.json {
+        // The graph as data: nodes with their state, edges blocker → waiter.
+        let nodes: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|id| {
+                let i = by_id[id];
+                serde_json::json!({
+                    "id": i.id,
+                    "title": i.title,
+                    "status": i.status.to_string(),
+                    "assignee": i.assignee,
+                    "state": class(i, &ready),
+                })
+            })
+            .collect();
+        let edges: Vec<serde_json::Value> = edges
+            .iter()
+            .map(|(from, to, t)| serde_json::json!({"from": from, "to": to, "type": t}))
+            .collect();
+        return output::json(&serde_json::json!({"nodes": nodes, "edges": edges}));
     }
     let text = match a.format {
         Format::Mermaid => mermaid(&shown, &edges, &by_id, &ready),
