@@ -1035,7 +1035,7 @@ fn completion_scripts_load_and_complete_commands_and_issue_ids() {
     assert!(fish.contains("__complete-ids"), "fish completes ids");
     let id = env.create(&["completed by id"]);
     let bin = std::path::Path::new(crate::common::BD).parent().unwrap();
-    let bash = |words: &str, cword: usize| {
+    let bash_with = |words: &str, cword: usize, auto_start: &str| {
         let script = format!(
             "source <(bd completion bash) && complete -p bd && COMP_WORDS=({words}) && COMP_CWORD={cword} && COMP_LINE='{words}' && _bd_with_ids bd && echo \"reply: ${{COMPREPLY[*]}}\""
         );
@@ -1050,7 +1050,7 @@ fn completion_scripts_load_and_complete_commands_and_issue_ids() {
                     std::env::var("PATH").unwrap_or_default()
                 ),
             )
-            .env("BD_AUTO_START", "0")
+            .env("BD_AUTO_START", auto_start)
             .env_remove("BEADS_DIR")
             .output()
             .unwrap();
@@ -1061,6 +1061,7 @@ fn completion_scripts_load_and_complete_commands_and_issue_ids() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    let bash = |words: &str, cword: usize| bash_with(words, cword, "0");
     let loaded = bash("bd cla", 1);
     assert!(loaded.contains("_bd_with_ids"), "{loaded}");
     assert!(loaded.contains("claim"), "commands complete: {loaded}");
@@ -1069,6 +1070,24 @@ fn completion_scripts_load_and_complete_commands_and_issue_ids() {
     let prefix = &id[..id.len() - 1];
     let narrowed = bash(&format!("bd claim {prefix}"), 2);
     assert!(narrowed.contains(&id), "{narrowed}");
+    // Each command gets the ids it takes (review of issue 15): reopen the
+    // closed ones, close the open ones; dep add after its subcommand word.
+    let done = env.create(&["finished"]);
+    env.ok(&["close", &done]);
+    let reopen = bash("bd reopen ''", 2);
+    assert!(reopen.contains(&done) && !reopen.contains(&id), "{reopen}");
+    let close = bash("bd close ''", 2);
+    assert!(close.contains(&id) && !close.contains(&done), "{close}");
+    let dep = bash("bd dep add ''", 3);
+    assert!(dep.contains(&id), "{dep}");
+    let sub = bash("bd dep ''", 2);
+    assert!(!sub.contains(&id), "a subcommand word comes first: {sub}");
+    // A key press never starts a daemon, even where daemons start on demand.
+    let _ = bash_with("bd show ''", 2, "1");
+    assert!(
+        !env.beads().join("daemon.lock").exists(),
+        "completing ids left a daemon behind"
+    );
 }
 
 /// `bd prime` stays well under its token budget (words as the proxy), names

@@ -205,3 +205,16 @@ fn usage_errors_are_json_under_json() {
         "without --json, clap's own text: {plain}"
     );
 }
+
+/// Regression (review of issue 15): a listing filtered on a thousand labels
+/// failed inside SQLite ("Expression tree is too large", an internal error
+/// with the query in it). Repeats count once; past 100 it is bad input.
+#[test]
+fn a_filter_on_too_many_labels_is_bad_input() {
+    let env = TestEnv::new();
+    let many: Vec<String> = (0..150).map(|n| format!("l{n}")).collect();
+    let err = env.fails(&["list", "-l", &many.join(",")], 2);
+    assert!(err.contains("at most 100"), "{err}");
+    let repeats = vec!["x"; 1000].join(",");
+    env.ok(&["list", "-l", &repeats]);
+}

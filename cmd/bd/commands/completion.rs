@@ -1,4 +1,3 @@
-use super::call;
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
@@ -27,10 +26,16 @@ pub struct CompleteIdsArgs {
     /// Only ids starting with this
     #[arg(default_value = "")]
     pub prefix: String,
+    /// The command being completed: `reopen` gets closed issues, the
+    /// commands that read any issue get all, the rest open ones
+    #[arg(long = "for", value_name = "COMMAND", default_value = "")]
+    pub command: String,
 }
 
-/// The commands whose arguments are issue ids.
-const TAKE_IDS: &str = "show update close reopen claim unclaim delete comments resolve";
+/// The commands whose arguments are issue ids (after a subcommand word for
+/// `dep`, `label` and `comment`).
+const TAKE_IDS: &str =
+    "show update close reopen claim unclaim delete comments resolve graph dep label comment";
 
 pub fn cmd_completion(_ctx: &Ctx, a: CompletionArgs) -> Result<(), CliError> {
     let mut command = crate::Cli::command();
@@ -43,10 +48,12 @@ pub fn cmd_completion(_ctx: &Ctx, a: CompletionArgs) -> Result<(), CliError> {
 # Issue ids, from the tracker in the current directory.
 _bd_with_ids() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}"
-    if [[ $COMP_CWORD -ge 2 && "$cur" != -* && " {TAKE_IDS} " == *" ${{COMP_WORDS[1]}} "* ]]; then
+    local cmd="${{COMP_WORDS[1]}}" first=2
+    case "$cmd" in dep|label|comment) first=3 ;; esac
+    if [[ $COMP_CWORD -ge $first && "$cur" != -* && " {TAKE_IDS} " == *" $cmd "* ]]; then
         local prev="${{COMP_WORDS[COMP_CWORD-1]}}"
         if [[ "$prev" != -* || "$prev" == "--claim" ]]; then
-            COMPREPLY=( $(compgen -W "$(bd __complete-ids "$cur" 2>/dev/null)" -- "$cur") )
+            COMPREPLY=( $(compgen -W "$(bd __complete-ids --for "$cmd" -- "$cur" 2>/dev/null)" -- "$cur") )
             return 0
         fi
     fi
@@ -56,7 +63,7 @@ complete -F _bd_with_ids -o nosort -o bashdefault -o default bd
 "#
         )),
         Shell::Fish => text.push_str(&format!(
-            "\n# Issue ids, from the tracker in the current directory.\ncomplete -c bd -n '__fish_seen_subcommand_from {TAKE_IDS}' -f -a '(bd __complete-ids (commandline -ct) 2>/dev/null)'\n"
+            "\n# Issue ids, from the tracker in the current directory.\ncomplete -c bd -n '__fish_seen_subcommand_from {TAKE_IDS}' -f -a '(bd __complete-ids --for (commandline -opc)[2] -- (commandline -ct) 2>/dev/null)'\n"
         )),
         _ => {}
     }
@@ -65,15 +72,26 @@ complete -F _bd_with_ids -o nosort -o bashdefault -o default bd
 
 pub fn cmd_complete_ids(ctx: &Ctx, a: CompleteIdsArgs) -> Result<(), CliError> {
     let filter = ListFilter {
+        all: true,
         limit: Some(0),
         ..Default::default()
     };
-    let Response::Issues(issues) = call(ctx, Request::List(filter))? else {
+    // A key press must never leave a daemon behind: one that runs is used,
+    // else the tracker is read in-process.
+    let Ok(Response::Issues(issues)) = ctx
+        .backend_without_auto_start()?
+        .call(Request::List(filter))
+    else {
         return Ok(());
+    };
+    let wanted = |i: &bd::api::Issue| match a.command.as_str() {
+        "reopen" => i.status.is_closed(),
+        "show" | "comments" | "graph" | "dep" | "label" | "comment" | "delete" | "resolve" => true,
+        _ => !i.status.is_closed(),
     };
     let ids: String = issues
         .iter()
-        .filter(|i| i.id.starts_with(&a.prefix))
+        .filter(|i| i.id.starts_with(&a.prefix) && wanted(i))
         .map(|i| format!("{}\n", i.id))
         .collect();
     output::print(&ids)

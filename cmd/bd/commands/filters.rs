@@ -71,6 +71,18 @@ pub struct DateArgs {
     pub closed_before: Option<String>,
 }
 
+/// The most labels one listing filters on (each is a clause of its query).
+const MAX_FILTER_LABELS: usize = 100;
+
+/// `values` once each, in their first order.
+fn distinct(values: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    values
+        .into_iter()
+        .filter(|v| seen.insert(v.clone()))
+        .collect()
+}
+
 fn priority(s: &Option<String>) -> Result<Option<i64>, CliError> {
     Ok(s.as_deref().map(parse_priority).transpose()?)
 }
@@ -106,14 +118,25 @@ impl FilterArgs {
     /// The filter these flags describe (statuses and text are added by the caller).
     pub fn to_filter(&self, default_limit: Option<usize>) -> Result<ListFilter, CliError> {
         let exact = priority(&self.priority)?;
+        let labels_all = distinct(split_list(&self.labels));
+        let labels_any = distinct(split_list(&self.labels_any));
+        if labels_all.len() + labels_any.len() > MAX_FILTER_LABELS {
+            return Err(CliError::usage(
+                format!(
+                    "{} labels in one filter; at most {MAX_FILTER_LABELS}",
+                    labels_all.len() + labels_any.len()
+                ),
+                "filter on fewer labels (a label shared by the issues you want)",
+            ));
+        }
         Ok(ListFilter {
             priority_min: exact.or(priority(&self.priority_min)?),
             priority_max: exact.or(priority(&self.priority_max)?),
             issue_type: split_list(&self.issue_type),
             assignee: self.assignee.clone(),
             unassigned: self.unassigned,
-            labels_all: split_list(&self.labels),
-            labels_any: split_list(&self.labels_any),
+            labels_all,
+            labels_any,
             limit: self.limit.or(default_limit),
             sort: self
                 .sort
