@@ -202,6 +202,19 @@ pub fn validate_title(title: &str) -> crate::Result<()> {
     Ok(())
 }
 
+/// Checks a free-text field (description, design, acceptance criteria,
+/// notes, a comment): any text but the NUL character, which search and
+/// every C string end at.
+pub fn validate_text(field: &str, text: &str) -> crate::Result<()> {
+    if text.contains('\0') {
+        return Err(crate::Error::invalid(format!(
+            "{field} contains the NUL character (U+0000)"
+        ))
+        .hint("remove it: text ends there for search and for most tools"));
+    }
+    Ok(())
+}
+
 /// Checks a label: non-empty, no whitespace or commas, at most 100 characters.
 pub fn validate_label(label: &str) -> crate::Result<()> {
     if label.is_empty()

@@ -12,6 +12,7 @@ pub const COMMENT_MAX_BYTES: usize = 64 * 1024;
 
 pub(super) fn comment_add(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, text: &str) -> Result<Comment> {
     let id = query::resolve_id(tx.conn(), id)?;
+    crate::model::validate_text("comment", text)?;
     if text.trim().is_empty() {
         return Err(Error::invalid("comment text must not be empty"));
     }

@@ -29,6 +29,14 @@ fn dedup<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
 
 pub(super) fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<Issue> {
     model::validate_title(&r.title)?;
+    for (field, text) in [
+        ("description", &r.description),
+        ("design", &r.design),
+        ("acceptance criteria", &r.acceptance_criteria),
+        ("notes", &r.notes),
+    ] {
+        model::validate_text(field, text)?;
+    }
     let priority = match r.priority {
         Some(p) => parse_priority(&p.to_string())?,
         None => model::PRIORITY_DEFAULT,
@@ -52,6 +60,12 @@ pub(super) fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) 
     let id = match (&r.id, edges.first()) {
         (Some(explicit), _) => {
             ids::validate_id(explicit)?;
+            if !explicit.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                // `-x` reads as a flag and `.` / `..` as paths wherever the
+                // id is typed back.
+                return Err(Error::invalid(format!("invalid issue id {explicit:?}"))
+                    .hint("a new id starts with a letter or digit"));
+            }
             if query::id_ever_used(tx.conn(), explicit)? {
                 let what = if query::is_deleted(tx.conn(), explicit)? {
                     "was used by a deleted issue"
@@ -187,6 +201,16 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
     }
     if let Some(t) = &r.title {
         model::validate_title(t)?;
+    }
+    for (field, text) in [
+        ("description", &r.description),
+        ("design", &r.design),
+        ("acceptance criteria", &r.acceptance_criteria),
+        ("notes", &r.notes),
+    ] {
+        if let Some(t) = text {
+            model::validate_text(field, t)?;
+        }
     }
     let status = r.status.as_deref().map(Status::parse).transpose()?;
     let issue_type = r.issue_type.as_deref().map(IssueType::parse).transpose()?;

@@ -141,7 +141,17 @@ fn settle(tx: &mut WriteTx<'_>, request_id: &str) -> Result<Response> {
 fn write(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Result<Response> {
     let resp = match req {
         Request::Create(r) => Response::Issue(Box::new(create(tx, ctx, r)?)),
-        Request::Update(r) => Response::Changed(update(tx, ctx, r)?),
+        Request::Update(r) => {
+            // Closing through update closes as `close` does: not a parent
+            // whose children are open (update has no --force).
+            if r.status.as_deref().map(Status::parse).transpose()? == Some(Status::Closed) {
+                let full = resolve_ids(tx, &r.ids)?;
+                for id in &full {
+                    refuse_open_children(tx.conn(), id, &full)?;
+                }
+            }
+            Response::Changed(update(tx, ctx, r)?)
+        }
         Request::Close { ids, reason, force } => {
             let closed = Status::Closed;
             if !force {

@@ -218,3 +218,33 @@ fn a_filter_on_too_many_labels_is_bad_input() {
     let repeats = vec!["x"; 1000].join(",");
     env.ok(&["list", "-l", &repeats]);
 }
+
+/// Regression (review of issue 15): closing a parent through `update -s
+/// closed` skipped the rule `close` keeps (not while children are open); a
+/// NUL in a text field was stored and made search miss what followed it; a
+/// new id could start with `-` or be `.`.
+#[test]
+fn update_closes_as_close_does_and_text_and_ids_are_checked() {
+    let env = TestEnv::new();
+    let epic = env.create(&["Epic", "-t", "epic"]);
+    let child = env.create(&["Child", "--parent", &epic]);
+    let before = env.fingerprint();
+    let err = env.fails(&["update", &epic, "-s", "closed"], 3);
+    assert!(err.contains("open child") && err.contains(&child), "{err}");
+    assert_eq!(env.fingerprint(), before);
+    env.ok(&["close", &child]);
+    env.ok(&["update", &epic, "-s", "closed"]);
+
+    let batch = env.root().join("nul.jsonl");
+    std::fs::write(
+        &batch,
+        "{\"op\":\"create\",\"title\":\"t\",\"description\":\"a\\u0000b\"}\n",
+    )
+    .unwrap();
+    let err = env.fails(&["batch", "-f", batch.to_str().unwrap()], 2);
+    assert!(err.contains("NUL"), "{err}");
+    for bad in ["-zz", ".", "..", "_x"] {
+        let err = env.fails(&["create", "t", &format!("--id={bad}")], 2);
+        assert!(err.contains("invalid issue id"), "{bad}: {err}");
+    }
+}

@@ -301,6 +301,8 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         assert!(said.contains("'ids'") && !said.contains("--"), "in the tool's words: {said}");
         let both = err(&client, "resolve", json!({"id": &ia, "field": "title", "value": "a", "take": "b"})).await;
         assert_eq!(both["error"]["message"], "the argument 'value' cannot be used with 'take'");
+        let nul = err(&client, "search", json!({"query": "a\u{0}b"})).await;
+        assert_eq!(nul["exit_code"], 2, "{nul}");
         let wrong_type = err(&client, "create", json!({"title": 5})).await;
         assert_eq!(wrong_type["exit_code"], 2);
         assert_eq!(env.fingerprint(), before);

@@ -1,5 +1,5 @@
 use super::update::{mark_unleased, parse_ttl, render_changed};
-use super::{call, unexpected};
+use super::{call, once_each, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use bd::api::{Request, Response, UpdateRequest};
@@ -36,17 +36,6 @@ pub struct UnclaimArgs {
     /// Issues to give up
     #[arg(required = true)]
     pub ids: Vec<String>,
-}
-
-/// The ids once each, in the order given.
-fn once_each(ids: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(ids.len());
-    for id in ids {
-        if !out.contains(&id) {
-            out.push(id);
-        }
-    }
-    out
 }
 
 pub fn cmd_claim(ctx: &Ctx, a: ClaimArgs) -> Result<(), CliError> {

@@ -23,7 +23,7 @@ pub fn cmd_close(ctx: &Ctx, a: CloseArgs) -> Result<(), CliError> {
     match call(
         ctx,
         Request::Close {
-            ids: a.ids,
+            ids: super::once_each(a.ids),
             reason: a.reason,
             force: a.force,
         },

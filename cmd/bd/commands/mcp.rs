@@ -273,6 +273,12 @@ impl Server {
             Ok(inv) => inv,
             Err(e) => return error_result(&e),
         };
+        if inv.argv.iter().any(|a| a.contains('\0')) {
+            return error_result(&CliError::usage(
+                "an argument contains the NUL character (U+0000)",
+                "remove it: no command line can carry it, and text ends there for search",
+            ));
+        }
         let mut command = crate::Cli::command();
         let argv = std::iter::once("bd".to_string()).chain(inv.argv);
         let cli = match crate::parse_cli(&mut command, argv) {

@@ -14,7 +14,12 @@ pub struct ReopenArgs {
 }
 
 pub fn cmd_reopen(ctx: &Ctx, a: ReopenArgs) -> Result<(), CliError> {
-    match call(ctx, Request::Reopen { ids: a.ids })? {
+    match call(
+        ctx,
+        Request::Reopen {
+            ids: super::once_each(a.ids),
+        },
+    )? {
         Response::Changed(c) => render_changed(ctx, &c, "Reopened"),
         other => Err(unexpected(other)),
     }

@@ -15,7 +15,12 @@ pub struct ShowArgs {
 }
 
 pub fn cmd_show(ctx: &Ctx, a: ShowArgs) -> Result<(), CliError> {
-    match call(ctx, Request::Show { ids: a.ids })? {
+    match call(
+        ctx,
+        Request::Show {
+            ids: super::once_each(a.ids),
+        },
+    )? {
         Response::Details(d) if ctx.json => output::json(&d),
         Response::Details(d) => {
             let look = output::look();

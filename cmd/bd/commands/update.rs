@@ -132,7 +132,7 @@ pub fn render_changed(ctx: &Ctx, changed: &[Changed], verb: &str) -> Result<(), 
 pub fn cmd_update(ctx: &Ctx, a: UpdateArgs) -> Result<(), CliError> {
     let f = a.fields;
     let req = UpdateRequest {
-        ids: a.ids,
+        ids: super::once_each(a.ids),
         title: a.title,
         priority: f.priority()?,
         description: f.description,
