@@ -74,12 +74,17 @@ fn check_deadline(ctx: &Context<'_>) -> Result<()> {
     }
 }
 
-/// A request's fingerprint, stored with its id so that an id reused for a
-/// different request is refused rather than answered with the other's outcome.
-fn request_digest(req: &Request) -> Result<String> {
+/// A request's fingerprint with its actor, stored with its id so that an id
+/// reused for a different request, or by another actor, is refused rather
+/// than answered with the other's outcome (another actor's `claim` replayed
+/// under one id was told it held the issue).
+fn request_digest(actor: &str, req: &Request) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let bytes = serde_json::to_vec(req)?;
-    Ok(crate::model::hex_bytes(&Sha256::digest(&bytes)[..16]))
+    let mut h = Sha256::new();
+    h.update(actor.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(req)?);
+    Ok(crate::model::hex_bytes(&h.finalize()[..16]))
 }
 
 /// Runs one write in `tx`, exactly once per request id: a request whose id is
@@ -98,7 +103,7 @@ pub(crate) fn apply(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Re
         return Ok(resp);
     };
     crate::api::validate_request_id(rid)?;
-    let digest = request_digest(&req)?;
+    let digest = request_digest(ctx.actor, &req)?;
     if let Some((seen, outcome)) = tx.request_outcome(rid)? {
         return match outcome {
             None => Err(Error::new(
@@ -109,7 +114,7 @@ pub(crate) fn apply(tx: &mut WriteTx<'_>, ctx: &Context<'_>, req: Request) -> Re
             )
             .hint("send it again with a new request id")),
             Some(_) if seen != digest => Err(Error::invalid(format!(
-                "request id {rid} was already used for a different request"
+                "request id {rid} was already used for a different request (or by another actor)"
             ))
             .hint("give each distinct write its own --request-id")),
             Some(json) => Ok(serde_json::from_str(&json)?),

@@ -1238,6 +1238,43 @@ fn onboard_refuses_markers_out_of_pairs_and_keeps_the_users_lines() {
         "removed"
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    // bd's exact lines quoted in a fenced block are the user's too.
+    let quoted = env.root().join("quoted.md");
+    let text = format!("How it looks:\n```\n{begin}\nexample\n<!-- bd:end -->\n```\n");
+    std::fs::write(&quoted, &text).unwrap();
+    let quoted_arg = quoted.to_str().unwrap();
+    assert_eq!(env.json(&["onboard", quoted_arg])["action"], "added");
+    assert!(std::fs::read_to_string(&quoted).unwrap().starts_with(&text));
+    env.ok(&["onboard", "--remove", quoted_arg]);
+    assert_eq!(std::fs::read_to_string(&quoted).unwrap(), text);
+
+    // CRLF files get a CRLF section, found unchanged the next time.
+    let crlf = env.root().join("crlf.md");
+    std::fs::write(&crlf, "# Agents\r\nRules.\r\n").unwrap();
+    let crlf_arg = crlf.to_str().unwrap();
+    env.ok(&["onboard", crlf_arg]);
+    let written = std::fs::read_to_string(&crlf).unwrap();
+    assert!(
+        !written.replace("\r\n", "").contains('\n'),
+        "one line ending: {written:?}"
+    );
+    assert_eq!(env.json(&["onboard", crlf_arg])["action"], "unchanged");
+
+    // Permissions are kept; a read-only file is refused.
+    use std::os::unix::fs::PermissionsExt;
+    let private = env.root().join("private.md");
+    std::fs::write(&private, "mine\n").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.ok(&["onboard", private.to_str().unwrap()]);
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "still private");
+    let ro = env.root().join("ro.md");
+    std::fs::write(&ro, "frozen\n").unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let err = env.fails(&["onboard", ro.to_str().unwrap()], 1);
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(std::fs::read_to_string(&ro).unwrap(), "frozen\n");
 }
 
 /// `bd graph EPIC` draws the epic and everything under it, arrows from

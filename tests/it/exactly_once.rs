@@ -38,6 +38,20 @@ fn a_write_sent_again_with_its_request_id_is_applied_once(mode: Mode) {
     let again = env.json(&["update", id, "--claim", "--request-id", "c-1"]);
     assert_eq!(claim, again);
     assert_eq!(claim[0]["changed"], true);
+    // Regression (review of issue 15): another actor sending the same id got
+    // the first actor's answer, and believed it held the issue.
+    let err = env.fails(
+        &[
+            "claim",
+            id,
+            "--request-id",
+            "c-1",
+            "--actor",
+            "someone-else",
+        ],
+        2,
+    );
+    assert!(err.contains("or by another actor"), "{err}");
 
     // A batch file names its own id.
     let batch = "{\"request_id\":\"plan-7\"}\n{\"op\":\"create\",\"title\":\"b1\"}\n{\"op\":\"create\",\"title\":\"b2\",\"parent\":\"$1\"}\n";

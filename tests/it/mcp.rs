@@ -168,7 +168,7 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         let actor = a["created_by"].as_str().unwrap().to_string();
         let tag = actor.strip_prefix("test-agent-").expect("the actor is the client's name");
         assert!(
-            tag.len() == 4 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            tag.len() == 8 && tag.chars().all(|c| c.is_ascii_hexdigit()),
             "with this session's tag: {actor}"
         );
         assert_eq!(epic["created_by"], actor.as_str(), "one actor for the session");

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 /// Add a short section about bd to AGENTS.md (or FILE), or take it out again
 ///
 /// The section sits between two marker lines and is all bd ever writes:
-/// running it again replaces the section in place, `--remove` takes it out,
-/// and nothing else in the file is touched. The file is made if absent.
+/// running it again replaces the section in place (what is between the
+/// markers is bd's), `--remove` takes it out, and nothing else in the file is
+/// touched: marker lines quoted in a fenced code block are left alone, the
+/// file's line endings and permissions are kept, and a read-only file is
+/// refused. The file is made if absent.
 #[derive(Args, Debug)]
 pub struct OnboardArgs {
     /// The file (default: AGENTS.md at the top of the repository, or here)
@@ -29,6 +32,15 @@ struct Onboarded {
     file: String,
     /// added, updated, unchanged, removed or absent
     action: &'static str,
+}
+
+/// bd's section of an agents file, with the file's line endings.
+fn section_for(text: &str) -> String {
+    if text.contains("\r\n") {
+        section().replace('\n', "\r\n")
+    } else {
+        section()
+    }
 }
 
 /// bd's section of an agents file.
@@ -53,8 +65,22 @@ fn find(text: &str, file: &std::path::Path) -> Result<Option<std::ops::Range<usi
     let mut begins = Vec::new();
     let mut section = None;
     let mut at = 0;
+    let mut fence: Option<&str> = None;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let bare = line.trim_end_matches(['\n', '\r']);
+        // Marker lines quoted in a fenced code block are the user's text.
+        let opener = ["```", "~~~"]
+            .into_iter()
+            .find(|f| bare.trim_start().starts_with(f));
+        match (fence, opener) {
+            (None, Some(f)) => fence = Some(f),
+            (Some(open), Some(f)) if open == f => fence = None,
+            _ => {}
+        }
+        if fence.is_some() || opener.is_some() {
+            at += line.len();
+            continue;
+        }
         if bare == BEGIN {
             begins.push(n + 1);
             if begins.len() == 1 {
@@ -90,6 +116,29 @@ fn find(text: &str, file: &std::path::Path) -> Result<Option<std::ops::Range<usi
             ))
         }
     }
+}
+
+/// Replaces `file` atomically, keeping its permission bits; a read-only file
+/// is refused (the replacement would otherwise go through it).
+fn write_keeping_mode(file: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
+    let mode = match std::fs::metadata(file) {
+        Ok(m) if m.permissions().readonly() => {
+            return Err(CliError(
+                bd::Error::new(
+                    bd::ErrorKind::Io,
+                    format!("{} is read-only; nothing was changed", file.display()),
+                )
+                .hint("make it writable first (chmod u+w), or name another file"),
+            ));
+        }
+        Ok(m) => Some(m.permissions()),
+        Err(_) => None,
+    };
+    bd::client::write_atomically(file, bytes)?;
+    if let Some(p) = mode {
+        std::fs::set_permissions(file, p)?;
+    }
+    Ok(())
 }
 
 pub fn cmd_onboard(ctx: &Ctx, a: OnboardArgs) -> Result<(), CliError> {
@@ -128,26 +177,27 @@ pub fn cmd_onboard(ctx: &Ctx, a: OnboardArgs) -> Result<(), CliError> {
             (t, "removed")
         }
         (None, true) => (text.clone(), "absent"),
-        (Some(r), false) if text[r.clone()] == section() => (text.clone(), "unchanged"),
+        (Some(r), false) if text[r.clone()] == section_for(&text) => (text.clone(), "unchanged"),
         (Some(r), false) => {
             let mut t = text.clone();
-            t.replace_range(r, &section());
+            t.replace_range(r, &section_for(&text));
             (t, "updated")
         }
         (None, false) => {
+            let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
             let mut t = text.clone();
             if !t.is_empty() && !t.ends_with('\n') {
-                t.push('\n');
+                t.push_str(eol);
             }
             if !t.is_empty() {
-                t.push('\n');
+                t.push_str(eol);
             }
-            t.push_str(&section());
+            t.push_str(&section_for(&text));
             (t, "added")
         }
     };
     if next != text {
-        bd::client::write_atomically(&file, next.as_bytes())?;
+        write_keeping_mode(&file, next.as_bytes())?;
     }
     let shown = file.display().to_string();
     if ctx.json {
