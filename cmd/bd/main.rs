@@ -62,7 +62,15 @@ fn main() {
         Err(e) => {
             // A script that asked for JSON gets its usage errors as JSON too.
             if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
-                let err = cli_error::CliError::from_clap(&e, "see `bd <command> --help`");
+                let word = std::env::args()
+                    .skip(1)
+                    .find(|a| !a.starts_with('-'))
+                    .filter(|w| <commands::Command as clap::Subcommand>::has_subcommand(w));
+                let hint = match word {
+                    Some(w) => format!("see `bd {w} --help`"),
+                    None => "see `bd --help`".to_string(),
+                };
+                let err = cli_error::CliError::from_clap(&e, &hint);
                 std::process::exit(err.report(true));
             }
             let code = if e.use_stderr() { 2 } else { 0 };

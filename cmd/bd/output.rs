@@ -283,11 +283,12 @@ pub fn table_coloured(
         .map(|r| r.iter().map(|c| one_line(c).into_owned()).collect())
         .collect();
     if let Some(w) = look.width {
-        // On a terminal no column but the last is wider than a quarter of
-        // it, or 24 (a long assignee or id is cut); the last gets the rest.
+        // On a terminal no column but the first and the last is wider than a
+        // quarter of it, or 24 (a long assignee is cut); the last gets the rest.
         let max = MAX_COLUMN.min(w / 4).max(8);
         for row in &mut rows {
-            for cell in row.iter_mut().take(cols.saturating_sub(1)) {
+            // The first column (the id) is never cut: it is typed back.
+            for cell in row.iter_mut().take(cols.saturating_sub(1)).skip(1) {
                 *cell = cut(cell, max);
             }
         }

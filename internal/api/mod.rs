@@ -199,7 +199,9 @@ pub enum Request {
         issue: String,
         /// The blocker or parent.
         depends_on: String,
-        /// Edge type (wire spelling).
+        /// Edge type (wire spelling); `blocks` when left out, as on the
+        /// command line.
+        #[serde(default = "blocks")]
         dep_type: String,
     },
     /// Remove a dependency (every type when `dep_type` is `None`).
@@ -526,4 +528,9 @@ pub fn validate_request_id(id: &str) -> Result<()> {
         Err(Error::invalid(format!("bad request id {id:?}"))
             .hint("use 1 to 128 letters, digits, '.', '_', ':' or '-' (a UUID works)"))
     }
+}
+
+/// The edge type a dependency gets when none is named.
+fn blocks() -> String {
+    "blocks".to_string()
 }

@@ -49,10 +49,28 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(crate::jsonl::io_at(path, e)),
         };
-        let values: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        let bad = |e: String| {
             Error::new(ErrorKind::Corrupt, format!("{}: {e}", path.display()))
                 .hint("fix the JSON by hand; it must be an object of string values")
-        })?;
+        };
+        let raw: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        // A boolean or a number written by hand ("daemon.auto_start": false)
+        // means what its text does.
+        let mut values = BTreeMap::new();
+        for (k, v) in raw {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(bad(format!(
+                        "{k} is {other}; a setting is a string, true/false or a number"
+                    )));
+                }
+            };
+            values.insert(k, text);
+        }
         Ok(Config { values })
     }
 

@@ -220,6 +220,16 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
             Level::Warn,
             "issues.jsonl is behind the database (written at the next flush or sync)",
         )
+    } else if !crate::jsonl::snapshot_as_written(&store, paths)? {
+        check(
+            "snapshot",
+            Level::Warn,
+            if paths.snapshot().exists() {
+                "issues.jsonl is not what bd wrote (edited since?): the database is the truth, and the next flush writes it again; `bd doctor --fix` does now"
+            } else {
+                "issues.jsonl is missing (written at the next flush or sync; `bd doctor --fix` writes it now)"
+            },
+        )
     } else {
         check("snapshot", Level::Ok, "issues.jsonl is current")
     };
@@ -227,26 +237,12 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
         // Derived: rewritten from the database. What the rewrite would drop
         // that might be someone's data (a line that is not an issue record,
         // a record of an issue this database has no op of) is kept first.
-        let mut known = store
-            .conn()
-            .prepare("SELECT EXISTS(SELECT 1 FROM ops WHERE issue_id = ?1)")?;
-        let mut dropped = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if markers && is_marker(line) {
-                continue;
-            }
-            let id = serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
-            let seen = match id {
-                Some(id) => known.query_row([&id], |r| r.get::<_, bool>(0))?,
-                None => false,
-            };
-            if !seen {
-                dropped.push(line);
-            }
-        }
-        drop(known);
+        let fresh = store.read(|conn| crate::jsonl::render_snapshot(&crate::query::all_issues(conn)?))?;
+        let fresh: std::collections::HashSet<&str> = fresh.lines().collect();
+        let dropped: Vec<&str> = text
+            .lines()
+            .filter(|l| !(l.trim().is_empty() || fresh.contains(l) || markers && is_marker(l)))
+            .collect();
         let kept = keep_lines(paths, "snapshot", &dropped)?;
         crate::jsonl::write_snapshot(&mut store, paths)?;
         c.level = Level::Ok;
@@ -254,7 +250,7 @@ fn snapshot_check(mut store: Store, paths: &BeadsPaths, fix: bool) -> Result<Che
         c.fixed = Some(match kept {
             None => "regenerated issues.jsonl and conflicts.jsonl".into(),
             Some(file) => format!(
-                "regenerated issues.jsonl and conflicts.jsonl; the {} line(s) it held that were not issues of this database are kept in {} (if no clone's op file carries them, `bd import -i` that file takes them in)",
+                "regenerated issues.jsonl and conflicts.jsonl; the {} line(s) it held that the database does not are kept in {} (records no clone's op file carries can be taken in with `bd import -i` that file)",
                 dropped.len(),
                 file.display()
             ),

@@ -108,7 +108,6 @@ pub(super) fn op_files_check(
             });
             if c.lines.is_empty() {
                 c.level = Level::Ok;
-                c.message = "every line sound after the rewrite".into();
             } else {
                 c.message = format!(
                     "{} bad line(s) left in other clones' files (their owners' data: a torn tail completes with the next pull)",
@@ -159,6 +158,11 @@ pub(super) fn own_file_check(paths: &BeadsPaths, store: &Store, fix: bool) -> Re
         let Ok(op) = serde_json::from_slice::<crate::model::Op>(line) else {
             continue; // unreadable lines are the op-file check's business
         };
+        if !op.is_sealed() {
+            // A line whose content does not match its op id is damage (the
+            // op-file check lists it), not another copy's op.
+            continue;
+        }
         let problem = |what: String| LineProblem {
             file: path.display().to_string(),
             line: i as u64 + 1,

@@ -94,7 +94,7 @@ pub fn validate_id(id: &str) -> crate::Result<()> {
         Ok(())
     } else {
         Err(crate::Error::invalid(format!("invalid issue id {id:?}"))
-            .hint("ids use letters, digits, '-', '_' and '.'"))
+            .hint("ids are 1-100 characters: letters, digits, '-', '_' and '.'"))
     }
 }
 

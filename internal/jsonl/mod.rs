@@ -25,7 +25,9 @@ pub(crate) use op_file::line_ending_at;
 pub use op_file::{
     OwnFile, flush_durable_ops, flush_own_ops, flush_own_ops_with, rewrite_own_ops,
 };
-pub use snapshot::{SnapshotState, render_snapshot, snapshot_state, write_snapshot};
+pub use snapshot::{
+    SnapshotState, render_snapshot, snapshot_as_written, snapshot_state, write_snapshot,
+};
 
 use crate::storage::BeadsPaths;
 use crate::{Error, ErrorKind, Result};

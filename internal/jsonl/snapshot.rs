@@ -120,6 +120,17 @@ fn digest(bytes: &[u8]) -> String {
 }
 
 /// The digest of a file's bytes, `None` if it does not exist or cannot be read.
+/// Whether `issues.jsonl` still holds exactly what bd last wrote there:
+/// `false` when it was deleted or edited since; `true` when it is as written,
+/// or bd has no record of writing it.
+pub fn snapshot_as_written(store: &Store, paths: &BeadsPaths) -> Result<bool> {
+    let Some(mark) = meta_get(store.conn(), "snapshot_mark")? else {
+        return Ok(true);
+    };
+    let written = mark.split(':').nth(3).unwrap_or_default().to_string();
+    Ok(file_digest(&paths.snapshot()).as_deref() == Some(written.as_str()))
+}
+
 fn file_digest(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| digest(&b))
 }

@@ -215,6 +215,19 @@ pub fn validate_text(field: &str, text: &str) -> crate::Result<()> {
     Ok(())
 }
 
+/// Checks an assignee: someone who can act, so a name `check_actor` would
+/// take (no control characters; '' unassigns and is checked by the caller).
+pub fn validate_assignee(name: &str) -> crate::Result<()> {
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(crate::Error::invalid(format!(
+            "assignee contains the control character U+{:04X}",
+            c as u32
+        ))
+        .hint("an assignee is an actor's name, such as alice or claude-code"));
+    }
+    Ok(())
+}
+
 /// Checks a label: non-empty, no whitespace or commas, at most 100 characters.
 pub fn validate_label(label: &str) -> crate::Result<()> {
     if label.is_empty()

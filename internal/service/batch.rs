@@ -57,13 +57,20 @@ pub(super) fn batch(tx: &mut WriteTx<'_>, ctx: &Context<'_>, requests: Vec<Reque
     Ok(out)
 }
 
-/// Replaces every string that is exactly `$N` with the id created by operation N.
+/// Fields whose strings name issues: there, and only there, a string that is
+/// exactly `$N` is a reference (a title "$1" stays a title).
+const ID_FIELDS: [&str; 6] = ["ids", "id", "issue", "depends_on", "parent", "deps"];
+
+/// Replaces every issue reference `$N` (N without leading zeros) with the id
+/// created by operation N.
 fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> {
-    fn walk(v: &mut Value, created: &[Option<String>]) -> Result<()> {
+    fn walk(v: &mut Value, created: &[Option<String>], names_issues: bool) -> Result<()> {
         match v {
             Value::String(s)
-                if s.len() > 1
+                if names_issues
+                    && s.len() > 1
                     && s.starts_with('$')
+                    && !s.starts_with("$0")
                     && s[1..].bytes().all(|b| b.is_ascii_digit()) =>
             {
                 let n: usize = s[1..]
@@ -84,13 +91,17 @@ fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> 
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().try_for_each(|i| walk(i, created))?,
-            Value::Object(map) => map.values_mut().try_for_each(|i| walk(i, created))?,
+            Value::Array(items) => items
+                .iter_mut()
+                .try_for_each(|i| walk(i, created, names_issues))?,
+            Value::Object(map) => map
+                .iter_mut()
+                .try_for_each(|(k, i)| walk(i, created, ID_FIELDS.contains(&k.as_str())))?,
             _ => {}
         }
         Ok(())
     }
     let mut v = serde_json::to_value(&req)?;
-    walk(&mut v, created)?;
+    walk(&mut v, created, false)?;
     Ok(serde_json::from_value(v)?)
 }

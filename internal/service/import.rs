@@ -110,6 +110,11 @@ fn validate_record(id: &str, f: &Map<String, Value>) -> Result<()> {
         }
         _ => return Err(Error::invalid(format!("{id}: missing or empty \"title\""))),
     }
+    for name in ["description", "design", "acceptance_criteria", "notes"] {
+        if let Some(Value::String(t)) = f.get(name) {
+            crate::model::validate_text(name, t).map_err(|e| field(name, e))?;
+        }
+    }
     match f.get("priority") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_i64().is_some_and(|p| (0..=4).contains(&p)) => {}

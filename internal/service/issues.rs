@@ -29,6 +29,9 @@ fn dedup<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
 
 pub(super) fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<Issue> {
     model::validate_title(&r.title)?;
+    if let Some(a) = &r.assignee {
+        model::validate_assignee(a)?;
+    }
     for (field, text) in [
         ("description", &r.description),
         ("design", &r.design),
@@ -201,6 +204,9 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
     }
     if let Some(t) = &r.title {
         model::validate_title(t)?;
+    }
+    if let Some(a) = &r.assignee {
+        model::validate_assignee(a)?;
     }
     for (field, text) in [
         ("description", &r.description),

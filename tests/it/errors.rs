@@ -248,3 +248,57 @@ fn update_closes_as_close_does_and_text_and_ids_are_checked() {
         assert!(err.contains("invalid issue id"), "{bad}: {err}");
     }
 }
+
+/// Regressions (second review of issue 15): a boolean in config.json broke
+/// every command; a batch's `$1` replaced a title and `$01` counted as `$1`;
+/// `dep_add` in a batch needed its type; an assignee could hold control
+/// characters; an import could store NUL.
+#[test]
+fn second_review_input_checks() {
+    let env = TestEnv::new();
+    let config = env.beads().join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["daemon.auto_start"] = serde_json::json!(false);
+    std::fs::write(&config, c.to_string()).unwrap();
+    assert_eq!(
+        env.json(&["config", "get", "daemon.auto_start"])["value"],
+        "false"
+    );
+
+    let batch = env.root().join("b.jsonl");
+    std::fs::write(
+        &batch,
+        concat!(
+            "{\"op\":\"create\",\"title\":\"first\"}\n",
+            "{\"op\":\"create\",\"title\":\"$1\",\"labels\":[\"$01\"]}\n",
+            "{\"op\":\"dep_add\",\"issue\":\"$2\",\"depends_on\":\"$1\"}\n",
+        ),
+    )
+    .unwrap();
+    let done = env.json(&["batch", "-f", batch.to_str().unwrap()]);
+    let second = &done[1]["data"];
+    assert_eq!(second["title"], "$1", "a title is not a reference: {done}");
+    assert_eq!(second["labels"], serde_json::json!(["$01"]));
+    assert_eq!(done[2]["data"]["dependency"]["type"], "blocks", "{done}");
+
+    let id = second["id"].as_str().unwrap();
+    let err = env.fails(&["update", id, "-a", "ctl\u{1b}[31mred"], 2);
+    assert!(
+        err.contains("assignee contains the control character"),
+        "{err}"
+    );
+
+    let file = env.root().join("nul.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\":\"t-nul\",\"title\":\"x\",\"description\":\"a\\u0000b\"}\n",
+    )
+    .unwrap();
+    let out = env.run(&["import", "-i", file.to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let refused =
+        !out.status.success() || report["errors"].as_array().is_some_and(|e| !e.is_empty());
+    assert!(refused, "a NUL in an import is refused: {report}");
+    assert!(env.fails(&["show", "t-nul"], 1).contains("no issue"));
+}

@@ -301,6 +301,10 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         assert!(said.contains("'ids'") && !said.contains("--"), "in the tool's words: {said}");
         let both = err(&client, "resolve", json!({"id": &ia, "field": "title", "value": "a", "take": "b"})).await;
         assert_eq!(both["error"]["message"], "the argument 'value' cannot be used with 'take'");
+        let comma = err(&client, "create", json!({"title": "x", "labels": ["a,b"]})).await;
+        assert!(comma["error"]["message"].as_str().unwrap().contains("holds a comma"), "{comma}");
+        let negative = err(&client, "create", json!({"title": "x", "priority": -1})).await;
+        assert!(negative["error"]["message"].as_str().unwrap().contains("priority -1 is not 0-4"), "{negative}");
         let nul = err(&client, "search", json!({"query": "a\u{0}b"})).await;
         assert_eq!(nul["exit_code"], 2, "{nul}");
         let wrong_type = err(&client, "create", json!({"title": 5})).await;
@@ -470,6 +474,9 @@ fn mcp_outside_a_tracker_says_so_and_exits() {
     let env = TestEnv::empty();
     let err = env.fails(&["mcp"], 1);
     assert!(err.contains("bd init"), "{err}");
+    // So does a --dir that names no tracker (it served, and every call failed).
+    let err = env.fails(&["mcp", "--dir", "/nonexistent/repo"], 1);
+    assert!(err.contains("no tracker"), "{err}");
 }
 
 crate::in_both_modes!(

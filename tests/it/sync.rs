@@ -1179,6 +1179,37 @@ fn doctor_notices_a_missing_own_op_file_and_offers_only_repairs_it_can_make() {
     );
     assert_eq!(std::fs::read_to_string(&own_file).unwrap(), whole);
 
+    // issues.jsonl deleted, then edited by hand (second review: both were
+    // reported "current"); --fix writes it again and keeps the edited line.
+    let snap = a.root.join(".beads/issues.jsonl");
+    std::fs::remove_file(&snap).unwrap();
+    let report = a.json(&["doctor"]);
+    assert!(
+        report.to_string().contains("issues.jsonl is missing"),
+        "{report}"
+    );
+    a.ok(&["doctor", "--fix"]);
+    let good = std::fs::read_to_string(&snap).unwrap();
+    let edited = good.replacen("issue 1", "HAND EDITED", 1);
+    std::fs::write(&snap, &edited).unwrap();
+    let report = a.json(&["doctor"]);
+    assert!(report.to_string().contains("not what bd wrote"), "{report}");
+    let fixed = a.ok(&["doctor", "--fix"]);
+    assert!(fixed.contains("kept in"), "{fixed}");
+    assert_eq!(std::fs::read_to_string(&snap).unwrap(), good);
+    let kept: String = std::fs::read_dir(a.root.join(".beads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("doctor-kept-snapshot")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(kept.contains("HAND EDITED"), "{kept}");
+
     // Damage only in another clone's file: no repair is offered.
     let foreign = a.root.join(".beads/ops/feedfacefeedface.jsonl");
     std::fs::write(&foreign, "{not json\n").unwrap();

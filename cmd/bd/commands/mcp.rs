@@ -51,6 +51,16 @@ pub fn cmd_mcp(ctx: &Ctx, _a: McpArgs) -> Result<(), CliError> {
         ));
     }
     // Found now: a server that cannot answer anything should fail at once.
+    let paths = ctx.paths()?;
+    if !paths.db.exists() {
+        return Err(CliError(
+            bd::Error::new(
+                bd::ErrorKind::NotInitialized,
+                format!("no tracker in {}", paths.dir.display()),
+            )
+            .hint("run `bd init` in the repository, or point --dir at one"),
+        ));
+    }
     let settings = ctx.call_settings()?;
     let server = Server {
         tools: Arc::new(tools()),
@@ -452,12 +462,43 @@ impl Invocation {
     }
 }
 
+/// Labels, each its own string: a comma would split one into two on the
+/// command line.
+fn labels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if let Some(l) = v.iter().find(|l| l.contains(',')) {
+        return Err(serde::de::Error::custom(format!(
+            "label {l:?} holds a comma: give each label as a string of its own"
+        )));
+    }
+    Ok(v)
+}
+
+/// [`labels`], optional.
+fn some_labels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    labels(d).map(Some)
+}
+
 /// A priority: 0-4, or "P0"-"P4".
-#[derive(Deserialize, JsonSchema, Debug)]
+#[derive(JsonSchema, Debug)]
 #[serde(untagged)]
 enum Priority {
     Number(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) if n.as_u64().is_some() => {
+                Ok(Priority::Number(n.as_u64().unwrap_or_default()))
+            }
+            serde_json::Value::String(s) => Ok(Priority::Text(s)),
+            other => Err(serde::de::Error::custom(format!(
+                "priority {other} is not 0-4 or \"P0\"-\"P4\""
+            ))),
+        }
+    }
 }
 
 impl Display for Priority {
@@ -496,10 +537,10 @@ macro_rules! listing {
             #[serde(default)]
             unassigned: bool,
             /// Carrying all of these labels
-            #[serde(default)]
+            #[serde(default, deserialize_with = "labels")]
             labels: Vec<String>,
             /// Carrying any of these labels
-            #[serde(default)]
+            #[serde(default, deserialize_with = "labels")]
             labels_any: Vec<String>,
             /// At most this many issues (0: all)
             #[serde(default)]
@@ -609,7 +650,7 @@ struct CreateParams {
     #[serde(default)]
     external_ref: Option<String>,
     /// Labels
-    #[serde(default)]
+    #[serde(default, deserialize_with = "labels")]
     labels: Vec<String>,
     /// Dependencies as "TYPE:ID": blocks:ID (the new issue waits for ID),
     /// discovered-from:ID, related:ID; a bare ID means blocks
@@ -663,13 +704,13 @@ struct UpdateParams {
     #[serde(default)]
     external_ref: Option<String>,
     /// Labels to add
-    #[serde(default)]
+    #[serde(default, deserialize_with = "labels")]
     add_labels: Vec<String>,
     /// Labels to remove
-    #[serde(default)]
+    #[serde(default, deserialize_with = "labels")]
     remove_labels: Vec<String>,
     /// Replace all labels with these ([] for none)
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_labels")]
     set_labels: Option<Vec<String>>,
     /// Take the issue as `claim` does (refused if someone else has it)
     #[serde(default)]
