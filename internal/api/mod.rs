@@ -105,6 +105,11 @@ pub struct UpdateRequest {
     /// (and give its relay lease back).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unclaim: bool,
+    /// Move under this parent (its parent-child edge replaces the old one);
+    /// `Some("")` takes the issue out from under its parent. Refused if the
+    /// new parent is the issue or lies under it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// The shortest and longest claim lease a caller may ask for.

@@ -294,8 +294,52 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
             add.extend(set.iter().cloned());
         }
         changed |= change_labels(tx, ctx, id, &add, &remove)?;
+        if let Some(p) = &r.parent {
+            changed |= set_parent(tx, ctx, id, p)?;
+        }
         Ok(changed)
     })
+}
+
+/// Moves `id` under `parent` (`""`: under none): its parent-child edges to
+/// any other issue go, one to `parent` comes. Its id stays as it is. Refused
+/// when `parent` is `id` or lies under it (through parent links or blockers:
+/// either would make a cycle of gating edges).
+fn set_parent(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, parent: &str) -> Result<bool> {
+    let current: Vec<String> = super::get_live(tx.conn(), id)?
+        .dependencies
+        .into_iter()
+        .filter(|d| d.dep_type == DepType::ParentChild)
+        .map(|d| d.depends_on_id)
+        .collect();
+    let target = match parent.trim() {
+        "" => None,
+        p => Some(query::resolve_id(tx.conn(), p)?),
+    };
+    if let Some(t) = &target {
+        if t == id {
+            return Err(Error::invalid(format!("{id} cannot be its own parent")));
+        }
+        if !current.contains(t) && query::would_cycle(tx.conn(), id, t)? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{t} lies under {id} (or waits for it): moving {id} under {t} would make a cycle; nothing was changed"),
+            )
+            .hint(format!("see what is under it with: bd dep tree {id} --reverse")));
+        }
+    }
+    let mut changed = false;
+    for old in current.iter().filter(|o| Some(*o) != target.as_ref()) {
+        super::dependencies::dep_remove(tx, ctx, id, old, Some(DepType::ParentChild.as_str()))?;
+        changed = true;
+    }
+    if let Some(t) = &target
+        && !current.contains(t)
+    {
+        super::dependencies::dep_add(tx, ctx, id, t, DepType::ParentChild.as_str())?;
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// Atomic claim: assign to the actor and start, only if unassigned (or

@@ -189,3 +189,74 @@ fn a_batch_refuses_unknown_fields_naming_field_and_line() {
         assert_eq!(env.json(&["list", "--all"]), serde_json::json!([]));
     });
 }
+
+/// `bd update ID --parent NEW` moves an issue (and so its subtree) under
+/// another: one parent link replaces the other, the id stays, `''` takes it
+/// out; a move that would make a cycle, through parent links or blockers,
+/// is refused with nothing changed. A batch moves several at once, all or
+/// none (issue 16, recursive plans).
+#[test]
+fn reparenting_moves_subtrees_and_refuses_cycles() {
+    let env = TestEnv::new();
+    let a = env.create(&["Goal A", "-t", "epic"]);
+    let b = env.create(&["Goal B", "-t", "epic"]);
+    let step = env.create(&["Step", "--parent", &a]);
+    let sub = env.create(&["Sub-step", "--parent", &step]);
+    let parents = |id: &str| -> Vec<String> {
+        env.json(&["show", id])[0]["dependencies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default() // left out when there are none
+            .iter()
+            .filter(|d| d["type"] == "parent-child")
+            .map(|d| d["depends_on_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let moved = env.json(&["update", &step, "--parent", &b]);
+    assert_eq!(moved[0]["changed"], true);
+    assert_eq!(parents(&step), vec![b.clone()], "one parent, the new one");
+    assert_eq!(parents(&sub), vec![step.clone()], "the subtree comes along");
+    assert_eq!(
+        env.json(&["update", &step, "--parent", &b])[0]["changed"],
+        false
+    );
+
+    // Cycles: under its own descendant, or under an issue that waits for it.
+    let waiter = env.create(&["Waits for the step", "--deps", &format!("blocks:{step}")]);
+    let before = env.fingerprint();
+    let err = env.fails(&["update", &b, "--parent", &sub], 3);
+    assert!(err.contains("would make a cycle"), "{err}");
+    let err = env.fails(&["update", &step, "--parent", &waiter], 3);
+    assert!(err.contains("would make a cycle"), "{err}");
+    env.fails(&["update", &step, "--parent", &step], 2);
+    assert_eq!(env.fingerprint(), before, "refusals change nothing");
+
+    // A batch moves a subtree and takes another issue out, or nothing. In
+    // `plan`, A goes under the sub-step only after the sub-step has left the
+    // step, so no cycle forms.
+    let plan = env.root().join("move.jsonl");
+    std::fs::write(
+        &plan,
+        format!(
+            "{{\"op\":\"update\",\"ids\":[\"{step}\"],\"parent\":\"{a}\"}}\n{{\"op\":\"update\",\"ids\":[\"{sub}\"],\"parent\":\"\"}}\n{{\"op\":\"update\",\"ids\":[\"{a}\"],\"parent\":\"{sub}\"}}\n"
+        ),
+    )
+    .unwrap();
+    // Moving the step back under A, then A under the step's child: the
+    // second closes a cycle, so neither happens.
+    let before = env.fingerprint();
+    let bad = env.root().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{{\"op\":\"update\",\"ids\":[\"{step}\"],\"parent\":\"{a}\"}}\n{{\"op\":\"update\",\"ids\":[\"{a}\"],\"parent\":\"{sub}\"}}\n"
+        ),
+    )
+    .unwrap();
+    env.fails(&["batch", "-f", bad.to_str().unwrap()], 3);
+    assert_eq!(env.fingerprint(), before, "a refused batch moves nothing");
+    env.ok(&["batch", "-f", plan.to_str().unwrap()]);
+    assert_eq!(parents(&step), vec![a.clone()]);
+    assert!(parents(&sub).is_empty());
+    assert_eq!(parents(&a), vec![sub.clone()]);
+}

@@ -718,6 +718,10 @@ struct UpdateParams {
     /// With claim: how long the relay lease lasts without renewal (e.g. "30m"; 10s to 24h)
     #[serde(default)]
     ttl: Option<String>,
+    /// Move under this parent ("" takes the issues out from under their parent);
+    /// refused (exit_code 3) if the parent lies under one of them
+    #[serde(default)]
+    parent: Option<String>,
     /// Makes the call exactly-once (see create)
     #[serde(default)]
     request_id: Option<String>,
@@ -963,6 +967,7 @@ fn tools() -> Vec<ToolDef> {
                     .opt("set-labels", p.set_labels.map(|l| l.join(",")))
                     .flag("claim", p.claim)
                     .opt("ttl", p.ttl)
+                    .opt("parent", p.parent)
                     .positionals(&p.ids)
                     .request_id(p.request_id)
             },

@@ -32,6 +32,10 @@ pub struct UpdateArgs {
     /// Take the issue: assign it to you and start it, only if nobody has it (exit 3 if taken)
     #[arg(long)]
     pub claim: bool,
+    /// Move under this parent: its parent link replaces the old one ('' takes it
+    /// out from under its parent); refused if the parent lies under the issue
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
     /// With --claim: how long the claim's relay lease lasts without renewal (e.g. 30m; 10s to 24h)
     #[arg(long, value_name = "DURATION", requires = "claim", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
@@ -149,6 +153,7 @@ pub fn cmd_update(ctx: &Ctx, a: UpdateArgs) -> Result<(), CliError> {
         claim: a.claim,
         claim_ttl_ms: a.ttl,
         unclaim: false,
+        parent: a.parent,
     };
 
     let verb = if req.claim { "Claimed" } else { "Updated" };
