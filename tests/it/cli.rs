@@ -1361,3 +1361,57 @@ fn graph_draws_an_epic_with_ready_issues_marked() {
         "{g}"
     );
 }
+
+/// `bd epic status`: per open epic, what is done of everything under it
+/// (grandchildren included), what is ready and in progress, and which open
+/// issues outside it hold it back (issue 16, recursive plans).
+#[test]
+fn epic_status_counts_the_whole_subtree_and_names_outside_blockers() {
+    let env = TestEnv::new();
+    let epic = env.create(&["Launch", "-t", "epic"]);
+    let outside = env.create(&["Legal review"]);
+    let done = env.create(&["Done part", "--parent", &epic]);
+    let working = env.create(&["Working part", "--parent", &epic]);
+    let waiting = env.create(&[
+        "Waits for legal",
+        "--parent",
+        &epic,
+        "--deps",
+        &format!("blocks:{outside}"),
+    ]);
+    let deep = env.create(&["Deep part", "--parent", &working]);
+    env.ok(&["close", &done]);
+    env.ok(&["claim", &working]);
+    let all = env.json(&["epic", "status"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "only epics: {all}");
+    let s = &all[0];
+    assert_eq!(s["id"], epic.as_str());
+    assert_eq!(s["total"], 4, "children and grandchildren: {s}");
+    assert_eq!(s["closed"], 1);
+    assert_eq!(s["in_progress"], 1);
+    assert_eq!(s["percent"], 25);
+    assert_eq!(s["done"], false);
+    assert_eq!(s["blocked_by"], serde_json::json!([outside]), "{s}");
+    assert!(
+        s["ready"].as_u64().unwrap() >= 1,
+        "the deep part is ready: {s}"
+    );
+    let one = env.json(&["epic", "status", &working]);
+    assert_eq!(one[0]["total"], 1);
+    assert_eq!(one[0]["blocked_by"], serde_json::json!([]));
+    let table = env.ok(&["epic", "status"]);
+    assert!(table.contains("1/4") && table.contains(&outside), "{table}");
+    for id in [&working, &waiting, &deep] {
+        env.ok(&["close", id, "--force"]);
+    }
+    assert_eq!(env.json(&["epic", "status"])[0]["done"], true);
+    env.ok(&["close", &epic]);
+    assert!(env.json(&["epic", "status"]).as_array().unwrap().is_empty());
+    assert_eq!(
+        env.json(&["epic", "status", "--all"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

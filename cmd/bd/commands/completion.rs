@@ -33,9 +33,9 @@ pub struct CompleteIdsArgs {
 }
 
 /// The commands whose arguments are issue ids (after a subcommand word for
-/// `dep`, `label` and `comment`).
+/// `dep`, `label`, `comment` and `epic`).
 const TAKE_IDS: &str =
-    "show update close reopen claim unclaim delete comments resolve graph dep label comment";
+    "show update close reopen claim unclaim delete comments resolve graph dep label comment epic";
 
 pub fn cmd_completion(_ctx: &Ctx, a: CompletionArgs) -> Result<(), CliError> {
     let mut command = crate::Cli::command();
@@ -49,7 +49,7 @@ pub fn cmd_completion(_ctx: &Ctx, a: CompletionArgs) -> Result<(), CliError> {
 _bd_with_ids() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}"
     local cmd="${{COMP_WORDS[1]}}" first=2
-    case "$cmd" in dep|label|comment) first=3 ;; esac
+    case "$cmd" in dep|label|comment|epic) first=3 ;; esac
     if [[ $COMP_CWORD -ge $first && "$cur" != -* && " {TAKE_IDS} " == *" $cmd "* ]]; then
         local prev="${{COMP_WORDS[COMP_CWORD-1]}}"
         if [[ "$prev" != -* || "$prev" == "--claim" ]]; then
@@ -86,7 +86,8 @@ pub fn cmd_complete_ids(ctx: &Ctx, a: CompleteIdsArgs) -> Result<(), CliError> {
     };
     let wanted = |i: &bd::api::Issue| match a.command.as_str() {
         "reopen" => i.status.is_closed(),
-        "show" | "comments" | "graph" | "dep" | "label" | "comment" | "delete" | "resolve" => true,
+        "show" | "comments" | "graph" | "dep" | "label" | "comment" | "delete" | "resolve"
+        | "epic" => true,
         _ => !i.status.is_closed(),
     };
     let ids: String = issues

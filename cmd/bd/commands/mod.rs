@@ -17,6 +17,7 @@ mod demo;
 mod demo_relay;
 mod dep;
 mod doctor;
+mod epic;
 mod export;
 mod fields;
 mod filters;
@@ -151,6 +152,9 @@ pub enum Command {
     Comment(Lazy<comment::CommentCommand>),
     /// List the comments of an issue
     Comments(Lazy<comments::CommentsArgs>),
+    /// How far epics have got: done/total under each, ready, in progress, blockers
+    #[command(subcommand)]
+    Epic(Lazy<epic::EpicCommand>),
     /// Delete issues (a tombstone that syncs; never resurrected by itself)
     Delete(Lazy<delete::DeleteArgs>),
     /// List fields written concurrently by different writers, ops held for clock
@@ -226,6 +230,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Label(Lazy(c)) => label::cmd_label(ctx, c),
         Command::Comment(Lazy(c)) => comment::cmd_comment(ctx, c),
         Command::Comments(Lazy(a)) => comments::cmd_comments(ctx, a),
+        Command::Epic(Lazy(c)) => epic::cmd_epic(ctx, c),
         Command::Conflicts(Lazy(a)) => conflicts::cmd_conflicts(ctx, a),
         Command::Delete(Lazy(a)) => delete::cmd_delete(ctx, a),
         Command::Resolve(Lazy(a)) => resolve::cmd_resolve(ctx, a),
