@@ -199,11 +199,7 @@ fn status_of(
         closed,
         in_progress,
         ready: ready_n,
-        percent: if total == 0 {
-            100
-        } else {
-            (closed * 100 / total) as u32
-        },
+        percent: (closed * 100).checked_div(total).map_or(100, |p| p as u32),
         done: closed == total,
         blocked_by: blocked_by.into_iter().collect(),
     }
