@@ -1415,3 +1415,48 @@ fn epic_status_counts_the_whole_subtree_and_names_outside_blockers() {
         1
     );
 }
+
+/// `bd stale`: in-progress work without a write for --idle, longest idle
+/// first; touching an issue (any write) takes it off (issue 16, agents that
+/// die mid-work).
+#[test]
+fn stale_lists_in_progress_work_nobody_touched() {
+    let env = TestEnv::new();
+    let left = env.create(&["Left behind"]);
+    let alive = env.create(&["Still worked on"]);
+    env.create(&["Open, nobody's"]);
+    env.ok(&["claim", &left, "--actor", "dead-agent"]);
+    env.ok(&["claim", &alive, "--actor", "live-agent"]);
+    assert!(
+        env.json(&["stale", "--idle", "1h"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    env.ok(&[
+        "comment",
+        "add",
+        &alive,
+        "still here",
+        "--actor",
+        "live-agent",
+    ]);
+    let stale = env.json(&["stale", "--idle", "1s"]);
+    let ids: Vec<&str> = stale
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![left.as_str()], "{stale}");
+    assert_eq!(stale[0]["assignee"], "dead-agent");
+    assert!(stale[0]["idle_ms"].as_u64().unwrap() >= 1000, "{stale}");
+    let table = env.ok(&["stale", "--idle", "1s"]);
+    assert!(
+        table.contains("IDLE") && table.contains("dead-agent"),
+        "{table}"
+    );
+    let err = env.fails(&["stale", "--idle", "soon"], 2);
+    assert!(err.contains("not a duration"), "{err}");
+}

@@ -40,6 +40,7 @@ mod reopen;
 mod resolve;
 mod search;
 mod show;
+mod stale;
 mod stats;
 mod sync;
 mod update;
@@ -139,6 +140,8 @@ pub enum Command {
     Ready(Lazy<ready::ReadyArgs>),
     /// Issues held back by open blockers, with what blocks them
     Blocked(Lazy<blocked::BlockedArgs>),
+    /// In-progress work nobody has touched for a while (--idle 30m)
+    Stale(Lazy<stale::StaleArgs>),
     /// Run operations from JSON lines as one unit: all of them or none
     Batch(Lazy<batch::BatchArgs>),
     /// Add, remove and inspect dependencies
@@ -225,6 +228,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Reopen(Lazy(a)) => reopen::cmd_reopen(ctx, a),
         Command::Ready(Lazy(a)) => ready::cmd_ready(ctx, a),
         Command::Blocked(Lazy(a)) => blocked::cmd_blocked(ctx, a),
+        Command::Stale(Lazy(a)) => stale::cmd_stale(ctx, a),
         Command::Batch(Lazy(a)) => batch::cmd_batch(ctx, a),
         Command::Dep(Lazy(c)) => dep::cmd_dep(ctx, c),
         Command::Label(Lazy(c)) => label::cmd_label(ctx, c),
