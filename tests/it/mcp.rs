@@ -95,7 +95,7 @@ fn id(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_string()
 }
 
-const TOOLS: [&str; 19] = [
+const TOOLS: [&str; 21] = [
     "prime",
     "ready",
     "show",
@@ -112,6 +112,8 @@ const TOOLS: [&str; 19] = [
     "dep_remove",
     "blocked",
     "batch",
+    "stale",
+    "epic_status",
     "conflicts",
     "resolve",
     "sync",
@@ -278,6 +280,14 @@ fn mcp_tools_answer_as_the_cli_does(mode: Mode) {
         )
         .await;
         assert_eq!(again, done, "the same request id answers as the first time");
+
+        // stale / epic_status.
+        assert_eq!(ok(&client, "stale", json!({"idle": "1h"})).await, cli(&env, actor, &["stale", "--idle", "1h"]));
+        assert_eq!(ok(&client, "epic_status", json!({})).await, cli(&env, actor, &["epic", "status"]));
+        assert_eq!(
+            ok(&client, "epic_status", json!({"id": epic["id"]})).await,
+            cli(&env, actor, &["epic", "status", epic["id"].as_str().unwrap()])
+        );
 
         // conflicts / resolve / sync.
         assert_eq!(ok(&client, "conflicts", json!({})).await, cli(&env, actor, &["conflicts"]));

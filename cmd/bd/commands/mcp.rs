@@ -29,9 +29,10 @@ use std::sync::Arc;
 /// Serve the tracker to an agent over the Model Context Protocol (stdio)
 ///
 /// Register it with your agent client as a stdio server whose command is
-/// `bd mcp` (see README.md for the JSON to paste). Tools: ready, show, list,
-/// search, create, update, claim, unclaim, close, reopen, comment, dep_add,
-/// dep_remove, blocked, batch, conflicts, resolve, sync, prime. Each answers
+/// `bd mcp` (see README.md for the JSON to paste). Tools: prime, ready, show,
+/// list, search, create, update, claim, unclaim, close, reopen, comment,
+/// dep_add, dep_remove, blocked, batch, stale, epic_status, conflicts,
+/// resolve, sync. Each answers
 /// with the JSON `bd <command> --json` prints; a refusal or bad input is a
 /// tool error carrying bd's message, hints and exit code.
 ///
@@ -871,6 +872,33 @@ struct SyncParams {
     message: Option<String>,
 }
 
+/// Arguments of `stale`.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+struct StaleParams {
+    /// Idle at least this long (e.g. "30m", "2h"; default 30m)
+    #[serde(default)]
+    idle: Option<String>,
+    /// Only this actor's work
+    #[serde(default)]
+    assignee: Option<String>,
+    /// At most this many (0: all; default 50)
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// Arguments of `epic_status`.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+struct EpicStatusParams {
+    /// One issue (an epic or any parent) instead of every open epic
+    #[serde(default)]
+    id: Option<String>,
+    /// Include closed epics
+    #[serde(default)]
+    all: bool,
+}
+
 /// No arguments.
 #[derive(Deserialize, JsonSchema, Debug)]
 #[serde(deny_unknown_fields)]
@@ -1062,6 +1090,30 @@ fn tools() -> Vec<ToolDef> {
                 Invocation {
                     stdin: Some((text, "operations")),
                     ..Argv::new(&["batch"]).done().request_id(p.request_id)
+                }
+            },
+        ),
+        def::<StaleParams>(
+            "stale",
+            "In-progress work nobody has touched for a while (default 30m), longest idle first, with its assignee and idle_ms: what an agent that died left behind.",
+            Read,
+            |p| {
+                Argv::new(&["stale"])
+                    .opt("idle", p.idle)
+                    .opt("assignee", p.assignee)
+                    .opt("limit", p.limit)
+                    .done()
+            },
+        ),
+        def::<EpicStatusParams>(
+            "epic_status",
+            "How far each open epic (or id) has got: total and closed under it (grandchildren too), ready, in progress, percent, done, and the open issues outside it that block it.",
+            Read,
+            |p| {
+                let a = Argv::new(&["epic", "status"]).flag("all", p.all);
+                match p.id {
+                    Some(id) => a.positionals(&[id]),
+                    None => a.done(),
                 }
             },
         ),
