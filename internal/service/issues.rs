@@ -27,19 +27,29 @@ fn dedup<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
     out
 }
 
+/// Checks the free-text fields given, in the order description, design,
+/// acceptance criteria, notes.
+fn check_texts(texts: [Option<&String>; 4]) -> Result<()> {
+    let names = ["description", "design", "acceptance criteria", "notes"];
+    for (name, text) in names.into_iter().zip(texts) {
+        if let Some(t) = text {
+            model::validate_text(name, t)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn create(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: CreateRequest) -> Result<Issue> {
     model::validate_title(&r.title)?;
     if let Some(a) = &r.assignee {
         model::validate_assignee(a)?;
     }
-    for (field, text) in [
-        ("description", &r.description),
-        ("design", &r.design),
-        ("acceptance criteria", &r.acceptance_criteria),
-        ("notes", &r.notes),
-    ] {
-        model::validate_text(field, text)?;
-    }
+    check_texts([
+        Some(&r.description),
+        Some(&r.design),
+        Some(&r.acceptance_criteria),
+        Some(&r.notes),
+    ])?;
     let priority = match r.priority {
         Some(p) => parse_priority(&p.to_string())?,
         None => model::PRIORITY_DEFAULT,
@@ -208,16 +218,12 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
     if let Some(a) = &r.assignee {
         model::validate_assignee(a)?;
     }
-    for (field, text) in [
-        ("description", &r.description),
-        ("design", &r.design),
-        ("acceptance criteria", &r.acceptance_criteria),
-        ("notes", &r.notes),
-    ] {
-        if let Some(t) = text {
-            model::validate_text(field, t)?;
-        }
-    }
+    check_texts([
+        r.description.as_ref(),
+        r.design.as_ref(),
+        r.acceptance_criteria.as_ref(),
+        r.notes.as_ref(),
+    ])?;
     let status = r.status.as_deref().map(Status::parse).transpose()?;
     let issue_type = r.issue_type.as_deref().map(IssueType::parse).transpose()?;
     if let Some(p) = r.priority {

@@ -1064,6 +1064,17 @@ fn doctor_reports_with_file_and_line_and_fix_repairs_what_is_safe() {
     assert_eq!(report["errors"], 0, "{report}");
 }
 
+/// Everything doctor kept aside in `.beads/` files whose names start with
+/// `prefix`.
+fn kept_lines(root: &std::path::Path, prefix: &str) -> String {
+    std::fs::read_dir(root.join(".beads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
 /// Regression (issue 15's audit of `--fix`): an own op file with a torn
 /// line was deleted and written again from the database, losing the sound
 /// ops in it that the database lacked (another copy writing under this
@@ -1125,17 +1136,7 @@ fn doctor_fix_never_deletes_what_might_be_data() {
     );
 
     // Every line taken out is kept, byte for byte.
-    let kept: String = std::fs::read_dir(a.root.join(".beads"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("doctor-kept-")
-        })
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let kept = kept_lines(&a.root, "doctor-kept-");
     for line in [torn, stranger, "some notes someone appended"] {
         assert!(kept.lines().any(|l| l == line), "{line:?} kept: {kept:?}");
     }
@@ -1197,17 +1198,7 @@ fn doctor_notices_a_missing_own_op_file_and_offers_only_repairs_it_can_make() {
     let fixed = a.ok(&["doctor", "--fix"]);
     assert!(fixed.contains("kept in"), "{fixed}");
     assert_eq!(std::fs::read_to_string(&snap).unwrap(), good);
-    let kept: String = std::fs::read_dir(a.root.join(".beads"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("doctor-kept-snapshot")
-        })
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let kept = kept_lines(&a.root, "doctor-kept-snapshot");
     assert!(kept.contains("HAND EDITED"), "{kept}");
 
     // Damage only in another clone's file: no repair is offered.

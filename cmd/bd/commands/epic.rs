@@ -2,7 +2,7 @@ use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::api::{Issue, ListFilter, Request, Response};
+use bd::api::{Issue, Request, Response};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,24 +46,7 @@ struct EpicStatus {
 
 pub fn cmd_epic(ctx: &Ctx, c: EpicCommand) -> Result<(), CliError> {
     let EpicCommand::Status(a) = c;
-    let everything = ListFilter {
-        all: true,
-        limit: Some(0),
-        ..Default::default()
-    };
-    let Response::Issues(issues) = call(ctx, Request::List(everything))? else {
-        return Err(CliError(bd::Error::internal("unexpected answer to list")));
-    };
-    let ready: BTreeSet<String> = match call(
-        ctx,
-        Request::Ready(ListFilter {
-            limit: Some(0),
-            ..Default::default()
-        }),
-    )? {
-        Response::Issues(r) => r.into_iter().map(|i| i.id).collect(),
-        other => return Err(unexpected(other)),
-    };
+    let (issues, ready) = super::graph::issues_and_ready(ctx)?;
     let by_id: BTreeMap<&str, &Issue> = issues.iter().map(|i| (i.id.as_str(), i)).collect();
     let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for i in &issues {

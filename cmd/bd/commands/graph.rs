@@ -33,7 +33,9 @@ pub enum Format {
     Dot,
 }
 
-pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
+/// Every issue (closed ones too) and the ids of those ready to take, for
+/// the views drawn from the whole tracker (`graph`, `epic status`).
+pub(super) fn issues_and_ready(ctx: &Ctx) -> Result<(Vec<Issue>, BTreeSet<String>), CliError> {
     let everything = ListFilter {
         all: true,
         limit: Some(0),
@@ -42,7 +44,7 @@ pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
     let Response::Issues(issues) = call(ctx, Request::List(everything))? else {
         return Err(CliError(bd::Error::internal("unexpected answer to list")));
     };
-    let ready: BTreeSet<String> = match call(
+    let ready = match call(
         ctx,
         Request::Ready(ListFilter {
             limit: Some(0),
@@ -52,6 +54,11 @@ pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
         Response::Issues(r) => r.into_iter().map(|i| i.id).collect(),
         other => return Err(unexpected(other)),
     };
+    Ok((issues, ready))
+}
+
+pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
+    let (issues, ready) = issues_and_ready(ctx)?;
     let by_id: BTreeMap<&str, &Issue> = issues.iter().map(|i| (i.id.as_str(), i)).collect();
     let shown: BTreeSet<&str> = match &a.id {
         Some(q) => {
