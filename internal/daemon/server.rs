@@ -427,6 +427,12 @@ async fn serve(
             _ = term.recv() => { (shared.log)("SIGTERM"); break; }
             _ = int.recv() => { (shared.log)("SIGINT"); break; }
             _ = tick.tick() => {
+                if !shared.opts.paths.dir.is_dir() {
+                    // `rm -rf .beads`: nobody can reach this daemon through the
+                    // tracker any more, and its lock and log are gone with it.
+                    (shared.log)("the tracker's directory is gone; exiting");
+                    break;
+                }
                 let idle = shared.last_activity.lock().map(|t| t.elapsed()).unwrap_or_default();
                 if shared.counters.connections.load(Ordering::SeqCst) == 0 && idle >= shared.opts.idle_timeout {
                     (shared.log)(&format!("idle for {} s; exiting", idle.as_secs()));

@@ -817,3 +817,29 @@ fn daemon_list_and_stop_all_cover_every_repository_of_the_user() {
         serde_json::json!([])
     );
 }
+
+/// Regression (review of issue 15, bd-c26b): after `rm -rf .beads` the
+/// daemon ran on, unlisted and unreachable, until its idle timeout. It now
+/// notices its directory gone at its next idle check (at most 5 s) and exits.
+#[test]
+fn a_daemon_whose_tracker_is_removed_exits() {
+    let env = TestEnv::new();
+    env.ok(&["daemon", "start", "-q", "--idle-timeout", "600"]);
+    let pid = env.json(&["daemon", "status"])["pid"].as_u64().unwrap();
+    std::fs::remove_dir_all(env.beads()).unwrap();
+    let start = Instant::now();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    // A zombie (exited, not yet reaped by init) counts as gone.
+    let gone = || {
+        std::fs::read_to_string(proc_dir.join("stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    };
+    while !gone() && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gone(),
+        "daemon {pid} still runs {:?} after its tracker was removed",
+        start.elapsed()
+    );
+}
