@@ -28,13 +28,20 @@ pub(super) fn batch(tx: &mut WriteTx<'_>, ctx: &Context<'_>, requests: Vec<Reque
     for (i, req) in requests.into_iter().enumerate() {
         let n = i + 1;
         let name = req.op_name();
+        // A hint naming an issue this batch created would send the caller
+        // to an id that, rolled back, does not exist: such hints are left out.
+        let made = &created;
         let fail = |e: Error| Error {
             kind: e.kind,
             message: format!(
                 "batch operation #{n} ({name}) failed: {}; nothing in the batch was applied",
                 e.message
             ),
-            hints: e.hints,
+            hints: e
+                .hints
+                .into_iter()
+                .filter(|h| !made.iter().flatten().any(|id| h.contains(id.as_str())))
+                .collect(),
         };
         if !req.is_write()
             || matches!(
@@ -43,7 +50,7 @@ pub(super) fn batch(tx: &mut WriteTx<'_>, ctx: &Context<'_>, requests: Vec<Reque
             )
         {
             return Err(fail(Error::invalid(
-                "only create, update, close, reopen, dep, label and comment operations can be batched",
+                "only create, update, close, reopen, delete, resolve, dep, label and comment operations can be batched",
             )));
         }
         let req = substitute_refs(req, &created).map_err(fail)?;

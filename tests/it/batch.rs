@@ -260,3 +260,36 @@ fn reparenting_moves_subtrees_and_refuses_cycles() {
     assert!(parents(&sub).is_empty());
     assert_eq!(parents(&a), vec![sub.clone()]);
 }
+
+/// Regression (review of issue 15, bd-j1n4): a batch refused for closing a
+/// cycle hinted `bd dep tree ID` with an issue the rolled-back batch had
+/// created, which does not exist. Hints naming the batch's own creations are
+/// left out.
+#[test]
+fn a_refused_batch_hints_no_issue_it_created() {
+    let env = TestEnv::new();
+    let plan = env.root().join("cycle.jsonl");
+    std::fs::write(
+        &plan,
+        concat!(
+            "{\"op\":\"create\",\"title\":\"one\"}\n",
+            "{\"op\":\"create\",\"title\":\"two\",\"deps\":[[\"blocks\",\"$1\"]]}\n",
+            "{\"op\":\"dep_add\",\"issue\":\"$1\",\"depends_on\":\"$2\"}\n",
+        ),
+    )
+    .unwrap();
+    let err = env.fails(&["batch", "-f", plan.to_str().unwrap(), "--json"], 3);
+    let v: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("cycle"),
+        "{v}"
+    );
+    let hints = v["error"]["hints"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !hints
+            .iter()
+            .any(|h| h.as_str().unwrap().contains("dep tree")),
+        "no hint at a rolled-back issue: {v}"
+    );
+    assert!(env.json(&["list"]).as_array().unwrap().is_empty());
+}
