@@ -1459,4 +1459,7 @@ fn stale_lists_in_progress_work_nobody_touched() {
     );
     let err = env.fails(&["stale", "--idle", "soon"], 2);
     assert!(err.contains("not a duration"), "{err}");
+    // -q on dep add/remove prints nothing (it printed whole sentences).
+    assert_eq!(env.ok(&["dep", "add", &alive, &left, "-q"]), "");
+    assert_eq!(env.ok(&["dep", "remove", &alive, &left, "-q"]), "");
 }

@@ -79,6 +79,8 @@ pub fn cmd_dep(ctx: &Ctx, c: DepCommand) -> Result<(), CliError> {
         } if ctx.json => {
             output::json(&serde_json::json!({"dependency": dependency, "changed": changed}))
         }
+        // Quiet: the exit code says it all.
+        Response::Dependency { .. } | Response::Dependencies(_) if ctx.quiet => Ok(()),
         Response::Dependency {
             dependency: d,
             changed,

@@ -30,13 +30,19 @@ pub fn cmd_doctor(ctx: &Ctx, a: DoctorArgs) -> Result<(), CliError> {
         output::json(&report)?;
     } else {
         let mut s = String::new();
+        let width = report
+            .checks
+            .iter()
+            .map(|c| c.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for c in &report.checks {
             let mark = match c.level {
                 Level::Ok => "ok   ",
                 Level::Warn => "warn ",
                 Level::Error => "ERROR",
             };
-            let _ = writeln!(s, "{mark} {:<13} {}", c.name, c.message);
+            let _ = writeln!(s, "{mark} {:<width$} {}", c.name, c.message);
             for l in &c.lines {
                 let _ = writeln!(s, "      {}:{}: {}", l.file, l.line, l.problem);
             }
