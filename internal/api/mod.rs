@@ -14,7 +14,8 @@ pub use crate::jsonl::{
 };
 pub use crate::merge::wire_id;
 pub use crate::model::{
-    Comment, Conflict, Contender, Dependency, Issue, PRIORITY_DEFAULT, PRIORITY_MAX, parse_priority,
+    Comment, Conflict, Contender, DepType, Dependency, Issue, PRIORITY_DEFAULT, PRIORITY_MAX,
+    parse_priority,
 };
 pub use crate::query::{BlockedIssue, LabelCount, ListFilter, SortKey, Stats, TreeNode};
 use crate::{Error, Result};

@@ -1,8 +1,9 @@
+use super::graph::Family;
 use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::api::{Issue, Request, Response};
+use bd::api::{DepType, Issue, Request, Response};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,17 +49,7 @@ pub fn cmd_epic(ctx: &Ctx, c: EpicCommand) -> Result<(), CliError> {
     let EpicCommand::Status(a) = c;
     let (issues, ready) = super::graph::issues_and_ready(ctx)?;
     let by_id: BTreeMap<&str, &Issue> = issues.iter().map(|i| (i.id.as_str(), i)).collect();
-    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for i in &issues {
-        for d in &i.dependencies {
-            if d.dep_type.as_str() == "parent-child" {
-                children
-                    .entry(d.depends_on_id.as_str())
-                    .or_default()
-                    .push(i.id.as_str());
-            }
-        }
-    }
+    let family = Family::of(&issues);
     let roots: Vec<&Issue> = match &a.id {
         Some(q) => {
             let shown = call(
@@ -81,7 +72,7 @@ pub fn cmd_epic(ctx: &Ctx, c: EpicCommand) -> Result<(), CliError> {
     };
     let statuses: Vec<EpicStatus> = roots
         .iter()
-        .map(|root| status_of(root, &children, &by_id, &ready))
+        .map(|root| status_of(root, &family, &by_id, &ready))
         .collect();
     if ctx.json {
         return output::json(&statuses);
@@ -132,21 +123,11 @@ pub fn cmd_epic(ctx: &Ctx, c: EpicCommand) -> Result<(), CliError> {
 /// The status of `root` and everything under it.
 fn status_of(
     root: &Issue,
-    children: &BTreeMap<&str, Vec<&str>>,
+    family: &Family<'_>,
     by_id: &BTreeMap<&str, &Issue>,
     ready: &BTreeSet<String>,
 ) -> EpicStatus {
-    // Everything under the root, each once (a cycle cannot form, but an
-    // imported file may hold one: the seen set ends the walk anyway).
-    let mut under: BTreeSet<&str> = BTreeSet::new();
-    let mut todo = vec![root.id.as_str()];
-    while let Some(id) = todo.pop() {
-        for &c in children.get(id).map(Vec::as_slice).unwrap_or_default() {
-            if c != root.id && under.insert(c) {
-                todo.push(c);
-            }
-        }
-    }
+    let under = family.under(&root.id);
     let members: Vec<&Issue> = under
         .iter()
         .filter_map(|id| by_id.get(id).copied())
@@ -164,7 +145,7 @@ fn status_of(
         }
         for d in &i.dependencies {
             let blocker = d.depends_on_id.as_str();
-            if d.dep_type.as_str() == "blocks"
+            if d.dep_type == DepType::Blocks
                 && blocker != root.id
                 && !under.contains(blocker)
                 && by_id.get(blocker).is_some_and(|b| !b.status.is_closed())

@@ -2,7 +2,7 @@ use super::{call, unexpected};
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
-use bd::api::{Issue, ListFilter, Request, Response};
+use bd::api::{DepType, Issue, ListFilter, Request, Response};
 use clap::{Args, ValueEnum};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,28 +57,54 @@ pub(super) fn issues_and_ready(ctx: &Ctx) -> Result<(Vec<Issue>, BTreeSet<String
     Ok((issues, ready))
 }
 
+/// Who is under whom: parents' children through parent-child edges.
+pub(super) struct Family<'a> {
+    children: BTreeMap<&'a str, Vec<&'a str>>,
+}
+
+impl<'a> Family<'a> {
+    pub(super) fn of(issues: &'a [Issue]) -> Family<'a> {
+        let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for i in issues {
+            for d in i
+                .dependencies
+                .iter()
+                .filter(|d| d.dep_type == DepType::ParentChild)
+            {
+                children
+                    .entry(d.depends_on_id.as_str())
+                    .or_default()
+                    .push(i.id.as_str());
+            }
+        }
+        Family { children }
+    }
+
+    /// Everything under `root` (children, their children, ...), not `root`
+    /// itself; each once (an imported file may hold a cycle: the seen set
+    /// ends the walk anyway).
+    pub(super) fn under(&self, root: &str) -> BTreeSet<&'a str> {
+        let mut under = BTreeSet::new();
+        let mut todo = vec![root];
+        while let Some(id) = todo.pop() {
+            for &c in self.children.get(id).map(Vec::as_slice).unwrap_or_default() {
+                if c != root && under.insert(c) {
+                    todo.push(c);
+                }
+            }
+        }
+        under
+    }
+}
+
 pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
     let (issues, ready) = issues_and_ready(ctx)?;
     let by_id: BTreeMap<&str, &Issue> = issues.iter().map(|i| (i.id.as_str(), i)).collect();
     let shown: BTreeSet<&str> = match &a.id {
         Some(q) => {
             let root = resolve(&by_id, q)?;
-            // The root and everything whose parent chain leads to it.
-            let mut set = BTreeSet::from([root]);
-            loop {
-                let before = set.len();
-                for i in &issues {
-                    if i.dependencies.iter().any(|d| {
-                        d.dep_type.as_str() == "parent-child"
-                            && set.contains(d.depends_on_id.as_str())
-                    }) {
-                        set.insert(i.id.as_str());
-                    }
-                }
-                if set.len() == before {
-                    break;
-                }
-            }
+            let mut set = Family::of(&issues).under(root);
+            set.insert(root);
             set
         }
         None => issues.iter().map(|i| i.id.as_str()).collect(),
@@ -91,7 +117,7 @@ pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
     for id in &shown {
         for d in &by_id[id].dependencies {
             if shown.contains(d.depends_on_id.as_str()) {
-                edges.push((d.depends_on_id.as_str(), *id, d.dep_type.as_str()));
+                edges.push((d.depends_on_id.as_str(), *id, &d.dep_type));
             }
         }
     }
@@ -112,7 +138,7 @@ pub fn cmd_graph(ctx: &Ctx, a: GraphArgs) -> Result<(), CliError> {
             .collect();
         let edges: Vec<serde_json::Value> = edges
             .iter()
-            .map(|(from, to, t)| serde_json::json!({"from": from, "to": to, "type": t}))
+            .map(|(from, to, t)| serde_json::json!({"from": from, "to": to, "type": t.as_str()}))
             .collect();
         return output::json(&serde_json::json!({"nodes": nodes, "edges": edges}));
     }
@@ -170,7 +196,7 @@ fn class(i: &Issue, ready: &BTreeSet<String>) -> &'static str {
 
 fn mermaid(
     shown: &BTreeSet<&str>,
-    edges: &[(&str, &str, &str)],
+    edges: &[(&str, &str, &DepType)],
     by_id: &BTreeMap<&str, &Issue>,
     ready: &BTreeSet<String>,
 ) -> String {
@@ -187,11 +213,7 @@ fn mermaid(
         ));
     }
     for (from, to, kind) in edges {
-        let arrow = if *kind == "blocks" || *kind == "parent-child" {
-            "-->"
-        } else {
-            "-.->"
-        };
+        let arrow = if kind.gates() { "-->" } else { "-.->" };
         s.push_str(&format!(
             "  n{} {arrow}|{kind}| n{}\n",
             name[from], name[to]
@@ -206,7 +228,7 @@ fn mermaid(
 
 fn dot(
     shown: &BTreeSet<&str>,
-    edges: &[(&str, &str, &str)],
+    edges: &[(&str, &str, &DepType)],
     by_id: &BTreeMap<&str, &Issue>,
     ready: &BTreeSet<String>,
 ) -> String {
@@ -229,11 +251,7 @@ fn dot(
         ));
     }
     for (from, to, kind) in edges {
-        let style = if *kind == "blocks" || *kind == "parent-child" {
-            "solid"
-        } else {
-            "dashed"
-        };
+        let style = if kind.gates() { "solid" } else { "dashed" };
         s.push_str(&format!(
             "  \"{}\" -> \"{}\" [label=\"{kind}\", style={style}];\n",
             quote(from),
