@@ -59,6 +59,7 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod progress;
+pub mod scenario;
 
 pub use error::{Error, ErrorKind, Result};
 

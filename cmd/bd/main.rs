@@ -92,6 +92,7 @@ fn main() {
             | commands::Command::MergeDriver(_)
             | commands::Command::Completion(_)
             | commands::Command::CompleteIds(_)
+            | commands::Command::ScenarioAgent(_)
     );
     if !serves && progress::wanted(ctx.json, ctx.quiet) {
         progress::install();

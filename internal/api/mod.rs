@@ -98,10 +98,16 @@ pub struct UpdateRequest {
     pub set_labels: Option<Vec<String>>,
     /// Claim: assign to the caller and start, only if unassigned and open.
     pub claim: bool,
-    /// How long a claim's relay lease lasts without renewal, ms (default 15
-    /// minutes; 10 s to 24 h). Only with `claim`.
+    /// How long the claim lasts without a write by its holder, ms (10 s to
+    /// 24 h): it then lapses and the issue is ready again. Without it a
+    /// claim has no time limit (a relay lease still lasts 15 minutes
+    /// unrenewed). Only with `claim`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claim_ttl_ms: Option<u64>,
+    /// Only renew: refused unless the caller holds a live claim on each
+    /// issue. Only with `claim`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renew: bool,
     /// Give a claim up: unassign and reopen, only if the caller holds it
     /// (and give its relay lease back).
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -16,6 +16,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "true (default) or false: start the daemon on first use",
     ),
     (
+        "claim.ttl",
+        "time limit of a claim made without --ttl (e.g. 30m; 10s to 24h; unset: none)",
+    ),
+    (
         "mesh.relay",
         "the relay's URLs, comma-separated (set by `bd mesh join`; never secrets)",
     ),
@@ -142,9 +146,24 @@ impl Config {
                 "daemon.auto_start must be true or false, not {value:?}"
             )));
         }
+        if key == "claim.ttl" {
+            claim_ttl_ms(value)?;
+        }
         self.values.insert(key.to_string(), value.to_string());
         Ok(())
     }
+}
+
+/// A claim's time limit as written (`30m`) in ms: 10 s to 24 h.
+pub fn claim_ttl_ms(value: &str) -> Result<u64> {
+    crate::clock::parse_duration_ms(value)
+        .filter(|ms| crate::api::CLAIM_TTL_MS.contains(ms))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "a claim's time limit is a duration from 10s to 24h, not {value:?}"
+            ))
+            .hint("e.g. bd config set claim.ttl 30m")
+        })
 }
 
 /// Checks that `key` is known or in the custom namespace.

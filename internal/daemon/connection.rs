@@ -315,6 +315,12 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
     };
     // One budget for all of a write's leases, however many it claims.
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    // A claim without --ttl lasts the tracker's claim.ttl if it sets one
+    // (the local claim does too), else the default lease.
+    let default_ttl = crate::config::Config::load_cached(&shared.opts.paths.config())
+        .ok()
+        .and_then(|c| c.get("claim.ttl").and_then(|v| crate::config::claim_ttl_ms(v).ok()))
+        .unwrap_or(crate::api::CLAIM_TTL_DEFAULT_MS);
     for (id, ttl) in &claimed {
         // A relay error (a cluster electing a new leader after losing a
         // server, say) is asked again while the budget lasts.
@@ -324,7 +330,7 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
             let asked = desk.send(LeaseJob::Acquire {
                 issue: id.clone(),
                 holder: item.actor.clone(),
-                ttl: Duration::from_millis(ttl.unwrap_or(crate::api::CLAIM_TTL_DEFAULT_MS)),
+                ttl: Duration::from_millis(ttl.unwrap_or(default_ttl)),
                 reply,
             });
             if asked.is_err() {

@@ -265,7 +265,11 @@ pub fn run(opts: DaemonOptions, log: Log) -> Result<()> {
         "daemon",
         SnapshotPolicy::AfterIdle(opts.flush_debounce),
     )?;
-    let syncer = engine.syncer()?;
+    let mut syncer = engine.syncer()?;
+    let (checkpointer, nudges) = engine.checkpoint_elsewhere(&mut syncer)?;
+    std::thread::Builder::new()
+        .name("bd-checkpoint".into())
+        .spawn(move || checkpointer.run(nudges))?;
     // The relay, when this clone joined one: each durable commit's own ops go
     // to its outbox (see `relay`).
     let relay = match super::relay::Settings::load(&opts.paths, opts.config_dir.as_deref()) {

@@ -3,10 +3,11 @@
 //! makes committed groups durable and only then answers their callers.
 
 use super::server::Shared;
-use crate::api::Response;
+use crate::api::{Request, Response};
 use crate::engine::{Engine, Item, Syncer};
 use crate::{Result, progress};
 use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use tokio::sync::oneshot;
 
@@ -49,91 +50,198 @@ pub(super) fn writer_loop(
     shared: &Shared,
 ) {
     let mut stopping = false;
+    // Jobs taken off the channel but left for a later group (large writes
+    // past the group's weight).
+    let mut backlog: VecDeque<Job> = VecDeque::new();
+    let mut small_turn = true;
     loop {
-        // With nothing to flush, sleep until work arrives (no periodic wake-up).
-        let next = match engine.idle_in() {
-            Some(wait) => rx.recv_timeout(wait),
+        if let Some(first) = backlog.pop_front() {
+            let jobs = compose_group(first, &mut backlog, &rx, shared, &mut small_turn);
+            if run_jobs(&mut engine, jobs, &acks, shared, &mut stopping) {
+                break;
+            }
+            continue;
+        }
+        // With nothing to flush and no claim due to lapse, sleep until work
+        // arrives (no periodic wake-up).
+        let claims_due = engine.claims_due_in().unwrap_or_else(|e| {
+            shared.note_error(&format!("looking for lapsed claims failed: {}", e.message));
+            None
+        });
+        let next = match [engine.idle_in(), claims_due].into_iter().flatten().min() {
+            Some(wait) => rx.recv_timeout(wait.min(CLAIM_CHECK_MAX)),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let first = match next {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                idle(&mut engine, shared);
+                expire_claims(&mut engine, shared);
+                if engine.idle_in().is_some_and(|d| d.is_zero()) {
+                    idle(&mut engine, shared);
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut jobs = vec![first];
-        let max_group = shared.opts.max_group.max(1);
-        while jobs.len() < max_group {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
-        let mut catch_ups = Vec::new();
-        // The first listener of the group hears its catch-up and its commit.
-        let mut listener: Option<progress::Sink> = None;
-        for job in jobs {
-            match job {
-                Job::Stop => stopping = true,
-                Job::CatchUp(reply, progress) => {
-                    listener = listener.or(progress);
-                    catch_ups.push(reply)
-                }
-                Job::Durable => engine.after_durable(),
-                Job::Receive(replica, ops, reply) => {
-                    let _ = reply.send(engine.receive_batch(&replica, ops));
-                }
-                Job::Release(reply) => {
-                    let _ = reply.send(engine.release_transit());
-                }
-                Job::Quarantine([replica, issue, reason, payload]) => {
-                    if let Err(e) = engine.quarantine(&replica, &issue, &reason, &payload) {
-                        shared.note_error(&format!("relay: quarantine failed: {}", e.message));
-                    }
-                }
-                Job::Write {
-                    item,
-                    reply,
-                    progress,
-                } => {
-                    shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
-                    if reply.is_closed() {
-                        continue; // the client went away before its turn
-                    }
-                    listener = listener.or(progress);
-                    live.push((reply, *item));
-                }
-            }
-        }
-        if !catch_ups.is_empty() {
-            let out = progress::scoped(listener.clone(), || engine.catch_up());
-            match &out {
-                Ok(Some(report)) => {
-                    for p in &report.problems {
-                        (shared.log)(&format!("{}:{}: {}", p.file, p.line, p.problem));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    shared.note_error(&format!("applying other clones' ops failed: {}", e.message))
-                }
-            }
-            let out = out.map(|_| ());
-            for reply in catch_ups {
-                let _ = reply.send(out.clone());
-            }
-        }
-        if !live.is_empty() {
-            progress::scoped(listener, || commit_group(&mut engine, shared, live, &acks));
-        }
-        if stopping && shared.counters.queue.load(Ordering::SeqCst) == 0 {
+        let jobs = compose_group(first, &mut backlog, &rx, shared, &mut small_turn);
+        if run_jobs(&mut engine, jobs, &acks, shared, &mut stopping) {
             break;
         }
     }
     idle(&mut engine, shared);
+}
+
+/// The most operations a group takes beyond its first job, counting a batch
+/// or an import by its operations: a group of large batches takes a few
+/// hundred milliseconds at most, so small writes waiting behind them (a
+/// claim, a close) are answered within a group or two.
+const GROUP_WEIGHT: usize = 2_000;
+
+/// A write this small joins the next group whatever its weight.
+const SMALL_WRITE: usize = 16;
+
+/// How many operations a job commits.
+fn weight(job: &Job) -> usize {
+    match job {
+        Job::Write { item, .. } => match &item.request {
+            Request::Batch { requests } => requests.len(),
+            Request::Import { records, .. } => records.len(),
+            _ => 1,
+        },
+        _ => 0,
+    }
+}
+
+/// The next group, from `first` and whatever waits (on the channel and in
+/// `backlog`, in arrival order). Small writes (a claim, a close) go first:
+/// when any waits, the group is the small writes and control jobs only, and
+/// commits in a few milliseconds however many large batches queue behind
+/// it. The group after such a group is taken in arrival order, large writes
+/// while its weight allows, so a large write is never passed over for
+/// ever. What is left stays in `backlog`, in order.
+fn compose_group(
+    first: Job,
+    backlog: &mut VecDeque<Job>,
+    rx: &mpsc::Receiver<Job>,
+    shared: &Shared,
+    small_turn: &mut bool,
+) -> Vec<Job> {
+    let max_group = shared.opts.max_group.max(1);
+    backlog.push_front(first);
+    while let Ok(job) = rx.try_recv() {
+        backlog.push_back(job);
+    }
+    let small_only = *small_turn && backlog.iter().any(|j| matches!(j, Job::Write { .. }) && weight(j) <= SMALL_WRITE);
+    *small_turn = !small_only;
+    let mut total = 0;
+    let mut jobs = Vec::new();
+    let mut rest = VecDeque::with_capacity(backlog.len());
+    for job in backlog.drain(..) {
+        let w = weight(&job);
+        let join = jobs.is_empty()
+            || jobs.len() < max_group
+                && if small_only {
+                    w <= SMALL_WRITE
+                } else {
+                    w <= SMALL_WRITE || total + w <= GROUP_WEIGHT
+                };
+        if join && !(small_only && w > SMALL_WRITE) {
+            total += w;
+            jobs.push(job);
+        } else {
+            rest.push_back(job);
+        }
+    }
+    *backlog = rest;
+    jobs
+}
+
+/// Runs one group's jobs; true when the writer should stop.
+fn run_jobs(
+    engine: &mut Engine,
+    jobs: Vec<Job>,
+    acks: &mpsc::Sender<Acks>,
+    shared: &Shared,
+    stopping: &mut bool,
+) -> bool {
+    let mut live: Vec<Pending> = Vec::with_capacity(jobs.len());
+    let mut catch_ups = Vec::new();
+    // The first listener of the group hears its catch-up and its commit.
+    let mut listener: Option<progress::Sink> = None;
+    for job in jobs {
+        match job {
+            Job::Stop => *stopping = true,
+            Job::CatchUp(reply, progress) => {
+                listener = listener.or(progress);
+                catch_ups.push(reply)
+            }
+            Job::Durable => engine.after_durable(),
+            Job::Receive(replica, ops, reply) => {
+                let _ = reply.send(engine.receive_batch(&replica, ops));
+            }
+            Job::Release(reply) => {
+                let _ = reply.send(engine.release_transit());
+            }
+            Job::Quarantine([replica, issue, reason, payload]) => {
+                if let Err(e) = engine.quarantine(&replica, &issue, &reason, &payload) {
+                    shared.note_error(&format!("relay: quarantine failed: {}", e.message));
+                }
+            }
+            Job::Write {
+                item,
+                reply,
+                progress,
+            } => {
+                shared.counters.queue.fetch_sub(1, Ordering::SeqCst);
+                if reply.is_closed() {
+                    continue; // the client went away before its turn
+                }
+                listener = listener.or(progress);
+                live.push((reply, *item));
+            }
+        }
+    }
+    if !catch_ups.is_empty() {
+        let out = progress::scoped(listener.clone(), || engine.catch_up());
+        match &out {
+            Ok(Some(report)) => {
+                for p in &report.problems {
+                    (shared.log)(&format!("{}:{}: {}", p.file, p.line, p.problem));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                shared.note_error(&format!("applying other clones' ops failed: {}", e.message))
+            }
+        }
+        let out = out.map(|_| ());
+        for reply in catch_ups {
+            let _ = reply.send(out.clone());
+        }
+    }
+    if !live.is_empty() {
+        progress::scoped(listener, || commit_group(engine, shared, live, acks));
+    }
+    *stopping && shared.counters.queue.load(Ordering::SeqCst) == 0
+}
+
+/// The longest the writer sleeps while a claim is due to lapse (the clock
+/// may be set forward meanwhile).
+const CLAIM_CHECK_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Returns lapsed claims to open when no write came to do it first, and
+/// makes that durable (it is a write nobody waits for).
+fn expire_claims(engine: &mut Engine, shared: &Shared) {
+    match engine.expire_claims() {
+        Ok(ids) if ids.is_empty() => {}
+        Ok(ids) => {
+            (shared.log)(&format!("claims lapsed, back to ready: {}", ids.join(", ")));
+            if let Err(e) = engine.settle() {
+                shared.note_error(&format!("making lapsed claims durable failed: {}", e.message));
+            }
+        }
+        Err(e) => shared.note_error(&format!("returning lapsed claims failed: {}", e.message)),
+    }
 }
 
 /// The engine's idle work: durable, op file, snapshot.

@@ -188,6 +188,41 @@ pub struct Syncer {
     /// Its own connection, to see what is committed and append the op file.
     store: Store,
     paths: BeadsPaths,
+    /// Told after each sync, when a [`Checkpointer`] runs.
+    checkpointer: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// The write-ahead log's size past which the [`Checkpointer`] copies it
+/// into the database file.
+const CHECKPOINT_AT_BYTES: u64 = 16 << 20;
+
+/// Copies the write-ahead log into the database file on a thread of its
+/// own (the daemon's), so the writer never does: SQLite's automatic
+/// checkpoint ran inside the commit that crossed 1,000 pages, fsyncs
+/// included, and a surge of large batches crossed it on nearly every
+/// commit (measured: 11% of the writer's time). A passive checkpoint never
+/// blocks the writer; the log restarts from its beginning once a
+/// checkpoint has copied all of it.
+pub struct Checkpointer {
+    store: Store,
+    wal: PathBuf,
+}
+
+impl Checkpointer {
+    /// Checkpoints whenever the syncer reports a sync and the log has grown
+    /// past [`CHECKPOINT_AT_BYTES`], until the syncer is gone.
+    pub fn run(self, nudges: std::sync::mpsc::Receiver<()>) {
+        while nudges.recv().is_ok() {
+            while nudges.try_recv().is_ok() {}
+            let big = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > CHECKPOINT_AT_BYTES);
+            if big {
+                let _ = self
+                    .store
+                    .conn()
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        }
+    }
 }
 
 impl Syncer {
@@ -198,6 +233,9 @@ impl Syncer {
     pub fn sync(&mut self) -> Result<()> {
         self.state.sync(&mut self.wal, &self.store)?;
         self.state.append(&self.store, &self.paths);
+        if let Some(c) = &self.checkpointer {
+            let _ = c.send(());
+        }
         Ok(())
     }
 }
@@ -271,6 +309,9 @@ pub struct Engine {
     /// the repository: a cost a short-lived direct process should not pay).
     git_dir: std::sync::OnceLock<Option<PathBuf>>,
     hook: Option<(PostCommit, i64)>,
+    /// Lapsed claims made on other clones: takeable here, but theirs to
+    /// return to open (see [`Engine::expire_claims`]).
+    foreign_lapsed: std::collections::BTreeSet<String>,
 }
 
 impl Engine {
@@ -299,6 +340,7 @@ impl Engine {
             snapshot,
             last_write: None,
             hook: None,
+            foreign_lapsed: Default::default(),
         })
     }
 
@@ -329,7 +371,29 @@ impl Engine {
             state: self.state.clone(),
             store: Store::open(&self.paths.db)?,
             paths: self.paths.clone(),
+            checkpointer: None,
         })
+    }
+
+    /// Hands checkpoints to a [`Checkpointer`] told by `syncer` after each
+    /// sync: this engine's connection no longer checkpoints by itself (a
+    /// short-lived process keeps SQLite's automatic checkpoint, and the
+    /// checkpoint its last connection makes on closing).
+    pub fn checkpoint_elsewhere(&mut self, syncer: &mut Syncer) -> Result<(Checkpointer, std::sync::mpsc::Receiver<()>)> {
+        self.store.conn().pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A log that grew during a surge is cut back when it restarts.
+        self.store.conn().query_row("PRAGMA journal_size_limit = 67108864", [], |_| Ok(()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        syncer.checkpointer = Some(tx);
+        let mut wal = self.paths.db.as_os_str().to_owned();
+        wal.push("-wal");
+        Ok((
+            Checkpointer {
+                store: Store::open(&self.paths.db)?,
+                wal: wal.into(),
+            },
+            rx,
+        ))
     }
 
     /// A view of this engine's durability from any thread.
@@ -462,12 +526,72 @@ impl Engine {
         self.settle()
     }
 
+    /// Claims with a time limit, made on this clone, whose holders let it run
+    /// out: each issue is unassigned and reopened with a comment saying whose
+    /// claim lapsed (bd's own write, actor `bd`). Runs before every group (so
+    /// a write never acts on a claim that has lapsed) and, in the daemon, when
+    /// the next claim is due. Costs one indexed lookup when none is due.
+    /// Not durable yet, like [`Engine::commit`].
+    pub fn expire_claims(&mut self) -> Result<Vec<String>> {
+        let now = self.clock.now_ms();
+        let due = self.claims_by_expiry(Some(now))?;
+        if due.iter().all(|(id, _)| self.foreign_lapsed.contains(id)) {
+            return Ok(Vec::new());
+        }
+        let (clock, paths, mode) = (self.clock.as_ref(), &self.paths, self.mode);
+        let ctx = Context {
+            actor: service::BD_ACTOR,
+            clock,
+            paths,
+            mode,
+            request_id: None,
+            deadline_ms: None,
+            fences: &[],
+        };
+        let expired = self.store.write(clock, |tx| service::expire_claims(tx, &ctx, now))?;
+        if !expired.is_empty() {
+            self.committed();
+        }
+        self.foreign_lapsed = due
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !expired.contains(id))
+            .collect();
+        Ok(expired)
+    }
+
+    /// How long until [`Engine::expire_claims`] has work, if it will: the
+    /// earliest claim expiry not yet acted on.
+    pub fn claims_due_in(&mut self) -> Result<Option<Duration>> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .claims_by_expiry(None)?
+            .into_iter()
+            .find(|(id, _)| !self.foreign_lapsed.contains(id))
+            .map(|(_, at)| Duration::from_millis((at.max(0) as u64).saturating_sub(now))))
+    }
+
+    /// Issues with a claim expiry (up to `until`, ms), earliest first.
+    fn claims_by_expiry(&self, until: Option<u64>) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.store.conn().prepare_cached(
+            "SELECT id, claim_expires_ms FROM issues INDEXED BY issues_claim_expiry
+             WHERE claim_expires_ms IS NOT NULL AND claim_expires_ms <= ?1
+             ORDER BY claim_expires_ms, id",
+        )?;
+        let until = until.map_or(i64::MAX, |u| u as i64);
+        let rows = stmt
+            .query_map([until], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// Steps 2 and 3: checks and commits a group of writes. Not durable yet:
     /// follow with [`Engine::settle`] or a [`Syncer`] before answering.
     pub fn commit(&mut self, items: Vec<Item>) -> Result<Vec<Result<Response>>> {
         if let Some(e) = self.state.failure() {
             return Err(e);
         }
+        self.expire_claims()?;
         self.after_durable();
         // Waiting for another process's write lock counts against the
         // deadline: wait until the latest deadline in the group at most.

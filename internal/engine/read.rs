@@ -43,8 +43,13 @@ pub fn read_for_wire(store: &mut Store, ctx: &Context<'_>, req: Request) -> Resu
     read_as(store, ctx, req, true)
 }
 
-fn read_as(store: &mut Store, ctx: &Context<'_>, req: Request, wire: bool) -> Result<Answer> {
+fn read_as(store: &mut Store, ctx: &Context<'_>, mut req: Request, wire: bool) -> Result<Answer> {
     check_actor(ctx.actor)?;
+    if let Request::Ready(f) = &mut req {
+        // A claim that lapsed leaves the ready queue's "taken" side at once,
+        // before anyone writes (the sweep that returns it to open follows).
+        f.now_ms = Some(ctx.clock.now_ms() as i64);
+    }
     if req.is_write() {
         return Err(Error::internal(format!(
             "a write request was sent to the read path: {}",

@@ -86,6 +86,9 @@ struct Fold {
     wire: Option<String>,
     /// Late writes under lapsed leases settled by a `claim` resolution.
     settled: BTreeSet<String>,
+    /// Each actor's latest op on the issue (hlc wall ms): a claim with a
+    /// time limit lasts until its holder's latest op plus the limit.
+    last_by: BTreeMap<String, u64>,
 }
 
 impl Fold {
@@ -239,6 +242,8 @@ impl Fold {
             }
             OpKind::Other(_) => return true,
         }
+        let last = self.last_by.entry(op.actor.clone()).or_default();
+        *last = (*last).max(op.hlc.wall);
         let (ms, text) = match effective {
             Some((ms, s)) => (ms, s.to_string()),
             None => (op.hlc.wall as i64, format_rfc3339(op.hlc.wall)),
@@ -357,6 +362,18 @@ impl Fold {
         out.into_iter().collect()
     }
 
+    /// When the assignee's claim lapses: their latest op on the issue plus
+    /// the claim's time limit, while the issue is in progress (`None`: no
+    /// claim, or one without a limit).
+    fn claim_expiry(&self, status: &Status, assignee: Option<String>, ttl: Option<String>) -> Option<String> {
+        if *status != Status::InProgress {
+            return None;
+        }
+        let ttl = crate::clock::parse_duration_ms(&ttl?)?;
+        let last = self.last_by.get(&assignee?)?;
+        Some(format_rfc3339(last.saturating_add(ttl)))
+    }
+
     /// The displayed issue, or `None` while no create op has been applied.
     fn materialise(&self) -> Option<Materialised> {
         let create = self
@@ -428,6 +445,7 @@ impl Fold {
             .updated
             .clone()
             .unwrap_or_else(|| (create.1.hlc.wall as i64, format_rfc3339(create.1.hlc.wall)));
+        let claim_expires_at = self.claim_expiry(&status, opt("assignee"), opt("claim_ttl"));
         let issue = Issue {
             id: self.id.clone(),
             title: text("title"),
@@ -439,6 +457,8 @@ impl Fold {
             priority,
             issue_type,
             assignee: opt("assignee"),
+            claim_ttl: opt("claim_ttl"),
+            claim_expires_at,
             external_ref: opt("external_ref"),
             created_at: opt("created_at").unwrap_or_else(|| format_rfc3339(create.1.hlc.wall)),
             created_by: text("created_by"),

@@ -310,6 +310,15 @@ pub struct Issue {
     /// Who is working on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignee: Option<String>,
+    /// How long the assignee's claim lasts without a write by them (`30m`):
+    /// set by a claim with `--ttl`, cleared when the claim ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_ttl: Option<String>,
+    /// When that claim lapses unless the assignee writes to the issue again
+    /// (RFC 3339): their last op on it plus `claim_ttl`, while it is in
+    /// progress. Derived, never written by an op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_expires_at: Option<String>,
     /// Link to an outside tracker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<String>,
@@ -351,6 +360,7 @@ pub const SCALAR_FIELDS: &[&str] = &[
     "priority",
     "issue_type",
     "assignee",
+    "claim_ttl",
     "external_ref",
     "created_at",
     "created_by",
@@ -359,7 +369,14 @@ pub const SCALAR_FIELDS: &[&str] = &[
 ];
 
 /// Fields of an issue line that are not registers (derived or collections).
-pub const STRUCTURAL_FIELDS: &[&str] = &["id", "updated_at", "labels", "dependencies", "comments"];
+pub const STRUCTURAL_FIELDS: &[&str] = &[
+    "id",
+    "updated_at",
+    "claim_expires_at",
+    "labels",
+    "dependencies",
+    "comments",
+];
 
 /// One contender of a conflicted field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -215,6 +215,11 @@ pub struct ListFilter {
     /// by default: another agent's claimed work is not on your queue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub takeable_by: Option<String>,
+    /// The time claims lapse against (ms): with `takeable_by`, an issue whose
+    /// claim lapsed before it is takeable too. Set by the engine's read path
+    /// from its clock, never taken from a caller.
+    #[serde(skip)]
+    pub now_ms: Option<i64>,
     /// Must carry every one of these labels.
     pub labels_all: Vec<String>,
     /// Must carry at least one of these labels.
@@ -233,6 +238,9 @@ pub struct ListFilter {
     pub closed_after: Option<i64>,
     /// Closed before (epoch ms).
     pub closed_before: Option<i64>,
+    /// Has a claim with a time limit that lapses at or before (epoch ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_expires_before: Option<i64>,
     /// At most this many results (0 or none: all).
     pub limit: Option<usize>,
     /// Sort order.
@@ -296,8 +304,10 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
                          AND c.status <> 'closed'))",
             );
             if let Some(actor) = &f.takeable_by {
-                sql.push_str(" AND (assignee IS NULL OR assignee = ?)");
+                sql.push_str(" AND (assignee IS NULL OR assignee = ? OR claim_expires_ms <= ?)");
                 args.push(SqlValue::Text(actor.clone()));
+                // No time given: no claim counts as lapsed.
+                args.push(SqlValue::Integer(f.now_ms.unwrap_or(i64::MIN)));
             }
         }
         Scope::Blocked => {
@@ -327,6 +337,7 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
     cmp(&mut sql, "updated_ms <", f.updated_before);
     cmp(&mut sql, "closed_ms >=", f.closed_after);
     cmp(&mut sql, "closed_ms <", f.closed_before);
+    cmp(&mut sql, "claim_expires_ms <=", f.claim_expires_before);
     if let Some(a) = &f.assignee {
         sql.push_str(" AND assignee = ?");
         args.push(SqlValue::Text(a.clone()));

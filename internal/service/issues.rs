@@ -246,14 +246,18 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
                 .hint("drop --claim/--assignee/--status"),
         );
     }
+    if r.renew && !r.claim {
+        return Err(Error::invalid("a renewal goes with a claim")
+            .hint("use `bd claim ID --renew`"));
+    }
     if let Some(ttl) = r.claim_ttl_ms {
         if !r.claim {
-            return Err(Error::invalid("a lease time goes with a claim")
+            return Err(Error::invalid("a claim's time limit goes with a claim")
                 .hint("add --claim, or drop --ttl"));
         }
         if !crate::api::CLAIM_TTL_MS.contains(&ttl) {
             return Err(Error::invalid(format!(
-                "a claim's lease lasts 10s to 24h, not {}",
+                "a claim lasts 10s to 24h without renewal, not {}",
                 crate::clock::format_duration_ms(ttl)
             ))
             .hint("e.g. --ttl 30m"));
@@ -262,7 +266,7 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
     for_each_id(tx, &r.ids, |tx, id| {
         let mut changed = false;
         if r.claim {
-            changed |= claim(tx, ctx, id)?;
+            changed |= claim(tx, ctx, id, r.claim_ttl_ms, r.renew)?;
         }
         if r.unclaim {
             changed |= unclaim(tx, ctx, id)?;
@@ -277,7 +281,13 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
             ("external_ref", &r.external_ref),
         ] {
             if let Some(v) = value {
-                changed |= set_field(tx, ctx, id, field, text_or_null(v))?;
+                let set = set_field(tx, ctx, id, field, text_or_null(v))?;
+                if set && field == "assignee" {
+                    // A claim's time limit was the claimer's; it ends with
+                    // their assignment.
+                    clear_claim_ttl(tx, ctx, id)?;
+                }
+                changed |= set;
             }
         }
         if let Some(p) = r.priority {
@@ -349,8 +359,13 @@ fn set_parent(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, parent: &str) -
 }
 
 /// Atomic claim: assign to the actor and start, only if unassigned (or
-/// assigned under a relay lease that lapsed) and not closed.
-fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
+/// assigned under a claim that lapsed: a relay lease another clone's newer
+/// lease replaced, or a claim with a time limit its holder let run out) and
+/// not closed. `ttl`: the claim lapses that long after the holder's last
+/// write to the issue. Claiming an issue one holds renews it (with `ttl` if
+/// given, else the limit it had); `renew` refuses to take an issue one does
+/// not hold.
+fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, ttl: Option<u64>, renew: bool) -> Result<bool> {
     let assignee = current_str(tx, id, "assignee")?;
     let status = Status::from_wire(&current_str(tx, id, "status")?);
     if status.is_closed() {
@@ -360,8 +375,13 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
         )
         .hint(format!("reopen it first: bd reopen {id}")));
     }
+    let lapsed_at = claim_lapsed_at(tx, id)?;
+    if renew {
+        refuse_renewal(ctx, id, &assignee, &status, lapsed_at)?;
+    }
     let fence = ctx.fence(id);
     let lease = tx.doc(id)?.lease().map(|(f, who)| (f, who.to_string()));
+    let holder = !assignee.is_empty() && assignee == ctx.actor;
     if !assignee.is_empty() && assignee != ctx.actor {
         // The relay granted this write a newer lease than the one the
         // assignee claimed under, while the work is in progress: that lease
@@ -369,15 +389,29 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
         // over this way, nor an issue assigned but not in progress (closed
         // and reopened, say: its lease was given back, the assignment stays,
         // as it does without a relay).
-        let lapsed = status == Status::InProgress
+        let lease_lapsed = status == Status::InProgress
             && matches!((fence, &lease), (Some(new), Some((old, holder)))
                 if *holder == assignee && *old < new);
-        if !lapsed {
+        if !lease_lapsed && lapsed_at.is_none() {
+            let until = current_expiry(tx, id)?
+                .map(|t| format!(" (unless they write to it, their claim lapses at {t})"))
+                .unwrap_or_default();
             return Err(Error::new(
                 ErrorKind::Conflict,
-                format!("{id} is already claimed by {assignee}"),
+                format!("{id} is already claimed by {assignee}{until}"),
             )
             .hint("pick another issue from `bd ready`"));
+        }
+        if let Some(at) = lapsed_at {
+            // Taken over from a holder whose time ran out (made on another
+            // clone: this clone returns its own claims to open itself).
+            let ttl_text = current_str(tx, id, "claim_ttl")?;
+            let text = format!(
+                "{assignee}'s claim lapsed at {} (no write by them for {ttl_text}); {} took it over",
+                format_rfc3339(at),
+                ctx.actor
+            );
+            super::comments::comment_add(tx, ctx, id, &text)?;
         }
     }
     // A new lease is recorded even when the assignee stays the same: its
@@ -400,7 +434,142 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
         set_field(tx, ctx, id, "assignee", json!(ctx.actor))?
     };
     changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
+    let current_ttl = current_str(tx, id, "claim_ttl")?;
+    let want = match ttl {
+        Some(ms) => Some(crate::clock::format_duration_ms(ms)),
+        // The holder claiming again keeps the limit it had.
+        None if holder => Some(current_ttl.clone()).filter(|t| !t.is_empty()),
+        // The tracker's default, if it sets one.
+        None => match Config::load_cached(&ctx.paths.config())?.get("claim.ttl") {
+            Some(v) => Some(crate::clock::format_duration_ms(crate::config::claim_ttl_ms(v)?)),
+            None => None,
+        },
+    };
+    match want {
+        // A renewal is a write by the holder, whatever it sets: the claim
+        // lasts from its last write.
+        Some(t) if holder && !changed => {
+            let heads = tx.doc(id)?.field_heads("claim_ttl");
+            tx.record(new_op(ctx, id, OpKind::Set, Some("claim_ttl"), json!(t), heads))?;
+            changed = true;
+        }
+        Some(t) => changed |= set_field(tx, ctx, id, "claim_ttl", json!(t))?,
+        None => changed |= clear_claim_ttl(tx, ctx, id)?,
+    }
     Ok(changed)
+}
+
+/// `bd claim --renew` is for the holder of a live claim only.
+fn refuse_renewal(
+    ctx: &Context<'_>,
+    id: &str,
+    assignee: &str,
+    status: &Status,
+    lapsed_at: Option<u64>,
+) -> Result<()> {
+    if assignee.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{id} is not claimed by {}: nobody holds it (a claim that ran out was returned to ready); nothing was renewed",
+                ctx.actor
+            ),
+        )
+        .hint(format!("claim it again: bd claim {id}")));
+    }
+    if assignee != ctx.actor || *status != Status::InProgress {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{id} is not claimed by {} ({assignee} holds it); nothing was renewed", ctx.actor),
+        )
+        .hint("only the holder renews a claim; pick another issue from `bd ready`"));
+    }
+    if let Some(at) = lapsed_at {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{}'s claim on {id} lapsed at {}; nothing was renewed",
+                ctx.actor,
+                format_rfc3339(at)
+            ),
+        )
+        .hint(format!("claim it again: bd claim {id}")));
+    }
+    Ok(())
+}
+
+/// When the claim on `id` lapsed, if it has (a time limit, in progress, and
+/// no write by the holder for that long).
+fn claim_lapsed_at(tx: &mut WriteTx<'_>, id: &str) -> Result<Option<u64>> {
+    let now = tx.now_ms();
+    Ok(current_expiry_ms(tx, id)?.filter(|at| *at <= now))
+}
+
+fn current_expiry_ms(tx: &mut WriteTx<'_>, id: &str) -> Result<Option<u64>> {
+    Ok(tx
+        .doc(id)?
+        .materialise()
+        .and_then(|m| m.issue.claim_expires_at)
+        .and_then(|t| crate::clock::parse_rfc3339(&t))
+        .map(|ms| ms.max(0) as u64))
+}
+
+fn current_expiry(tx: &mut WriteTx<'_>, id: &str) -> Result<Option<String>> {
+    Ok(current_expiry_ms(tx, id)?.map(format_rfc3339))
+}
+
+/// Clears a claim's time limit, if it has one.
+fn clear_claim_ttl(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
+    if current_str(tx, id, "claim_ttl")?.is_empty() {
+        return Ok(false);
+    }
+    set_field(tx, ctx, id, "claim_ttl", Value::Null)
+}
+
+/// Returns the issues whose claims lapsed by `now` to open: for each claim
+/// made on this clone without a relay lease (a claim made elsewhere is its
+/// own clone's to return, a leased one the mesh's to take over; here both
+/// are takeable at once, see [`claim`]), unassigns it and reopens it with a
+/// comment saying whose claim lapsed. `ctx` is bd's own actor.
+pub(crate) fn expire_claims(tx: &mut WriteTx<'_>, ctx: &Context<'_>, now: u64) -> Result<Vec<String>> {
+    let due: Vec<String> = tx
+        .conn()
+        .prepare_cached(
+            "SELECT id FROM issues INDEXED BY issues_claim_expiry
+             WHERE claim_expires_ms IS NOT NULL AND claim_expires_ms <= ?1 ORDER BY id",
+        )?
+        .query_map(rusqlite::params![now as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let replica = tx.replica().to_string();
+    let mut out = Vec::new();
+    for id in due {
+        let doc = tx.doc(&id)?;
+        let ours = doc.field_writers("assignee").iter().all(|(_, r, _)| *r == replica);
+        let lease_holder = doc.lease().map(|(_, who)| who.to_string());
+        let Some(m) = doc.materialise() else { continue };
+        let (Some(holder), Some(at), Some(ttl)) = (
+            m.issue.assignee.clone(),
+            m.issue.claim_expires_at.clone(),
+            m.issue.claim_ttl.clone(),
+        ) else {
+            continue;
+        };
+        // A claim under a relay lease is the mesh's: another clone takes it
+        // over with a newer lease once it lapsed (returning it here as well
+        // would race that takeover into a conflict).
+        if !ours || lease_holder.as_deref() == Some(holder.as_str()) {
+            continue;
+        }
+        let text = format!(
+            "{holder}'s claim lapsed at {at} (no write by them for {ttl}); the issue is ready again"
+        );
+        super::comments::comment_add(tx, ctx, &id, &text)?;
+        set_field(tx, ctx, &id, "assignee", Value::Null)?;
+        set_status(tx, ctx, &id, &Status::Open, None)?;
+        tx.flush()?;
+        out.push(id);
+    }
+    Ok(out)
 }
 
 /// Gives a claim up: unassigns and reopens (if in progress), only if the
@@ -429,6 +598,7 @@ fn unclaim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str) -> Result<bool> {
     if Status::from_wire(&current_str(tx, id, "status")?) == Status::InProgress {
         changed |= set_status(tx, ctx, id, &Status::Open, None)?;
     }
+    changed |= clear_claim_ttl(tx, ctx, id)?;
     Ok(changed)
 }
 
@@ -445,6 +615,10 @@ pub(super) fn set_status(
         return Ok(false);
     }
     set_field(tx, ctx, id, "status", json!(status.as_str()))?;
+    if *status != Status::InProgress {
+        // A claim lasts while the work is in progress.
+        clear_claim_ttl(tx, ctx, id)?;
+    }
     if status.is_closed() {
         set_field(tx, ctx, id, "closed_at", json!(format_rfc3339(tx.now_ms())))?;
         if let Some(r) = reason.filter(|r| !r.trim().is_empty()) {

@@ -429,8 +429,16 @@ fn a_lease_lives_while_its_holder_works_and_late_writes_after_it_lapsed_are_clai
         assert_eq!(shown["title"], "long work", "late write kept out: {shown}");
         assert_eq!(shown["assignee"], "bob");
         assert_eq!(shown["notes"], "step 6", "writes under the live lease stay");
+        // Alice's late comment is kept out; Bob's takeover says whose claim
+        // lapsed (issue 16).
+        let comments = shown["comments"].as_array().cloned().unwrap_or_default();
         assert!(
-            shown["comments"].as_array().is_none_or(|c| c.is_empty()),
+            comments.iter().all(|c| c["author"] != "alice"),
+            "late comment kept out: {shown}"
+        );
+        assert!(
+            comments.iter().any(|c| c["author"] == "bob"
+                && c["text"].as_str().unwrap().contains("alice's claim lapsed")),
             "{shown}"
         );
     }

@@ -2,6 +2,7 @@
 //! repositories.
 
 mod batch;
+mod claim_expiry;
 mod cli;
 mod cluster;
 mod common;
@@ -23,6 +24,7 @@ mod mesh_transit;
 mod op_file;
 mod pressure;
 mod recovery;
+mod scenario;
 mod sync;
 mod terminal;
 mod tty;

@@ -7,7 +7,12 @@ use clap::Args;
 
 /// Take issues: assign them to you and start them, only if nobody has them
 ///
-/// All or none: exit 3 names who holds one already. In a clone that joined
+/// All or none: exit 3 names who holds one already. With --ttl (or the
+/// tracker's `claim.ttl`), the claim lapses after that long without a write
+/// by you to the issue (any change or comment renews it, and so does
+/// `bd claim ID --renew`): the issue is then ready again, with a comment
+/// saying whose claim lapsed, and `bd stale` lists claims about to lapse.
+/// Claiming an issue you hold renews it. In a clone that joined
 /// a relay (`bd mesh join`), the claim first takes the relay's lease of each
 /// issue, so only one agent in the whole mesh wins it; the lease's token
 /// (which only grows) goes on every op you write to the issue, and the lease
@@ -16,15 +21,21 @@ use clap::Args;
 /// over. When the relay cannot be asked, the claim is granted by this clone
 /// alone, marked provisional, and bd exits 4: it becomes a lease when the
 /// relay is back, or a claim conflict (`bd conflicts`) if another clone
-/// claimed the issue meanwhile. Claiming an issue you hold renews its lease.
+/// claimed the issue meanwhile.
 #[derive(Args, Debug)]
 pub struct ClaimArgs {
     /// Issues to claim
     #[arg(required = true)]
     pub ids: Vec<String>,
-    /// How long the relay lease lasts without renewal (e.g. 30m; 10s to 24h; default 15m)
+    /// The claim lapses after this long without a write by you to the issue
+    /// (e.g. 30m; 10s to 24h; default: config claim.ttl, else none; a relay
+    /// lease without it lasts 15m)
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
+    /// Only renew claims you hold (exit 3 for an issue you do not hold, or
+    /// whose claim lapsed); with --ttl, also change its time limit
+    #[arg(long)]
+    pub renew: bool,
 }
 
 /// Give claims up: unassign and reopen issues you hold, and return their leases
@@ -43,12 +54,14 @@ pub fn cmd_claim(ctx: &Ctx, a: ClaimArgs) -> Result<(), CliError> {
         ids: once_each(a.ids),
         claim: true,
         claim_ttl_ms: a.ttl,
+        renew: a.renew,
         ..Default::default()
     };
+    let verb = if a.renew { "Renewed" } else { "Claimed" };
     match call(ctx, Request::Update(req))? {
         Response::Changed(mut c) => {
             mark_unleased(ctx, &mut c);
-            render_changed(ctx, &c, "Claimed")
+            render_changed(ctx, &c, verb)
         }
         other => Err(unexpected(other)),
     }

@@ -24,6 +24,18 @@ pub struct DemoArgs {
     /// Keep the demo repository and print where it is
     #[arg(long)]
     pub keep: bool,
+    /// Run a fleet scenario instead, check its end state against a model of
+    /// what bd acknowledged, and print its table of figures (exit 1 if the
+    /// checker finds a difference)
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scenario: Option<super::scenario::Scenario>,
+    /// With --scenario: how big (demo: under a minute; full: the sizes the
+    /// aims are stated at)
+    #[arg(long, value_enum, default_value = "demo", requires = "scenario")]
+    pub size: super::scenario::Size,
+    /// With --scenario: the seed of the agents' choices
+    #[arg(long, default_value_t = 1, requires = "scenario")]
+    pub seed: u64,
 }
 
 pub(super) struct Log {
@@ -246,6 +258,9 @@ fn agent(paths: BeadsPaths, name: String, log: &Log, seed: u64) -> Result<Tally,
 }
 
 pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
+    if let Some(scenario) = a.scenario {
+        return super::scenario::run(ctx, scenario, a.size, a.seed, a.keep);
+    }
     let dir = tempfile::Builder::new().prefix("bd-demo-").tempdir()?;
     let root = dir.path().to_path_buf();
     let log = Log {

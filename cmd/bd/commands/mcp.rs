@@ -716,7 +716,7 @@ struct UpdateParams {
     /// Take the issue as `claim` does (refused if someone else has it)
     #[serde(default)]
     claim: bool,
-    /// With claim: how long the relay lease lasts without renewal (e.g. "30m"; 10s to 24h)
+    /// With claim: the claim lapses after this long without a write by you to the issue (e.g. "30m"; 10s to 24h)
     #[serde(default)]
     ttl: Option<String>,
     /// Move under this parent ("" takes the issues out from under their parent);
@@ -734,9 +734,12 @@ struct UpdateParams {
 struct ClaimParams {
     /// Issues to claim (all or none)
     ids: Vec<String>,
-    /// How long the relay lease lasts without renewal (e.g. "30m"; 10s to 24h; default 15m)
+    /// The claim lapses after this long without a write by you to the issue, and the issue is ready again (e.g. "30m"; 10s to 24h; default: the tracker's claim.ttl, else none)
     #[serde(default)]
     ttl: Option<String>,
+    /// Only renew claims you hold (refused with exit_code 3 otherwise, or when the claim lapsed)
+    #[serde(default)]
+    renew: bool,
     /// Makes the call exactly-once (see create)
     #[serde(default)]
     request_id: Option<String>,
@@ -879,6 +882,9 @@ struct StaleParams {
     /// Idle at least this long (e.g. "30m", "2h"; default 30m)
     #[serde(default)]
     idle: Option<String>,
+    /// Claims that lapse within this long (e.g. "5m"; default 5m; lapsed ones always show)
+    #[serde(default)]
+    within: Option<String>,
     /// Only this actor's work
     #[serde(default)]
     assignee: Option<String>,
@@ -1002,11 +1008,12 @@ fn tools() -> Vec<ToolDef> {
         ),
         def::<ClaimParams>(
             "claim",
-            "Take issues: assign them to you and start them, only if nobody has them, atomically (all or none). Refused with exit_code 3, naming the holder, if someone has one: pick another. Where the repository joined a relay the claim is a lease across machines; lease.provisional true means the relay could not be asked yet.",
+            "Take issues: assign them to you and start them, only if nobody has them, atomically (all or none). Refused with exit_code 3, naming the holder, if someone has one: pick another. With ttl the claim lapses after that long without a write by you to the issue (any update or comment renews it, as does renew: true) and the issue returns to ready. Where the repository joined a relay the claim is a lease across machines; lease.provisional true means the relay could not be asked yet.",
             Idempotent,
             |p| {
                 Argv::new(&["claim"])
                     .opt("ttl", p.ttl)
+                    .flag("renew", p.renew)
                     .positionals(&p.ids)
                     .request_id(p.request_id)
             },
@@ -1095,11 +1102,12 @@ fn tools() -> Vec<ToolDef> {
         ),
         def::<StaleParams>(
             "stale",
-            "In-progress work nobody has touched for a while (default 30m), longest idle first, with its assignee and idle_ms: what an agent that died left behind.",
+            "Claims about to lapse or lapsed (claim_lapses_in_ms, negative once lapsed: claim it), then in-progress work nobody has touched for a while (default 30m), longest idle first, with its assignee and idle_ms: what an agent that died left behind.",
             Read,
             |p| {
                 Argv::new(&["stale"])
                     .opt("idle", p.idle)
+                    .opt("within", p.within)
                     .opt("assignee", p.assignee)
                     .opt("limit", p.limit)
                     .done()

@@ -38,6 +38,7 @@ mod ready;
 mod rebuild;
 mod reopen;
 mod resolve;
+mod scenario;
 mod search;
 mod show;
 mod stale;
@@ -211,6 +212,8 @@ pub enum Command {
     Completion(Lazy<completion::CompletionArgs>),
     #[command(name = "__complete-ids", hide = true)]
     CompleteIds(Lazy<completion::CompleteIdsArgs>),
+    #[command(name = "__scenario-agent", hide = true)]
+    ScenarioAgent(Lazy<scenario::ScenarioAgentArgs>),
 }
 
 /// Runs one command.
@@ -259,6 +262,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Mcp(Lazy(a)) => mcp::cmd_mcp(ctx, a),
         Command::Completion(Lazy(a)) => completion::cmd_completion(ctx, a),
         Command::CompleteIds(Lazy(a)) => completion::cmd_complete_ids(ctx, a),
+        Command::ScenarioAgent(Lazy(a)) => scenario::cmd_scenario_agent(ctx, a),
     }
 }
 

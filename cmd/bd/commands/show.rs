@@ -92,6 +92,21 @@ fn render(d: &IssueDetails) -> String {
     if let Some(a) = &i.assignee {
         let _ = writeln!(s, "Assignee: {a}{}", conflicted("assignee"));
     }
+    if let (Some(at), Some(ttl)) = (&i.claim_expires_at, &i.claim_ttl) {
+        let lapsed =
+            bd::api::time::parse_rfc3339(at).is_some_and(|t| t <= bd::api::time::now_ms() as i64);
+        let _ = if lapsed {
+            writeln!(
+                s,
+                "Claim: lapsed at {at} (no write by the assignee for {ttl}); anyone may take it"
+            )
+        } else {
+            writeln!(
+                s,
+                "Claim: lapses at {at} unless the assignee writes to it (time limit {ttl})"
+            )
+        };
+    }
     if let Some(from) = &d.displaced_from {
         let _ = writeln!(
             s,

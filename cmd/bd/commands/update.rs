@@ -36,7 +36,8 @@ pub struct UpdateArgs {
     /// out from under its parent); refused if the parent lies under the issue
     #[arg(long, value_name = "ID")]
     pub parent: Option<String>,
-    /// With --claim: how long the claim's relay lease lasts without renewal (e.g. 30m; 10s to 24h)
+    /// With --claim: the claim lapses after this long without a write by you
+    /// to the issue (e.g. 30m; 10s to 24h; default: config claim.ttl, else none)
     #[arg(long, value_name = "DURATION", requires = "claim", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
 }
@@ -46,7 +47,7 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
     let ms = bd::api::time::parse_duration_ms(s)
         .ok_or_else(|| format!("{s:?} is not a duration such as 90s, 15m or 1h30m"))?;
     if !bd::api::CLAIM_TTL_MS.contains(&ms) {
-        return Err(format!("a claim's lease lasts 10s to 24h, not {s}"));
+        return Err(format!("a claim lasts 10s to 24h without renewal, not {s}"));
     }
     Ok(ms)
 }
@@ -116,6 +117,15 @@ pub fn render_changed(ctx: &Ctx, changed: &[Changed], verb: &str) -> Result<(), 
         } else {
             s.push_str(&format!("{} unchanged (already so)\n", c.issue.id));
         }
+        if let (true, Some(at)) = (
+            verb == "Claimed" || verb == "Renewed",
+            &c.issue.claim_expires_at,
+        ) {
+            s.push_str(&format!(
+                "  lapses at {at} unless you write to it (bd claim {} --renew)\n",
+                c.issue.id
+            ));
+        }
         match &c.lease {
             Some(l) if l.provisional => s.push_str(&format!(
                 "  provisional: {}; it becomes a lease when the relay is back, or a claim conflict if another clone claimed {} meanwhile\n",
@@ -152,6 +162,7 @@ pub fn cmd_update(ctx: &Ctx, a: UpdateArgs) -> Result<(), CliError> {
         set_labels: a.set_labels.map(|s| split_list(&[s])),
         claim: a.claim,
         claim_ttl_ms: a.ttl,
+        renew: false,
         unclaim: false,
         parent: a.parent,
     };

@@ -79,6 +79,7 @@ pub(in crate::storage) fn write_rows(
     let ms = |s: &str| crate::clock::parse_rfc3339(s);
     let created_ms = ms(&issue.created_at).unwrap_or(m.updated_ms);
     let body = serde_json::to_string(issue)?;
+    let claim_expires_ms = issue.claim_expires_at.as_deref().and_then(ms);
     // The ordering indexes cover status, priority and created_ms: when those
     // keep their values, an update that does not name them leaves the indexes
     // alone (SQLite rewrites an index's entry whenever its columns are SET).
@@ -95,7 +96,8 @@ pub(in crate::storage) fn write_rows(
     if same_keys {
         conn.prepare_cached(
             "UPDATE issues SET title = ?2, description = ?3, issue_type = ?4, assignee = ?5,
-                               updated_ms = ?6, closed_ms = ?7, conflicted = ?8, body = ?9
+                               updated_ms = ?6, closed_ms = ?7, conflicted = ?8, body = ?9,
+                               claim_expires_ms = ?10
              WHERE id = ?1",
         )?
         .execute(params![
@@ -108,19 +110,21 @@ pub(in crate::storage) fn write_rows(
             issue.closed_at.as_deref().and_then(ms),
             conflicted.join(","),
             body,
+            claim_expires_ms,
         ])?;
     } else {
         conn.prepare_cached(
             "INSERT INTO issues(id, title, description, status, priority, issue_type, assignee,
-                                created_ms, updated_ms, closed_ms, conflicted, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                created_ms, updated_ms, closed_ms, conflicted, body,
+                                claim_expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT(id) DO UPDATE SET
                title = excluded.title, description = excluded.description,
                status = excluded.status, priority = excluded.priority,
                issue_type = excluded.issue_type, assignee = excluded.assignee,
                created_ms = excluded.created_ms, updated_ms = excluded.updated_ms,
                closed_ms = excluded.closed_ms, conflicted = excluded.conflicted,
-               body = excluded.body",
+               body = excluded.body, claim_expires_ms = excluded.claim_expires_ms",
         )?
         .execute(params![
             issue.id,
@@ -135,6 +139,7 @@ pub(in crate::storage) fn write_rows(
             issue.closed_at.as_deref().and_then(ms),
             conflicted.join(","),
             body,
+            claim_expires_ms,
         ])?;
     }
     sync_rows(

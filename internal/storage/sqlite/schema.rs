@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA_V1: &str = include_str!("../schema.sql");
 const SCHEMA_V2: &str = include_str!("../schema_v2.sql");
@@ -20,6 +20,7 @@ const SCHEMA_V4: &str = include_str!("../schema_v4.sql");
 const SCHEMA_V5: &str = include_str!("../schema_v5.sql");
 const SCHEMA_V6: &str = include_str!("../schema_v6.sql");
 const SCHEMA_V7: &str = include_str!("../schema_v7.sql");
+const SCHEMA_V8: &str = include_str!("../schema_v8.sql");
 
 /// Indexes a bulk load into an empty database drops first and builds after (one
 /// sort each, instead of a random insert per row); none is needed while loading.
@@ -65,6 +66,15 @@ fn migrate(tx: &Connection, from: i64) -> Result<()> {
     }
     if from < 7 {
         tx.execute_batch(SCHEMA_V7)?;
+    }
+    if from < 8 {
+        let has: bool = tx
+            .prepare("SELECT 1 FROM pragma_table_info('issues') WHERE name = 'claim_expires_ms'")?
+            .exists([])?;
+        if !has {
+            tx.execute_batch("ALTER TABLE issues ADD COLUMN claim_expires_ms INTEGER")?;
+        }
+        tx.execute_batch(SCHEMA_V8)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())

@@ -1,0 +1,153 @@
+//! `bd demo --scenario NAME`: the fleet scenarios (issue 16), and the hidden
+//! `bd __scenario-agent` their agent processes run as.
+
+use crate::cli_error::CliError;
+use crate::context::Ctx;
+use crate::output;
+use bd::scenario::saga::SagaSize;
+use bd::scenario::surge::SurgeSize;
+use bd::scenario::{Fleet, Report};
+use clap::{Args, ValueEnum};
+
+/// Which scenario `bd demo --scenario` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// 64 agents provision issues in a burst through batches while a director
+    /// re-prioritises and 16 workers claim and close what is ready
+    Surge,
+    /// Agents run multi-step sagas; the daemon and every agent are killed -9
+    /// midway, and a recovery agent finishes or compensates what they left
+    SelfHealing,
+}
+
+/// How big a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Size {
+    /// Finishes in well under a minute
+    Demo,
+    /// The integration tests' size (seconds)
+    Small,
+    /// The full size the aims are stated at (the benchmarks run it)
+    Full,
+}
+
+fn surge_size(s: Size) -> SurgeSize {
+    match s {
+        Size::Demo => SurgeSize {
+            issues: 50_000,
+            ..SurgeSize::FULL
+        },
+        Size::Small => SurgeSize::SMALL,
+        Size::Full => SurgeSize::FULL,
+    }
+}
+
+fn saga_size(s: Size) -> SagaSize {
+    match s {
+        Size::Demo => SagaSize {
+            sagas: 600,
+            ..SagaSize::FULL
+        },
+        Size::Small => SagaSize::SMALL,
+        Size::Full => SagaSize::FULL,
+    }
+}
+
+/// Runs `scenario` at `size`, prints its table (or JSON), and fails when
+/// the checker found a difference.
+pub fn run(
+    ctx: &Ctx,
+    scenario: Scenario,
+    size: Size,
+    seed: u64,
+    keep: bool,
+) -> Result<(), CliError> {
+    let exe = std::env::current_exe()?;
+    let mut fleet = match scenario {
+        Scenario::Surge => Fleet::new(&exe, "surge")?,
+        Scenario::SelfHealing => Fleet::new(&exe, "saga")?,
+    };
+    if !ctx.quiet && !ctx.json {
+        output::status(
+            false,
+            &format!(
+                "Running the {} scenario in {} ...",
+                name(scenario),
+                fleet.root.display()
+            ),
+        );
+    }
+    let report: Report = match scenario {
+        Scenario::Surge => bd::scenario::surge::run_on(&fleet, surge_size(size), seed)?,
+        Scenario::SelfHealing => bd::scenario::saga::run_on(&fleet, saga_size(size), seed)?,
+    };
+    let kept = keep.then(|| fleet.keep());
+    if ctx.json {
+        output::json(&serde_json::json!({ "report": report, "kept": kept }))?;
+    } else {
+        let mut s = report.table();
+        if let Some(p) = kept {
+            s.push_str(&format!(
+                "Kept the repository: cd {} && bd stats\n",
+                p.display()
+            ));
+        }
+        output::print(&s)?;
+    }
+    if !report.passed() {
+        // Kind `internal` (exit 1): a difference is a bug in bd.
+        return Err(CliError(
+            bd::Error::new(
+                bd::ErrorKind::Internal,
+                format!(
+                    "the {} scenario's checker found the end state differs from the model (see `checker:` above)",
+                    name(scenario)
+                ),
+            )
+            .hint("keep the repository with --keep to look at it, and report it"),
+        ));
+    }
+    Ok(())
+}
+
+fn name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::Surge => "surge",
+        Scenario::SelfHealing => "self-healing",
+    }
+}
+
+/// `bd __scenario-agent`: one agent process of a scenario (hidden).
+#[derive(Args, Debug)]
+pub struct ScenarioAgentArgs {
+    /// The scenario whose agent this is (saga)
+    pub kind: String,
+    /// Its journal file
+    #[arg(long)]
+    pub journal: std::path::PathBuf,
+    /// Its claims' time limit, seconds
+    #[arg(long, default_value_t = 10)]
+    pub ttl: u64,
+    /// Sagas it has in hand at once
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Its choices' seed
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+pub fn cmd_scenario_agent(ctx: &Ctx, a: ScenarioAgentArgs) -> Result<(), CliError> {
+    if a.kind != "saga" {
+        return Err(bd::Error::invalid(format!("no scenario agent {:?}", a.kind)).into());
+    }
+    let paths = ctx.paths()?;
+    bd::scenario::saga::worker(
+        &paths,
+        &ctx.actor,
+        &a.journal,
+        a.ttl,
+        a.parallel.max(1),
+        a.seed,
+    )?;
+    Ok(())
+}

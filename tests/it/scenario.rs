@@ -1,0 +1,82 @@
+//! The fleet scenarios (issue 16) at their small sizes, through `bd demo
+//! --scenario NAME --size small --json`: the real binary starts a real
+//! daemon and agent processes in a throwaway repository, runs the scenario
+//! and checks the end state against its model. The checker's verdict is
+//! the test's: every count that must be zero is zero.
+
+use crate::common::TestEnv;
+use serde_json::Value;
+
+fn run(scenario: &str) -> Value {
+    let env = TestEnv::empty();
+    let out = env
+        .command(&["demo", "--scenario", scenario, "--size", "small", "--json"])
+        .output()
+        .expect("bd demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{scenario} failed ({:?}):\n{stdout}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    let report = v["report"].clone();
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    report
+}
+
+fn figure<'a>(report: &'a Value, name: &str) -> &'a str {
+    report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no figure {name:?}: {report}"))["value"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn the_surge_loses_and_duplicates_nothing_and_claims_have_one_winner() {
+    let r = run("surge");
+    for zero in [
+        "lost writes",
+        "duplicated writes",
+        "claims won twice",
+        "other mismatches",
+    ] {
+        assert_eq!(figure(&r, zero), "0", "{r}");
+    }
+    assert!(figure(&r, "provisioned").starts_with("3000 in"), "{r}");
+    let closed: usize = figure(&r, "closed by workers").parse().unwrap();
+    assert!(closed > 0, "workers closed nothing: {r}");
+    assert!(
+        figure(&r, "follow-ups").starts_with(&format!("{closed} in")),
+        "{r}"
+    );
+    assert!(figure(&r, "ready calls timed").parse::<usize>().unwrap() > 0);
+}
+
+#[test]
+fn agents_killed_mid_saga_leave_nothing_half_done_or_twice() {
+    let r = run("self-healing");
+    for zero in [
+        "duplicated sub-tasks",
+        "half-made plans",
+        "lost acknowledged writes",
+        "sagas not settled",
+        "other mismatches",
+    ] {
+        assert_eq!(figure(&r, zero), "0", "{r}");
+    }
+    let before: usize = figure(&r, "sagas complete before the kill")
+        .parse()
+        .unwrap();
+    assert!((48..120).contains(&before), "killed at 40% of 120: {r}");
+    let interrupted: usize = figure(&r, "interrupted mid-saga").parse().unwrap();
+    let finished: usize = figure(&r, "resumed and finished").parse().unwrap();
+    let compensated: usize = figure(&r, "compensated").parse().unwrap();
+    assert_eq!(interrupted, finished + compensated, "{r}");
+    assert!(interrupted > 0, "the kill interrupted no saga: {r}");
+}
