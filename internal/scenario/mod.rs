@@ -8,6 +8,8 @@
 //!   re-prioritises and workers claim and close what is ready.
 //! - [`saga`]: multi-step sagas; the daemon and every agent are killed -9
 //!   midway, and a recovery agent finishes or compensates what they left.
+//! - [`recursive`]: deep goal trees rewritten while they are worked; the
+//!   checker recomputes `ready` from the op file after every round.
 //!
 //! A scenario is a client of bd like any agent: it starts `bd` processes
 //! (the daemon, agents that are killed) from the binary it is given and
@@ -15,6 +17,7 @@
 //! --scenario NAME` runs one at a size that finishes in under a minute; the
 //! integration tests run small sizes, the benchmarks the full ones.
 
+pub mod recursive;
 pub mod saga;
 pub mod surge;
 
@@ -324,12 +327,15 @@ impl Report {
             .map(|f| f.name.chars().count())
             .max()
             .unwrap_or(6);
+        // Values held to an aim are short; a long one without an aim runs on.
         let v = self
             .figures
             .iter()
+            .filter(|f| f.aim.is_some())
             .map(|f| f.value.chars().count())
             .max()
-            .unwrap_or(5);
+            .unwrap_or(5)
+            .max(5);
         let mut s = format!("{} ({})\n", self.scenario, self.size);
         s.push_str(&format!("{:<w$}  {:<v$}  AIM\n", "FIGURE", "VALUE"));
         for f in &self.figures {

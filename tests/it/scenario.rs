@@ -80,3 +80,26 @@ fn agents_killed_mid_saga_leave_nothing_half_done_or_twice() {
     assert_eq!(interrupted, finished + compensated, "{r}");
     assert!(interrupted > 0, "the kill interrupted no saga: {r}");
 }
+
+#[test]
+fn plans_rewritten_while_worked_keep_ready_exact_and_refuse_every_cycle() {
+    let r = run("recursive");
+    assert_eq!(figure(&r, "ready answers that differ"), "0", "{r}");
+    assert_eq!(figure(&r, "cycles accepted"), "0", "{r}");
+    assert_eq!(
+        figure(&r, "ready answers checked"),
+        "7",
+        "a check before the first round and after each of 6: {r}"
+    );
+    let rewrites: usize = figure(&r, "rewrites")
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rewrites > 20, "{r}");
+    let refused = figure(&r, "cycle attempts refused");
+    let (got, tried) = refused.split_once(" of ").unwrap();
+    let tried: usize = tried.split(' ').next().unwrap().parse().unwrap();
+    assert!(got.parse::<usize>().unwrap() >= tried && tried > 0, "{r}");
+}

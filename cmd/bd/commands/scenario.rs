@@ -4,6 +4,7 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::scenario::recursive::RecursiveSize;
 use bd::scenario::saga::SagaSize;
 use bd::scenario::surge::SurgeSize;
 use bd::scenario::{Fleet, Report};
@@ -18,6 +19,9 @@ pub enum Scenario {
     /// Agents run multi-step sagas; the daemon and every agent are killed -9
     /// midway, and a recovery agent finishes or compensates what they left
     SelfHealing,
+    /// Agents decompose goals into deep trees and rewrite them while others
+    /// work; ready is recomputed from the ops after every round
+    Recursive,
 }
 
 /// How big a scenario runs.
@@ -39,6 +43,20 @@ fn surge_size(s: Size) -> SurgeSize {
         },
         Size::Small => SurgeSize::SMALL,
         Size::Full => SurgeSize::FULL,
+    }
+}
+
+fn recursive_size(s: Size) -> RecursiveSize {
+    match s {
+        Size::Demo => RecursiveSize {
+            goals: 8,
+            issues: 20_000,
+            agents: 8,
+            rounds: 8,
+            actions: 10,
+        },
+        Size::Small => RecursiveSize::SMALL,
+        Size::Full => RecursiveSize::FULL,
     }
 }
 
@@ -66,6 +84,7 @@ pub fn run(
     let mut fleet = match scenario {
         Scenario::Surge => Fleet::new(&exe, "surge")?,
         Scenario::SelfHealing => Fleet::new(&exe, "saga")?,
+        Scenario::Recursive => Fleet::new(&exe, "plan")?,
     };
     if !ctx.quiet && !ctx.json {
         output::status(
@@ -80,6 +99,7 @@ pub fn run(
     let report: Report = match scenario {
         Scenario::Surge => bd::scenario::surge::run_on(&fleet, surge_size(size), seed)?,
         Scenario::SelfHealing => bd::scenario::saga::run_on(&fleet, saga_size(size), seed)?,
+        Scenario::Recursive => bd::scenario::recursive::run_on(&fleet, recursive_size(size), seed)?,
     };
     let kept = keep.then(|| fleet.keep());
     if ctx.json {
@@ -114,6 +134,7 @@ fn name(s: Scenario) -> &'static str {
     match s {
         Scenario::Surge => "surge",
         Scenario::SelfHealing => "self-healing",
+        Scenario::Recursive => "recursive",
     }
 }
 
