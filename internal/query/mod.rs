@@ -292,16 +292,12 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
     };
     match scope {
         Scope::Ready => {
-            // An epic whose children are not all closed is not work to take:
-            // its children are.
+            // `held`: an epic whose children are not all closed is not work
+            // to take; its children are (see `storage::sqlite::row`).
             sql.push_str(
-                " AND blocked = 0 AND status IN ('open', 'in_progress')
+                " AND blocked = 0 AND held = 0 AND status IN ('open', 'in_progress')
                   AND (conflicted = '' OR (instr(',' || conflicted || ',', ',status,') = 0
-                       AND instr(',' || conflicted || ',', ',assignee,') = 0))
-                  AND NOT (issue_type = 'epic' AND EXISTS (
-                       SELECT 1 FROM deps d JOIN issues c ON c.id = d.issue_id
-                       WHERE d.depends_on_id = issues.id AND d.type = 'parent-child'
-                         AND c.status <> 'closed'))",
+                       AND instr(',' || conflicted || ',', ',assignee,') = 0))",
             );
             if let Some(actor) = &f.takeable_by {
                 sql.push_str(" AND (assignee IS NULL OR assignee = ? OR claim_expires_ms <= ?)");

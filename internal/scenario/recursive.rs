@@ -304,7 +304,10 @@ fn decompose(agent: &mut Agent, plan: &Mutex<Plan>, size: RecursiveSize, seed: u
             }
             for (parent, g) in &level {
                 let left = left_per_goal[g];
-                let fan = rng.range(1, FAN_OUT.min(share(budget[*g], left).max(1)));
+                // 4 to 8 children while the goal's budget allows (fewer as
+                // it runs out), so trees reach the size at depth 6.
+                let cap = FAN_OUT.min(share(budget[*g], left).max(1));
+                let fan = rng.range(cap.min(4), cap);
                 let fan = (fan as usize).min(budget[*g]);
                 if let Some(l) = left_per_goal.get_mut(g) {
                     *l -= 1;

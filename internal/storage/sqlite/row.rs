@@ -52,6 +52,17 @@ pub(in crate::storage) fn write_rows(
         .iter()
         .map(|c| Ok((c.field.clone(), serde_json::to_string(c)?)))
         .collect::<Result<BTreeSet<(String, String)>>>()?;
+    // The parents before this write: one that loses a child may no longer
+    // be held (see `refresh_held`).
+    let mut parents: BTreeSet<String> = if fresh {
+        BTreeSet::new()
+    } else {
+        conn.prepare_cached(
+            "SELECT depends_on_id FROM deps WHERE issue_id = ?1 AND type = 'parent-child'",
+        )?
+        .query_map(params![issue.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?
+    };
     if m.deleted {
         if !fresh {
             conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
@@ -65,6 +76,9 @@ pub(in crate::storage) fn write_rows(
             .execute(params![issue.id])?;
         conn.prepare_cached("INSERT OR IGNORE INTO tombstones(id) VALUES (?1)")?
             .execute(params![issue.id])?;
+        for p in &parents {
+            refresh_held(conn, p)?;
+        }
         return Ok(());
     }
     sync_rows(
@@ -164,6 +178,17 @@ pub(in crate::storage) fn write_rows(
         "DELETE FROM deps WHERE issue_id = ?1 AND depends_on_id = ?2 AND type = ?3",
         "INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)",
     )?;
+    parents.extend(
+        issue
+            .dependencies
+            .iter()
+            .filter(|d| d.dep_type == crate::model::DepType::ParentChild)
+            .map(|d| d.depends_on_id.clone()),
+    );
+    refresh_held(conn, &issue.id)?;
+    for p in &parents {
+        refresh_held(conn, p)?;
+    }
     if m.late && !fresh {
         // A comment folded in before its op turned out late is taken out.
         let mut stmt = conn.prepare_cached("SELECT id FROM comments WHERE issue_id = ?1")?;
@@ -240,6 +265,38 @@ macro_rules! blocked_by_parent {
             " AND d.type = 'parent-child' AND (p.blocked = 1 OR p.status NOT IN ('open', 'in_progress')))"
         )
     };
+}
+
+/// Whether the issue whose id is the SQL expression `$issue` is held: an
+/// epic with a child that is not closed (work to take is its children).
+macro_rules! held {
+    ($issue:literal) => {
+        concat!(
+            "(issue_type = 'epic' AND EXISTS(SELECT 1 FROM deps d JOIN issues c ON c.id = d.issue_id WHERE d.depends_on_id = ",
+            $issue,
+            " AND d.type = 'parent-child' AND c.status <> 'closed'))"
+        )
+    };
+}
+
+/// Sets `held` for `id` (an epic with a child that is not closed), writing
+/// the row only when it changes.
+pub(in crate::storage) fn refresh_held(conn: &Connection, id: &str) -> Result<()> {
+    conn.prepare_cached(concat!(
+        "UPDATE issues SET held = ",
+        held!("issues.id"),
+        " WHERE id = ?1 AND held <> ",
+        held!("issues.id")
+    ))?
+    .execute(params![id])?;
+    Ok(())
+}
+
+/// Sets every issue's `held` flag from scratch (after a bulk load, and when
+/// the column is added).
+pub(in crate::storage) fn recompute_all_held(conn: &Connection) -> Result<()> {
+    conn.execute(concat!("UPDATE issues SET held = ", held!("issues.id")), [])?;
+    Ok(())
 }
 
 /// Sets every issue's `blocked` flag from scratch (after a bulk load): first the

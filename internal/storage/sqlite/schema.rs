@@ -32,11 +32,13 @@ pub(super) const BULK_INDEXES: &[&str] = &[
     "issues_by_status",
 ];
 
-/// The `CREATE INDEX` statement for `name`, from the schema itself.
+/// The `CREATE INDEX` statement for `name`, from the schema itself (its
+/// latest definition: a later version may redefine an index).
 pub(super) fn index_sql(name: &str) -> Option<String> {
     let head = format!("CREATE INDEX {name} ");
-    SCHEMA_V1
-        .split(';')
+    [SCHEMA_V8, SCHEMA_V1]
+        .iter()
+        .flat_map(|schema| schema.split(';'))
         .map(|stmt| {
             stmt.lines()
                 .filter(|l| !l.trim_start().starts_with("--"))
@@ -74,7 +76,14 @@ fn migrate(tx: &Connection, from: i64) -> Result<()> {
         if !has {
             tx.execute_batch("ALTER TABLE issues ADD COLUMN claim_expires_ms INTEGER")?;
         }
+        let has: bool = tx
+            .prepare("SELECT 1 FROM pragma_table_info('issues') WHERE name = 'held'")?
+            .exists([])?;
+        if !has {
+            tx.execute_batch("ALTER TABLE issues ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
+        }
         tx.execute_batch(SCHEMA_V8)?;
+        super::row::recompute_all_held(tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())

@@ -255,6 +255,7 @@ impl<'a> WriteTx<'a> {
         }
         if self.no_prior_ops {
             recompute_all_blocked(&self.tx)?;
+            super::row::recompute_all_held(&self.tx)?;
         }
         Ok(out)
     }
