@@ -249,6 +249,9 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Whether every aim was met.
     pub aims_met: bool,
+    /// The durations the benchmarks time (provisioning, kill to settled).
+    #[serde(skip)]
+    pub timings: Vec<(&'static str, Duration)>,
 }
 
 /// One line of a report's table.
@@ -274,6 +277,7 @@ impl Report {
             figures: Vec::new(),
             problems: Vec::new(),
             aims_met: true,
+            timings: Vec::new(),
         }
     }
 

@@ -280,6 +280,15 @@ pub fn run_on(fleet: &Fleet, size: RecursiveSize, seed: u64) -> Result<Report> {
     Ok(report)
 }
 
+/// Builds the goal trees of `size` in `fleet`'s tracker (the benchmark's
+/// deep trees); returns how many issues they hold.
+pub fn build_trees(fleet: &Fleet, size: RecursiveSize, seed: u64) -> Result<usize> {
+    let plan = Mutex::new(Plan::default());
+    decompose(&mut fleet.agent("planner")?, &plan, size, seed)?;
+    let n = plan.lock().map_err(|_| Error::internal("plan poisoned"))?.nodes.len();
+    Ok(n)
+}
+
 /// Builds the goal trees level by level, in batches: each node's children
 /// (1 to [`FAN_OUT`]) under it, some siblings blocking each other, until
 /// the size's budget of issues.

@@ -242,6 +242,7 @@ pub fn run_on(fleet: &Fleet, size: SagaSize, seed: u64) -> Result<Report> {
     let mut recovery = fleet.agent("recovery")?;
 
     let mut report = Report::new("self-healing", size.describe());
+    report.timings.push(("kill to settled", settled_in));
     report.figure("sagas complete before the kill", done_before);
     report.figure("interrupted mid-saga", tally.interrupted);
     report.figure(

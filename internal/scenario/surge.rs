@@ -187,6 +187,7 @@ pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
     let follow_in = follow_start.elapsed();
 
     let mut report = Report::new("surge", size.describe());
+    report.timings.push(("provisioning", provisioned_in));
     let won: usize = model.claims.values().map(Vec::len).sum();
     let rate = size.issues as f64 / provisioned_in.as_secs_f64().max(1e-9);
     report.aim(

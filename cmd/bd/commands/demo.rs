@@ -29,9 +29,9 @@ pub struct DemoArgs {
     /// checker finds a difference)
     #[arg(long, value_enum, value_name = "NAME")]
     pub scenario: Option<super::scenario::Scenario>,
-    /// With --scenario: how big (demo: under a minute; full: the sizes the
-    /// aims are stated at)
-    #[arg(long, value_enum, default_value = "demo", requires = "scenario")]
+    /// With --scenario: how big (full: the sizes the aims are stated at,
+    /// under a minute each on a 2-core machine; small: seconds)
+    #[arg(long, value_enum, default_value = "full", requires = "scenario")]
     pub size: super::scenario::Size,
     /// With --scenario: the seed of the agents' choices
     #[arg(long, default_value_t = 1, requires = "scenario")]

@@ -27,47 +27,31 @@ pub enum Scenario {
 /// How big a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Size {
-    /// Finishes in well under a minute
-    Demo,
-    /// The integration tests' size (seconds)
-    Small,
-    /// The full size the aims are stated at (the benchmarks run it)
+    /// The sizes the aims are stated at, each under a minute here: 100,000
+    /// issues (surge, recursive), 2,000 sagas (self-healing)
     Full,
+    /// The integration tests' sizes (seconds)
+    Small,
 }
 
 fn surge_size(s: Size) -> SurgeSize {
     match s {
-        Size::Demo => SurgeSize {
-            issues: 50_000,
-            ..SurgeSize::FULL
-        },
-        Size::Small => SurgeSize::SMALL,
         Size::Full => SurgeSize::FULL,
+        Size::Small => SurgeSize::SMALL,
     }
 }
 
 fn recursive_size(s: Size) -> RecursiveSize {
     match s {
-        Size::Demo => RecursiveSize {
-            goals: 8,
-            issues: 20_000,
-            agents: 8,
-            rounds: 8,
-            actions: 10,
-        },
-        Size::Small => RecursiveSize::SMALL,
         Size::Full => RecursiveSize::FULL,
+        Size::Small => RecursiveSize::SMALL,
     }
 }
 
 fn saga_size(s: Size) -> SagaSize {
     match s {
-        Size::Demo => SagaSize {
-            sagas: 600,
-            ..SagaSize::FULL
-        },
-        Size::Small => SagaSize::SMALL,
         Size::Full => SagaSize::FULL,
+        Size::Small => SagaSize::SMALL,
     }
 }
 
