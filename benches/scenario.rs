@@ -28,7 +28,9 @@ const BD: &str = env!("CARGO_BIN_EXE_bd");
 /// Times `what` of each run; prints the first run's table.
 fn whole_runs(c: &mut Criterion, group: &str, what: &'static str, run: impl Fn(u64) -> Report) {
     let mut g = c.benchmark_group(group);
-    g.sample_size(10).measurement_time(Duration::from_secs(60)).warm_up_time(Duration::from_millis(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(60))
+        .warm_up_time(Duration::from_millis(1));
     let mut printed = false;
     let mut seed = 1;
     g.bench_function(what, |b| {
@@ -86,7 +88,8 @@ fn recursive(c: &mut Criterion) {
     });
     g.finish();
     // The whole scenario once, for its table (rewrites, checks, latencies).
-    let report = bd::scenario::recursive::run(Path::new(BD), RecursiveSize::FULL, 1).expect("recursive");
+    let report =
+        bd::scenario::recursive::run(Path::new(BD), RecursiveSize::FULL, 1).expect("recursive");
     assert!(report.passed(), "{}", report.table());
     eprintln!("{}", report.table());
 }

@@ -285,7 +285,11 @@ pub fn run_on(fleet: &Fleet, size: RecursiveSize, seed: u64) -> Result<Report> {
 pub fn build_trees(fleet: &Fleet, size: RecursiveSize, seed: u64) -> Result<usize> {
     let plan = Mutex::new(Plan::default());
     decompose(&mut fleet.agent("planner")?, &plan, size, seed)?;
-    let n = plan.lock().map_err(|_| Error::internal("plan poisoned"))?.nodes.len();
+    let n = plan
+        .lock()
+        .map_err(|_| Error::internal("plan poisoned"))?
+        .nodes
+        .len();
     Ok(n)
 }
 

@@ -71,7 +71,7 @@ const ID_FIELDS: [&str; 6] = ["ids", "id", "issue", "depends_on", "parent", "dep
 /// Replaces every issue reference `$N` (N without leading zeros) with the id
 /// created by operation N.
 fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> {
-    fn walk(v: &mut Value, created: &[Option<String>], names_issues: bool) -> Result<()> {
+    fn walk(v: &mut Value, created: &[Option<String>], names_issues: bool, hit: &mut bool) -> Result<()> {
         match v {
             Value::String(s)
                 if names_issues
@@ -84,7 +84,10 @@ fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> 
                     .parse()
                     .map_err(|_| Error::invalid(format!("bad reference {s}")))?;
                 match n.checked_sub(1).and_then(|i| created.get(i)) {
-                    Some(Some(id)) => *s = id.clone(),
+                    Some(Some(id)) => {
+                        *s = id.clone();
+                        *hit = true;
+                    }
                     Some(None) => {
                         return Err(Error::invalid(format!(
                             "{s} refers to operation #{n}, which creates no issue"
@@ -100,15 +103,21 @@ fn substitute_refs(req: Request, created: &[Option<String>]) -> Result<Request> 
             }
             Value::Array(items) => items
                 .iter_mut()
-                .try_for_each(|i| walk(i, created, names_issues))?,
+                .try_for_each(|i| walk(i, created, names_issues, hit))?,
             Value::Object(map) => map
                 .iter_mut()
-                .try_for_each(|(k, i)| walk(i, created, ID_FIELDS.contains(&k.as_str())))?,
+                .try_for_each(|(k, i)| walk(i, created, ID_FIELDS.contains(&k.as_str()), hit))?,
             _ => {}
         }
         Ok(())
     }
     let mut v = serde_json::to_value(&req)?;
-    walk(&mut v, created, false)?;
+    let mut hit = false;
+    walk(&mut v, created, false, &mut hit)?;
+    if !hit {
+        // No reference: the request as it came (reading it back from JSON
+        // cost ~4% of a large batch of creates).
+        return Ok(req);
+    }
     Ok(serde_json::from_value(v)?)
 }

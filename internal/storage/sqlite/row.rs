@@ -185,7 +185,10 @@ pub(in crate::storage) fn write_rows(
             .filter(|d| d.dep_type == crate::model::DepType::ParentChild)
             .map(|d| d.depends_on_id.clone()),
     );
-    refresh_held(conn, &issue.id)?;
+    // A new row starts unheld; only an epic can be held.
+    if !fresh || issue.issue_type == crate::model::IssueType::Epic {
+        refresh_held(conn, &issue.id)?;
+    }
     for p in &parents {
         refresh_held(conn, p)?;
     }
