@@ -323,3 +323,34 @@ fn a_lapsed_claim_from_another_clone_is_takeable_here_and_a_race_with_its_return
         assert_eq!(fields, vec!["assignee"], "{conflicts}");
     }
 }
+
+/// A database from before `held` (schema v8: the column and the ready
+/// index's new condition missing, as an earlier build of this version left
+/// it) is brought up to date on open: an epic with an open child is held
+/// (off the ready queue) at once, and one whose children all closed is not.
+#[test]
+fn a_database_from_before_held_epics_is_upgraded_and_its_epics_are_held() {
+    let env = TestEnv::new();
+    let busy = env.create(&["Busy epic", "-t", "epic"]);
+    let child = env.create(&["Open child", "--parent", &busy]);
+    let done = env.create(&["Done epic", "-t", "epic"]);
+    let finished = env.create(&["Closed child", "--parent", &done]);
+    env.ok(&["close", &finished]);
+    let conn = rusqlite::Connection::open(env.beads().join("beads.db")).unwrap();
+    conn.execute_batch(
+        "DROP INDEX issues_ready;
+         CREATE INDEX issues_ready ON issues(priority, created_ms, id)
+             WHERE blocked = 0 AND status IN ('open', 'in_progress');
+         ALTER TABLE issues DROP COLUMN held;
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(conn);
+    let ready = ids(&env.json(&["ready", "-n", "0"]));
+    assert!(ready.contains(&child) && ready.contains(&done), "{ready:?}");
+    assert!(
+        !ready.contains(&busy),
+        "an epic with an open child is held: {ready:?}"
+    );
+    assert!(env.ok(&["info"]).contains("schema v9"));
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA_V1: &str = include_str!("../schema.sql");
 const SCHEMA_V2: &str = include_str!("../schema_v2.sql");
@@ -21,6 +21,7 @@ const SCHEMA_V5: &str = include_str!("../schema_v5.sql");
 const SCHEMA_V6: &str = include_str!("../schema_v6.sql");
 const SCHEMA_V7: &str = include_str!("../schema_v7.sql");
 const SCHEMA_V8: &str = include_str!("../schema_v8.sql");
+const SCHEMA_V9: &str = include_str!("../schema_v9.sql");
 
 /// Indexes a bulk load into an empty database drops first and builds after (one
 /// sort each, instead of a random insert per row); none is needed while loading.
@@ -36,7 +37,7 @@ pub(super) const BULK_INDEXES: &[&str] = &[
 /// latest definition: a later version may redefine an index).
 pub(super) fn index_sql(name: &str) -> Option<String> {
     let head = format!("CREATE INDEX {name} ");
-    [SCHEMA_V8, SCHEMA_V1]
+    [SCHEMA_V9, SCHEMA_V1]
         .iter()
         .flat_map(|schema| schema.split(';'))
         .map(|stmt| {
@@ -76,13 +77,16 @@ fn migrate(tx: &Connection, from: i64) -> Result<()> {
         if !has {
             tx.execute_batch("ALTER TABLE issues ADD COLUMN claim_expires_ms INTEGER")?;
         }
+        tx.execute_batch(SCHEMA_V8)?;
+    }
+    if from < 9 {
         let has: bool = tx
             .prepare("SELECT 1 FROM pragma_table_info('issues') WHERE name = 'held'")?
             .exists([])?;
         if !has {
             tx.execute_batch("ALTER TABLE issues ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
         }
-        tx.execute_batch(SCHEMA_V8)?;
+        tx.execute_batch(SCHEMA_V9)?;
         super::row::recompute_all_held(tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
