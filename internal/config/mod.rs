@@ -17,7 +17,7 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ),
     (
         "claim.ttl",
-        "time limit of a claim made without --ttl (e.g. 30m; 10s to 24h; unset: none)",
+        "time limit of a claim made without --ttl (e.g. 30m; 10s to 24h; none or unset: no limit)",
     ),
     (
         "mesh.relay",
@@ -146,7 +146,7 @@ impl Config {
                 "daemon.auto_start must be true or false, not {value:?}"
             )));
         }
-        if key == "claim.ttl" {
+        if key == "claim.ttl" && value != "none" {
             claim_ttl_ms(value)?;
         }
         self.values.insert(key.to_string(), value.to_string());
@@ -162,7 +162,7 @@ pub fn claim_ttl_ms(value: &str) -> Result<u64> {
             Error::invalid(format!(
                 "a claim's time limit is a duration from 10s to 24h, not {value:?}"
             ))
-            .hint("e.g. bd config set claim.ttl 30m")
+            .hint("e.g. bd config set claim.ttl 30m (none: no limit)")
         })
 }
 

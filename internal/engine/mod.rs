@@ -91,6 +91,12 @@ fn check_actor(actor: &str) -> Result<()> {
         ))
         .hint("an actor is a short name such as alice or claude-code"));
     }
+    if actor == crate::model::BD_ACTOR {
+        return Err(Error::invalid(
+            "the actor name bd is bd's own (it signs the return of lapsed claims)",
+        )
+        .hint("pass --actor NAME or set BD_ACTOR to a name of your own"));
+    }
     if actor.chars().count() > MAX_ACTOR_CHARS {
         return Err(Error::invalid(format!(
             "actor is {} characters long; at most {MAX_ACTOR_CHARS}",

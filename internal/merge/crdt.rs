@@ -2,7 +2,7 @@
 //! the multi-value register (a scalar field) and the add-wins set (labels and
 //! dependencies). Each is order-independent on its own.
 
-use crate::model::{Hlc, Op};
+use crate::model::{BD_ACTOR, Hlc, Op};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -59,9 +59,17 @@ impl Register {
         }
     }
 
-    /// Visible writes, the displayed one first.
+    /// Visible writes, the displayed one first. bd's own writes (actor
+    /// [`BD_ACTOR`]: a lapsed claim returned to open) yield to any write an
+    /// agent made concurrently: a takeover on another clone that did not
+    /// see the lapse stands, with no conflict. Which writes yield depends
+    /// only on the set of visible writes, so every replica agrees.
     pub(super) fn ranked(&self) -> Vec<(&String, &(Value, Stamp))> {
-        let mut v: Vec<_> = self.visible().collect();
+        let agents = self.visible().any(|(_, (_, s))| &*s.actor != BD_ACTOR);
+        let mut v: Vec<_> = self
+            .visible()
+            .filter(|(_, (_, s))| !agents || &*s.actor != BD_ACTOR)
+            .collect();
         v.sort_by(|a, b| b.1.1.order_key(b.0).cmp(&a.1.1.order_key(a.0)));
         v
     }

@@ -11,6 +11,8 @@
 //!   visible values that differ are a [`Conflict`] listing every contender, and the
 //!   displayed value is the contender with the greatest (hlc, replica, op id), so
 //!   every replica shows the same one. Wall-clock time never decides a conflict.
+//!   bd's own writes (a lapsed claim returned to open) yield to an agent's
+//!   concurrent write: not shown, not a contender.
 //! - Labels and dependencies are add-wins sets: a remove names the adds it saw, so a
 //!   concurrent add survives it.
 //! - Comments are append-only.
@@ -370,7 +372,15 @@ impl Fold {
             return None;
         }
         let ttl = crate::clock::parse_duration_ms(&ttl?)?;
-        let last = self.last_by.get(&assignee?)?;
+        // The holder's latest op, or the write of the limit itself when the
+        // holder has none here (an imported claim: its limit starts at the
+        // import).
+        let set_at = self
+            .registers
+            .get("claim_ttl")
+            .and_then(|r| r.ranked().first().map(|(_, (_, s))| s.hlc.wall))
+            .unwrap_or(0);
+        let last = self.last_by.get(&assignee?).copied().unwrap_or(0).max(set_at);
         Some(format_rfc3339(last.saturating_add(ttl)))
     }
 

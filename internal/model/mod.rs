@@ -349,6 +349,11 @@ pub struct Issue {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// The actor bd's own writes are recorded under (a lapsed claim returned to
+/// open); reserved: no caller may act as it. Its writes to a field yield to
+/// an agent's concurrent write (see `merge`).
+pub const BD_ACTOR: &str = "bd";
+
 /// The scalar fields bd models, settable with `bd update`.
 pub const SCALAR_FIELDS: &[&str] = &[
     "title",

@@ -104,7 +104,9 @@ impl Fleet {
     pub fn start_daemon(&self) -> Result<()> {
         self.bd(
             "scenario",
-            &["daemon", "start", "-q", "--idle-timeout", "900"],
+            // Short: a run interrupted (Ctrl-C) leaves its daemon behind
+            // for two minutes at most.
+            &["daemon", "start", "-q", "--idle-timeout", "120"],
         )
         .map(|_| ())
     }

@@ -190,22 +190,33 @@ pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
     report.timings.push(("provisioning", provisioned_in));
     let won: usize = model.claims.values().map(Vec::len).sum();
     let rate = size.issues as f64 / provisioned_in.as_secs_f64().max(1e-9);
-    report.aim(
-        "provisioned",
-        format!("{} in {:.2} s", size.issues, provisioned_in.as_secs_f64()),
-        "under 10 s at 100,000",
-        provisioned_in.as_secs_f64() * 100_000.0 / size.issues as f64 <= 10.0,
-    );
+    // The aims are stated at the full size; a smaller run only reports.
+    let full = size.issues >= SurgeSize::FULL.issues;
+    let provisioned = format!("{} in {:.2} s", size.issues, provisioned_in.as_secs_f64());
+    if full {
+        report.aim(
+            "provisioned",
+            provisioned,
+            "under 10 s",
+            provisioned_in.as_secs_f64() <= 10.0,
+        );
+    } else {
+        report.figure("provisioned", provisioned);
+    }
     report.figure("provisioning throughput", format!("{rate:.0} issues/s"));
     report.figure("ready calls timed", ready_lat.len());
     report.figure("ready p50", ms(ready_lat.percentile(50.0)));
     let p99 = ready_lat.percentile(99.0);
-    report.aim(
-        "ready p99",
-        ms(p99),
-        "under 20 ms",
-        p99 < Duration::from_millis(20),
-    );
+    if full {
+        report.aim(
+            "ready p99",
+            ms(p99),
+            "under 20 ms",
+            p99 < Duration::from_millis(20),
+        );
+    } else {
+        report.figure("ready p99", ms(p99));
+    }
     report.figure("ready max", ms(ready_lat.percentile(100.0)));
     report.figure(
         "director re-prioritised",

@@ -433,7 +433,16 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, ttl: Option<u64>, re
     } else {
         set_field(tx, ctx, id, "assignee", json!(ctx.actor))?
     };
-    changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
+    if lapsed_at.is_some() && status == Status::InProgress {
+        // A takeover writes the status even though it stays in progress: a
+        // return to open the lapsed claim's own clone makes meanwhile
+        // (bd's write) then yields to it instead of reopening the issue.
+        let heads = tx.doc(id)?.field_heads("status");
+        tx.record(new_op(ctx, id, OpKind::Set, Some("status"), json!(Status::InProgress.as_str()), heads))?;
+        changed = true;
+    } else {
+        changed |= set_status(tx, ctx, id, &Status::InProgress, None)?;
+    }
     let current_ttl = current_str(tx, id, "claim_ttl")?;
     let want = match ttl {
         Some(ms) => Some(crate::clock::format_duration_ms(ms)),
@@ -441,8 +450,8 @@ fn claim(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, ttl: Option<u64>, re
         None if holder => Some(current_ttl.clone()).filter(|t| !t.is_empty()),
         // The tracker's default, if it sets one.
         None => match Config::load_cached(&ctx.paths.config())?.get("claim.ttl") {
+            Some("none") | None => None,
             Some(v) => Some(crate::clock::format_duration_ms(crate::config::claim_ttl_ms(v)?)),
-            None => None,
         },
     };
     match want {

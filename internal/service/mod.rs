@@ -41,9 +41,7 @@ pub use comments::COMMENT_MAX_BYTES;
 pub(crate) use issues::expire_claims;
 pub(crate) use reads::{query, query_rows};
 
-/// The actor bd's own writes are recorded under (a claim returned to open
-/// when it lapsed).
-pub const BD_ACTOR: &str = "bd";
+pub use crate::model::BD_ACTOR;
 
 /// Who is asking, and the environment the request runs in.
 pub struct Context<'a> {

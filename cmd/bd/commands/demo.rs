@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Number of simulated agents
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16), conflicts_with = "scenario")]
     pub agents: u8,
     /// Keep the demo repository and print where it is
     #[arg(long)]
@@ -33,7 +33,8 @@ pub struct DemoArgs {
     /// under a minute each on a 2-core machine; small: seconds)
     #[arg(long, value_enum, default_value = "full", requires = "scenario")]
     pub size: super::scenario::Size,
-    /// With --scenario: the seed of the agents' choices
+    /// With --scenario: the seed of the agents' random choices (how their
+    /// threads and processes interleave still varies from run to run)
     #[arg(long, default_value_t = 1, requires = "scenario")]
     pub seed: u64,
 }
