@@ -106,6 +106,19 @@ impl Plan {
             .insert(id.to_string());
     }
 
+    /// The children of `id` that are not closed.
+    fn open_children(&self, id: &str) -> Vec<String> {
+        self.children
+            .get(id)
+            .map(|c| {
+                c.iter()
+                    .filter(|c| !self.closed.contains(*c))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `id` and everything under it.
     fn subtree(&self, id: &str) -> Vec<String> {
         let mut out = vec![id.to_string()];
@@ -484,17 +497,8 @@ fn act(
                 let Some(parent) = p.open_node(rng, Some(g)) else {
                     continue;
                 };
-                let kids: Vec<String> = p
-                    .children
-                    .get(&parent)
-                    .map(|c| {
-                        c.iter()
-                            .filter(|c| !p.closed.contains(*c))
-                            .take(3)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let mut kids = p.open_children(&parent);
+                kids.truncate(3);
                 if kids.len() < 2 {
                     continue;
                 }
@@ -566,16 +570,7 @@ fn act(
                 let Some(parent) = p.open_node(rng, None) else {
                     continue;
                 };
-                let kids: Vec<String> = p
-                    .children
-                    .get(&parent)
-                    .map(|c| {
-                        c.iter()
-                            .filter(|c| !p.closed.contains(*c))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let kids = p.open_children(&parent);
                 if kids.len() < 2 {
                     continue;
                 }

@@ -71,25 +71,27 @@ fn migrate(tx: &Connection, from: i64) -> Result<()> {
         tx.execute_batch(SCHEMA_V7)?;
     }
     if from < 8 {
-        let has: bool = tx
-            .prepare("SELECT 1 FROM pragma_table_info('issues') WHERE name = 'claim_expires_ms'")?
-            .exists([])?;
-        if !has {
-            tx.execute_batch("ALTER TABLE issues ADD COLUMN claim_expires_ms INTEGER")?;
-        }
+        add_issues_column(tx, "claim_expires_ms", "INTEGER")?;
         tx.execute_batch(SCHEMA_V8)?;
     }
     if from < 9 {
-        let has: bool = tx
-            .prepare("SELECT 1 FROM pragma_table_info('issues') WHERE name = 'held'")?
-            .exists([])?;
-        if !has {
-            tx.execute_batch("ALTER TABLE issues ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
-        }
+        add_issues_column(tx, "held", "INTEGER NOT NULL DEFAULT 0")?;
         tx.execute_batch(SCHEMA_V9)?;
         super::row::recompute_all_held(tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// Adds a column to `issues` unless it is there: ALTER TABLE has no IF NOT
+/// EXISTS, and a database set back to an older version is migrated again.
+fn add_issues_column(tx: &Connection, name: &str, decl: &str) -> Result<()> {
+    let has = tx
+        .prepare("SELECT 1 FROM pragma_table_info('issues') WHERE name = ?1")?
+        .exists([name])?;
+    if !has {
+        tx.execute_batch(&format!("ALTER TABLE issues ADD COLUMN {name} {decl}"))?;
+    }
     Ok(())
 }
 
