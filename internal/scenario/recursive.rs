@@ -448,11 +448,20 @@ fn act(
             // time) under its own descendant, which must be refused.
             let (x, target, deliberate) = {
                 let p = lock()?;
-                let Some(x) = p.open_node(rng, None).filter(|x| p.parent.contains_key(x)) else {
+                let Some(mut x) = p.open_node(rng, None).filter(|x| p.parent.contains_key(x))
+                else {
                     continue;
                 };
+                let cycle = rng.chance(33);
+                if cycle && p.subtree(&x).len() == 1 {
+                    // Most nodes are leaves: a cycle needs one with
+                    // something under it, so try its parent (not a goal).
+                    if let Some(up) = p.parent.get(&x).filter(|u| p.parent.contains_key(*u)) {
+                        x = up.clone();
+                    }
+                }
                 let sub = p.subtree(&x);
-                if sub.len() > 1 && rng.chance(33) {
+                if sub.len() > 1 && cycle {
                     let t = sub[1 + rng.draw() as usize % (sub.len() - 1)].clone();
                     (x, t, true)
                 } else {
