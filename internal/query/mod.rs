@@ -339,7 +339,15 @@ fn where_clause(f: &ListFilter, scope: Scope) -> (String, Vec<SqlValue>) {
         args.push(SqlValue::Text(a.clone()));
     }
     if f.unassigned {
-        sql.push_str(" AND (assignee IS NULL OR assignee = '')");
+        // In the ready queue a claim that lapsed counts as unassigned (it is
+        // anyone's to take) before bd writes its return.
+        match (scope, f.now_ms) {
+            (Scope::Ready, Some(now)) => {
+                sql.push_str(" AND (assignee IS NULL OR assignee = '' OR claim_expires_ms <= ?)");
+                args.push(SqlValue::Integer(now));
+            }
+            _ => sql.push_str(" AND (assignee IS NULL OR assignee = '')"),
+        }
     }
     for label in &f.labels_all {
         sql.push_str(

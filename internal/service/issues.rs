@@ -480,11 +480,13 @@ fn refuse_renewal(
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "{id} is not claimed by {}: nobody holds it (a claim that ran out was returned to ready); nothing was renewed",
+                "{id} is not claimed by {}: nobody holds it; nothing was renewed",
                 ctx.actor
             ),
         )
-        .hint(format!("claim it again: bd claim {id}")));
+        .hint(format!(
+            "claim it: bd claim {id} (a claim that lapsed was returned to ready, with a comment saying so)"
+        )));
     }
     if assignee != ctx.actor || *status != Status::InProgress {
         return Err(Error::new(

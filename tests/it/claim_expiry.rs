@@ -98,8 +98,11 @@ fn a_claim_with_a_time_limit_lapses_back_to_ready_unless_its_holder_works() {
     assert!((0..=3 * MIN as i64 + 1_000).contains(&left), "{stale}");
 
     // Minute 19: lapsed. Before anyone writes, it is on bob's ready queue
-    // and `bd stale` says it lapsed.
+    // (also among the unassigned: it is anyone's) and `bd stale` says it
+    // lapsed.
     assert!(ids(&ok_at(&env, 19 * MIN, "bob", &["ready"])).contains(&job));
+    assert!(ids(&ok_at(&env, 19 * MIN, "bob", &["ready", "--unassigned"])).contains(&job));
+    assert!(!ids(&ok_at(&env, 15 * MIN, "bob", &["ready", "--unassigned"])).contains(&job));
     let stale = ok_at(&env, 19 * MIN, "bob", &["stale"]);
     assert!(
         stale[0]["claim_lapses_in_ms"].as_i64().unwrap() < 0,
