@@ -138,14 +138,12 @@ fn compose_group(
     let mut rest = VecDeque::with_capacity(backlog.len());
     for job in backlog.drain(..) {
         let w = weight(&job);
-        let join = jobs.is_empty()
-            || jobs.len() < max_group
-                && if small_only {
-                    w <= SMALL_WRITE
-                } else {
-                    w <= SMALL_WRITE || total + w <= GROUP_WEIGHT
-                };
-        if join && !(small_only && w > SMALL_WRITE) {
+        let fits = if small_only {
+            w <= SMALL_WRITE
+        } else {
+            jobs.is_empty() || w <= SMALL_WRITE || total + w <= GROUP_WEIGHT
+        };
+        if fits && jobs.len() < max_group {
             total += w;
             jobs.push(job);
         } else {

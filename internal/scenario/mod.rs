@@ -121,12 +121,7 @@ impl Fleet {
 
     /// A connection to the daemon as `actor`: one agent's session.
     pub fn agent(&self, actor: &str) -> Result<Agent> {
-        let client = DaemonClient::to_running(&self.paths, actor, Duration::from_secs(120))?
-            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "no daemon runs for the scenario"))?;
-        Ok(Agent {
-            name: actor.to_string(),
-            client,
-        })
+        Agent::connect(&self.paths, actor)
     }
 }
 
@@ -148,6 +143,26 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// A session as `actor` with the daemon serving `paths` (an agent
+    /// process of its own connects this way).
+    pub fn connect(paths: &BeadsPaths, actor: &str) -> Result<Agent> {
+        let client = DaemonClient::to_running(paths, actor, Duration::from_secs(120))?
+            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "no daemon runs for the scenario"))?;
+        Ok(Agent {
+            name: actor.to_string(),
+            client,
+        })
+    }
+
+    /// Runs a request that answers with issues (ready, list, export).
+    pub fn issues(&mut self, req: Request) -> Result<Vec<crate::api::Issue>> {
+        let name = req.op_name();
+        match self.call(req)? {
+            Response::Issues(i) => Ok(i),
+            other => Err(Error::internal(format!("{name} answered {other:?}"))),
+        }
+    }
+
     /// Runs `req`.
     pub fn call(&mut self, req: Request) -> Result<Response> {
         self.client.call(req)
@@ -375,8 +390,5 @@ fn created_ids(resp: &Response) -> Vec<String> {
 
 /// Every live issue of the tracker, with its dependencies and comments.
 fn export(agent: &mut Agent) -> Result<Vec<crate::api::Issue>> {
-    match agent.call(Request::Export)? {
-        Response::Issues(i) => Ok(i),
-        other => Err(Error::internal(format!("export answered {other:?}"))),
-    }
+    agent.issues(Request::Export)
 }

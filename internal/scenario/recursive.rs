@@ -188,10 +188,11 @@ pub fn run_on(fleet: &Fleet, size: RecursiveSize, seed: u64) -> Result<Report> {
             model.apply(&op);
         }
         let want = model.ready();
-        let got: BTreeSet<String> = match lead.call(Request::Ready(ListFilter::default()))? {
-            Response::Issues(i) => i.into_iter().map(|i| i.id).collect(),
-            other => return Err(Error::internal(format!("ready answered {other:?}"))),
-        };
+        let got: BTreeSet<String> = lead
+            .issues(Request::Ready(ListFilter::default()))?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
         checked += 1;
         if want != got {
             let extra: Vec<_> = got.difference(&want).take(3).cloned().collect();
@@ -404,15 +405,12 @@ fn act(
         if roll < 35 {
             // Work: take something ready and finish it.
             let t = Instant::now();
-            let ready = match agent.call(Request::Ready(ListFilter {
+            let ready = agent.issues(Request::Ready(ListFilter {
                 takeable_by: Some(agent.name.clone()),
                 issue_type: vec!["task".into()],
                 limit: Some(10),
                 ..Default::default()
-            }))? {
-                Response::Issues(i) => i,
-                _ => Vec::new(),
-            };
+            }))?;
             lat.push(t.elapsed());
             let Some(pick) =
                 (!ready.is_empty()).then(|| ready[rng.draw() as usize % ready.len()].id.clone())

@@ -284,10 +284,7 @@ fn closed_jobs(agent: &mut Agent) -> Result<usize> {
 }
 
 fn list(agent: &mut Agent, f: ListFilter) -> Result<Vec<crate::api::Issue>> {
-    match agent.call(Request::List(f))? {
-        Response::Issues(i) => Ok(i),
-        other => Err(Error::internal(format!("list answered {other:?}"))),
-    }
+    agent.issues(Request::List(f))
 }
 
 /// The sub-tasks of `job`, by step number.
@@ -585,12 +582,7 @@ pub fn worker(
     parallel: usize,
     seed: u64,
 ) -> Result<()> {
-    let client = crate::client::DaemonClient::to_running(paths, actor, Duration::from_secs(60))?
-        .ok_or_else(|| Error::new(ErrorKind::Unavailable, "no daemon runs"))?;
-    let mut agent = Agent {
-        name: actor.to_string(),
-        client,
-    };
+    let mut agent = Agent::connect(paths, actor)?;
     let mut journal = Journal(
         std::fs::OpenOptions::new()
             .create(true)
@@ -604,16 +596,13 @@ pub fn worker(
     let mut active: Vec<(String, usize, Vec<String>, usize)> = Vec::new();
     loop {
         if active.len() < parallel {
-            let ready = match agent.call(Request::Ready(ListFilter {
+            let ready = agent.issues(Request::Ready(ListFilter {
                 labels_all: vec!["saga-job".into()],
                 status: vec!["open".into()],
                 takeable_by: Some(actor.to_string()),
                 limit: Some(16),
                 ..Default::default()
-            }))? {
-                Response::Issues(i) => i,
-                _ => Vec::new(),
-            };
+            }))?;
             if let Some(job) =
                 (!ready.is_empty()).then(|| ready[rng.draw() as usize % ready.len()].clone())
                 && let Some(n) = saga_no(&job.title)

@@ -13,7 +13,7 @@
 //! twice, or there without an acknowledgement), and claims won twice.
 
 use super::{Agent, Fleet, Latencies, Report, Rng, created_ids, export, ms};
-use crate::api::{CreateRequest, ListFilter, Request, Response, UpdateRequest};
+use crate::api::{CreateRequest, ListFilter, Request, UpdateRequest};
 use crate::service::BATCH_MAX;
 use crate::{Error, ErrorKind, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -405,15 +405,12 @@ fn work(agent: &mut Agent, live: &Live, model: &Mutex<Model>, seed: u64) -> Resu
     let start = Instant::now();
     let me = agent.name.clone();
     while !live.director_done.load(Ordering::SeqCst) {
-        let ready = match agent.call(Request::Ready(ListFilter {
+        let ready = agent.issues(Request::Ready(ListFilter {
             labels_all: vec!["surge".into()],
             takeable_by: Some(me.clone()),
             limit: Some(16),
             ..Default::default()
-        }))? {
-            Response::Issues(i) => i,
-            other => return Err(Error::internal(format!("ready answered {other:?}"))),
-        };
+        }))?;
         if ready.is_empty() {
             std::thread::sleep(Duration::from_millis(2));
             continue;

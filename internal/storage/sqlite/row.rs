@@ -52,18 +52,18 @@ pub(in crate::storage) fn write_rows(
         .iter()
         .map(|c| Ok((c.field.clone(), serde_json::to_string(c)?)))
         .collect::<Result<BTreeSet<(String, String)>>>()?;
-    // The parents before this write: one that loses a child may no longer
-    // be held (see `refresh_held`).
-    let mut parents: BTreeSet<String> = if fresh {
-        BTreeSet::new()
-    } else {
-        conn.prepare_cached(
-            "SELECT depends_on_id FROM deps WHERE issue_id = ?1 AND type = 'parent-child'",
-        )?
-        .query_map(params![issue.id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?
-    };
     if m.deleted {
+        // Its parents lose a child: they may no longer be held (see
+        // `refresh_held`).
+        let parents: Vec<String> = if fresh {
+            Vec::new()
+        } else {
+            conn.prepare_cached(
+                "SELECT depends_on_id FROM deps WHERE issue_id = ?1 AND type = 'parent-child'",
+            )?
+            .query_map(params![issue.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+        };
         if !fresh {
             conn.prepare_cached("DELETE FROM conflicts WHERE issue_id = ?1")?
                 .execute(params![issue.id])?;
@@ -165,7 +165,7 @@ pub(in crate::storage) fn write_rows(
         "DELETE FROM labels WHERE issue_id = ?1 AND label = ?2 AND ?3 = ''",
         "INSERT INTO labels(issue_id, label) SELECT ?1, ?2 WHERE ?3 = ''",
     )?;
-    sync_rows(
+    let old_edges = sync_rows(
         conn,
         fresh,
         &issue.id,
@@ -178,13 +178,21 @@ pub(in crate::storage) fn write_rows(
         "DELETE FROM deps WHERE issue_id = ?1 AND depends_on_id = ?2 AND type = ?3",
         "INSERT INTO deps(issue_id, depends_on_id, type) VALUES (?1, ?2, ?3)",
     )?;
-    parents.extend(
-        issue
-            .dependencies
-            .iter()
-            .filter(|d| d.dep_type == crate::model::DepType::ParentChild)
-            .map(|d| d.depends_on_id.clone()),
-    );
+    // The parents it had and has: one that lost or gained a child, or whose
+    // child changed status, may change whether it is held.
+    let parent_child = crate::model::DepType::ParentChild.as_str();
+    let parents: BTreeSet<&str> = old_edges
+        .iter()
+        .filter(|(_, t)| t == parent_child)
+        .map(|(p, _)| p.as_str())
+        .chain(
+            issue
+                .dependencies
+                .iter()
+                .filter(|d| d.dep_type == crate::model::DepType::ParentChild)
+                .map(|d| d.depends_on_id.as_str()),
+        )
+        .collect();
     // A new row starts unheld; only an epic can be held.
     if !fresh || issue.issue_type == crate::model::IssueType::Epic {
         refresh_held(conn, &issue.id)?;
@@ -219,7 +227,8 @@ pub(in crate::storage) fn write_rows(
 
 /// Makes an issue's rows in a side table (two text columns besides the issue
 /// id) equal `want`: deletes the rows it no longer has and inserts the new
-/// ones, leaving unchanged rows (and their index entries) untouched.
+/// ones, leaving unchanged rows (and their index entries) untouched. Returns
+/// the rows it had.
 fn sync_rows(
     conn: &Connection,
     fresh: bool,
@@ -228,7 +237,7 @@ fn sync_rows(
     select: &str,
     delete: &str,
     insert: &str,
-) -> Result<()> {
+) -> Result<BTreeSet<(String, String)>> {
     let have: BTreeSet<(String, String)> = if fresh {
         BTreeSet::new()
     } else {
@@ -242,7 +251,7 @@ fn sync_rows(
     for (a, b) in want.difference(&have) {
         conn.prepare_cached(insert)?.execute(params![id, a, b])?;
     }
-    Ok(())
+    Ok(have)
 }
 
 /// The blocking rule, written once for both the incremental and the bulk
