@@ -3,7 +3,7 @@
 //! to a pooled read connection (a small one runs on the task itself).
 
 use super::server::Shared;
-use super::relay::LeaseJob;
+use super::relay::{GiveBack, LeaseJob};
 use super::writer::Job;
 use crate::mesh::lease::{Grant, Lease};
 use crate::api::{LeaseInfo, Request, Response};
@@ -206,18 +206,16 @@ async fn request(
         if out.is_ok() {
             note_provisional(shared, &claims);
         }
-        let give_back = match &out {
-            Ok(_) if !released.is_empty() && shared.relay_configured() => {
-                let named = released.into_iter().map(|i| (i, None)).collect();
-                full_ids(shared, named)
-                    .map(|ids| ids.into_iter().map(|(i, _)| i).collect())
-                    .unwrap_or_default()
-            }
+        let give_back: Vec<(String, GiveBack)> = match &out {
+            Ok(_) if !released.is_empty() && shared.relay_configured() => released
+                .into_iter()
+                .filter_map(|(i, how)| Some((full_ids(shared, vec![(i, None)]).ok()?.pop()?.0, how)))
+                .collect(),
             Ok(_) => Vec::new(),
-            Err(_) => claims.granted.iter().map(|(i, _)| i.clone()).collect(),
+            Err(_) => claims.granted.iter().map(|(i, _)| (i.clone(), GiveBack::Released)).collect(),
         };
-        for issue in give_back {
-            release(shared, issue, &actor).await;
+        for (issue, how) in give_back {
+            release(shared, issue, &actor, how).await;
         }
         return out.map(|answer| claims.annotate(answer));
     }
@@ -303,7 +301,7 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
         return Ok(claims);
     }
     // A lease is keyed by the issue's full id, however the caller shortened it.
-    let claimed = full_ids(shared, claimed)?;
+    let claimed = open_here(shared, full_ids(shared, claimed)?, &item.request)?;
     let provisional = |claims: &mut Claims, id: &str, why: &str| {
         claims.provisional.push((id.to_string(), why.to_string()));
     };
@@ -353,19 +351,26 @@ async fn leases_for(shared: &Shared, item: &Item) -> Result<Claims> {
             Ok(Ok(Ok(Grant::Granted(l)))) => claims.granted.push((id.clone(), l)),
             Ok(Ok(Ok(Grant::Held(l)))) => {
                 for (g, _) in claims.granted {
-                    release(shared, g, &item.actor).await;
+                    release(shared, g, &item.actor, GiveBack::Released).await;
                 }
                 let where_ = if l.replica == shared.replica {
                     "on this clone".to_string()
                 } else {
                     format!("on another clone ({})", l.replica)
                 };
-                let what = format!(
-                    "{id} is already claimed by {} {where_} (lease {}, until {})",
-                    l.holder,
-                    l.fence(),
-                    crate::clock::format_rfc3339(l.expires_ms())
-                );
+                let what = if l.closed {
+                    format!(
+                        "{id} was closed by {} {where_}; the close has not reached this clone yet",
+                        l.holder
+                    )
+                } else {
+                    format!(
+                        "{id} is already claimed by {} {where_} (lease {}, until {})",
+                        l.holder,
+                        l.fence(),
+                        crate::clock::format_rfc3339(l.expires_ms())
+                    )
+                };
                 let message = match batch_op_claiming(&item.request, id) {
                     Some(n) => format!(
                         "batch operation #{n} (update) failed: {what}; nothing in the batch was applied"
@@ -400,15 +405,52 @@ fn note_provisional(shared: &Shared, claims: &Claims) {
 
 /// The full ids of the issues `claimed` names (by a unique prefix, say).
 fn full_ids(shared: &Shared, claimed: Vec<(String, Option<u64>)>) -> Result<Vec<(String, Option<u64>)>> {
+    with_reader(shared, |conn| {
+        claimed
+            .into_iter()
+            .map(|(id, ttl)| Ok((crate::query::resolve_id(conn, &id)?, ttl)))
+            .collect()
+    })
+}
+
+/// Leaves out the issues closed on this clone that `req` does not reopen:
+/// the write refuses to claim them, and asking for their leases would only
+/// take the mark of their close off the relay (it is given back after the
+/// refusal).
+fn open_here(shared: &Shared, claimed: Vec<(String, Option<u64>)>, req: &Request) -> Result<Vec<(String, Option<u64>)>> {
+    with_reader(shared, |conn| {
+        let mut out = Vec::with_capacity(claimed.len());
+        for (id, ttl) in claimed {
+            let status: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
+                "SELECT status FROM issues WHERE id = ?1",
+                [&id],
+                |r| r.get(0),
+            ))?;
+            if status.as_deref() != Some("closed") || reopens(req, &id) {
+                out.push((id, ttl));
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Whether `req` reopens `id` (named in full or by a prefix of it).
+fn reopens(req: &Request, id: &str) -> bool {
+    match req {
+        Request::Reopen { ids } => ids.iter().any(|i| id.starts_with(i.as_str())),
+        Request::Batch { requests } => requests.iter().any(|r| reopens(r, id)),
+        _ => false,
+    }
+}
+
+/// Runs `f` on a pooled read connection.
+fn with_reader<T>(shared: &Shared, f: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
     let pooled = shared.readers.lock().ok().and_then(|mut p| p.pop());
     let store = match pooled {
         Some(s) => s,
         None => Store::open(&shared.opts.paths.db)?,
     };
-    let out = claimed
-        .into_iter()
-        .map(|(id, ttl)| Ok((crate::query::resolve_id(store.conn(), &id)?, ttl)))
-        .collect();
+    let out = f(store.conn());
     if let Ok(mut pool) = shared.readers.lock()
         && pool.len() < READER_POOL
     {
@@ -447,28 +489,37 @@ fn batch_op_claiming(req: &Request, issue: &str) -> Option<usize> {
         .map(|n| n + 1)
 }
 
-/// The issues whose leases a successful write gives back: closed ones, and
-/// ones given up (unassigned, or set to a status other than in progress).
-fn released_by(req: &Request) -> Vec<String> {
+/// The issues whose leases a successful write gives back, and how: closed
+/// ones leave the mark of their close in place of the lease; ones given up
+/// (unassigned, or set to a status other than in progress) are released;
+/// reopened ones lose the mark of their close.
+fn released_by(req: &Request) -> Vec<(String, GiveBack)> {
+    let each = |ids: &[String], how: GiveBack| ids.iter().map(|i| (i.clone(), how)).collect();
     match req {
-        Request::Close { ids, .. } => ids.clone(),
+        Request::Close { ids, .. } => each(ids, GiveBack::Closed),
+        Request::Reopen { ids } => each(ids, GiveBack::Reopened),
         Request::Update(u)
             if u.unclaim
                 || !u.claim
                 && (u.assignee.as_deref() == Some("")
                     || u.status.as_deref().is_some_and(|s| s != "in_progress")) =>
         {
-            u.ids.clone()
+            let how = match u.status.as_deref() {
+                Some("closed") => GiveBack::Closed,
+                _ => GiveBack::Released,
+            };
+            each(&u.ids, how)
         }
         Request::Batch { requests } => requests.iter().flat_map(released_by).collect(),
         _ => Vec::new(),
     }
 }
 
-/// Gives back a lease before the write is answered, so that another clone
-/// that sees the issue free can take it (best effort, 2 s at most: an
+/// Gives back a lease (as `how` says) before the write is answered, so
+/// that another clone that sees the issue free can take it, or one that
+/// has not seen its close yet cannot (best effort, 2 s at most: an
 /// unreleased lease expires).
-async fn release(shared: &Shared, issue: String, holder: &str) {
+async fn release(shared: &Shared, issue: String, holder: &str, how: GiveBack) {
     if !shared.relay_configured() {
         return;
     }
@@ -476,7 +527,7 @@ async fn release(shared: &Shared, issue: String, holder: &str) {
         // The relay is away: given back when the session is next connected
         // (before then it may expire by itself).
         if let Ok(mut p) = shared.pending_releases.lock() {
-            p.push((issue, holder.to_string()));
+            p.push((issue, holder.to_string(), how));
         }
         return;
     };
@@ -484,6 +535,7 @@ async fn release(shared: &Shared, issue: String, holder: &str) {
     let asked = desk.send(LeaseJob::Release {
         issue: issue.clone(),
         holder: holder.to_string(),
+        how,
         reply,
     });
     let done = match asked {
@@ -491,7 +543,7 @@ async fn release(shared: &Shared, issue: String, holder: &str) {
         Err(_) => false,
     };
     if !done && let Ok(mut p) = shared.pending_releases.lock() {
-        p.push((issue, holder.to_string()));
+        p.push((issue, holder.to_string(), how));
     }
 }
 

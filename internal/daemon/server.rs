@@ -102,7 +102,7 @@ pub(super) struct Shared {
     pub(super) relay_breaker: Mutex<crate::breaker::Breaker>,
     /// Leases given back while the relay could not be asked: (issue,
     /// holder), released when the session is next connected.
-    pub(super) pending_releases: Mutex<Vec<(String, String)>>,
+    pub(super) pending_releases: Mutex<Vec<(String, String, super::relay::GiveBack)>>,
     /// The relay session counted a drop its client has not recovered from
     /// (the session's end is then not counted again).
     pub(super) drop_counted: AtomicBool,

@@ -43,7 +43,17 @@ pub struct Lease {
     /// entry, not stored).
     #[serde(skip)]
     pub written_ms: u64,
+    /// Not a lease but the mark of a close: `holder` closed the issue on
+    /// `replica`. For [`CLOSED_MARK_TTL`] another clone's claim is refused
+    /// (the close may not have reached it yet); a reopen clears it. A daemon
+    /// of an earlier version reads it as a lease, which refuses the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
 }
+
+/// How long the mark of a close refuses other clones' claims of the issue:
+/// longer than a close takes to reach every connected clone.
+pub const CLOSED_MARK_TTL: Duration = Duration::from_secs(10 * 60);
 
 impl Lease {
     /// Its fencing token.
@@ -182,9 +192,16 @@ pub async fn acquire(
             ttl_ms: ttl.as_millis() as u64,
             token: None,
             written_ms: 0,
+            closed: false,
         };
         match (&entry, &held) {
-            (Some(e), Some(h)) if h.holder == holder && h.replica == replica => {
+            // A close on this clone: the clone's own state says whether the
+            // issue was reopened since (the claim is then checked there).
+            (Some(e), Some(h)) if h.closed && h.replica != replica && h.expires_ms() > now_ms => {
+                let _ = e;
+                return Ok(Grant::Held(h.clone()));
+            }
+            (Some(e), Some(h)) if !h.closed && h.holder == holder && h.replica == replica => {
                 // A renewal: the same grant, so the same token.
                 lease.token = h.token;
                 let value = serde_json::to_vec(&lease)?;
@@ -194,7 +211,7 @@ pub async fn acquire(
                     Err(err) => return Err(relay_error("renewing a lease", err)),
                 }
             }
-            (Some(e), Some(h)) if h.expires_ms() > now_ms => {
+            (Some(e), Some(h)) if !h.closed && h.expires_ms() > now_ms => {
                 let _ = e;
                 return Ok(Grant::Held(h.clone()));
             }
@@ -240,6 +257,9 @@ pub async fn renew(store: &kv::Store, issue: &str, holder: &str, replica: &str) 
         let Some(held) = read(&entry) else {
             return Ok(None);
         };
+        if held.closed {
+            return Ok(None); // closed meanwhile: nothing to renew
+        }
         if held.holder != holder || held.replica != replica {
             return Ok(Some(Grant::Held(held)));
         }
@@ -278,12 +298,76 @@ pub async fn release(store: &kv::Store, issue: &str, holder: &str, replica: &str
         return Ok(false);
     };
     match read(&entry) {
-        Some(h) if h.holder == holder && h.replica == replica => {
+        Some(h) if !h.closed && h.holder == holder && h.replica == replica => {
             match store.delete_expect_revision(&k, Some(entry.revision)).await {
                 Ok(()) => Ok(true),
                 Err(_) => Ok(false), // changed meanwhile: no longer ours
             }
         }
+        _ => Ok(false),
+    }
+}
+
+/// Marks `issue` closed by `closer` on `replica`, in place of its lease:
+/// the closer's own lease, an expired or released one, or none. A live
+/// lease of someone else, or an earlier mark, is left as it is. Whether
+/// the mark was written.
+pub async fn mark_closed(store: &kv::Store, issue: &str, closer: &str, replica: &str) -> Result<bool> {
+    let k = key(issue);
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let mark = Lease {
+        issue: issue.to_string(),
+        holder: closer.to_string(),
+        replica: replica.to_string(),
+        ttl_ms: CLOSED_MARK_TTL.as_millis() as u64,
+        token: None,
+        written_ms: 0,
+        closed: true,
+    };
+    let value = serde_json::to_vec(&mark)?;
+    for _ in 0..ATTEMPTS {
+        let entry = store
+            .entry(&k)
+            .await
+            .map_err(|e| relay_error("reading a lease", e))?;
+        let written = match (&entry, entry.as_ref().and_then(read)) {
+            (None, _) => store.create(&k, value.clone().into()).await.map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+            (Some(_), Some(h)) if h.closed && h.expires_ms() > now => return Ok(false),
+            (Some(_), Some(h))
+                if h.expires_ms() > now && (h.holder != closer || h.replica != replica) =>
+            {
+                return Ok(false);
+            }
+            (Some(e), _) => store
+                .update(&k, value.clone().into(), e.revision)
+                .await
+                .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+        };
+        match written {
+            Ok(_) => return Ok(true),
+            Err(true) => continue, // changed meanwhile: read again
+            Err(false) => return Err(relay_error("marking a lease closed", "the relay refused the write")),
+        }
+    }
+    Ok(false)
+}
+
+/// Clears the mark of a close of `issue` (a reopen: the issue may be
+/// claimed again at once), whoever closed it. Whether there was one.
+pub async fn clear_closed(store: &kv::Store, issue: &str) -> Result<bool> {
+    let k = key(issue);
+    let Some(entry) = store
+        .entry(&k)
+        .await
+        .map_err(|e| relay_error("reading a lease", e))?
+    else {
+        return Ok(false);
+    };
+    match read(&entry) {
+        Some(h) if h.closed => Ok(store
+            .delete_expect_revision(&k, Some(entry.revision))
+            .await
+            .is_ok()),
         _ => Ok(false),
     }
 }

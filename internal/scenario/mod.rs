@@ -17,6 +17,7 @@
 //! --scenario NAME` runs one at a size that finishes in under a minute; the
 //! integration tests run small sizes, the benchmarks the full ones.
 
+pub mod machines;
 pub mod recursive;
 pub mod saga;
 pub mod surge;
@@ -38,6 +39,9 @@ pub struct Fleet {
     pub paths: BeadsPaths,
     /// The `bd` binary every process of the run is started from.
     pub exe: PathBuf,
+    /// The config directory (`XDG_CONFIG_HOME`) of this clone's machine,
+    /// where its signing key is, in a run of several machines.
+    config_dir: Option<PathBuf>,
 }
 
 impl Fleet {
@@ -57,6 +61,7 @@ impl Fleet {
             dir: Some(dir),
             root,
             exe: exe.to_path_buf(),
+            config_dir: None,
         };
         fleet.bd("scenario", &["init", "--prefix", prefix, "-q"])?;
         fleet.start_daemon()?;
@@ -96,7 +101,11 @@ impl Fleet {
             .env("BD_AUTO_START", "0")
             .env_remove("BEADS_DIR")
             .env_remove("BD_NO_DAEMON")
+            .env_remove(crate::mesh::RELAY_ENV)
             .stdin(Stdio::null());
+        if let Some(d) = &self.config_dir {
+            c.env("XDG_CONFIG_HOME", d);
+        }
         c
     }
 

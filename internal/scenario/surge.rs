@@ -12,8 +12,9 @@
 //! counts lost writes (acknowledged, not there), duplicated ones (there
 //! twice, or there without an acknowledgement), and claims won twice.
 
+use super::machines::Machines;
 use super::{Agent, Fleet, Latencies, Report, Rng, created_ids, export, ms};
-use crate::api::{CreateRequest, ListFilter, Request, UpdateRequest};
+use crate::api::{CreateRequest, ListFilter, Request, Response, UpdateRequest};
 use crate::service::BATCH_MAX;
 use crate::{Error, ErrorKind, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -79,17 +80,27 @@ struct Model {
     claims: HashMap<String, Vec<String>>,
     /// Id → the worker whose close was acknowledged.
     closed: HashMap<String, String>,
+    /// Id → the clone its create was acknowledged on.
+    made_on: HashMap<String, usize>,
+    /// Won claims of issues made on another clone than the worker's.
+    claimed_across: usize,
 }
 
 /// Counts shared by the agents while they run.
 #[derive(Default)]
 struct Live {
-    /// Every acknowledged issue id, in acknowledgement order.
-    ids: RwLock<Vec<String>>,
+    /// Every issue id acknowledged on each clone, in acknowledgement order
+    /// (an agent names only issues its own clone has).
+    ids: Vec<RwLock<Vec<String>>>,
     provisioning_done: AtomicBool,
     director_done: AtomicBool,
     claims_refused: AtomicUsize,
+    /// Claims granted by a clone alone because the relay could not be asked.
+    claims_provisional: AtomicUsize,
 }
+
+/// How many clones share the work in the surge's mesh variant.
+pub const MESH_CLONES: usize = 3;
 
 /// Runs a surge of `size` against a new tracker served by a daemon started
 /// from `exe`, and checks the end state.
@@ -100,39 +111,74 @@ pub fn run(exe: &std::path::Path, size: SurgeSize, seed: u64) -> Result<Report> 
 
 /// [`run`] on a fleet already set up.
 pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
+    surge(&[fleet], size, seed)
+}
+
+/// The mesh variant: [`MESH_CLONES`] clones, each with its daemon, share
+/// the work through a relay (`nats-server` on PATH), with no git sync
+/// during the run. The agents are dealt out among the clones; the director
+/// and the follow-ups are on the first. Adds the time the clones take to
+/// converge, and checks that they end in the same state.
+pub fn run_mesh(exe: &std::path::Path, size: SurgeSize, seed: u64) -> Result<Report> {
+    let machines = Machines::new(exe, "surge", MESH_CLONES)?;
+    run_on_machines(&machines, size, seed)
+}
+
+/// [`run_mesh`] on machines already set up.
+pub fn run_on_machines(machines: &Machines, size: SurgeSize, seed: u64) -> Result<Report> {
+    let clones: Vec<&Fleet> = machines.clones.iter().collect();
+    surge(&clones, size, seed)
+}
+
+/// The surge on one clone or several (the agents dealt out among them).
+fn surge(clones: &[&Fleet], size: SurgeSize, seed: u64) -> Result<Report> {
+    let n = clones.len();
     let model = Mutex::new(Model::default());
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Live {
+        ids: (0..n).map(|_| RwLock::new(Vec::new())).collect(),
+        ..Default::default()
+    });
     let start = Instant::now();
     let (provisioned_in, ready_lat, worker_time, director_rounds) =
         std::thread::scope(|s| -> Result<_> {
-            let prober = {
-                let live = live.clone();
-                let mut agent = fleet.agent("prober")?;
-                s.spawn(move || probe_ready(&mut agent, &live))
-            };
-            let workers: Vec<_> =
-                (0..size.workers)
-                    .map(|w| -> Result<_> {
-                        let mut agent = fleet.agent(&format!("worker-{w:02}"))?;
-                        let (live, model) = (live.clone(), &model);
-                        Ok(s.spawn(move || {
-                            work(&mut agent, &live, model, seed ^ (w as u64 + 1) << 20)
-                        }))
-                    })
-                    .collect::<Result<_>>()?;
+            let probers: Vec<_> = clones
+                .iter()
+                .map(|c| -> Result<_> {
+                    let live = live.clone();
+                    let mut agent = c.agent("prober")?;
+                    Ok(s.spawn(move || probe_ready(&mut agent, &live)))
+                })
+                .collect::<Result<_>>()?;
+            let workers: Vec<_> = (0..size.workers)
+                .map(|w| -> Result<_> {
+                    let mut agent = clones[w % n].agent(&format!("worker-{w:02}"))?;
+                    let (live, model) = (live.clone(), &model);
+                    Ok(s.spawn(move || {
+                        work(&mut agent, w % n, &live, model, seed ^ (w as u64 + 1) << 20)
+                    }))
+                })
+                .collect::<Result<_>>()?;
             let director = {
-                let mut agent = fleet.agent("director")?;
+                let mut agent = clones[0].agent("director")?;
                 let (live, model) = (live.clone(), &model);
-                s.spawn(move || direct(&mut agent, &live, model, size, seed ^ 0xD1))
+                s.spawn(move || direct(&mut agent, &live.ids[0], &live, model, size, seed ^ 0xD1))
             };
             let provisioners: Vec<_> = (0..size.provisioners)
                 .map(|p| -> Result<_> {
-                    let mut agent = fleet.agent(&format!("provisioner-{p:02}"))?;
+                    let mut agent = clones[p % n].agent(&format!("provisioner-{p:02}"))?;
                     let quota = size.issues / size.provisioners
                         + usize::from(p < size.issues % size.provisioners);
                     let (live, model) = (live.clone(), &model);
                     Ok(s.spawn(move || {
-                        provision(&mut agent, p, quota, size, &live, model, seed ^ p as u64)
+                        provision(
+                            &mut agent,
+                            (p, p % n),
+                            quota,
+                            size,
+                            &live.ids[p % n],
+                            model,
+                            seed ^ p as u64,
+                        )
                     }))
                 })
                 .collect::<Result<_>>()?;
@@ -147,15 +193,26 @@ pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
             for w in workers {
                 worker_time = worker_time.max(join(w)?);
             }
-            let ready_lat = join(prober)?;
+            let mut ready_lat = Latencies::default();
+            for p in probers {
+                ready_lat.extend(join(p)?);
+            }
             Ok((provisioned_in, ready_lat, worker_time, director_rounds))
         })?;
     let model = model
         .into_inner()
         .map_err(|_| Error::internal("model poisoned"))?;
 
+    // Across clones: every clone holds every acknowledged write before the
+    // follow-ups name issues closed anywhere.
+    let mut leads: Vec<Agent> = clones
+        .iter()
+        .map(|c| c.agent("lead"))
+        .collect::<Result<_>>()?;
+    let converged_in = (n > 1).then(|| converge(&mut leads)).transpose()?;
+
     // The follow-ups: one per closed issue, named for its worker.
-    let mut lead = fleet.agent("lead")?;
+    let lead = &mut leads[0];
     let mut closed: Vec<(&String, &String)> = model.closed.iter().collect();
     closed.sort();
     let follow_start = Instant::now();
@@ -185,8 +242,14 @@ pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
         follow_batches += 1;
     }
     let follow_in = follow_start.elapsed();
+    let follow_converged_in = (n > 1).then(|| converge(&mut leads)).transpose()?;
 
-    let mut report = Report::new("surge", size.describe());
+    let described = if n > 1 {
+        format!("{}, on {n} clones through a relay", size.describe())
+    } else {
+        size.describe()
+    };
+    let mut report = Report::new("surge", described);
     report.timings.push(("provisioning", provisioned_in));
     let won: usize = model.claims.values().map(Vec::len).sum();
     let rate = size.issues as f64 / provisioned_in.as_secs_f64().max(1e-9);
@@ -230,6 +293,13 @@ pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
         "claims per second",
         format!("{:.0}", won as f64 / worker_time.as_secs_f64().max(1e-9)),
     );
+    if n > 1 {
+        report.figure("claims of another clone's issues", model.claimed_across);
+        report.figure(
+            "claims granted provisionally",
+            live.claims_provisional.load(Ordering::SeqCst),
+        );
+    }
     report.figure("closed by workers", model.closed.len());
     report.figure(
         "follow-ups",
@@ -239,8 +309,68 @@ pub fn run_on(fleet: &Fleet, size: SurgeSize, seed: u64) -> Result<Report> {
             follow_in.as_secs_f64()
         ),
     );
-    check(&mut report, &model, &follow_ups, &export(&mut lead)?);
+    let mut differ = Vec::new();
+    if let (Some(after), Some(follow)) = (converged_in, follow_converged_in) {
+        report
+            .timings
+            .push(("converged", after.unwrap_or(CONVERGE_LIMIT)));
+        let shown = |c: Option<Duration>| match c {
+            Some(d) => format!("{:.2} s", d.as_secs_f64()),
+            None => format!("not within {} s", CONVERGE_LIMIT.as_secs()),
+        };
+        report.figure("clones converged after the surge in", shown(after));
+        report.figure("clones converged after the follow-ups in", shown(follow));
+        let first = state(&mut leads[0])?;
+        for (i, lead) in leads.iter_mut().enumerate().skip(1) {
+            let other = state(lead)?;
+            if other != first {
+                differ.push(format!(
+                    "clone {} holds {} issues (state {}), the first {} (state {})",
+                    i + 1,
+                    other.1,
+                    &other.0[..12.min(other.0.len())],
+                    first.1,
+                    &first.0[..12.min(first.0.len())]
+                ));
+            }
+        }
+    }
+    check(&mut report, &model, &follow_ups, &export(&mut leads[0])?);
+    if n > 1 {
+        report.must_be_zero("clones in another state", differ.len(), &differ);
+    }
     Ok(report)
+}
+
+/// How long the clones are given to converge.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
+
+/// A clone's state hash and live issue count.
+fn state(agent: &mut Agent) -> Result<(String, u64)> {
+    match agent.call(Request::Info)? {
+        Response::Info(i) => Ok((i.state_hash, i.issues)),
+        other => Err(Error::internal(format!("info answered {other:?}"))),
+    }
+}
+
+/// Waits until every clone holds the same state (each holds its own ops,
+/// so the same state means every op reached every clone): how long it
+/// took, or `None` after [`CONVERGE_LIMIT`].
+fn converge(leads: &mut [Agent]) -> Result<Option<Duration>> {
+    let start = Instant::now();
+    loop {
+        let mut states = Vec::with_capacity(leads.len());
+        for l in leads.iter_mut() {
+            states.push(state(l)?);
+        }
+        if states.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(Some(start.elapsed()));
+        }
+        if start.elapsed() > CONVERGE_LIMIT {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
@@ -248,13 +378,14 @@ fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
         .map_err(|_| Error::internal("a scenario agent panicked"))?
 }
 
-/// One provisioning agent: batches until its quota is made.
+/// One provisioning agent (number `p`, on clone `clone`): batches until its
+/// quota is made.
 fn provision(
     agent: &mut Agent,
-    p: usize,
+    (p, clone): (usize, usize),
     quota: usize,
     size: SurgeSize,
-    live: &Live,
+    known: &RwLock<Vec<String>>,
     model: &Mutex<Model>,
     seed: u64,
 ) -> Result<()> {
@@ -264,10 +395,7 @@ fn provision(
     while made < quota {
         let n = (rng.range(size.batch.0 as u64, size.batch.1 as u64) as usize).min(quota - made);
         let earlier: Vec<String> = {
-            let ids = live
-                .ids
-                .read()
-                .map_err(|_| Error::internal("ids poisoned"))?;
+            let ids = known.read().map_err(|_| Error::internal("ids poisoned"))?;
             if ids.is_empty() {
                 Vec::new()
             } else {
@@ -322,9 +450,10 @@ fn provision(
                     })
                     .collect();
                 m.created.insert(title, (id.clone(), priority, blockers));
+                m.made_on.insert(id.clone(), clone);
             }
         }
-        live.ids
+        known
             .write()
             .map_err(|_| Error::internal("ids poisoned"))?
             .extend(ids);
@@ -334,10 +463,12 @@ fn provision(
     Ok(())
 }
 
-/// The director: re-prioritises issues already made, 500 a batch, while
-/// provisioning goes on. Returns how many batches it sent.
+/// The director: re-prioritises issues already made on its clone (`known`),
+/// 500 a batch, while provisioning goes on. Returns how many batches it
+/// sent.
 fn direct(
     agent: &mut Agent,
+    known: &RwLock<Vec<String>>,
     live: &Live,
     model: &Mutex<Model>,
     size: SurgeSize,
@@ -348,10 +479,7 @@ fn direct(
     let mut rounds = 0;
     while done < size.reprioritise {
         let pick: Vec<String> = {
-            let ids = live
-                .ids
-                .read()
-                .map_err(|_| Error::internal("ids poisoned"))?;
+            let ids = known.read().map_err(|_| Error::internal("ids poisoned"))?;
             if ids.len() < 1_000 && !live.provisioning_done.load(Ordering::SeqCst) {
                 drop(ids);
                 std::thread::sleep(Duration::from_millis(5));
@@ -398,9 +526,16 @@ fn direct(
     Ok(rounds)
 }
 
-/// A worker: claims one of the first ready issues and closes it, until the
-/// provisioning and the director are done. Returns how long it worked.
-fn work(agent: &mut Agent, live: &Live, model: &Mutex<Model>, seed: u64) -> Result<Duration> {
+/// A worker on clone `clone`: claims one of the first ready issues and
+/// closes it, until the provisioning and the director are done. Returns how
+/// long it worked.
+fn work(
+    agent: &mut Agent,
+    clone: usize,
+    live: &Live,
+    model: &Mutex<Model>,
+    seed: u64,
+) -> Result<Duration> {
     let mut rng = Rng::new(seed);
     let start = Instant::now();
     let me = agent.name.clone();
@@ -422,11 +557,17 @@ fn work(agent: &mut Agent, live: &Live, model: &Mutex<Model>, seed: u64) -> Resu
             ..Default::default()
         });
         match agent.call(claim) {
-            Ok(_) => {
+            Ok(resp) => {
+                if provisional(&resp) {
+                    live.claims_provisional.fetch_add(1, Ordering::SeqCst);
+                }
                 let mut m = model
                     .lock()
                     .map_err(|_| Error::internal("model poisoned"))?;
                 m.claims.entry(pick.clone()).or_default().push(me.clone());
+                if m.made_on.get(&pick).is_some_and(|c| *c != clone) {
+                    m.claimed_across += 1;
+                }
             }
             Err(e) if e.kind == ErrorKind::Conflict => {
                 live.claims_refused.fetch_add(1, Ordering::SeqCst);
@@ -446,6 +587,12 @@ fn work(agent: &mut Agent, live: &Live, model: &Mutex<Model>, seed: u64) -> Resu
             .insert(pick, me.clone());
     }
     Ok(start.elapsed())
+}
+
+/// Whether a claim's answer says it was granted by the clone alone.
+fn provisional(resp: &Response) -> bool {
+    matches!(resp, Response::Changed(cs)
+        if cs.iter().any(|c| c.lease.as_ref().is_some_and(|l| l.provisional)))
 }
 
 /// Times `ready` (the first ten an agent would see) every 5 ms until the

@@ -680,3 +680,101 @@ fn a_reopened_issue_stays_assigned_across_the_mesh_as_it_does_alone() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already claimed by alice"));
 }
+
+/// A close leaves the mark of the close in the lease's place: another
+/// clone's claim is refused (naming the closer) while the mark lives; the
+/// closer's own clone decides by its own state; a mark is not written over
+/// someone else's live lease or an earlier mark; a reopen clears it.
+#[test]
+fn the_mark_of_a_close_refuses_other_clones_until_a_reopen_clears_it() {
+    let relay = Relay::start();
+    let url = relay.url();
+    block_on(async {
+        let kv = bucket(&url).await;
+        let ttl = Duration::from_secs(60);
+        let got = lease::acquire(&kv, "m-done", "alice", "r1", ttl, now_ms()).await;
+        assert!(matches!(got, Ok(Grant::Granted(_))), "{got:?}");
+        assert!(
+            lease::mark_closed(&kv, "m-done", "alice", "r1")
+                .await
+                .unwrap()
+        );
+        match lease::acquire(&kv, "m-done", "bob", "r2", ttl, now_ms()).await {
+            Ok(Grant::Held(l)) => assert!(l.closed && l.holder == "alice", "{l:?}"),
+            other => panic!("another clone's claim after the close: {other:?}"),
+        }
+        assert!(
+            !lease::mark_closed(&kv, "m-done", "carol", "r3")
+                .await
+                .unwrap(),
+            "an earlier mark stays"
+        );
+        // Renewing a lease that was closed meanwhile renews nothing.
+        assert_eq!(
+            lease::renew(&kv, "m-done", "alice", "r1").await.unwrap(),
+            None
+        );
+        assert!(lease::clear_closed(&kv, "m-done").await.unwrap());
+        let again = lease::acquire(&kv, "m-done", "bob", "r2", ttl, now_ms()).await;
+        assert!(matches!(again, Ok(Grant::Granted(_))), "{again:?}");
+        assert!(
+            !lease::mark_closed(&kv, "m-done", "alice", "r1")
+                .await
+                .unwrap(),
+            "bob's live lease is not marked over by alice's close"
+        );
+        assert!(
+            !lease::clear_closed(&kv, "m-done").await.unwrap(),
+            "a lease is no mark"
+        );
+        // The closer's own clone: its state decides (the issue was reopened
+        // there if it asks), so the mark does not refuse it.
+        assert!(lease::release(&kv, "m-done", "bob", "r2").await.unwrap());
+        assert!(
+            lease::mark_closed(&kv, "m-done", "bob", "r2")
+                .await
+                .unwrap()
+        );
+        let own = lease::acquire(&kv, "m-done", "dave", "r2", ttl, now_ms()).await;
+        assert!(matches!(own, Ok(Grant::Granted(_))), "{own:?}");
+    });
+}
+
+/// A clone that has not yet seen another clone's close (its ops are held
+/// back here: that daemon's clock runs hours ahead) cannot claim the closed
+/// issue: the close's mark refuses it, naming who closed it. (Closes used to
+/// give the lease back, and the stale clone's claim won: the surge's mesh
+/// variant found issues "claimed" by two workers, one after it was done.)
+#[test]
+fn a_claim_on_a_clone_that_has_not_seen_the_close_is_refused() {
+    let relay = Relay::start();
+    let (_cluster, mut a, b) = crate::mesh::pair(&relay);
+    connected(&[&a, &b]);
+    let id = b.create(&["done elsewhere first"]);
+    assert!(crate::mesh::eventually(Duration::from_secs(10), || {
+        crate::mesh::seen(&a, &id)
+    }));
+    a.ok(&["daemon", "stop"]);
+    a.env.push((
+        "BD_TEST_CLOCK_AHEAD_MS".into(),
+        (3 * 3600 * 1000).to_string(),
+    ));
+    crate::mesh::start_connected(&a);
+    a.ok(&["claim", &id]);
+    a.ok(&["close", &id]);
+    std::thread::sleep(Duration::from_millis(500));
+    let there = b.json(&["show", &id]);
+    assert_eq!(
+        there[0]["status"], "open",
+        "the close is held back: {there}"
+    );
+    let out = b.bd(&["claim", &id]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{id} was closed by alice"))
+            && err.contains("has not reached this clone"),
+        "{err}"
+    );
+    assert_eq!(claims(&b)["refused"], 1);
+}

@@ -8,11 +8,14 @@ use crate::common::TestEnv;
 use serde_json::Value;
 
 fn run(scenario: &str) -> Value {
+    run_with(scenario, &[])
+}
+
+fn run_with(scenario: &str, more: &[&str]) -> Value {
     let env = TestEnv::empty();
-    let out = env
-        .command(&["demo", "--scenario", scenario, "--size", "small", "--json"])
-        .output()
-        .expect("bd demo");
+    let mut args = vec!["demo", "--scenario", scenario, "--size", "small", "--json"];
+    args.extend(more);
+    let out = env.command(&args).output().expect("bd demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -56,6 +59,61 @@ fn the_surge_loses_and_duplicates_nothing_and_claims_have_one_winner() {
         "{r}"
     );
     assert!(figure(&r, "ready calls timed").parse::<usize>().unwrap() > 0);
+}
+
+/// The mesh variant: three clones, each with its daemon, share the surge
+/// through a real `nats-server -js` (the relay tests' requirement: it must
+/// be on PATH), with no git sync during the run.
+#[test]
+fn a_surge_shared_by_three_clones_through_the_relay_converges_with_nothing_lost() {
+    crate::mesh::nats_server();
+    let r = run_with("surge", &["--mesh"]);
+    for zero in [
+        "lost writes",
+        "duplicated writes",
+        "claims won twice",
+        "other mismatches",
+        "clones in another state",
+    ] {
+        assert_eq!(figure(&r, zero), "0", "{r}");
+    }
+    assert!(r["size"].as_str().unwrap().contains("on 3 clones"), "{r}");
+    for c in [
+        "clones converged after the surge in",
+        "clones converged after the follow-ups in",
+    ] {
+        assert!(figure(&r, c).ends_with(" s"), "{c}: {r}");
+        assert!(!figure(&r, c).starts_with("not"), "{c}: {r}");
+    }
+    let closed: usize = figure(&r, "closed by workers").parse().unwrap();
+    assert!(closed > 0, "workers closed nothing: {r}");
+    // The clones shared the work: workers took issues made on other clones.
+    let across: usize = figure(&r, "claims of another clone's issues")
+        .parse()
+        .unwrap();
+    assert!(across > 0, "{r}");
+}
+
+#[test]
+fn the_mesh_variant_is_refused_for_a_scenario_without_one() {
+    let env = TestEnv::empty();
+    let out = env
+        .command(&[
+            "demo",
+            "--scenario",
+            "self-healing",
+            "--mesh",
+            "--size",
+            "small",
+        ])
+        .output()
+        .expect("bd demo");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--mesh applies to the surge scenario"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -37,6 +37,11 @@ pub struct DemoArgs {
     /// threads and processes interleave still varies from run to run)
     #[arg(long, default_value_t = 1, requires = "scenario")]
     pub seed: u64,
+    /// With --scenario surge: three clones share the work through a relay
+    /// (a nats-server -js the run starts on loopback; nats-server must be on
+    /// PATH), and the table adds the time they take to converge
+    #[arg(long, requires = "scenario")]
+    pub mesh: bool,
 }
 
 pub(super) struct Log {
@@ -260,7 +265,7 @@ fn agent(paths: BeadsPaths, name: String, log: &Log, seed: u64) -> Result<Tally,
 
 pub fn cmd_demo(ctx: &Ctx, a: DemoArgs) -> Result<(), CliError> {
     if let Some(scenario) = a.scenario {
-        return super::scenario::run(ctx, scenario, a.size, a.seed, a.keep);
+        return super::scenario::run(ctx, scenario, a.size, a.seed, a.keep, a.mesh);
     }
     let dir = tempfile::Builder::new().prefix("bd-demo-").tempdir()?;
     let root = dir.path().to_path_buf();

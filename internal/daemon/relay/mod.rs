@@ -62,12 +62,36 @@ pub(in crate::daemon) enum LeaseJob {
         ttl: Duration,
         reply: oneshot::Sender<Result<mesh::lease::Grant>>,
     },
-    /// Give it up, if the actor holds it; the reply says it is done.
+    /// Give it up, if the actor holds it, as `how` says; the reply says it
+    /// is done.
     Release {
         issue: String,
         holder: String,
+        how: GiveBack,
         reply: oneshot::Sender<()>,
     },
+}
+
+/// How a write gives an issue's lease back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::daemon) enum GiveBack {
+    /// Given up: anyone may claim the issue at once.
+    Released,
+    /// Closed: the mark of the close takes the lease's place, and refuses
+    /// other clones' claims until the close has reached them.
+    Closed,
+    /// Reopened: the mark of its close (whoever closed it) goes.
+    Reopened,
+}
+
+/// Gives `issue`'s lease back as `how` says.
+async fn give_back(leases: &jetstream::kv::Store, issue: &str, holder: &str, replica: &str, how: GiveBack) -> Result<()> {
+    match how {
+        GiveBack::Released => mesh::lease::release(leases, issue, holder, replica).await,
+        GiveBack::Closed => mesh::lease::mark_closed(leases, issue, holder, replica).await,
+        GiveBack::Reopened => mesh::lease::clear_closed(leases, issue).await,
+    }
+    .map(|_| ())
 }
 
 /// Clears the session's lease channel when the session ends.
@@ -357,20 +381,32 @@ async fn session(
         update(shared, |r| r.behind_retention = true);
     }
     let leases = mesh::lease::open(&js, &s.repo_id, replicas).await?;
-    let (lease_tx, mut lease_jobs) = mpsc::unbounded_channel();
+    let (lease_tx, lease_jobs) = mpsc::unbounded_channel();
     if let Ok(mut l) = shared.leases.lock() {
         *l = Some(lease_tx);
     }
     let _desk = LeaseDesk(shared);
+    // Leases are asked for on tasks of their own: a claim must not wait for
+    // this loop, which may be applying a large batch from a peer or
+    // publishing one (under a surge that held claims for most of a second).
+    // What they granted or gave back comes to the loop for renewals.
+    let (lease_events_tx, mut lease_events) = mpsc::unbounded_channel();
+    let _leasing = Abort(tokio::spawn(serve_leases(
+        leases.clone(),
+        lease_jobs,
+        lease_events_tx,
+        shared.clone(),
+        s.replica.clone(),
+    )));
     let mut renewals = claims::Renewals::new(shared.clone());
     // Leases given back while the relay was away go back now.
-    let owed: Vec<(String, String)> = shared
+    let owed: Vec<(String, String, GiveBack)> = shared
         .pending_releases
         .lock()
         .map(|mut p| std::mem::take(&mut *p))
         .unwrap_or_default();
-    for (issue, holder) in owed {
-        if let Err(e) = mesh::lease::release(&leases, &issue, &holder, &s.replica).await {
+    for (issue, holder, how) in owed {
+        if let Err(e) = give_back(&leases, &issue, &holder, &s.replica, how).await {
             shared.note_error(&format!("relay: giving back the lease of {issue}: {}", e.message));
         }
     }
@@ -503,31 +539,10 @@ async fn session(
                     _ => {}
                 }
             }
-            job = lease_jobs.recv() => {
-                match job {
-                    Some(LeaseJob::Acquire { issue, holder, ttl, reply }) => {
-                        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-                        let grant = mesh::lease::acquire(&leases, &issue, &holder, &s.replica, ttl, now).await;
-                        match &grant {
-                            Ok(mesh::lease::Grant::Granted(l)) => {
-                                renewals.granted(l);
-                                update(shared, |r| r.claims.granted += 1);
-                            }
-                            Ok(mesh::lease::Grant::Held(_)) => update(shared, |r| r.claims.refused += 1),
-                            Err(_) => {}
-                        }
-                        let _ = reply.send(grant);
-                    }
-                    Some(LeaseJob::Release { issue, holder, reply }) => {
-                        renewals.released(&issue);
-                        if let Err(e) = mesh::lease::release(&leases, &issue, &holder, &s.replica).await {
-                            shared.note_error(&format!("relay: releasing the lease of {issue}: {}", e.message));
-                        }
-                        let _ = reply.send(());
-                    }
-                    None => {}
-                }
-            }
+            Some(event) = lease_events.recv() => match event {
+                LeaseEvent::Granted(l) => renewals.granted(&l),
+                LeaseEvent::Released(issue) => renewals.released(&issue),
+            },
             ack = acks_in.next() => {
                 let Some(ack) = ack else { return Err(relay_error("acks", "ended")) };
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&ack.payload)
@@ -546,6 +561,82 @@ async fn session(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// What a lease job did, for the session's renewals.
+enum LeaseEvent {
+    Granted(mesh::lease::Lease),
+    Released(String),
+}
+
+/// Serves the connections' lease jobs, each on a task of its own (the
+/// relay's compare-and-set decides between two asking for one issue), until
+/// the session ends (its tasks end with it).
+async fn serve_leases(
+    leases: jetstream::kv::Store,
+    mut jobs: mpsc::UnboundedReceiver<LeaseJob>,
+    events: mpsc::UnboundedSender<LeaseEvent>,
+    shared: Arc<Shared>,
+    replica: String,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { return };
+                let (leases, events, shared, replica) =
+                    (leases.clone(), events.clone(), shared.clone(), replica.clone());
+                running.spawn(async move {
+                    lease_job(&leases, job, &events, &shared, &replica).await
+                });
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+}
+
+async fn lease_job(
+    leases: &jetstream::kv::Store,
+    job: LeaseJob,
+    events: &mpsc::UnboundedSender<LeaseEvent>,
+    shared: &Shared,
+    replica: &str,
+) {
+    match job {
+        LeaseJob::Acquire {
+            issue,
+            holder,
+            ttl,
+            reply,
+        } => {
+            let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+            let grant = mesh::lease::acquire(leases, &issue, &holder, replica, ttl, now).await;
+            match &grant {
+                Ok(mesh::lease::Grant::Granted(l)) => {
+                    let _ = events.send(LeaseEvent::Granted(l.clone()));
+                    update(shared, |r| r.claims.granted += 1);
+                }
+                Ok(mesh::lease::Grant::Held(_)) => update(shared, |r| r.claims.refused += 1),
+                Err(_) => {}
+            }
+            let _ = reply.send(grant);
+        }
+        LeaseJob::Release {
+            issue,
+            holder,
+            how,
+            reply,
+        } => {
+            let _ = events.send(LeaseEvent::Released(issue.clone()));
+            if let Err(e) = give_back(leases, &issue, &holder, replica, how).await {
+                shared.note_error(&format!(
+                    "relay: releasing the lease of {issue}: {}",
+                    e.message
+                ));
+            }
+            let _ = reply.send(());
         }
     }
 }
