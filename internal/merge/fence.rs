@@ -203,6 +203,13 @@ impl IssueDoc {
         self.shown().all_heads()
     }
 
+    /// Every issue a live parent-child edge points to: one, unless moves
+    /// on two clones crossed (the issue then shows one of them and has a
+    /// `parent` conflict); a move must take every one of them away.
+    pub fn parents(&self) -> Vec<String> {
+        self.shown().parents()
+    }
+
     /// The newest lease the ops show: its token and the actor whose op began
     /// it (`None` when no op carries a token).
     pub fn lease(&self) -> Option<(u64, &str)> {

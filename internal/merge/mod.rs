@@ -68,6 +68,11 @@ pub struct Materialised {
     pub late: bool,
 }
 
+/// The conflict field of moves that crossed: an issue under two parents
+/// shows one and lists both (settled by `bd update ID --parent P` or `bd
+/// resolve ID --field parent`).
+pub const PARENT_FIELD: &str = "parent";
+
 /// The fold of a set of ops of one issue (every op, or every op but the
 /// late writes under lapsed leases: see [`fence`]); see the module docs for
 /// the rules.
@@ -352,6 +357,54 @@ impl Fold {
             .collect()
     }
 
+    /// Every issue a live parent-child edge points to.
+    fn parents(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .deps
+            .live_ids()
+            .filter(|((_, kind), _, _)| kind == DepType::ParentChild.as_str())
+            .map(|((target, _), _, _)| target.clone())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// With live parent-child edges to more than one issue (moves made on
+    /// two clones at once: each took away the edge it saw and added its
+    /// own), the parent shown: the one whose latest add ranks highest
+    /// (hlc, replica, op id), as a register shows its greatest write; and
+    /// the `parent` conflict listing each. `None` with one parent or none.
+    fn parent_conflict(&self) -> Option<(String, Conflict)> {
+        let mut latest: BTreeMap<&String, (Hlc, String, String, &Stamp)> = BTreeMap::new();
+        for ((target, kind), id, s) in self.deps.live_ids() {
+            if kind != DepType::ParentChild.as_str() {
+                continue;
+            }
+            let k = key(s, id);
+            match latest.get(target) {
+                Some(have) if (have.0, &have.1, &have.2) >= (k.0, &k.1, &k.2) => {}
+                _ => {
+                    latest.insert(target, (k.0, k.1, k.2, s));
+                }
+            }
+        }
+        if latest.len() < 2 {
+            return None;
+        }
+        let mut ranked: Vec<_> = latest.into_iter().collect();
+        ranked.sort_by(|a, b| (b.1.0, &b.1.1, &b.1.2).cmp(&(a.1.0, &a.1.1, &a.1.2)));
+        let shown = ranked[0].0.clone();
+        let conflict = Conflict {
+            issue_id: self.id.clone(),
+            field: PARENT_FIELD.into(),
+            contenders: ranked
+                .iter()
+                .map(|(target, (_, _, id, s))| contender(id, Value::String((*target).clone()), s))
+                .collect(),
+        };
+        Some((shown, conflict))
+    }
+
     /// Every visible write, live add and comment: what a delete must supersede.
     fn all_heads(&self) -> Vec<String> {
         let mut out: BTreeSet<String> = BTreeSet::new();
@@ -438,6 +491,11 @@ impl Fold {
         };
         let status = opt("status").map_or(Status::Open, |s| Status::from_wire(&s));
         let issue_type = opt("issue_type").map_or(IssueType::Task, |s| IssueType::from_wire(&s));
+        // One parent: crossed moves show the latest, and are a conflict.
+        let parent = self.parent_conflict().map(|(shown, c)| {
+            conflicts.push(c);
+            shown
+        });
         if self.is_deleted() {
             // A deleted issue has no fields to show, so no conflicts on them:
             // the delete settled what it saw, and a write it did not see is a
@@ -479,6 +537,11 @@ impl Fold {
             dependencies: self
                 .deps
                 .present()
+                .filter(|((target, kind), _, _)| {
+                    parent.is_none()
+                        || kind != DepType::ParentChild.as_str()
+                        || parent.as_ref() == Some(target)
+                })
                 .map(|((target, kind), meta, _)| Dependency {
                     issue_id: self.id.clone(),
                     depends_on_id: target.clone(),

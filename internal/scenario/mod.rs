@@ -28,7 +28,7 @@ use crate::{Error, ErrorKind, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A throwaway repository with a tracker and its daemon, for one run.
 pub struct Fleet {
@@ -400,4 +400,35 @@ fn created_ids(resp: &Response) -> Vec<String> {
 /// Every live issue of the tracker, with its dependencies and comments.
 fn export(agent: &mut Agent) -> Result<Vec<crate::api::Issue>> {
     agent.issues(Request::Export)
+}
+
+/// How long the clones are given to converge.
+pub const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
+
+/// A clone's state hash and live issue count.
+fn state(agent: &mut Agent) -> Result<(String, u64)> {
+    match agent.call(Request::Info)? {
+        Response::Info(i) => Ok((i.state_hash, i.issues)),
+        other => Err(Error::internal(format!("info answered {other:?}"))),
+    }
+}
+
+/// Waits until every clone holds the same state (each holds its own ops,
+/// so the same state means every op reached every clone): how long it
+/// took, or `None` after [`CONVERGE_LIMIT`].
+fn converge(leads: &mut [Agent]) -> Result<Option<Duration>> {
+    let start = Instant::now();
+    loop {
+        let mut states = Vec::with_capacity(leads.len());
+        for l in leads.iter_mut() {
+            states.push(state(l)?);
+        }
+        if states.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(Some(start.elapsed()));
+        }
+        if start.elapsed() > CONVERGE_LIMIT {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -13,7 +13,9 @@
 //! twice, or there without an acknowledgement), and claims won twice.
 
 use super::machines::Machines;
-use super::{Agent, Fleet, Latencies, Report, Rng, created_ids, export, ms};
+use super::{
+    Agent, CONVERGE_LIMIT, Fleet, Latencies, Report, Rng, converge, created_ids, export, ms, state,
+};
 use crate::api::{CreateRequest, ListFilter, Request, Response, UpdateRequest};
 use crate::service::BATCH_MAX;
 use crate::{Error, ErrorKind, Result};
@@ -253,8 +255,10 @@ fn surge(clones: &[&Fleet], size: SurgeSize, seed: u64) -> Result<Report> {
     report.timings.push(("provisioning", provisioned_in));
     let won: usize = model.claims.values().map(Vec::len).sum();
     let rate = size.issues as f64 / provisioned_in.as_secs_f64().max(1e-9);
-    // The aims are stated at the full size; a smaller run only reports.
-    let full = size.issues >= SurgeSize::FULL.issues;
+    // The aims are stated at the full size through one daemon; a smaller
+    // run, or the mesh variant (three daemons and the relay sharing the
+    // machine's cores with the agents), only reports.
+    let full = n == 1 && size.issues >= SurgeSize::FULL.issues;
     let provisioned = format!("{} in {:.2} s", size.issues, provisioned_in.as_secs_f64());
     if full {
         report.aim(
@@ -340,37 +344,6 @@ fn surge(clones: &[&Fleet], size: SurgeSize, seed: u64) -> Result<Report> {
         report.must_be_zero("clones in another state", differ.len(), &differ);
     }
     Ok(report)
-}
-
-/// How long the clones are given to converge.
-const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
-
-/// A clone's state hash and live issue count.
-fn state(agent: &mut Agent) -> Result<(String, u64)> {
-    match agent.call(Request::Info)? {
-        Response::Info(i) => Ok((i.state_hash, i.issues)),
-        other => Err(Error::internal(format!("info answered {other:?}"))),
-    }
-}
-
-/// Waits until every clone holds the same state (each holds its own ops,
-/// so the same state means every op reached every clone): how long it
-/// took, or `None` after [`CONVERGE_LIMIT`].
-fn converge(leads: &mut [Agent]) -> Result<Option<Duration>> {
-    let start = Instant::now();
-    loop {
-        let mut states = Vec::with_capacity(leads.len());
-        for l in leads.iter_mut() {
-            states.push(state(l)?);
-        }
-        if states.windows(2).all(|w| w[0] == w[1]) {
-            return Ok(Some(start.elapsed()));
-        }
-        if start.elapsed() > CONVERGE_LIMIT {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
@@ -626,12 +599,19 @@ fn check(
     let by_id: HashMap<&str, &crate::api::Issue> =
         issues.iter().map(|i| (i.id.as_str(), i)).collect();
     let (mut lost, mut duplicated, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
+    let mut displaced = Vec::new();
     for (title, (id, priority, blockers)) in &model.created {
         match by_title.get(title.as_str()).map(Vec::as_slice) {
             None | Some([]) => lost.push(format!("create {title:?} ({id})")),
             Some([one]) => {
                 let want = model.priority.get(id).unwrap_or(priority);
-                if one.id != *id {
+                if one.id.starts_with(&format!("{id}~")) {
+                    // Another clone's create took the same id at the same
+                    // time: one keeps it, the other is displaced to
+                    // `<id>~<suffix>` with an id notice (see "Two creates of
+                    // one id"). Documented, so counted, not a problem.
+                    displaced.push(format!("{id} is {} now", one.id));
+                } else if one.id != *id {
                     wrong.push(format!("{title:?} is {} (acknowledged as {id})", one.id));
                 }
                 if one.priority != *want {
@@ -693,6 +673,15 @@ fn check(
             "{follow_count} follow-ups in the tracker, {} acknowledged",
             follow_ups.len()
         ));
+    }
+    if !displaced.is_empty() || report.size.contains("clones") {
+        report.figure(
+            "ids displaced by another clone's create",
+            match displaced.first() {
+                Some(e) => format!("{} (e.g. {e})", displaced.len()),
+                None => "0".into(),
+            },
+        );
     }
     report.must_be_zero("lost writes", lost.len(), &lost);
     report.must_be_zero("duplicated writes", duplicated.len(), &duplicated);

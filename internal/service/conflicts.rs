@@ -61,6 +61,9 @@ pub(super) fn resolve(
     if field == crate::merge::CLAIM_FIELD {
         return resolve_claim(tx, ctx, id, value, take);
     }
+    if field == crate::merge::PARENT_FIELD {
+        return resolve_parent(tx, ctx, id, value, take);
+    }
     // A deleted issue has no row, so look it up by its exact id.
     let id = if field == "deleted" {
         id.to_string()
@@ -119,6 +122,40 @@ pub(super) fn resolve(
             set_field(tx, ctx, &id, "close_reason", Value::Null)?;
         }
     }
+    tx.flush()?;
+    changed_one(tx, &id)
+}
+
+/// Settles a `parent` conflict (moves that crossed on two clones left the
+/// issue under two parents): `--take` keeps the contender it names, `--value`
+/// moves the issue under the issue it names (`""`: under none). Either is a
+/// move, which takes away every other parent edge.
+fn resolve_parent(
+    tx: &mut WriteTx<'_>,
+    ctx: &Context<'_>,
+    id: &str,
+    value: Option<String>,
+    take: Option<String>,
+) -> Result<Response> {
+    let id = query::resolve_id(tx.conn(), id)?;
+    let conflict = tx
+        .doc(&id)?
+        .materialise()
+        .and_then(|m| m.conflicts.into_iter().find(|c| c.field == crate::merge::PARENT_FIELD))
+        .ok_or_else(|| {
+            Error::not_found(format!("{id} has no conflict on parent"))
+                .hint(format!("move it with: bd update {id} --parent NEW"))
+        })?;
+    let parent = match (take, value) {
+        (Some(t), _) => pick_contender(&conflict, &t)?
+            .value
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        (_, Some(v)) => v,
+        _ => unreachable!("checked by the caller"),
+    };
+    super::issues::set_parent(tx, ctx, &id, &parent)?;
     tx.flush()?;
     changed_one(tx, &id)
 }

@@ -32,6 +32,16 @@ pub(super) fn dep_add(
         .hint(format!("see the chain with: bd dep tree {to}")));
     }
     let exists = !tx.doc(&from)?.dep_heads(&to, kind.as_str()).is_empty();
+    if kind == DepType::ParentChild && !exists {
+        // An issue has one parent: a second edge would put it under two.
+        if let Some(other) = tx.doc(&from)?.parents().into_iter().find(|p| *p != to) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{from} is already under {other}; an issue has one parent"),
+            )
+            .hint(format!("move it instead: bd update {from} --parent {to}")));
+        }
+    }
     if !exists {
         let value = json!({"depends_on_id": to, "type": kind.as_str()});
         tx.record(new_op(ctx, &from, OpKind::DepAdd, None, value, vec![]))?;

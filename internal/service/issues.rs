@@ -321,13 +321,10 @@ pub(super) fn update(tx: &mut WriteTx<'_>, ctx: &Context<'_>, r: UpdateRequest) 
 /// any other issue go, one to `parent` comes. Its id stays as it is. Refused
 /// when `parent` is `id` or lies under it (through parent links or blockers:
 /// either would make a cycle of gating edges).
-fn set_parent(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, parent: &str) -> Result<bool> {
-    let current: Vec<String> = super::get_live(tx.conn(), id)?
-        .dependencies
-        .into_iter()
-        .filter(|d| d.dep_type == DepType::ParentChild)
-        .map(|d| d.depends_on_id)
-        .collect();
+pub(super) fn set_parent(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, parent: &str) -> Result<bool> {
+    // Every live parent edge, not only the one shown: after moves crossed
+    // on two clones the issue has two, and a move settles that.
+    let current: Vec<String> = tx.doc(id)?.parents();
     let target = match parent.trim() {
         "" => None,
         p => Some(query::resolve_id(tx.conn(), p)?),
@@ -346,7 +343,12 @@ fn set_parent(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, parent: &str) -
     }
     let mut changed = false;
     for old in current.iter().filter(|o| Some(*o) != target.as_ref()) {
-        super::dependencies::dep_remove(tx, ctx, id, old, Some(DepType::ParentChild.as_str()))?;
+        // (Not `dep_remove`, which removes what the issue shows: an edge
+        // hidden by a `parent` conflict goes too.)
+        let kind = DepType::ParentChild.as_str();
+        let heads = tx.doc(id)?.dep_heads(old, kind);
+        let value = json!({"depends_on_id": old, "type": kind});
+        tx.record(new_op(ctx, id, OpKind::DepRemove, None, value, heads))?;
         changed = true;
     }
     if let Some(t) = &target

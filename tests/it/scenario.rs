@@ -94,6 +94,33 @@ fn a_surge_shared_by_three_clones_through_the_relay_converges_with_nothing_lost(
     assert!(across > 0, "{r}");
 }
 
+/// The recursive scenario's mesh variant: two clones on a real relay; an
+/// agent's fork of another agent's node is joined on by an agent of the
+/// other clone; after every round the clones converge and each clone's
+/// `ready` must match the checker's fold of both clones' op files.
+#[test]
+fn plans_rewritten_on_two_clones_keep_ready_exact_on_both() {
+    crate::mesh::nats_server();
+    let r = run_with("recursive", &["--mesh"]);
+    assert_eq!(figure(&r, "ready answers that differ"), "0", "{r}");
+    assert_eq!(figure(&r, "cycles accepted"), "0", "{r}");
+    assert!(r["size"].as_str().unwrap().contains("on 2 clones"), "{r}");
+    assert_eq!(
+        figure(&r, "ready answers checked"),
+        "14",
+        "both clones, before the first round and after each of 6: {r}"
+    );
+    let joins = figure(&r, "joins on another clone's fork");
+    let (across, all) = joins.split_once(" of ").unwrap();
+    let across: usize = across.parse().unwrap();
+    assert!(across > 0, "no join across clones: {r}");
+    assert_eq!(
+        across.to_string(),
+        all,
+        "every join is on a fork made elsewhere: {r}"
+    );
+}
+
 #[test]
 fn the_mesh_variant_is_refused_for_a_scenario_without_one() {
     let env = TestEnv::empty();
@@ -111,7 +138,7 @@ fn the_mesh_variant_is_refused_for_a_scenario_without_one() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--mesh applies to the surge scenario"),
+        err.contains("--mesh applies to the surge and recursive"),
         "{err}"
     );
 }

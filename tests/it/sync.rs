@@ -2243,3 +2243,117 @@ fn a_remote_failing_on_the_network_is_skipped_until_its_probe_time() {
     assert_eq!(back["remote_breaker"]["state"], "closed", "{back}");
     assert_eq!(a.json(&["sync"])["offline"], false);
 }
+
+/// Moves of one issue made on two clones at once (bd-5smj): each took away
+/// the parent edge it saw and added its own, and the child used to end up
+/// under both parents with no conflict. Now it shows one parent (the later
+/// move), the same on both clones, with a `parent` conflict listing both;
+/// a move (or `bd resolve --field parent`) settles it everywhere. A second
+/// parent-child edge by `bd dep add` is refused.
+#[test]
+fn moves_crossed_on_two_clones_leave_one_parent_and_a_parent_conflict() {
+    let cluster = Cluster::new();
+    let (a, b, _) = pair(&cluster);
+    let p1 = a.create(&["first home", "-t", "epic"]);
+    let p2 = a.create(&["second home", "-t", "epic"]);
+    let p3 = a.create(&["third home", "-t", "epic"]);
+    let x = a.create(&["moved around", "--parent", &p1]);
+    exchange(&a, &b);
+    a.ok(&["update", &x, "--parent", &p2]);
+    b.ok(&["update", &x, "--parent", &p3]);
+    exchange(&a, &b);
+    let parents = |c: &Clone| -> Vec<String> {
+        c.json(&["show", &x])[0]["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["type"] == "parent-child")
+            .map(|d| d["depends_on_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (pa, pb) = (parents(&a), parents(&b));
+    assert_eq!(pa.len(), 1, "one parent: {pa:?}");
+    assert_eq!(pa, pb, "the same on both clones");
+    assert!(pa[0] == p2 || pa[0] == p3, "{pa:?}");
+    for c in [&a, &b] {
+        let conflicts = c.json(&["conflicts"]);
+        let on_x: Vec<&Value> = conflicts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["issue_id"] == x.as_str() && k["field"] == "parent")
+            .collect();
+        assert_eq!(on_x.len(), 1, "{conflicts}");
+        let mut values: Vec<&str> = on_x[0]["contenders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["value"].as_str().unwrap())
+            .collect();
+        values.sort();
+        let mut want = vec![p2.as_str(), p3.as_str()];
+        want.sort();
+        assert_eq!(values, want, "{conflicts}");
+    }
+    // Only the shown parent counts: the other epic holds no open child.
+    let hidden = if pa[0] == p2 { &p3 } else { &p2 };
+    let ready = ids(&a.json(&["ready", "-n", "0"]));
+    assert!(
+        ready.contains(hidden),
+        "{hidden} has no child now: {ready:?}"
+    );
+    assert!(!ready.contains(&pa[0]), "{} holds {x}: {ready:?}", pa[0]);
+    // A second parent by hand is refused.
+    let out = a.bd(&["dep", "add", &x, &p1, "-t", "parent-child"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one parent"));
+    // Settled by taking the hidden one: every other edge goes.
+    let settled = a.json(&["resolve", &x, "--field", "parent", "--value", hidden]);
+    assert_eq!(settled[0]["id"], x.as_str(), "{settled}");
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        assert_eq!(parents(c), vec![hidden.clone()]);
+        assert!(
+            !c.json(&["conflicts"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["field"] == "parent"),
+            "settled everywhere"
+        );
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+/// Moves that crossed on two clones can make a loop of parents (x under y
+/// on one, y under x on the other): every command still answers, neither
+/// is ready (each waits for the other), and `bd dep cycles` names the loop;
+/// a move out of it mends it.
+#[test]
+fn a_loop_of_parents_made_on_two_clones_is_listed_and_mended_by_a_move() {
+    let cluster = Cluster::new();
+    let (a, b, _) = pair(&cluster);
+    let x = a.create(&["x", "-t", "epic"]);
+    let y = a.create(&["y", "-t", "epic"]);
+    exchange(&a, &b);
+    a.ok(&["update", &x, "--parent", &y]);
+    b.ok(&["update", &y, "--parent", &x]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        let ready = ids(&c.json(&["ready", "-n", "0"]));
+        assert!(
+            !ready.contains(&x) && !ready.contains(&y),
+            "in a loop of parents, neither is ready: {ready:?}"
+        );
+        let cycles = c.json(&["dep", "cycles"]);
+        let listed = cycles.to_string();
+        assert!(listed.contains(&x) && listed.contains(&y), "{listed}");
+    }
+    a.ok(&["update", &y, "--parent", ""]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        let ready = ids(&c.json(&["ready", "-n", "0"]));
+        assert!(ready.contains(&x) || ready.contains(&y), "{ready:?}");
+        assert_eq!(c.json(&["dep", "cycles"]), serde_json::json!([]));
+    }
+}

@@ -37,9 +37,11 @@ pub struct DemoArgs {
     /// threads and processes interleave still varies from run to run)
     #[arg(long, default_value_t = 1, requires = "scenario")]
     pub seed: u64,
-    /// With --scenario surge: three clones share the work through a relay
-    /// (a nats-server -js the run starts on loopback; nats-server must be on
-    /// PATH), and the table adds the time they take to converge
+    /// With --scenario surge or recursive: clones share the work through a
+    /// relay (a nats-server -js the run starts on loopback; nats-server must
+    /// be on PATH): three for the surge, two for the recursive scenario
+    /// (joins on forks made on the other clone); the table adds the time
+    /// they take to converge
     #[arg(long, requires = "scenario")]
     pub mesh: bool,
 }

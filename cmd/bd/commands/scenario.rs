@@ -66,11 +66,10 @@ pub fn run(
     keep: bool,
     mesh: bool,
 ) -> Result<(), CliError> {
-    if mesh && scenario != Scenario::Surge {
-        return Err(bd::Error::invalid(format!(
-            "--mesh applies to the surge scenario, not {}",
-            name(scenario)
-        ))
+    if mesh && scenario == Scenario::SelfHealing {
+        return Err(bd::Error::invalid(
+            "--mesh applies to the surge and recursive scenarios, not self-healing",
+        )
         .hint("drop --mesh, or run `bd demo --scenario surge --mesh`")
         .into());
     }
@@ -88,7 +87,11 @@ pub fn run(
         }
     };
     let (report, kept): (Report, _) = if mesh {
-        let mut machines = Machines::new(&exe, "surge", bd::scenario::surge::MESH_CLONES)?;
+        let (prefix, clones) = match scenario {
+            Scenario::Recursive => ("plan", bd::scenario::recursive::MESH_CLONES),
+            _ => ("surge", bd::scenario::surge::MESH_CLONES),
+        };
+        let mut machines = Machines::new(&exe, prefix, clones)?;
         say(
             &machines.root,
             &format!(
@@ -97,7 +100,12 @@ pub fn run(
                 machines.relay_url()
             ),
         );
-        let report = bd::scenario::surge::run_on_machines(&machines, surge_size(size), seed)?;
+        let report = match scenario {
+            Scenario::Recursive => {
+                bd::scenario::recursive::run_on_machines(&machines, recursive_size(size), seed)?
+            }
+            _ => bd::scenario::surge::run_on_machines(&machines, surge_size(size), seed)?,
+        };
         // (The first clone: `bd stats` there shows what every clone holds.)
         (report, keep.then(|| machines.keep().join("machine-a")))
     } else {

@@ -324,6 +324,10 @@ pub(super) fn recompute_all_blocked(conn: &Connection) -> Result<()> {
         ),
         [],
     )?;
+    let mut in_loop = conn.prepare("UPDATE issues SET blocked = 1 WHERE id = ?1")?;
+    for id in parent_loops(conn)? {
+        in_loop.execute([id])?;
+    }
     for _ in 0..10_000 {
         let changed = conn.execute(
             concat!(
@@ -351,8 +355,12 @@ pub(in crate::storage) fn refresh_blocked(
         blocked_by_blocker!("i.id"),
         " OR ",
         blocked_by_parent!("i.id"),
+        ", (SELECT d.depends_on_id FROM deps d WHERE d.issue_id = i.id AND d.type = 'parent-child' LIMIT 1)",
         " FROM issues i WHERE i.id = ?1"
     ))?;
+    let mut parent_of = conn.prepare_cached(
+        "SELECT depends_on_id FROM deps WHERE issue_id = ?1 AND type = 'parent-child' LIMIT 1",
+    )?;
     let mut set = conn.prepare_cached("UPDATE issues SET blocked = ?2 WHERE id = ?1")?;
     // `+type`: filter the edge type on the index entries rather than look each
     // type up through the index. An indexed `IN` list makes SQLite build an
@@ -372,11 +380,16 @@ pub(in crate::storage) fn refresh_blocked(
             break;
         }
         let was_seed = pending_seeds.remove(&id);
-        let flags: Option<(bool, bool)> = get
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        let flags: Option<(bool, bool, Option<String>)> = get
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let changed = match flags {
-            Some((old, new)) => {
+            Some((old, new, parent)) => {
+                let new = new
+                    || match parent {
+                        Some(p) => in_parent_loop(&mut parent_of, &id, p)?,
+                        None => false,
+                    };
                 if new != old {
                     set.execute(params![id, new])?;
                 }
@@ -392,6 +405,64 @@ pub(in crate::storage) fn refresh_blocked(
         }
     }
     Ok(())
+}
+
+/// Whether `id`, whose parent is `parent`, lies in a loop of parents (moves
+/// that crossed on two clones: x under y on one, y under x on the other).
+/// An issue in such a loop waits for itself: it is blocked, and so is
+/// everything under it. (Without this rule the loop's flags would keep
+/// whatever they had when it formed, which differs between clones.)
+fn in_parent_loop(parent_of: &mut rusqlite::CachedStatement<'_>, id: &str, parent: String) -> Result<bool> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut at = parent;
+    while at != id {
+        if !seen.insert(at.clone()) {
+            return Ok(false); // a loop above, without `id`: its parent is blocked anyway
+        }
+        match parent_of
+            .query_row(params![at], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(p) => at = p,
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// The issues in loops of parents (each issue has one parent row at most:
+/// the rows follow the parent the fold shows).
+fn parent_loops(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT issue_id, depends_on_id FROM deps WHERE type = 'parent-child'")?;
+    let parent: std::collections::HashMap<String, String> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Walk up from each issue; a walk that meets itself closes a loop.
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    for start in parent.keys() {
+        let mut path: Vec<&str> = Vec::new();
+        let mut on_path: HashSet<&str> = HashSet::new();
+        let mut at = start.as_str();
+        loop {
+            if done.contains(at) {
+                break;
+            }
+            if on_path.contains(at) {
+                let from = path.iter().position(|p| *p == at).unwrap_or(0);
+                out.extend(path[from..].iter().map(|p| p.to_string()));
+                break;
+            }
+            path.push(at);
+            on_path.insert(at);
+            match parent.get(at) {
+                Some(p) => at = p.as_str(),
+                None => break,
+            }
+        }
+        done.extend(path);
+    }
+    Ok(out)
 }
 
 /// SHA-256 (hex) of the whole materialised state: issues with comments, conflicts
