@@ -18,11 +18,13 @@ pub struct ResolveArgs {
     /// The conflicted field (e.g. title, status, assignee; `deleted` for a
     /// delete that raced with edits; `clock_skew` for an op held back; `id`
     /// for an id two clones created; `claim` for late writes under a lapsed
-    /// lease; `quarantine` for relay batches kept as evidence)
+    /// lease; `parent` for moves that crossed on two clones; `quarantine` for
+    /// relay batches kept as evidence)
     #[arg(long, short)]
     pub field: String,
     /// The value to keep (`--field deleted`: `deleted`; `clock_skew`: `apply`;
-    /// `id`: `ack`; `claim` and `quarantine`: `drop`)
+    /// `id`: `ack`; `claim` and `quarantine`: `drop`; `parent`: the parent's
+    /// id, or "" for none)
     #[arg(long, conflicts_with = "take", required_unless_present = "take")]
     pub value: Option<String>,
     /// Keep one contender's value: its op id (a prefix is enough), actor or

@@ -312,8 +312,8 @@ pub(in crate::storage) fn recompute_all_held(conn: &Connection) -> Result<()> {
 }
 
 /// Sets every issue's `blocked` flag from scratch (after a bulk load): first the
-/// `blocks` edges, then parent-child blocking spread down the tree one level per
-/// pass until nothing changes. The same fixed point the incremental
+/// `blocks` edges and loops of parents, then parent-child blocking spread down
+/// the tree one level per pass until nothing changes. The same fixed point the incremental
 /// [`refresh_blocked`] maintains; the passes are bounded by the depth of the
 /// parent-child tree (and by a budget, should imported data hold a cycle).
 pub(super) fn recompute_all_blocked(conn: &Connection) -> Result<()> {
