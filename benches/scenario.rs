@@ -8,12 +8,18 @@
 //!   worker processes killed -9 at half-way, time until every saga is
 //!   complete or compensated (bounded below by the claims' 10 s limit);
 //! - `recursive_100k/ready_10`: `ready` (ten, as an agent asks) at 100,000
-//!   issues in goal trees of depth 6 (aim: p99 under 20 ms).
+//!   issues in goal trees of depth 6 (aim: p99 under 20 ms);
+//! - `surge_mesh_100k/converged`: the surge on three clones through a relay
+//!   (a `nats-server` on PATH), time from the last write until every clone
+//!   holds the same state;
+//! - `recursive_mesh_100k/converged`: the recursive scenario on two clones
+//!   through a relay, the slowest convergence after a round (the first:
+//!   the 100,000 decomposed issues reaching the second clone).
 //!
 //! Each run's checker must pass (the bench panics otherwise), and the first
 //! run's table of figures is printed. Slow: each surge or saga sample is a
-//! whole run. Run: `cargo bench --bench scenario` (`-- surge`, `-- self_healing`,
-//! `-- recursive` for one).
+//! whole run. Run: `cargo bench --bench scenario` (`-- surge_100k`,
+//! `-- self_healing`, `-- recursive_100k`, `-- mesh` for one or the mesh pair).
 
 use bd::scenario::recursive::RecursiveSize;
 use bd::scenario::saga::SagaSize;
@@ -94,5 +100,15 @@ fn recursive(c: &mut Criterion) {
     eprintln!("{}", report.table());
 }
 
-criterion_group!(benches, surge, self_healing, recursive);
+fn mesh(c: &mut Criterion) {
+    whole_runs(c, "surge_mesh_100k", "converged", |seed| {
+        bd::scenario::surge::run_mesh(Path::new(BD), SurgeSize::FULL, seed).expect("surge mesh")
+    });
+    whole_runs(c, "recursive_mesh_100k", "converged", |seed| {
+        bd::scenario::recursive::run_mesh(Path::new(BD), RecursiveSize::FULL, seed)
+            .expect("recursive mesh")
+    });
+}
+
+criterion_group!(benches, surge, self_healing, recursive, mesh);
 criterion_main!(benches);

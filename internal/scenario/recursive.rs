@@ -379,6 +379,7 @@ fn recursive(clones: &[&Fleet], size: RecursiveSize, seed: u64) -> Result<Report
         ),
     );
     if n > 1 {
+        report.timings.push(("converged", slowest_converge));
         report.figure(
             "joins on another clone's fork",
             format!("{} of {}", tally.joins_across, tally.joins),
