@@ -88,6 +88,17 @@ impl Machines {
     /// (the members file travels through git, as it does between real
     /// machines), with its daemon connected to the relay.
     pub fn new(exe: &Path, prefix: &str, n: usize) -> Result<Machines> {
+        Machines::new_announced(exe, prefix, n, &|_| {})
+    }
+
+    /// [`Machines::new`], telling `announce` the run's directory as soon as
+    /// it exists (so that an interrupted set-up can be cleaned up).
+    pub fn new_announced(
+        exe: &Path,
+        prefix: &str,
+        n: usize,
+        announce: &dyn Fn(&Path),
+    ) -> Result<Machines> {
         let server = RelayServer::find().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unavailable,
@@ -99,6 +110,7 @@ impl Machines {
             .prefix("bd-scenario-mesh-")
             .tempdir()?;
         let top = dir.path().to_path_buf();
+        announce(&top);
         let relay = RelayServer::start(&server, &top.join("relay-store"))?;
         git(&top, &["init", "-q", "--bare", "origin.git"])?;
         let origin = top.join("origin.git").display().to_string();

@@ -48,8 +48,15 @@ impl Fleet {
     /// A new repository (git-initialised when git is there) with `bd init
     /// --prefix PREFIX` done and a daemon started.
     pub fn new(exe: &Path, prefix: &str) -> Result<Fleet> {
+        Fleet::new_announced(exe, prefix, &|_| {})
+    }
+
+    /// [`Fleet::new`], telling `announce` the repository's directory as soon
+    /// as it exists (so that an interrupted set-up can be cleaned up).
+    pub fn new_announced(exe: &Path, prefix: &str, announce: &dyn Fn(&Path)) -> Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("bd-scenario-").tempdir()?;
         let root = dir.path().to_path_buf();
+        announce(&root);
         let _ = Command::new("git")
             .args(["init", "-q"])
             .current_dir(&root)

@@ -188,3 +188,46 @@ fn plans_rewritten_while_worked_keep_ready_exact_and_refuse_every_cycle() {
     let tried: usize = tried.split(' ').next().unwrap().parse().unwrap();
     assert!(got.parse::<usize>().unwrap() >= tried && tried > 0, "{r}");
 }
+
+/// An interrupted run (Ctrl-C) stops its daemons and removes its directory,
+/// during the set-up as well as during the run, and exits 130 (bd-1fdb: it
+/// used to leave both behind).
+#[test]
+fn an_interrupted_scenario_leaves_no_directory_or_daemon_behind() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let env = TestEnv::empty();
+    for wait_ms in [0, 1500] {
+        let mut child = env
+            .command(&["demo", "--scenario", "surge", "--size", "small"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bd demo");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().expect("a line").expect("stderr");
+        let dir = first
+            .rsplit_once(" in ")
+            .map(|(_, d)| d.trim_end_matches(" ...").to_string())
+            .unwrap_or_else(|| panic!("no directory in {first:?}"));
+        let dir = std::path::PathBuf::from(dir);
+        assert!(dir.exists(), "{first}");
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let killed = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+        assert_eq!(status.code(), Some(130), "{rest:?}");
+        assert!(!dir.exists(), "{} is left behind: {rest:?}", dir.display());
+    }
+}

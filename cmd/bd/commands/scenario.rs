@@ -86,44 +86,60 @@ pub fn run(
             );
         }
     };
-    let (report, kept): (Report, _) = if mesh {
-        let (prefix, clones) = match scenario {
-            Scenario::Recursive => ("plan", bd::scenario::recursive::MESH_CLONES),
-            _ => ("surge", bd::scenario::surge::MESH_CLONES),
-        };
-        let mut machines = Machines::new(&exe, prefix, clones)?;
-        say(
-            &machines.root,
-            &format!(
-                " on {} clones through the relay {}",
-                machines.clones.len(),
-                machines.relay_url()
-            ),
-        );
-        let report = match scenario {
-            Scenario::Recursive => {
-                bd::scenario::recursive::run_on_machines(&machines, recursive_size(size), seed)?
-            }
-            _ => bd::scenario::surge::run_on_machines(&machines, surge_size(size), seed)?,
-        };
-        // (The first clone: `bd stats` there shows what every clone holds.)
-        (report, keep.then(|| machines.keep().join("machine-a")))
-    } else {
-        let mut fleet = match scenario {
-            Scenario::Surge => Fleet::new(&exe, "surge")?,
-            Scenario::SelfHealing => Fleet::new(&exe, "saga")?,
-            Scenario::Recursive => Fleet::new(&exe, "plan")?,
-        };
-        say(&fleet.root, "");
-        let report = match scenario {
-            Scenario::Surge => bd::scenario::surge::run_on(&fleet, surge_size(size), seed)?,
-            Scenario::SelfHealing => bd::scenario::saga::run_on(&fleet, saga_size(size), seed)?,
-            Scenario::Recursive => {
-                bd::scenario::recursive::run_on(&fleet, recursive_size(size), seed)?
-            }
-        };
-        (report, keep.then(|| fleet.keep()))
-    };
+    let cleanup = Cleanup::watch();
+    let outcome = (|| -> Result<(Report, Option<std::path::PathBuf>), CliError> {
+        Ok(if mesh {
+            let (prefix, clones) = match scenario {
+                Scenario::Recursive => ("plan", bd::scenario::recursive::MESH_CLONES),
+                _ => ("surge", bd::scenario::surge::MESH_CLONES),
+            };
+            let mut machines = Machines::new_announced(&exe, prefix, clones, &|d| cleanup.set(d))?;
+            say(
+                &machines.root,
+                &format!(
+                    " on {} clones through the relay {}",
+                    machines.clones.len(),
+                    machines.relay_url()
+                ),
+            );
+            let report = match scenario {
+                Scenario::Recursive => {
+                    bd::scenario::recursive::run_on_machines(&machines, recursive_size(size), seed)?
+                }
+                _ => bd::scenario::surge::run_on_machines(&machines, surge_size(size), seed)?,
+            };
+            // (The first clone: `bd stats` there shows what every clone holds.)
+            (report, keep.then(|| machines.keep().join("machine-a")))
+        } else {
+            let prefix = match scenario {
+                Scenario::Surge => "surge",
+                Scenario::SelfHealing => "saga",
+                Scenario::Recursive => "plan",
+            };
+            let mut fleet = Fleet::new_announced(&exe, prefix, &|d| cleanup.set(d))?;
+            say(&fleet.root, "");
+            let report = match scenario {
+                Scenario::Surge => bd::scenario::surge::run_on(&fleet, surge_size(size), seed)?,
+                Scenario::SelfHealing => bd::scenario::saga::run_on(&fleet, saga_size(size), seed)?,
+                Scenario::Recursive => {
+                    bd::scenario::recursive::run_on(&fleet, recursive_size(size), seed)?
+                }
+            };
+            (report, keep.then(|| fleet.keep()))
+        })
+    })();
+    if outcome.is_err() && cleanup.interrupted() {
+        // The run failed because the interrupt is stopping its daemons:
+        // the interrupt's thread ends the process (exit 130).
+        loop {
+            std::thread::park();
+        }
+    }
+    let (report, kept) = outcome?;
+    // Finished: an interrupt from here on leaves what --keep kept.
+    if let Ok(mut c) = cleanup.dir.lock() {
+        *c = None;
+    }
     if ctx.json {
         output::json(&serde_json::json!({ "report": report, "kept": kept }))?;
     } else {
@@ -150,6 +166,94 @@ pub fn run(
         ));
     }
     Ok(())
+}
+
+/// What an interrupted run (Ctrl-C, SIGTERM) leaves to clean up: its
+/// directory and the daemons of the repositories in it (the run's own
+/// repository, or its clones `machine-*`). Taken back when the run ends by
+/// itself.
+#[derive(Clone, Default)]
+struct Cleanup {
+    dir: std::sync::Arc<std::sync::Mutex<Option<std::path::PathBuf>>>,
+    interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cleanup {
+    /// Watches for SIGINT and SIGTERM on a thread of its own: on either,
+    /// stops the run's daemons, removes its directory and exits 130.
+    fn watch() -> Cleanup {
+        let c = Cleanup::default();
+        let mine = c.clone();
+        let _ = std::thread::Builder::new()
+            .name("bd-scenario-interrupt".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let (Ok(mut int), Ok(mut term)) = (
+                        signal(SignalKind::interrupt()),
+                        signal(SignalKind::terminate()),
+                    ) else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                });
+                mine.interrupted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                mine.run();
+                std::process::exit(130);
+            });
+        c
+    }
+
+    /// The run's directory, as soon as it exists.
+    fn set(&self, dir: &std::path::Path) {
+        if let Ok(mut c) = self.dir.lock() {
+            *c = Some(dir.to_path_buf());
+        }
+    }
+
+    /// Whether an interrupt came (and its thread is cleaning up).
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn run(&self) {
+        let Some(dir) = self.dir.lock().ok().and_then(|mut c| c.take()) else {
+            return;
+        };
+        let mut roots = vec![dir.clone()];
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            roots.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+        roots.retain(|r| r.join(".beads").join("daemon.lock").exists());
+        eprintln!(
+            "interrupted: stopping the scenario's daemons and removing {}",
+            dir.display()
+        );
+        if let Ok(exe) = std::env::current_exe() {
+            for root in &roots {
+                let _ = std::process::Command::new(&exe)
+                    .args(["daemon", "stop", "-q", "--timeout", "5"])
+                    .current_dir(root)
+                    .env("BD_AUTO_START", "0")
+                    .env_remove("BEADS_DIR")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn name(s: Scenario) -> &'static str {
