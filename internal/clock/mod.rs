@@ -222,12 +222,20 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// Parses a duration such as `90s`, `15m`, `1h30m`, `2d` or `500ms` (a bare
 /// number is seconds) into ms; `None` for anything else, zero or past a year.
 pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    parse_duration_any_ms(s).filter(|ms| (1..=YEAR_MS).contains(ms))
+}
+
+/// [`parse_duration_ms`] without its range: zero and long durations too (for
+/// a caller that says what range it takes). Each unit at most once, larger
+/// units first (`1h30m`, not `30m1h` or `1h1h`).
+pub fn parse_duration_any_ms(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
-        return secs.checked_mul(1000).filter(|ms| (1..=YEAR_MS).contains(ms));
+        return secs.checked_mul(1000);
     }
     let mut total: u64 = 0;
     let mut rest = s;
+    let mut last_unit = u64::MAX;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
@@ -244,10 +252,14 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
             "d" => 86_400_000,
             _ => return None,
         };
+        if unit >= last_unit {
+            return None;
+        }
+        last_unit = unit;
         rest = &rest[unit_len..];
         total = total.checked_add(n.checked_mul(unit)?)?;
     }
-    Some(total).filter(|ms| (1..=YEAR_MS).contains(ms))
+    (!s.is_empty()).then_some(total)
 }
 
 const YEAR_MS: u64 = 366 * 86_400_000;
@@ -259,7 +271,9 @@ pub fn format_duration_ms(ms: u64) -> String {
     }
     let mut s = ms / 1000;
     let mut out = String::new();
-    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+    // Days from two on: a day's limit reads as written, `24h`.
+    let days = if s >= 2 * 86_400 { 86_400 } else { u64::MAX };
+    for (unit, len) in [("d", days), ("h", 3_600), ("m", 60), ("s", 1)] {
         if s >= len {
             out.push_str(&format!("{}{unit}", s / len));
             s %= len;
@@ -277,12 +291,19 @@ mod tests {
         assert_eq!(p("1h30m"), Some(5_400_000));
         assert_eq!(p("90"), Some(90_000));
         assert_eq!(p("500ms"), Some(500));
-        for bad in ["", "m", "15x", "-5m", "0", "0s", "1.5h", "99999999999999999999s", "400d"] {
+        for bad in [
+            "", "m", "15x", "-5m", "0", "0s", "1.5h", "99999999999999999999s", "400d", "1h1h",
+            "1m1h", "30s2m",
+        ] {
             assert_eq!(p(bad), None, "{bad:?}");
         }
-        for ms in [900_000, 5_400_000, 45_000, 86_400_000 + 1000, 250] {
+        assert_eq!(super::parse_duration_any_ms("0s"), Some(0));
+        assert_eq!(super::parse_duration_any_ms("100000h"), Some(360_000_000_000));
+        for ms in [900_000, 5_400_000, 45_000, 86_400_000 + 1000, 250, 3 * 86_400_000] {
             assert_eq!(p(&f(ms)), Some(ms));
         }
+        assert_eq!(f(86_400_000), "24h");
+        assert_eq!(f(2 * 86_400_000 + 3_600_000), "2d1h");
     }
 
     use super::*;

@@ -28,7 +28,8 @@ pub struct ClaimArgs {
     #[arg(required = true)]
     pub ids: Vec<String>,
     /// The claim lapses after this long without a write by you to the issue
-    /// (e.g. 30m; 10s to 24h; default: config claim.ttl, else none; a relay
+    /// (e.g. 30m or 1h30m, a bare number is seconds; 10s to 24h; default:
+    /// config claim.ttl, else none; a relay
     /// lease without it lasts 15m)
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<u64>,

@@ -37,15 +37,17 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "ID")]
     pub parent: Option<String>,
     /// With --claim: the claim lapses after this long without a write by you
-    /// to the issue (e.g. 30m; 10s to 24h; default: config claim.ttl, else none)
+    /// to the issue (e.g. 30m or 1h30m, a bare number is seconds; 10s to 24h;
+    /// default: config claim.ttl, else none)
     #[arg(long, value_name = "DURATION", requires = "claim", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
 }
 
 /// Parses a claim's `--ttl` (10s to 24h) into ms.
 pub fn parse_ttl(s: &str) -> Result<u64, String> {
-    let ms = bd::api::time::parse_duration_ms(s)
-        .ok_or_else(|| format!("{s:?} is not a duration such as 90s, 15m or 1h30m"))?;
+    let ms = bd::api::time::parse_duration_any_ms(s).ok_or_else(|| {
+        format!("{s:?} is not a duration such as 90s, 15m or 1h30m (a bare number is seconds)")
+    })?;
     if !bd::api::CLAIM_TTL_MS.contains(&ms) {
         return Err(format!("a claim lasts 10s to 24h without renewal, not {s}"));
     }
