@@ -24,8 +24,7 @@ use serde::{Deserialize, Serialize};
 /// Time as bd records it: ms since the epoch, RFC 3339 text.
 pub mod time {
     pub use crate::clock::{
-        format_duration_ms, format_rfc3339, parse_duration_any_ms, parse_duration_ms,
-        parse_rfc3339,
+        format_duration_ms, format_rfc3339, parse_duration_any_ms, parse_duration_ms, parse_rfc3339,
     };
 
     /// Now, in ms since the epoch (the system clock).

@@ -50,8 +50,15 @@ impl RelayServer {
                     url: format!("nats://127.0.0.1:{port}"),
                 });
             }
-            if child.try_wait()?.is_some() {
-                break;
+            if let Some(status) = child.try_wait()? {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "{} exited ({status}) instead of listening on 127.0.0.1:{port}",
+                        server.display()
+                    ),
+                )
+                .hint("run it by hand to see why: nats-server -js -a 127.0.0.1 -p PORT"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

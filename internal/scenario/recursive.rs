@@ -197,8 +197,13 @@ struct Tally {
     /// clone, not there yet (the mesh variant).
     stale: usize,
     closed: usize,
+    /// Deliberate cycles tried (a move under the node's own descendant),
+    /// and how many bd refused.
     cycles_tried: usize,
     cycles_refused: usize,
+    /// Other moves and blockers refused because they would close a cycle
+    /// through edges the agent had not counted on.
+    other_cycles_refused: usize,
     /// Deliberate cycles bd accepted (must be none).
     cycles_accepted: Vec<String>,
 }
@@ -394,8 +399,8 @@ fn recursive(clones: &[&Fleet], size: RecursiveSize, seed: u64) -> Result<Report
     report.figure(
         "cycle attempts refused",
         format!(
-            "{} of {} deliberate",
-            tally.cycles_refused, tally.cycles_tried
+            "{} of {} deliberate, and {} other moves or blockers",
+            tally.cycles_refused, tally.cycles_tried, tally.other_cycles_refused
         ),
     );
     report.figure("ready answers checked", checked);
@@ -621,6 +626,7 @@ fn act(
                 Ok(_) => {
                     if deliberate {
                         count(&|t| {
+                            t.cycles_tried += 1;
                             t.cycles_accepted
                                 .push(format!("{x} under its descendant {target}"))
                         })?;
@@ -639,8 +645,12 @@ fn act(
                 }
                 Err(e) if e.kind == ErrorKind::Conflict => {
                     count(&|t| {
-                        t.cycles_refused += 1;
-                        t.cycles_tried += usize::from(deliberate);
+                        if deliberate {
+                            t.cycles_tried += 1;
+                            t.cycles_refused += 1;
+                        } else {
+                            t.other_cycles_refused += 1;
+                        }
                     })?;
                 }
                 Err(e) => return Err(e),
@@ -748,7 +758,7 @@ fn act(
                 Err(e) if e.kind == ErrorKind::NotFound && seat.clones > 1 => {
                     count(&|t| t.stale += 1)?
                 }
-                Err(e) if e.kind == ErrorKind::Conflict => count(&|t| t.cycles_refused += 1)?,
+                Err(e) if e.kind == ErrorKind::Conflict => count(&|t| t.other_cycles_refused += 1)?,
                 Err(e) => return Err(e),
             }
         } else {

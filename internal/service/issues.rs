@@ -356,6 +356,17 @@ pub(super) fn set_parent(tx: &mut WriteTx<'_>, ctx: &Context<'_>, id: &str, pare
     {
         super::dependencies::dep_add(tx, ctx, id, t, DepType::ParentChild.as_str())?;
         changed = true;
+    } else if let Some(t) = &target
+        && current.len() > 1
+    {
+        // Settling a `parent` conflict by keeping one of its parents: the
+        // kept edge is added again, so that a clone settling it the other
+        // way at the same time (removing this edge, keeping its own) does
+        // not leave the issue with no parent: the two new adds survive each
+        // other's removes, and make a `parent` conflict again.
+        let kind = DepType::ParentChild.as_str();
+        let value = json!({"depends_on_id": t, "type": kind});
+        tx.record(new_op(ctx, id, OpKind::DepAdd, None, value, vec![]))?;
     }
     Ok(changed)
 }

@@ -2368,3 +2368,46 @@ fn a_loop_of_parents_made_on_two_clones_is_blocked_listed_and_mended_by_a_move()
         assert_eq!(c.json(&["dep", "cycles"]), serde_json::json!([]));
     }
 }
+
+/// A `parent` conflict settled two ways at once, on two clones (each keeping
+/// its own move): the issue stays under one parent, the same on both, and
+/// the conflict is listed again (the review found it with no parent at all:
+/// each settlement removed the other's edge, and kept its own without
+/// writing it again).
+#[test]
+fn a_parent_conflict_settled_two_ways_at_once_keeps_a_parent_and_the_conflict() {
+    let cluster = Cluster::new();
+    let (a, b, _) = pair(&cluster);
+    let p1 = a.create(&["first home", "-t", "epic"]);
+    let p2 = a.create(&["second home", "-t", "epic"]);
+    let p3 = a.create(&["third home", "-t", "epic"]);
+    let x = a.create(&["moved around", "--parent", &p1]);
+    exchange(&a, &b);
+    a.ok(&["update", &x, "--parent", &p2]);
+    b.ok(&["update", &x, "--parent", &p3]);
+    exchange(&a, &b);
+    a.ok(&["resolve", &x, "--field", "parent", "--value", &p2]);
+    b.ok(&["resolve", &x, "--field", "parent", "--take", "bob"]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        let parents: Vec<String> = c.json(&["show", &x])[0]["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["type"] == "parent-child")
+            .map(|d| d["depends_on_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(parents.len(), 1, "one parent still: {parents:?}");
+        assert!(parents[0] == p2 || parents[0] == p3, "{parents:?}");
+        let conflicts = c.json(&["conflicts"]);
+        assert!(
+            conflicts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["issue_id"] == x.as_str() && k["field"] == "parent"),
+            "settled two ways: a conflict again: {conflicts}"
+        );
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+}

@@ -55,7 +55,7 @@ pub fn cmd_conflicts(ctx: &Ctx, _a: ConflictsArgs) -> Result<(), CliError> {
             }
             if !ctx.quiet && c.iter().any(|x| x.field != "id") {
                 out.push_str(
-                    "\nSettle one with `bd resolve ID --field FIELD --take CONTENDER` (an op id prefix, actor or replica) or `--value VALUE`; `--field deleted --value deleted` keeps a delete, `--field clock_skew --value apply` applies a held op, `--field claim --value drop` drops late writes under a lapsed lease (`--take OP` applies one).\n",
+                    "\nSettle one with `bd resolve ID --field FIELD --take CONTENDER` (an op id prefix, actor or replica) or `--value VALUE`; `--field deleted --value deleted` keeps a delete, `--field clock_skew --value apply` applies a held op, `--field claim --value drop` drops late writes under a lapsed lease (`--take OP` applies one), `--field parent --value P` settles moves that crossed.\n",
                 );
             }
             output::print(&out)

@@ -144,11 +144,22 @@ pub fn run(
         output::json(&serde_json::json!({ "report": report, "kept": kept }))?;
     } else {
         let mut s = report.table();
-        if let Some(p) = kept {
-            s.push_str(&format!(
+        match kept {
+            Some(p) if mesh => {
+                // Each clone's signing key is in the run's config-<letter>
+                // (its machine's config directory); the relay is stopped.
+                let run = p.parent().unwrap_or(&p);
+                s.push_str(&format!(
+                    "Kept the run: cd {} && XDG_CONFIG_HOME={} bd --no-daemon stats\n(clones machine-a, machine-b, ...; each one's key in config-a, config-b, ...; the relay is stopped)\n",
+                    p.display(),
+                    run.join("config-a").display()
+                ));
+            }
+            Some(p) => s.push_str(&format!(
                 "Kept the repository: cd {} && bd stats\n",
                 p.display()
-            ));
+            )),
+            None => {}
         }
         output::print(&s)?;
     }
