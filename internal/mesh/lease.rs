@@ -289,6 +289,13 @@ fn written(mut lease: Lease, rev: u64, now_ms: u64) -> Grant {
 /// then: a lease taken over meanwhile is someone else's). Whether it was
 /// released.
 pub async fn release(store: &kv::Store, issue: &str, holder: &str, replica: &str) -> Result<bool> {
+    delete_if(store, issue, |h| !h.closed && h.holder == holder && h.replica == replica).await
+}
+
+/// Deletes `issue`'s key if what it holds passes `keep_out`, at the revision
+/// read (changed meanwhile, it is left: no longer what was judged). Whether
+/// it was deleted.
+async fn delete_if(store: &kv::Store, issue: &str, keep_out: impl Fn(&Lease) -> bool) -> Result<bool> {
     let k = key(issue);
     let Some(entry) = store
         .entry(&k)
@@ -298,12 +305,10 @@ pub async fn release(store: &kv::Store, issue: &str, holder: &str, replica: &str
         return Ok(false);
     };
     match read(&entry) {
-        Some(h) if !h.closed && h.holder == holder && h.replica == replica => {
-            match store.delete_expect_revision(&k, Some(entry.revision)).await {
-                Ok(()) => Ok(true),
-                Err(_) => Ok(false), // changed meanwhile: no longer ours
-            }
-        }
+        Some(h) if keep_out(&h) => Ok(store
+            .delete_expect_revision(&k, Some(entry.revision))
+            .await
+            .is_ok()),
         _ => Ok(false),
     }
 }
@@ -355,19 +360,5 @@ pub async fn mark_closed(store: &kv::Store, issue: &str, closer: &str, replica: 
 /// Clears the mark of a close of `issue` (a reopen: the issue may be
 /// claimed again at once), whoever closed it. Whether there was one.
 pub async fn clear_closed(store: &kv::Store, issue: &str) -> Result<bool> {
-    let k = key(issue);
-    let Some(entry) = store
-        .entry(&k)
-        .await
-        .map_err(|e| relay_error("reading a lease", e))?
-    else {
-        return Ok(false);
-    };
-    match read(&entry) {
-        Some(h) if h.closed => Ok(store
-            .delete_expect_revision(&k, Some(entry.revision))
-            .await
-            .is_ok()),
-        _ => Ok(false),
-    }
+    delete_if(store, issue, |h| h.closed).await
 }

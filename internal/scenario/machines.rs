@@ -208,7 +208,8 @@ impl Fleet {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
+/// Runs `git -C DIR ARGS` (C locale); an error with its stderr when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> Result<()> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -216,12 +217,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<()> {
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("the mesh variant needs git: {e}"),
-            )
-        })?;
+        .map_err(|e| Error::new(ErrorKind::Unavailable, format!("running git: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {

@@ -2253,15 +2253,7 @@ fn a_remote_failing_on_the_network_is_skipped_until_its_probe_time() {
 #[test]
 fn moves_crossed_on_two_clones_leave_one_parent_and_a_parent_conflict() {
     let cluster = Cluster::new();
-    let (a, b, _) = pair(&cluster);
-    let p1 = a.create(&["first home", "-t", "epic"]);
-    let p2 = a.create(&["second home", "-t", "epic"]);
-    let p3 = a.create(&["third home", "-t", "epic"]);
-    let x = a.create(&["moved around", "--parent", &p1]);
-    exchange(&a, &b);
-    a.ok(&["update", &x, "--parent", &p2]);
-    b.ok(&["update", &x, "--parent", &p3]);
-    exchange(&a, &b);
+    let (a, b, [p1, p2, p3, x]) = crossed_moves(&cluster);
     let parents = |c: &Clone| -> Vec<String> {
         c.json(&["show", &x])[0]["dependencies"]
             .as_array()
@@ -2377,15 +2369,7 @@ fn a_loop_of_parents_made_on_two_clones_is_blocked_listed_and_mended_by_a_move()
 #[test]
 fn a_parent_conflict_settled_two_ways_at_once_keeps_a_parent_and_the_conflict() {
     let cluster = Cluster::new();
-    let (a, b, _) = pair(&cluster);
-    let p1 = a.create(&["first home", "-t", "epic"]);
-    let p2 = a.create(&["second home", "-t", "epic"]);
-    let p3 = a.create(&["third home", "-t", "epic"]);
-    let x = a.create(&["moved around", "--parent", &p1]);
-    exchange(&a, &b);
-    a.ok(&["update", &x, "--parent", &p2]);
-    b.ok(&["update", &x, "--parent", &p3]);
-    exchange(&a, &b);
+    let (a, b, [_, p2, p3, x]) = crossed_moves(&cluster);
     a.ok(&["resolve", &x, "--field", "parent", "--value", &p2]);
     b.ok(&["resolve", &x, "--field", "parent", "--take", "bob"]);
     exchange(&a, &b);
@@ -2410,4 +2394,20 @@ fn a_parent_conflict_settled_two_ways_at_once_keeps_a_parent_and_the_conflict() 
         );
     }
     assert_eq!(a.state_hash(), b.state_hash());
+}
+
+/// Two clones where `x` (under `p1`) was moved under `p2` on a (alice) and
+/// under `p3` on b (bob) without either seeing the other's move, then
+/// exchanged: `(a, b, [p1, p2, p3, x])`.
+fn crossed_moves(cluster: &Cluster) -> (Clone, Clone, [String; 4]) {
+    let (a, b, _) = pair(cluster);
+    let p1 = a.create(&["first home", "-t", "epic"]);
+    let p2 = a.create(&["second home", "-t", "epic"]);
+    let p3 = a.create(&["third home", "-t", "epic"]);
+    let x = a.create(&["moved around", "--parent", &p1]);
+    exchange(&a, &b);
+    a.ok(&["update", &x, "--parent", &p2]);
+    b.ok(&["update", &x, "--parent", &p3]);
+    exchange(&a, &b);
+    (a, b, [p1, p2, p3, x])
 }

@@ -469,27 +469,7 @@ struct TwoMachines {
     state_hash: String,
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) -> Result<(), Error> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Io,
-            format!(
-                "git {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ))
-    }
-}
+use bd::scenario::machines::git;
 
 fn info_hash(c: &mut Direct) -> Result<String, Error> {
     match c.call(Request::Info)? {
