@@ -53,10 +53,6 @@ const FETCH_FOR: Duration = Duration::from_secs(3);
 /// The `meta` key of the last own op the relay acknowledged.
 const PUBLISHED: &str = "mesh.published_seq";
 
-/// At most this many delivered messages are applied together (each at most
-/// the relay's message size, 1 MiB).
-const GATHER: usize = 16;
-
 /// A lease request from a connection to the relay session.
 pub(in crate::daemon) enum LeaseJob {
     /// Take (or renew) the lease of an issue for an actor.
@@ -464,28 +460,17 @@ async fn session(
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(relay_error("the stream", "ended")) };
                 let msg = msg.map_err(|e| relay_error("reading the stream", e))?;
-                // Messages already delivered behind it are applied with it.
-                let mut msgs = vec![msg];
-                while msgs.len() < GATHER {
-                    match futures_util::FutureExt::now_or_never(messages.next()) {
-                        Some(Some(m)) => msgs.push(m.map_err(|e| relay_error("reading the stream", e))?),
-                        _ => break,
-                    }
+                let out = apply(s, paths, shared, &msg.payload).await?;
+                let new_peer = out.acks.first().is_some_and(|a| a.kind >= 0 && !peers.contains_key(&a.to));
+                send_acks(s, &client, out.acks).await;
+                if new_peer {
+                    // A peer's first batch: measure it now rather than at the
+                    // next tick, so the batching window fits it from the start.
+                    window = meet(s, shared, &presence, &client, &mut peers, &mut acks, &mut prober).await?;
                 }
-                let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_ref()).collect();
-                let outs = apply_many(s, paths, shared, &payloads).await?;
-                for (msg, out) in msgs.iter().zip(outs) {
-                    let new_peer = out.acks.first().is_some_and(|a| a.kind >= 0 && !peers.contains_key(&a.to));
-                    send_acks(s, &client, out.acks).await;
-                    if new_peer {
-                        // A peer's first batch: measure it now rather than at the
-                        // next tick, so the batching window fits it from the start.
-                        window = meet(s, shared, &presence, &client, &mut peers, &mut acks, &mut prober).await?;
-                    }
-                    msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
-                    if let Some((replica, from, to)) = out.missing {
-                        fetch(s, paths, shared, &client, &stream, &replica, (from, to)).await?;
-                    }
+                msg.ack().await.map_err(|e| relay_error("acknowledging", e))?;
+                if let Some((replica, from, to)) = out.missing {
+                    fetch(s, paths, shared, &client, &stream, &replica, (from, to)).await?;
                 }
             }
             _ = beat.tick() => {
@@ -1083,36 +1068,19 @@ async fn apply(
     shared: &Arc<Shared>,
     payload: &[u8],
 ) -> Result<Applied> {
-    Ok(apply_many(s, paths, shared, &[payload])
-        .await?
-        .pop()
-        .unwrap_or_default())
-}
-
-/// A delivered batch, verified and read, for the writer.
-struct Checked {
-    replica: String,
-    ops: Vec<Op>,
-    seq: i64,
-    wall_ms: u64,
-}
-
-/// Reads and verifies one delivered batch; `Err` with what is owed for it
-/// when it is not to be applied (junk, this clone's own, a stranger's, a
-/// forged or unreadable one).
-fn check(s: &Settings, shared: &Shared, members: &[Member], payload: &[u8]) -> std::result::Result<Checked, Applied> {
     let batch: Batch = match serde_json::from_slice(payload) {
         Ok(b) => b,
         Err(e) => {
             // Anyone who can publish to the relay can send junk: counted and
             // logged, never kept (it would fill every clone's conflicts).
             dropped(shared, &format!("an unreadable message was dropped: {e}"));
-            return Err(Applied::default());
+            return Ok(Applied::default());
         }
     };
     if batch.replica == s.replica {
-        return Err(Applied::default()); // our own, back from the stream
+        return Ok(Applied::default()); // our own, back from the stream
     }
+    let members = mesh::members(paths)?;
     if !members.iter().any(|m| m.replica == batch.replica) {
         // Not kept either: a clone that joined before its members line
         // reached this one sends these; its ops arrive through git, and
@@ -1122,19 +1090,19 @@ fn check(s: &Settings, shared: &Shared, members: &[Member], payload: &[u8]) -> s
             batch.replica
         );
         dropped(shared, &what);
-        return Err(refusal(&batch, what));
+        return Ok(refusal(&batch, what));
     }
-    if let Err(why) = verify(&batch, members) {
+    if let Err(why) = verify(&batch, &members) {
         let what = format!("a batch from {} was refused: {why}", batch.replica);
         refused(shared, payload, &what);
-        return Err(refusal(&batch, what));
+        return Ok(refusal(&batch, what));
     }
     let ops: Vec<Op> = match serde_json::from_str(&batch.ops) {
         Ok(ops) => ops,
         Err(e) => {
             let what = format!("unreadable ops from {} were refused: {e}", batch.replica);
             refused(shared, payload, &what);
-            return Err(refusal(&batch, what));
+            return Ok(refusal(&batch, what));
         }
     };
     let (seq, wall_ms) = ops
@@ -1142,139 +1110,48 @@ fn check(s: &Settings, shared: &Shared, members: &[Member], payload: &[u8]) -> s
         .map(|o| (o.seq as i64, o.hlc.wall))
         .max()
         .unwrap_or_default();
-    Ok(Checked {
-        replica: batch.replica,
-        ops,
-        seq,
-        wall_ms,
-    })
-}
-
-/// Verifies delivered batches and has the writer apply them, one
-/// replica's consecutive batches in one transaction (a commit per relay
-/// message was most of a receiving writer's time under a surge); what is
-/// owed for each, in order.
-async fn apply_many(
-    s: &Settings,
-    paths: &BeadsPaths,
-    shared: &Arc<Shared>,
-    payloads: &[&[u8]],
-) -> Result<Vec<Applied>> {
-    let members = mesh::members(paths)?;
-    let mut out: Vec<Applied> = payloads.iter().map(|_| Applied::default()).collect();
-    let mut checked: Vec<(usize, Checked)> = Vec::new();
-    for (i, payload) in payloads.iter().enumerate() {
-        match check(s, shared, &members, payload) {
-            Ok(c) => checked.push((i, c)),
-            Err(owed) => out[i] = owed,
-        }
-    }
-    let mut k = 0;
-    while k < checked.len() {
-        let end = k + checked[k..]
-            .iter()
-            .take_while(|(_, c)| c.replica == checked[k].1.replica)
-            .count();
-        let group = &checked[k..end];
-        let ops: Vec<Op> = group.iter().flat_map(|(_, c)| c.ops.iter().cloned()).collect();
-        match receive(shared, &group[0].1.replica, ops).await? {
-            Ok(d) => owe(&mut out, group, d, shared),
-            // One bad batch among several: each on its own, so that only
-            // it is refused.
-            Err(e) if e.kind == crate::ErrorKind::Corrupt && group.len() > 1 => {
-                for (i, c) in group {
-                    match receive(shared, &c.replica, c.ops.clone()).await? {
-                        Ok(d) => owe(&mut out, std::slice::from_ref(&(*i, clone_checked(c))), d, shared),
-                        Err(e) => out[*i] = corrupt(shared, payloads[*i], &c.replica, &e)?,
-                    }
-                }
-            }
-            Err(e) => {
-                for (i, c) in group {
-                    out[*i] = corrupt(shared, payloads[*i], &c.replica, &e)?;
-                }
-            }
-        }
-        k = end;
-    }
-    Ok(out)
-}
-
-fn clone_checked(c: &Checked) -> Checked {
-    Checked {
-        replica: c.replica.clone(),
-        ops: Vec::new(),
-        seq: c.seq,
-        wall_ms: c.wall_ms,
-    }
-}
-
-/// Has the writer apply one replica's ops: its delivery, or the writer's
-/// refusal of them.
-async fn receive(shared: &Arc<Shared>, replica: &str, ops: Vec<Op>) -> Result<Result<crate::engine::Delivery>> {
     let (tx, rx) = oneshot::channel();
     let started = std::time::Instant::now();
-    shared.send_job(Job::Receive(replica.to_string(), ops, tx))?;
+    shared.send_job(Job::Receive(batch.replica.clone(), ops, tx))?;
     let answer = rx.await;
     shared.applied_in(started.elapsed());
-    answer.map_err(|_| Error::internal("the daemon's writer dropped a relay batch"))
-}
-
-/// What a refused (corrupt) batch is owed; any other error ends the session.
-fn corrupt(shared: &Shared, payload: &[u8], replica: &str, e: &Error) -> Result<Applied> {
-    if e.kind != crate::ErrorKind::Corrupt {
-        return Err(e.clone());
-    }
-    let what = format!("a batch from {replica} was refused: {}", e.message);
-    refused(shared, payload, &what);
-    Ok(Applied {
-        acks: vec![AckOut {
-            to: replica.to_string(),
-            kind: -1,
-            seq: 0,
-            wall_ms: 0,
-            reason: Some(what),
-        }],
-        missing: None,
-    })
-}
-
-/// The acknowledgements owed for the batches of `group`, applied together
-/// as `d`: each its own, with the delivery's verdict; the batches `d` let
-/// out of transit after the last; the missing range on the first.
-fn owe(out: &mut [Applied], group: &[(usize, Checked)], d: crate::engine::Delivery, shared: &Shared) {
-    update(shared, |r| r.batches_in += group.len() as u64);
-    let (kind, reason) = match (d.missing, d.skewed, d.late) {
-        (Some((from, to)), _, _) => (
-            0,
-            Some(format!("waiting for its ops {from}..{to} (kept in transit)")),
-        ),
-        (None, _, n @ 1..) => (
-            -1,
-            Some(format!(
-                "CONFLICT: {n} op(s) written under a lapsed lease (kept out, listed as claim conflicts)"
-            )),
-        ),
-        (None, 0, 0) => (1, None),
-        (None, n, _) => (0, Some(format!("{n} op(s) held for clock skew"))),
-    };
-    for (i, c) in group {
-        out[*i] = Applied {
-            acks: vec![AckOut {
-                to: c.replica.clone(),
-                kind,
-                seq: c.seq,
-                wall_ms: c.wall_ms,
-                reason: reason.clone(),
-            }],
-            missing: None,
-        };
-    }
-    if let Some((first, _)) = group.first() {
-        out[*first].missing = d.missing.map(|(from, to)| (group[0].1.replica.clone(), from, to));
-    }
-    if let Some((last, _)) = group.last() {
-        out[*last].acks.extend(d.released.into_iter().map(released));
+    match answer {
+        Ok(Ok(d)) => {
+            update(shared, |r| r.batches_in += 1);
+            let (kind, reason) = match (d.missing, d.skewed, d.late) {
+                (Some((from, to)), _, _) => (
+                    0,
+                    Some(format!("waiting for its ops {from}..{to} (kept in transit)")),
+                ),
+                (None, _, n @ 1..) => (
+                    -1,
+                    Some(format!(
+                        "CONFLICT: {n} op(s) written under a lapsed lease (kept out, listed as claim conflicts)"
+                    )),
+                ),
+                (None, 0, 0) => (1, None),
+                (None, n, _) => (0, Some(format!("{n} op(s) held for clock skew"))),
+            };
+            let mut out = Applied {
+                acks: vec![AckOut {
+                    to: batch.replica.clone(),
+                    kind,
+                    seq,
+                    wall_ms,
+                    reason,
+                }],
+                missing: d.missing.map(|(from, to)| (batch.replica.clone(), from, to)),
+            };
+            out.acks.extend(d.released.into_iter().map(released));
+            Ok(out)
+        }
+        Ok(Err(e)) if e.kind == crate::ErrorKind::Corrupt => {
+            let what = format!("a batch from {} was refused: {}", batch.replica, e.message);
+            refused(shared, payload, &what);
+            Ok(refusal(&batch, what))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::internal("the daemon's writer dropped a relay batch")),
     }
 }
 
