@@ -391,3 +391,28 @@ fn an_imported_claim_with_a_limit_lapses_from_the_import() {
     assert!(!ids(&ok_at(&other, 5 * MIN, "bob", &["ready"])).contains(&job));
     assert!(ids(&ok_at(&other, 11 * MIN, "bob", &["ready"])).contains(&job));
 }
+
+/// Before its lapse is written (no write since, no daemon), `bd prime` no
+/// longer lists a lapsed claim among what its old holder holds: it says the
+/// claim lapsed (bd-b8rj: it listed it as held).
+#[test]
+fn prime_tells_the_old_holder_a_claim_lapsed_before_its_lapse_is_written() {
+    let env = TestEnv::new();
+    let id = env.create(&["time-boxed work"]);
+    let kept = env.create(&["still mine"]);
+    ok_at(&env, 0, "alice", &["claim", &id, "--ttl", "10m"]);
+    ok_at(&env, 0, "alice", &["claim", &kept]);
+    let now = ok_at(&env, 0, "alice", &["prime"]);
+    assert_eq!(now["held"].as_array().unwrap().len(), 2, "{now}");
+    let later = ok_at(&env, 11 * MIN, "alice", &["prime"]);
+    let held = later["held"].to_string();
+    assert!(held.contains(&kept) && !held.contains(&id), "{later}");
+    assert!(later["lapsed"].to_string().contains(&id), "{later}");
+    let text =
+        String::from_utf8_lossy(&at(&env, 11 * MIN, "alice", &["prime"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("your claim lapsed on 1: {id}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("you hold 1: {kept}")), "{text}");
+}

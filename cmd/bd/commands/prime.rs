@@ -46,6 +46,10 @@ struct Prime<'a> {
     commands: &'a [&'a str],
     ready: u64,
     held: Vec<String>,
+    /// Claims of yours that lapsed (no write by you within their time
+    /// limit): anyone may take these now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lapsed: Vec<String>,
     conflicts: u64,
 }
 
@@ -53,7 +57,7 @@ pub fn cmd_prime(ctx: &Ctx, _a: PrimeArgs) -> Result<(), CliError> {
     let Response::Stats(stats) = call(ctx, Request::Stats)? else {
         return Err(CliError(bd::Error::internal("unexpected answer to stats")));
     };
-    let held = match call(
+    let mine = match call(
         ctx,
         Request::List(ListFilter {
             assignee: Some(ctx.actor.clone()),
@@ -62,18 +66,28 @@ pub fn cmd_prime(ctx: &Ctx, _a: PrimeArgs) -> Result<(), CliError> {
             ..Default::default()
         }),
     )? {
-        Response::Issues(issues) => issues
-            .into_iter()
-            .map(|i| format!("{} {}", i.id, i.title))
-            .collect(),
+        Response::Issues(issues) => issues,
         _ => Vec::new(),
     };
+    // A claim past its time limit is no longer held, even before bd has
+    // written its lapse (the daemon's timer, or the next write, does).
+    let now = bd::api::time::now_ms() as i64;
+    let (lapsed, held): (Vec<_>, Vec<_>) = mine.into_iter().partition(|i| {
+        i.claim_expires_at
+            .as_deref()
+            .and_then(bd::api::time::parse_rfc3339)
+            .is_some_and(|t| t <= now)
+    });
+    let line = |i: bd::api::Issue| format!("{} {}", i.id, i.title);
+    let held: Vec<String> = held.into_iter().map(line).collect();
+    let lapsed: Vec<String> = lapsed.into_iter().map(line).collect();
     let p = Prime {
         actor: &ctx.actor,
         workflow: &WORKFLOW,
         commands: &COMMANDS,
         ready: stats.ready,
         held,
+        lapsed,
         conflicts: stats.conflicts,
     };
     if ctx.json {
@@ -101,6 +115,13 @@ pub fn cmd_prime(ctx: &Ctx, _a: PrimeArgs) -> Result<(), CliError> {
             "- you hold {}: {}\n",
             p.held.len(),
             p.held.join("; ")
+        ));
+    }
+    if !p.lapsed.is_empty() {
+        s.push_str(&format!(
+            "- your claim lapsed on {}: {} (claim again to take it back, if no one has)\n",
+            p.lapsed.len(),
+            p.lapsed.join("; ")
         ));
     }
     if p.conflicts > 0 {
