@@ -110,6 +110,32 @@ fn a_claim_with_a_time_limit_lapses_back_to_ready_unless_its_holder_works() {
     );
     let table = String::from_utf8(at(&env, 19 * MIN, "bob", &["stale"]).stdout).unwrap();
     assert!(table.contains("lapsed") && table.contains("ago"), "{table}");
+    // For scripts: TSV with the same figures as --json (bd-yfor).
+    let tsv =
+        String::from_utf8(at(&env, 19 * MIN, "bob", &["stale", "--format", "tsv"]).stdout).unwrap();
+    let lines: Vec<Vec<&str>> = tsv.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "id",
+            "priority",
+            "assignee",
+            "idle_ms",
+            "claim_lapses_in_ms",
+            "title"
+        ],
+        "{tsv}"
+    );
+    assert_eq!(lines[1][0], job, "{tsv}");
+    assert_eq!(lines[1][2], "alice", "{tsv}");
+    assert!(lines[1][4].parse::<i64>().unwrap() < 0, "{tsv}");
+    let both = at(
+        &env,
+        19 * MIN,
+        "bob",
+        &["stale", "--format", "tsv", "--json"],
+    );
+    assert_eq!(both.status.code(), Some(2));
 
     // Alice's renewal comes too late: refused, nothing written.
     let before = env.json(&["stats"])["ops"].clone();

@@ -2411,3 +2411,26 @@ fn crossed_moves(cluster: &Cluster) -> (Clone, Clone, [String; 4]) {
     exchange(&a, &b);
     (a, b, [p1, p2, p3, x])
 }
+
+/// A close that lost a status conflict to a later write on another clone:
+/// `bd show` prints the status with its conflict and no `Closed:` line (the
+/// close's time stays in `bd conflicts`, not shown as if it were closed;
+/// bd-nn3b).
+#[test]
+fn a_close_that_lost_a_status_conflict_is_not_shown_as_closed() {
+    let cluster = Cluster::new();
+    let (a, b, id) = pair(&cluster);
+    exchange(&a, &b);
+    a.ok(&["close", &id]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    b.ok(&["update", &id, "--status", "in_progress"]);
+    exchange(&a, &b);
+    for c in [&a, &b] {
+        let shown = c.ok(&["show", &id]);
+        assert!(
+            shown.contains("in_progress") && shown.contains("CONFLICT"),
+            "{shown}"
+        );
+        assert!(!shown.contains("Closed:"), "{shown}");
+    }
+}

@@ -138,7 +138,10 @@ fn render(d: &IssueDetails) -> String {
         "Created: {}{by}   Updated: {}",
         i.created_at, i.updated_at
     );
-    if let Some(c) = &i.closed_at {
+    // Only for a closed issue: a close that lost a status conflict (to a
+    // claim made elsewhere, say) leaves its time behind, and `bd conflicts`
+    // lists it there.
+    if let Some(c) = i.closed_at.as_ref().filter(|_| i.status.is_closed()) {
         let reason = i
             .close_reason
             .as_deref()

@@ -31,6 +31,11 @@ pub struct StaleArgs {
     /// At most this many (0: all)
     #[arg(short = 'n', long, default_value_t = 50)]
     pub limit: usize,
+    /// Output format without --json: table, or tsv for scripts (columns id,
+    /// priority, assignee, idle_ms, claim_lapses_in_ms (negative: lapsed that
+    /// long ago; empty: no time limit), title)
+    #[arg(long, value_enum)]
+    pub format: Option<output::Format>,
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
@@ -103,8 +108,37 @@ pub fn cmd_stale(ctx: &Ctx, a: StaleArgs) -> Result<(), CliError> {
     if a.limit > 0 {
         stale.truncate(a.limit);
     }
+    let format = output::format_of(ctx, a.format)?;
     if ctx.json {
         return output::json(&stale);
+    }
+    if format == output::Format::Tsv {
+        let rows: Vec<Vec<String>> = stale
+            .iter()
+            .map(|s| {
+                vec![
+                    s.issue.id.clone(),
+                    s.issue.priority.to_string(),
+                    s.issue.assignee.clone().unwrap_or_default(),
+                    s.idle_ms.to_string(),
+                    s.claim_lapses_in_ms
+                        .map(|ms| ms.to_string())
+                        .unwrap_or_default(),
+                    s.issue.title.clone(),
+                ]
+            })
+            .collect();
+        return output::print(&output::tsv(
+            &[
+                "id",
+                "priority",
+                "assignee",
+                "idle_ms",
+                "claim_lapses_in_ms",
+                "title",
+            ],
+            &rows,
+        ));
     }
     if stale.is_empty() {
         output::status(
