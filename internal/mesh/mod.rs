@@ -427,6 +427,22 @@ fn make_key(config_dir: &Path, replica: &str) -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// The highest seq of each member replica's ops held in this clone's
+/// database (what `bd mesh query watermarks` answers, and how a scenario
+/// sees clones converge without hashing their whole state).
+pub fn watermarks(paths: &BeadsPaths) -> Result<std::collections::BTreeMap<String, u64>> {
+    let store = crate::storage::Store::open(&paths.db)?;
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT MAX(seq) FROM ops WHERE replica = ?1")?;
+    let mut out = std::collections::BTreeMap::new();
+    for m in members(paths)? {
+        let seq: Option<i64> = stmt.query_row([&m.replica], |r| r.get(0))?;
+        out.insert(m.replica, seq.unwrap_or(0).max(0) as u64);
+    }
+    Ok(out)
+}
+
 /// The members file's entries, in file order (a line that does not read is
 /// skipped: `bd doctor` reports it).
 pub fn members(paths: &BeadsPaths) -> Result<Vec<Member>> {

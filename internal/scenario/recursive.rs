@@ -269,7 +269,7 @@ fn recursive(clones: &[&Fleet], size: RecursiveSize, seed: u64) -> Result<Report
     let mut slowest_converge = Duration::ZERO;
     let mut compare = |leads: &mut [Agent], model: &mut Model, round: usize| -> Result<()> {
         if leads.len() > 1 {
-            match converge(leads)? {
+            match converge(clones, leads)? {
                 Some(d) => slowest_converge = slowest_converge.max(d),
                 None => mismatches.push(format!(
                     "round {round}: the clones did not converge within {} s",
@@ -533,14 +533,8 @@ fn act(
 ) -> Result<Latencies> {
     let me = seat.me;
     let lock = || plan.lock().map_err(|_| Error::internal("plan poisoned"));
-    let count = |f: &dyn Fn(&mut Tally)| -> Result<()> {
-        f(&mut *tally
-            .lock()
-            .map_err(|_| Error::internal("tally poisoned"))?);
-        Ok(())
-    };
-    let mine =
-        |rng: &mut Rng| (rng.draw() as usize % size.goals / size.agents.max(1)) * size.agents + me;
+    let count = |f: &dyn Fn(&mut Tally)| tally_up(tally, f);
+    let mine = |rng: &mut Rng| own_goal(rng, me, size);
     let mut lat = Latencies::default();
     if seat.clones > 1 {
         join_forks(agent, rng, seat, plan, tally, size)?;
@@ -872,9 +866,7 @@ fn join_forks(
             else {
                 return Ok(());
             };
-            let goal =
-                (rng.draw() as usize % size.goals / size.agents.max(1)) * size.agents + seat.me;
-            let goal = goal % size.goals;
+            let goal = own_goal(rng, seat.me, size) % size.goals;
             let Some(ours) = p.open_node(rng, Some(goal)) else {
                 return Ok(());
             };
@@ -896,26 +888,33 @@ fn join_forks(
                 if let Some(id) = created_ids(&resp).first() {
                     lock()?.add(id, Some(&ours), goal);
                 }
-                let mut t = tally
-                    .lock()
-                    .map_err(|_| Error::internal("tally poisoned"))?;
-                t.joins += 1;
-                t.joins_across += 1;
-                t.rewrites += 1;
+                tally_up(tally, |t| {
+                    t.joins += 1;
+                    t.joins_across += 1;
+                    t.rewrites += 1;
+                })?;
             }
             // Our node was closed meanwhile, or the join would close a cycle.
             Err(e) if e.kind == ErrorKind::Conflict => {}
             // Our node was made this round on the other clone.
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                let mut t = tally
-                    .lock()
-                    .map_err(|_| Error::internal("tally poisoned"))?;
-                t.stale += 1;
-            }
+            Err(e) if e.kind == ErrorKind::NotFound => tally_up(tally, |t| t.stale += 1)?,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Counts what an agent did.
+fn tally_up(tally: &Mutex<Tally>, f: impl FnOnce(&mut Tally)) -> Result<()> {
+    f(&mut *tally
+        .lock()
+        .map_err(|_| Error::internal("tally poisoned"))?);
+    Ok(())
+}
+
+/// One of agent `me`'s own goals (goal g is agent g mod agents'), at random.
+fn own_goal(rng: &mut Rng, me: usize, size: RecursiveSize) -> usize {
+    (rng.draw() as usize % size.goals / size.agents.max(1)) * size.agents + me
 }
 
 /// `Ok(true)` for a refusal because of the state (exit 3), or across
@@ -926,10 +925,7 @@ fn refused(r: Result<Response>, seat: Seat, tally: &Mutex<Tally>) -> Result<bool
         Ok(_) => Ok(false),
         Err(e) if e.kind == ErrorKind::Conflict => Ok(true),
         Err(e) if e.kind == ErrorKind::NotFound && seat.clones > 1 => {
-            tally
-                .lock()
-                .map_err(|_| Error::internal("tally poisoned"))?
-                .stale += 1;
+            tally_up(tally, |t| t.stale += 1)?;
             Ok(true)
         }
         Err(e) => Err(e),

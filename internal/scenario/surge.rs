@@ -211,7 +211,7 @@ fn surge(clones: &[&Fleet], size: SurgeSize, seed: u64) -> Result<Report> {
         .iter()
         .map(|c| c.agent("lead"))
         .collect::<Result<_>>()?;
-    let converged_in = (n > 1).then(|| converge(&mut leads)).transpose()?;
+    let converged_in = (n > 1).then(|| converge(clones, &mut leads)).transpose()?;
 
     // The follow-ups: one per closed issue, named for its worker.
     let lead = &mut leads[0];
@@ -244,7 +244,7 @@ fn surge(clones: &[&Fleet], size: SurgeSize, seed: u64) -> Result<Report> {
         follow_batches += 1;
     }
     let follow_in = follow_start.elapsed();
-    let follow_converged_in = (n > 1).then(|| converge(&mut leads)).transpose()?;
+    let follow_converged_in = (n > 1).then(|| converge(clones, &mut leads)).transpose()?;
 
     let described = if n > 1 {
         format!("{}, on {n} clones through a relay", size.describe())

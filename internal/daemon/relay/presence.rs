@@ -351,7 +351,7 @@ pub(super) async fn answer_queries(
         };
         if wants("watermarks") {
             let paths = paths.clone();
-            answer.watermarks = tokio::task::spawn_blocking(move || watermarks(&paths).ok())
+            answer.watermarks = tokio::task::spawn_blocking(move || crate::mesh::watermarks(&paths).ok())
                 .await
                 .ok()
                 .flatten();
@@ -368,16 +368,3 @@ pub(super) async fn answer_queries(
     }
 }
 
-/// The highest seq of each member replica's ops held here.
-fn watermarks(paths: &crate::storage::BeadsPaths) -> Result<std::collections::BTreeMap<String, u64>> {
-    let store = crate::storage::Store::open(&paths.db)?;
-    let mut stmt = store
-        .conn()
-        .prepare("SELECT MAX(seq) FROM ops WHERE replica = ?1")?;
-    let mut out = std::collections::BTreeMap::new();
-    for m in crate::mesh::members(paths)? {
-        let seq: Option<i64> = stmt.query_row([&m.replica], |r| r.get(0))?;
-        out.insert(m.replica, seq.unwrap_or(0).max(0) as u64);
-    }
-    Ok(out)
-}
